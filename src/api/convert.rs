@@ -1,0 +1,119 @@
+//! Protobuf ⇄ domain conversions. Parsing here is where untrusted input becomes typed.
+
+use tonic::Status;
+
+use crate::domain::{
+    Category, Field, FieldMeta, FieldName, FieldValue, InvalidInput, NewField, SubjectId, TenantId,
+    Timestamp,
+};
+use crate::proto::v1 as pb;
+use crate::storage::TenantRecord;
+
+/// Turns a domain validation failure into INVALID_ARGUMENT.
+pub fn invalid(e: InvalidInput) -> Status {
+    Status::invalid_argument(e.to_string())
+}
+
+pub fn tenant_id(s: &str) -> Result<TenantId, Status> {
+    TenantId::parse(s).map_err(invalid)
+}
+
+pub fn subject_id(s: &str) -> Result<SubjectId, Status> {
+    SubjectId::parse(s).map_err(invalid)
+}
+
+pub fn field_names(names: &[String]) -> Result<Vec<FieldName>, Status> {
+    names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            FieldName::parse(n).map_err(|e| invalid(e.context(format!("field_names[{i}]"))))
+        })
+        .collect()
+}
+
+pub fn timestamp(t: Timestamp) -> prost_types::Timestamp {
+    let (seconds, nanos) = t.seconds_nanos();
+    prost_types::Timestamp { seconds, nanos }
+}
+
+fn new_field(f: pb::FieldInput) -> Result<NewField, InvalidInput> {
+    let name = FieldName::parse(&f.name)?;
+    if f.category == pb::Category::Unspecified as i32 {
+        return Err(InvalidInput::new("category is missing"));
+    }
+    let category = Category::from_code(i64::from(f.category))?;
+    let value = match f.value.and_then(|v| v.kind) {
+        Some(pb::value::Kind::Text(s)) => FieldValue::Text(s),
+        Some(pb::value::Kind::Bytes(b)) => FieldValue::Bytes(b),
+        None => return Err(InvalidInput::new("value is missing")),
+    };
+    Ok(NewField {
+        name,
+        category,
+        value,
+    })
+}
+
+pub fn new_fields(fields: Vec<pb::FieldInput>) -> Result<Vec<NewField>, Status> {
+    fields
+        .into_iter()
+        .enumerate()
+        .map(|(i, f)| new_field(f).map_err(|e| invalid(e.context(format!("fields[{i}]")))))
+        .collect()
+}
+
+fn category(c: Category) -> pb::Category {
+    pb::Category::try_from(i32::from(c.code())).unwrap_or(pb::Category::Unspecified)
+}
+
+pub fn field(f: Field) -> pb::Field {
+    let Field { meta, value } = f;
+    pb::Field {
+        name: meta.name.as_str().to_owned(),
+        category: category(meta.category) as i32,
+        value: Some(pb::Value {
+            kind: Some(match value {
+                FieldValue::Text(s) => pb::value::Kind::Text(s),
+                FieldValue::Bytes(b) => pb::value::Kind::Bytes(b),
+            }),
+        }),
+        version: meta.version,
+        created_at: Some(timestamp(meta.created_at)),
+        updated_at: Some(timestamp(meta.updated_at)),
+    }
+}
+
+pub fn written(m: FieldMeta) -> pb::FieldWritten {
+    pb::FieldWritten {
+        name: m.name.as_str().to_owned(),
+        version: m.version,
+    }
+}
+
+pub fn tenant(t: TenantRecord) -> pb::Tenant {
+    pb::Tenant {
+        tenant_id: t.id.as_str().to_owned(),
+        created_at: Some(timestamp(t.created_at)),
+        key_version: t.kek_version,
+    }
+}
+
+/// Page tokens are the hex of the last id of the previous page: opaque to callers, and
+/// never a place where a raw id is echoed back in an error.
+pub fn page_token<T>(
+    token: &str,
+    parse: fn(&str) -> Result<T, InvalidInput>,
+) -> Result<Option<T>, Status> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let bad = || Status::invalid_argument("page_token is not a token this server issued");
+    let bytes = hex::decode(token).map_err(|_| bad())?;
+    let text = String::from_utf8(bytes).map_err(|_| bad())?;
+    parse(&text).map(Some).map_err(|_| bad())
+}
+
+pub fn next_token(id: Option<&str>) -> String {
+    id.map(hex::encode).unwrap_or_default()
+}

@@ -1,0 +1,29 @@
+//! The one mapping from service errors to gRPC statuses. Exhaustive: a new error variant
+//! does not compile until it is given a code here.
+
+use tonic::Status;
+
+use crate::service::ServiceError;
+
+impl From<ServiceError> for Status {
+    fn from(e: ServiceError) -> Self {
+        match e {
+            ServiceError::InvalidArgument(problem) => Status::invalid_argument(problem.to_string()),
+            ServiceError::TenantNotFound => Status::not_found("tenant not found"),
+            ServiceError::TenantExists => Status::already_exists("tenant already exists"),
+            ServiceError::SubjectNotFound => Status::not_found("subject not found"),
+            ServiceError::FieldNotFound(name) => {
+                Status::not_found(format!("field {name} not found"))
+            }
+            ServiceError::Unavailable(cause) => {
+                tracing::warn!(%cause, "storage unavailable");
+                Status::unavailable("storage unavailable; retry later")
+            }
+            ServiceError::Internal(cause) => {
+                // The cause stays in the server log; the client learns nothing that could leak.
+                tracing::error!(%cause, "internal error");
+                Status::internal("internal error")
+            }
+        }
+    }
+}

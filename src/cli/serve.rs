@@ -1,0 +1,102 @@
+//! `pii-vault serve`.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+use tokio::net::TcpListener;
+
+use crate::config::{bootstrap, RawConfig};
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// TOML configuration file (see deploy/pii-vault.example.toml).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Listen address; overrides the file.
+    #[arg(long)]
+    listen: Option<String>,
+    /// Data directory; overrides the file.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let mut raw = match &args.config {
+        Some(path) => RawConfig::from_file(path)?,
+        None => RawConfig::default(),
+    };
+    if args.listen.is_some() {
+        raw.listen = args.listen;
+    }
+    if args.data_dir.is_some() {
+        raw.data_dir = args.data_dir;
+    }
+    let config = raw.validate()?;
+    let created = bootstrap(&config)?;
+    if created.root_key {
+        tracing::info!(path = %config.root_key_file.display(), "created a new root key file (mode 0600)");
+    }
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    if config.dev_tls {
+        let pki = config.dev_pki();
+        let verb = if created.dev_certs {
+            "created"
+        } else {
+            "using"
+        };
+        println!(
+            "pii-vault listening on {addr} (mutual TLS 1.3; a client certificate is required)"
+        );
+        println!(
+            "  {verb} dev certificates in {}",
+            pki.ca_cert
+                .parent()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+        );
+        println!("    CA:     {}", pki.ca_cert.display());
+        println!(
+            "    client: {} (key {})",
+            pki.client_cert.display(),
+            pki.client_key.display()
+        );
+        println!(
+            "  try:    cargo run --release -- tenant create demo --addr {addr} --data-dir {}",
+            config.data_dir.display()
+        );
+    } else {
+        println!(
+            "pii-vault listening on {addr} (mutual TLS 1.3; a client certificate is required)"
+        );
+    }
+    crate::server::run(listener, config, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    tracing::info!("shutdown requested; draining");
+}

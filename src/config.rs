@@ -1,0 +1,299 @@
+//! Configuration in two phases: the raw TOML form (`RawConfig`, unknown keys rejected) is
+//! validated into the `Config` the server runs with. With no file at all, every setting has
+//! a safe default, and `bootstrap` creates what a first start on a fresh machine needs.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::certs::DevPki;
+use crate::keyring::{KeyringError, RootKeys};
+use crate::service::Limits;
+
+/// Default listen address: loopback only.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7443";
+/// Default data directory, relative to the working directory.
+pub const DEFAULT_DATA_DIR: &str = "pii-vault-data";
+
+/// The configuration file as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Address to listen on, e.g. `127.0.0.1:7443`.
+    pub listen: Option<String>,
+    /// Directory holding the store (and, by default, the root key and dev certificates).
+    pub data_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub tls: RawTls,
+    #[serde(default)]
+    pub keys: RawKeys,
+    #[serde(default)]
+    pub limits: RawLimits,
+    #[serde(default)]
+    pub storage: RawStorage,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    /// Server certificate chain (PEM). Default: `<data_dir>/tls/server.pem`.
+    pub cert: Option<PathBuf>,
+    /// Server private key (PEM). Default: `<data_dir>/tls/server.key`.
+    pub key: Option<PathBuf>,
+    /// CA that client certificates must chain to (PEM). Default: `<data_dir>/tls/ca.pem`.
+    pub client_ca: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKeys {
+    /// Root key file (mode 0600). Default: `<data_dir>/root.key`.
+    pub root_key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    /// Largest field value in bytes. Default 65536.
+    pub max_value_bytes: Option<usize>,
+    /// Largest request message in bytes. Default 4 MiB.
+    pub max_message_bytes: Option<usize>,
+    /// Most fields in one request. Default 1000.
+    pub max_fields_per_request: Option<usize>,
+    /// Longest a request may run, in milliseconds; clients' own deadlines apply too. Default 30000.
+    pub request_timeout_ms: Option<u64>,
+    /// Longest a TLS handshake may take, in milliseconds. Default 10000.
+    pub handshake_timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStorage {
+    /// sled page cache size in bytes. Default 256 MiB.
+    pub cache_capacity_bytes: Option<u64>,
+}
+
+/// Paths of the server's TLS material.
+#[derive(Clone, Debug)]
+pub struct TlsPaths {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: PathBuf,
+}
+
+/// The validated configuration the server runs with.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub root_key_file: PathBuf,
+    pub tls: TlsPaths,
+    /// True when the TLS paths are the dev defaults, which `bootstrap` may create.
+    pub dev_tls: bool,
+    pub limits: Limits,
+    pub max_message_bytes: usize,
+    pub request_timeout: Duration,
+    pub handshake_timeout: Duration,
+    pub cache_capacity_bytes: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {path}: {problem}")]
+    File { path: String, problem: String },
+    #[error("config: {0}")]
+    Invalid(String),
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Keys(#[from] KeyringError),
+    #[error(transparent)]
+    Certs(#[from] crate::certs::CertError),
+}
+
+fn bounded(name: &str, value: u64, min: u64, max: u64) -> Result<u64, ConfigError> {
+    if (min..=max).contains(&value) {
+        Ok(value)
+    } else {
+        Err(ConfigError::Invalid(format!(
+            "{name} is {value}; it must be between {min} and {max}"
+        )))
+    }
+}
+
+fn bounded_usize(name: &str, value: usize, min: usize, max: usize) -> Result<usize, ConfigError> {
+    let v = bounded(name, value as u64, min as u64, max as u64)?;
+    usize::try_from(v).map_err(|_| ConfigError::Invalid(format!("{name} is too large")))
+}
+
+impl RawConfig {
+    /// Reads a TOML file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::File {
+            path: path.display().to_string(),
+            problem: e.message().to_owned(),
+        })
+    }
+
+    /// Checks every setting and fills in defaults.
+    pub fn validate(self) -> Result<Config, ConfigError> {
+        let listen_text = self.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
+        let listen: SocketAddr = listen_text.parse().map_err(|_| {
+            ConfigError::Invalid(format!("listen address {listen_text:?} is not host:port"))
+        })?;
+        let data_dir = self
+            .data_dir
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        let dev = DevPki::in_dir(&data_dir.join("tls"));
+        let dev_tls =
+            self.tls.cert.is_none() && self.tls.key.is_none() && self.tls.client_ca.is_none();
+        if !dev_tls
+            && (self.tls.cert.is_none() || self.tls.key.is_none() || self.tls.client_ca.is_none())
+        {
+            return Err(ConfigError::Invalid(
+                "tls.cert, tls.key and tls.client_ca must be set together".into(),
+            ));
+        }
+        let tls = TlsPaths {
+            cert: self.tls.cert.unwrap_or(dev.server_cert),
+            key: self.tls.key.unwrap_or(dev.server_key),
+            client_ca: self.tls.client_ca.unwrap_or(dev.ca_cert),
+        };
+        let l = self.limits;
+        let max_value_bytes = bounded_usize(
+            "limits.max_value_bytes",
+            l.max_value_bytes.unwrap_or(64 * 1024),
+            1,
+            16 << 20,
+        )?;
+        let max_message_bytes = bounded_usize(
+            "limits.max_message_bytes",
+            l.max_message_bytes.unwrap_or(4 << 20),
+            1024,
+            256 << 20,
+        )?;
+        if max_message_bytes < max_value_bytes {
+            return Err(ConfigError::Invalid(
+                "limits.max_message_bytes must be at least limits.max_value_bytes".into(),
+            ));
+        }
+        Ok(Config {
+            listen,
+            root_key_file: self
+                .keys
+                .root_key_file
+                .unwrap_or_else(|| data_dir.join("root.key")),
+            data_dir,
+            tls,
+            dev_tls,
+            limits: Limits {
+                max_value_bytes,
+                max_fields_per_request: bounded_usize(
+                    "limits.max_fields_per_request",
+                    l.max_fields_per_request.unwrap_or(1000),
+                    1,
+                    100_000,
+                )?,
+            },
+            max_message_bytes,
+            request_timeout: Duration::from_millis(bounded(
+                "limits.request_timeout_ms",
+                l.request_timeout_ms.unwrap_or(30_000),
+                10,
+                3_600_000,
+            )?),
+            handshake_timeout: Duration::from_millis(bounded(
+                "limits.handshake_timeout_ms",
+                l.handshake_timeout_ms.unwrap_or(10_000),
+                10,
+                600_000,
+            )?),
+            cache_capacity_bytes: bounded(
+                "storage.cache_capacity_bytes",
+                self.storage.cache_capacity_bytes.unwrap_or(256 << 20),
+                1 << 20,
+                1 << 40,
+            )?,
+        })
+    }
+}
+
+impl Config {
+    /// Where sled keeps its files.
+    pub fn store_dir(&self) -> PathBuf {
+        self.data_dir.join("store")
+    }
+
+    /// The dev PKI paths for this data directory.
+    pub fn dev_pki(&self) -> DevPki {
+        DevPki::in_dir(&self.data_dir.join("tls"))
+    }
+}
+
+/// What `bootstrap` created, so the caller can tell the user.
+#[derive(Debug, Default)]
+pub struct Bootstrapped {
+    pub root_key: bool,
+    pub dev_certs: bool,
+}
+
+/// Prepares a first start: creates the data directory, a root key file (mode 0600) if the
+/// store is new, and the dev PKI if the TLS paths are the defaults and missing. Refuses to
+/// invent a root key for a store that already holds data.
+pub fn bootstrap(config: &Config) -> Result<Bootstrapped, ConfigError> {
+    let io = |path: &Path| {
+        let path = path.display().to_string();
+        move |source| ConfigError::Io { path, source }
+    };
+    std::fs::create_dir_all(&config.data_dir).map_err(io(&config.data_dir))?;
+    let mut done = Bootstrapped::default();
+    if !config.root_key_file.exists() {
+        if config.store_dir().exists() {
+            return Err(ConfigError::Invalid(format!(
+                "root key file {} is missing but {} already holds data; restore the key file (a new key cannot read the old data)",
+                config.root_key_file.display(),
+                config.store_dir().display()
+            )));
+        }
+        RootKeys::generate()?.save(&config.root_key_file)?;
+        done.root_key = true;
+    }
+    let pki = config.dev_pki();
+    if config.dev_tls && !pki.exists() {
+        pki.create()?;
+        done.dev_certs = true;
+    }
+    Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_safe() {
+        let c = RawConfig::default().validate().expect("defaults validate");
+        assert!(c.listen.ip().is_loopback());
+        assert_eq!(c.limits.max_value_bytes, 64 * 1024);
+        assert!(c.dev_tls);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_rejected() {
+        assert!(toml::from_str::<RawConfig>("listne = \"x\"").is_err());
+        let raw: RawConfig = toml::from_str("[limits]\nmax_value_bytes = 0").expect("parses");
+        assert!(raw.validate().is_err());
+        let raw: RawConfig = toml::from_str("[tls]\ncert = \"a.pem\"").expect("parses");
+        assert!(raw.validate().is_err());
+    }
+}

@@ -1,0 +1,188 @@
+//! The sealed envelope: the one place where the on-disk layout of a ciphertext is defined.
+//!
+//! ```text
+//! format (1 byte = 1) | key version (u32 BE) | nonce (12 bytes) | ciphertext + GCM tag (16 bytes)
+//! ```
+//!
+//! The format byte and key version are bound into the AEAD's associated data together with
+//! the caller's context (`Aad`), so editing either makes the envelope fail to open.
+
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Nonce};
+use zeroize::Zeroizing;
+
+use super::key::{fill_random, Key, KeyRole};
+use super::CryptoError;
+
+/// Current envelope format.
+const FORMAT_V1: u8 = 1;
+const NONCE_LEN: usize = 12;
+const TAG_LEN: usize = 16;
+const HEADER_LEN: usize = 1 + 4 + NONCE_LEN;
+
+/// Associated data: the context a ciphertext is bound to. Each part is length-prefixed,
+/// so no two different contexts encode to the same bytes.
+#[derive(Clone, Debug, Default)]
+pub struct Aad(Vec<u8>);
+
+impl Aad {
+    /// Starts a context with a domain label such as `"field"` or `"dek-wrap"`.
+    pub fn new(label: &str) -> Self {
+        Self::default().with(label.as_bytes())
+    }
+
+    /// Appends one length-prefixed part.
+    pub fn with(mut self, part: &[u8]) -> Self {
+        let len = u32::try_from(part.len()).unwrap_or(u32::MAX);
+        self.0.extend_from_slice(&len.to_be_bytes());
+        self.0.extend_from_slice(part);
+        self
+    }
+
+    /// Appends a number.
+    pub fn with_u64(self, n: u64) -> Self {
+        self.with(&n.to_be_bytes())
+    }
+
+    fn bytes_for(&self, role: &str, key_version: u32) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.0.len() + 16 + role.len());
+        out.push(FORMAT_V1);
+        out.extend_from_slice(role.as_bytes());
+        out.push(0);
+        out.extend_from_slice(&key_version.to_be_bytes());
+        out.extend_from_slice(&self.0);
+        out
+    }
+}
+
+/// A ciphertext with everything needed to open it except the key and its context.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Sealed {
+    key_version: u32,
+    nonce: [u8; NONCE_LEN],
+    /// Ciphertext followed by the 16-byte GCM tag.
+    ciphertext: Vec<u8>,
+}
+
+impl std::fmt::Debug for Sealed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Sealed(v{}, {} bytes)",
+            self.key_version,
+            self.ciphertext.len()
+        )
+    }
+}
+
+impl Sealed {
+    /// Version of the key that sealed this envelope.
+    pub fn key_version(&self) -> u32 {
+        self.key_version
+    }
+
+    /// The envelope in its on-disk form.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(HEADER_LEN + self.ciphertext.len());
+        out.push(FORMAT_V1);
+        out.extend_from_slice(&self.key_version.to_be_bytes());
+        out.extend_from_slice(&self.nonce);
+        out.extend_from_slice(&self.ciphertext);
+        out
+    }
+
+    /// Parses the on-disk form. Fails on an unknown format or a truncated envelope.
+    pub fn decode(bytes: &[u8]) -> Result<Self, CryptoError> {
+        if bytes.len() < HEADER_LEN + TAG_LEN || bytes[0] != FORMAT_V1 {
+            return Err(CryptoError);
+        }
+        let mut version = [0u8; 4];
+        version.copy_from_slice(&bytes[1..5]);
+        let mut nonce = [0u8; NONCE_LEN];
+        nonce.copy_from_slice(&bytes[5..HEADER_LEN]);
+        Ok(Self {
+            key_version: u32::from_be_bytes(version),
+            nonce,
+            ciphertext: bytes[HEADER_LEN..].to_vec(),
+        })
+    }
+}
+
+impl<R: KeyRole> Key<R> {
+    fn cipher(&self) -> Aes256Gcm {
+        // With aes-gcm's `zeroize` feature the expanded key schedule is cleared on drop.
+        Aes256Gcm::new(self.secret_bytes().into())
+    }
+
+    /// Seals `plaintext` under this key, bound to `aad`, with a fresh random 96-bit nonce.
+    pub fn seal(&self, plaintext: &[u8], aad: &Aad) -> Result<Sealed, CryptoError> {
+        let mut nonce = [0u8; NONCE_LEN];
+        fill_random(&mut nonce)?;
+        let aad = aad.bytes_for(R::NAME, self.version());
+        let ciphertext = self
+            .cipher()
+            .encrypt(
+                Nonce::from_slice(&nonce),
+                Payload {
+                    msg: plaintext,
+                    aad: &aad,
+                },
+            )
+            .map_err(|_| CryptoError)?;
+        Ok(Sealed {
+            key_version: self.version(),
+            nonce,
+            ciphertext,
+        })
+    }
+
+    /// Opens an envelope sealed by this key for `aad`. Any mismatch (key, version, context,
+    /// a flipped bit) fails the same opaque way.
+    pub fn open(&self, sealed: &Sealed, aad: &Aad) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+        if sealed.key_version != self.version() {
+            return Err(CryptoError);
+        }
+        let aad = aad.bytes_for(R::NAME, self.version());
+        self.cipher()
+            .decrypt(
+                Nonce::from_slice(&sealed.nonce),
+                Payload {
+                    msg: &sealed.ciphertext,
+                    aad: &aad,
+                },
+            )
+            .map(Zeroizing::new)
+            .map_err(|_| CryptoError)
+    }
+
+    /// Wraps a child key under this one. The child's version is bound into the context,
+    /// so a wrapped key cannot be replayed as another version.
+    pub fn wrap<C: KeyRole>(&self, child: &Key<C>, aad: &Aad) -> Result<Sealed, CryptoError> {
+        let aad = wrap_aad::<C>(aad, child.version());
+        self.seal(child.secret_bytes(), &aad)
+    }
+
+    /// Unwraps a child key of version `child_version`.
+    pub fn unwrap_key<C: KeyRole>(
+        &self,
+        sealed: &Sealed,
+        child_version: u32,
+        aad: &Aad,
+    ) -> Result<Key<C>, CryptoError> {
+        let aad = wrap_aad::<C>(aad, child_version);
+        let opened = self.open(sealed, &aad)?;
+        let mut bytes = Zeroizing::new([0u8; super::KEY_LEN]);
+        if opened.len() != bytes.len() {
+            return Err(CryptoError);
+        }
+        bytes.copy_from_slice(&opened);
+        Ok(Key::from_secret_bytes(child_version, bytes))
+    }
+}
+
+fn wrap_aad<C: KeyRole>(aad: &Aad, child_version: u32) -> Aad {
+    aad.clone()
+        .with(b"wrap")
+        .with(C::NAME.as_bytes())
+        .with_u64(u64::from(child_version))
+}

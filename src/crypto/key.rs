@@ -1,0 +1,123 @@
+//! Secret keys, typed by the role they play in the hierarchy.
+//!
+//! A `Key<R>` holds 32 bytes of AES-256 key material and the version it was issued as.
+//! It has no `Clone`, `PartialEq` or `Serialize`; its `Debug` prints `[secret]`; its bytes
+//! leave only through `secret_*` methods, so every exposure can be found with a grep; and
+//! it is zeroized on drop.
+
+use std::fmt;
+use std::marker::PhantomData;
+
+use ring::rand::{SecureRandom, SystemRandom};
+use zeroize::{Zeroize, Zeroizing};
+
+use super::CryptoError;
+
+/// Length of every symmetric key in the vault: AES-256.
+pub const KEY_LEN: usize = 32;
+
+/// The role a key plays. Each role has its own domain-separation label, so a key of one
+/// role can never open what was sealed for another.
+pub trait KeyRole: Send + Sync + 'static {
+    /// Short name used in AAD and diagnostics.
+    const NAME: &'static str;
+}
+
+/// Defines a zero-sized marker type for a key role.
+macro_rules! role {
+    ($(#[$doc:meta])* $name:ident, $label:literal) => {
+        $(#[$doc])*
+        #[derive(Debug)]
+        pub enum $name {}
+        impl KeyRole for $name {
+            const NAME: &'static str = $label;
+        }
+    };
+}
+
+role!(
+    /// The root key: lives outside the store and wraps tenant KEKs.
+    Root,
+    "root"
+);
+role!(
+    /// A tenant key-encryption key: wraps the subject DEKs of one tenant.
+    Kek,
+    "kek"
+);
+role!(
+    /// A subject data-encryption key: seals the field values of one subject.
+    Dek,
+    "dek"
+);
+
+/// A secret key of role `R`.
+pub struct Key<R: KeyRole> {
+    bytes: Zeroizing<[u8; KEY_LEN]>,
+    version: u32,
+    _role: PhantomData<R>,
+}
+
+impl<R: KeyRole> Key<R> {
+    /// A fresh random key.
+    pub fn generate(version: u32) -> Result<Self, CryptoError> {
+        let mut bytes = Zeroizing::new([0u8; KEY_LEN]);
+        fill_random(bytes.as_mut())?;
+        Ok(Self::from_secret_bytes(version, bytes))
+    }
+
+    /// Takes ownership of raw key bytes (already in zeroizing memory).
+    pub fn from_secret_bytes(version: u32, bytes: Zeroizing<[u8; KEY_LEN]>) -> Self {
+        Self {
+            bytes,
+            version,
+            _role: PhantomData,
+        }
+    }
+
+    /// Parses a key from lower-case hex (as stored in the root key file).
+    pub fn from_secret_hex(version: u32, hex_text: &str) -> Result<Self, CryptoError> {
+        let mut bytes = Zeroizing::new([0u8; KEY_LEN]);
+        hex::decode_to_slice(hex_text.trim(), bytes.as_mut()).map_err(|_| CryptoError)?;
+        Ok(Self::from_secret_bytes(version, bytes))
+    }
+
+    /// The key bytes as hex, in memory that is zeroized on drop.
+    pub fn secret_hex(&self) -> Zeroizing<String> {
+        Zeroizing::new(hex::encode(self.bytes.as_ref()))
+    }
+
+    /// The raw key bytes. Every caller is an exposure; keep them few.
+    pub fn secret_bytes(&self) -> &[u8; KEY_LEN] {
+        &self.bytes
+    }
+
+    /// An explicit copy: keys are not `Clone`, so every duplicate is visible in the code.
+    pub fn duplicate(&self) -> Self {
+        Self::from_secret_bytes(self.version, Zeroizing::new(*self.bytes))
+    }
+
+    /// The version this key was issued as.
+    pub fn version(&self) -> u32 {
+        self.version
+    }
+}
+
+impl<R: KeyRole> fmt::Debug for Key<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Key<{}>(v{}, [secret])", R::NAME, self.version)
+    }
+}
+
+impl<R: KeyRole> Drop for Key<R> {
+    fn drop(&mut self) {
+        // `Zeroizing` already clears the bytes; clearing the version too leaves nothing
+        // of the key behind in the freed memory.
+        self.version.zeroize();
+    }
+}
+
+/// Fills `buf` from the operating system's CSPRNG.
+pub fn fill_random(buf: &mut [u8]) -> Result<(), CryptoError> {
+    SystemRandom::new().fill(buf).map_err(|_| CryptoError)
+}

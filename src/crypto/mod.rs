@@ -1,0 +1,23 @@
+//! Cryptographic primitives of the vault: secret key types by role, the sealed envelope
+//! with its associated data, keyed hashes. The only module that touches `aes-gcm`, `ring`
+//! and `zeroize`.
+//!
+//! Errors are deliberately opaque: a failed open never says whether the key, the nonce,
+//! the context or the ciphertext was wrong.
+
+mod envelope;
+mod key;
+mod mac;
+
+pub use envelope::{Aad, Sealed};
+pub use key::{fill_random, Dek, Kek, Key, KeyRole, Root, KEY_LEN};
+pub use mac::{mac_eq, MAC_LEN};
+pub use zeroize::{Zeroize, Zeroizing};
+
+/// Something cryptographic failed. Deliberately says nothing more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("cryptographic operation failed")]
+pub struct CryptoError;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,172 @@
+//! The key hierarchy: root key → tenant KEK → subject DEK.
+//!
+//! - The root key comes from its file (`RootKeys`) and never enters the store.
+//! - A tenant KEK is generated at tenant creation and stored wrapped by the root key, bound
+//!   to the tenant id.
+//! - A subject DEK is generated at the subject's first write and stored wrapped by the
+//!   tenant KEK, bound to tenant and subject.
+//!
+//! Unwrapped KEKs are cached (there are few tenants); DEKs are unwrapped per request.
+
+mod root_file;
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+pub use root_file::RootKeys;
+
+use crate::crypto::{mac_eq, Aad, CryptoError, Dek, Kek, Key, Sealed, MAC_LEN};
+use crate::domain::{SubjectId, TenantId, Timestamp};
+use crate::storage::{Store, StoreError, SubjectRecord, TenantRecord};
+
+/// Store metadata key holding the root key check value the data directory was created with.
+const ROOT_CHECK: &str = "root_key_check";
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyringError {
+    #[error("root key file {path}: {problem}")]
+    RootFile { path: String, problem: String },
+    #[error(
+        "the root key file does not match this data directory (it was created with another root key)"
+    )]
+    RootMismatch,
+    /// A wrapped key did not open: the store or key source is damaged or tampered with.
+    #[error("a stored key failed to unwrap")]
+    Unwrap,
+    #[error("the {0} is missing from the store")]
+    Missing(&'static str),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<CryptoError> for KeyringError {
+    fn from(_: CryptoError) -> Self {
+        KeyringError::Unwrap
+    }
+}
+
+fn kek_aad(tenant: &TenantId) -> Aad {
+    Aad::new("tenant-kek").with(tenant.as_str().as_bytes())
+}
+
+fn dek_aad(tenant: &TenantId, subject: &SubjectId) -> Aad {
+    Aad::new("subject-dek")
+        .with(tenant.as_str().as_bytes())
+        .with(subject.as_str().as_bytes())
+}
+
+/// Wraps and unwraps the vault's keys.
+pub struct Keyring {
+    root: RootKeys,
+    store: Arc<dyn Store>,
+    /// Unwrapped tenant KEKs by (tenant, version): unwrapping on every request would put a
+    /// root-key operation on the hot path.
+    keks: RwLock<HashMap<(TenantId, u32), Arc<Key<Kek>>>>,
+}
+
+impl std::fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keyring").field("root", &self.root).finish()
+    }
+}
+
+impl Keyring {
+    /// Binds the root keys to the store: the first open records the root key's check value;
+    /// later opens refuse a root key that does not match it.
+    pub fn open(root: RootKeys, store: Arc<dyn Store>) -> Result<Self, KeyringError> {
+        let current = root.current();
+        let mut mine = current.version().to_be_bytes().to_vec();
+        mine.extend_from_slice(&current.check_value());
+        let recorded = store.meta_init(ROOT_CHECK, &mine)?;
+        if recorded.len() != 4 + MAC_LEN {
+            return Err(KeyringError::Missing("root key check value"));
+        }
+        let mut version = [0u8; 4];
+        version.copy_from_slice(&recorded[..4]);
+        let matches = root
+            .version(u32::from_be_bytes(version))
+            .is_some_and(|k| mac_eq(&k.check_value(), &recorded[4..]));
+        if !matches {
+            return Err(KeyringError::RootMismatch);
+        }
+        Ok(Self {
+            root,
+            store,
+            keks: RwLock::new(HashMap::new()),
+        })
+    }
+
+    /// A new tenant record and its first KEK, wrapped by the current root key.
+    pub fn new_tenant(
+        &self,
+        id: &TenantId,
+        now: Timestamp,
+    ) -> Result<(TenantRecord, Sealed), KeyringError> {
+        let kek: Key<Kek> = Key::generate(1)?;
+        let wrapped = self.root.current().wrap(&kek, &kek_aad(id))?;
+        let record = TenantRecord {
+            id: id.clone(),
+            created_at: now,
+            kek_version: kek.version(),
+        };
+        Ok((record, wrapped))
+    }
+
+    fn kek(&self, tenant: &TenantId, version: u32) -> Result<Arc<Key<Kek>>, KeyringError> {
+        let cache_key = (tenant.clone(), version);
+        if let Some(k) = self
+            .keks
+            .read()
+            .ok()
+            .and_then(|m| m.get(&cache_key).cloned())
+        {
+            return Ok(k);
+        }
+        let wrapped = self
+            .store
+            .kek(tenant, version)?
+            .ok_or(KeyringError::Missing("tenant key"))?;
+        let root = self
+            .root
+            .version(wrapped.key_version())
+            .ok_or(KeyringError::Missing("root key version"))?;
+        let kek = Arc::new(root.unwrap_key::<Kek>(&wrapped, version, &kek_aad(tenant))?);
+        if let Ok(mut map) = self.keks.write() {
+            map.insert(cache_key, kek.clone());
+        }
+        Ok(kek)
+    }
+
+    /// A fresh DEK for a new subject and the record that stores it wrapped.
+    pub fn new_subject(
+        &self,
+        tenant: &TenantRecord,
+        subject: &SubjectId,
+        now: Timestamp,
+    ) -> Result<(Key<Dek>, SubjectRecord), KeyringError> {
+        let kek = self.kek(&tenant.id, tenant.kek_version)?;
+        let dek: Key<Dek> = Key::generate(1)?;
+        let wrapped_dek = kek.wrap(&dek, &dek_aad(&tenant.id, subject))?;
+        let record = SubjectRecord {
+            created_at: now,
+            dek_version: dek.version(),
+            wrapped_dek,
+        };
+        Ok((dek, record))
+    }
+
+    /// Unwraps a subject's DEK.
+    pub fn subject_dek(
+        &self,
+        tenant: &TenantId,
+        subject: &SubjectId,
+        record: &SubjectRecord,
+    ) -> Result<Key<Dek>, KeyringError> {
+        let kek = self.kek(tenant, record.wrapped_dek.key_version())?;
+        Ok(kek.unwrap_key(
+            &record.wrapped_dek,
+            record.dek_version,
+            &dek_aad(tenant, subject),
+        )?)
+    }
+}

@@ -1,0 +1,122 @@
+//! The server: opens the store and keys, serves the gRPC API over mutual TLS, drains
+//! connections on shutdown and flushes the store last.
+//!
+//! `run` takes an already bound listener and a shutdown future, so tests can bind
+//! `127.0.0.1:0` and stop the server with a oneshot.
+
+mod tls;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::api;
+use crate::config::Config;
+use crate::domain::SystemClock;
+use crate::keyring::{Keyring, KeyringError, RootKeys};
+use crate::proto::v1::record_service_server::RecordServiceServer;
+use crate::proto::v1::tenant_service_server::TenantServiceServer;
+use crate::service::Vault;
+use crate::storage::{SledStore, Store, StoreError};
+
+pub use tls::server_config;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error(transparent)]
+    Keys(#[from] KeyringError),
+    #[error("store at {path}: {source}")]
+    Store {
+        path: String,
+        #[source]
+        source: StoreError,
+    },
+    #[error("reflection: {0}")]
+    Reflection(String),
+    #[error("transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Serves until `shutdown` completes, then drains in-flight calls and flushes the store.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let root = RootKeys::load(&config.root_key_file)?;
+    let store_dir = config.store_dir();
+    let store_err = |source| ServerError::Store {
+        path: store_dir.display().to_string(),
+        source,
+    };
+    let store: Arc<dyn Store> =
+        Arc::new(SledStore::open(&store_dir, config.cache_capacity_bytes).map_err(store_err)?);
+    let keys = Keyring::open(root, store.clone())?;
+    let tls = server_config(&config.tls)?;
+    let vault = Arc::new(Vault::new(
+        store.clone(),
+        keys,
+        Arc::new(SystemClock),
+        config.limits.clone(),
+    ));
+
+    let (tenants, records) = api::services(vault.clone());
+    let max = config.max_message_bytes;
+    let tenants = TenantServiceServer::new(tenants).max_decoding_message_size(max);
+    let records = RecordServiceServer::new(records).max_decoding_message_size(max);
+
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<TenantServiceServer<api::TenantApi>>()
+        .await;
+    health_reporter
+        .set_serving::<RecordServiceServer<api::RecordApi>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ServerError::Reflection(e.to_string()))?;
+    let reflection_alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| ServerError::Reflection(e.to_string()))?;
+
+    let local = listener.local_addr().ok();
+    let incoming = ReceiverStream::new(tls::incoming(listener, tls, config.handshake_timeout));
+    tracing::info!(listen = ?local, "serving (mTLS required, TLS 1.3)");
+    let served = tonic::transport::Server::builder()
+        .timeout(config.request_timeout)
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(reflection_alpha)
+        .add_service(tenants)
+        .add_service(records)
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await;
+
+    // Drained: wait for the last handle so the store is closed (and its lock released)
+    // when `run` returns, then flush whatever was written.
+    drop(vault);
+    wait_for_last_handle(&store).await;
+    let flushed = store.flush();
+    drop(store);
+    served?;
+    flushed.map_err(store_err)?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_last_handle(store: &Arc<dyn Store>) {
+    for _ in 0..500 {
+        if Arc::strong_count(store) == 1 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tracing::warn!("store still referenced after shutdown");
+}

@@ -1,0 +1,45 @@
+//! Errors of the use cases. Each variant maps to exactly one gRPC status in `api`.
+
+use crate::domain::{FieldName, InvalidInput};
+use crate::keyring::KeyringError;
+use crate::storage::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("{0}")]
+    InvalidArgument(#[from] InvalidInput),
+    #[error("tenant not found")]
+    TenantNotFound,
+    #[error("tenant already exists")]
+    TenantExists,
+    #[error("subject not found")]
+    SubjectNotFound,
+    #[error("field {0} not found")]
+    FieldNotFound(FieldName),
+    /// The store cannot be read or written right now; the request may be retried.
+    #[error("storage unavailable")]
+    Unavailable(#[source] StoreError),
+    /// Something that should not happen (damaged data, a key that does not open). The
+    /// cause is logged, never sent.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for ServiceError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Backend(_) => ServiceError::Unavailable(e),
+            StoreError::NoTenant => ServiceError::TenantNotFound,
+            StoreError::Corrupt(_) | StoreError::Conflict => ServiceError::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<KeyringError> for ServiceError {
+    fn from(e: KeyringError) -> Self {
+        match e {
+            KeyringError::Store(e) => e.into(),
+            other => ServiceError::Internal(other.to_string()),
+        }
+    }
+}

@@ -1,0 +1,237 @@
+//! Record use cases: put, get and delete fields of a subject; list subjects.
+
+use std::collections::HashSet;
+
+use crate::crypto::{Aad, Dek, Key};
+use crate::domain::{
+    Category, Field, FieldMeta, FieldName, FieldValue, InvalidInput, NewField, Purpose, SubjectId,
+    TenantId,
+};
+use crate::storage::{FieldRecord, SealedField, StoreError, SubjectRecord, SubjectWrite};
+
+use super::{ServiceError, Vault};
+
+/// How often a write retries when another write to the same subject won the race.
+const MAX_CONFLICT_RETRIES: usize = 16;
+
+/// One page of subject ids.
+#[derive(Debug)]
+pub struct SubjectPage {
+    pub subjects: Vec<SubjectId>,
+    /// Where the next page starts; `None` on the last page.
+    pub next: Option<SubjectId>,
+}
+
+/// The context a field ciphertext is bound to: moving it to another tenant, subject or
+/// field, or relabelling its category or kind, makes it fail to open. The DEK version is
+/// bound by the envelope itself.
+fn field_aad(
+    tenant: &TenantId,
+    subject: &SubjectId,
+    name: &FieldName,
+    category: Category,
+    kind: u8,
+) -> Aad {
+    Aad::new("field")
+        .with(tenant.as_str().as_bytes())
+        .with(subject.as_str().as_bytes())
+        .with(name.as_str().as_bytes())
+        .with(&[category.code(), kind])
+}
+
+impl Vault {
+    fn check_names<'a>(
+        &self,
+        names: impl ExactSizeIterator<Item = &'a FieldName>,
+    ) -> Result<(), ServiceError> {
+        let max = self.limits.max_fields_per_request;
+        if names.len() > max {
+            return Err(InvalidInput::new(format!(
+                "{} fields in one request; the limit is {max}",
+                names.len()
+            ))
+            .into());
+        }
+        let mut seen = HashSet::new();
+        for name in names {
+            if !seen.insert(name) {
+                return Err(InvalidInput::new(format!("field {name} is named twice")).into());
+            }
+        }
+        Ok(())
+    }
+
+    fn check_put(&self, fields: &[NewField]) -> Result<(), ServiceError> {
+        if fields.is_empty() {
+            return Err(InvalidInput::new("no fields to write").into());
+        }
+        self.check_names(fields.iter().map(|f| &f.name))?;
+        let max = self.limits.max_value_bytes;
+        for f in fields {
+            if f.value.len() > max {
+                return Err(InvalidInput::new(format!(
+                    "value of field {} is {} bytes; the limit is {max}",
+                    f.name,
+                    f.value.len()
+                ))
+                .into());
+            }
+        }
+        Ok(())
+    }
+
+    /// The subject's record and unwrapped DEK, creating both if the subject is new.
+    fn subject_key(
+        &self,
+        tenant: &TenantId,
+        subject: &SubjectId,
+    ) -> Result<(SubjectRecord, Key<Dek>), ServiceError> {
+        let tenant_rec = self.tenant(tenant)?;
+        match self.store.subject(tenant, subject)? {
+            Some(rec) => {
+                let dek = self.keys.subject_dek(tenant, subject, &rec)?;
+                Ok((rec, dek))
+            }
+            None => {
+                let (dek, rec) = self
+                    .keys
+                    .new_subject(&tenant_rec, subject, self.clock.now())?;
+                Ok((rec, dek))
+            }
+        }
+    }
+
+    /// Upserts `fields` atomically, creating the subject (and its DEK) on first write.
+    /// Returns once the write is on disk.
+    pub async fn put_fields(
+        &self,
+        tenant: &TenantId,
+        subject: &SubjectId,
+        fields: &[NewField],
+    ) -> Result<Vec<FieldMeta>, ServiceError> {
+        self.check_put(fields)?;
+        for _ in 0..MAX_CONFLICT_RETRIES {
+            let (record, dek) = self.subject_key(tenant, subject)?;
+            let sealed = fields
+                .iter()
+                .map(|f| {
+                    let kind = f.value.kind_code();
+                    let aad = field_aad(tenant, subject, &f.name, f.category, kind);
+                    Ok(SealedField {
+                        name: f.name.clone(),
+                        category: f.category,
+                        kind,
+                        sealed: dek
+                            .seal(f.value.as_bytes(), &aad)
+                            .map_err(|_| ServiceError::Internal("sealing a field failed".into()))?,
+                    })
+                })
+                .collect::<Result<Vec<_>, ServiceError>>()?;
+            let write = SubjectWrite {
+                subject: record,
+                fields: sealed,
+                now: self.clock.now(),
+            };
+            match self.store.put_fields(tenant, subject, &write) {
+                Ok(written) => {
+                    self.commit.durable().await?;
+                    return Ok(written);
+                }
+                // Another write created or re-keyed the subject first: seal again.
+                Err(StoreError::Conflict) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ServiceError::Internal(
+            "too many concurrent writes to one subject".into(),
+        ))
+    }
+
+    fn open_field(
+        tenant: &TenantId,
+        subject: &SubjectId,
+        dek: &Key<Dek>,
+        rec: FieldRecord,
+    ) -> Result<Field, ServiceError> {
+        let aad = field_aad(tenant, subject, &rec.meta.name, rec.meta.category, rec.kind);
+        let damaged = || ServiceError::Internal(format!("field {} does not open", rec.meta.name));
+        let plain = dek.open(&rec.sealed, &aad).map_err(|_| damaged())?;
+        let value = FieldValue::from_parts(rec.kind, plain.to_vec()).ok_or_else(damaged)?;
+        Ok(Field {
+            meta: rec.meta,
+            value,
+        })
+    }
+
+    /// Reads the named fields of a subject, or all of them when `names` is empty.
+    pub async fn get_fields(
+        &self,
+        tenant: &TenantId,
+        subject: &SubjectId,
+        names: &[FieldName],
+        _purpose: &Purpose,
+    ) -> Result<Vec<Field>, ServiceError> {
+        self.check_names(names.iter())?;
+        self.tenant(tenant)?;
+        let record = self
+            .store
+            .subject(tenant, subject)?
+            .ok_or(ServiceError::SubjectNotFound)?;
+        let records = if names.is_empty() {
+            self.store.fields(tenant, subject)?
+        } else {
+            let mut sorted: Vec<&FieldName> = names.iter().collect();
+            sorted.sort();
+            sorted
+                .into_iter()
+                .map(|n| {
+                    self.store
+                        .field(tenant, subject, n)?
+                        .ok_or_else(|| ServiceError::FieldNotFound(n.clone()))
+                })
+                .collect::<Result<Vec<_>, _>>()?
+        };
+        let dek = self.keys.subject_dek(tenant, subject, &record)?;
+        records
+            .into_iter()
+            .map(|rec| Self::open_field(tenant, subject, &dek, rec))
+            .collect()
+    }
+
+    /// Deletes the named fields; returns how many existed. Durable before it returns.
+    pub async fn delete_fields(
+        &self,
+        tenant: &TenantId,
+        subject: &SubjectId,
+        names: &[FieldName],
+    ) -> Result<u32, ServiceError> {
+        if names.is_empty() {
+            return Err(InvalidInput::new("no fields to delete").into());
+        }
+        self.check_names(names.iter())?;
+        self.tenant(tenant)?;
+        if self.store.subject(tenant, subject)?.is_none() {
+            return Err(ServiceError::SubjectNotFound);
+        }
+        let deleted = self.store.delete_fields(tenant, subject, names)?;
+        self.commit.durable().await?;
+        Ok(deleted)
+    }
+
+    /// Subjects of a tenant, `limit` at a time, after `after`.
+    pub fn list_subjects(
+        &self,
+        tenant: &TenantId,
+        after: Option<&SubjectId>,
+        limit: usize,
+    ) -> Result<SubjectPage, ServiceError> {
+        let mut subjects = self.store.subjects(tenant, after, limit + 1)?;
+        let next = if subjects.len() > limit {
+            subjects.truncate(limit);
+            subjects.last().cloned()
+        } else {
+            None
+        };
+        Ok(SubjectPage { subjects, next })
+    }
+}

@@ -1,0 +1,158 @@
+//! Versioned record formats: what the store keeps for tenants, subjects and fields.
+//! Only sealed bytes and metadata; never a key or a value in the clear.
+
+use crate::crypto::Sealed;
+use crate::domain::{Category, FieldMeta, FieldName, TenantId, Timestamp};
+
+use super::codec::{Reader, Writer};
+use super::StoreError;
+
+const RECORD_V1: u8 = 1;
+
+fn sealed(r: &mut Reader<'_>, what: &'static str) -> Result<Sealed, StoreError> {
+    Sealed::decode(r.bytes()?).map_err(|_| StoreError::Corrupt(what))
+}
+
+fn version(r: &mut Reader<'_>, what: &'static str) -> Result<(), StoreError> {
+    if r.u8()? == RECORD_V1 {
+        Ok(())
+    } else {
+        Err(StoreError::Corrupt(what))
+    }
+}
+
+/// A tenant and the current version of its key-encryption key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TenantRecord {
+    pub id: TenantId,
+    pub created_at: Timestamp,
+    pub kek_version: u32,
+}
+
+impl TenantRecord {
+    const WHAT: &'static str = "tenant record";
+
+    pub fn encode(&self) -> Vec<u8> {
+        Writer::new()
+            .u8(RECORD_V1)
+            .str(self.id.as_str())
+            .u64(self.created_at.0)
+            .u32(self.kek_version)
+            .finish()
+    }
+
+    pub fn decode(buf: &[u8]) -> Result<Self, StoreError> {
+        let mut r = Reader::new(buf, Self::WHAT);
+        version(&mut r, Self::WHAT)?;
+        let id = TenantId::parse(r.str()?).map_err(|_| StoreError::Corrupt(Self::WHAT))?;
+        let rec = Self {
+            id,
+            created_at: Timestamp(r.u64()?),
+            kek_version: r.u32()?,
+        };
+        r.finish()?;
+        Ok(rec)
+    }
+}
+
+/// A subject: its data key, wrapped by a version of the tenant's KEK.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SubjectRecord {
+    pub created_at: Timestamp,
+    /// Version of the DEK itself (bound into its wrap and into every field it seals).
+    pub dek_version: u32,
+    /// The DEK sealed under the tenant KEK; the envelope names the KEK version.
+    pub wrapped_dek: Sealed,
+}
+
+impl SubjectRecord {
+    const WHAT: &'static str = "subject record";
+
+    pub fn encode(&self) -> Vec<u8> {
+        Writer::new()
+            .u8(RECORD_V1)
+            .u64(self.created_at.0)
+            .u32(self.dek_version)
+            .bytes(&self.wrapped_dek.encode())
+            .finish()
+    }
+
+    pub fn decode(buf: &[u8]) -> Result<Self, StoreError> {
+        let mut r = Reader::new(buf, Self::WHAT);
+        version(&mut r, Self::WHAT)?;
+        let rec = Self {
+            created_at: Timestamp(r.u64()?),
+            dek_version: r.u32()?,
+            wrapped_dek: sealed(&mut r, Self::WHAT)?,
+        };
+        r.finish()?;
+        Ok(rec)
+    }
+}
+
+/// A stored field: metadata in the clear, the value sealed under the subject's DEK.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldRecord {
+    pub meta: FieldMeta,
+    /// Text or bytes (see `FieldValue::kind_code`); bound into the ciphertext's AAD.
+    pub kind: u8,
+    pub sealed: Sealed,
+}
+
+impl FieldRecord {
+    const WHAT: &'static str = "field record";
+
+    pub fn encode(&self) -> Vec<u8> {
+        Writer::new()
+            .u8(RECORD_V1)
+            .str(self.meta.name.as_str())
+            .u8(self.meta.category.code())
+            .u8(self.kind)
+            .u64(self.meta.version)
+            .u64(self.meta.created_at.0)
+            .u64(self.meta.updated_at.0)
+            .bytes(&self.sealed.encode())
+            .finish()
+    }
+
+    pub fn decode(buf: &[u8]) -> Result<Self, StoreError> {
+        let corrupt = |_| StoreError::Corrupt(Self::WHAT);
+        let mut r = Reader::new(buf, Self::WHAT);
+        version(&mut r, Self::WHAT)?;
+        let name = FieldName::parse(r.str()?).map_err(corrupt)?;
+        let category = Category::from_code(i64::from(r.u8()?)).map_err(corrupt)?;
+        let kind = r.u8()?;
+        let rec = Self {
+            meta: FieldMeta {
+                name,
+                category,
+                version: r.u64()?,
+                created_at: Timestamp(r.u64()?),
+                updated_at: Timestamp(r.u64()?),
+            },
+            kind,
+            sealed: sealed(&mut r, Self::WHAT)?,
+        };
+        r.finish()?;
+        Ok(rec)
+    }
+}
+
+/// A field sealed and ready to store; the store assigns its version and times.
+#[derive(Clone, Debug)]
+pub struct SealedField {
+    pub name: FieldName,
+    pub category: Category,
+    pub kind: u8,
+    pub sealed: Sealed,
+}
+
+/// One atomic write of a subject's fields.
+#[derive(Clone, Debug)]
+pub struct SubjectWrite {
+    /// The subject record the fields were sealed for: stored if the subject does not exist
+    /// yet, and otherwise required to equal the stored one (else `StoreError::Conflict`).
+    pub subject: SubjectRecord,
+    pub fields: Vec<SealedField>,
+    pub now: Timestamp,
+}
