@@ -55,13 +55,16 @@ fn dek_aad(tenant: &TenantId, subject: &SubjectId) -> Aad {
         .with(subject.as_str().as_bytes())
 }
 
+/// Unwrapped tenant KEKs by (tenant, KEK version).
+type KekCache = HashMap<(TenantId, u32), Arc<Key<Kek>>>;
+
 /// Wraps and unwraps the vault's keys.
 pub struct Keyring {
     root: RootKeys,
     store: Arc<dyn Store>,
     /// Unwrapped tenant KEKs by (tenant, version): unwrapping on every request would put a
     /// root-key operation on the hot path.
-    keks: RwLock<HashMap<(TenantId, u32), Arc<Key<Kek>>>>,
+    keks: RwLock<KekCache>,
 }
 
 impl std::fmt::Debug for Keyring {

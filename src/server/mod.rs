@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::ReceiverStream;
+use tower::util::MapResponseLayer;
 
 use crate::api;
 use crate::config::Config;
@@ -42,10 +43,28 @@ pub enum ServerError {
     Transport(#[from] tonic::transport::Error),
 }
 
-/// Serves until `shutdown` completes, then drains in-flight calls and flushes the store.
+/// Opens the sled store of `config` and serves until `shutdown` completes, then drains
+/// in-flight calls and flushes the store.
 pub async fn run(
     listener: TcpListener,
     config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let store_dir = config.store_dir();
+    let store = SledStore::open(&store_dir, config.cache_capacity_bytes).map_err(|source| {
+        ServerError::Store {
+            path: store_dir.display().to_string(),
+            source,
+        }
+    })?;
+    serve(listener, config, Arc::new(store), shutdown).await
+}
+
+/// Serves over an already opened store (tests wrap it to inject faults).
+pub async fn serve(
+    listener: TcpListener,
+    config: Config,
+    store: Arc<dyn Store>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let root = RootKeys::load(&config.root_key_file)?;
@@ -54,8 +73,6 @@ pub async fn run(
         path: store_dir.display().to_string(),
         source,
     };
-    let store: Arc<dyn Store> =
-        Arc::new(SledStore::open(&store_dir, config.cache_capacity_bytes).map_err(store_err)?);
     let keys = Keyring::open(root, store.clone())?;
     let tls = server_config(&config.tls)?;
     let vault = Arc::new(Vault::new(
@@ -91,6 +108,7 @@ pub async fn run(
     tracing::info!(listen = ?local, "serving (mTLS required, TLS 1.3)");
     let served = tonic::transport::Server::builder()
         .timeout(config.request_timeout)
+        .layer(MapResponseLayer::new(oversized_is_invalid_argument))
         .add_service(health)
         .add_service(reflection)
         .add_service(reflection_alpha)
@@ -109,6 +127,26 @@ pub async fn run(
     flushed.map_err(store_err)?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// tonic answers a request over the message size limit with OUT_OF_RANGE; the vault's
+/// contract (and gRPC's own guidance for bad client input) is INVALID_ARGUMENT.
+fn oversized_is_invalid_argument<B>(mut resp: http::Response<B>) -> http::Response<B> {
+    let headers = resp.headers_mut();
+    let oversized = headers.get("grpc-status").is_some_and(|s| s == "11")
+        && headers
+            .get("grpc-message")
+            .and_then(|m| m.to_str().ok())
+            // grpc-message is percent-encoded on the wire.
+            .is_some_and(|m| m.replace("%20", " ").contains("message length too large"));
+    if oversized {
+        headers.insert("grpc-status", http::HeaderValue::from_static("3"));
+        headers.insert(
+            "grpc-message",
+            http::HeaderValue::from_static("request message exceeds the server's size limit"),
+        );
+    }
+    resp
 }
 
 async fn wait_for_last_handle(store: &Arc<dyn Store>) {
