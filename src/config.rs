@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use crate::certs::DevPki;
 use crate::keyring::{KeyringError, RootKeys};
-use crate::service::Limits;
+use crate::service::{Limits, SinkConfig, VaultSettings};
 
 /// Default listen address: loopback only.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7443";
@@ -33,6 +33,25 @@ pub struct RawConfig {
     pub limits: RawLimits,
     #[serde(default)]
     pub storage: RawStorage,
+    #[serde(default)]
+    pub audit: RawAudit,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAudit {
+    /// Longest a request waits for its audit event to be on disk before failing closed
+    /// with UNAVAILABLE, in milliseconds. Default 2000.
+    pub timeout_ms: Option<u64>,
+    /// Events older than this many days are pruned (daily, and by `PruneAuditLog`).
+    /// Default 365 (the privacy policy keeps log data 12 months).
+    pub retention_days: Option<u32>,
+    /// Optional JSON-lines mirror of every event for a SIEM.
+    pub jsonl_path: Option<PathBuf>,
+    /// Rotate the mirror when it would exceed this many bytes. Default 64 MiB.
+    pub jsonl_max_bytes: Option<u64>,
+    /// Rotated mirror files kept. Default 5.
+    pub jsonl_keep: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -92,7 +111,8 @@ pub struct Config {
     pub tls: TlsPaths,
     /// True when the TLS paths are the dev defaults, which `bootstrap` may create.
     pub dev_tls: bool,
-    pub limits: Limits,
+    /// Limits and audit settings of the use cases.
+    pub vault: VaultSettings,
     pub max_message_bytes: usize,
     pub request_timeout: Duration,
     pub handshake_timeout: Duration,
@@ -196,14 +216,50 @@ impl RawConfig {
             data_dir,
             tls,
             dev_tls,
-            limits: Limits {
-                max_value_bytes,
-                max_fields_per_request: bounded_usize(
-                    "limits.max_fields_per_request",
-                    l.max_fields_per_request.unwrap_or(1000),
-                    1,
-                    100_000,
-                )?,
+            vault: VaultSettings {
+                limits: Limits {
+                    max_value_bytes,
+                    max_fields_per_request: bounded_usize(
+                        "limits.max_fields_per_request",
+                        l.max_fields_per_request.unwrap_or(1000),
+                        1,
+                        100_000,
+                    )?,
+                },
+                audit_timeout: Duration::from_millis(bounded(
+                    "audit.timeout_ms",
+                    self.audit.timeout_ms.unwrap_or(2000),
+                    10,
+                    600_000,
+                )?),
+                audit_retention: Duration::from_secs(
+                    86_400
+                        * bounded(
+                            "audit.retention_days",
+                            u64::from(self.audit.retention_days.unwrap_or(365)),
+                            1,
+                            36_500,
+                        )?,
+                ),
+                audit_sink: match self.audit.jsonl_path {
+                    None => None,
+                    Some(path) => Some(SinkConfig {
+                        path,
+                        max_bytes: bounded(
+                            "audit.jsonl_max_bytes",
+                            self.audit.jsonl_max_bytes.unwrap_or(64 << 20),
+                            4096,
+                            1 << 40,
+                        )?,
+                        keep: u32::try_from(bounded(
+                            "audit.jsonl_keep",
+                            u64::from(self.audit.jsonl_keep.unwrap_or(5)),
+                            0,
+                            1000,
+                        )?)
+                        .unwrap_or(5),
+                    }),
+                },
             },
             max_message_bytes,
             request_timeout: Duration::from_millis(bounded(
@@ -284,7 +340,8 @@ mod tests {
     fn defaults_are_safe() {
         let c = RawConfig::default().validate().expect("defaults validate");
         assert!(c.listen.ip().is_loopback());
-        assert_eq!(c.limits.max_value_bytes, 64 * 1024);
+        assert_eq!(c.vault.limits.max_value_bytes, 64 * 1024);
+        assert_eq!(c.vault.audit_retention.as_secs(), 365 * 86_400);
         assert!(c.dev_tls);
     }
 

@@ -21,10 +21,12 @@
 //! `certs` issues the CA, server and client certificates (dev default and `pii-vault certs`).
 
 pub mod api;
+pub mod audit;
 pub mod authz;
 pub mod certs;
 pub mod cli;
 pub mod client;
+pub mod codec;
 pub mod config;
 pub mod crypto;
 pub mod domain;

@@ -1,35 +1,27 @@
 //! Protobuf ⇄ domain conversions. Parsing here is where untrusted input becomes typed.
 
-use tonic::Status;
-
 use crate::domain::{
-    Category, Field, FieldMeta, FieldName, FieldValue, InvalidInput, NewField, SubjectId, TenantId,
-    Timestamp,
+    Category, Field, FieldMeta, FieldName, FieldValue, InvalidInput, NewField, Timestamp,
 };
 use crate::proto::v1 as pb;
 use crate::storage::TenantRecord;
 
-/// Turns a domain validation failure into INVALID_ARGUMENT.
-pub fn invalid(e: InvalidInput) -> Status {
-    Status::invalid_argument(e.to_string())
-}
-
-pub fn tenant_id(s: &str) -> Result<TenantId, Status> {
-    TenantId::parse(s).map_err(invalid)
-}
-
-pub fn subject_id(s: &str) -> Result<SubjectId, Status> {
-    SubjectId::parse(s).map_err(invalid)
-}
-
-pub fn field_names(names: &[String]) -> Result<Vec<FieldName>, Status> {
+pub fn field_names(names: &[String]) -> Result<Vec<FieldName>, InvalidInput> {
     names
         .iter()
         .enumerate()
-        .map(|(i, n)| {
-            FieldName::parse(n).map_err(|e| invalid(e.context(format!("field_names[{i}]"))))
-        })
+        .map(|(i, n)| FieldName::parse(n).map_err(|e| e.context(format!("field_names[{i}]"))))
         .collect()
+}
+
+/// A protobuf time as vault time; times before 1970 are malformed.
+pub fn from_timestamp(t: &prost_types::Timestamp) -> Result<Timestamp, InvalidInput> {
+    let secs = u64::try_from(t.seconds).map_err(|_| InvalidInput::new("time is before 1970"))?;
+    let micros =
+        u64::try_from(t.nanos / 1000).map_err(|_| InvalidInput::new("time has negative nanos"))?;
+    Ok(Timestamp(
+        secs.saturating_mul(1_000_000).saturating_add(micros),
+    ))
 }
 
 pub fn timestamp(t: Timestamp) -> prost_types::Timestamp {
@@ -55,11 +47,11 @@ fn new_field(f: pb::FieldInput) -> Result<NewField, InvalidInput> {
     })
 }
 
-pub fn new_fields(fields: Vec<pb::FieldInput>) -> Result<Vec<NewField>, Status> {
+pub fn new_fields(fields: Vec<pb::FieldInput>) -> Result<Vec<NewField>, InvalidInput> {
     fields
         .into_iter()
         .enumerate()
-        .map(|(i, f)| new_field(f).map_err(|e| invalid(e.context(format!("fields[{i}]")))))
+        .map(|(i, f)| new_field(f).map_err(|e| e.context(format!("fields[{i}]"))))
         .collect()
 }
 
@@ -104,11 +96,11 @@ pub fn tenant(t: TenantRecord) -> pb::Tenant {
 pub fn page_token<T>(
     token: &str,
     parse: fn(&str) -> Result<T, InvalidInput>,
-) -> Result<Option<T>, Status> {
+) -> Result<Option<T>, InvalidInput> {
     if token.is_empty() {
         return Ok(None);
     }
-    let bad = || Status::invalid_argument("page_token is not a token this server issued");
+    let bad = || InvalidInput::new("page_token is not a token this server issued");
     let bytes = hex::decode(token).map_err(|_| bad())?;
     let text = String::from_utf8(bytes).map_err(|_| bad())?;
     parse(&text).map(Some).map_err(|_| bad())

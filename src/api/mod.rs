@@ -1,6 +1,11 @@
 //! The gRPC face of the vault: tonic handlers that turn protobuf messages into validated
 //! domain types, call `service`, and map every `ServiceError` to one status code.
+//!
+//! Every request gets a `Call`: the caller's verified identity and a request id (the
+//! client's `x-request-id` if it is well-formed, else a random one), echoed back in the
+//! response's `x-request-id` header and written to the request's audit event.
 
+mod audit;
 mod convert;
 mod record;
 mod status;
@@ -8,38 +13,95 @@ mod tenant;
 
 use std::sync::Arc;
 
-use tonic::{Request, Status};
+use tonic::metadata::MetadataValue;
+use tonic::{Request, Response, Status};
 
+use crate::audit::Operation;
 use crate::authz::Caller;
-use crate::service::Vault;
+use crate::domain::InvalidInput;
+use crate::service::{Call, Vault};
 
+pub use audit::AuditApi;
 pub use record::RecordApi;
 pub use tenant::TenantApi;
 
 /// Default and largest page sizes of list calls.
 const DEFAULT_PAGE: u32 = 100;
 const MAX_PAGE: u32 = 1000;
+/// Request-id header, accepted from clients and always sent back.
+const REQUEST_ID: &str = "x-request-id";
 
-/// The caller of a request, as verified at the TLS handshake. A request without one never
-/// came through the mTLS listener and is refused.
-fn caller<T>(req: &Request<T>) -> Result<Caller, Status> {
-    req.extensions()
-        .get::<Caller>()
-        .cloned()
-        .ok_or_else(|| Status::unauthenticated("no verified client certificate"))
+fn well_formed_request_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
-fn page_size(requested: u32) -> Result<usize, Status> {
+fn new_request_id() -> String {
+    let mut bytes = [0u8; 12];
+    // A failing CSPRNG only makes ids less unique; the request can still be traced by time.
+    let _ = crate::crypto::fill_random(&mut bytes);
+    hex::encode(bytes)
+}
+
+/// The `Call` of a request: its verified caller and its request id. A request without a
+/// caller never came through the mTLS listener and is refused.
+fn call<T>(req: &Request<T>) -> Result<Call, Status> {
+    let caller = req
+        .extensions()
+        .get::<Caller>()
+        .cloned()
+        .ok_or_else(|| Status::unauthenticated("no verified client certificate"))?;
+    let request_id = req
+        .metadata()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|id| well_formed_request_id(id))
+        .map_or_else(new_request_id, ToOwned::to_owned);
+    Ok(Call {
+        caller: caller.identity,
+        request_id,
+    })
+}
+
+/// A response carrying the request id.
+fn respond<T>(call: &Call, message: T) -> Response<T> {
+    let mut resp = Response::new(message);
+    if let Ok(v) = MetadataValue::try_from(call.request_id.as_str()) {
+        resp.metadata_mut().insert(REQUEST_ID, v);
+    }
+    resp
+}
+
+/// Passes parsed input through; malformed input is audited as such and refused.
+async fn parsed<T>(
+    vault: &Vault,
+    call: &Call,
+    op: Operation,
+    input: Result<T, InvalidInput>,
+) -> Result<T, Status> {
+    match input {
+        Ok(v) => Ok(v),
+        Err(e) => Err(vault.reject(call, op, e.into()).await.into()),
+    }
+}
+
+fn page_size(requested: u32) -> Result<usize, InvalidInput> {
     match requested {
         0 => Ok(DEFAULT_PAGE as usize),
         n if n <= MAX_PAGE => Ok(n as usize),
-        n => Err(Status::invalid_argument(format!(
+        n => Err(InvalidInput::new(format!(
             "page_size is {n}; the limit is {MAX_PAGE}"
         ))),
     }
 }
 
 /// Builds the tonic services over one shared vault.
-pub fn services(vault: Arc<Vault>) -> (TenantApi, RecordApi) {
-    (TenantApi::new(vault.clone()), RecordApi::new(vault))
+pub fn services(vault: Arc<Vault>) -> (TenantApi, RecordApi, AuditApi) {
+    (
+        TenantApi::new(vault.clone()),
+        RecordApi::new(vault.clone()),
+        AuditApi::new(vault),
+    )
 }

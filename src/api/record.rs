@@ -4,11 +4,12 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use crate::domain::{Purpose, SubjectId};
+use crate::audit::Operation;
+use crate::domain::{Purpose, SubjectId, TenantId};
 use crate::proto::v1 as pb;
 use crate::service::Vault;
 
-use super::{caller, convert, page_size};
+use super::{call, convert, page_size, parsed, respond};
 
 /// Serves `piivault.v1.RecordService`.
 #[derive(Debug, Clone)]
@@ -22,72 +23,109 @@ impl RecordApi {
     }
 }
 
+/// Parses the (tenant, subject) pair every record call starts with.
+fn ids(tenant: &str, subject: &str) -> Result<(TenantId, SubjectId), crate::domain::InvalidInput> {
+    Ok((TenantId::parse(tenant)?, SubjectId::parse(subject)?))
+}
+
 #[tonic::async_trait]
 impl pb::record_service_server::RecordService for RecordApi {
     async fn put_fields(
         &self,
         req: Request<pb::PutFieldsRequest>,
     ) -> Result<Response<pb::PutFieldsResponse>, Status> {
-        caller(&req)?;
+        let call = call(&req)?;
         let r = req.into_inner();
-        let tenant = convert::tenant_id(&r.tenant_id)?;
-        let subject = convert::subject_id(&r.subject_id)?;
-        let fields = convert::new_fields(r.fields)?;
-        let written = self.vault.put_fields(&tenant, &subject, &fields).await?;
-        Ok(Response::new(pb::PutFieldsResponse {
-            fields: written.into_iter().map(convert::written).collect(),
-        }))
+        let input = ids(&r.tenant_id, &r.subject_id)
+            .and_then(|(t, s)| Ok((t, s, convert::new_fields(r.fields)?)));
+        let (tenant, subject, fields) =
+            parsed(&self.vault, &call, Operation::PutFields, input).await?;
+        let written = self
+            .vault
+            .put_fields(&call, &tenant, &subject, &fields)
+            .await?;
+        Ok(respond(
+            &call,
+            pb::PutFieldsResponse {
+                fields: written.into_iter().map(convert::written).collect(),
+            },
+        ))
     }
 
     async fn get_fields(
         &self,
         req: Request<pb::GetFieldsRequest>,
     ) -> Result<Response<pb::GetFieldsResponse>, Status> {
-        caller(&req)?;
+        let call = call(&req)?;
         let r = req.get_ref();
-        let tenant = convert::tenant_id(&r.tenant_id)?;
-        let subject = convert::subject_id(&r.subject_id)?;
-        let names = convert::field_names(&r.field_names)?;
-        let purpose = Purpose::parse(&r.purpose).map_err(convert::invalid)?;
+        let input = ids(&r.tenant_id, &r.subject_id).and_then(|(t, s)| {
+            Ok((
+                t,
+                s,
+                convert::field_names(&r.field_names)?,
+                Purpose::parse(&r.purpose)?,
+            ))
+        });
+        let (tenant, subject, names, purpose) =
+            parsed(&self.vault, &call, Operation::GetFields, input).await?;
         let fields = self
             .vault
-            .get_fields(&tenant, &subject, &names, &purpose)
+            .get_fields(&call, &tenant, &subject, &names, &purpose)
             .await?;
-        Ok(Response::new(pb::GetFieldsResponse {
-            fields: fields.into_iter().map(convert::field).collect(),
-        }))
+        Ok(respond(
+            &call,
+            pb::GetFieldsResponse {
+                fields: fields.into_iter().map(convert::field).collect(),
+            },
+        ))
     }
 
     async fn delete_fields(
         &self,
         req: Request<pb::DeleteFieldsRequest>,
     ) -> Result<Response<pb::DeleteFieldsResponse>, Status> {
-        caller(&req)?;
+        let call = call(&req)?;
         let r = req.get_ref();
-        let tenant = convert::tenant_id(&r.tenant_id)?;
-        let subject = convert::subject_id(&r.subject_id)?;
-        let names = convert::field_names(&r.field_names)?;
-        let deleted = self.vault.delete_fields(&tenant, &subject, &names).await?;
-        Ok(Response::new(pb::DeleteFieldsResponse { deleted }))
+        let input = ids(&r.tenant_id, &r.subject_id)
+            .and_then(|(t, s)| Ok((t, s, convert::field_names(&r.field_names)?)));
+        let (tenant, subject, names) =
+            parsed(&self.vault, &call, Operation::DeleteFields, input).await?;
+        let deleted = self
+            .vault
+            .delete_fields(&call, &tenant, &subject, &names)
+            .await?;
+        Ok(respond(&call, pb::DeleteFieldsResponse { deleted }))
     }
 
     async fn list_subjects(
         &self,
         req: Request<pb::ListSubjectsRequest>,
     ) -> Result<Response<pb::ListSubjectsResponse>, Status> {
-        caller(&req)?;
+        let call = call(&req)?;
         let r = req.get_ref();
-        let tenant = convert::tenant_id(&r.tenant_id)?;
-        let limit = page_size(r.page_size)?;
-        let after = convert::page_token(&r.page_token, SubjectId::parse)?;
-        let page = self.vault.list_subjects(&tenant, after.as_ref(), limit)?;
-        Ok(Response::new(pb::ListSubjectsResponse {
-            next_page_token: convert::next_token(page.next.as_ref().map(SubjectId::as_str)),
-            subject_ids: page
-                .subjects
-                .iter()
-                .map(|s| s.as_str().to_owned())
-                .collect(),
-        }))
+        let input = TenantId::parse(&r.tenant_id).and_then(|t| {
+            Ok((
+                t,
+                page_size(r.page_size)?,
+                convert::page_token(&r.page_token, SubjectId::parse)?,
+            ))
+        });
+        let (tenant, limit, after) =
+            parsed(&self.vault, &call, Operation::ListSubjects, input).await?;
+        let page = self
+            .vault
+            .list_subjects(&call, &tenant, after.as_ref(), limit)
+            .await?;
+        Ok(respond(
+            &call,
+            pb::ListSubjectsResponse {
+                next_page_token: convert::next_token(page.next.as_ref().map(SubjectId::as_str)),
+                subject_ids: page
+                    .subjects
+                    .iter()
+                    .map(|s| s.as_str().to_owned())
+                    .collect(),
+            },
+        ))
     }
 }

@@ -15,6 +15,10 @@ impl From<ServiceError> for Status {
             ServiceError::FieldNotFound(name) => {
                 Status::not_found(format!("field {name} not found"))
             }
+            ServiceError::AuditUnavailable(cause) => {
+                tracing::warn!(%cause, "audit log unavailable; request failed closed");
+                Status::unavailable("audit log unavailable; retry later")
+            }
             ServiceError::Unavailable(cause) => {
                 tracing::warn!(%cause, "storage unavailable");
                 Status::unavailable("storage unavailable; retry later")

@@ -4,11 +4,12 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
+use crate::audit::Operation;
 use crate::domain::TenantId;
 use crate::proto::v1 as pb;
 use crate::service::Vault;
 
-use super::{caller, convert, page_size};
+use super::{call, convert, page_size, parsed, respond};
 
 /// Serves `piivault.v1.TenantService`.
 #[derive(Debug, Clone)]
@@ -28,34 +29,56 @@ impl pb::tenant_service_server::TenantService for TenantApi {
         &self,
         req: Request<pb::CreateTenantRequest>,
     ) -> Result<Response<pb::Tenant>, Status> {
-        let who = caller(&req)?;
-        let id = convert::tenant_id(&req.get_ref().tenant_id)?;
-        let tenant = self.vault.create_tenant(&id).await?;
-        tracing::info!(tenant = %id, caller = %who.identity, "tenant created");
-        Ok(Response::new(convert::tenant(tenant)))
+        let call = call(&req)?;
+        let op = Operation::CreateTenant;
+        let id = parsed(
+            &self.vault,
+            &call,
+            op,
+            TenantId::parse(&req.get_ref().tenant_id),
+        )
+        .await?;
+        let tenant = self.vault.create_tenant(&call, &id).await?;
+        tracing::info!(tenant = %id, caller = %call.caller, request_id = %call.request_id, "tenant created");
+        Ok(respond(&call, convert::tenant(tenant)))
     }
 
     async fn get_tenant(
         &self,
         req: Request<pb::GetTenantRequest>,
     ) -> Result<Response<pb::Tenant>, Status> {
-        caller(&req)?;
-        let id = convert::tenant_id(&req.get_ref().tenant_id)?;
-        Ok(Response::new(convert::tenant(self.vault.tenant(&id)?)))
+        let call = call(&req)?;
+        let op = Operation::GetTenant;
+        let id = parsed(
+            &self.vault,
+            &call,
+            op,
+            TenantId::parse(&req.get_ref().tenant_id),
+        )
+        .await?;
+        let tenant = self.vault.get_tenant(&call, &id).await?;
+        Ok(respond(&call, convert::tenant(tenant)))
     }
 
     async fn list_tenants(
         &self,
         req: Request<pb::ListTenantsRequest>,
     ) -> Result<Response<pb::ListTenantsResponse>, Status> {
-        caller(&req)?;
+        let call = call(&req)?;
         let r = req.get_ref();
-        let limit = page_size(r.page_size)?;
-        let after = convert::page_token(&r.page_token, TenantId::parse)?;
-        let page = self.vault.list_tenants(after.as_ref(), limit)?;
-        Ok(Response::new(pb::ListTenantsResponse {
-            next_page_token: convert::next_token(page.next.as_ref().map(TenantId::as_str)),
-            tenants: page.tenants.into_iter().map(convert::tenant).collect(),
-        }))
+        let input = page_size(r.page_size)
+            .and_then(|limit| Ok((limit, convert::page_token(&r.page_token, TenantId::parse)?)));
+        let (limit, after) = parsed(&self.vault, &call, Operation::ListTenants, input).await?;
+        let page = self
+            .vault
+            .list_tenants(&call, after.as_ref(), limit)
+            .await?;
+        Ok(respond(
+            &call,
+            pb::ListTenantsResponse {
+                next_page_token: convert::next_token(page.next.as_ref().map(TenantId::as_str)),
+                tenants: page.tenants.into_iter().map(convert::tenant).collect(),
+            },
+        ))
     }
 }

@@ -50,6 +50,11 @@ role!(
     Dek,
     "dek"
 );
+role!(
+    /// The audit key: MACs the audit chain. Wrapped by the root key, kept in the store.
+    Audit,
+    "audit"
+);
 
 /// A secret key of role `R`.
 pub struct Key<R: KeyRole> {

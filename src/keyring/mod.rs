@@ -15,12 +15,14 @@ use std::sync::{Arc, RwLock};
 
 pub use root_file::RootKeys;
 
-use crate::crypto::{mac_eq, Aad, CryptoError, Dek, Kek, Key, Sealed, MAC_LEN};
+use crate::crypto::{mac_eq, Aad, Audit, CryptoError, Dek, Kek, Key, Sealed, MAC_LEN};
 use crate::domain::{SubjectId, TenantId, Timestamp};
 use crate::storage::{Store, StoreError, SubjectRecord, TenantRecord};
 
 /// Store metadata key holding the root key check value the data directory was created with.
 const ROOT_CHECK: &str = "root_key_check";
+/// Store metadata key holding the audit key, wrapped by the root key.
+const AUDIT_KEY: &str = "audit_key";
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyringError {
@@ -97,6 +99,21 @@ impl Keyring {
             store,
             keks: RwLock::new(HashMap::new()),
         })
+    }
+
+    /// The key that MACs the audit chain: created (and stored wrapped by the root key) on
+    /// first use, unwrapped on every later start.
+    pub fn audit_key(&self) -> Result<Key<Audit>, KeyringError> {
+        let aad = Aad::new("audit-key");
+        let fresh: Key<Audit> = Key::generate(1)?;
+        let candidate = self.root.current().wrap(&fresh, &aad)?.encode();
+        let stored = self.store.meta_init(AUDIT_KEY, &candidate)?;
+        let wrapped = Sealed::decode(&stored).map_err(|_| KeyringError::Missing("audit key"))?;
+        let root = self
+            .root
+            .version(wrapped.key_version())
+            .ok_or(KeyringError::Missing("root key version"))?;
+        Ok(root.unwrap_key(&wrapped, 1, &aad)?)
     }
 
     /// A new tenant record and its first KEK, wrapped by the current root key.

@@ -15,12 +15,14 @@ use tokio_stream::wrappers::ReceiverStream;
 use tower::util::MapResponseLayer;
 
 use crate::api;
+use crate::authz::PeerIdentity;
 use crate::config::Config;
 use crate::domain::SystemClock;
 use crate::keyring::{Keyring, KeyringError, RootKeys};
+use crate::proto::v1::audit_service_server::AuditServiceServer;
 use crate::proto::v1::record_service_server::RecordServiceServer;
 use crate::proto::v1::tenant_service_server::TenantServiceServer;
-use crate::service::Vault;
+use crate::service::{Call, ServiceError, Vault};
 use crate::storage::{SledStore, Store, StoreError};
 
 pub use tls::server_config;
@@ -37,6 +39,8 @@ pub enum ServerError {
         #[source]
         source: StoreError,
     },
+    #[error("vault: {0}")]
+    Vault(#[from] ServiceError),
     #[error("reflection: {0}")]
     Reflection(String),
     #[error("transport: {0}")]
@@ -75,17 +79,19 @@ pub async fn serve(
     };
     let keys = Keyring::open(root, store.clone())?;
     let tls = server_config(&config.tls)?;
-    let vault = Arc::new(Vault::new(
+    let vault = Arc::new(Vault::open(
         store.clone(),
         keys,
         Arc::new(SystemClock),
-        config.limits.clone(),
-    ));
+        config.vault.clone(),
+    )?);
+    let pruner = tokio::spawn(prune_audit_daily(vault.clone()));
 
-    let (tenants, records) = api::services(vault.clone());
+    let (tenants, records, audit) = api::services(vault.clone());
     let max = config.max_message_bytes;
     let tenants = TenantServiceServer::new(tenants).max_decoding_message_size(max);
     let records = RecordServiceServer::new(records).max_decoding_message_size(max);
+    let audit = AuditServiceServer::new(audit).max_decoding_message_size(max);
 
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
@@ -93,6 +99,9 @@ pub async fn serve(
         .await;
     health_reporter
         .set_serving::<RecordServiceServer<api::RecordApi>>()
+        .await;
+    health_reporter
+        .set_serving::<AuditServiceServer<api::AuditApi>>()
         .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
@@ -114,9 +123,12 @@ pub async fn serve(
         .add_service(reflection_alpha)
         .add_service(tenants)
         .add_service(records)
+        .add_service(audit)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
 
+    pruner.abort();
+    let _ = pruner.await;
     // Drained: wait for the last handle so the store is closed (and its lock released)
     // when `run` returns, then flush whatever was written.
     drop(vault);
@@ -147,6 +159,28 @@ fn oversized_is_invalid_argument<B>(mut resp: http::Response<B>) -> http::Respon
         );
     }
     resp
+}
+
+/// Prunes audit events past their retention once a day (and once shortly after start).
+async fn prune_audit_daily(vault: Arc<Vault>) {
+    let call = Call {
+        caller: PeerIdentity::new("pii-vault/retention"),
+        request_id: "audit-retention".into(),
+    };
+    let mut tick = tokio::time::interval_at(
+        tokio::time::Instant::now() + Duration::from_secs(60),
+        Duration::from_secs(86_400),
+    );
+    loop {
+        tick.tick().await;
+        match vault.prune_audit(&call, 0).await {
+            Ok(r) if r.deleted > 0 => {
+                tracing::info!(deleted = r.deleted, "pruned expired audit events")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "audit retention prune failed"),
+        }
+    }
 }
 
 async fn wait_for_last_handle(store: &Arc<dyn Store>) {

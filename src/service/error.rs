@@ -1,8 +1,12 @@
-//! Errors of the use cases. Each variant maps to exactly one gRPC status in `api`.
+//! Errors of the use cases. Each variant maps to exactly one gRPC status in `api`, and to
+//! one audit outcome here.
 
+use crate::audit::Outcome;
 use crate::domain::{FieldName, InvalidInput};
 use crate::keyring::KeyringError;
 use crate::storage::StoreError;
+
+use super::AuditError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
@@ -19,10 +23,37 @@ pub enum ServiceError {
     /// The store cannot be read or written right now; the request may be retried.
     #[error("storage unavailable")]
     Unavailable(#[source] StoreError),
+    /// The audit event could not be made durable: the request fails closed.
+    #[error("audit log unavailable")]
+    AuditUnavailable(#[source] AuditError),
     /// Something that should not happen (damaged data, a key that does not open). The
     /// cause is logged, never sent.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+impl ServiceError {
+    /// The audit outcome of a request that failed this way.
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            ServiceError::InvalidArgument(_) | ServiceError::TenantExists => Outcome::Invalid,
+            ServiceError::TenantNotFound
+            | ServiceError::SubjectNotFound
+            | ServiceError::FieldNotFound(_) => Outcome::NotFound,
+            ServiceError::Unavailable(_)
+            | ServiceError::AuditUnavailable(_)
+            | ServiceError::Internal(_) => Outcome::Error,
+        }
+    }
+
+    /// The reason written to the audit event: names and classes only, never a value and
+    /// never an internal detail.
+    pub fn audit_reason(&self) -> String {
+        match self {
+            ServiceError::Internal(_) => "internal error".into(),
+            other => other.to_string(),
+        }
+    }
 }
 
 impl From<StoreError> for ServiceError {

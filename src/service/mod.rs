@@ -1,16 +1,28 @@
 //! Use cases of the vault. Handlers in `api` call these with validated domain types; this
-//! layer orders the keyring and the store and decides what is durable when.
+//! layer orders the keyring, the store and the audit log, and decides what is durable when.
+//!
+//! Every use case records one audit event, and returns its result only after that event is
+//! on disk: a read whose event cannot be written fails closed with `AuditUnavailable`.
 
+mod audit_log;
+mod audit_ops;
+mod audit_sink;
 mod error;
 mod records;
 mod tenants;
 
 use std::sync::Arc;
+use std::time::Duration;
 
+pub use audit_log::{verify_store, AuditError, AuditLog, PruneReport};
+pub use audit_ops::AuditPage;
+pub use audit_sink::{JsonlSink, SinkConfig};
 pub use error::ServiceError;
 pub use records::SubjectPage;
 pub use tenants::TenantPage;
 
+use crate::audit::{EventDraft, Operation, Outcome};
+use crate::authz::PeerIdentity;
 use crate::domain::Clock;
 use crate::keyring::Keyring;
 use crate::storage::{GroupCommit, Store};
@@ -33,13 +45,44 @@ impl Default for Limits {
     }
 }
 
+/// Settings of the vault's use cases.
+#[derive(Clone, Debug)]
+pub struct VaultSettings {
+    pub limits: Limits,
+    /// Longest a request waits for its audit event to be durable before failing closed.
+    pub audit_timeout: Duration,
+    /// Optional JSON-lines mirror of the audit log for a SIEM.
+    pub audit_sink: Option<SinkConfig>,
+    /// Audit events older than this may be pruned (the policy keeps logs 12 months).
+    pub audit_retention: Duration,
+}
+
+impl Default for VaultSettings {
+    fn default() -> Self {
+        Self {
+            limits: Limits::default(),
+            audit_timeout: Duration::from_secs(2),
+            audit_sink: None,
+            audit_retention: Duration::from_secs(365 * 86_400),
+        }
+    }
+}
+
+/// Who makes a request and how to find it again: attached to its audit event and logs.
+#[derive(Clone, Debug)]
+pub struct Call {
+    pub caller: PeerIdentity,
+    pub request_id: String,
+}
+
 /// The vault's use cases, shared by every handler.
 pub struct Vault {
     store: Arc<dyn Store>,
     keys: Keyring,
-    commit: GroupCommit,
+    audit: AuditLog,
     clock: Arc<dyn Clock>,
     limits: Limits,
+    audit_retention: Duration,
 }
 
 impl std::fmt::Debug for Vault {
@@ -51,24 +94,92 @@ impl std::fmt::Debug for Vault {
 }
 
 impl Vault {
-    /// Assembles the vault. Must be called inside a tokio runtime (it starts the flusher).
-    pub fn new(
+    /// Assembles the vault and starts its background tasks (flusher, audit writer). Must be
+    /// called inside a tokio runtime.
+    pub fn open(
         store: Arc<dyn Store>,
         keys: Keyring,
         clock: Arc<dyn Clock>,
-        limits: Limits,
-    ) -> Self {
-        Self {
-            commit: GroupCommit::start(store.clone()),
+        settings: VaultSettings,
+    ) -> Result<Self, ServiceError> {
+        let commit = GroupCommit::start(store.clone());
+        let sink = settings
+            .audit_sink
+            .map(JsonlSink::open)
+            .transpose()
+            .map_err(|e| ServiceError::Internal(format!("audit sink: {e}")))?;
+        let audit = AuditLog::start(
+            store.clone(),
+            commit,
+            keys.audit_key()?,
+            sink,
+            settings.audit_timeout,
+        )?;
+        Ok(Self {
             store,
             keys,
+            audit,
             clock,
-            limits,
-        }
+            limits: settings.limits,
+            audit_retention: settings.audit_retention,
+        })
     }
 
     /// The limits requests are checked against.
     pub fn limits(&self) -> &Limits {
         &self.limits
+    }
+
+    /// The audit log (for verification and pruning by operators).
+    pub fn audit_log(&self) -> &AuditLog {
+        &self.audit
+    }
+
+    /// A new audit event for `call` doing `operation`, not yet about any tenant or subject.
+    fn draft(&self, call: &Call, operation: Operation) -> EventDraft {
+        EventDraft {
+            time: self.clock.now(),
+            request_id: call.request_id.clone(),
+            caller: call.caller.as_str().to_owned(),
+            operation,
+            tenant: String::new(),
+            subject: String::new(),
+            fields: Vec::new(),
+            purpose: String::new(),
+            outcome: Outcome::Ok,
+            reason: String::new(),
+        }
+    }
+
+    /// Records how a request ended, then hands back its result: only once the event is
+    /// durable. If it cannot be recorded, the result is withheld and the call fails closed.
+    async fn record<T>(
+        &self,
+        mut draft: EventDraft,
+        result: Result<T, ServiceError>,
+    ) -> Result<T, ServiceError> {
+        if let Err(e) = &result {
+            draft.outcome = e.outcome();
+            draft.reason = e.audit_reason();
+        }
+        match self.audit.append(draft).await {
+            Ok(_) => result,
+            Err(e) => Err(ServiceError::AuditUnavailable(e)),
+        }
+    }
+
+    /// Records a request refused before it reached a use case (malformed input), and
+    /// returns the error to answer with.
+    pub async fn reject(
+        &self,
+        call: &Call,
+        operation: Operation,
+        error: ServiceError,
+    ) -> ServiceError {
+        let draft = self.draft(call, operation);
+        match self.record::<()>(draft, Err(error)).await {
+            Err(e) => e,
+            Ok(()) => ServiceError::Internal("a rejection was recorded as a success".into()),
+        }
     }
 }

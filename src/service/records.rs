@@ -2,6 +2,7 @@
 
 use std::collections::HashSet;
 
+use crate::audit::Operation;
 use crate::crypto::{Aad, Dek, Key};
 use crate::domain::{
     Category, Field, FieldMeta, FieldName, FieldValue, InvalidInput, NewField, Purpose, SubjectId,
@@ -9,7 +10,8 @@ use crate::domain::{
 };
 use crate::storage::{FieldRecord, SealedField, StoreError, SubjectRecord, SubjectWrite};
 
-use super::{ServiceError, Vault};
+use super::tenants::paged;
+use super::{Call, ServiceError, Vault};
 
 /// How often a write retries when another write to the same subject won the race.
 const MAX_CONFLICT_RETRIES: usize = 16;
@@ -102,8 +104,33 @@ impl Vault {
     }
 
     /// Upserts `fields` atomically, creating the subject (and its DEK) on first write.
-    /// Returns once the write is on disk.
+    /// Returns once the write and its audit event are on disk.
     pub async fn put_fields(
+        &self,
+        call: &Call,
+        tenant: &TenantId,
+        subject: &SubjectId,
+        fields: &[NewField],
+    ) -> Result<Vec<FieldMeta>, ServiceError> {
+        let mut ev = self.draft(call, Operation::PutFields);
+        ev.tenant = tenant.to_string();
+        ev.subject = subject.to_string();
+        ev.fields = fields.iter().map(|f| f.name.to_string()).collect();
+        let result = self.write_fields(tenant, subject, fields);
+        if let Ok(written) = &result {
+            // Rectification trail: the versions replaced, never the values.
+            ev.reason = written
+                .iter()
+                .filter(|m| m.version > 1)
+                .map(|m| format!("{} v{}->v{}", m.name, m.version - 1, m.version))
+                .collect::<Vec<_>>()
+                .join(",");
+        }
+        // The audit append's flush also makes the field write durable.
+        self.record(ev, result).await
+    }
+
+    fn write_fields(
         &self,
         tenant: &TenantId,
         subject: &SubjectId,
@@ -133,10 +160,7 @@ impl Vault {
                 now: self.clock.now(),
             };
             match self.store.put_fields(tenant, subject, &write) {
-                Ok(written) => {
-                    self.commit.durable().await?;
-                    return Ok(written);
-                }
+                Ok(written) => return Ok(written),
                 // Another write created or re-keyed the subject first: seal again.
                 Err(StoreError::Conflict) => continue,
                 Err(e) => return Err(e.into()),
@@ -163,13 +187,33 @@ impl Vault {
         })
     }
 
-    /// Reads the named fields of a subject, or all of them when `names` is empty.
+    /// Reads the named fields of a subject, or all of them when `names` is empty, for a
+    /// declared purpose. The values are returned only after the read's audit event is durable.
     pub async fn get_fields(
+        &self,
+        call: &Call,
+        tenant: &TenantId,
+        subject: &SubjectId,
+        names: &[FieldName],
+        purpose: &Purpose,
+    ) -> Result<Vec<Field>, ServiceError> {
+        let mut ev = self.draft(call, Operation::GetFields);
+        ev.tenant = tenant.to_string();
+        ev.subject = subject.to_string();
+        ev.purpose = purpose.to_string();
+        ev.fields = names.iter().map(ToString::to_string).collect();
+        let result = self.read_fields(tenant, subject, names);
+        if let Ok(fields) = &result {
+            ev.fields = fields.iter().map(|f| f.meta.name.to_string()).collect();
+        }
+        self.record(ev, result).await
+    }
+
+    fn read_fields(
         &self,
         tenant: &TenantId,
         subject: &SubjectId,
         names: &[FieldName],
-        _purpose: &Purpose,
     ) -> Result<Vec<Field>, ServiceError> {
         self.check_names(names.iter())?;
         self.tenant(tenant)?;
@@ -201,6 +245,21 @@ impl Vault {
     /// Deletes the named fields; returns how many existed. Durable before it returns.
     pub async fn delete_fields(
         &self,
+        call: &Call,
+        tenant: &TenantId,
+        subject: &SubjectId,
+        names: &[FieldName],
+    ) -> Result<u32, ServiceError> {
+        let mut ev = self.draft(call, Operation::DeleteFields);
+        ev.tenant = tenant.to_string();
+        ev.subject = subject.to_string();
+        ev.fields = names.iter().map(ToString::to_string).collect();
+        let result = self.remove_fields(tenant, subject, names);
+        self.record(ev, result).await
+    }
+
+    fn remove_fields(
+        &self,
         tenant: &TenantId,
         subject: &SubjectId,
         names: &[FieldName],
@@ -213,25 +272,27 @@ impl Vault {
         if self.store.subject(tenant, subject)?.is_none() {
             return Err(ServiceError::SubjectNotFound);
         }
-        let deleted = self.store.delete_fields(tenant, subject, names)?;
-        self.commit.durable().await?;
-        Ok(deleted)
+        Ok(self.store.delete_fields(tenant, subject, names)?)
     }
 
     /// Subjects of a tenant, `limit` at a time, after `after`.
-    pub fn list_subjects(
+    pub async fn list_subjects(
         &self,
+        call: &Call,
         tenant: &TenantId,
         after: Option<&SubjectId>,
         limit: usize,
     ) -> Result<SubjectPage, ServiceError> {
-        let mut subjects = self.store.subjects(tenant, after, limit + 1)?;
-        let next = if subjects.len() > limit {
-            subjects.truncate(limit);
-            subjects.last().cloned()
-        } else {
-            None
-        };
-        Ok(SubjectPage { subjects, next })
+        let mut ev = self.draft(call, Operation::ListSubjects);
+        ev.tenant = tenant.to_string();
+        let result = self
+            .store
+            .subjects(tenant, after, limit + 1)
+            .map_err(ServiceError::from)
+            .map(|all| {
+                let (subjects, next) = paged(all, limit, |s: &SubjectId| s);
+                SubjectPage { subjects, next }
+            });
+        self.record(ev, result).await
     }
 }

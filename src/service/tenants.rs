@@ -1,9 +1,10 @@
 //! Tenant use cases: create, get, list.
 
+use crate::audit::Operation;
 use crate::domain::TenantId;
 use crate::storage::TenantRecord;
 
-use super::{ServiceError, Vault};
+use super::{Call, ServiceError, Vault};
 
 /// One page of tenants.
 #[derive(Debug)]
@@ -13,34 +14,77 @@ pub struct TenantPage {
     pub next: Option<TenantId>,
 }
 
+/// Cuts a listing fetched with one extra item into a page and the id the next page starts
+/// after.
+pub(super) fn paged<T, K: Clone>(
+    mut items: Vec<T>,
+    limit: usize,
+    key: impl Fn(&T) -> &K,
+) -> (Vec<T>, Option<K>) {
+    if items.len() > limit {
+        items.truncate(limit);
+        let next = items.last().map(|i| key(i).clone());
+        (items, next)
+    } else {
+        (items, None)
+    }
+}
+
 impl Vault {
     /// Creates a tenant and its first KEK; durable before it returns.
-    pub async fn create_tenant(&self, id: &TenantId) -> Result<TenantRecord, ServiceError> {
-        let (record, wrapped_kek) = self.keys.new_tenant(id, self.clock.now())?;
-        if !self.store.create_tenant(&record, &wrapped_kek)? {
-            return Err(ServiceError::TenantExists);
-        }
-        self.commit.durable().await?;
-        Ok(record)
+    pub async fn create_tenant(
+        &self,
+        call: &Call,
+        id: &TenantId,
+    ) -> Result<TenantRecord, ServiceError> {
+        let mut ev = self.draft(call, Operation::CreateTenant);
+        ev.tenant = id.to_string();
+        let result = self
+            .keys
+            .new_tenant(id, self.clock.now())
+            .map_err(ServiceError::from)
+            .and_then(|(record, wrapped_kek)| {
+                if self.store.create_tenant(&record, &wrapped_kek)? {
+                    Ok(record)
+                } else {
+                    Err(ServiceError::TenantExists)
+                }
+            });
+        // The audit append's flush also makes the new tenant durable.
+        self.record(ev, result).await
     }
 
-    pub fn tenant(&self, id: &TenantId) -> Result<TenantRecord, ServiceError> {
+    pub async fn get_tenant(
+        &self,
+        call: &Call,
+        id: &TenantId,
+    ) -> Result<TenantRecord, ServiceError> {
+        let mut ev = self.draft(call, Operation::GetTenant);
+        ev.tenant = id.to_string();
+        let result = self.tenant(id);
+        self.record(ev, result).await
+    }
+
+    pub(super) fn tenant(&self, id: &TenantId) -> Result<TenantRecord, ServiceError> {
         self.store.tenant(id)?.ok_or(ServiceError::TenantNotFound)
     }
 
     /// Tenants in id order, `limit` at a time, after `after`.
-    pub fn list_tenants(
+    pub async fn list_tenants(
         &self,
+        call: &Call,
         after: Option<&TenantId>,
         limit: usize,
     ) -> Result<TenantPage, ServiceError> {
-        let mut tenants = self.store.tenants(after, limit + 1)?;
-        let next = if tenants.len() > limit {
-            tenants.truncate(limit);
-            tenants.last().map(|t| t.id.clone())
-        } else {
-            None
-        };
-        Ok(TenantPage { tenants, next })
+        let ev = self.draft(call, Operation::ListTenants);
+        let result = self
+            .store
+            .tenants(after, limit + 1)
+            .map_err(ServiceError::from)
+            .map(|all| {
+                let (tenants, next) = paged(all, limit, |t: &TenantRecord| &t.id);
+                TenantPage { tenants, next }
+            });
+        self.record(ev, result).await
     }
 }

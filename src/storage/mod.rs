@@ -3,7 +3,6 @@
 //!
 //! The store never sees a key or a value in the clear: only sealed envelopes and metadata.
 
-mod codec;
 mod group_commit;
 mod records;
 mod sled_store;
@@ -33,6 +32,19 @@ pub enum StoreError {
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
+
+impl From<crate::codec::CodecError> for StoreError {
+    fn from(e: crate::codec::CodecError) -> Self {
+        StoreError::Corrupt(e.0)
+    }
+}
+
+/// The signed records that bound the audit chain (see `audit::ChainMark`).
+#[derive(Clone, Debug, Default)]
+pub struct AuditMarks {
+    pub head: Option<Vec<u8>>,
+    pub checkpoint: Option<Vec<u8>>,
+}
 
 /// The storage operations the vault needs, and nothing more.
 ///
@@ -85,6 +97,19 @@ pub trait Store: Send + Sync + 'static {
         subject: &SubjectId,
         names: &[FieldName],
     ) -> StoreResult<u32>;
+
+    /// Appends audit events (sequence number, encoded event) and replaces the audit head
+    /// record, atomically.
+    fn audit_append(&self, events: &[(u64, Vec<u8>)], head: &[u8]) -> StoreResult<()>;
+    /// Audit events with sequence numbers above `after`, in order, at most `limit`.
+    fn audit_scan(&self, after: u64, limit: usize) -> StoreResult<Vec<(u64, Vec<u8>)>>;
+    /// The newest audit event.
+    fn audit_last(&self) -> StoreResult<Option<(u64, Vec<u8>)>>;
+    /// The audit head and prune checkpoint records.
+    fn audit_marks(&self) -> StoreResult<AuditMarks>;
+    /// Records `checkpoint`, then deletes every audit event up to `through`. Returns how
+    /// many were deleted.
+    fn audit_prune(&self, through: u64, checkpoint: &[u8]) -> StoreResult<u64>;
 
     /// Makes every write that completed before this call durable.
     fn flush(&self) -> StoreResult<()>;

@@ -4,8 +4,8 @@
 use crate::crypto::Sealed;
 use crate::domain::{Category, FieldMeta, FieldName, TenantId, Timestamp};
 
-use super::codec::{Reader, Writer};
 use super::StoreError;
+use crate::codec::{Reader, Writer};
 
 const RECORD_V1: u8 = 1;
 

@@ -92,11 +92,7 @@ async fn each_bad_request_is_invalid_argument_and_changes_nothing() {
         ),
         (
             "bad field name",
-            put_req(
-                "acme",
-                "u",
-                vec![field(MARK, cat, text_kind("v"))],
-            ),
+            put_req("acme", "u", vec![field(MARK, cat, text_kind("v"))]),
         ),
         (
             "missing value",

@@ -1,9 +1,12 @@
-//! A tiny binary codec used for both storage keys and record values.
+//! A tiny binary codec used for storage keys, record values and audit events.
 //!
 //! Variable-length parts are length-prefixed, so no two tuples encode to the same bytes,
 //! and a key's prefix for `(tenant, subject)` never matches another subject's keys.
 
-use super::StoreError;
+/// Bytes that do not decode as the expected `what` (a record, a key, an event).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{0} does not decode")]
+pub struct CodecError(pub &'static str);
 
 /// Appends primitives to a buffer.
 #[derive(Default)]
@@ -59,46 +62,46 @@ impl<'a> Reader<'a> {
         Self { buf, what }
     }
 
-    fn take(&mut self, n: usize) -> Result<&'a [u8], StoreError> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], CodecError> {
         if self.buf.len() < n {
-            return Err(StoreError::Corrupt(self.what));
+            return Err(CodecError(self.what));
         }
         let (head, tail) = self.buf.split_at(n);
         self.buf = tail;
         Ok(head)
     }
 
-    pub fn u8(&mut self) -> Result<u8, StoreError> {
+    pub fn u8(&mut self) -> Result<u8, CodecError> {
         Ok(self.take(1)?[0])
     }
 
-    pub fn u32(&mut self) -> Result<u32, StoreError> {
+    pub fn u32(&mut self) -> Result<u32, CodecError> {
         let mut b = [0u8; 4];
         b.copy_from_slice(self.take(4)?);
         Ok(u32::from_be_bytes(b))
     }
 
-    pub fn u64(&mut self) -> Result<u64, StoreError> {
+    pub fn u64(&mut self) -> Result<u64, CodecError> {
         let mut b = [0u8; 8];
         b.copy_from_slice(self.take(8)?);
         Ok(u64::from_be_bytes(b))
     }
 
-    pub fn bytes(&mut self) -> Result<&'a [u8], StoreError> {
-        let len = usize::try_from(self.u32()?).map_err(|_| StoreError::Corrupt(self.what))?;
+    pub fn bytes(&mut self) -> Result<&'a [u8], CodecError> {
+        let len = usize::try_from(self.u32()?).map_err(|_| CodecError(self.what))?;
         self.take(len)
     }
 
-    pub fn str(&mut self) -> Result<&'a str, StoreError> {
-        std::str::from_utf8(self.bytes()?).map_err(|_| StoreError::Corrupt(self.what))
+    pub fn str(&mut self) -> Result<&'a str, CodecError> {
+        std::str::from_utf8(self.bytes()?).map_err(|_| CodecError(self.what))
     }
 
     /// Fails unless every byte was consumed: trailing garbage is corruption too.
-    pub fn finish(self) -> Result<(), StoreError> {
+    pub fn finish(self) -> Result<(), CodecError> {
         if self.buf.is_empty() {
             Ok(())
         } else {
-            Err(StoreError::Corrupt(self.what))
+            Err(CodecError(self.what))
         }
     }
 }

@@ -1,0 +1,185 @@
+//! `AuditService` handlers.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use crate::audit::{AuditEvent, AuditFilter, Operation, Outcome};
+use crate::domain::InvalidInput;
+use crate::proto::v1 as pb;
+use crate::service::Vault;
+
+use super::{call, convert, parsed, respond};
+
+/// Default and largest number of events one query returns.
+const DEFAULT_LIMIT: u32 = 1000;
+const MAX_LIMIT: u32 = 100_000;
+/// Events per streamed message.
+const CHUNK: usize = 256;
+
+/// Serves `piivault.v1.AuditService`.
+#[derive(Debug, Clone)]
+pub struct AuditApi {
+    vault: Arc<Vault>,
+}
+
+impl AuditApi {
+    pub fn new(vault: Arc<Vault>) -> Self {
+        Self { vault }
+    }
+}
+
+fn outcome(o: Outcome) -> pb::Outcome {
+    match o {
+        Outcome::Ok => pb::Outcome::Ok,
+        Outcome::Denied => pb::Outcome::Denied,
+        Outcome::NotFound => pb::Outcome::NotFound,
+        Outcome::Invalid => pb::Outcome::Invalid,
+        Outcome::Error => pb::Outcome::Error,
+    }
+}
+
+fn event(e: AuditEvent) -> pb::AuditEvent {
+    let d = e.draft;
+    pb::AuditEvent {
+        seq: e.seq,
+        time: Some(convert::timestamp(d.time)),
+        request_id: d.request_id,
+        caller: d.caller,
+        operation: d.operation.name().to_owned(),
+        tenant_id: d.tenant,
+        subject_id: d.subject,
+        field_names: d.fields,
+        purpose: d.purpose,
+        outcome: outcome(d.outcome) as i32,
+        reason: d.reason,
+        prev_mac: e.prev_mac.to_vec(),
+        mac: e.mac.to_vec(),
+    }
+}
+
+fn non_empty(s: &str) -> Option<String> {
+    (!s.is_empty()).then(|| s.to_owned())
+}
+
+fn filter(r: &pb::QueryAuditLogRequest) -> Result<(AuditFilter, usize), InvalidInput> {
+    let operation = match r.operation.as_str() {
+        "" => None,
+        name => Some(
+            Operation::from_name(name)
+                .ok_or_else(|| InvalidInput::new("operation is not a known operation name"))?,
+        ),
+    };
+    let limit = match r.limit {
+        0 => DEFAULT_LIMIT,
+        n if n <= MAX_LIMIT => n,
+        n => {
+            return Err(InvalidInput::new(format!(
+                "limit is {n}; the most is {MAX_LIMIT}"
+            )))
+        }
+    };
+    let filter = AuditFilter {
+        tenant: non_empty(&r.tenant_id),
+        subject: non_empty(&r.subject_id),
+        caller: non_empty(&r.caller),
+        operation,
+        since: r.since.as_ref().map(convert::from_timestamp).transpose()?,
+        until: r.until.as_ref().map(convert::from_timestamp).transpose()?,
+    };
+    Ok((filter, limit as usize))
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<pb::QueryAuditLogResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::audit_service_server::AuditService for AuditApi {
+    type QueryAuditLogStream = EventStream;
+
+    async fn query_audit_log(
+        &self,
+        req: Request<pb::QueryAuditLogRequest>,
+    ) -> Result<Response<EventStream>, Status> {
+        let call = call(&req)?;
+        let r = req.get_ref();
+        let (filter, limit) = parsed(&self.vault, &call, Operation::QueryAudit, filter(r)).await?;
+        // The first page is fetched by the audited use case: nothing is streamed unless the
+        // query itself was recorded.
+        let first = self
+            .vault
+            .query_audit(&call, &filter, r.after_seq, limit.min(CHUNK))
+            .await?;
+        let vault = self.vault.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            let mut sent = first.events.len();
+            let mut cursor = first.cursor;
+            let mut done = first.events.len() < limit.min(CHUNK);
+            let message = pb::QueryAuditLogResponse {
+                events: first.events.into_iter().map(event).collect(),
+                cursor,
+            };
+            if tx.send(Ok(message)).await.is_err() {
+                return;
+            }
+            while !done && sent < limit {
+                let want = (limit - sent).min(CHUNK);
+                let page = match vault.query_audit_more(&filter, cursor, want) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        let _ = tx.send(Err(e.into())).await;
+                        return;
+                    }
+                };
+                done = page.events.len() < want;
+                sent += page.events.len();
+                cursor = page.cursor;
+                let message = pb::QueryAuditLogResponse {
+                    events: page.events.into_iter().map(event).collect(),
+                    cursor,
+                };
+                if tx.send(Ok(message)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let stream: EventStream = Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx));
+        Ok(respond(&call, stream))
+    }
+
+    async fn verify_audit_log(
+        &self,
+        req: Request<pb::VerifyAuditLogRequest>,
+    ) -> Result<Response<pb::VerifyAuditLogResponse>, Status> {
+        let call = call(&req)?;
+        let report = self.vault.verify_audit(&call).await?;
+        Ok(respond(
+            &call,
+            pb::VerifyAuditLogResponse {
+                ok: report.is_ok(),
+                checked: report.checked,
+                first_seq: report.first_seq,
+                first_bad_seq: report.first_bad.unwrap_or(0),
+                problem: report.problem.unwrap_or_default(),
+            },
+        ))
+    }
+
+    async fn prune_audit_log(
+        &self,
+        req: Request<pb::PruneAuditLogRequest>,
+    ) -> Result<Response<pb::PruneAuditLogResponse>, Status> {
+        let call = call(&req)?;
+        let days = req.get_ref().older_than_days;
+        let report = self.vault.prune_audit(&call, days).await?;
+        Ok(respond(
+            &call,
+            pb::PruneAuditLogResponse {
+                deleted: report.deleted,
+                checkpoint_seq: report.through.unwrap_or(0),
+            },
+        ))
+    }
+}

@@ -1,0 +1,238 @@
+//! The audit event: who did what to whom, when, why, and how it ended. It has no place for
+//! a field value: only names, ids and outcomes.
+
+use std::fmt;
+
+use crate::codec::{CodecError, Reader, Writer};
+use crate::crypto::{Audit, Key, MAC_LEN};
+use crate::domain::Timestamp;
+
+const EVENT_V1: u8 = 1;
+
+/// What a request did. The name is what the log stores and queries filter on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Operation {
+    CreateTenant,
+    GetTenant,
+    ListTenants,
+    PutFields,
+    GetFields,
+    DeleteFields,
+    ListSubjects,
+    QueryAudit,
+    VerifyAudit,
+    PruneAudit,
+}
+
+impl Operation {
+    pub const ALL: [Operation; 10] = [
+        Operation::CreateTenant,
+        Operation::GetTenant,
+        Operation::ListTenants,
+        Operation::PutFields,
+        Operation::GetFields,
+        Operation::DeleteFields,
+        Operation::ListSubjects,
+        Operation::QueryAudit,
+        Operation::VerifyAudit,
+        Operation::PruneAudit,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Operation::CreateTenant => "create_tenant",
+            Operation::GetTenant => "get_tenant",
+            Operation::ListTenants => "list_tenants",
+            Operation::PutFields => "put_fields",
+            Operation::GetFields => "get_fields",
+            Operation::DeleteFields => "delete_fields",
+            Operation::ListSubjects => "list_subjects",
+            Operation::QueryAudit => "query_audit",
+            Operation::VerifyAudit => "verify_audit",
+            Operation::PruneAudit => "prune_audit",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|op| op.name() == name)
+    }
+}
+
+/// How a request ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    Ok,
+    /// Refused by policy, consent or restriction.
+    Denied,
+    NotFound,
+    /// The request was malformed.
+    Invalid,
+    /// The vault failed (storage unavailable, internal error).
+    Error,
+}
+
+impl Outcome {
+    pub fn code(self) -> u8 {
+        match self {
+            Outcome::Ok => 1,
+            Outcome::Denied => 2,
+            Outcome::NotFound => 3,
+            Outcome::Invalid => 4,
+            Outcome::Error => 5,
+        }
+    }
+
+    pub fn from_code(code: u8) -> Option<Self> {
+        [
+            Outcome::Ok,
+            Outcome::Denied,
+            Outcome::NotFound,
+            Outcome::Invalid,
+            Outcome::Error,
+        ]
+        .into_iter()
+        .find(|o| o.code() == code)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Denied => "denied",
+            Outcome::NotFound => "not_found",
+            Outcome::Invalid => "invalid",
+            Outcome::Error => "error",
+        }
+    }
+}
+
+/// An event before the log gives it a sequence number and a MAC.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventDraft {
+    pub time: Timestamp,
+    pub request_id: String,
+    pub caller: String,
+    pub operation: Operation,
+    /// Empty when the request named no (valid) tenant.
+    pub tenant: String,
+    /// Empty when the request named no (valid) subject.
+    pub subject: String,
+    pub fields: Vec<String>,
+    pub purpose: String,
+    pub outcome: Outcome,
+    /// Why the outcome: a denial's missing grant, an error class, a rectification's previous
+    /// version. Never a value.
+    pub reason: String,
+}
+
+/// An event as stored: a draft with its place in the chain.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AuditEvent {
+    pub seq: u64,
+    pub draft: EventDraft,
+    /// MAC of the previous event (all zero for the first event ever).
+    pub prev_mac: [u8; MAC_LEN],
+    /// HMAC-SHA-256 under the audit key over this event's content and `prev_mac`.
+    pub mac: [u8; MAC_LEN],
+}
+
+impl fmt::Debug for AuditEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuditEvent")
+            .field("seq", &self.seq)
+            .field("draft", &self.draft)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The label under which the audit key MACs events.
+const MAC_LABEL: &str = "audit-event-v1";
+
+fn content(seq: u64, d: &EventDraft) -> Writer {
+    let mut w = Writer::new()
+        .u8(EVENT_V1)
+        .u64(seq)
+        .u64(d.time.0)
+        .str(&d.request_id)
+        .str(&d.caller)
+        .str(d.operation.name())
+        .str(&d.tenant)
+        .str(&d.subject)
+        .u32(u32::try_from(d.fields.len()).unwrap_or(u32::MAX));
+    for f in &d.fields {
+        w = w.str(f);
+    }
+    w.str(&d.purpose).u8(d.outcome.code()).str(&d.reason)
+}
+
+impl AuditEvent {
+    /// Places `draft` after an event whose MAC is `prev_mac`, and MACs it.
+    pub fn seal(key: &Key<Audit>, seq: u64, draft: EventDraft, prev_mac: [u8; MAC_LEN]) -> Self {
+        let body = content(seq, &draft).finish();
+        let mac = key.mac(MAC_LABEL, &[&prev_mac, &body]);
+        Self {
+            seq,
+            draft,
+            prev_mac,
+            mac,
+        }
+    }
+
+    /// Recomputes the MAC: true when the event is exactly as it was sealed.
+    pub fn mac_is_valid(&self, key: &Key<Audit>) -> bool {
+        let body = content(self.seq, &self.draft).finish();
+        crate::crypto::mac_eq(&key.mac(MAC_LABEL, &[&self.prev_mac, &body]), &self.mac)
+    }
+
+    /// The stored form: content, then the previous MAC and this MAC.
+    pub fn encode(&self) -> Vec<u8> {
+        content(self.seq, &self.draft)
+            .bytes(&self.prev_mac)
+            .bytes(&self.mac)
+            .finish()
+    }
+
+    pub fn decode(buf: &[u8]) -> Result<Self, CodecError> {
+        const WHAT: &str = "audit event";
+        let bad = CodecError(WHAT);
+        let mut r = Reader::new(buf, WHAT);
+        if r.u8()? != EVENT_V1 {
+            return Err(bad);
+        }
+        let seq = r.u64()?;
+        let time = Timestamp(r.u64()?);
+        let request_id = r.str()?.to_owned();
+        let caller = r.str()?.to_owned();
+        let operation = Operation::from_name(r.str()?).ok_or(bad)?;
+        let tenant = r.str()?.to_owned();
+        let subject = r.str()?.to_owned();
+        let count = r.u32()?;
+        let mut fields = Vec::new();
+        for _ in 0..count {
+            fields.push(r.str()?.to_owned());
+        }
+        let purpose = r.str()?.to_owned();
+        let outcome = Outcome::from_code(r.u8()?).ok_or(bad)?;
+        let reason = r.str()?.to_owned();
+        let mac_of = |b: &[u8]| <[u8; MAC_LEN]>::try_from(b).map_err(|_| bad);
+        let prev_mac = mac_of(r.bytes()?)?;
+        let mac = mac_of(r.bytes()?)?;
+        r.finish()?;
+        Ok(Self {
+            seq,
+            draft: EventDraft {
+                time,
+                request_id,
+                caller,
+                operation,
+                tenant,
+                subject,
+                fields,
+                purpose,
+                outcome,
+                reason,
+            },
+            prev_mac,
+            mac,
+        })
+    }
+}

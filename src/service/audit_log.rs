@@ -1,0 +1,305 @@
+//! Writing, querying, verifying and pruning the audit log.
+//!
+//! One writer task owns the chain: callers send drafts, the task gives each a sequence
+//! number and a MAC, stores the batch with the new head in one transaction, waits for a
+//! flush (shared with data writes through `GroupCommit`), and only then answers. A caller
+//! waits at most `timeout`; past it the request fails closed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::audit::{
+    verify, AuditEvent, AuditFilter, ChainMark, EventDraft, VerifyReport, CHECKPOINT, HEAD,
+};
+use crate::crypto::{Audit, Key, MAC_LEN};
+use crate::domain::Timestamp;
+use crate::storage::{GroupCommit, Store, StoreError};
+
+use super::audit_sink::JsonlSink;
+
+/// Most events one batch takes.
+const MAX_BATCH: usize = 1024;
+/// Events read per storage scan.
+const SCAN_PAGE: usize = 1024;
+
+/// The audit log could not record an event in time.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AuditError {
+    #[error("audit log unavailable: {0}")]
+    Store(#[from] StoreError),
+    #[error("audit log did not confirm within {0:?}")]
+    Timeout(Duration),
+    #[error("audit writer stopped")]
+    Stopped,
+}
+
+struct Append {
+    draft: EventDraft,
+    done: oneshot::Sender<Result<u64, AuditError>>,
+}
+
+/// What a prune did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PruneReport {
+    pub deleted: u64,
+    /// Sequence number of the last pruned event (the new checkpoint), if any.
+    pub through: Option<u64>,
+}
+
+/// Handle to the audit log.
+pub struct AuditLog {
+    queue: mpsc::Sender<Append>,
+    store: Arc<dyn Store>,
+    key: Arc<Key<Audit>>,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditLog")
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where the chain stands: the next sequence number and the MAC it must link to.
+struct ChainState {
+    next_seq: u64,
+    last_mac: [u8; MAC_LEN],
+}
+
+fn chain_state(store: &dyn Store) -> Result<ChainState, StoreError> {
+    if let Some((seq, bytes)) = store.audit_last()? {
+        let event = AuditEvent::decode(&bytes)?;
+        return Ok(ChainState {
+            next_seq: seq + 1,
+            last_mac: event.mac,
+        });
+    }
+    // Everything was pruned (or nothing was ever written): continue from the checkpoint.
+    match store.audit_marks()?.checkpoint {
+        Some(bytes) => {
+            let mark = ChainMark::decode(&bytes)?;
+            Ok(ChainState {
+                next_seq: mark.seq + 1,
+                last_mac: mark.mac,
+            })
+        }
+        None => Ok(ChainState {
+            next_seq: 1,
+            last_mac: [0; MAC_LEN],
+        }),
+    }
+}
+
+impl AuditLog {
+    /// Starts the writer task, continuing the chain found in `store`.
+    pub fn start(
+        store: Arc<dyn Store>,
+        commit: GroupCommit,
+        key: Key<Audit>,
+        sink: Option<JsonlSink>,
+        timeout: Duration,
+    ) -> Result<Self, StoreError> {
+        let state = chain_state(store.as_ref())?;
+        let key = Arc::new(key);
+        let (queue, rx) = mpsc::channel(4 * MAX_BATCH);
+        tokio::spawn(write_loop(
+            store.clone(),
+            commit,
+            key.clone(),
+            sink,
+            state,
+            rx,
+        ));
+        Ok(Self {
+            queue,
+            store,
+            key,
+            timeout,
+        })
+    }
+
+    /// Records an event; returns its sequence number once it is on disk.
+    pub async fn append(&self, draft: EventDraft) -> Result<u64, AuditError> {
+        let (done, confirmed) = oneshot::channel();
+        let send_and_wait = async {
+            self.queue
+                .send(Append { draft, done })
+                .await
+                .map_err(|_| AuditError::Stopped)?;
+            confirmed.await.map_err(|_| AuditError::Stopped)?
+        };
+        tokio::time::timeout(self.timeout, send_and_wait)
+            .await
+            .map_err(|_| AuditError::Timeout(self.timeout))?
+    }
+
+    /// Events after sequence number `after` that match `filter`, at most `limit`, and the
+    /// sequence number to resume after (the last event examined, matching or not).
+    pub fn query(
+        &self,
+        filter: &AuditFilter,
+        after: u64,
+        limit: usize,
+    ) -> Result<(Vec<AuditEvent>, u64), StoreError> {
+        let mut out = Vec::new();
+        let mut cursor = after;
+        loop {
+            let page = self.store.audit_scan(cursor, SCAN_PAGE)?;
+            let Some(&(last, _)) = page.last() else {
+                return Ok((out, cursor));
+            };
+            for (seq, bytes) in page {
+                cursor = seq;
+                let event = AuditEvent::decode(&bytes)?;
+                if filter.matches(&event.draft) {
+                    out.push(event);
+                    if out.len() == limit {
+                        return Ok((out, cursor));
+                    }
+                }
+            }
+            cursor = last;
+        }
+    }
+
+    /// Walks the whole chain.
+    pub fn verify(&self) -> Result<VerifyReport, StoreError> {
+        verify_store(self.store.as_ref(), &self.key)
+    }
+
+    /// Deletes events older than `before`, leaving a signed checkpoint so verification still
+    /// succeeds. The newest event is never pruned: it anchors the chain for new events.
+    pub fn prune(&self, before: Timestamp) -> Result<PruneReport, StoreError> {
+        let newest = self.store.audit_last()?.map(|(seq, _)| seq);
+        let mut last_old: Option<AuditEvent> = None;
+        let mut cursor = 0;
+        'scan: loop {
+            let page = self.store.audit_scan(cursor, SCAN_PAGE)?;
+            if page.is_empty() {
+                break;
+            }
+            for (seq, bytes) in page {
+                cursor = seq;
+                let event = AuditEvent::decode(&bytes)?;
+                if event.draft.time >= before || Some(seq) == newest {
+                    break 'scan;
+                }
+                last_old = Some(event);
+            }
+        }
+        let Some(last) = last_old else {
+            return Ok(PruneReport {
+                deleted: 0,
+                through: None,
+            });
+        };
+        let mark = ChainMark::new(&self.key, CHECKPOINT, last.seq, last.mac);
+        let deleted = self.store.audit_prune(last.seq, &mark.encode())?;
+        Ok(PruneReport {
+            deleted,
+            through: Some(last.seq),
+        })
+    }
+}
+
+/// Verifies the chain stored in `store` (also used offline by `pii-vault audit verify`).
+pub fn verify_store(store: &dyn Store, key: &Key<Audit>) -> Result<VerifyReport, StoreError> {
+    let marks = store.audit_marks()?;
+    let mut cursor = 0;
+    let mut pages = std::iter::from_fn(move || match store.audit_scan(cursor, SCAN_PAGE) {
+        Ok(page) if page.is_empty() => None,
+        Ok(page) => {
+            cursor = page.last().map_or(cursor, |(seq, _)| *seq);
+            Some(page.into_iter().map(Ok).collect::<Vec<_>>())
+        }
+        Err(e) => Some(vec![Err(e)]),
+    })
+    .flatten();
+    verify(
+        key,
+        marks.checkpoint.as_deref(),
+        marks.head.as_deref(),
+        &mut pages,
+    )
+}
+
+async fn write_loop(
+    store: Arc<dyn Store>,
+    commit: GroupCommit,
+    key: Arc<Key<Audit>>,
+    mut sink: Option<JsonlSink>,
+    mut state: ChainState,
+    mut rx: mpsc::Receiver<Append>,
+) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(more) => batch.push(more),
+                Err(_) => break,
+            }
+        }
+        // Callers that gave up (timed out) are dropped before their event is written:
+        // nothing was returned to them, so there is nothing to record.
+        batch.retain(|a| !a.done.is_closed());
+        if batch.is_empty() {
+            continue;
+        }
+        let mut prev = state.last_mac;
+        let events: Vec<AuditEvent> = batch
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                let event =
+                    AuditEvent::seal(&key, state.next_seq + i as u64, a.draft.clone(), prev);
+                prev = event.mac;
+                event
+            })
+            .collect();
+        let last_seq = state.next_seq + events.len() as u64 - 1;
+        let head = ChainMark::new(&key, HEAD, last_seq, prev).encode();
+        let rows: Vec<(u64, Vec<u8>)> = events.iter().map(|e| (e.seq, e.encode())).collect();
+        let writer = store.clone();
+        let stored = tokio::task::spawn_blocking(move || writer.audit_append(&rows, &head))
+            .await
+            .unwrap_or_else(|_| Err(StoreError::Backend("audit append panicked".into())));
+        let result = match stored {
+            Ok(()) => {
+                // The batch is in the store: the chain moves on even if the flush fails, so
+                // later events link to these.
+                state.next_seq = last_seq + 1;
+                state.last_mac = prev;
+                commit.durable().await
+            }
+            Err(e) => Err(e),
+        };
+        match &result {
+            Ok(()) => {
+                for (a, e) in batch.drain(..).zip(&events) {
+                    let _ = a.done.send(Ok(e.seq));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "audit append failed; failing requests closed");
+                for a in batch.drain(..) {
+                    let _ = a.done.send(Err(AuditError::Store(e.clone())));
+                }
+            }
+        }
+        // The SIEM mirror is written after the callers were answered; its failures are
+        // logged by the sink and never fail a request.
+        if let (Some(mut s), true) = (sink.take(), result.is_ok()) {
+            sink = tokio::task::spawn_blocking(move || {
+                s.write(&events);
+                s
+            })
+            .await
+            .ok();
+        }
+    }
+}

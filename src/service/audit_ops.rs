@@ -1,0 +1,94 @@
+//! Audit use cases for operators: query (itself audited), verify, prune.
+
+use std::time::Duration;
+
+use crate::audit::{AuditEvent, AuditFilter, Operation, VerifyReport};
+use crate::domain::Timestamp;
+
+use super::{Call, PruneReport, ServiceError, Vault};
+
+/// Longest page one query returns.
+pub const MAX_QUERY_PAGE: usize = 1000;
+
+/// One page of audit events and where to resume.
+#[derive(Debug)]
+pub struct AuditPage {
+    pub events: Vec<AuditEvent>,
+    /// Pass as `after` to continue; the last sequence number examined.
+    pub cursor: u64,
+}
+
+impl Vault {
+    /// Events matching `filter` after sequence number `after`. The query's own event is
+    /// durable before any event is returned.
+    pub async fn query_audit(
+        &self,
+        call: &Call,
+        filter: &AuditFilter,
+        after: u64,
+        limit: usize,
+    ) -> Result<AuditPage, ServiceError> {
+        let mut ev = self.draft(call, Operation::QueryAudit);
+        ev.tenant = filter.tenant.clone().unwrap_or_default();
+        ev.subject = filter.subject.clone().unwrap_or_default();
+        ev.reason = format!("after seq {after}");
+        let result = self
+            .audit
+            .query(filter, after, limit.clamp(1, MAX_QUERY_PAGE))
+            .map(|(events, cursor)| AuditPage { events, cursor })
+            .map_err(ServiceError::from);
+        self.record(ev, result).await
+    }
+
+    /// Continues a query that is already recorded (later pages of one streamed query).
+    pub fn query_audit_more(
+        &self,
+        filter: &AuditFilter,
+        after: u64,
+        limit: usize,
+    ) -> Result<AuditPage, ServiceError> {
+        let (events, cursor) = self
+            .audit
+            .query(filter, after, limit.clamp(1, MAX_QUERY_PAGE))?;
+        Ok(AuditPage { events, cursor })
+    }
+
+    /// Walks the whole chain.
+    pub async fn verify_audit(&self, call: &Call) -> Result<VerifyReport, ServiceError> {
+        let mut ev = self.draft(call, Operation::VerifyAudit);
+        let result = self.audit.verify().map_err(ServiceError::from);
+        if let Ok(report) = &result {
+            ev.reason = match report.first_bad {
+                None => format!("verified {} events", report.checked),
+                Some(seq) => format!("chain broken at seq {seq}"),
+            };
+        }
+        self.record(ev, result).await
+    }
+
+    /// Deletes events older than `older_than_days` (0: the configured retention), keeping
+    /// verification intact.
+    pub async fn prune_audit(
+        &self,
+        call: &Call,
+        older_than_days: u32,
+    ) -> Result<PruneReport, ServiceError> {
+        let mut ev = self.draft(call, Operation::PruneAudit);
+        let age = match older_than_days {
+            0 => self.audit_retention,
+            days => Duration::from_secs(u64::from(days) * 86_400),
+        };
+        let age_micros = u64::try_from(age.as_micros()).unwrap_or(u64::MAX);
+        let before = Timestamp(self.clock.now().0.saturating_sub(age_micros));
+        let result = self.audit.prune(before).map_err(ServiceError::from);
+        if let Ok(report) = &result {
+            ev.reason = format!("pruned {} events", report.deleted);
+        }
+        self.record(ev, result).await
+    }
+
+    /// The current time of the vault's clock.
+    pub fn now(&self) -> Timestamp {
+        self.clock.now()
+    }
+}
