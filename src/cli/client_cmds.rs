@@ -15,7 +15,7 @@ use pb::tenant_service_client::TenantServiceClient;
 use super::Connection;
 
 impl Connection {
-    async fn channel(&self) -> anyhow::Result<Channel> {
+    pub(super) async fn channel(&self) -> anyhow::Result<Channel> {
         let dev = ClientCerts::dev(&self.data_dir);
         let certs = ClientCerts {
             ca: self.ca.clone().unwrap_or(dev.ca),

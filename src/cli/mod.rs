@@ -3,6 +3,7 @@
 //!
 //! The only module that uses `anyhow`: everything below returns typed errors.
 
+mod audit_cmd;
 mod client_cmds;
 mod serve;
 
@@ -40,6 +41,9 @@ enum Command {
     Delete(client_cmds::DeleteArgs),
     /// List the subjects of a tenant.
     Subjects(client_cmds::SubjectsArgs),
+    /// Verify (offline), query or prune the audit log.
+    #[command(subcommand)]
+    Audit(audit_cmd::AuditCmd),
 }
 
 /// How a client subcommand reaches the vault.
@@ -94,6 +98,7 @@ pub fn main() -> ExitCode {
             Command::Get(args) => client_cmds::get(args).await,
             Command::Delete(args) => client_cmds::delete(args).await,
             Command::Subjects(args) => client_cmds::subjects(args).await,
+            Command::Audit(cmd) => audit_cmd::audit(cmd).await,
         }
     });
     match result {

@@ -3,6 +3,7 @@
 //!
 //! The store never sees a key or a value in the clear: only sealed envelopes and metadata.
 
+pub mod faults;
 mod group_commit;
 mod records;
 mod sled_store;

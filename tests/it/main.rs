@@ -4,6 +4,7 @@
 mod util;
 
 mod at_rest;
+mod audit;
 mod bad_input;
 mod records;
 mod restart;

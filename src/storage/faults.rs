@@ -1,0 +1,163 @@
+//! A `Store` wrapper that fails or stalls on command: fault injection for tests of the
+//! fail-closed paths (audit log cannot be written, disk full, stuck I/O).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::crypto::Sealed;
+use crate::domain::{FieldMeta, FieldName, SubjectId, TenantId};
+
+use super::{
+    AuditMarks, FieldRecord, Store, StoreError, StoreResult, SubjectRecord, SubjectWrite,
+    TenantRecord,
+};
+
+/// Switches that make the wrapped store misbehave.
+#[derive(Debug, Default)]
+pub struct Faults {
+    /// Audit appends fail (as on a full disk).
+    pub fail_audit: AtomicBool,
+    /// Audit appends block for `stall_millis` first (a stuck writer).
+    pub stall_audit: AtomicBool,
+    pub stall_millis: AtomicU64,
+    /// Data writes (tenants, fields, deletes) fail.
+    pub fail_writes: AtomicBool,
+    /// Flushes fail.
+    pub fail_flush: AtomicBool,
+    /// How many flushes ran (group commit makes this far lower than the writes).
+    pub flushes: AtomicU64,
+}
+
+impl Faults {
+    pub fn set(flag: &AtomicBool, on: bool) {
+        flag.store(on, Ordering::SeqCst);
+    }
+}
+
+/// The wrapper itself.
+pub struct FaultyStore {
+    inner: Arc<dyn Store>,
+    pub faults: Arc<Faults>,
+}
+
+impl std::fmt::Debug for FaultyStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FaultyStore")
+            .field("faults", &self.faults)
+            .finish()
+    }
+}
+
+impl FaultyStore {
+    pub fn new(inner: Arc<dyn Store>) -> Self {
+        Self {
+            inner,
+            faults: Arc::new(Faults::default()),
+        }
+    }
+
+    fn check(flag: &AtomicBool, what: &str) -> StoreResult<()> {
+        if flag.load(Ordering::SeqCst) {
+            Err(StoreError::Backend(format!("injected fault: {what}")))
+        } else {
+            Ok(())
+        }
+    }
+
+    fn write(&self) -> StoreResult<()> {
+        Self::check(&self.faults.fail_writes, "write failed (disk full)")
+    }
+}
+
+impl Store for FaultyStore {
+    fn meta(&self, key: &str) -> StoreResult<Option<Vec<u8>>> {
+        self.inner.meta(key)
+    }
+    fn meta_init(&self, key: &str, value: &[u8]) -> StoreResult<Vec<u8>> {
+        self.inner.meta_init(key, value)
+    }
+    fn create_tenant(&self, tenant: &TenantRecord, wrapped_kek: &Sealed) -> StoreResult<bool> {
+        self.write()?;
+        self.inner.create_tenant(tenant, wrapped_kek)
+    }
+    fn tenant(&self, id: &TenantId) -> StoreResult<Option<TenantRecord>> {
+        self.inner.tenant(id)
+    }
+    fn tenants(&self, after: Option<&TenantId>, limit: usize) -> StoreResult<Vec<TenantRecord>> {
+        self.inner.tenants(after, limit)
+    }
+    fn kek(&self, tenant: &TenantId, version: u32) -> StoreResult<Option<Sealed>> {
+        self.inner.kek(tenant, version)
+    }
+    fn subject(
+        &self,
+        tenant: &TenantId,
+        subject: &SubjectId,
+    ) -> StoreResult<Option<SubjectRecord>> {
+        self.inner.subject(tenant, subject)
+    }
+    fn subjects(
+        &self,
+        tenant: &TenantId,
+        after: Option<&SubjectId>,
+        limit: usize,
+    ) -> StoreResult<Vec<SubjectId>> {
+        self.inner.subjects(tenant, after, limit)
+    }
+    fn put_fields(
+        &self,
+        tenant: &TenantId,
+        subject: &SubjectId,
+        write: &SubjectWrite,
+    ) -> StoreResult<Vec<FieldMeta>> {
+        self.write()?;
+        self.inner.put_fields(tenant, subject, write)
+    }
+    fn fields(&self, tenant: &TenantId, subject: &SubjectId) -> StoreResult<Vec<FieldRecord>> {
+        self.inner.fields(tenant, subject)
+    }
+    fn field(
+        &self,
+        tenant: &TenantId,
+        subject: &SubjectId,
+        name: &FieldName,
+    ) -> StoreResult<Option<FieldRecord>> {
+        self.inner.field(tenant, subject, name)
+    }
+    fn delete_fields(
+        &self,
+        tenant: &TenantId,
+        subject: &SubjectId,
+        names: &[FieldName],
+    ) -> StoreResult<u32> {
+        self.write()?;
+        self.inner.delete_fields(tenant, subject, names)
+    }
+    fn audit_append(&self, events: &[(u64, Vec<u8>)], head: &[u8]) -> StoreResult<()> {
+        if self.faults.stall_audit.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(
+                self.faults.stall_millis.load(Ordering::SeqCst),
+            ));
+        }
+        Self::check(&self.faults.fail_audit, "audit append failed (disk full)")?;
+        self.inner.audit_append(events, head)
+    }
+    fn audit_scan(&self, after: u64, limit: usize) -> StoreResult<Vec<(u64, Vec<u8>)>> {
+        self.inner.audit_scan(after, limit)
+    }
+    fn audit_last(&self) -> StoreResult<Option<(u64, Vec<u8>)>> {
+        self.inner.audit_last()
+    }
+    fn audit_marks(&self) -> StoreResult<AuditMarks> {
+        self.inner.audit_marks()
+    }
+    fn audit_prune(&self, through: u64, checkpoint: &[u8]) -> StoreResult<u64> {
+        self.inner.audit_prune(through, checkpoint)
+    }
+    fn flush(&self) -> StoreResult<()> {
+        self.faults.flushes.fetch_add(1, Ordering::SeqCst);
+        Self::check(&self.faults.fail_flush, "flush failed (I/O error)")?;
+        self.inner.flush()
+    }
+}
