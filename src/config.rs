@@ -241,6 +241,7 @@ impl RawConfig {
                             36_500,
                         )?,
                 ),
+                audit_enabled: true,
                 audit_sink: match self.audit.jsonl_path {
                     None => None,
                     Some(path) => Some(SinkConfig {

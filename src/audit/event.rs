@@ -53,6 +53,17 @@ impl Operation {
         }
     }
 
+    /// True when the operation changes stored data or keys (and so must be flushed).
+    pub fn is_write(self) -> bool {
+        matches!(
+            self,
+            Operation::CreateTenant
+                | Operation::PutFields
+                | Operation::DeleteFields
+                | Operation::PruneAudit
+        )
+    }
+
     pub fn from_name(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|op| op.name() == name)
     }

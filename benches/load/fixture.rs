@@ -1,0 +1,132 @@
+//! A vault started in this process on a free loopback port, with preloaded subjects.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use pii_vault::client::{connect, ClientCerts};
+use pii_vault::config::{bootstrap, RawConfig};
+use pii_vault::proto::v1 as pb;
+use pii_vault::storage::SledStore;
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+use tonic::transport::Channel;
+
+/// Subjects preloaded into the `bench` tenant, and fields each.
+pub const FIELDS_PER_SUBJECT: usize = 10;
+/// Size of every preloaded value: the 256-byte field.
+pub const VALUE_BYTES: usize = 256;
+
+pub struct Fixture {
+    _dir: TempDir,
+    pub addr: SocketAddr,
+    certs: ClientCerts,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Result<(), pii_vault::server::ServerError>>>,
+    pub subjects: usize,
+}
+
+pub fn value(i: usize) -> String {
+    let mut v = format!("value-{i}-");
+    v.extend(std::iter::repeat_n('x', VALUE_BYTES - v.len()));
+    v
+}
+
+pub fn field_input(name: &str, i: usize) -> pb::FieldInput {
+    pb::FieldInput {
+        name: name.into(),
+        category: pb::Category::Profile as i32,
+        value: Some(pb::Value {
+            kind: Some(pb::value::Kind::Text(value(i))),
+        }),
+    }
+}
+
+impl Fixture {
+    /// Starts a vault (auditing on or off) and preloads `subjects` subjects.
+    pub async fn start(audit: bool, subjects: usize) -> Self {
+        let dir = TempDir::new().expect("temp dir");
+        let raw = RawConfig {
+            listen: Some("127.0.0.1:0".into()),
+            data_dir: Some(dir.path().to_path_buf()),
+            ..RawConfig::default()
+        };
+        let mut config = raw.validate().expect("config");
+        config.vault.audit_enabled = audit;
+        bootstrap(&config).expect("bootstrap");
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let store =
+            SledStore::open(&config.store_dir(), config.cache_capacity_bytes).expect("store");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(pii_vault::server::serve(
+            listener,
+            config,
+            Arc::new(store),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        let fixture = Self {
+            certs: ClientCerts::dev(dir.path()),
+            _dir: dir,
+            addr,
+            stop: Some(stop),
+            task: Some(task),
+            subjects,
+        };
+        fixture.preload().await;
+        fixture
+    }
+
+    pub async fn channel(&self) -> Channel {
+        connect(&self.addr.to_string(), &self.certs)
+            .await
+            .expect("connect")
+    }
+
+    async fn preload(&self) {
+        let channel = self.channel().await;
+        pb::tenant_service_client::TenantServiceClient::new(channel.clone())
+            .create_tenant(pb::CreateTenantRequest {
+                tenant_id: "bench".into(),
+            })
+            .await
+            .expect("tenant");
+        let mut tasks = Vec::new();
+        for chunk in 0..8 {
+            let mut client = pb::record_service_client::RecordServiceClient::new(channel.clone());
+            let subjects = self.subjects;
+            tasks.push(tokio::spawn(async move {
+                for i in (chunk..subjects).step_by(8) {
+                    let fields = (0..FIELDS_PER_SUBJECT)
+                        .map(|f| field_input(&format!("f{f}"), i))
+                        .collect();
+                    client
+                        .put_fields(pb::PutFieldsRequest {
+                            tenant_id: "bench".into(),
+                            subject_id: format!("s{i}"),
+                            fields,
+                        })
+                        .await
+                        .expect("preload");
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.expect("preload task");
+        }
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await
+                .expect("server task")
+                .expect("server stopped cleanly");
+        }
+    }
+}
