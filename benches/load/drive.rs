@@ -97,7 +97,7 @@ async fn one(
             .map(drop),
         Scenario::Put1 => client.put_fields(put(1)).await.map(drop),
         Scenario::Put10 => client.put_fields(put(10)).await.map(drop),
-        Scenario::Mixed if n % 10 == 0 => client.put_fields(put(1)).await.map(drop),
+        Scenario::Mixed if n.is_multiple_of(10) => client.put_fields(put(1)).await.map(drop),
         Scenario::Mixed => client.get_fields(get(vec!["f0".into()])).await.map(drop),
     };
     result.is_ok()
