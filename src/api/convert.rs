@@ -55,7 +55,7 @@ pub fn new_fields(fields: Vec<pb::FieldInput>) -> Result<Vec<NewField>, InvalidI
         .collect()
 }
 
-fn category(c: Category) -> pb::Category {
+pub fn category(c: Category) -> pb::Category {
     pb::Category::try_from(i32::from(c.code())).unwrap_or(pb::Category::Unspecified)
 }
 

@@ -8,6 +8,7 @@
 mod audit;
 mod convert;
 mod record;
+mod rights;
 mod status;
 mod tenant;
 
@@ -23,6 +24,7 @@ use crate::service::{Call, Vault};
 
 pub use audit::AuditApi;
 pub use record::RecordApi;
+pub use rights::RightsApi;
 pub use tenant::TenantApi;
 
 /// Default and largest page sizes of list calls.
@@ -98,10 +100,20 @@ fn page_size(requested: u32) -> Result<usize, InvalidInput> {
 }
 
 /// Builds the tonic services over one shared vault.
-pub fn services(vault: Arc<Vault>) -> (TenantApi, RecordApi, AuditApi) {
-    (
-        TenantApi::new(vault.clone()),
-        RecordApi::new(vault.clone()),
-        AuditApi::new(vault),
-    )
+pub fn services(vault: Arc<Vault>) -> Services {
+    Services {
+        tenants: TenantApi::new(vault.clone()),
+        records: RecordApi::new(vault.clone()),
+        audit: AuditApi::new(vault.clone()),
+        rights: RightsApi::new(vault),
+    }
+}
+
+/// Every gRPC service of the vault, over one shared `Vault`.
+#[derive(Debug)]
+pub struct Services {
+    pub tenants: TenantApi,
+    pub records: RecordApi,
+    pub audit: AuditApi,
+    pub rights: RightsApi,
 }

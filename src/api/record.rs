@@ -24,7 +24,10 @@ impl RecordApi {
 }
 
 /// Parses the (tenant, subject) pair every record call starts with.
-fn ids(tenant: &str, subject: &str) -> Result<(TenantId, SubjectId), crate::domain::InvalidInput> {
+pub(super) fn ids(
+    tenant: &str,
+    subject: &str,
+) -> Result<(TenantId, SubjectId), crate::domain::InvalidInput> {
     Ok((TenantId::parse(tenant)?, SubjectId::parse(subject)?))
 }
 

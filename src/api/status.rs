@@ -12,6 +12,7 @@ impl From<ServiceError> for Status {
             ServiceError::TenantNotFound => Status::not_found("tenant not found"),
             ServiceError::TenantExists => Status::already_exists("tenant already exists"),
             ServiceError::SubjectNotFound => Status::not_found("subject not found"),
+            ServiceError::SubjectErased => Status::not_found("subject not found: it was erased"),
             ServiceError::FieldNotFound(name) => {
                 Status::not_found(format!("field {name} not found"))
             }

@@ -5,6 +5,7 @@
 
 mod audit_cmd;
 mod client_cmds;
+mod erase_cmd;
 mod serve;
 
 use std::path::PathBuf;
@@ -41,6 +42,8 @@ enum Command {
     Delete(client_cmds::DeleteArgs),
     /// List the subjects of a tenant.
     Subjects(client_cmds::SubjectsArgs),
+    /// Erase subjects (right to be forgotten): ids as arguments, or one per line with --from FILE|-.
+    Erase(erase_cmd::EraseArgs),
     /// Verify (offline), query or prune the audit log.
     #[command(subcommand)]
     Audit(audit_cmd::AuditCmd),
@@ -99,6 +102,7 @@ pub fn main() -> ExitCode {
             Command::Delete(args) => client_cmds::delete(args).await,
             Command::Subjects(args) => client_cmds::subjects(args).await,
             Command::Audit(cmd) => audit_cmd::audit(cmd).await,
+            Command::Erase(args) => erase_cmd::erase(args).await,
         }
     });
     match result {

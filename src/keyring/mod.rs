@@ -171,6 +171,7 @@ impl Keyring {
             created_at: now,
             dek_version: dek.version(),
             wrapped_dek,
+            categories: 0,
         };
         Ok((dek, record))
     }

@@ -21,6 +21,7 @@ use crate::domain::SystemClock;
 use crate::keyring::{Keyring, KeyringError, RootKeys};
 use crate::proto::v1::audit_service_server::AuditServiceServer;
 use crate::proto::v1::record_service_server::RecordServiceServer;
+use crate::proto::v1::subject_rights_service_server::SubjectRightsServiceServer;
 use crate::proto::v1::tenant_service_server::TenantServiceServer;
 use crate::service::{Call, ServiceError, Vault};
 use crate::storage::{SledStore, Store, StoreError};
@@ -87,11 +88,12 @@ pub async fn serve(
     )?);
     let pruner = tokio::spawn(prune_audit_daily(vault.clone()));
 
-    let (tenants, records, audit) = api::services(vault.clone());
+    let apis = api::services(vault.clone());
     let max = config.max_message_bytes;
-    let tenants = TenantServiceServer::new(tenants).max_decoding_message_size(max);
-    let records = RecordServiceServer::new(records).max_decoding_message_size(max);
-    let audit = AuditServiceServer::new(audit).max_decoding_message_size(max);
+    let tenants = TenantServiceServer::new(apis.tenants).max_decoding_message_size(max);
+    let records = RecordServiceServer::new(apis.records).max_decoding_message_size(max);
+    let audit = AuditServiceServer::new(apis.audit).max_decoding_message_size(max);
+    let rights = SubjectRightsServiceServer::new(apis.rights).max_decoding_message_size(max);
 
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
@@ -102,6 +104,9 @@ pub async fn serve(
         .await;
     health_reporter
         .set_serving::<AuditServiceServer<api::AuditApi>>()
+        .await;
+    health_reporter
+        .set_serving::<SubjectRightsServiceServer<api::RightsApi>>()
         .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
@@ -124,6 +129,7 @@ pub async fn serve(
         .add_service(tenants)
         .add_service(records)
         .add_service(audit)
+        .add_service(rights)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
 

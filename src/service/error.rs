@@ -18,6 +18,9 @@ pub enum ServiceError {
     TenantExists,
     #[error("subject not found")]
     SubjectNotFound,
+    /// The subject was erased: every read answers NOT_FOUND with this reason.
+    #[error("subject not found: it was erased")]
+    SubjectErased,
     #[error("field {0} not found")]
     FieldNotFound(FieldName),
     /// The store cannot be read or written right now; the request may be retried.
@@ -39,6 +42,7 @@ impl ServiceError {
             ServiceError::InvalidArgument(_) | ServiceError::TenantExists => Outcome::Invalid,
             ServiceError::TenantNotFound
             | ServiceError::SubjectNotFound
+            | ServiceError::SubjectErased
             | ServiceError::FieldNotFound(_) => Outcome::NotFound,
             ServiceError::Unavailable(_)
             | ServiceError::AuditUnavailable(_)
@@ -61,6 +65,7 @@ impl From<StoreError> for ServiceError {
         match e {
             StoreError::Backend(_) => ServiceError::Unavailable(e),
             StoreError::NoTenant => ServiceError::TenantNotFound,
+            StoreError::Erased => ServiceError::SubjectErased,
             StoreError::Corrupt(_) | StoreError::Conflict => ServiceError::Internal(e.to_string()),
         }
     }

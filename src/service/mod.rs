@@ -7,6 +7,7 @@
 mod audit_log;
 mod audit_ops;
 mod audit_sink;
+mod erasure;
 mod error;
 mod records;
 mod tenants;
@@ -17,6 +18,7 @@ use std::time::Duration;
 pub use audit_log::{verify_store, AuditError, AuditLog, PruneReport};
 pub use audit_ops::AuditPage;
 pub use audit_sink::{JsonlSink, SinkConfig};
+pub use erasure::{ErasureReceipt, DEFAULT_KEY_EPOCH};
 pub use error::ServiceError;
 pub use records::SubjectPage;
 pub use tenants::TenantPage;
@@ -55,6 +57,8 @@ pub struct VaultSettings {
     pub audit_sink: Option<SinkConfig>,
     /// Audit events older than this may be pruned (the policy keeps logs 12 months).
     pub audit_retention: Duration,
+    /// How often key epochs run; an erasure is final (no surviving key copy) after the next.
+    pub key_epoch_interval: Duration,
     /// False only for the load generator's "auditing off" baseline: no configuration key
     /// reaches it, and `serve` always audits.
     pub audit_enabled: bool,
@@ -68,6 +72,7 @@ impl Default for VaultSettings {
             audit_sink: None,
             audit_retention: Duration::from_secs(365 * 86_400),
             audit_enabled: true,
+            key_epoch_interval: DEFAULT_KEY_EPOCH,
         }
     }
 }
@@ -90,6 +95,9 @@ pub struct Vault {
     limits: Limits,
     audit_retention: Duration,
     audit_enabled: bool,
+    key_epoch_interval: Duration,
+    /// Queue of erased subjects whose field ciphertexts are purged in the background.
+    purger: tokio::sync::mpsc::UnboundedSender<(crate::domain::TenantId, crate::domain::SubjectId)>,
 }
 
 impl std::fmt::Debug for Vault {
@@ -123,6 +131,7 @@ impl Vault {
             settings.audit_timeout,
         )?;
         Ok(Self {
+            purger: erasure::start_purger(store.clone()),
             store,
             keys,
             commit,
@@ -131,6 +140,7 @@ impl Vault {
             limits: settings.limits,
             audit_retention: settings.audit_retention,
             audit_enabled: settings.audit_enabled,
+            key_epoch_interval: settings.key_epoch_interval,
         })
     }
 

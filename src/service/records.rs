@@ -217,10 +217,7 @@ impl Vault {
     ) -> Result<Vec<Field>, ServiceError> {
         self.check_names(names.iter())?;
         self.tenant(tenant)?;
-        let record = self
-            .store
-            .subject(tenant, subject)?
-            .ok_or(ServiceError::SubjectNotFound)?;
+        let record = self.live_subject(tenant, subject)?;
         let records = if names.is_empty() {
             self.store.fields(tenant, subject)?
         } else {
@@ -269,9 +266,7 @@ impl Vault {
         }
         self.check_names(names.iter())?;
         self.tenant(tenant)?;
-        if self.store.subject(tenant, subject)?.is_none() {
-            return Err(ServiceError::SubjectNotFound);
-        }
+        self.live_subject(tenant, subject)?;
         Ok(self.store.delete_fields(tenant, subject, names)?)
     }
 

@@ -9,8 +9,8 @@ use crate::crypto::Sealed;
 use crate::domain::{FieldMeta, FieldName, SubjectId, TenantId};
 
 use super::{
-    AuditMarks, FieldRecord, Store, StoreError, StoreResult, SubjectRecord, SubjectWrite,
-    TenantRecord,
+    AuditMarks, Erasure, FieldRecord, Store, StoreError, StoreResult, SubjectRecord, SubjectWrite,
+    TenantRecord, Tombstone,
 };
 
 /// Switches that make the wrapped store misbehave.
@@ -133,6 +133,36 @@ impl Store for FaultyStore {
     ) -> StoreResult<u32> {
         self.write()?;
         self.inner.delete_fields(tenant, subject, names)
+    }
+    fn erase_subject(
+        &self,
+        tenant: &TenantId,
+        subject: &SubjectId,
+        tombstone: &Tombstone,
+    ) -> StoreResult<Erasure> {
+        self.write()?;
+        self.inner.erase_subject(tenant, subject, tombstone)
+    }
+    fn tombstone(&self, tenant: &TenantId, subject: &SubjectId) -> StoreResult<Option<Tombstone>> {
+        self.inner.tombstone(tenant, subject)
+    }
+    fn purge_fields(
+        &self,
+        tenant: &TenantId,
+        subject: &SubjectId,
+        limit: usize,
+    ) -> StoreResult<usize> {
+        self.write()?;
+        self.inner.purge_fields(tenant, subject, limit)
+    }
+    fn unpurged(&self) -> StoreResult<Vec<(TenantId, SubjectId)>> {
+        self.inner.unpurged()
+    }
+    fn epoch_pending(&self) -> StoreResult<Vec<(TenantId, u64)>> {
+        self.inner.epoch_pending()
+    }
+    fn clear_epoch_pending(&self, tenant: &TenantId, seen: u64) -> StoreResult<()> {
+        self.inner.clear_epoch_pending(tenant, seen)
     }
     fn audit_append(&self, events: &[(u64, Vec<u8>)], head: &[u8]) -> StoreResult<()> {
         if self.faults.stall_audit.load(Ordering::SeqCst) {

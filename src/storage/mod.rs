@@ -9,7 +9,10 @@ mod records;
 mod sled_store;
 
 pub use group_commit::GroupCommit;
-pub use records::{FieldRecord, SealedField, SubjectRecord, SubjectWrite, TenantRecord};
+pub use records::{
+    categories_in, category_bit, Erasure, FieldRecord, SealedField, SubjectRecord, SubjectWrite,
+    TenantRecord, Tombstone,
+};
 pub use sled_store::SledStore;
 
 use crate::crypto::Sealed;
@@ -30,6 +33,9 @@ pub enum StoreError {
     /// The tenant does not exist.
     #[error("tenant not found")]
     NoTenant,
+    /// The subject was erased; its id cannot be written again.
+    #[error("subject was erased")]
+    Erased,
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -98,6 +104,30 @@ pub trait Store: Send + Sync + 'static {
         subject: &SubjectId,
         names: &[FieldName],
     ) -> StoreResult<u32>;
+
+    /// Erases a subject atomically: deletes its record (and so its wrapped DEK), writes
+    /// `tombstone`, and marks the tenant for the next key epoch. Idempotent.
+    fn erase_subject(
+        &self,
+        tenant: &TenantId,
+        subject: &SubjectId,
+        tombstone: &Tombstone,
+    ) -> StoreResult<Erasure>;
+    fn tombstone(&self, tenant: &TenantId, subject: &SubjectId) -> StoreResult<Option<Tombstone>>;
+    /// Deletes up to `limit` field records of an erased subject; returns how many. When none
+    /// are left, marks the tombstone purged.
+    fn purge_fields(
+        &self,
+        tenant: &TenantId,
+        subject: &SubjectId,
+        limit: usize,
+    ) -> StoreResult<usize>;
+    /// Erased subjects whose field ciphertexts are not purged yet (resumed after a restart).
+    fn unpurged(&self) -> StoreResult<Vec<(TenantId, SubjectId)>>;
+    /// Tenants with erasures since their last key epoch, with an erasure counter.
+    fn epoch_pending(&self) -> StoreResult<Vec<(TenantId, u64)>>;
+    /// Clears a tenant's epoch mark if no erasure happened since the counter was `seen`.
+    fn clear_epoch_pending(&self, tenant: &TenantId, seen: u64) -> StoreResult<()>;
 
     /// Appends audit events (sequence number, encoded event) and replaces the audit head
     /// record, atomically.

@@ -63,6 +63,9 @@ pub struct SubjectRecord {
     pub dek_version: u32,
     /// The DEK sealed under the tenant KEK; the envelope names the KEK version.
     pub wrapped_dek: Sealed,
+    /// Bit `code` set for every category the subject ever had a field in: lets an erasure
+    /// receipt list them without reading the fields.
+    pub categories: u32,
 }
 
 impl SubjectRecord {
@@ -74,6 +77,7 @@ impl SubjectRecord {
             .u64(self.created_at.0)
             .u32(self.dek_version)
             .bytes(&self.wrapped_dek.encode())
+            .u32(self.categories)
             .finish()
     }
 
@@ -84,10 +88,83 @@ impl SubjectRecord {
             created_at: Timestamp(r.u64()?),
             dek_version: r.u32()?,
             wrapped_dek: sealed(&mut r, Self::WHAT)?,
+            categories: r.u32()?,
         };
         r.finish()?;
         Ok(rec)
     }
+}
+
+impl SubjectRecord {
+    /// True when both records hold the same data key (what a write was sealed under).
+    pub fn same_key(&self, other: &SubjectRecord) -> bool {
+        self.dek_version == other.dek_version && self.wrapped_dek == other.wrapped_dek
+    }
+}
+
+/// The bit of a category in a category mask.
+pub fn category_bit(c: Category) -> u32 {
+    1 << c.code()
+}
+
+/// The categories set in a mask, in code order.
+pub fn categories_in(mask: u32) -> Vec<Category> {
+    Category::ALL
+        .into_iter()
+        .filter(|c| mask & category_bit(*c) != 0)
+        .collect()
+}
+
+/// What stays of an erased subject: when, by whom, the receipt, and whether its field
+/// ciphertexts were purged yet (they are noise without the DEK; purging is housekeeping).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tombstone {
+    pub erased_at: Timestamp,
+    pub caller: String,
+    pub receipt_id: String,
+    /// Categories the subject had (a category mask).
+    pub categories: u32,
+    pub purged: bool,
+}
+
+impl Tombstone {
+    const WHAT: &'static str = "tombstone";
+
+    pub fn encode(&self) -> Vec<u8> {
+        Writer::new()
+            .u8(RECORD_V1)
+            .u64(self.erased_at.0)
+            .str(&self.caller)
+            .str(&self.receipt_id)
+            .u32(self.categories)
+            .u8(u8::from(self.purged))
+            .finish()
+    }
+
+    pub fn decode(buf: &[u8]) -> Result<Self, StoreError> {
+        let mut r = Reader::new(buf, Self::WHAT);
+        version(&mut r, Self::WHAT)?;
+        let rec = Self {
+            erased_at: Timestamp(r.u64()?),
+            caller: r.str()?.to_owned(),
+            receipt_id: r.str()?.to_owned(),
+            categories: r.u32()?,
+            purged: r.u8()? != 0,
+        };
+        r.finish()?;
+        Ok(rec)
+    }
+}
+
+/// The result of an erasure in the store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Erasure {
+    /// The subject's key and record are gone; the tombstone was written.
+    Erased(Tombstone),
+    /// Erased before: the earlier tombstone.
+    AlreadyErased(Tombstone),
+    /// No such subject, now or before.
+    NotFound,
 }
 
 /// A stored field: metadata in the clear, the value sealed under the subject's DEK.

@@ -6,6 +6,9 @@
 //! - `keks`: (tenant, version) → wrapped KEK.
 //! - `t/<tenant>/subjects`: subject → `SubjectRecord` (one tree per tenant: isolation).
 //! - `t/<tenant>/fields`: (subject, field name) → `FieldRecord`.
+//! - `t/<tenant>/tombstones`: subject → `Tombstone` of an erased subject.
+//! - `epoch_pending`: tenant → erasure counter, for tenants with erasures since their last
+//!   key epoch.
 //! - `audit`: sequence number (u64 BE) → encoded audit event.
 
 use std::collections::HashMap;
@@ -17,7 +20,9 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 use crate::crypto::Sealed;
 use crate::domain::{FieldMeta, FieldName, SubjectId, TenantId};
 
-use super::records::{FieldRecord, SubjectRecord, SubjectWrite, TenantRecord};
+use super::records::{
+    category_bit, Erasure, FieldRecord, SubjectRecord, SubjectWrite, TenantRecord, Tombstone,
+};
 use super::{AuditMarks, Store, StoreError, StoreResult};
 use crate::codec::Writer;
 
@@ -31,6 +36,7 @@ const PRUNE_BATCH: usize = 4096;
 struct TenantTrees {
     subjects: sled::Tree,
     fields: sled::Tree,
+    tombstones: sled::Tree,
 }
 
 /// sled-backed `Store`.
@@ -40,6 +46,7 @@ pub struct SledStore {
     tenants: sled::Tree,
     keks: sled::Tree,
     audit: sled::Tree,
+    epoch_pending: sled::Tree,
     /// Open handles of per-tenant trees; opening a tree takes a lock inside sled.
     tenant_trees: RwLock<HashMap<TenantId, TenantTrees>>,
 }
@@ -90,6 +97,7 @@ impl SledStore {
             tenants: db.open_tree("tenants").map_err(backend)?,
             keks: db.open_tree("keks").map_err(backend)?,
             audit: db.open_tree("audit").map_err(backend)?,
+            epoch_pending: db.open_tree("epoch_pending").map_err(backend)?,
             db,
             tenant_trees: RwLock::new(HashMap::new()),
         })
@@ -118,6 +126,10 @@ impl SledStore {
             fields: self
                 .db
                 .open_tree(format!("{base}fields"))
+                .map_err(backend)?,
+            tombstones: self
+                .db
+                .open_tree(format!("{base}tombstones"))
                 .map_err(backend)?,
         };
         if let Ok(mut map) = self.tenant_trees.write() {
@@ -257,17 +269,31 @@ impl Store for SledStore {
     ) -> StoreResult<Vec<FieldMeta>> {
         let trees = self.existing_trees(tenant)?;
         let skey = subject_key(subject);
-        let new_subject = write.subject.encode();
-        (&trees.subjects, &trees.fields)
-            .transaction(|(subjects, fields)| {
+        let mask = write
+            .fields
+            .iter()
+            .fold(0, |m, f| m | category_bit(f.category));
+        (&trees.subjects, &trees.fields, &trees.tombstones)
+            .transaction(|(subjects, fields, tombstones)| {
                 // Pure: this closure may run again on conflict, so it only reads and writes
                 // the transaction's trees.
-                match subjects.get(&skey)? {
-                    None => {
-                        subjects.insert(skey.as_slice(), new_subject.as_slice())?;
-                    }
-                    Some(stored) if stored.as_ref() == new_subject.as_slice() => {}
+                if tombstones.get(&skey)?.is_some() {
+                    return Err(abort(StoreError::Erased));
+                }
+                let stored = subjects
+                    .get(&skey)?
+                    .map(|v| SubjectRecord::decode(&v))
+                    .transpose()
+                    .map_err(abort)?;
+                let is_new = stored.is_none();
+                let mut record = match stored {
+                    None => write.subject.clone(),
+                    Some(rec) if rec.same_key(&write.subject) => rec,
                     Some(_) => return Err(abort(StoreError::Conflict)),
+                };
+                if is_new || record.categories | mask != record.categories {
+                    record.categories |= mask;
+                    subjects.insert(skey.as_slice(), record.encode())?;
                 }
                 let mut written = Vec::with_capacity(write.fields.len());
                 for f in &write.fields {
@@ -339,6 +365,128 @@ impl Store for SledStore {
                 Ok(deleted)
             })
             .map_err(|e: TransactionError<StoreError>| tx_error(e))
+    }
+
+    fn erase_subject(
+        &self,
+        tenant: &TenantId,
+        subject: &SubjectId,
+        tombstone: &Tombstone,
+    ) -> StoreResult<Erasure> {
+        let trees = self.existing_trees(tenant)?;
+        let skey = subject_key(subject);
+        let tkey = tenant.as_str().as_bytes();
+        (&trees.subjects, &trees.tombstones, &self.epoch_pending)
+            .transaction(|(subjects, tombstones, pending)| {
+                if let Some(earlier) = tombstones.get(&skey)? {
+                    return Ok(Erasure::AlreadyErased(
+                        Tombstone::decode(&earlier).map_err(abort)?,
+                    ));
+                }
+                let Some(record) = subjects.remove(skey.as_slice())? else {
+                    return Ok(Erasure::NotFound);
+                };
+                let record = SubjectRecord::decode(&record).map_err(abort)?;
+                let written = Tombstone {
+                    categories: record.categories,
+                    ..tombstone.clone()
+                };
+                tombstones.insert(skey.as_slice(), written.encode())?;
+                let count = pending
+                    .get(tkey)?
+                    .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+                    .map_or(0, u64::from_be_bytes);
+                pending.insert(tkey, &(count + 1).to_be_bytes())?;
+                Ok(Erasure::Erased(written))
+            })
+            .map_err(tx_error)
+    }
+
+    fn tombstone(&self, tenant: &TenantId, subject: &SubjectId) -> StoreResult<Option<Tombstone>> {
+        self.existing_trees(tenant)?
+            .tombstones
+            .get(subject_key(subject))
+            .map_err(backend)?
+            .map(|v| Tombstone::decode(&v))
+            .transpose()
+    }
+
+    fn purge_fields(
+        &self,
+        tenant: &TenantId,
+        subject: &SubjectId,
+        limit: usize,
+    ) -> StoreResult<usize> {
+        let trees = self.existing_trees(tenant)?;
+        let prefix = subject_key(subject);
+        let keys: Vec<sled::IVec> = trees
+            .fields
+            .scan_prefix(&prefix)
+            .keys()
+            .take(limit)
+            .collect::<Result<_, _>>()
+            .map_err(backend)?;
+        if keys.is_empty() {
+            if let Some(t) = trees.tombstones.get(&prefix).map_err(backend)? {
+                let mut t = Tombstone::decode(&t)?;
+                if !t.purged {
+                    t.purged = true;
+                    trees
+                        .tombstones
+                        .insert(&prefix, t.encode())
+                        .map_err(backend)?;
+                }
+            }
+            return Ok(0);
+        }
+        let mut batch = sled::Batch::default();
+        for k in &keys {
+            batch.remove(k);
+        }
+        trees.fields.apply_batch(batch).map_err(backend)?;
+        Ok(keys.len())
+    }
+
+    fn unpurged(&self) -> StoreResult<Vec<(TenantId, SubjectId)>> {
+        let mut out = Vec::new();
+        for tenant in self.tenants(None, usize::MAX)? {
+            for kv in self.trees(&tenant.id)?.tombstones.iter() {
+                let (k, v) = kv.map_err(backend)?;
+                if !Tombstone::decode(&v)?.purged {
+                    out.push((tenant.id.clone(), decode_subject_key(&k)?));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn epoch_pending(&self) -> StoreResult<Vec<(TenantId, u64)>> {
+        self.epoch_pending
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv.map_err(backend)?;
+                let id = std::str::from_utf8(&k)
+                    .ok()
+                    .and_then(|s| TenantId::parse(s).ok())
+                    .ok_or(StoreError::Corrupt("epoch mark"))?;
+                let count = <[u8; 8]>::try_from(v.as_ref())
+                    .map_err(|_| StoreError::Corrupt("epoch mark"))?;
+                Ok((id, u64::from_be_bytes(count)))
+            })
+            .collect()
+    }
+
+    fn clear_epoch_pending(&self, tenant: &TenantId, seen: u64) -> StoreResult<()> {
+        // Only if no erasure happened since `seen` was read: a later one needs the next epoch.
+        let _ = self
+            .epoch_pending
+            .compare_and_swap(
+                tenant.as_str(),
+                Some(&seen.to_be_bytes()[..]),
+                None as Option<&[u8]>,
+            )
+            .map_err(backend)?;
+        Ok(())
     }
 
     fn audit_append(&self, events: &[(u64, Vec<u8>)], head: &[u8]) -> StoreResult<()> {

@@ -1,0 +1,150 @@
+//! Erasure by crypto-shredding. One store transaction deletes the subject's wrapped DEK and
+//! writes a tombstone; the field ciphertexts, noise without the key, are purged afterwards in
+//! the background, so erasure takes the same time for one field or ten thousand.
+//!
+//! Stale copies of the wrapped DEK may survive in sled's log and in backups until the next
+//! key epoch destroys the KEK version that wrapped them: the receipt says when that is.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use crate::audit::Operation;
+use crate::domain::{Category, SubjectId, TenantId, Timestamp};
+use crate::storage::{categories_in, Erasure, Store, SubjectRecord, Tombstone};
+
+use super::{Call, ServiceError, Vault};
+
+/// Field records deleted per purge step.
+const PURGE_BATCH: usize = 1000;
+
+/// Proof of an erasure, returned to the erasure job.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ErasureReceipt {
+    pub receipt_id: String,
+    pub tenant: TenantId,
+    pub subject: SubjectId,
+    pub erased_at: Timestamp,
+    /// Identity of the caller that erased the subject.
+    pub caller: String,
+    pub categories_erased: Vec<Category>,
+    /// After this time no copy of the subject's key survives anywhere (the next key epoch).
+    pub final_after: Timestamp,
+    /// True when the subject had been erased before (the original receipt is returned).
+    pub already_erased: bool,
+}
+
+fn receipt_id() -> String {
+    let mut bytes = [0u8; 16];
+    // Receipt ids only need to be unique; a failing CSPRNG is caught at key generation.
+    let _ = crate::crypto::fill_random(&mut bytes);
+    format!("er-{}", hex::encode(bytes))
+}
+
+/// Starts the background purger; returns its queue.
+pub(super) fn start_purger(store: Arc<dyn Store>) -> mpsc::UnboundedSender<(TenantId, SubjectId)> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<(TenantId, SubjectId)>();
+    // Erasures whose purge a restart interrupted are picked up again.
+    match store.unpurged() {
+        Ok(left) => left.into_iter().for_each(|job| {
+            let _ = tx.send(job);
+        }),
+        Err(e) => tracing::warn!(error = %e, "cannot list unpurged erasures"),
+    }
+    tokio::spawn(async move {
+        while let Some((tenant, subject)) = rx.recv().await {
+            let store = store.clone();
+            let done = tokio::task::spawn_blocking(move || loop {
+                match store.purge_fields(&tenant, &subject, PURGE_BATCH) {
+                    Ok(0) => return Ok(()),
+                    Ok(_) => continue,
+                    Err(e) => return Err(e),
+                }
+            })
+            .await;
+            if let Ok(Err(e)) = done {
+                tracing::warn!(error = %e, "purging an erased subject's ciphertexts failed; retried at next start");
+            }
+        }
+    });
+    tx
+}
+
+impl Vault {
+    /// A subject's record, or why there is none (never existed, or erased).
+    pub(super) fn live_subject(
+        &self,
+        tenant: &TenantId,
+        subject: &SubjectId,
+    ) -> Result<SubjectRecord, ServiceError> {
+        if let Some(rec) = self.store.subject(tenant, subject)? {
+            return Ok(rec);
+        }
+        match self.store.tombstone(tenant, subject)? {
+            Some(_) => Err(ServiceError::SubjectErased),
+            None => Err(ServiceError::SubjectNotFound),
+        }
+    }
+
+    /// Erases a subject. Idempotent: erasing again returns the first receipt.
+    pub async fn erase_subject(
+        &self,
+        call: &Call,
+        tenant: &TenantId,
+        subject: &SubjectId,
+    ) -> Result<ErasureReceipt, ServiceError> {
+        let mut ev = self.draft(call, Operation::EraseSubject);
+        ev.tenant = tenant.to_string();
+        ev.subject = subject.to_string();
+        let result = self.erase(call, tenant, subject);
+        if let Ok(r) = &result {
+            ev.fields = r
+                .categories_erased
+                .iter()
+                .map(|c| c.name().to_owned())
+                .collect();
+            ev.reason = format!("receipt {}", r.receipt_id);
+        }
+        let receipt = self.record(ev, result).await?;
+        if !receipt.already_erased {
+            let _ = self.purger.send((tenant.clone(), subject.clone()));
+        }
+        Ok(receipt)
+    }
+
+    fn erase(
+        &self,
+        call: &Call,
+        tenant: &TenantId,
+        subject: &SubjectId,
+    ) -> Result<ErasureReceipt, ServiceError> {
+        self.tenant(tenant)?;
+        let tombstone = Tombstone {
+            erased_at: self.clock.now(),
+            caller: call.caller.to_string(),
+            receipt_id: receipt_id(),
+            categories: 0,
+            purged: false,
+        };
+        let (t, already_erased) = match self.store.erase_subject(tenant, subject, &tombstone)? {
+            Erasure::Erased(t) => (t, false),
+            Erasure::AlreadyErased(t) => (t, true),
+            Erasure::NotFound => return Err(ServiceError::SubjectNotFound),
+        };
+        let epoch = u64::try_from(self.key_epoch_interval.as_micros()).unwrap_or(u64::MAX);
+        Ok(ErasureReceipt {
+            receipt_id: t.receipt_id,
+            tenant: tenant.clone(),
+            subject: subject.clone(),
+            final_after: Timestamp(t.erased_at.0.saturating_add(epoch)),
+            erased_at: t.erased_at,
+            caller: t.caller,
+            categories_erased: categories_in(t.categories),
+            already_erased,
+        })
+    }
+}
+
+/// The default interval of key epochs: the policy allows at most 30 days (its backup window).
+pub const DEFAULT_KEY_EPOCH: Duration = Duration::from_secs(24 * 3600);
