@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::certs::DevPki;
+use crate::authz::{Policy, PurposeRules};
+use crate::certs::{DevPki, DEV_CLIENT_ID};
+use crate::domain::Purpose;
 use crate::keyring::{KeyringError, RootKeys};
 use crate::service::{Limits, SinkConfig, VaultSettings};
 
@@ -35,6 +37,21 @@ pub struct RawConfig {
     pub storage: RawStorage,
     #[serde(default)]
     pub audit: RawAudit,
+    #[serde(default)]
+    pub authz: RawAuthz,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuthz {
+    /// Policy file (TOML). Default `<data_dir>/policy.toml`; with the dev TLS defaults a dev
+    /// policy granting the dev client certificate everything is created there on first start.
+    pub policy_file: Option<PathBuf>,
+    /// Purposes that may still read a restricted subject. Default
+    /// `["legal_obligation", "fraud_prevention"]`.
+    pub legal_obligation_purposes: Option<Vec<String>>,
+    /// Purposes that need the subject's explicit consent. Default `["marketing", "model_training"]`.
+    pub consent_purposes: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -113,6 +130,10 @@ pub struct Config {
     pub dev_tls: bool,
     /// Limits and audit settings of the use cases.
     pub vault: VaultSettings,
+    /// The policy file.
+    pub policy_file: PathBuf,
+    /// Purposes with special rules (restriction, consent).
+    pub purposes: PurposeRules,
     pub max_message_bytes: usize,
     pub request_timeout: Duration,
     pub handshake_timeout: Duration,
@@ -207,7 +228,34 @@ impl RawConfig {
                 "limits.max_message_bytes must be at least limits.max_value_bytes".into(),
             ));
         }
+        let purposes = |key: &str, list: Option<Vec<String>>, default: Vec<Purpose>| match list {
+            None => Ok(default),
+            Some(items) => items
+                .iter()
+                .map(|p| {
+                    Purpose::parse(p).map_err(|e| ConfigError::Invalid(format!("authz.{key}: {e}")))
+                })
+                .collect::<Result<Vec<_>, _>>(),
+        };
+        let defaults = PurposeRules::default();
+        let purposes = PurposeRules {
+            legal_obligation: purposes(
+                "legal_obligation_purposes",
+                self.authz.legal_obligation_purposes,
+                defaults.legal_obligation,
+            )?,
+            need_consent: purposes(
+                "consent_purposes",
+                self.authz.consent_purposes,
+                defaults.need_consent,
+            )?,
+        };
         Ok(Config {
+            policy_file: self
+                .authz
+                .policy_file
+                .unwrap_or_else(|| data_dir.join("policy.toml")),
+            purposes,
             listen,
             root_key_file: self
                 .keys
@@ -303,6 +351,7 @@ impl Config {
 pub struct Bootstrapped {
     pub root_key: bool,
     pub dev_certs: bool,
+    pub dev_policy: bool,
 }
 
 /// Prepares a first start: creates the data directory, a root key file (mode 0600) if the
@@ -330,6 +379,14 @@ pub fn bootstrap(config: &Config) -> Result<Bootstrapped, ConfigError> {
     if config.dev_tls && !pki.exists() {
         pki.create()?;
         done.dev_certs = true;
+    }
+    if config.dev_tls && !config.policy_file.exists() {
+        crate::certs::write_file(
+            &config.policy_file,
+            Policy::dev_default_text(DEV_CLIENT_ID).as_bytes(),
+            false,
+        )?;
+        done.dev_policy = true;
     }
     Ok(done)
 }

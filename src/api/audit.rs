@@ -55,6 +55,7 @@ fn event(e: AuditEvent) -> pb::AuditEvent {
         purpose: d.purpose,
         outcome: outcome(d.outcome) as i32,
         reason: d.reason,
+        rule: d.rule,
         prev_mac: e.prev_mac.to_vec(),
         mac: e.mac.to_vec(),
     }

@@ -1,7 +1,7 @@
 //! Protobuf ⇄ domain conversions. Parsing here is where untrusted input becomes typed.
 
 use crate::domain::{
-    Category, Field, FieldMeta, FieldName, FieldValue, InvalidInput, NewField, Timestamp,
+    Category, Field, FieldMeta, FieldName, FieldValue, InvalidInput, NewField, Render, Timestamp,
 };
 use crate::proto::v1 as pb;
 use crate::storage::TenantRecord;
@@ -35,9 +35,15 @@ fn new_field(f: pb::FieldInput) -> Result<NewField, InvalidInput> {
         return Err(InvalidInput::new("category is missing"));
     }
     let category = Category::from_code(i64::from(f.category))?;
+    use pb::value::Kind;
     let value = match f.value.and_then(|v| v.kind) {
-        Some(pb::value::Kind::Text(s)) => FieldValue::Text(s),
-        Some(pb::value::Kind::Bytes(b)) => FieldValue::Bytes(b),
+        Some(Kind::Text(s)) => FieldValue::Text(s),
+        Some(Kind::Bytes(b)) => FieldValue::Bytes(b),
+        Some(Kind::Email(s)) => FieldValue::typed(3, &s)?,
+        Some(Kind::Phone(s)) => FieldValue::typed(4, &s)?,
+        Some(Kind::CardNumber(s)) => FieldValue::typed(5, &s)?,
+        Some(Kind::Iban(s)) => FieldValue::typed(6, &s)?,
+        Some(Kind::Date(s)) => FieldValue::typed(7, &s)?,
         None => return Err(InvalidInput::new("value is missing")),
     };
     Ok(NewField {
@@ -59,17 +65,42 @@ pub fn category(c: Category) -> pb::Category {
     pb::Category::try_from(i32::from(c.code())).unwrap_or(pb::Category::Unspecified)
 }
 
+/// A value on the wire, in its own kind.
+pub fn value(v: FieldValue) -> pb::Value {
+    use pb::value::Kind;
+    pb::Value {
+        kind: Some(match v {
+            FieldValue::Text(s) => Kind::Text(s),
+            FieldValue::Bytes(b) => Kind::Bytes(b),
+            FieldValue::Email(s) => Kind::Email(s),
+            FieldValue::Phone(s) => Kind::Phone(s),
+            FieldValue::CardNumber(s) => Kind::CardNumber(s),
+            FieldValue::Iban(s) => Kind::Iban(s),
+            FieldValue::Date(s) => Kind::Date(s),
+        }),
+    }
+}
+
+fn rendering(r: Render) -> pb::Rendering {
+    match r {
+        Render::Redacted => pb::Rendering::Redacted,
+        Render::Masked => pb::Rendering::Masked,
+        Render::Whole => pb::Rendering::Whole,
+        Render::Reveal => pb::Rendering::Revealed,
+    }
+}
+
 pub fn field(f: Field) -> pb::Field {
-    let Field { meta, value } = f;
+    let Field {
+        meta,
+        value: v,
+        render,
+    } = f;
     pb::Field {
         name: meta.name.as_str().to_owned(),
         category: category(meta.category) as i32,
-        value: Some(pb::Value {
-            kind: Some(match value {
-                FieldValue::Text(s) => pb::value::Kind::Text(s),
-                FieldValue::Bytes(b) => pb::value::Kind::Bytes(b),
-            }),
-        }),
+        value: v.map(value),
+        rendering: rendering(render) as i32,
         version: meta.version,
         created_at: Some(timestamp(meta.created_at)),
         updated_at: Some(timestamp(meta.updated_at)),

@@ -3,6 +3,7 @@
 
 use tonic::Status;
 
+use crate::authz::Refusal;
 use crate::service::ServiceError;
 
 impl From<ServiceError> for Status {
@@ -15,6 +16,12 @@ impl From<ServiceError> for Status {
             ServiceError::SubjectErased => Status::not_found("subject not found: it was erased"),
             ServiceError::FieldNotFound(name) => {
                 Status::not_found(format!("field {name} not found"))
+            }
+            ServiceError::Refused(r @ Refusal::NotGranted(_)) => {
+                Status::permission_denied(r.to_string())
+            }
+            ServiceError::Refused(r @ (Refusal::Restricted | Refusal::NoConsent(_))) => {
+                Status::failed_precondition(r.to_string())
             }
             ServiceError::AuditUnavailable(cause) => {
                 tracing::warn!(%cause, "audit log unavailable; request failed closed");

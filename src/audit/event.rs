@@ -137,6 +137,8 @@ pub struct EventDraft {
     /// Why the outcome: a denial's missing grant, an error class, a rectification's previous
     /// version. Never a value.
     pub reason: String,
+    /// The policy rule that allowed the request; empty when none did.
+    pub rule: String,
 }
 
 /// An event as stored: a draft with its place in the chain.
@@ -176,7 +178,10 @@ fn content(seq: u64, d: &EventDraft) -> Writer {
     for f in &d.fields {
         w = w.str(f);
     }
-    w.str(&d.purpose).u8(d.outcome.code()).str(&d.reason)
+    w.str(&d.purpose)
+        .u8(d.outcome.code())
+        .str(&d.reason)
+        .str(&d.rule)
 }
 
 impl AuditEvent {
@@ -228,6 +233,7 @@ impl AuditEvent {
         let purpose = r.str()?.to_owned();
         let outcome = Outcome::from_code(r.u8()?).ok_or(bad)?;
         let reason = r.str()?.to_owned();
+        let rule = r.str()?.to_owned();
         let mac_of = |b: &[u8]| <[u8; MAC_LEN]>::try_from(b).map_err(|_| bad);
         let prev_mac = mac_of(r.bytes()?)?;
         let mac = mac_of(r.bytes()?)?;
@@ -245,6 +251,7 @@ impl AuditEvent {
                 purpose,
                 outcome,
                 reason,
+                rule,
             },
             prev_mac,
             mac,

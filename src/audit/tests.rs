@@ -22,6 +22,7 @@ fn draft(i: u64) -> EventDraft {
         purpose: "billing".into(),
         outcome: Outcome::Ok,
         reason: String::new(),
+        rule: "r1".into(),
     }
 }
 

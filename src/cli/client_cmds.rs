@@ -60,6 +60,9 @@ pub struct PutArgs {
     /// Read each value as a file path and store its bytes.
     #[arg(long)]
     from_files: bool,
+    /// Value kind of every field: text, email, phone, card_number, iban, date.
+    #[arg(long, default_value = "text")]
+    kind: String,
     #[command(flatten)]
     conn: Connection,
 }
@@ -163,7 +166,16 @@ pub async fn put(args: PutArgs) -> anyhow::Result<()> {
                     std::fs::read(&path).with_context(|| format!("{}", path.display()))?,
                 )
             } else {
-                pb::value::Kind::Text(value.to_owned())
+                let v = value.to_owned();
+                match args.kind.as_str() {
+                    "text" => pb::value::Kind::Text(v),
+                    "email" => pb::value::Kind::Email(v),
+                    "phone" => pb::value::Kind::Phone(v),
+                    "card_number" => pb::value::Kind::CardNumber(v),
+                    "iban" => pb::value::Kind::Iban(v),
+                    "date" => pb::value::Kind::Date(v),
+                    other => bail!("unknown value kind {other:?}"),
+                }
             };
             Ok(pb::FieldInput {
                 name: name.to_owned(),
@@ -199,10 +211,18 @@ pub async fn get(args: GetArgs) -> anyhow::Result<()> {
         .await?
         .into_inner();
     for f in got.fields {
+        use pb::value::Kind;
         let value = match f.value.and_then(|v| v.kind) {
-            Some(pb::value::Kind::Text(s)) => s,
-            Some(pb::value::Kind::Bytes(b)) => format!("0x{}", hex::encode(b)),
-            None => String::new(),
+            Some(Kind::Bytes(b)) => format!("0x{}", hex::encode(b)),
+            Some(
+                Kind::Text(s)
+                | Kind::Email(s)
+                | Kind::Phone(s)
+                | Kind::CardNumber(s)
+                | Kind::Iban(s)
+                | Kind::Date(s),
+            ) => s,
+            None => "[redacted]".to_owned(),
         };
         let cat = Category::from_code(i64::from(f.category)).map_or("?", Category::name);
         println!("{}\t{cat}\tv{}\t{value}", f.name, f.version);

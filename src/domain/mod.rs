@@ -2,13 +2,17 @@
 
 mod field;
 mod ids;
+mod subject_state;
 mod time;
+pub mod typed;
 
 use std::fmt;
 
 pub use field::{Category, Field, FieldMeta, FieldValue, NewField};
 pub use ids::{FieldName, Purpose, SubjectId, TenantId};
+pub use subject_state::{Consent, SubjectState};
 pub use time::{Clock, ManualClock, SystemClock, Timestamp};
+pub use typed::Render;
 
 /// A request argument that fails validation. The message names the problem and never
 /// contains the offending value.

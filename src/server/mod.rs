@@ -15,7 +15,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tower::util::MapResponseLayer;
 
 use crate::api;
-use crate::authz::PeerIdentity;
+use crate::authz::{Authz, PeerIdentity, PolicyError};
 use crate::config::Config;
 use crate::domain::SystemClock;
 use crate::keyring::{Keyring, KeyringError, RootKeys};
@@ -40,6 +40,8 @@ pub enum ServerError {
         #[source]
         source: StoreError,
     },
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
     #[error("vault: {0}")]
     Vault(#[from] ServiceError),
     #[error("reflection: {0}")]
@@ -80,9 +82,15 @@ pub async fn serve(
     };
     let keys = Keyring::open(root, store.clone())?;
     let tls = server_config(&config.tls)?;
+    let authz = Arc::new(Authz::load(
+        config.policy_file.clone(),
+        config.purposes.clone(),
+    )?);
+    let reloader = tokio::spawn(reload_policy_on_sighup(authz.clone()));
     let vault = Arc::new(Vault::open(
         store.clone(),
         keys,
+        authz,
         Arc::new(SystemClock),
         config.vault.clone(),
     )?);
@@ -135,6 +143,8 @@ pub async fn serve(
 
     pruner.abort();
     let _ = pruner.await;
+    reloader.abort();
+    let _ = reloader.await;
     // Drained: wait for the last handle so the store is closed (and its lock released)
     // when `run` returns, then flush whatever was written.
     drop(vault);
@@ -165,6 +175,27 @@ fn oversized_is_invalid_argument<B>(mut resp: http::Response<B>) -> http::Respon
         );
     }
     resp
+}
+
+/// Re-reads the policy file on SIGHUP; a bad file leaves the old policy in force.
+async fn reload_policy_on_sighup(authz: Arc<Authz>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            match authz.reload() {
+                Ok(()) => tracing::info!("policy reloaded"),
+                Err(e) => {
+                    tracing::error!(error = %e, "policy reload failed; the previous policy stays in force")
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = authz;
 }
 
 /// Prunes audit events past their retention once a day (and once shortly after start).

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use crate::audit::{AuditEvent, AuditFilter, Operation, VerifyReport};
+use crate::authz::Action;
 use crate::domain::Timestamp;
 
 use super::{Call, PruneReport, ServiceError, Vault};
@@ -33,8 +34,12 @@ impl Vault {
         ev.subject = filter.subject.clone().unwrap_or_default();
         ev.reason = format!("after seq {after}");
         let result = self
-            .audit
-            .query(filter, after, limit.clamp(1, MAX_QUERY_PAGE))
+            .authorize(call, &mut ev, Action::AuditRead, None, None)
+            .and_then(|_| {
+                Ok(self
+                    .audit
+                    .query(filter, after, limit.clamp(1, MAX_QUERY_PAGE))?)
+            })
             .map(|(events, cursor)| AuditPage { events, cursor })
             .map_err(ServiceError::from);
         self.record(ev, result).await
@@ -56,7 +61,9 @@ impl Vault {
     /// Walks the whole chain.
     pub async fn verify_audit(&self, call: &Call) -> Result<VerifyReport, ServiceError> {
         let mut ev = self.draft(call, Operation::VerifyAudit);
-        let result = self.audit.verify().map_err(ServiceError::from);
+        let result = self
+            .authorize(call, &mut ev, Action::AuditRead, None, None)
+            .and_then(|_| Ok(self.audit.verify()?));
         if let Ok(report) = &result {
             ev.reason = match report.first_bad {
                 None => format!("verified {} events", report.checked),
@@ -80,7 +87,9 @@ impl Vault {
         };
         let age_micros = u64::try_from(age.as_micros()).unwrap_or(u64::MAX);
         let before = Timestamp(self.clock.now().0.saturating_sub(age_micros));
-        let result = self.audit.prune(before).map_err(ServiceError::from);
+        let result = self
+            .authorize(call, &mut ev, Action::KeyAdmin, None, None)
+            .and_then(|_| Ok(self.audit.prune(before)?));
         if let Ok(report) = &result {
             ev.reason = format!("pruned {} events", report.deleted);
         }

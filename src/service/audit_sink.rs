@@ -32,6 +32,7 @@ struct Line<'a> {
     purpose: &'a str,
     outcome: &'a str,
     reason: &'a str,
+    rule: &'a str,
     prev_mac: String,
     mac: String,
 }
@@ -84,6 +85,7 @@ impl JsonlSink {
             purpose: &d.purpose,
             outcome: d.outcome.name(),
             reason: &d.reason,
+            rule: &d.rule,
             prev_mac: hex::encode(e.prev_mac),
             mac: hex::encode(e.mac),
         };

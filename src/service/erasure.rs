@@ -11,6 +11,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use crate::audit::Operation;
+use crate::authz::Action;
 use crate::domain::{Category, SubjectId, TenantId, Timestamp};
 use crate::storage::{categories_in, Erasure, Store, SubjectRecord, Tombstone};
 
@@ -97,7 +98,9 @@ impl Vault {
         let mut ev = self.draft(call, Operation::EraseSubject);
         ev.tenant = tenant.to_string();
         ev.subject = subject.to_string();
-        let result = self.erase(call, tenant, subject);
+        let result = self
+            .authorize(call, &mut ev, Action::Erase, Some(tenant), None)
+            .and_then(|_| self.erase(call, tenant, subject));
         if let Ok(r) = &result {
             ev.fields = r
                 .categories_erased

@@ -2,6 +2,7 @@
 //! one audit outcome here.
 
 use crate::audit::Outcome;
+use crate::authz::Refusal;
 use crate::domain::{FieldName, InvalidInput};
 use crate::keyring::KeyringError;
 use crate::storage::StoreError;
@@ -23,6 +24,9 @@ pub enum ServiceError {
     SubjectErased,
     #[error("field {0} not found")]
     FieldNotFound(FieldName),
+    /// The policy, the subject's restriction or its consents refuse the request.
+    #[error(transparent)]
+    Refused(#[from] Refusal),
     /// The store cannot be read or written right now; the request may be retried.
     #[error("storage unavailable")]
     Unavailable(#[source] StoreError),
@@ -44,6 +48,7 @@ impl ServiceError {
             | ServiceError::SubjectNotFound
             | ServiceError::SubjectErased
             | ServiceError::FieldNotFound(_) => Outcome::NotFound,
+            ServiceError::Refused(_) => Outcome::Denied,
             ServiceError::Unavailable(_)
             | ServiceError::AuditUnavailable(_)
             | ServiceError::Internal(_) => Outcome::Error,

@@ -24,8 +24,8 @@ pub use records::SubjectPage;
 pub use tenants::TenantPage;
 
 use crate::audit::{EventDraft, Operation, Outcome};
-use crate::authz::PeerIdentity;
-use crate::domain::Clock;
+use crate::authz::{Action, Authz, Grant, PeerIdentity};
+use crate::domain::{Clock, Purpose, SubjectId, TenantId};
 use crate::keyring::Keyring;
 use crate::storage::{GroupCommit, Store};
 
@@ -88,6 +88,8 @@ pub struct Call {
 pub struct Vault {
     store: Arc<dyn Store>,
     keys: Keyring,
+    /// The policy decision point: every use case asks it first.
+    authz: Arc<Authz>,
     /// Shared flushes; the audit writer uses it too, so data and events share a flush.
     commit: GroupCommit,
     audit: AuditLog,
@@ -114,6 +116,7 @@ impl Vault {
     pub fn open(
         store: Arc<dyn Store>,
         keys: Keyring,
+        authz: Arc<Authz>,
         clock: Arc<dyn Clock>,
         settings: VaultSettings,
     ) -> Result<Self, ServiceError> {
@@ -134,6 +137,7 @@ impl Vault {
             purger: erasure::start_purger(store.clone()),
             store,
             keys,
+            authz,
             commit,
             audit,
             clock,
@@ -147,6 +151,44 @@ impl Vault {
     /// The limits requests are checked against.
     pub fn limits(&self) -> &Limits {
         &self.limits
+    }
+
+    /// The policy decision point (reloaded on SIGHUP and by the admin RPC).
+    pub fn authz(&self) -> &Authz {
+        &self.authz
+    }
+
+    /// Asks the policy whether `call` may do `action`; records the deciding rule in `ev`.
+    fn authorize(
+        &self,
+        call: &Call,
+        ev: &mut EventDraft,
+        action: Action,
+        tenant: Option<&TenantId>,
+        purpose: Option<&Purpose>,
+    ) -> Result<Grant, ServiceError> {
+        let grant = self.authz.decide(&call.caller, action, tenant, purpose)?;
+        ev.rule = grant.rule().to_owned();
+        Ok(grant)
+    }
+
+    /// `authorize` for an action on one subject's data: the subject's restriction and
+    /// consents are decided in the same check.
+    fn authorize_subject(
+        &self,
+        call: &Call,
+        ev: &mut EventDraft,
+        action: Action,
+        tenant: &TenantId,
+        subject: &SubjectId,
+        purpose: Option<&Purpose>,
+    ) -> Result<Grant, ServiceError> {
+        let state = self.store.subject_state(tenant, subject)?;
+        let grant = self
+            .authz
+            .decide_for_subject(&call.caller, action, tenant, purpose, &state)?;
+        ev.rule = grant.rule().to_owned();
+        Ok(grant)
     }
 
     /// The audit log (for verification and pruning by operators).
@@ -167,6 +209,7 @@ impl Vault {
             purpose: String::new(),
             outcome: Outcome::Ok,
             reason: String::new(),
+            rule: String::new(),
         }
     }
 

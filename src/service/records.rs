@@ -3,7 +3,9 @@
 use std::collections::HashSet;
 
 use crate::audit::Operation;
+use crate::authz::{Action, Grant};
 use crate::crypto::{Aad, Dek, Key};
+use crate::domain::typed::is_card_verification_name;
 use crate::domain::{
     Category, Field, FieldMeta, FieldName, FieldValue, InvalidInput, NewField, Purpose, SubjectId,
     TenantId,
@@ -70,6 +72,13 @@ impl Vault {
         self.check_names(fields.iter().map(|f| &f.name))?;
         let max = self.limits.max_value_bytes;
         for f in fields {
+            if is_card_verification_name(f.name.as_str()) {
+                return Err(InvalidInput::new(format!(
+                    "field {} looks like a card verification code (CVV/CVC): PCI DSS forbids storing it",
+                    f.name
+                ))
+                .into());
+            }
             if f.value.len() > max {
                 return Err(InvalidInput::new(format!(
                     "value of field {} is {} bytes; the limit is {max}",
@@ -116,7 +125,9 @@ impl Vault {
         ev.tenant = tenant.to_string();
         ev.subject = subject.to_string();
         ev.fields = fields.iter().map(|f| f.name.to_string()).collect();
-        let result = self.write_fields(tenant, subject, fields);
+        let result = self
+            .authorize(call, &mut ev, Action::Write, Some(tenant), None)
+            .and_then(|grant| self.write_fields(&grant, tenant, subject, fields));
         if let Ok(written) = &result {
             // Rectification trail: the versions replaced, never the values.
             ev.reason = written
@@ -132,11 +143,15 @@ impl Vault {
 
     fn write_fields(
         &self,
+        grant: &Grant,
         tenant: &TenantId,
         subject: &SubjectId,
         fields: &[NewField],
     ) -> Result<Vec<FieldMeta>, ServiceError> {
         self.check_put(fields)?;
+        for f in fields {
+            grant.category(f.category)?;
+        }
         for _ in 0..MAX_CONFLICT_RETRIES {
             let (record, dek) = self.subject_key(tenant, subject)?;
             let sealed = fields
@@ -172,18 +187,21 @@ impl Vault {
     }
 
     fn open_field(
+        grant: &Grant,
         tenant: &TenantId,
         subject: &SubjectId,
         dek: &Key<Dek>,
         rec: FieldRecord,
     ) -> Result<Field, ServiceError> {
+        let (render, _rule) = grant.category(rec.meta.category)?;
         let aad = field_aad(tenant, subject, &rec.meta.name, rec.meta.category, rec.kind);
         let damaged = || ServiceError::Internal(format!("field {} does not open", rec.meta.name));
         let plain = dek.open(&rec.sealed, &aad).map_err(|_| damaged())?;
         let value = FieldValue::from_parts(rec.kind, plain.to_vec()).ok_or_else(damaged)?;
         Ok(Field {
             meta: rec.meta,
-            value,
+            value: value.render(render),
+            render,
         })
     }
 
@@ -202,15 +220,20 @@ impl Vault {
         ev.subject = subject.to_string();
         ev.purpose = purpose.to_string();
         ev.fields = names.iter().map(ToString::to_string).collect();
-        let result = self.read_fields(tenant, subject, names);
+        let result = self
+            .authorize_subject(call, &mut ev, Action::Read, tenant, subject, Some(purpose))
+            .and_then(|grant| self.read_fields(&grant, tenant, subject, names));
         if let Ok(fields) = &result {
             ev.fields = fields.iter().map(|f| f.meta.name.to_string()).collect();
         }
         self.record(ev, result).await
     }
 
+    /// Named fields must all be of categories the grant covers; reading every field returns
+    /// those the grant covers.
     fn read_fields(
         &self,
+        grant: &Grant,
         tenant: &TenantId,
         subject: &SubjectId,
         names: &[FieldName],
@@ -219,7 +242,9 @@ impl Vault {
         self.tenant(tenant)?;
         let record = self.live_subject(tenant, subject)?;
         let records = if names.is_empty() {
-            self.store.fields(tenant, subject)?
+            let mut all = self.store.fields(tenant, subject)?;
+            all.retain(|r| grant.category(r.meta.category).is_ok());
+            all
         } else {
             let mut sorted: Vec<&FieldName> = names.iter().collect();
             sorted.sort();
@@ -235,7 +260,7 @@ impl Vault {
         let dek = self.keys.subject_dek(tenant, subject, &record)?;
         records
             .into_iter()
-            .map(|rec| Self::open_field(tenant, subject, &dek, rec))
+            .map(|rec| Self::open_field(grant, tenant, subject, &dek, rec))
             .collect()
     }
 
@@ -251,12 +276,15 @@ impl Vault {
         ev.tenant = tenant.to_string();
         ev.subject = subject.to_string();
         ev.fields = names.iter().map(ToString::to_string).collect();
-        let result = self.remove_fields(tenant, subject, names);
+        let result = self
+            .authorize(call, &mut ev, Action::Delete, Some(tenant), None)
+            .and_then(|grant| self.remove_fields(&grant, tenant, subject, names));
         self.record(ev, result).await
     }
 
     fn remove_fields(
         &self,
+        grant: &Grant,
         tenant: &TenantId,
         subject: &SubjectId,
         names: &[FieldName],
@@ -267,6 +295,11 @@ impl Vault {
         self.check_names(names.iter())?;
         self.tenant(tenant)?;
         self.live_subject(tenant, subject)?;
+        for name in names {
+            if let Some(rec) = self.store.field(tenant, subject, name)? {
+                grant.category(rec.meta.category)?;
+            }
+        }
         Ok(self.store.delete_fields(tenant, subject, names)?)
     }
 
@@ -281,9 +314,8 @@ impl Vault {
         let mut ev = self.draft(call, Operation::ListSubjects);
         ev.tenant = tenant.to_string();
         let result = self
-            .store
-            .subjects(tenant, after, limit + 1)
-            .map_err(ServiceError::from)
+            .authorize(call, &mut ev, Action::Read, Some(tenant), None)
+            .and_then(|_| Ok(self.store.subjects(tenant, after, limit + 1)?))
             .map(|all| {
                 let (subjects, next) = paged(all, limit, |s: &SubjectId| s);
                 SubjectPage { subjects, next }

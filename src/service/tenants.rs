@@ -1,6 +1,7 @@
 //! Tenant use cases: create, get, list.
 
 use crate::audit::Operation;
+use crate::authz::Action;
 use crate::domain::TenantId;
 use crate::storage::TenantRecord;
 
@@ -61,7 +62,9 @@ impl Vault {
     ) -> Result<TenantRecord, ServiceError> {
         let mut ev = self.draft(call, Operation::GetTenant);
         ev.tenant = id.to_string();
-        let result = self.tenant(id);
+        let result = self
+            .authorize(call, &mut ev, Action::TenantAdmin, Some(id), None)
+            .and_then(|_| self.tenant(id));
         self.record(ev, result).await
     }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::crypto::Sealed;
-use crate::domain::{FieldMeta, FieldName, SubjectId, TenantId};
+use crate::domain::{FieldMeta, FieldName, SubjectId, SubjectState, TenantId};
 
 use super::{
     AuditMarks, Erasure, FieldRecord, Store, StoreError, StoreResult, SubjectRecord, SubjectWrite,
@@ -133,6 +133,18 @@ impl Store for FaultyStore {
     ) -> StoreResult<u32> {
         self.write()?;
         self.inner.delete_fields(tenant, subject, names)
+    }
+    fn subject_state(&self, tenant: &TenantId, subject: &SubjectId) -> StoreResult<SubjectState> {
+        self.inner.subject_state(tenant, subject)
+    }
+    fn set_subject_state(
+        &self,
+        tenant: &TenantId,
+        subject: &SubjectId,
+        state: &SubjectState,
+    ) -> StoreResult<()> {
+        self.write()?;
+        self.inner.set_subject_state(tenant, subject, state)
     }
     fn erase_subject(
         &self,

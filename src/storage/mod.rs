@@ -16,7 +16,7 @@ pub use records::{
 pub use sled_store::SledStore;
 
 use crate::crypto::Sealed;
-use crate::domain::{FieldMeta, FieldName, SubjectId, TenantId};
+use crate::domain::{FieldMeta, FieldName, SubjectId, SubjectState, TenantId};
 
 /// What can go wrong in storage. Messages never contain stored bytes.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -104,6 +104,16 @@ pub trait Store: Send + Sync + 'static {
         subject: &SubjectId,
         names: &[FieldName],
     ) -> StoreResult<u32>;
+
+    /// A subject's consents and restriction (default when never set).
+    fn subject_state(&self, tenant: &TenantId, subject: &SubjectId) -> StoreResult<SubjectState>;
+    /// Replaces a subject's consents and restriction.
+    fn set_subject_state(
+        &self,
+        tenant: &TenantId,
+        subject: &SubjectId,
+        state: &SubjectState,
+    ) -> StoreResult<()>;
 
     /// Erases a subject atomically: deletes its record (and so its wrapped DEK), writes
     /// `tombstone`, and marks the tenant for the next key epoch. Idempotent.

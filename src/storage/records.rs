@@ -2,7 +2,9 @@
 //! Only sealed bytes and metadata; never a key or a value in the clear.
 
 use crate::crypto::Sealed;
-use crate::domain::{Category, FieldMeta, FieldName, TenantId, Timestamp};
+use crate::domain::{
+    Category, Consent, FieldMeta, FieldName, Purpose, SubjectState, TenantId, Timestamp,
+};
 
 use super::StoreError;
 use crate::codec::{Reader, Writer};
@@ -232,4 +234,42 @@ pub struct SubjectWrite {
     pub subject: SubjectRecord,
     pub fields: Vec<SealedField>,
     pub now: Timestamp,
+}
+
+/// Encodes a subject's consents and restriction.
+pub fn encode_state(state: &SubjectState) -> Vec<u8> {
+    let mut w = Writer::new()
+        .u8(RECORD_V1)
+        .u64(state.restricted_since.map_or(0, |t| t.0))
+        .u32(u32::try_from(state.consents.len()).unwrap_or(u32::MAX));
+    for c in &state.consents {
+        w = w
+            .str(c.purpose.as_str())
+            .u8(u8::from(c.granted))
+            .u64(c.at.0)
+            .str(&c.source);
+    }
+    w.finish()
+}
+
+pub fn decode_state(buf: &[u8]) -> Result<SubjectState, StoreError> {
+    const WHAT: &str = "subject state";
+    let mut r = Reader::new(buf, WHAT);
+    version(&mut r, WHAT)?;
+    let restricted = r.u64()?;
+    let count = r.u32()?;
+    let mut consents = Vec::new();
+    for _ in 0..count {
+        consents.push(Consent {
+            purpose: Purpose::parse(r.str()?).map_err(|_| StoreError::Corrupt(WHAT))?,
+            granted: r.u8()? != 0,
+            at: Timestamp(r.u64()?),
+            source: r.str()?.to_owned(),
+        });
+    }
+    r.finish()?;
+    Ok(SubjectState {
+        consents,
+        restricted_since: (restricted != 0).then_some(Timestamp(restricted)),
+    })
 }

@@ -6,6 +6,7 @@
 //! - `keks`: (tenant, version) → wrapped KEK.
 //! - `t/<tenant>/subjects`: subject → `SubjectRecord` (one tree per tenant: isolation).
 //! - `t/<tenant>/fields`: (subject, field name) → `FieldRecord`.
+//! - `t/<tenant>/state`: subject → consents and restriction.
 //! - `t/<tenant>/tombstones`: subject → `Tombstone` of an erased subject.
 //! - `epoch_pending`: tenant → erasure counter, for tenants with erasures since their last
 //!   key epoch.
@@ -18,10 +19,11 @@ use std::sync::RwLock;
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 
 use crate::crypto::Sealed;
-use crate::domain::{FieldMeta, FieldName, SubjectId, TenantId};
+use crate::domain::{FieldMeta, FieldName, SubjectId, SubjectState, TenantId};
 
 use super::records::{
-    category_bit, Erasure, FieldRecord, SubjectRecord, SubjectWrite, TenantRecord, Tombstone,
+    category_bit, decode_state, encode_state, Erasure, FieldRecord, SubjectRecord, SubjectWrite,
+    TenantRecord, Tombstone,
 };
 use super::{AuditMarks, Store, StoreError, StoreResult};
 use crate::codec::Writer;
@@ -37,6 +39,7 @@ struct TenantTrees {
     subjects: sled::Tree,
     fields: sled::Tree,
     tombstones: sled::Tree,
+    state: sled::Tree,
 }
 
 /// sled-backed `Store`.
@@ -131,6 +134,7 @@ impl SledStore {
                 .db
                 .open_tree(format!("{base}tombstones"))
                 .map_err(backend)?,
+            state: self.db.open_tree(format!("{base}state")).map_err(backend)?,
         };
         if let Ok(mut map) = self.tenant_trees.write() {
             map.insert(tenant.clone(), trees.clone());
@@ -367,6 +371,27 @@ impl Store for SledStore {
             .map_err(|e: TransactionError<StoreError>| tx_error(e))
     }
 
+    fn subject_state(&self, tenant: &TenantId, subject: &SubjectId) -> StoreResult<SubjectState> {
+        self.existing_trees(tenant)?
+            .state
+            .get(subject_key(subject))
+            .map_err(backend)?
+            .map_or(Ok(SubjectState::default()), |v| decode_state(&v))
+    }
+
+    fn set_subject_state(
+        &self,
+        tenant: &TenantId,
+        subject: &SubjectId,
+        state: &SubjectState,
+    ) -> StoreResult<()> {
+        self.existing_trees(tenant)?
+            .state
+            .insert(subject_key(subject), encode_state(state))
+            .map(|_| ())
+            .map_err(backend)
+    }
+
     fn erase_subject(
         &self,
         tenant: &TenantId,
@@ -376,8 +401,13 @@ impl Store for SledStore {
         let trees = self.existing_trees(tenant)?;
         let skey = subject_key(subject);
         let tkey = tenant.as_str().as_bytes();
-        (&trees.subjects, &trees.tombstones, &self.epoch_pending)
-            .transaction(|(subjects, tombstones, pending)| {
+        (
+            &trees.subjects,
+            &trees.tombstones,
+            &self.epoch_pending,
+            &trees.state,
+        )
+            .transaction(|(subjects, tombstones, pending, state)| {
                 if let Some(earlier) = tombstones.get(&skey)? {
                     return Ok(Erasure::AlreadyErased(
                         Tombstone::decode(&earlier).map_err(abort)?,
@@ -392,6 +422,7 @@ impl Store for SledStore {
                     ..tombstone.clone()
                 };
                 tombstones.insert(skey.as_slice(), written.encode())?;
+                state.remove(skey.as_slice())?;
                 let count = pending
                     .get(tkey)?
                     .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())

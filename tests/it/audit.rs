@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pii_vault::audit::{AuditFilter, Operation, Outcome};
-use pii_vault::authz::PeerIdentity;
+use pii_vault::authz::{Authz, PeerIdentity, Policy, PurposeRules};
 use pii_vault::certs::DEV_CLIENT_ID;
 use pii_vault::domain::{
     Category, FieldName, FieldValue, ManualClock, NewField, Purpose, SubjectId, TenantId, Timestamp,
@@ -444,8 +444,10 @@ async fn pruning_keeps_the_chain_verifiable() {
     let keys = Keyring::open(RootKeys::generate().expect("root"), store.clone()).expect("keys");
     let day = 86_400_000_000u64;
     let clock = Arc::new(ManualClock::new(Timestamp(1_700_000_000_000_000)));
-    let vault =
-        Vault::open(store.clone(), keys, clock.clone(), VaultSettings::default()).expect("vault");
+    let policy = Policy::parse(&Policy::dev_default_text("spiffe://test/admin")).expect("policy");
+    let authz = Arc::new(Authz::fixed(policy, PurposeRules::default()));
+    let vault = Vault::open(store.clone(), keys, authz, clock.clone(), VaultSettings::default())
+        .expect("vault");
     let call = Call {
         caller: PeerIdentity::new("spiffe://test/admin"),
         request_id: "r".into(),
