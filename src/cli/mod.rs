@@ -3,6 +3,7 @@
 //!
 //! The only module that uses `anyhow`: everything below returns typed errors.
 
+mod certs_cmd;
 mod client_cmds;
 mod serve;
 
@@ -40,6 +41,9 @@ enum Command {
     Delete(client_cmds::DeleteArgs),
     /// List the subjects of a tenant.
     Subjects(client_cmds::SubjectsArgs),
+    /// Issue a CA, server and client certificates for a real deployment.
+    #[command(subcommand)]
+    Certs(certs_cmd::CertsCmd),
 }
 
 /// How a client subcommand reaches the vault.
@@ -94,6 +98,7 @@ pub fn main() -> ExitCode {
             Command::Get(args) => client_cmds::get(args).await,
             Command::Delete(args) => client_cmds::delete(args).await,
             Command::Subjects(args) => client_cmds::subjects(args).await,
+            Command::Certs(cmd) => certs_cmd::run(cmd),
         }
     });
     match result {
