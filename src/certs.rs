@@ -23,11 +23,16 @@ pub enum CertError {
         #[source]
         source: std::io::Error,
     },
+    /// An existing CA certificate and key that cannot sign: not a CA, or not a pair.
+    #[error("unusable CA: {0}")]
+    BadCa(&'static str),
 }
 
 /// A certificate and its private key, both PEM.
 pub struct IssuedCert {
     pub cert_pem: String,
+    /// The certificate in DER, to read back what was issued (e.g. the caller identity).
+    pub cert_der: Vec<u8>,
     pub key_pem: String,
 }
 
@@ -40,6 +45,8 @@ impl std::fmt::Debug for IssuedCert {
 /// A certificate authority that can sign server and client certificates.
 pub struct Authority {
     issuer: Issuer<'static, KeyPair>,
+    /// End of the CA's validity: a certificate it signs should not outlive it.
+    not_after: time::OffsetDateTime,
     pub cert_pem: String,
     pub key_pem: String,
 }
@@ -100,19 +107,47 @@ impl Authority {
         Ok(Self {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
+            not_after: params.not_after,
             issuer: Issuer::new(params, key),
         })
     }
 
-    /// Loads a CA from its PEM certificate and key.
+    /// Loads a CA from its PEM certificate and key, checking that the certificate is a CA
+    /// and that the key is its own (rcgen would otherwise sign certificates nobody can
+    /// verify).
     pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, CertError> {
+        let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes())
+            .map_err(|_| CertError::BadCa("the certificate file holds no PEM certificate"))?;
+        let cert = pem
+            .parse_x509()
+            .map_err(|_| CertError::BadCa("the certificate cannot be parsed"))?;
+        let is_ca = cert
+            .basic_constraints()
+            .ok()
+            .flatten()
+            .is_some_and(|bc| bc.value.ca);
+        if !is_ca {
+            return Err(CertError::BadCa("the certificate is not a CA certificate"));
+        }
         let key = KeyPair::from_pem(key_pem)?;
+        if key.public_key_raw() != cert.public_key().subject_public_key.data.as_ref() {
+            return Err(CertError::BadCa(
+                "the private key does not belong to the certificate",
+            ));
+        }
+        let not_after = cert.validity().not_after.to_datetime();
         let issuer = Issuer::from_ca_cert_pem(cert_pem, key)?;
         Ok(Self {
             issuer,
+            not_after,
             cert_pem: cert_pem.to_owned(),
             key_pem: key_pem.to_owned(),
         })
+    }
+
+    /// When the CA certificate expires.
+    pub fn not_after(&self) -> time::OffsetDateTime {
+        self.not_after
     }
 
     /// Issues a server or client certificate.
@@ -135,6 +170,7 @@ impl Authority {
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok(IssuedCert {
             cert_pem: cert.pem(),
+            cert_der: cert.der().to_vec(),
             key_pem: key.serialize_pem(),
         })
     }
@@ -208,7 +244,8 @@ impl DevPki {
     }
 }
 
-/// Writes a file, with mode 0600 when it holds a private key.
+/// Writes a file, with mode 0600 when it holds a private key (also when it replaces an
+/// existing file that had a looser mode: the mode given to `open` applies only to new files).
 pub fn write_file(path: &Path, bytes: &[u8], private: bool) -> Result<(), CertError> {
     let io = |source| CertError::Io {
         path: path.display().to_string(),
@@ -225,7 +262,74 @@ pub fn write_file(path: &Path, bytes: &[u8], private: bool) -> Result<(), CertEr
     }
     #[cfg(not(unix))]
     let _ = private;
-    opts.open(path)
-        .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()))
+    let mut file = opts.open(path).map_err(io)?;
+    // Tighten before the first byte is written; the file is empty until then.
+    #[cfg(unix)]
+    if private {
+        use std::os::unix::fs::PermissionsExt;
+        file.set_permissions(fs::Permissions::from_mode(0o600))
+            .map_err(io)?;
+    }
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
         .map_err(io)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: Duration = Duration::from_secs(24 * 3600);
+
+    fn client_spec() -> LeafSpec {
+        LeafSpec {
+            common_name: "billing".into(),
+            names: vec![],
+            uris: vec!["spiffe://acme/billing".into()],
+            usage: Usage::Client,
+            lifetime: DAY,
+            not_before_offset_secs: 0,
+        }
+    }
+
+    #[test]
+    fn a_loaded_ca_signs_like_the_original() {
+        let ca = Authority::generate("test CA", 10 * DAY).expect("ca");
+        let loaded = Authority::from_pem(&ca.cert_pem, &ca.key_pem).expect("load");
+        assert_eq!(
+            loaded.not_after().unix_timestamp(),
+            ca.not_after().unix_timestamp()
+        );
+        let leaf = loaded.issue(&client_spec()).expect("issue");
+        let (_, cert) = x509_parser::parse_x509_certificate(&leaf.cert_der).expect("parse");
+        let (_, pem) = x509_parser::pem::parse_x509_pem(ca.cert_pem.as_bytes()).expect("pem");
+        let ca_cert = pem.parse_x509().expect("ca parses");
+        cert.verify_signature(Some(ca_cert.public_key()))
+            .expect("signed by the CA key");
+    }
+
+    #[test]
+    fn a_ca_with_a_foreign_key_or_a_leaf_is_refused() {
+        let ca = Authority::generate("test CA", DAY).expect("ca");
+        let other = Authority::generate("other CA", DAY).expect("ca");
+        let err = Authority::from_pem(&ca.cert_pem, &other.key_pem).expect_err("mismatch");
+        assert!(err.to_string().contains("does not belong"), "{err}");
+        let leaf = ca.issue(&client_spec()).expect("leaf");
+        let err = Authority::from_pem(&leaf.cert_pem, &leaf.key_pem).expect_err("not a CA");
+        assert!(err.to_string().contains("not a CA"), "{err}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn private_files_are_0600_even_when_replacing_a_looser_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::TempDir::new().expect("dir");
+        let path = dir.path().join("k.key");
+        fs::write(&path, "old").expect("write");
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).expect("chmod");
+        write_file(&path, b"new", true).expect("write_file");
+        let mode = fs::metadata(&path).expect("meta").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(fs::read(&path).expect("read"), b"new");
+    }
 }

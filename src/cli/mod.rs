@@ -4,6 +4,7 @@
 //! The only module that uses `anyhow`: everything below returns typed errors.
 
 mod audit_cmd;
+mod certs_cmd;
 mod client_cmds;
 mod erase_cmd;
 mod serve;
@@ -47,6 +48,9 @@ enum Command {
     /// Verify (offline), query or prune the audit log.
     #[command(subcommand)]
     Audit(audit_cmd::AuditCmd),
+    /// Issue a CA, server and client certificates for a real deployment.
+    #[command(subcommand)]
+    Certs(certs_cmd::CertsCmd),
 }
 
 /// How a client subcommand reaches the vault.
@@ -103,6 +107,7 @@ pub fn main() -> ExitCode {
             Command::Subjects(args) => client_cmds::subjects(args).await,
             Command::Audit(cmd) => audit_cmd::audit(cmd).await,
             Command::Erase(args) => erase_cmd::erase(args).await,
+            Command::Certs(cmd) => certs_cmd::run(cmd),
         }
     });
     match result {

@@ -40,8 +40,7 @@ impl Vault {
                     .audit
                     .query(filter, after, limit.clamp(1, MAX_QUERY_PAGE))?)
             })
-            .map(|(events, cursor)| AuditPage { events, cursor })
-            .map_err(ServiceError::from);
+            .map(|(events, cursor)| AuditPage { events, cursor });
         self.record(ev, result).await
     }
 

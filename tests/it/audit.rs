@@ -446,8 +446,14 @@ async fn pruning_keeps_the_chain_verifiable() {
     let clock = Arc::new(ManualClock::new(Timestamp(1_700_000_000_000_000)));
     let policy = Policy::parse(&Policy::dev_default_text("spiffe://test/admin")).expect("policy");
     let authz = Arc::new(Authz::fixed(policy, PurposeRules::default()));
-    let vault = Vault::open(store.clone(), keys, authz, clock.clone(), VaultSettings::default())
-        .expect("vault");
+    let vault = Vault::open(
+        store.clone(),
+        keys,
+        authz,
+        clock.clone(),
+        VaultSettings::default(),
+    )
+    .expect("vault");
     let call = Call {
         caller: PeerIdentity::new("spiffe://test/admin"),
         request_id: "r".into(),
