@@ -5,6 +5,7 @@
 //! client's `x-request-id` if it is well-formed, else a random one), echoed back in the
 //! response's `x-request-id` header and written to the request's audit event.
 
+mod admin;
 mod audit;
 mod convert;
 mod record;
@@ -22,6 +23,7 @@ use crate::authz::Caller;
 use crate::domain::InvalidInput;
 use crate::service::{Call, Vault};
 
+pub use admin::AdminApi;
 pub use audit::AuditApi;
 pub use record::RecordApi;
 pub use rights::RightsApi;
@@ -105,7 +107,8 @@ pub fn services(vault: Arc<Vault>) -> Services {
         tenants: TenantApi::new(vault.clone()),
         records: RecordApi::new(vault.clone()),
         audit: AuditApi::new(vault.clone()),
-        rights: RightsApi::new(vault),
+        rights: RightsApi::new(vault.clone()),
+        admin: AdminApi::new(vault),
     }
 }
 
@@ -116,4 +119,5 @@ pub struct Services {
     pub records: RecordApi,
     pub audit: AuditApi,
     pub rights: RightsApi,
+    pub admin: AdminApi,
 }

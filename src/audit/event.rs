@@ -23,10 +23,11 @@ pub enum Operation {
     VerifyAudit,
     PruneAudit,
     EraseSubject,
+    ReloadPolicy,
 }
 
 impl Operation {
-    pub const ALL: [Operation; 11] = [
+    pub const ALL: [Operation; 12] = [
         Operation::CreateTenant,
         Operation::GetTenant,
         Operation::ListTenants,
@@ -38,6 +39,7 @@ impl Operation {
         Operation::VerifyAudit,
         Operation::PruneAudit,
         Operation::EraseSubject,
+        Operation::ReloadPolicy,
     ];
 
     pub fn name(self) -> &'static str {
@@ -53,6 +55,7 @@ impl Operation {
             Operation::VerifyAudit => "verify_audit",
             Operation::PruneAudit => "prune_audit",
             Operation::EraseSubject => "erase_subject",
+            Operation::ReloadPolicy => "reload_policy",
         }
     }
 

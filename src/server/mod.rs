@@ -19,6 +19,7 @@ use crate::authz::{Authz, PeerIdentity, PolicyError};
 use crate::config::Config;
 use crate::domain::SystemClock;
 use crate::keyring::{Keyring, KeyringError, RootKeys};
+use crate::proto::v1::admin_service_server::AdminServiceServer;
 use crate::proto::v1::audit_service_server::AuditServiceServer;
 use crate::proto::v1::record_service_server::RecordServiceServer;
 use crate::proto::v1::subject_rights_service_server::SubjectRightsServiceServer;
@@ -102,6 +103,7 @@ pub async fn serve(
     let records = RecordServiceServer::new(apis.records).max_decoding_message_size(max);
     let audit = AuditServiceServer::new(apis.audit).max_decoding_message_size(max);
     let rights = SubjectRightsServiceServer::new(apis.rights).max_decoding_message_size(max);
+    let admin = AdminServiceServer::new(apis.admin).max_decoding_message_size(max);
 
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
@@ -115,6 +117,9 @@ pub async fn serve(
         .await;
     health_reporter
         .set_serving::<SubjectRightsServiceServer<api::RightsApi>>()
+        .await;
+    health_reporter
+        .set_serving::<AdminServiceServer<api::AdminApi>>()
         .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
@@ -138,6 +143,7 @@ pub async fn serve(
         .add_service(records)
         .add_service(audit)
         .add_service(rights)
+        .add_service(admin)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
 

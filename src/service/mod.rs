@@ -191,6 +191,19 @@ impl Vault {
         Ok(grant)
     }
 
+    /// Re-reads the policy file (the admin RPC; SIGHUP calls `Authz::reload` directly).
+    pub async fn reload_policy(&self, call: &Call) -> Result<(), ServiceError> {
+        let mut ev = self.draft(call, Operation::ReloadPolicy);
+        let result = self
+            .authorize(call, &mut ev, Action::PolicyAdmin, None, None)
+            .and_then(|_| {
+                self.authz
+                    .reload()
+                    .map_err(|e| crate::domain::InvalidInput::new(e.to_string()).into())
+            });
+        self.record(ev, result).await
+    }
+
     /// The audit log (for verification and pruning by operators).
     pub fn audit_log(&self) -> &AuditLog {
         &self.audit
