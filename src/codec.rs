@@ -45,6 +45,15 @@ impl Writer {
         self.bytes(s.as_bytes())
     }
 
+    /// A length-prefixed list of byte strings.
+    pub fn list(self, items: &[Vec<u8>]) -> Self {
+        let mut w = self.u32(u32::try_from(items.len()).unwrap_or(u32::MAX));
+        for item in items {
+            w = w.bytes(item);
+        }
+        w
+    }
+
     pub fn finish(self) -> Vec<u8> {
         self.0
     }
@@ -94,6 +103,20 @@ impl<'a> Reader<'a> {
 
     pub fn str(&mut self) -> Result<&'a str, CodecError> {
         std::str::from_utf8(self.bytes()?).map_err(|_| CodecError(self.what))
+    }
+
+    pub fn list(&mut self) -> Result<Vec<Vec<u8>>, CodecError> {
+        let count = self.u32()?;
+        let mut out = Vec::new();
+        for _ in 0..count {
+            out.push(self.bytes()?.to_vec());
+        }
+        Ok(out)
+    }
+
+    /// Bytes not read yet.
+    pub fn rest(&self) -> &'a [u8] {
+        self.buf
     }
 
     /// Fails unless every byte was consumed: trailing garbage is corruption too.

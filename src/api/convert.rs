@@ -29,14 +29,10 @@ pub fn timestamp(t: Timestamp) -> prost_types::Timestamp {
     prost_types::Timestamp { seconds, nanos }
 }
 
-fn new_field(f: pb::FieldInput) -> Result<NewField, InvalidInput> {
-    let name = FieldName::parse(&f.name)?;
-    if f.category == pb::Category::Unspecified as i32 {
-        return Err(InvalidInput::new("category is missing"));
-    }
-    let category = Category::from_code(i64::from(f.category))?;
+/// A value from the wire, validated and normalised by its kind.
+pub fn field_value(v: Option<pb::Value>) -> Result<FieldValue, InvalidInput> {
     use pb::value::Kind;
-    let value = match f.value.and_then(|v| v.kind) {
+    Ok(match v.and_then(|v| v.kind) {
         Some(Kind::Text(s)) => FieldValue::Text(s),
         Some(Kind::Bytes(b)) => FieldValue::Bytes(b),
         Some(Kind::Email(s)) => FieldValue::typed(3, &s)?,
@@ -45,11 +41,21 @@ fn new_field(f: pb::FieldInput) -> Result<NewField, InvalidInput> {
         Some(Kind::Iban(s)) => FieldValue::typed(6, &s)?,
         Some(Kind::Date(s)) => FieldValue::typed(7, &s)?,
         None => return Err(InvalidInput::new("value is missing")),
-    };
+    })
+}
+
+fn new_field(f: pb::FieldInput) -> Result<NewField, InvalidInput> {
+    let name = FieldName::parse(&f.name)?;
+    if f.category == pb::Category::Unspecified as i32 {
+        return Err(InvalidInput::new("category is missing"));
+    }
+    let category = Category::from_code(i64::from(f.category))?;
+    let value = field_value(f.value)?;
     Ok(NewField {
         name,
         category,
         value,
+        indexed: f.indexed,
     })
 }
 

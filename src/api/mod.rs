@@ -12,6 +12,7 @@ mod record;
 mod rights;
 mod status;
 mod tenant;
+mod tokens;
 
 use std::sync::Arc;
 
@@ -28,6 +29,7 @@ pub use audit::AuditApi;
 pub use record::RecordApi;
 pub use rights::RightsApi;
 pub use tenant::TenantApi;
+pub use tokens::TokenApi;
 
 /// Default and largest page sizes of list calls.
 const DEFAULT_PAGE: u32 = 100;
@@ -108,7 +110,8 @@ pub fn services(vault: Arc<Vault>) -> Services {
         records: RecordApi::new(vault.clone()),
         audit: AuditApi::new(vault.clone()),
         rights: RightsApi::new(vault.clone()),
-        admin: AdminApi::new(vault),
+        admin: AdminApi::new(vault.clone()),
+        tokens: TokenApi::new(vault),
     }
 }
 
@@ -120,4 +123,5 @@ pub struct Services {
     pub audit: AuditApi,
     pub rights: RightsApi,
     pub admin: AdminApi,
+    pub tokens: TokenApi,
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use crate::audit::Operation;
-use crate::domain::{Purpose, SubjectId, TenantId};
+use crate::domain::{FieldName, Purpose, SubjectId, TenantId};
 use crate::proto::v1 as pb;
 use crate::service::Vault;
 
@@ -28,7 +28,13 @@ pub(super) fn ids(
     tenant: &str,
     subject: &str,
 ) -> Result<(TenantId, SubjectId), crate::domain::InvalidInput> {
-    Ok((TenantId::parse(tenant)?, SubjectId::parse(subject)?))
+    let subject = SubjectId::parse(subject)?;
+    if subject.is_reserved() {
+        return Err(crate::domain::InvalidInput::new(
+            "subject ids starting with pii-vault: are reserved for the vault",
+        ));
+    }
+    Ok((TenantId::parse(tenant)?, subject))
 }
 
 #[tonic::async_trait]
@@ -98,6 +104,46 @@ impl pb::record_service_server::RecordService for RecordApi {
             .delete_fields(&call, &tenant, &subject, &names)
             .await?;
         Ok(respond(&call, pb::DeleteFieldsResponse { deleted }))
+    }
+
+    async fn find_subjects(
+        &self,
+        req: Request<pb::FindSubjectsRequest>,
+    ) -> Result<Response<pb::FindSubjectsResponse>, Status> {
+        let call = call(&req)?;
+        let r = req.into_inner();
+        let input = TenantId::parse(&r.tenant_id).and_then(|t| {
+            let value = convert::field_value(r.value)?;
+            Ok((
+                t,
+                FieldName::parse(&r.field_name)?,
+                value,
+                Purpose::parse(&r.purpose)?,
+            ))
+        });
+        let (tenant, field, value, purpose) =
+            parsed(&self.vault, &call, Operation::FindSubjects, input).await?;
+        let found = self
+            .vault
+            .find_subjects(&call, &tenant, &field, &value, &purpose)
+            .await?;
+        Ok(respond(
+            &call,
+            pb::FindSubjectsResponse {
+                subject_ids: found.iter().map(|s| s.as_str().to_owned()).collect(),
+            },
+        ))
+    }
+
+    async fn rotate_index_key(
+        &self,
+        req: Request<pb::RotateIndexKeyRequest>,
+    ) -> Result<Response<pb::RotateIndexKeyResponse>, Status> {
+        let call = call(&req)?;
+        let input = TenantId::parse(&req.get_ref().tenant_id);
+        let tenant = parsed(&self.vault, &call, Operation::RotateIndexKey, input).await?;
+        let reindexed = self.vault.rotate_index_key(&call, &tenant).await?;
+        Ok(respond(&call, pb::RotateIndexKeyResponse { reindexed }))
     }
 
     async fn list_subjects(

@@ -14,6 +14,7 @@ impl From<ServiceError> for Status {
             ServiceError::TenantExists => Status::already_exists("tenant already exists"),
             ServiceError::SubjectNotFound => Status::not_found("subject not found"),
             ServiceError::SubjectErased => Status::not_found("subject not found: it was erased"),
+            ServiceError::TokenNotFound => Status::not_found("token not found"),
             ServiceError::FieldNotFound(name) => {
                 Status::not_found(format!("field {name} not found"))
             }

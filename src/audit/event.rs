@@ -24,10 +24,14 @@ pub enum Operation {
     PruneAudit,
     EraseSubject,
     ReloadPolicy,
+    FindSubjects,
+    RotateIndexKey,
+    Tokenize,
+    Detokenize,
 }
 
 impl Operation {
-    pub const ALL: [Operation; 12] = [
+    pub const ALL: [Operation; 16] = [
         Operation::CreateTenant,
         Operation::GetTenant,
         Operation::ListTenants,
@@ -40,6 +44,10 @@ impl Operation {
         Operation::PruneAudit,
         Operation::EraseSubject,
         Operation::ReloadPolicy,
+        Operation::FindSubjects,
+        Operation::RotateIndexKey,
+        Operation::Tokenize,
+        Operation::Detokenize,
     ];
 
     pub fn name(self) -> &'static str {
@@ -56,6 +64,10 @@ impl Operation {
             Operation::PruneAudit => "prune_audit",
             Operation::EraseSubject => "erase_subject",
             Operation::ReloadPolicy => "reload_policy",
+            Operation::FindSubjects => "find_subjects",
+            Operation::RotateIndexKey => "rotate_index_key",
+            Operation::Tokenize => "tokenize",
+            Operation::Detokenize => "detokenize",
         }
     }
 
@@ -68,6 +80,8 @@ impl Operation {
                 | Operation::DeleteFields
                 | Operation::PruneAudit
                 | Operation::EraseSubject
+                | Operation::RotateIndexKey
+                | Operation::Tokenize
         )
     }
 

@@ -178,6 +178,7 @@ pub async fn put(args: PutArgs) -> anyhow::Result<()> {
                 }
             };
             Ok(pb::FieldInput {
+                indexed: false,
                 name: name.to_owned(),
                 category,
                 value: Some(pb::Value { kind: Some(kind) }),

@@ -51,6 +51,12 @@ role!(
     "dek"
 );
 role!(
+    /// A tenant's blind-index key: HMACs normalised values so lookups need no decryption.
+    /// Versioned and wrapped by the root key.
+    Index,
+    "index"
+);
+role!(
     /// The audit key: MACs the audit chain. Wrapped by the root key, kept in the store.
     Audit,
     "audit"

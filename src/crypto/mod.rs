@@ -10,7 +10,7 @@ mod key;
 mod mac;
 
 pub use envelope::{Aad, Sealed};
-pub use key::{fill_random, Audit, Dek, Kek, Key, KeyRole, Root, KEY_LEN};
+pub use key::{fill_random, Audit, Dek, Index, Kek, Key, KeyRole, Root, KEY_LEN};
 pub use mac::{mac_eq, MAC_LEN};
 pub use zeroize::{Zeroize, Zeroizing};
 

@@ -228,6 +228,15 @@ pub struct NewField {
     pub name: FieldName,
     pub category: Category,
     pub value: FieldValue,
+    /// Index the value for lookup. Email and phone values are always indexed.
+    pub indexed: bool,
+}
+
+impl NewField {
+    /// True when the value gets a blind-index entry.
+    pub fn is_indexed(&self) -> bool {
+        self.indexed || matches!(self.value, FieldValue::Email(_) | FieldValue::Phone(_))
+    }
 }
 
 /// Everything about a stored field except its value.

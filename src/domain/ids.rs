@@ -114,6 +114,16 @@ id_type!(
     Purpose, "purpose", 64, lower_alpha, name_char, "[a-z0-9_.-] (starting with a letter)"
 );
 
+impl SubjectId {
+    /// Prefix of subject ids the vault keeps for itself (the card token store).
+    pub const RESERVED_PREFIX: &'static str = "pii-vault:";
+
+    /// True for ids callers may not use directly.
+    pub fn is_reserved(&self) -> bool {
+        self.0.starts_with(Self::RESERVED_PREFIX)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

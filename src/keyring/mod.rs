@@ -15,7 +15,7 @@ use std::sync::{Arc, RwLock};
 
 pub use root_file::RootKeys;
 
-use crate::crypto::{mac_eq, Aad, Audit, CryptoError, Dek, Kek, Key, Sealed, MAC_LEN};
+use crate::crypto::{mac_eq, Aad, Audit, CryptoError, Dek, Index, Kek, Key, Sealed, MAC_LEN};
 use crate::domain::{SubjectId, TenantId, Timestamp};
 use crate::storage::{Store, StoreError, SubjectRecord, TenantRecord};
 
@@ -59,6 +59,17 @@ fn dek_aad(tenant: &TenantId, subject: &SubjectId) -> Aad {
 
 /// Unwrapped tenant KEKs by (tenant, KEK version).
 type KekCache = HashMap<(TenantId, u32), Arc<Key<Kek>>>;
+/// Unwrapped blind-index keys of a tenant, newest version first.
+type IndexCache = HashMap<TenantId, Vec<Arc<Key<Index>>>>;
+
+/// Store metadata key prefix of a tenant's wrapped index keys: `index_key/<tenant>/<version>`.
+fn index_key_prefix(tenant: &TenantId) -> String {
+    format!("index_key/{tenant}/")
+}
+
+fn index_aad(tenant: &TenantId) -> Aad {
+    Aad::new("tenant-index-key").with(tenant.as_str().as_bytes())
+}
 
 /// Wraps and unwraps the vault's keys.
 pub struct Keyring {
@@ -67,6 +78,7 @@ pub struct Keyring {
     /// Unwrapped tenant KEKs by (tenant, version): unwrapping on every request would put a
     /// root-key operation on the hot path.
     keks: RwLock<KekCache>,
+    index_keys: RwLock<IndexCache>,
 }
 
 impl std::fmt::Debug for Keyring {
@@ -98,6 +110,7 @@ impl Keyring {
             root,
             store,
             keks: RwLock::new(HashMap::new()),
+            index_keys: RwLock::new(HashMap::new()),
         })
     }
 
@@ -114,6 +127,85 @@ impl Keyring {
             .version(wrapped.key_version())
             .ok_or(KeyringError::Missing("root key version"))?;
         Ok(root.unwrap_key(&wrapped, 1, &aad)?)
+    }
+
+    /// A tenant's blind-index keys, newest (current) first; the first is created on first use.
+    pub fn index_keys(&self, tenant: &TenantId) -> Result<Vec<Arc<Key<Index>>>, KeyringError> {
+        if let Some(keys) = self
+            .index_keys
+            .read()
+            .ok()
+            .and_then(|m| m.get(tenant).cloned())
+        {
+            return Ok(keys);
+        }
+        let prefix = index_key_prefix(tenant);
+        let mut stored = self.store.meta_scan(&prefix)?;
+        if stored.is_empty() {
+            self.add_index_key(tenant, 1)?;
+            stored = self.store.meta_scan(&prefix)?;
+        }
+        let mut keys = Vec::new();
+        for (name, bytes) in stored {
+            let version: u32 = name[prefix.len()..]
+                .parse()
+                .map_err(|_| KeyringError::Missing("index key version"))?;
+            let wrapped = Sealed::decode(&bytes).map_err(|_| KeyringError::Missing("index key"))?;
+            let root = self
+                .root
+                .version(wrapped.key_version())
+                .ok_or(KeyringError::Missing("root key version"))?;
+            keys.push(Arc::new(root.unwrap_key::<Index>(
+                &wrapped,
+                version,
+                &index_aad(tenant),
+            )?));
+        }
+        keys.sort_by_key(|k| std::cmp::Reverse(k.version()));
+        if let Ok(mut cache) = self.index_keys.write() {
+            cache.insert(tenant.clone(), keys.clone());
+        }
+        Ok(keys)
+    }
+
+    fn add_index_key(&self, tenant: &TenantId, version: u32) -> Result<(), KeyringError> {
+        let key: Key<Index> = Key::generate(version)?;
+        let wrapped = self.root.current().wrap(&key, &index_aad(tenant))?;
+        // Zero-padded so the store's key order is version order.
+        self.store.meta_init(
+            &format!("{}{version:010}", index_key_prefix(tenant)),
+            &wrapped.encode(),
+        )?;
+        Ok(())
+    }
+
+    /// Adds a new current index key version; older versions stay until `drop_index_keys`.
+    pub fn rotate_index_key(&self, tenant: &TenantId) -> Result<u32, KeyringError> {
+        let newest = self.index_keys(tenant)?.first().map_or(0, |k| k.version());
+        self.add_index_key(tenant, newest + 1)?;
+        self.forget_index_keys(tenant);
+        Ok(newest + 1)
+    }
+
+    /// Destroys every index key version older than `keep`.
+    pub fn drop_index_keys(&self, tenant: &TenantId, keep: u32) -> Result<(), KeyringError> {
+        for key in self.index_keys(tenant)? {
+            if key.version() < keep {
+                self.store.meta_remove(&format!(
+                    "{}{:010}",
+                    index_key_prefix(tenant),
+                    key.version()
+                ))?;
+            }
+        }
+        self.forget_index_keys(tenant);
+        Ok(())
+    }
+
+    fn forget_index_keys(&self, tenant: &TenantId) {
+        if let Ok(mut cache) = self.index_keys.write() {
+            cache.remove(tenant);
+        }
     }
 
     /// A new tenant record and its first KEK, wrapped by the current root key.
@@ -172,6 +264,7 @@ impl Keyring {
             dek_version: dek.version(),
             wrapped_dek,
             categories: 0,
+            index_entries: Vec::new(),
         };
         Ok((dek, record))
     }

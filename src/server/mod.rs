@@ -24,6 +24,7 @@ use crate::proto::v1::audit_service_server::AuditServiceServer;
 use crate::proto::v1::record_service_server::RecordServiceServer;
 use crate::proto::v1::subject_rights_service_server::SubjectRightsServiceServer;
 use crate::proto::v1::tenant_service_server::TenantServiceServer;
+use crate::proto::v1::token_service_server::TokenServiceServer;
 use crate::service::{Call, ServiceError, Vault};
 use crate::storage::{SledStore, Store, StoreError};
 
@@ -104,6 +105,7 @@ pub async fn serve(
     let audit = AuditServiceServer::new(apis.audit).max_decoding_message_size(max);
     let rights = SubjectRightsServiceServer::new(apis.rights).max_decoding_message_size(max);
     let admin = AdminServiceServer::new(apis.admin).max_decoding_message_size(max);
+    let tokens = TokenServiceServer::new(apis.tokens).max_decoding_message_size(max);
 
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
@@ -120,6 +122,9 @@ pub async fn serve(
         .await;
     health_reporter
         .set_serving::<AdminServiceServer<api::AdminApi>>()
+        .await;
+    health_reporter
+        .set_serving::<TokenServiceServer<api::TokenApi>>()
         .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
@@ -144,6 +149,7 @@ pub async fn serve(
         .add_service(audit)
         .add_service(rights)
         .add_service(admin)
+        .add_service(tokens)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
 

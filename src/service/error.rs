@@ -24,6 +24,8 @@ pub enum ServiceError {
     SubjectErased,
     #[error("field {0} not found")]
     FieldNotFound(FieldName),
+    #[error("token not found")]
+    TokenNotFound,
     /// The policy, the subject's restriction or its consents refuse the request.
     #[error(transparent)]
     Refused(#[from] Refusal),
@@ -47,7 +49,8 @@ impl ServiceError {
             ServiceError::TenantNotFound
             | ServiceError::SubjectNotFound
             | ServiceError::SubjectErased
-            | ServiceError::FieldNotFound(_) => Outcome::NotFound,
+            | ServiceError::FieldNotFound(_)
+            | ServiceError::TokenNotFound => Outcome::NotFound,
             ServiceError::Refused(_) => Outcome::Denied,
             ServiceError::Unavailable(_)
             | ServiceError::AuditUnavailable(_)

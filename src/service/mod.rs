@@ -9,8 +9,10 @@ mod audit_ops;
 mod audit_sink;
 mod erasure;
 mod error;
+mod lookup;
 mod records;
 mod tenants;
+mod tokens;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +24,7 @@ pub use erasure::{ErasureReceipt, DEFAULT_KEY_EPOCH};
 pub use error::ServiceError;
 pub use records::SubjectPage;
 pub use tenants::TenantPage;
+pub use tokens::Tokenized;
 
 use crate::audit::{EventDraft, Operation, Outcome};
 use crate::authz::{Action, Authz, Grant, PeerIdentity};

@@ -141,7 +141,7 @@ impl Vault {
         self.record(ev, result).await
     }
 
-    fn write_fields(
+    pub(super) fn write_fields(
         &self,
         grant: &Grant,
         tenant: &TenantId,
@@ -152,6 +152,10 @@ impl Vault {
         for f in fields {
             grant.category(f.category)?;
         }
+        let index_key = match fields.iter().any(NewField::is_indexed) {
+            true => self.keys.index_keys(tenant)?.first().cloned(),
+            false => None,
+        };
         for _ in 0..MAX_CONFLICT_RETRIES {
             let (record, dek) = self.subject_key(tenant, subject)?;
             let sealed = fields
@@ -166,6 +170,12 @@ impl Vault {
                         sealed: dek
                             .seal(f.value.as_bytes(), &aad)
                             .map_err(|_| ServiceError::Internal("sealing a field failed".into()))?,
+                        index_entry: match (&index_key, f.is_indexed()) {
+                            (Some(key), true) => super::lookup::index_text(&f.value)
+                                .map(|text| super::lookup::entry(key, &f.name, &text, subject))
+                                .unwrap_or_default(),
+                            _ => Vec::new(),
+                        },
                     })
                 })
                 .collect::<Result<Vec<_>, ServiceError>>()?;
@@ -186,6 +196,19 @@ impl Vault {
         ))
     }
 
+    /// Opens a stored field's value.
+    pub(super) fn open_value(
+        tenant: &TenantId,
+        subject: &SubjectId,
+        dek: &Key<Dek>,
+        rec: &FieldRecord,
+    ) -> Result<FieldValue, ServiceError> {
+        let aad = field_aad(tenant, subject, &rec.meta.name, rec.meta.category, rec.kind);
+        let damaged = || ServiceError::Internal(format!("field {} does not open", rec.meta.name));
+        let plain = dek.open(&rec.sealed, &aad).map_err(|_| damaged())?;
+        FieldValue::from_parts(rec.kind, plain.to_vec()).ok_or_else(damaged)
+    }
+
     fn open_field(
         grant: &Grant,
         tenant: &TenantId,
@@ -194,10 +217,7 @@ impl Vault {
         rec: FieldRecord,
     ) -> Result<Field, ServiceError> {
         let (render, _rule) = grant.category(rec.meta.category)?;
-        let aad = field_aad(tenant, subject, &rec.meta.name, rec.meta.category, rec.kind);
-        let damaged = || ServiceError::Internal(format!("field {} does not open", rec.meta.name));
-        let plain = dek.open(&rec.sealed, &aad).map_err(|_| damaged())?;
-        let value = FieldValue::from_parts(rec.kind, plain.to_vec()).ok_or_else(damaged)?;
+        let value = Self::open_value(tenant, subject, dek, &rec)?;
         Ok(Field {
             meta: rec.meta,
             value: value.render(render),
@@ -231,7 +251,7 @@ impl Vault {
 
     /// Named fields must all be of categories the grant covers; reading every field returns
     /// those the grant covers.
-    fn read_fields(
+    pub(super) fn read_fields(
         &self,
         grant: &Grant,
         tenant: &TenantId,
@@ -316,7 +336,8 @@ impl Vault {
         let result = self
             .authorize(call, &mut ev, Action::Read, Some(tenant), None)
             .and_then(|_| Ok(self.store.subjects(tenant, after, limit + 1)?))
-            .map(|all| {
+            .map(|mut all| {
+                all.retain(|s| !s.is_reserved());
                 let (subjects, next) = paged(all, limit, |s: &SubjectId| s);
                 SubjectPage { subjects, next }
             });

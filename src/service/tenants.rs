@@ -41,9 +41,8 @@ impl Vault {
         let mut ev = self.draft(call, Operation::CreateTenant);
         ev.tenant = id.to_string();
         let result = self
-            .keys
-            .new_tenant(id, self.clock.now())
-            .map_err(ServiceError::from)
+            .authorize(call, &mut ev, Action::TenantAdmin, Some(id), None)
+            .and_then(|_| Ok(self.keys.new_tenant(id, self.clock.now())?))
             .and_then(|(record, wrapped_kek)| {
                 if self.store.create_tenant(&record, &wrapped_kek)? {
                     Ok(record)
@@ -79,11 +78,10 @@ impl Vault {
         after: Option<&TenantId>,
         limit: usize,
     ) -> Result<TenantPage, ServiceError> {
-        let ev = self.draft(call, Operation::ListTenants);
+        let mut ev = self.draft(call, Operation::ListTenants);
         let result = self
-            .store
-            .tenants(after, limit + 1)
-            .map_err(ServiceError::from)
+            .authorize(call, &mut ev, Action::TenantAdmin, None, None)
+            .and_then(|_| Ok(self.store.tenants(after, limit + 1)?))
             .map(|all| {
                 let (tenants, next) = paged(all, limit, |t: &TenantRecord| &t.id);
                 TenantPage { tenants, next }

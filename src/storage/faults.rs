@@ -77,6 +77,25 @@ impl Store for FaultyStore {
     fn meta_init(&self, key: &str, value: &[u8]) -> StoreResult<Vec<u8>> {
         self.inner.meta_init(key, value)
     }
+    fn meta_scan(&self, prefix: &str) -> StoreResult<Vec<(String, Vec<u8>)>> {
+        self.inner.meta_scan(prefix)
+    }
+    fn meta_remove(&self, key: &str) -> StoreResult<()> {
+        self.inner.meta_remove(key)
+    }
+    fn index_scan(&self, tenant: &TenantId, prefix: &[u8]) -> StoreResult<Vec<Vec<u8>>> {
+        self.inner.index_scan(tenant, prefix)
+    }
+    fn reindex_field(
+        &self,
+        tenant: &TenantId,
+        subject: &SubjectId,
+        name: &FieldName,
+        entry: &[u8],
+    ) -> StoreResult<()> {
+        self.write()?;
+        self.inner.reindex_field(tenant, subject, name, entry)
+    }
     fn create_tenant(&self, tenant: &TenantRecord, wrapped_kek: &Sealed) -> StoreResult<bool> {
         self.write()?;
         self.inner.create_tenant(tenant, wrapped_kek)

@@ -62,6 +62,10 @@ pub trait Store: Send + Sync + 'static {
     fn meta(&self, key: &str) -> StoreResult<Option<Vec<u8>>>;
     /// Sets a metadata value unless one is present; returns the value now stored.
     fn meta_init(&self, key: &str, value: &[u8]) -> StoreResult<Vec<u8>>;
+    /// Metadata entries whose key starts with `prefix`, in key order.
+    fn meta_scan(&self, prefix: &str) -> StoreResult<Vec<(String, Vec<u8>)>>;
+    /// Removes a metadata entry.
+    fn meta_remove(&self, key: &str) -> StoreResult<()>;
 
     /// Creates a tenant with its first wrapped KEK. Returns false if it already exists.
     fn create_tenant(&self, tenant: &TenantRecord, wrapped_kek: &Sealed) -> StoreResult<bool>;
@@ -113,6 +117,17 @@ pub trait Store: Send + Sync + 'static {
         tenant: &TenantId,
         subject: &SubjectId,
         state: &SubjectState,
+    ) -> StoreResult<()>;
+
+    /// Blind-index entry keys of a tenant that start with `prefix`.
+    fn index_scan(&self, tenant: &TenantId, prefix: &[u8]) -> StoreResult<Vec<Vec<u8>>>;
+    /// Replaces the blind-index entry of one field (after an index key rotation).
+    fn reindex_field(
+        &self,
+        tenant: &TenantId,
+        subject: &SubjectId,
+        name: &FieldName,
+        entry: &[u8],
     ) -> StoreResult<()>;
 
     /// Erases a subject atomically: deletes its record (and so its wrapped DEK), writes

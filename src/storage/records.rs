@@ -68,6 +68,9 @@ pub struct SubjectRecord {
     /// Bit `code` set for every category the subject ever had a field in: lets an erasure
     /// receipt list them without reading the fields.
     pub categories: u32,
+    /// Keys of the subject's blind-index entries, so erasure drops them without reading
+    /// every field.
+    pub index_entries: Vec<Vec<u8>>,
 }
 
 impl SubjectRecord {
@@ -80,6 +83,7 @@ impl SubjectRecord {
             .u32(self.dek_version)
             .bytes(&self.wrapped_dek.encode())
             .u32(self.categories)
+            .list(&self.index_entries)
             .finish()
     }
 
@@ -91,6 +95,7 @@ impl SubjectRecord {
             dek_version: r.u32()?,
             wrapped_dek: sealed(&mut r, Self::WHAT)?,
             categories: r.u32()?,
+            index_entries: r.list()?,
         };
         r.finish()?;
         Ok(rec)
@@ -176,6 +181,8 @@ pub struct FieldRecord {
     /// Text or bytes (see `FieldValue::kind_code`); bound into the ciphertext's AAD.
     pub kind: u8,
     pub sealed: Sealed,
+    /// Key of this field's blind-index entry; empty when the field is not indexed.
+    pub index_entry: Vec<u8>,
 }
 
 impl FieldRecord {
@@ -191,6 +198,7 @@ impl FieldRecord {
             .u64(self.meta.created_at.0)
             .u64(self.meta.updated_at.0)
             .bytes(&self.sealed.encode())
+            .bytes(&self.index_entry)
             .finish()
     }
 
@@ -211,6 +219,7 @@ impl FieldRecord {
             },
             kind,
             sealed: sealed(&mut r, Self::WHAT)?,
+            index_entry: r.bytes()?.to_vec(),
         };
         r.finish()?;
         Ok(rec)
@@ -224,6 +233,8 @@ pub struct SealedField {
     pub category: Category,
     pub kind: u8,
     pub sealed: Sealed,
+    /// Blind-index entry key to store for this field; empty for none.
+    pub index_entry: Vec<u8>,
 }
 
 /// One atomic write of a subject's fields.

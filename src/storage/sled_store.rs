@@ -6,6 +6,7 @@
 //! - `keks`: (tenant, version) → wrapped KEK.
 //! - `t/<tenant>/subjects`: subject → `SubjectRecord` (one tree per tenant: isolation).
 //! - `t/<tenant>/fields`: (subject, field name) → `FieldRecord`.
+//! - `t/<tenant>/index`: blind-index entry keys (version, field, HMAC tag, subject).
 //! - `t/<tenant>/state`: subject → consents and restriction.
 //! - `t/<tenant>/tombstones`: subject → `Tombstone` of an erased subject.
 //! - `epoch_pending`: tenant → erasure counter, for tenants with erasures since their last
@@ -40,6 +41,7 @@ struct TenantTrees {
     fields: sled::Tree,
     tombstones: sled::Tree,
     state: sled::Tree,
+    index: sled::Tree,
 }
 
 /// sled-backed `Store`.
@@ -135,6 +137,7 @@ impl SledStore {
                 .open_tree(format!("{base}tombstones"))
                 .map_err(backend)?,
             state: self.db.open_tree(format!("{base}state")).map_err(backend)?,
+            index: self.db.open_tree(format!("{base}index")).map_err(backend)?,
         };
         if let Ok(mut map) = self.tenant_trees.write() {
             map.insert(tenant.clone(), trees.clone());
@@ -154,6 +157,21 @@ impl SledStore {
             Err(StoreError::NoTenant)
         }
     }
+}
+
+/// Removes a blind-index entry and its mention in the subject record; true if it was there.
+fn unindex(
+    index: &sled::transaction::TransactionalTree,
+    record: &mut SubjectRecord,
+    entry: &[u8],
+) -> Result<bool, ConflictableTransactionError<StoreError>> {
+    if entry.is_empty() {
+        return Ok(false);
+    }
+    index.remove(entry)?;
+    let before = record.index_entries.len();
+    record.index_entries.retain(|e| e != entry);
+    Ok(record.index_entries.len() != before)
 }
 
 /// Converts a failed sled transaction into a `StoreError`.
@@ -182,6 +200,22 @@ impl Store for SledStore {
             Ok(()) => Ok(value.to_vec()),
             Err(cas) => Ok(cas.current.map(|v| v.to_vec()).unwrap_or_default()),
         }
+    }
+
+    fn meta_scan(&self, prefix: &str) -> StoreResult<Vec<(String, Vec<u8>)>> {
+        self.meta
+            .scan_prefix(prefix)
+            .map(|kv| {
+                let (k, v) = kv.map_err(backend)?;
+                let key =
+                    String::from_utf8(k.to_vec()).map_err(|_| StoreError::Corrupt("meta key"))?;
+                Ok((key, v.to_vec()))
+            })
+            .collect()
+    }
+
+    fn meta_remove(&self, key: &str) -> StoreResult<()> {
+        self.meta.remove(key).map(|_| ()).map_err(backend)
     }
 
     fn create_tenant(&self, tenant: &TenantRecord, wrapped_kek: &Sealed) -> StoreResult<bool> {
@@ -277,8 +311,13 @@ impl Store for SledStore {
             .fields
             .iter()
             .fold(0, |m, f| m | category_bit(f.category));
-        (&trees.subjects, &trees.fields, &trees.tombstones)
-            .transaction(|(subjects, fields, tombstones)| {
+        (
+            &trees.subjects,
+            &trees.fields,
+            &trees.tombstones,
+            &trees.index,
+        )
+            .transaction(|(subjects, fields, tombstones, index)| {
                 // Pure: this closure may run again on conflict, so it only reads and writes
                 // the transaction's trees.
                 if tombstones.get(&skey)?.is_some() {
@@ -289,15 +328,15 @@ impl Store for SledStore {
                     .map(|v| SubjectRecord::decode(&v))
                     .transpose()
                     .map_err(abort)?;
-                let is_new = stored.is_none();
+                let mut dirty = stored.is_none();
                 let mut record = match stored {
                     None => write.subject.clone(),
                     Some(rec) if rec.same_key(&write.subject) => rec,
                     Some(_) => return Err(abort(StoreError::Conflict)),
                 };
-                if is_new || record.categories | mask != record.categories {
+                if record.categories | mask != record.categories {
                     record.categories |= mask;
-                    subjects.insert(skey.as_slice(), record.encode())?;
+                    dirty = true;
                 }
                 let mut written = Vec::with_capacity(write.fields.len());
                 for f in &write.fields {
@@ -307,6 +346,15 @@ impl Store for SledStore {
                         .map(|v| FieldRecord::decode(&v))
                         .transpose()
                         .map_err(abort)?;
+                    if let Some(old) = previous.as_ref().filter(|p| p.index_entry != f.index_entry)
+                    {
+                        dirty |= unindex(index, &mut record, &old.index_entry)?;
+                    }
+                    if !f.index_entry.is_empty() && !record.index_entries.contains(&f.index_entry) {
+                        index.insert(f.index_entry.as_slice(), &[] as &[u8])?;
+                        record.index_entries.push(f.index_entry.clone());
+                        dirty = true;
+                    }
                     let meta = FieldMeta {
                         name: f.name.clone(),
                         category: f.category,
@@ -314,13 +362,17 @@ impl Store for SledStore {
                         created_at: previous.as_ref().map_or(write.now, |p| p.meta.created_at),
                         updated_at: write.now,
                     };
-                    let record = FieldRecord {
+                    let stored_field = FieldRecord {
                         meta: meta.clone(),
                         kind: f.kind,
                         sealed: f.sealed.clone(),
+                        index_entry: f.index_entry.clone(),
                     };
-                    fields.insert(key, record.encode())?;
+                    fields.insert(key, stored_field.encode())?;
                     written.push(meta);
+                }
+                if dirty {
+                    subjects.insert(skey.as_slice(), record.encode())?;
                 }
                 Ok(written)
             })
@@ -357,16 +409,68 @@ impl Store for SledStore {
     ) -> StoreResult<u32> {
         let trees = self.existing_trees(tenant)?;
         let keys: Vec<Vec<u8>> = names.iter().map(|n| field_key(subject, n)).collect();
-        trees
-            .fields
-            .transaction(|fields| {
+        let skey = subject_key(subject);
+        (&trees.subjects, &trees.fields, &trees.index)
+            .transaction(|(subjects, fields, index)| {
+                let mut record = subjects
+                    .get(&skey)?
+                    .map(|v| SubjectRecord::decode(&v))
+                    .transpose()
+                    .map_err(abort)?;
                 let mut deleted = 0u32;
+                let mut dirty = false;
                 for key in &keys {
-                    if fields.remove(key.as_slice())?.is_some() {
-                        deleted += 1;
+                    let Some(old) = fields.remove(key.as_slice())? else {
+                        continue;
+                    };
+                    deleted += 1;
+                    let old = FieldRecord::decode(&old).map_err(abort)?;
+                    if let Some(rec) = record.as_mut() {
+                        dirty |= unindex(index, rec, &old.index_entry)?;
                     }
                 }
+                if let (true, Some(rec)) = (dirty, record) {
+                    subjects.insert(skey.as_slice(), rec.encode())?;
+                }
                 Ok(deleted)
+            })
+            .map_err(|e: TransactionError<StoreError>| tx_error(e))
+    }
+
+    fn index_scan(&self, tenant: &TenantId, prefix: &[u8]) -> StoreResult<Vec<Vec<u8>>> {
+        self.existing_trees(tenant)?
+            .index
+            .scan_prefix(prefix)
+            .keys()
+            .map(|k| k.map(|k| k.to_vec()).map_err(backend))
+            .collect()
+    }
+
+    fn reindex_field(
+        &self,
+        tenant: &TenantId,
+        subject: &SubjectId,
+        name: &FieldName,
+        entry: &[u8],
+    ) -> StoreResult<()> {
+        let trees = self.existing_trees(tenant)?;
+        let skey = subject_key(subject);
+        let fkey = field_key(subject, name);
+        (&trees.subjects, &trees.fields, &trees.index)
+            .transaction(|(subjects, fields, index)| {
+                let (Some(rec), Some(field)) = (subjects.get(&skey)?, fields.get(&fkey)?) else {
+                    // Erased or deleted meanwhile: nothing to re-index.
+                    return Ok(());
+                };
+                let mut rec = SubjectRecord::decode(&rec).map_err(abort)?;
+                let mut field = FieldRecord::decode(&field).map_err(abort)?;
+                unindex(index, &mut rec, &field.index_entry)?;
+                index.insert(entry, &[] as &[u8])?;
+                rec.index_entries.push(entry.to_vec());
+                field.index_entry = entry.to_vec();
+                fields.insert(fkey.as_slice(), field.encode())?;
+                subjects.insert(skey.as_slice(), rec.encode())?;
+                Ok(())
             })
             .map_err(|e: TransactionError<StoreError>| tx_error(e))
     }
@@ -406,8 +510,9 @@ impl Store for SledStore {
             &trees.tombstones,
             &self.epoch_pending,
             &trees.state,
+            &trees.index,
         )
-            .transaction(|(subjects, tombstones, pending, state)| {
+            .transaction(|(subjects, tombstones, pending, state, index)| {
                 if let Some(earlier) = tombstones.get(&skey)? {
                     return Ok(Erasure::AlreadyErased(
                         Tombstone::decode(&earlier).map_err(abort)?,
@@ -423,6 +528,9 @@ impl Store for SledStore {
                 };
                 tombstones.insert(skey.as_slice(), written.encode())?;
                 state.remove(skey.as_slice())?;
+                for entry in &record.index_entries {
+                    index.remove(entry.as_slice())?;
+                }
                 let count = pending
                     .get(tkey)?
                     .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())

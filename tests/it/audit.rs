@@ -464,6 +464,7 @@ async fn pruning_keeps_the_chain_verifiable() {
         name: FieldName::parse("n").expect("name"),
         category: Category::Usage,
         value: FieldValue::Text(v.into()),
+        indexed: false,
     };
     let purpose = Purpose::parse("support").expect("purpose");
     for i in 0..20 {

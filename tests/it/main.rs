@@ -5,6 +5,7 @@ mod util;
 
 mod at_rest;
 mod audit;
+mod authz;
 mod bad_input;
 mod erasure;
 mod records;

@@ -153,6 +153,7 @@ pub async fn create_tenant(vault: &TestVault, id: &str) {
 /// A text field input.
 pub fn text(name: &str, category: pb::Category, value: &str) -> pb::FieldInput {
     pb::FieldInput {
+        indexed: false,
         name: name.into(),
         category: category as i32,
         value: Some(pb::Value {
@@ -226,4 +227,46 @@ pub fn bytes_occur_below(dir: &Path, needle: &[u8]) -> bool {
             .map(|bytes| bytes.windows(needle.len()).any(|w| w == needle))
             .unwrap_or(false)
     })
+}
+
+/// Client certificates for chosen identities, issued by a test vault's own dev CA.
+pub fn client_for(vault: &TestVault, name: &str, spiffe_id: &str) -> ClientCerts {
+    use pii_vault::certs::{Authority, LeafSpec, Usage};
+    let tls = vault.dir.path().join("tls");
+    let read = |f: &str| std::fs::read_to_string(tls.join(f)).expect("dev CA file");
+    let ca = Authority::from_pem(&read("ca.pem"), &read("ca.key")).expect("dev CA");
+    let leaf = ca
+        .issue(&LeafSpec {
+            common_name: name.into(),
+            names: vec![],
+            uris: vec![spiffe_id.into()],
+            usage: Usage::Client,
+            lifetime: std::time::Duration::from_secs(3600),
+            not_before_offset_secs: 0,
+        })
+        .expect("issue client certificate");
+    let cert = tls.join(format!("{name}.pem"));
+    let key = tls.join(format!("{name}.key"));
+    std::fs::write(&cert, leaf.cert_pem).expect("write cert");
+    std::fs::write(&key, leaf.key_pem).expect("write key");
+    ClientCerts {
+        ca: tls.join("ca.pem"),
+        cert,
+        key,
+    }
+}
+
+/// Starts a vault whose policy file holds `policy` (instead of the dev policy).
+pub async fn start_with_policy(policy: &str) -> TestVault {
+    let dir = TempDir::new().expect("temp dir");
+    let config = test_config(dir.path(), |_| {});
+    std::fs::write(&config.policy_file, policy).expect("write policy");
+    TestVault::start_on(dir, config, None).await
+}
+
+/// A channel presenting `certs`.
+pub async fn channel_as(vault: &TestVault, certs: &ClientCerts) -> Channel {
+    connect(&vault.addr.to_string(), certs)
+        .await
+        .expect("connect")
 }

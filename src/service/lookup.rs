@@ -1,0 +1,161 @@
+//! Blind-index lookup: finding a subject by email, phone or another indexed field without
+//! decrypting anything. An entry is keyed by an HMAC of the normalised value under the
+//! tenant's index key, so the store holds no searchable plaintext.
+//!
+//! Entry key: `index key version | field name | HMAC tag | subject id`, length-prefixed.
+
+use crate::audit::Operation;
+use crate::authz::Action;
+use crate::codec::{Reader, Writer};
+use crate::crypto::{Index, Key};
+use crate::domain::{FieldName, FieldValue, InvalidInput, Purpose, SubjectId, TenantId};
+
+use super::{Call, ServiceError, Vault};
+
+/// The label under which index keys MAC values.
+const TAG_LABEL: &str = "blind-index-v1";
+
+/// The text a value is indexed by: typed values are already normalised; free text is
+/// trimmed and lower-cased. Bytes are never indexed.
+pub(super) fn index_text(value: &FieldValue) -> Option<String> {
+    match value {
+        FieldValue::Bytes(_) => None,
+        FieldValue::Text(t) => Some(t.trim().to_lowercase()),
+        other => other.as_text().map(str::to_owned),
+    }
+}
+
+fn prefix(key: &Key<Index>, field: &FieldName, text: &str) -> Writer {
+    let tag = key.mac(TAG_LABEL, &[field.as_str().as_bytes(), text.as_bytes()]);
+    Writer::new()
+        .u32(key.version())
+        .str(field.as_str())
+        .bytes(&tag)
+}
+
+/// The entry key of `subject`'s value `text` in field `field`.
+pub(super) fn entry(
+    key: &Key<Index>,
+    field: &FieldName,
+    text: &str,
+    subject: &SubjectId,
+) -> Vec<u8> {
+    prefix(key, field, text).str(subject.as_str()).finish()
+}
+
+fn subject_of(entry: &[u8]) -> Option<SubjectId> {
+    let mut r = Reader::new(entry, "index entry");
+    r.u32().ok()?;
+    r.str().ok()?;
+    r.bytes().ok()?;
+    let subject = SubjectId::parse(r.str().ok()?).ok()?;
+    r.finish().ok()?;
+    Some(subject)
+}
+
+impl Vault {
+    /// Subjects whose indexed field `field` holds `value` (normalised first).
+    pub async fn find_subjects(
+        &self,
+        call: &Call,
+        tenant: &TenantId,
+        field: &FieldName,
+        value: &FieldValue,
+        purpose: &Purpose,
+    ) -> Result<Vec<SubjectId>, ServiceError> {
+        let mut ev = self.draft(call, Operation::FindSubjects);
+        ev.tenant = tenant.to_string();
+        ev.fields = vec![field.to_string()];
+        ev.purpose = purpose.to_string();
+        let result = self
+            .authorize(call, &mut ev, Action::Find, Some(tenant), Some(purpose))
+            .and_then(|_| self.lookup(tenant, field, value));
+        if let Ok(found) = &result {
+            ev.reason = format!("{} subjects found", found.len());
+        }
+        self.record(ev, result).await
+    }
+
+    fn lookup(
+        &self,
+        tenant: &TenantId,
+        field: &FieldName,
+        value: &FieldValue,
+    ) -> Result<Vec<SubjectId>, ServiceError> {
+        self.tenant(tenant)?;
+        let text = index_text(value)
+            .ok_or_else(|| InvalidInput::new("bytes values cannot be looked up"))?;
+        let mut found = Vec::new();
+        // Every live key version: during a rotation, entries of both versions exist.
+        for key in self.keys.index_keys(tenant)? {
+            let p = prefix(&key, field, &text).finish();
+            for e in self.store.index_scan(tenant, &p)? {
+                found.extend(subject_of(&e));
+            }
+        }
+        found.sort();
+        found.dedup();
+        Ok(found)
+    }
+
+    /// Starts a new index key version, re-indexes every indexed field under it (decrypting
+    /// each value once), then destroys the older versions. Returns the fields re-indexed.
+    pub async fn rotate_index_key(
+        &self,
+        call: &Call,
+        tenant: &TenantId,
+    ) -> Result<u64, ServiceError> {
+        let mut ev = self.draft(call, Operation::RotateIndexKey);
+        ev.tenant = tenant.to_string();
+        let result = self
+            .authorize(call, &mut ev, Action::KeyAdmin, Some(tenant), None)
+            .and_then(|_| self.reindex(tenant));
+        if let Ok(n) = &result {
+            ev.reason = format!("{n} fields re-indexed");
+        }
+        self.record(ev, result).await
+    }
+
+    fn reindex(&self, tenant: &TenantId) -> Result<u64, ServiceError> {
+        self.tenant(tenant)?;
+        let version = self.keys.rotate_index_key(tenant)?;
+        let keys = self.keys.index_keys(tenant)?;
+        let current = keys
+            .iter()
+            .find(|k| k.version() == version)
+            .ok_or_else(|| ServiceError::Internal("new index key missing".into()))?;
+        let mut count = 0;
+        let mut after: Option<SubjectId> = None;
+        loop {
+            let page = self.store.subjects(tenant, after.as_ref(), 500)?;
+            let Some(last) = page.last().cloned() else {
+                break;
+            };
+            for subject in &page {
+                let Some(record) = self.store.subject(tenant, subject)? else {
+                    continue;
+                };
+                let dek = self.keys.subject_dek(tenant, subject, &record)?;
+                for field in self.store.fields(tenant, subject)? {
+                    if field.index_entry.is_empty() {
+                        continue;
+                    }
+                    let name = field.meta.name.clone();
+                    let value = Self::open_value(tenant, subject, &dek, &field)?;
+                    if let Some(text) = index_text(&value) {
+                        self.store.reindex_field(
+                            tenant,
+                            subject,
+                            &name,
+                            &entry(current, &name, &text, subject),
+                        )?;
+                        count += 1;
+                    }
+                }
+            }
+            after = Some(last);
+        }
+        self.keys.drop_index_keys(tenant, version)?;
+        Ok(count)
+    }
+}

@@ -1,0 +1,119 @@
+//! Card tokens: a random token a service stores instead of a card number. The number is
+//! kept as a sealed payment field of a reserved subject of the tenant, so it lives under the
+//! same key hierarchy (and rotations) as every other value; the token itself is random and
+//! says nothing about the number.
+
+use crate::audit::Operation;
+use crate::authz::{Action, Refusal};
+use crate::domain::{
+    Category, FieldName, FieldValue, NewField, Purpose, Render, SubjectId, TenantId,
+};
+
+use super::{Call, ServiceError, Vault};
+
+/// The reserved subject that holds a tenant's tokenized card numbers.
+fn token_store() -> Result<SubjectId, ServiceError> {
+    SubjectId::parse("pii-vault:card-tokens").map_err(|e| ServiceError::Internal(e.to_string()))
+}
+
+fn new_token() -> Result<FieldName, ServiceError> {
+    let mut bytes = [0u8; 16];
+    crate::crypto::fill_random(&mut bytes)
+        .map_err(|_| ServiceError::Internal("no randomness for a token".into()))?;
+    FieldName::parse(&format!("tok_{}", hex::encode(bytes)))
+        .map_err(|e| ServiceError::Internal(e.to_string()))
+}
+
+/// A token and what a caller may see of the number.
+#[derive(Debug, Clone)]
+pub struct Tokenized {
+    pub token: String,
+    /// `**** 4242`.
+    pub masked: String,
+}
+
+impl Vault {
+    /// Stores a (Luhn-checked) card number and returns a random token for it.
+    pub async fn tokenize(
+        &self,
+        call: &Call,
+        tenant: &TenantId,
+        card: &FieldValue,
+    ) -> Result<Tokenized, ServiceError> {
+        let mut ev = self.draft(call, Operation::Tokenize);
+        ev.tenant = tenant.to_string();
+        let result = self
+            .authorize(call, &mut ev, Action::Tokenize, Some(tenant), None)
+            .and_then(|grant| {
+                let FieldValue::CardNumber(_) = card else {
+                    return Err(crate::domain::InvalidInput::new(
+                        "only card numbers can be tokenized",
+                    )
+                    .into());
+                };
+                let token = new_token()?;
+                let field = NewField {
+                    name: token.clone(),
+                    category: Category::Payment,
+                    value: card.clone(),
+                    indexed: false,
+                };
+                self.write_fields(&grant, tenant, &token_store()?, &[field])?;
+                Ok(Tokenized {
+                    token: token.to_string(),
+                    masked: card
+                        .render(Render::Masked)
+                        .and_then(|v| v.as_text().map(str::to_owned))
+                        .unwrap_or_default(),
+                })
+            });
+        if let Ok(t) = &result {
+            ev.fields = vec![t.token.clone()];
+        }
+        self.record(ev, result).await
+    }
+
+    /// The card number behind a token; needs a grant that reveals payment fields.
+    pub async fn detokenize(
+        &self,
+        call: &Call,
+        tenant: &TenantId,
+        token: &FieldName,
+        purpose: &Purpose,
+    ) -> Result<FieldValue, ServiceError> {
+        let mut ev = self.draft(call, Operation::Detokenize);
+        ev.tenant = tenant.to_string();
+        ev.fields = vec![token.to_string()];
+        ev.purpose = purpose.to_string();
+        let result = self
+            .authorize(
+                call,
+                &mut ev,
+                Action::Detokenize,
+                Some(tenant),
+                Some(purpose),
+            )
+            .and_then(|grant| {
+                if grant.category(Category::Payment)?.0 != Render::Reveal {
+                    return Err(Refusal::NotGranted(
+                        "detokenize needs a rule with render = reveal for payment fields".into(),
+                    )
+                    .into());
+                }
+                let fields = self
+                    .read_fields(&grant, tenant, &token_store()?, std::slice::from_ref(token))
+                    .map_err(|e| match e {
+                        ServiceError::SubjectNotFound | ServiceError::FieldNotFound(_) => {
+                            ServiceError::TokenNotFound
+                        }
+                        other => other,
+                    })?;
+                fields
+                    .into_iter()
+                    .next()
+                    .and_then(|f| f.value)
+                    .ok_or(ServiceError::TokenNotFound)
+            });
+        self.record(ev, result).await
+    }
+}
