@@ -186,6 +186,12 @@ async fn issued_certificates_name_their_identities_and_work_for_mutual_tls() {
     let config = raw.validate().expect("config validates");
     assert!(!config.dev_tls);
     bootstrap(&config).expect("bootstrap");
+    // Outside dev mode nothing writes a policy: without one the vault refuses to start.
+    std::fs::write(
+        &config.policy_file,
+        format!("[[rules]]\nname = \"ops\"\nwho = [{SPIFFE_ID:?}]\nactions = [\"tenant_admin\"]\n"),
+    )
+    .expect("policy");
     let listener = TcpListener::bind(config.listen).await.expect("bind");
     let port = listener.local_addr().expect("addr").port();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
