@@ -5,8 +5,9 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use crate::audit::Operation;
+use crate::domain::{InvalidInput, Purpose, SubjectState};
 use crate::proto::v1 as pb;
-use crate::service::{ErasureReceipt, Vault};
+use crate::service::{Call, ErasureReceipt, StateChange, Vault};
 
 use super::{call, convert, parsed, record::ids, respond};
 
@@ -39,8 +40,114 @@ fn receipt(r: ErasureReceipt) -> pb::ErasureReceipt {
     }
 }
 
+fn status(tenant: &str, subject: &str, s: SubjectState) -> pb::SubjectStatus {
+    pb::SubjectStatus {
+        tenant_id: tenant.to_owned(),
+        subject_id: subject.to_owned(),
+        consents: s
+            .consents
+            .into_iter()
+            .map(|c| pb::ConsentDecision {
+                purpose: c.purpose.to_string(),
+                granted: c.granted,
+                decided_at: Some(convert::timestamp(c.at)),
+                source: c.source,
+            })
+            .collect(),
+        restricted: s.restricted_since.is_some(),
+        restricted_since: s.restricted_since.map(convert::timestamp),
+    }
+}
+
+impl RightsApi {
+    async fn state(
+        &self,
+        call: &Call,
+        op: Operation,
+        tenant: &str,
+        subject: &str,
+        change: Result<Option<StateChange>, InvalidInput>,
+    ) -> Result<Response<pb::SubjectStatus>, Status> {
+        let input = ids(tenant, subject).and_then(|ids| Ok((ids, change?)));
+        let ((t, s), change) = parsed(&self.vault, call, op, input).await?;
+        let state = self.vault.subject_state(call, &t, &s, change).await?;
+        Ok(respond(call, status(t.as_str(), s.as_str(), state)))
+    }
+}
+
 #[tonic::async_trait]
 impl pb::subject_rights_service_server::SubjectRightsService for RightsApi {
+    async fn restrict_subject(
+        &self,
+        req: Request<pb::RestrictSubjectRequest>,
+    ) -> Result<Response<pb::SubjectStatus>, Status> {
+        let call = call(&req)?;
+        let r = req.get_ref();
+        self.state(
+            &call,
+            Operation::RestrictSubject,
+            &r.tenant_id,
+            &r.subject_id,
+            Ok(Some(StateChange::Restrict)),
+        )
+        .await
+    }
+
+    async fn lift_restriction(
+        &self,
+        req: Request<pb::LiftRestrictionRequest>,
+    ) -> Result<Response<pb::SubjectStatus>, Status> {
+        let call = call(&req)?;
+        let r = req.get_ref();
+        self.state(
+            &call,
+            Operation::LiftRestriction,
+            &r.tenant_id,
+            &r.subject_id,
+            Ok(Some(StateChange::Lift)),
+        )
+        .await
+    }
+
+    async fn set_consent(
+        &self,
+        req: Request<pb::SetConsentRequest>,
+    ) -> Result<Response<pb::SubjectStatus>, Status> {
+        let call = call(&req)?;
+        let r = req.get_ref();
+        let change = Purpose::parse(&r.purpose).map(|purpose| {
+            Some(StateChange::Consent {
+                purpose,
+                granted: r.granted,
+                source: r.source.clone(),
+            })
+        });
+        self.state(
+            &call,
+            Operation::SetConsent,
+            &r.tenant_id,
+            &r.subject_id,
+            change,
+        )
+        .await
+    }
+
+    async fn list_consents(
+        &self,
+        req: Request<pb::ListConsentsRequest>,
+    ) -> Result<Response<pb::SubjectStatus>, Status> {
+        let call = call(&req)?;
+        let r = req.get_ref();
+        self.state(
+            &call,
+            Operation::ListConsents,
+            &r.tenant_id,
+            &r.subject_id,
+            Ok(None),
+        )
+        .await
+    }
+
     async fn erase_subject(
         &self,
         req: Request<pb::EraseSubjectRequest>,

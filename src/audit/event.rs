@@ -28,10 +28,15 @@ pub enum Operation {
     RotateIndexKey,
     Tokenize,
     Detokenize,
+    RestrictSubject,
+    LiftRestriction,
+    SetConsent,
+    ListConsents,
+    RetentionDelete,
 }
 
 impl Operation {
-    pub const ALL: [Operation; 16] = [
+    pub const ALL: [Operation; 21] = [
         Operation::CreateTenant,
         Operation::GetTenant,
         Operation::ListTenants,
@@ -48,6 +53,11 @@ impl Operation {
         Operation::RotateIndexKey,
         Operation::Tokenize,
         Operation::Detokenize,
+        Operation::RestrictSubject,
+        Operation::LiftRestriction,
+        Operation::SetConsent,
+        Operation::ListConsents,
+        Operation::RetentionDelete,
     ];
 
     pub fn name(self) -> &'static str {
@@ -68,6 +78,11 @@ impl Operation {
             Operation::RotateIndexKey => "rotate_index_key",
             Operation::Tokenize => "tokenize",
             Operation::Detokenize => "detokenize",
+            Operation::RestrictSubject => "restrict_subject",
+            Operation::LiftRestriction => "lift_restriction",
+            Operation::SetConsent => "set_consent",
+            Operation::ListConsents => "list_consents",
+            Operation::RetentionDelete => "retention_delete",
         }
     }
 
@@ -82,6 +97,10 @@ impl Operation {
                 | Operation::EraseSubject
                 | Operation::RotateIndexKey
                 | Operation::Tokenize
+                | Operation::RestrictSubject
+                | Operation::LiftRestriction
+                | Operation::SetConsent
+                | Operation::RetentionDelete
         )
     }
 

@@ -11,6 +11,7 @@ mod erasure;
 mod error;
 mod lookup;
 mod records;
+mod subject_rights;
 mod tenants;
 mod tokens;
 
@@ -23,6 +24,7 @@ pub use audit_sink::{JsonlSink, SinkConfig};
 pub use erasure::{ErasureReceipt, DEFAULT_KEY_EPOCH};
 pub use error::ServiceError;
 pub use records::SubjectPage;
+pub use subject_rights::StateChange;
 pub use tenants::TenantPage;
 pub use tokens::Tokenized;
 

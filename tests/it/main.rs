@@ -10,5 +10,6 @@ mod bad_input;
 mod erasure;
 mod records;
 mod restart;
+mod rights;
 mod tenants;
 mod tls;
