@@ -291,6 +291,7 @@ impl RawConfig {
                 ),
                 audit_enabled: true,
                 key_epoch_interval: crate::service::DEFAULT_KEY_EPOCH,
+                retention: crate::service::RetentionRules::default(),
                 audit_sink: match self.audit.jsonl_path {
                     None => None,
                     Some(path) => Some(SinkConfig {

@@ -34,6 +34,7 @@ pub fn value(i: usize) -> String {
 pub fn field_input(name: &str, i: usize) -> pb::FieldInput {
     pb::FieldInput {
         indexed: false,
+        ttl_seconds: 0,
         name: name.into(),
         category: pb::Category::Profile as i32,
         value: Some(pb::Value {

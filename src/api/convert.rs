@@ -56,6 +56,7 @@ fn new_field(f: pb::FieldInput) -> Result<NewField, InvalidInput> {
         category,
         value,
         indexed: f.indexed,
+        ttl: (f.ttl_seconds > 0).then(|| std::time::Duration::from_secs(f.ttl_seconds)),
     })
 }
 

@@ -179,6 +179,7 @@ pub async fn put(args: PutArgs) -> anyhow::Result<()> {
             };
             Ok(pb::FieldInput {
                 indexed: false,
+                ttl_seconds: 0,
                 name: name.to_owned(),
                 category,
                 value: Some(pb::Value { kind: Some(kind) }),

@@ -230,6 +230,8 @@ pub struct NewField {
     pub value: FieldValue,
     /// Index the value for lookup. Email and phone values are always indexed.
     pub indexed: bool,
+    /// Keep the field this long instead of its category's retention period.
+    pub ttl: Option<std::time::Duration>,
 }
 
 impl NewField {

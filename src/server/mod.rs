@@ -97,6 +97,7 @@ pub async fn serve(
         config.vault.clone(),
     )?);
     let pruner = tokio::spawn(prune_audit_daily(vault.clone()));
+    let sweeper = tokio::spawn(sweep_retention_hourly(vault.clone()));
 
     let apis = api::services(vault.clone());
     let max = config.max_message_bytes;
@@ -155,6 +156,8 @@ pub async fn serve(
 
     pruner.abort();
     let _ = pruner.await;
+    sweeper.abort();
+    let _ = sweeper.await;
     reloader.abort();
     let _ = reloader.await;
     // Drained: wait for the last handle so the store is closed (and its lock released)
@@ -208,6 +211,22 @@ async fn reload_policy_on_sighup(authz: Arc<Authz>) {
     }
     #[cfg(not(unix))]
     let _ = authz;
+}
+
+/// Deletes expired fields once an hour (and a minute after start).
+async fn sweep_retention_hourly(vault: Arc<Vault>) {
+    let mut tick = tokio::time::interval_at(
+        tokio::time::Instant::now() + Duration::from_secs(60),
+        Duration::from_secs(3600),
+    );
+    loop {
+        tick.tick().await;
+        match vault.sweep_retention().await {
+            Ok(n) if n > 0 => tracing::info!(deleted = n, "retention sweep deleted expired fields"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "retention sweep failed"),
+        }
+    }
 }
 
 /// Prunes audit events past their retention once a day (and once shortly after start).

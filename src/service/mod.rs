@@ -11,6 +11,7 @@ mod erasure;
 mod error;
 mod lookup;
 mod records;
+mod retention;
 mod subject_rights;
 mod tenants;
 mod tokens;
@@ -24,6 +25,7 @@ pub use audit_sink::{JsonlSink, SinkConfig};
 pub use erasure::{ErasureReceipt, DEFAULT_KEY_EPOCH};
 pub use error::ServiceError;
 pub use records::SubjectPage;
+pub use retention::RetentionRules;
 pub use subject_rights::StateChange;
 pub use tenants::TenantPage;
 pub use tokens::Tokenized;
@@ -64,6 +66,8 @@ pub struct VaultSettings {
     pub audit_retention: Duration,
     /// How often key epochs run; an erasure is final (no surviving key copy) after the next.
     pub key_epoch_interval: Duration,
+    /// How long fields of each category are kept when written without a TTL.
+    pub retention: RetentionRules,
     /// False only for the load generator's "auditing off" baseline: no configuration key
     /// reaches it, and `serve` always audits.
     pub audit_enabled: bool,
@@ -78,6 +82,7 @@ impl Default for VaultSettings {
             audit_retention: Duration::from_secs(365 * 86_400),
             audit_enabled: true,
             key_epoch_interval: DEFAULT_KEY_EPOCH,
+            retention: RetentionRules::default(),
         }
     }
 }
@@ -103,6 +108,7 @@ pub struct Vault {
     audit_retention: Duration,
     audit_enabled: bool,
     key_epoch_interval: Duration,
+    retention: RetentionRules,
     /// Queue of erased subjects whose field ciphertexts are purged in the background.
     purger: tokio::sync::mpsc::UnboundedSender<(crate::domain::TenantId, crate::domain::SubjectId)>,
 }
@@ -150,6 +156,7 @@ impl Vault {
             audit_retention: settings.audit_retention,
             audit_enabled: settings.audit_enabled,
             key_epoch_interval: settings.key_epoch_interval,
+            retention: settings.retention,
         })
     }
 

@@ -170,6 +170,7 @@ impl Vault {
                         sealed: dek
                             .seal(f.value.as_bytes(), &aad)
                             .map_err(|_| ServiceError::Internal("sealing a field failed".into()))?,
+                        expires_at: self.retention.expiry(f.category, f.ttl, self.clock.now()),
                         index_entry: match (&index_key, f.is_indexed()) {
                             (Some(key), true) => super::lookup::index_text(&f.value)
                                 .map(|text| super::lookup::entry(key, &f.name, &text, subject))
@@ -264,6 +265,8 @@ impl Vault {
         let records = if names.is_empty() {
             let mut all = self.store.fields(tenant, subject)?;
             all.retain(|r| grant.category(r.meta.category).is_ok());
+            // Storage order is by encoded key (length first); callers get name order.
+            all.sort_by(|a, b| a.meta.name.cmp(&b.meta.name));
             all
         } else {
             let mut sorted: Vec<&FieldName> = names.iter().collect();

@@ -57,6 +57,8 @@ impl Vault {
                     category: Category::Payment,
                     value: card.clone(),
                     indexed: false,
+                    // Tokens live until the token store is erased; not swept by category.
+                    ttl: Some(std::time::Duration::from_secs(100 * 365 * 86_400)),
                 };
                 self.write_fields(&grant, tenant, &token_store()?, &[field])?;
                 Ok(Tokenized {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::crypto::Sealed;
-use crate::domain::{FieldMeta, FieldName, SubjectId, SubjectState, TenantId};
+use crate::domain::{FieldMeta, FieldName, SubjectId, SubjectState, TenantId, Timestamp};
 
 use super::{
     AuditMarks, Erasure, FieldRecord, Store, StoreError, StoreResult, SubjectRecord, SubjectWrite,
@@ -82,6 +82,24 @@ impl Store for FaultyStore {
     }
     fn meta_remove(&self, key: &str) -> StoreResult<()> {
         self.inner.meta_remove(key)
+    }
+    fn expired(
+        &self,
+        tenant: &TenantId,
+        now: Timestamp,
+        limit: usize,
+    ) -> StoreResult<Vec<(SubjectId, FieldName, Timestamp)>> {
+        self.inner.expired(tenant, now, limit)
+    }
+    fn delete_expired(
+        &self,
+        tenant: &TenantId,
+        subject: &SubjectId,
+        name: &FieldName,
+        expires_at: Timestamp,
+    ) -> StoreResult<bool> {
+        self.write()?;
+        self.inner.delete_expired(tenant, subject, name, expires_at)
     }
     fn index_scan(&self, tenant: &TenantId, prefix: &[u8]) -> StoreResult<Vec<Vec<u8>>> {
         self.inner.index_scan(tenant, prefix)

@@ -16,7 +16,7 @@ pub use records::{
 pub use sled_store::SledStore;
 
 use crate::crypto::Sealed;
-use crate::domain::{FieldMeta, FieldName, SubjectId, SubjectState, TenantId};
+use crate::domain::{FieldMeta, FieldName, SubjectId, SubjectState, TenantId, Timestamp};
 
 /// What can go wrong in storage. Messages never contain stored bytes.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -118,6 +118,22 @@ pub trait Store: Send + Sync + 'static {
         subject: &SubjectId,
         state: &SubjectState,
     ) -> StoreResult<()>;
+
+    /// Fields of a tenant whose expiry is at or before `now`: (subject, field, expiry).
+    fn expired(
+        &self,
+        tenant: &TenantId,
+        now: Timestamp,
+        limit: usize,
+    ) -> StoreResult<Vec<(SubjectId, FieldName, Timestamp)>>;
+    /// Deletes a field if it still expires at `expires_at` (not rewritten since); true if deleted.
+    fn delete_expired(
+        &self,
+        tenant: &TenantId,
+        subject: &SubjectId,
+        name: &FieldName,
+        expires_at: Timestamp,
+    ) -> StoreResult<bool>;
 
     /// Blind-index entry keys of a tenant that start with `prefix`.
     fn index_scan(&self, tenant: &TenantId, prefix: &[u8]) -> StoreResult<Vec<Vec<u8>>>;

@@ -183,6 +183,8 @@ pub struct FieldRecord {
     pub sealed: Sealed,
     /// Key of this field's blind-index entry; empty when the field is not indexed.
     pub index_entry: Vec<u8>,
+    /// When the retention sweeper deletes the field (0: never).
+    pub expires_at: Timestamp,
 }
 
 impl FieldRecord {
@@ -199,6 +201,7 @@ impl FieldRecord {
             .u64(self.meta.updated_at.0)
             .bytes(&self.sealed.encode())
             .bytes(&self.index_entry)
+            .u64(self.expires_at.0)
             .finish()
     }
 
@@ -220,6 +223,7 @@ impl FieldRecord {
             kind,
             sealed: sealed(&mut r, Self::WHAT)?,
             index_entry: r.bytes()?.to_vec(),
+            expires_at: Timestamp(r.u64()?),
         };
         r.finish()?;
         Ok(rec)
@@ -235,6 +239,8 @@ pub struct SealedField {
     pub sealed: Sealed,
     /// Blind-index entry key to store for this field; empty for none.
     pub index_entry: Vec<u8>,
+    /// When the field expires (0: never).
+    pub expires_at: Timestamp,
 }
 
 /// One atomic write of a subject's fields.

@@ -6,6 +6,7 @@
 //! - `keks`: (tenant, version) → wrapped KEK.
 //! - `t/<tenant>/subjects`: subject → `SubjectRecord` (one tree per tenant: isolation).
 //! - `t/<tenant>/fields`: (subject, field name) → `FieldRecord`.
+//! - `t/<tenant>/expiry`: (expiry time, subject, field) of fields with a retention limit.
 //! - `t/<tenant>/index`: blind-index entry keys (version, field, HMAC tag, subject).
 //! - `t/<tenant>/state`: subject → consents and restriction.
 //! - `t/<tenant>/tombstones`: subject → `Tombstone` of an erased subject.
@@ -20,7 +21,7 @@ use std::sync::RwLock;
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 
 use crate::crypto::Sealed;
-use crate::domain::{FieldMeta, FieldName, SubjectId, SubjectState, TenantId};
+use crate::domain::{FieldMeta, FieldName, SubjectId, SubjectState, TenantId, Timestamp};
 
 use super::records::{
     category_bit, decode_state, encode_state, Erasure, FieldRecord, SubjectRecord, SubjectWrite,
@@ -42,6 +43,7 @@ struct TenantTrees {
     tombstones: sled::Tree,
     state: sled::Tree,
     index: sled::Tree,
+    expiry: sled::Tree,
 }
 
 /// sled-backed `Store`.
@@ -72,6 +74,15 @@ fn subject_key(subject: &SubjectId) -> Vec<u8> {
 
 fn field_key(subject: &SubjectId, name: &FieldName) -> Vec<u8> {
     Writer::new()
+        .str(subject.as_str())
+        .str(name.as_str())
+        .finish()
+}
+
+/// Expiry entries sort by time first, so the sweeper reads only what is due.
+fn expiry_key(at: Timestamp, subject: &SubjectId, name: &FieldName) -> Vec<u8> {
+    Writer::new()
+        .u64(at.0)
         .str(subject.as_str())
         .str(name.as_str())
         .finish()
@@ -138,6 +149,10 @@ impl SledStore {
                 .map_err(backend)?,
             state: self.db.open_tree(format!("{base}state")).map_err(backend)?,
             index: self.db.open_tree(format!("{base}index")).map_err(backend)?,
+            expiry: self
+                .db
+                .open_tree(format!("{base}expiry"))
+                .map_err(backend)?,
         };
         if let Ok(mut map) = self.tenant_trees.write() {
             map.insert(tenant.clone(), trees.clone());
@@ -316,8 +331,9 @@ impl Store for SledStore {
             &trees.fields,
             &trees.tombstones,
             &trees.index,
+            &trees.expiry,
         )
-            .transaction(|(subjects, fields, tombstones, index)| {
+            .transaction(|(subjects, fields, tombstones, index, expiry)| {
                 // Pure: this closure may run again on conflict, so it only reads and writes
                 // the transaction's trees.
                 if tombstones.get(&skey)?.is_some() {
@@ -362,11 +378,18 @@ impl Store for SledStore {
                         created_at: previous.as_ref().map_or(write.now, |p| p.meta.created_at),
                         updated_at: write.now,
                     };
+                    if let Some(old) = previous.as_ref().filter(|p| p.expires_at.0 != 0) {
+                        expiry.remove(expiry_key(old.expires_at, subject, &f.name))?;
+                    }
+                    if f.expires_at.0 != 0 {
+                        expiry.insert(expiry_key(f.expires_at, subject, &f.name), &[] as &[u8])?;
+                    }
                     let stored_field = FieldRecord {
                         meta: meta.clone(),
                         kind: f.kind,
                         sealed: f.sealed.clone(),
                         index_entry: f.index_entry.clone(),
+                        expires_at: f.expires_at,
                     };
                     fields.insert(key, stored_field.encode())?;
                     written.push(meta);
@@ -433,6 +456,66 @@ impl Store for SledStore {
                     subjects.insert(skey.as_slice(), rec.encode())?;
                 }
                 Ok(deleted)
+            })
+            .map_err(|e: TransactionError<StoreError>| tx_error(e))
+    }
+
+    fn expired(
+        &self,
+        tenant: &TenantId,
+        now: Timestamp,
+        limit: usize,
+    ) -> StoreResult<Vec<(SubjectId, FieldName, Timestamp)>> {
+        let end = now.0.saturating_add(1).to_be_bytes();
+        self.existing_trees(tenant)?
+            .expiry
+            .range(..&end[..])
+            .keys()
+            .take(limit)
+            .map(|k| {
+                let k = k.map_err(backend)?;
+                let mut r = crate::codec::Reader::new(&k, "expiry entry");
+                let at = Timestamp(r.u64()?);
+                let subject =
+                    SubjectId::parse(r.str()?).map_err(|_| StoreError::Corrupt("expiry entry"))?;
+                let name =
+                    FieldName::parse(r.str()?).map_err(|_| StoreError::Corrupt("expiry entry"))?;
+                r.finish()?;
+                Ok((subject, name, at))
+            })
+            .collect()
+    }
+
+    fn delete_expired(
+        &self,
+        tenant: &TenantId,
+        subject: &SubjectId,
+        name: &FieldName,
+        expires_at: Timestamp,
+    ) -> StoreResult<bool> {
+        let trees = self.existing_trees(tenant)?;
+        let fkey = field_key(subject, name);
+        let skey = subject_key(subject);
+        let ekey = expiry_key(expires_at, subject, name);
+        (&trees.subjects, &trees.fields, &trees.index, &trees.expiry)
+            .transaction(|(subjects, fields, index, expiry)| {
+                expiry.remove(ekey.as_slice())?;
+                let Some(field) = fields.get(&fkey)? else {
+                    return Ok(false);
+                };
+                let field = FieldRecord::decode(&field).map_err(abort)?;
+                if field.expires_at != expires_at {
+                    // Rewritten since: it has a new expiry entry of its own.
+                    return Ok(false);
+                }
+                fields.remove(fkey.as_slice())?;
+                if let Some(rec) = subjects.get(&skey)? {
+                    let mut rec = SubjectRecord::decode(&rec).map_err(abort)?;
+                    if unindex(index, &mut rec, &field.index_entry)? {
+                        subjects.insert(skey.as_slice(), rec.encode())?;
+                    }
+                }
+                Ok(true)
             })
             .map_err(|e: TransactionError<StoreError>| tx_error(e))
     }

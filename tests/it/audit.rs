@@ -465,6 +465,7 @@ async fn pruning_keeps_the_chain_verifiable() {
         category: Category::Usage,
         value: FieldValue::Text(v.into()),
         indexed: false,
+        ttl: None,
     };
     let purpose = Purpose::parse("support").expect("purpose");
     for i in 0..20 {

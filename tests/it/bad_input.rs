@@ -14,6 +14,7 @@ const MARK: &str = "Zq9Marker";
 fn field(name: &str, category: i32, value: Option<pb::value::Kind>) -> pb::FieldInput {
     pb::FieldInput {
         indexed: false,
+        ttl_seconds: 0,
         name: name.into(),
         category,
         value: value.map(|kind| pb::Value { kind: Some(kind) }),

@@ -10,6 +10,7 @@ mod bad_input;
 mod erasure;
 mod records;
 mod restart;
+mod retention;
 mod rights;
 mod tenants;
 mod tls;

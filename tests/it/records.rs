@@ -49,6 +49,7 @@ async fn a_field_of_every_category_round_trips() {
     // Bytes values round-trip too.
     let bytes = pb::FieldInput {
         indexed: false,
+        ttl_seconds: 0,
         name: "avatar".into(),
         category: pb::Category::Profile as i32,
         value: Some(pb::Value {

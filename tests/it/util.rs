@@ -154,6 +154,7 @@ pub async fn create_tenant(vault: &TestVault, id: &str) {
 pub fn text(name: &str, category: pb::Category, value: &str) -> pb::FieldInput {
     pb::FieldInput {
         indexed: false,
+        ttl_seconds: 0,
         name: name.into(),
         category: category as i32,
         value: Some(pb::Value {

@@ -1,0 +1,98 @@
+//! Retention: every field gets an expiry when written, from its own TTL or from its
+//! category's rule (section 6 of the privacy policy); the sweeper deletes expired fields
+//! and audits each deletion.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use crate::audit::Operation;
+use crate::authz::PeerIdentity;
+use crate::domain::{Category, Timestamp};
+
+use super::{Call, ServiceError, Vault};
+
+const DAY: u64 = 86_400;
+
+/// How long each category is kept after its last write, when no TTL is given.
+#[derive(Clone, Debug)]
+pub struct RetentionRules {
+    pub periods: HashMap<Category, Duration>,
+}
+
+impl Default for RetentionRules {
+    /// The policy's defaults: conversations 90 days, log data 12 months, transaction records
+    /// 7 years. Account data is kept while the account is active (it goes by erasure, within
+    /// 30 days of account deletion), so it has no time limit; neither have the categories the
+    /// policy gives no period.
+    fn default() -> Self {
+        let periods = [
+            (Category::Conversation, 90 * DAY),
+            (Category::Log, 365 * DAY),
+            (Category::Payment, 7 * 365 * DAY + 2 * DAY),
+        ]
+        .into_iter()
+        .map(|(c, secs)| (c, Duration::from_secs(secs)))
+        .collect();
+        Self { periods }
+    }
+}
+
+impl RetentionRules {
+    /// When a field written `now` expires: its TTL, else its category's period, else never
+    /// (`Timestamp(0)`).
+    pub fn expiry(&self, category: Category, ttl: Option<Duration>, now: Timestamp) -> Timestamp {
+        match ttl.or_else(|| self.periods.get(&category).copied()) {
+            None => Timestamp(0),
+            Some(d) => Timestamp(
+                now.0
+                    .saturating_add(u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
+            ),
+        }
+    }
+}
+
+/// Fields deleted per store scan.
+const SWEEP_BATCH: usize = 1000;
+
+impl Vault {
+    /// Deletes every field whose expiry has passed; returns how many. Each deletion is one
+    /// audit event by the `pii-vault/retention` identity.
+    pub async fn sweep_retention(&self) -> Result<u64, ServiceError> {
+        let call = Call {
+            caller: PeerIdentity::new("pii-vault/retention"),
+            request_id: "retention-sweep".into(),
+        };
+        let now = self.clock.now();
+        let mut deleted = 0;
+        let mut after = None;
+        loop {
+            let tenants = self.store.tenants(after.as_ref(), 100)?;
+            let Some(last) = tenants.last().map(|t| t.id.clone()) else {
+                return Ok(deleted);
+            };
+            for tenant in tenants {
+                loop {
+                    let due = self.store.expired(&tenant.id, now, SWEEP_BATCH)?;
+                    if due.is_empty() {
+                        break;
+                    }
+                    for (subject, field, at) in due {
+                        let removed = self
+                            .store
+                            .delete_expired(&tenant.id, &subject, &field, at)?;
+                        if removed {
+                            let mut ev = self.draft(&call, Operation::RetentionDelete);
+                            ev.tenant = tenant.id.to_string();
+                            ev.subject = subject.to_string();
+                            ev.fields = vec![field.to_string()];
+                            ev.reason = "retention period ended".into();
+                            self.record(ev, Ok(())).await?;
+                            deleted += 1;
+                        }
+                    }
+                }
+            }
+            after = Some(last);
+        }
+    }
+}
