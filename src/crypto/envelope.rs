@@ -7,17 +7,14 @@
 //! The format byte and key version are bound into the AEAD's associated data together with
 //! the caller's context (`Aad`), so editing either makes the envelope fail to open.
 
-use aes_gcm::aead::{Aead, KeyInit, Payload};
-use aes_gcm::{Aes256Gcm, Nonce};
 use zeroize::Zeroizing;
 
+use super::aead::{aead_open, aead_seal, NONCE_LEN, TAG_LEN};
 use super::key::{fill_random, Key, KeyRole};
 use super::CryptoError;
 
 /// Current envelope format.
 const FORMAT_V1: u8 = 1;
-const NONCE_LEN: usize = 12;
-const TAG_LEN: usize = 16;
 const HEADER_LEN: usize = 1 + 4 + NONCE_LEN;
 
 /// Associated data: the context a ciphertext is bound to. Each part is length-prefixed,
@@ -109,26 +106,12 @@ impl Sealed {
 }
 
 impl<R: KeyRole> Key<R> {
-    fn cipher(&self) -> Aes256Gcm {
-        // With aes-gcm's `zeroize` feature the expanded key schedule is cleared on drop.
-        Aes256Gcm::new(self.secret_bytes().into())
-    }
-
     /// Seals `plaintext` under this key, bound to `aad`, with a fresh random 96-bit nonce.
     pub fn seal(&self, plaintext: &[u8], aad: &Aad) -> Result<Sealed, CryptoError> {
         let mut nonce = [0u8; NONCE_LEN];
         fill_random(&mut nonce)?;
         let aad = aad.bytes_for(R::NAME, self.version());
-        let ciphertext = self
-            .cipher()
-            .encrypt(
-                Nonce::from_slice(&nonce),
-                Payload {
-                    msg: plaintext,
-                    aad: &aad,
-                },
-            )
-            .map_err(|_| CryptoError)?;
+        let ciphertext = aead_seal(self.secret_bytes(), &nonce, &aad, plaintext)?;
         Ok(Sealed {
             key_version: self.version(),
             nonce,
@@ -143,16 +126,7 @@ impl<R: KeyRole> Key<R> {
             return Err(CryptoError);
         }
         let aad = aad.bytes_for(R::NAME, self.version());
-        self.cipher()
-            .decrypt(
-                Nonce::from_slice(&sealed.nonce),
-                Payload {
-                    msg: &sealed.ciphertext,
-                    aad: &aad,
-                },
-            )
-            .map(Zeroizing::new)
-            .map_err(|_| CryptoError)
+        aead_open(self.secret_bytes(), &sealed.nonce, &aad, &sealed.ciphertext)
     }
 
     /// Wraps a child key under this one. The child's version is bound into the context,
