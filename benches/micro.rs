@@ -85,6 +85,7 @@ fn records(c: &mut Criterion) {
             version: 3,
             created_at: Timestamp(1_700_000_000_000),
             updated_at: Timestamp(1_700_000_100_000),
+            updated_by: "spiffe://bench/writer".into(),
         },
         kind: 1,
         sealed: dek.seal(&[b'x'; 32], &field_aad()).expect("seal"),

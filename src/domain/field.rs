@@ -250,6 +250,8 @@ pub struct FieldMeta {
     pub version: u64,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
+    /// Identity of the caller that wrote this version.
+    pub updated_by: String,
 }
 
 /// A stored field as a caller may see it.

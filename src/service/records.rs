@@ -10,7 +10,7 @@ use crate::domain::{
     Category, Field, FieldMeta, FieldName, FieldValue, InvalidInput, NewField, Purpose, SubjectId,
     TenantId,
 };
-use crate::storage::{FieldRecord, SealedField, StoreError, SubjectRecord, SubjectWrite};
+use crate::storage::{FieldRecord, SealedField, StoreError, SubjectRecord, SubjectWrite, Written};
 
 use super::tenants::paged;
 use super::{Call, ServiceError, Vault};
@@ -127,27 +127,38 @@ impl Vault {
         ev.fields = fields.iter().map(|f| f.name.to_string()).collect();
         let result = self
             .authorize(call, &mut ev, Action::Write, Some(tenant), None)
-            .and_then(|grant| self.write_fields(&grant, tenant, subject, fields));
+            .and_then(|grant| {
+                self.write_fields(&grant, call.caller.as_str(), tenant, subject, fields)
+            });
         if let Ok(written) = &result {
-            // Rectification trail: the versions replaced, never the values.
+            // Rectification trail: what each replaced version was, when and by whom it was
+            // written; never the value.
             ev.reason = written
                 .iter()
-                .filter(|m| m.version > 1)
-                .map(|m| format!("{} v{}->v{}", m.name, m.version - 1, m.version))
+                .filter_map(|w| {
+                    let p = w.previous.as_ref()?;
+                    let (secs, _) = p.updated_at.seconds_nanos();
+                    Some(format!(
+                        "{} v{} (written at {secs} by {}) -> v{}",
+                        p.name, p.version, p.updated_by, w.meta.version
+                    ))
+                })
                 .collect::<Vec<_>>()
-                .join(",");
+                .join("; ");
         }
         // The audit append's flush also makes the field write durable.
+        let result = result.map(|w| w.into_iter().map(|w| w.meta).collect());
         self.record(ev, result).await
     }
 
     pub(super) fn write_fields(
         &self,
         grant: &Grant,
+        by: &str,
         tenant: &TenantId,
         subject: &SubjectId,
         fields: &[NewField],
-    ) -> Result<Vec<FieldMeta>, ServiceError> {
+    ) -> Result<Vec<Written>, ServiceError> {
         self.check_put(fields)?;
         for f in fields {
             grant.category(f.category)?;
@@ -184,6 +195,7 @@ impl Vault {
                 subject: record,
                 fields: sealed,
                 now: self.clock.now(),
+                by: by.to_owned(),
             };
             match self.store.put_fields(tenant, subject, &write) {
                 Ok(written) => return Ok(written),

@@ -60,7 +60,13 @@ impl Vault {
                     // Tokens live until the token store is erased; not swept by category.
                     ttl: Some(std::time::Duration::from_secs(100 * 365 * 86_400)),
                 };
-                self.write_fields(&grant, tenant, &token_store()?, &[field])?;
+                self.write_fields(
+                    &grant,
+                    call.caller.as_str(),
+                    tenant,
+                    &token_store()?,
+                    &[field],
+                )?;
                 Ok(Tokenized {
                     token: token.to_string(),
                     masked: card

@@ -6,11 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::crypto::Sealed;
-use crate::domain::{FieldMeta, FieldName, SubjectId, SubjectState, TenantId, Timestamp};
+use crate::domain::{FieldName, SubjectId, SubjectState, TenantId, Timestamp};
 
 use super::{
     AuditMarks, Erasure, FieldRecord, Store, StoreError, StoreResult, SubjectRecord, SubjectWrite,
-    TenantRecord, Tombstone,
+    TenantRecord, Tombstone, Written,
 };
 
 /// Switches that make the wrapped store misbehave.
@@ -147,7 +147,7 @@ impl Store for FaultyStore {
         tenant: &TenantId,
         subject: &SubjectId,
         write: &SubjectWrite,
-    ) -> StoreResult<Vec<FieldMeta>> {
+    ) -> StoreResult<Vec<Written>> {
         self.write()?;
         self.inner.put_fields(tenant, subject, write)
     }

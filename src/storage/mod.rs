@@ -11,12 +11,12 @@ mod sled_store;
 pub use group_commit::GroupCommit;
 pub use records::{
     categories_in, category_bit, Erasure, FieldRecord, SealedField, SubjectRecord, SubjectWrite,
-    TenantRecord, Tombstone,
+    TenantRecord, Tombstone, Written,
 };
 pub use sled_store::SledStore;
 
 use crate::crypto::Sealed;
-use crate::domain::{FieldMeta, FieldName, SubjectId, SubjectState, TenantId, Timestamp};
+use crate::domain::{FieldName, SubjectId, SubjectState, TenantId, Timestamp};
 
 /// What can go wrong in storage. Messages never contain stored bytes.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -91,7 +91,7 @@ pub trait Store: Send + Sync + 'static {
         tenant: &TenantId,
         subject: &SubjectId,
         write: &SubjectWrite,
-    ) -> StoreResult<Vec<FieldMeta>>;
+    ) -> StoreResult<Vec<Written>>;
     /// Every field of a subject, in name order.
     fn fields(&self, tenant: &TenantId, subject: &SubjectId) -> StoreResult<Vec<FieldRecord>>;
     /// One field of a subject.

@@ -202,6 +202,7 @@ impl FieldRecord {
             .bytes(&self.sealed.encode())
             .bytes(&self.index_entry)
             .u64(self.expires_at.0)
+            .str(&self.meta.updated_by)
             .finish()
     }
 
@@ -212,18 +213,24 @@ impl FieldRecord {
         let name = FieldName::parse(r.str()?).map_err(corrupt)?;
         let category = Category::from_code(i64::from(r.u8()?)).map_err(corrupt)?;
         let kind = r.u8()?;
+        let (version, created_at, updated_at) =
+            (r.u64()?, Timestamp(r.u64()?), Timestamp(r.u64()?));
+        let sealed = sealed(&mut r, Self::WHAT)?;
+        let index_entry = r.bytes()?.to_vec();
+        let expires_at = Timestamp(r.u64()?);
         let rec = Self {
             meta: FieldMeta {
                 name,
                 category,
-                version: r.u64()?,
-                created_at: Timestamp(r.u64()?),
-                updated_at: Timestamp(r.u64()?),
+                version,
+                created_at,
+                updated_at,
+                updated_by: r.str()?.to_owned(),
             },
             kind,
-            sealed: sealed(&mut r, Self::WHAT)?,
-            index_entry: r.bytes()?.to_vec(),
-            expires_at: Timestamp(r.u64()?),
+            sealed,
+            index_entry,
+            expires_at,
         };
         r.finish()?;
         Ok(rec)
@@ -251,6 +258,15 @@ pub struct SubjectWrite {
     pub subject: SubjectRecord,
     pub fields: Vec<SealedField>,
     pub now: Timestamp,
+    /// Identity of the caller writing.
+    pub by: String,
+}
+
+/// A field version written, and the metadata (never the value) of the version it replaced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Written {
+    pub meta: FieldMeta,
+    pub previous: Option<FieldMeta>,
 }
 
 /// Encodes a subject's consents and restriction.

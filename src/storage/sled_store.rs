@@ -25,7 +25,7 @@ use crate::domain::{FieldMeta, FieldName, SubjectId, SubjectState, TenantId, Tim
 
 use super::records::{
     category_bit, decode_state, encode_state, Erasure, FieldRecord, SubjectRecord, SubjectWrite,
-    TenantRecord, Tombstone,
+    TenantRecord, Tombstone, Written,
 };
 use super::{AuditMarks, Store, StoreError, StoreResult};
 use crate::codec::Writer;
@@ -319,7 +319,7 @@ impl Store for SledStore {
         tenant: &TenantId,
         subject: &SubjectId,
         write: &SubjectWrite,
-    ) -> StoreResult<Vec<FieldMeta>> {
+    ) -> StoreResult<Vec<Written>> {
         let trees = self.existing_trees(tenant)?;
         let skey = subject_key(subject);
         let mask = write
@@ -377,6 +377,7 @@ impl Store for SledStore {
                         version: previous.as_ref().map_or(1, |p| p.meta.version + 1),
                         created_at: previous.as_ref().map_or(write.now, |p| p.meta.created_at),
                         updated_at: write.now,
+                        updated_by: write.by.clone(),
                     };
                     if let Some(old) = previous.as_ref().filter(|p| p.expires_at.0 != 0) {
                         expiry.remove(expiry_key(old.expires_at, subject, &f.name))?;
@@ -392,7 +393,10 @@ impl Store for SledStore {
                         expires_at: f.expires_at,
                     };
                     fields.insert(key, stored_field.encode())?;
-                    written.push(meta);
+                    written.push(Written {
+                        meta,
+                        previous: previous.map(|p| p.meta),
+                    });
                 }
                 if dirty {
                     subjects.insert(skey.as_slice(), record.encode())?;

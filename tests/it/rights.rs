@@ -149,3 +149,55 @@ async fn restriction_and_withdrawn_consent_refuse_reads_and_are_audited_as_denie
         .expect_err("empty source");
     assert_eq!(bad.code(), Code::InvalidArgument);
 }
+
+#[tokio::test]
+async fn rectification_keeps_the_previous_versions_metadata_but_never_its_value() {
+    let vault = TestVault::start().await;
+    create_tenant(&vault, "acme").await;
+    let c = vault.channel().await;
+    let mut records = pb::record_service_client::RecordServiceClient::new(c.clone());
+    put(
+        &mut records,
+        "acme",
+        "alice",
+        vec![text("email", pb::Category::Account, "old-9f3@example.com")],
+    )
+    .await
+    .expect("v1");
+    put(
+        &mut records,
+        "acme",
+        "alice",
+        vec![text("email", pb::Category::Account, "new-2c7@example.com")],
+    )
+    .await
+    .expect("v2");
+    let mut audit = pb::audit_service_client::AuditServiceClient::new(c.clone());
+    let mut stream = audit
+        .query_audit_log(pb::QueryAuditLogRequest {
+            operation: "put_fields".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("query")
+        .into_inner();
+    let mut events = Vec::new();
+    while let Some(m) = stream.message().await.expect("stream") {
+        events.extend(m.events);
+    }
+    assert_eq!(events.len(), 2);
+    assert!(
+        events[0].reason.is_empty(),
+        "a first write replaces nothing"
+    );
+    let trail = &events[1].reason;
+    assert!(trail.starts_with("email v1 (written at "), "{trail}");
+    assert!(
+        trail.contains(&format!("by {}) -> v2", pii_vault::certs::DEV_CLIENT_ID)),
+        "{trail}"
+    );
+    assert!(
+        !trail.contains("old-9f3") && !trail.contains("new-2c7"),
+        "{trail}"
+    );
+}
