@@ -35,6 +35,7 @@ pub fn field_input(name: &str, i: usize) -> pb::FieldInput {
     pb::FieldInput {
         indexed: false,
         ttl_seconds: 0,
+        transaction_record: false,
         name: name.into(),
         category: pb::Category::Profile as i32,
         value: Some(pb::Value {

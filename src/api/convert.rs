@@ -51,11 +51,17 @@ fn new_field(f: pb::FieldInput) -> Result<NewField, InvalidInput> {
     }
     let category = Category::from_code(i64::from(f.category))?;
     let value = field_value(f.value)?;
+    if f.transaction_record && category != Category::Payment {
+        return Err(InvalidInput::new(
+            "only payment fields can be transaction records",
+        ));
+    }
     Ok(NewField {
         name,
         category,
         value,
         indexed: f.indexed,
+        transaction_record: f.transaction_record,
         ttl: (f.ttl_seconds > 0).then(|| std::time::Duration::from_secs(f.ttl_seconds)),
     })
 }

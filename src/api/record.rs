@@ -28,13 +28,10 @@ pub(super) fn ids(
     tenant: &str,
     subject: &str,
 ) -> Result<(TenantId, SubjectId), crate::domain::InvalidInput> {
-    let subject = SubjectId::parse(subject)?;
-    if subject.is_reserved() {
-        return Err(crate::domain::InvalidInput::new(
-            "subject ids starting with pii-vault: are reserved for the vault",
-        ));
-    }
-    Ok((TenantId::parse(tenant)?, subject))
+    Ok((
+        TenantId::parse(tenant)?,
+        SubjectId::parse_external(subject)?,
+    ))
 }
 
 #[tonic::async_trait]

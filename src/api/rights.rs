@@ -36,6 +36,14 @@ fn receipt(r: ErasureReceipt) -> pb::ErasureReceipt {
             .map(|c| convert::category(c) as i32)
             .collect(),
         final_after: Some(convert::timestamp(r.final_after)),
+        retained: r
+            .retained
+            .into_iter()
+            .map(|(c, until)| pb::RetainedCategory {
+                category: convert::category(c) as i32,
+                retained_until: Some(convert::timestamp(until)),
+            })
+            .collect(),
         already_erased: r.already_erased,
     }
 }

@@ -180,6 +180,7 @@ pub async fn put(args: PutArgs) -> anyhow::Result<()> {
             Ok(pb::FieldInput {
                 indexed: false,
                 ttl_seconds: 0,
+                transaction_record: false,
                 name: name.to_owned(),
                 category,
                 value: Some(pb::Value { kind: Some(kind) }),

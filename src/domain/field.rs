@@ -232,6 +232,9 @@ pub struct NewField {
     pub indexed: bool,
     /// Keep the field this long instead of its category's retention period.
     pub ttl: Option<std::time::Duration>,
+    /// A payment transaction record: kept under a separate subject key for the legal
+    /// retention duty after the subject is erased.
+    pub transaction_record: bool,
 }
 
 impl NewField {

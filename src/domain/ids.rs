@@ -102,8 +102,9 @@ id_type!(
     TenantId, "tenant id", 63, lower_or_digit, tenant_char, "[a-z0-9-] (starting with a letter or digit)"
 );
 id_type!(
-    /// A subject (a person) within a tenant: 1 to 128 characters of `A-Za-z0-9._-:@`.
-    SubjectId, "subject id", 128, alnum, subject_char, "[A-Za-z0-9._:@-] (starting with a letter or digit)"
+    /// A subject (a person) within a tenant: 1 to 128 characters of `A-Za-z0-9._-:@` for
+    /// callers (`parse_external`); the vault's own internal ids may be longer.
+    SubjectId, "subject id", 160, alnum, subject_char, "[A-Za-z0-9._:@-] (starting with a letter or digit)"
 );
 id_type!(
     /// A field name: 1 to 64 characters of `a-z0-9_-.`, starting with a letter.
@@ -118,9 +119,36 @@ impl SubjectId {
     /// Prefix of subject ids the vault keeps for itself (the card token store).
     pub const RESERVED_PREFIX: &'static str = "pii-vault:";
 
+    /// Longest id a caller may use.
+    pub const MAX_EXTERNAL_LEN: usize = 128;
+
     /// True for ids callers may not use directly.
     pub fn is_reserved(&self) -> bool {
         self.0.starts_with(Self::RESERVED_PREFIX)
+    }
+
+    /// Parses an id given by a caller: at most 128 characters, not in the reserved space.
+    pub fn parse_external(s: &str) -> Result<Self, InvalidInput> {
+        let id = Self::parse(s)?;
+        if s.len() > Self::MAX_EXTERNAL_LEN {
+            return Err(InvalidInput::new(format!(
+                "subject id is {} bytes long; the limit is {}",
+                s.len(),
+                Self::MAX_EXTERNAL_LEN
+            )));
+        }
+        if id.is_reserved() {
+            return Err(InvalidInput::new(
+                "subject ids starting with pii-vault: are reserved for the vault",
+            ));
+        }
+        Ok(id)
+    }
+
+    /// The internal subject that holds this subject's records under a legal retention duty,
+    /// under a key of its own.
+    pub fn legal_shadow(&self) -> SubjectId {
+        SubjectId(format!("{}legal:{}", Self::RESERVED_PREFIX, self.0))
     }
 }
 
@@ -144,8 +172,14 @@ mod tests {
             }
         }
         assert!(TenantId::parse(&"a".repeat(64)).is_err());
-        assert!(SubjectId::parse(&"a".repeat(128)).is_ok());
-        assert!(SubjectId::parse(&"a".repeat(129)).is_err());
+        assert!(SubjectId::parse_external(&"a".repeat(128)).is_ok());
+        assert!(SubjectId::parse_external(&"a".repeat(129)).is_err());
+        assert!(SubjectId::parse_external("pii-vault:x").is_err());
+        let long = SubjectId::parse_external(&"a".repeat(128)).expect("id");
+        assert!(
+            SubjectId::parse(long.legal_shadow().as_str()).is_ok(),
+            "shadows round-trip"
+        );
         assert!(FieldName::parse("1abc").is_err());
     }
 }

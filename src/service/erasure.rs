@@ -17,6 +17,9 @@ use crate::storage::{categories_in, Erasure, Store, SubjectRecord, Tombstone};
 
 use super::{Call, ServiceError, Vault};
 
+/// Payment transaction records are kept 7 years (and two leap days) after erasure.
+const LEGAL_RETENTION_MICROS: u64 = (7 * 365 + 2) * 86_400 * 1_000_000;
+
 /// Field records deleted per purge step.
 const PURGE_BATCH: usize = 1000;
 
@@ -30,6 +33,9 @@ pub struct ErasureReceipt {
     /// Identity of the caller that erased the subject.
     pub caller: String,
     pub categories_erased: Vec<Category>,
+    /// Categories kept under a legal duty (payment transaction records), and until when:
+    /// their separate key is destroyed then.
+    pub retained: Vec<(Category, Timestamp)>,
     /// After this time no copy of the subject's key survives anywhere (the next key epoch).
     pub final_after: Timestamp,
     /// True when the subject had been erased before (the original receipt is returned).
@@ -123,12 +129,15 @@ impl Vault {
         subject: &SubjectId,
     ) -> Result<ErasureReceipt, ServiceError> {
         self.tenant(tenant)?;
+        let now = self.clock.now();
         let tombstone = Tombstone {
-            erased_at: self.clock.now(),
+            erased_at: now,
             caller: call.caller.to_string(),
             receipt_id: receipt_id(),
             categories: 0,
             purged: false,
+            retained_categories: 0,
+            retained_until: Timestamp(now.0.saturating_add(LEGAL_RETENTION_MICROS)),
         };
         let (t, already_erased) = match self.store.erase_subject(tenant, subject, &tombstone)? {
             Erasure::Erased(t) => (t, false),
@@ -144,6 +153,10 @@ impl Vault {
             erased_at: t.erased_at,
             caller: t.caller,
             categories_erased: categories_in(t.categories),
+            retained: categories_in(t.retained_categories)
+                .into_iter()
+                .map(|c| (c, t.retained_until))
+                .collect(),
             already_erased,
         })
     }

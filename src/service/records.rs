@@ -127,9 +127,7 @@ impl Vault {
         ev.fields = fields.iter().map(|f| f.name.to_string()).collect();
         let result = self
             .authorize(call, &mut ev, Action::Write, Some(tenant), None)
-            .and_then(|grant| {
-                self.write_fields(&grant, call.caller.as_str(), tenant, subject, fields)
-            });
+            .and_then(|grant| self.write_to_subject(&grant, call, tenant, subject, fields));
         if let Ok(written) = &result {
             // Rectification trail: what each replaced version was, when and by whom it was
             // written; never the value.
@@ -149,6 +147,62 @@ impl Vault {
         // The audit append's flush also makes the field write durable.
         let result = result.map(|w| w.into_iter().map(|w| w.meta).collect());
         self.record(ev, result).await
+    }
+
+    /// Writes `fields` to the subject, or, when they are payment transaction records, to its
+    /// legal shadow (creating the subject itself first, so its erasure covers the shadow).
+    fn write_to_subject(
+        &self,
+        grant: &Grant,
+        call: &Call,
+        tenant: &TenantId,
+        subject: &SubjectId,
+        fields: &[NewField],
+    ) -> Result<Vec<Written>, ServiceError> {
+        let records = fields.iter().filter(|f| f.transaction_record).count();
+        if records == 0 {
+            return self.write_fields(grant, call.caller.as_str(), tenant, subject, fields);
+        }
+        if records != fields.len() {
+            return Err(InvalidInput::new(
+                "transaction records are written in a request of their own (they live under a separate key)",
+            )
+            .into());
+        }
+        self.ensure_subject(call, tenant, subject)?;
+        self.write_fields(
+            grant,
+            call.caller.as_str(),
+            tenant,
+            &subject.legal_shadow(),
+            fields,
+        )
+    }
+
+    /// Creates the subject (its record and key) if it does not exist; refuses erased ones.
+    fn ensure_subject(
+        &self,
+        call: &Call,
+        tenant: &TenantId,
+        subject: &SubjectId,
+    ) -> Result<(), ServiceError> {
+        for _ in 0..MAX_CONFLICT_RETRIES {
+            let (record, _dek) = self.subject_key(tenant, subject)?;
+            let write = SubjectWrite {
+                subject: record,
+                fields: Vec::new(),
+                now: self.clock.now(),
+                by: call.caller.to_string(),
+            };
+            match self.store.put_fields(tenant, subject, &write) {
+                Ok(_) => return Ok(()),
+                Err(StoreError::Conflict) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ServiceError::Internal(
+            "too many concurrent writes to one subject".into(),
+        ))
     }
 
     pub(super) fn write_fields(
@@ -274,28 +328,57 @@ impl Vault {
         self.check_names(names.iter())?;
         self.tenant(tenant)?;
         let record = self.live_subject(tenant, subject)?;
-        let records = if names.is_empty() {
-            let mut all = self.store.fields(tenant, subject)?;
-            all.retain(|r| grant.category(r.meta.category).is_ok());
-            // Storage order is by encoded key (length first); callers get name order.
-            all.sort_by(|a, b| a.meta.name.cmp(&b.meta.name));
-            all
-        } else {
-            let mut sorted: Vec<&FieldName> = names.iter().collect();
-            sorted.sort();
-            sorted
-                .into_iter()
-                .map(|n| {
+        // Transaction records live in the subject's legal shadow, under a key of its own.
+        let shadow = subject.legal_shadow();
+        let shadow_record = self.store.subject(tenant, &shadow)?;
+        let mut found: Vec<(bool, FieldRecord)> = Vec::new();
+        if names.is_empty() {
+            found.extend(
+                self.store
+                    .fields(tenant, subject)?
+                    .into_iter()
+                    .map(|r| (false, r)),
+            );
+            if shadow_record.is_some() {
+                found.extend(
                     self.store
-                        .field(tenant, subject, n)?
-                        .ok_or_else(|| ServiceError::FieldNotFound(n.clone()))
-                })
-                .collect::<Result<Vec<_>, _>>()?
-        };
+                        .fields(tenant, &shadow)?
+                        .into_iter()
+                        .map(|r| (true, r)),
+                );
+            }
+            found.retain(|(_, r)| grant.category(r.meta.category).is_ok());
+        } else {
+            for n in names {
+                let rec = match self.store.field(tenant, subject, n)? {
+                    Some(r) => (false, r),
+                    None => match shadow_record
+                        .as_ref()
+                        .map(|_| self.store.field(tenant, &shadow, n))
+                    {
+                        Some(Ok(Some(r))) => (true, r),
+                        Some(Err(e)) => return Err(e.into()),
+                        _ => return Err(ServiceError::FieldNotFound(n.clone())),
+                    },
+                };
+                found.push(rec);
+            }
+        }
+        // Storage order is by encoded key (length first); callers get name order.
+        found.sort_by(|a, b| a.1.meta.name.cmp(&b.1.meta.name));
         let dek = self.keys.subject_dek(tenant, subject, &record)?;
-        records
+        let shadow_dek = match &shadow_record {
+            Some(r) if found.iter().any(|(in_shadow, _)| *in_shadow) => {
+                Some(self.keys.subject_dek(tenant, &shadow, r)?)
+            }
+            _ => None,
+        };
+        found
             .into_iter()
-            .map(|rec| Self::open_field(grant, tenant, subject, &dek, rec))
+            .map(|(in_shadow, rec)| match (in_shadow, &shadow_dek) {
+                (true, Some(d)) => Self::open_field(grant, tenant, &shadow, d, rec),
+                _ => Self::open_field(grant, tenant, subject, &dek, rec),
+            })
             .collect()
     }
 

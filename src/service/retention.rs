@@ -8,6 +8,7 @@ use std::time::Duration;
 use crate::audit::Operation;
 use crate::authz::PeerIdentity;
 use crate::domain::{Category, Timestamp};
+use crate::storage::{Erasure, Tombstone};
 
 use super::{Call, ServiceError, Vault};
 
@@ -55,6 +56,35 @@ impl RetentionRules {
 const SWEEP_BATCH: usize = 1000;
 
 impl Vault {
+    /// Erases the legal shadows whose retention duty ended: their separate key is destroyed
+    /// like any erased subject's. Returns how many.
+    async fn end_legal_holds(&self, call: &Call, now: Timestamp) -> Result<u64, ServiceError> {
+        let mut ended = 0;
+        for (tenant, shadow, until) in self.store.legal_holds_due(now)? {
+            let tombstone = Tombstone {
+                erased_at: now,
+                caller: call.caller.to_string(),
+                receipt_id: format!("legal-hold-end-{}", until.0),
+                categories: 0,
+                purged: false,
+                retained_categories: 0,
+                retained_until: Timestamp(0),
+            };
+            let erased = self.store.erase_subject(&tenant, &shadow, &tombstone)?;
+            let mut ev = self.draft(call, Operation::RetentionDelete);
+            ev.tenant = tenant.to_string();
+            ev.subject = shadow.to_string();
+            ev.reason = "legal retention duty ended; records' key destroyed".into();
+            self.record(ev, Ok(())).await?;
+            self.store.clear_legal_hold(&tenant, &shadow, until)?;
+            if matches!(erased, Erasure::Erased(_)) {
+                let _ = self.purger.send((tenant, shadow));
+                ended += 1;
+            }
+        }
+        Ok(ended)
+    }
+
     /// Deletes every field whose expiry has passed; returns how many. Each deletion is one
     /// audit event by the `pii-vault/retention` identity.
     pub async fn sweep_retention(&self) -> Result<u64, ServiceError> {
@@ -63,7 +93,7 @@ impl Vault {
             request_id: "retention-sweep".into(),
         };
         let now = self.clock.now();
-        let mut deleted = 0;
+        let mut deleted = self.end_legal_holds(&call, now).await?;
         let mut after = None;
         loop {
             let tenants = self.store.tenants(after.as_ref(), 100)?;

@@ -57,6 +57,7 @@ impl Vault {
                     category: Category::Payment,
                     value: card.clone(),
                     indexed: false,
+                    transaction_record: false,
                     // Tokens live until the token store is erased; not swept by category.
                     ttl: Some(std::time::Duration::from_secs(100 * 365 * 86_400)),
                 };

@@ -207,6 +207,20 @@ impl Store for FaultyStore {
     fn unpurged(&self) -> StoreResult<Vec<(TenantId, SubjectId)>> {
         self.inner.unpurged()
     }
+    fn legal_holds_due(
+        &self,
+        now: Timestamp,
+    ) -> StoreResult<Vec<(TenantId, SubjectId, Timestamp)>> {
+        self.inner.legal_holds_due(now)
+    }
+    fn clear_legal_hold(
+        &self,
+        tenant: &TenantId,
+        shadow: &SubjectId,
+        until: Timestamp,
+    ) -> StoreResult<()> {
+        self.inner.clear_legal_hold(tenant, shadow, until)
+    }
     fn epoch_pending(&self) -> StoreResult<Vec<(TenantId, u64)>> {
         self.inner.epoch_pending()
     }

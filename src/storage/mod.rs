@@ -147,7 +147,9 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<()>;
 
     /// Erases a subject atomically: deletes its record (and so its wrapped DEK), writes
-    /// `tombstone`, and marks the tenant for the next key epoch. Idempotent.
+    /// `tombstone`, and marks the tenant for the next key epoch. If the subject has a legal
+    /// shadow (records under a retention duty), the shadow's erasure is scheduled for
+    /// `tombstone.retained_until` in the same transaction. Idempotent.
     fn erase_subject(
         &self,
         tenant: &TenantId,
@@ -165,6 +167,17 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<usize>;
     /// Erased subjects whose field ciphertexts are not purged yet (resumed after a restart).
     fn unpurged(&self) -> StoreResult<Vec<(TenantId, SubjectId)>>;
+    /// Legal retention duties that ended by `now`: (tenant, shadow subject, end).
+    fn legal_holds_due(&self, now: Timestamp)
+        -> StoreResult<Vec<(TenantId, SubjectId, Timestamp)>>;
+    /// Removes a legal hold entry (after its shadow subject was erased).
+    fn clear_legal_hold(
+        &self,
+        tenant: &TenantId,
+        shadow: &SubjectId,
+        until: Timestamp,
+    ) -> StoreResult<()>;
+
     /// Tenants with erasures since their last key epoch, with an erasure counter.
     fn epoch_pending(&self) -> StoreResult<Vec<(TenantId, u64)>>;
     /// Clears a tenant's epoch mark if no erasure happened since the counter was `seen`.

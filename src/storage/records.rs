@@ -132,6 +132,9 @@ pub struct Tombstone {
     /// Categories the subject had (a category mask).
     pub categories: u32,
     pub purged: bool,
+    /// Categories kept under a legal retention duty (a category mask), and until when.
+    pub retained_categories: u32,
+    pub retained_until: Timestamp,
 }
 
 impl Tombstone {
@@ -145,6 +148,8 @@ impl Tombstone {
             .str(&self.receipt_id)
             .u32(self.categories)
             .u8(u8::from(self.purged))
+            .u32(self.retained_categories)
+            .u64(self.retained_until.0)
             .finish()
     }
 
@@ -157,6 +162,8 @@ impl Tombstone {
             receipt_id: r.str()?.to_owned(),
             categories: r.u32()?,
             purged: r.u8()? != 0,
+            retained_categories: r.u32()?,
+            retained_until: Timestamp(r.u64()?),
         };
         r.finish()?;
         Ok(rec)

@@ -12,6 +12,8 @@
 //! - `t/<tenant>/tombstones`: subject → `Tombstone` of an erased subject.
 //! - `epoch_pending`: tenant → erasure counter, for tenants with erasures since their last
 //!   key epoch.
+//! - `legal_holds`: (end, tenant, shadow subject) of records kept under a legal duty after
+//!   their subject's erasure.
 //! - `audit`: sequence number (u64 BE) → encoded audit event.
 
 use std::collections::HashMap;
@@ -54,6 +56,7 @@ pub struct SledStore {
     keks: sled::Tree,
     audit: sled::Tree,
     epoch_pending: sled::Tree,
+    legal_holds: sled::Tree,
     /// Open handles of per-tenant trees; opening a tree takes a lock inside sled.
     tenant_trees: RwLock<HashMap<TenantId, TenantTrees>>,
 }
@@ -88,6 +91,15 @@ fn expiry_key(at: Timestamp, subject: &SubjectId, name: &FieldName) -> Vec<u8> {
         .finish()
 }
 
+/// Legal holds sort by their end, so the sweeper reads only what is due.
+fn legal_hold_key(until: Timestamp, tenant: &TenantId, shadow: &SubjectId) -> Vec<u8> {
+    Writer::new()
+        .u64(until.0)
+        .str(tenant.as_str())
+        .str(shadow.as_str())
+        .finish()
+}
+
 fn kek_key(tenant: &TenantId, version: u32) -> Vec<u8> {
     Writer::new().str(tenant.as_str()).u32(version).finish()
 }
@@ -114,6 +126,7 @@ impl SledStore {
             keks: db.open_tree("keks").map_err(backend)?,
             audit: db.open_tree("audit").map_err(backend)?,
             epoch_pending: db.open_tree("epoch_pending").map_err(backend)?,
+            legal_holds: db.open_tree("legal_holds").map_err(backend)?,
             db,
             tenant_trees: RwLock::new(HashMap::new()),
         })
@@ -591,6 +604,9 @@ impl Store for SledStore {
     ) -> StoreResult<Erasure> {
         let trees = self.existing_trees(tenant)?;
         let skey = subject_key(subject);
+        let shadow = subject.legal_shadow();
+        let shadow_key = subject_key(&shadow);
+        let hold_key = legal_hold_key(tombstone.retained_until, tenant, &shadow);
         let tkey = tenant.as_str().as_bytes();
         (
             &trees.subjects,
@@ -598,8 +614,9 @@ impl Store for SledStore {
             &self.epoch_pending,
             &trees.state,
             &trees.index,
+            &self.legal_holds,
         )
-            .transaction(|(subjects, tombstones, pending, state, index)| {
+            .transaction(|(subjects, tombstones, pending, state, index, holds)| {
                 if let Some(earlier) = tombstones.get(&skey)? {
                     return Ok(Erasure::AlreadyErased(
                         Tombstone::decode(&earlier).map_err(abort)?,
@@ -609,10 +626,18 @@ impl Store for SledStore {
                     return Ok(Erasure::NotFound);
                 };
                 let record = SubjectRecord::decode(&record).map_err(abort)?;
-                let written = Tombstone {
+                let mut written = Tombstone {
                     categories: record.categories,
                     ..tombstone.clone()
                 };
+                match subjects.get(&shadow_key)? {
+                    Some(shadow) => {
+                        let shadow = SubjectRecord::decode(&shadow).map_err(abort)?;
+                        written.retained_categories = shadow.categories;
+                        holds.insert(hold_key.as_slice(), &[] as &[u8])?;
+                    }
+                    None => written.retained_until = Timestamp(0),
+                }
                 tombstones.insert(skey.as_slice(), written.encode())?;
                 state.remove(skey.as_slice())?;
                 for entry in &record.index_entries {
@@ -684,6 +709,40 @@ impl Store for SledStore {
             }
         }
         Ok(out)
+    }
+
+    fn legal_holds_due(
+        &self,
+        now: Timestamp,
+    ) -> StoreResult<Vec<(TenantId, SubjectId, Timestamp)>> {
+        let end = now.0.saturating_add(1).to_be_bytes();
+        self.legal_holds
+            .range(..&end[..])
+            .keys()
+            .map(|k| {
+                let k = k.map_err(backend)?;
+                let mut r = crate::codec::Reader::new(&k, "legal hold");
+                let until = Timestamp(r.u64()?);
+                let tenant =
+                    TenantId::parse(r.str()?).map_err(|_| StoreError::Corrupt("legal hold"))?;
+                let shadow =
+                    SubjectId::parse(r.str()?).map_err(|_| StoreError::Corrupt("legal hold"))?;
+                r.finish()?;
+                Ok((tenant, shadow, until))
+            })
+            .collect()
+    }
+
+    fn clear_legal_hold(
+        &self,
+        tenant: &TenantId,
+        shadow: &SubjectId,
+        until: Timestamp,
+    ) -> StoreResult<()> {
+        self.legal_holds
+            .remove(legal_hold_key(until, tenant, shadow))
+            .map(|_| ())
+            .map_err(backend)
     }
 
     fn epoch_pending(&self) -> StoreResult<Vec<(TenantId, u64)>> {

@@ -466,6 +466,7 @@ async fn pruning_keeps_the_chain_verifiable() {
         value: FieldValue::Text(v.into()),
         indexed: false,
         ttl: None,
+        transaction_record: false,
     };
     let purpose = Purpose::parse("support").expect("purpose");
     for i in 0..20 {

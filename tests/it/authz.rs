@@ -81,6 +81,7 @@ fn card_field() -> pb::FieldInput {
     pb::FieldInput {
         indexed: false,
         ttl_seconds: 0,
+        transaction_record: false,
         name: "card".into(),
         category: pb::Category::Payment as i32,
         value: value(pb::value::Kind::CardNumber("4242 4242 4242 4242".into())),
@@ -91,6 +92,7 @@ fn email_field(email: &str) -> pb::FieldInput {
     pb::FieldInput {
         indexed: false,
         ttl_seconds: 0,
+        transaction_record: false,
         name: "email".into(),
         category: pb::Category::Account as i32,
         value: value(pb::value::Kind::Email(email.into())),
@@ -416,6 +418,7 @@ async fn cards_are_masked_by_grant_and_typed_values_are_validated() {
     let bad = |name: &str, category: pb::Category, kind: pb::value::Kind| pb::FieldInput {
         indexed: false,
         ttl_seconds: 0,
+        transaction_record: false,
         name: name.into(),
         category: category as i32,
         value: value(kind),

@@ -15,6 +15,7 @@ fn field(name: &str, category: i32, value: Option<pb::value::Kind>) -> pb::Field
     pb::FieldInput {
         indexed: false,
         ttl_seconds: 0,
+        transaction_record: false,
         name: name.into(),
         category,
         value: value.map(|kind| pb::Value { kind: Some(kind) }),

@@ -50,6 +50,7 @@ async fn a_field_of_every_category_round_trips() {
     let bytes = pb::FieldInput {
         indexed: false,
         ttl_seconds: 0,
+        transaction_record: false,
         name: "avatar".into(),
         category: pb::Category::Profile as i32,
         value: Some(pb::Value {

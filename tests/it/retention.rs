@@ -22,23 +22,36 @@ fn field(name: &str, category: Category, ttl: Option<Duration>) -> NewField {
         value: FieldValue::Text(format!("{name} value")),
         indexed: false,
         ttl,
+        transaction_record: false,
     }
 }
 
-#[tokio::test]
-async fn fields_past_their_retention_are_swept_and_audited() {
-    let dir = tempfile::TempDir::new().expect("dir");
+/// A vault over a temporary sled store with a hand-moved clock and the dev policy.
+fn vault_at(dir: &tempfile::TempDir) -> (Vault, Arc<ManualClock>, Arc<dyn Store>, Call) {
     let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path(), 1 << 22).expect("open"));
     let keys = Keyring::open(RootKeys::generate().expect("root"), store.clone()).expect("keys");
     let policy = Policy::parse(&Policy::dev_default_text("spiffe://test/admin")).expect("policy");
     let authz = Arc::new(Authz::fixed(policy, PurposeRules::default()));
     let clock = Arc::new(ManualClock::new(Timestamp(1_700_000_000_000_000)));
-    let vault =
-        Vault::open(store, keys, authz, clock.clone(), VaultSettings::default()).expect("vault");
+    let vault = Vault::open(
+        store.clone(),
+        keys,
+        authz,
+        clock.clone(),
+        VaultSettings::default(),
+    )
+    .expect("vault");
     let call = Call {
         caller: PeerIdentity::new("spiffe://test/admin"),
         request_id: "r".into(),
     };
+    (vault, clock, store, call)
+}
+
+#[tokio::test]
+async fn fields_past_their_retention_are_swept_and_audited() {
+    let dir = tempfile::TempDir::new().expect("dir");
+    let (vault, clock, _store, call) = vault_at(&dir);
     let acme = TenantId::parse("acme").expect("id");
     let alice = SubjectId::parse("alice").expect("id");
     vault.create_tenant(&call, &acme).await.expect("tenant");
@@ -145,4 +158,92 @@ async fn fields_past_their_retention_are_swept_and_audited() {
             ("pii-vault/retention", "access_log".to_owned())
         ]
     );
+}
+
+#[tokio::test]
+async fn transaction_records_outlive_erasure_under_their_own_key_for_seven_years() {
+    let dir = tempfile::TempDir::new().expect("dir");
+    let (vault, clock, store, call) = vault_at(&dir);
+    let acme = TenantId::parse("acme").expect("id");
+    let alice = SubjectId::parse("alice").expect("id");
+    vault.create_tenant(&call, &acme).await.expect("tenant");
+    vault
+        .put_fields(
+            &call,
+            &acme,
+            &alice,
+            &[field("email", Category::Account, None)],
+        )
+        .await
+        .expect("account data");
+    let mut txn = field("txn_2026_0042", Category::Payment, None);
+    txn.transaction_record = true;
+    let mixed = [field("iban_note", Category::Payment, None), txn.clone()];
+    assert!(matches!(
+        vault.put_fields(&call, &acme, &alice, &mixed).await,
+        Err(ServiceError::InvalidArgument(_))
+    ));
+    vault
+        .put_fields(&call, &acme, &alice, &[txn])
+        .await
+        .expect("transaction record");
+    let purpose = Purpose::parse("billing").expect("purpose");
+    let all = vault
+        .get_fields(&call, &acme, &alice, &[], &purpose)
+        .await
+        .expect("read");
+    let names: Vec<String> = all.iter().map(|f| f.meta.name.to_string()).collect();
+    assert_eq!(
+        names,
+        ["email", "txn_2026_0042"],
+        "read back with the subject's other fields"
+    );
+
+    let receipt = vault
+        .erase_subject(&call, &acme, &alice)
+        .await
+        .expect("erase");
+    assert_eq!(receipt.categories_erased, [Category::Account]);
+    let seven_years = (7 * 365 + 2) * DAY;
+    assert_eq!(
+        receipt.retained,
+        [(
+            Category::Payment,
+            Timestamp(receipt.erased_at.0 + seven_years)
+        )]
+    );
+    assert!(matches!(
+        vault.get_fields(&call, &acme, &alice, &[], &purpose).await,
+        Err(ServiceError::SubjectErased)
+    ));
+    // Held, under its own key, until the duty ends.
+    let shadow = alice.legal_shadow();
+    assert!(store.subject(&acme, &shadow).expect("shadow").is_some());
+    clock.advance_micros(seven_years - DAY);
+    vault.sweep_retention().await.expect("sweep");
+    assert!(
+        store.subject(&acme, &shadow).expect("shadow").is_some(),
+        "still within the duty"
+    );
+    clock.advance_micros(2 * DAY);
+    vault.sweep_retention().await.expect("sweep");
+    assert!(
+        store.subject(&acme, &shadow).expect("shadow").is_none(),
+        "its key is destroyed"
+    );
+    assert!(store
+        .tombstone(&acme, &shadow)
+        .expect("tombstone")
+        .is_some());
+    assert!(store
+        .legal_holds_due(Timestamp(u64::MAX))
+        .expect("holds")
+        .is_empty());
+    let ended = vault
+        .audit_log()
+        .query(&AuditFilter::default(), 0, 10_000)
+        .expect("query")
+        .0;
+    assert!(ended.iter().any(|e| e.draft.subject == shadow.as_str()
+        && e.draft.reason.contains("legal retention duty ended")));
 }

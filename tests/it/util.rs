@@ -155,6 +155,7 @@ pub fn text(name: &str, category: pb::Category, value: &str) -> pb::FieldInput {
     pb::FieldInput {
         indexed: false,
         ttl_seconds: 0,
+        transaction_record: false,
         name: name.into(),
         category: category as i32,
         value: Some(pb::Value {
