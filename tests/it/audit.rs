@@ -5,40 +5,23 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pii_vault::audit::{AuditFilter, Operation, Outcome};
-use pii_vault::authz::{Authz, PeerIdentity, Policy, PurposeRules};
 use pii_vault::certs::DEV_CLIENT_ID;
-use pii_vault::domain::{
-    Category, FieldName, FieldValue, ManualClock, NewField, Purpose, SubjectId, TenantId, Timestamp,
-};
+use pii_vault::domain::{Category, FieldName, FieldValue, NewField, Purpose, SubjectId, TenantId};
 use pii_vault::keyring::{Keyring, RootKeys};
 use pii_vault::proto::v1 as pb;
-use pii_vault::service::{verify_store, Call, Vault, VaultSettings};
+use pii_vault::service::verify_store;
 use pii_vault::storage::faults::{Faults, FaultyStore};
 use pii_vault::storage::{SledStore, Store};
 use prost::Message;
 use tonic::Code;
 
-use crate::util::{bytes_occur_below, create_tenant, get, put, test_config, text, TestVault};
+use crate::util::{
+    audit_events, by_operation, bytes_occur_below, clocked_vault, create_tenant, get, put,
+    test_config, text, TestVault,
+};
 
 async fn query(vault: &TestVault, req: pb::QueryAuditLogRequest) -> Vec<pb::AuditEvent> {
-    let mut client = pb::audit_service_client::AuditServiceClient::new(vault.channel().await);
-    let mut stream = client
-        .query_audit_log(req)
-        .await
-        .expect("query")
-        .into_inner();
-    let mut events = Vec::new();
-    while let Some(msg) = stream.message().await.expect("stream") {
-        events.extend(msg.events);
-    }
-    events
-}
-
-fn by_operation(op: &str) -> pb::QueryAuditLogRequest {
-    pb::QueryAuditLogRequest {
-        operation: op.into(),
-        ..Default::default()
-    }
+    audit_events(&vault.channel().await, req).await
 }
 
 #[tokio::test]
@@ -440,24 +423,8 @@ async fn concurrent_requests_share_flushes() {
 #[tokio::test]
 async fn pruning_keeps_the_chain_verifiable() {
     let dir = tempfile::TempDir::new().expect("dir");
-    let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path(), 1 << 22).expect("open"));
-    let keys = Keyring::open(RootKeys::generate().expect("root"), store.clone()).expect("keys");
+    let (vault, clock, _store, call) = clocked_vault(&dir);
     let day = 86_400_000_000u64;
-    let clock = Arc::new(ManualClock::new(Timestamp(1_700_000_000_000_000)));
-    let policy = Policy::parse(&Policy::dev_default_text("spiffe://test/admin")).expect("policy");
-    let authz = Arc::new(Authz::fixed(policy, PurposeRules::default()));
-    let vault = Vault::open(
-        store.clone(),
-        keys,
-        authz,
-        clock.clone(),
-        VaultSettings::default(),
-    )
-    .expect("vault");
-    let call = Call {
-        caller: PeerIdentity::new("spiffe://test/admin"),
-        request_id: "r".into(),
-    };
     let tenant = TenantId::parse("acme").expect("id");
     vault.create_tenant(&call, &tenant).await.expect("tenant");
     let field = |v: &str| NewField {

@@ -7,7 +7,9 @@ use tonic::transport::Channel;
 use tonic::Code;
 
 use crate::erasure::erase;
-use crate::util::{channel_as, client_for, put, start_with_policy, text, TestVault};
+use crate::util::{
+    audit_events, by_operation, channel_as, client_for, put, start_with_policy, text, TestVault,
+};
 
 const POLICY: &str = r#"
 [roles]
@@ -289,42 +291,21 @@ async fn every_role_gets_exactly_its_grants_and_denials_are_audited() {
         }
     }
     // Every denial is in the audit log, as denied, with the caller.
-    let mut audit = pb::audit_service_client::AuditServiceClient::new(security.clone());
-    let mut stream = audit
-        .query_audit_log(pb::QueryAuditLogRequest {
-            limit: 100_000,
-            ..Default::default()
-        })
+    let limit_all = pb::QueryAuditLogRequest {
+        limit: 100_000,
+        ..Default::default()
+    };
+    let denials: Vec<_> = audit_events(&security, limit_all)
         .await
-        .expect("query")
-        .into_inner();
-    let mut denials = Vec::new();
-    while let Some(m) = stream.message().await.expect("stream") {
-        denials.extend(
-            m.events
-                .into_iter()
-                .filter(|e| e.outcome == pb::Outcome::Denied as i32),
-        );
-    }
+        .into_iter()
+        .filter(|e| e.outcome == pb::Outcome::Denied as i32)
+        .collect();
     assert_eq!(denials.len(), denied, "one denied event per refused call");
     assert!(denials
         .iter()
         .all(|e| e.caller.starts_with("spiffe://test/") && e.reason.contains("no rule grants")));
     // Allowed events record the rule that decided.
-    let mut stream = audit
-        .query_audit_log(pb::QueryAuditLogRequest {
-            operation: "tokenize".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("query")
-        .into_inner();
-    let ok = stream
-        .message()
-        .await
-        .expect("stream")
-        .expect("page")
-        .events;
+    let ok = audit_events(&security, by_operation("tokenize")).await;
     assert!(ok
         .iter()
         .any(|e| e.outcome == pb::Outcome::Ok as i32 && e.rule == "billing"));

@@ -7,7 +7,7 @@ use pii_vault::storage::{SledStore, Store};
 use tonic::transport::Channel;
 use tonic::Code;
 
-use crate::util::{create_tenant, get, put, text, TestVault};
+use crate::util::{audit_events, by_operation, create_tenant, get, put, text, TestVault};
 
 pub async fn erase(
     channel: Channel,
@@ -180,19 +180,7 @@ async fn erasure_is_audited_with_its_receipt() {
     let receipt = erase(vault.channel().await, "acme", "alice")
         .await
         .expect("erase");
-    let mut audit = pb::audit_service_client::AuditServiceClient::new(vault.channel().await);
-    let mut stream = audit
-        .query_audit_log(pb::QueryAuditLogRequest {
-            operation: "erase_subject".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("query")
-        .into_inner();
-    let mut events = Vec::new();
-    while let Some(m) = stream.message().await.expect("stream") {
-        events.extend(m.events);
-    }
+    let events = audit_events(&vault.channel().await, by_operation("erase_subject")).await;
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].subject_id, "alice");
     assert!(events[0].reason.contains(&receipt.receipt_id));

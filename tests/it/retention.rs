@@ -1,17 +1,15 @@
 //! Retention: fields past their category's period or their own TTL are gone after the
 //! sweeper runs; each deletion is audited. Time is injected: no sleeping.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use pii_vault::audit::{AuditFilter, Operation};
-use pii_vault::authz::{Authz, PeerIdentity, Policy, PurposeRules};
 use pii_vault::domain::{
-    Category, FieldName, FieldValue, ManualClock, NewField, Purpose, SubjectId, TenantId, Timestamp,
+    Category, FieldName, FieldValue, NewField, Purpose, SubjectId, TenantId, Timestamp,
 };
-use pii_vault::keyring::{Keyring, RootKeys};
-use pii_vault::service::{Call, ServiceError, Vault, VaultSettings};
-use pii_vault::storage::{SledStore, Store};
+use pii_vault::service::ServiceError;
+
+use crate::util::clocked_vault;
 
 const DAY: u64 = 86_400_000_000;
 
@@ -26,32 +24,10 @@ fn field(name: &str, category: Category, ttl: Option<Duration>) -> NewField {
     }
 }
 
-/// A vault over a temporary sled store with a hand-moved clock and the dev policy.
-fn vault_at(dir: &tempfile::TempDir) -> (Vault, Arc<ManualClock>, Arc<dyn Store>, Call) {
-    let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path(), 1 << 22).expect("open"));
-    let keys = Keyring::open(RootKeys::generate().expect("root"), store.clone()).expect("keys");
-    let policy = Policy::parse(&Policy::dev_default_text("spiffe://test/admin")).expect("policy");
-    let authz = Arc::new(Authz::fixed(policy, PurposeRules::default()));
-    let clock = Arc::new(ManualClock::new(Timestamp(1_700_000_000_000_000)));
-    let vault = Vault::open(
-        store.clone(),
-        keys,
-        authz,
-        clock.clone(),
-        VaultSettings::default(),
-    )
-    .expect("vault");
-    let call = Call {
-        caller: PeerIdentity::new("spiffe://test/admin"),
-        request_id: "r".into(),
-    };
-    (vault, clock, store, call)
-}
-
 #[tokio::test]
 async fn fields_past_their_retention_are_swept_and_audited() {
     let dir = tempfile::TempDir::new().expect("dir");
-    let (vault, clock, _store, call) = vault_at(&dir);
+    let (vault, clock, _store, call) = clocked_vault(&dir);
     let acme = TenantId::parse("acme").expect("id");
     let alice = SubjectId::parse("alice").expect("id");
     vault.create_tenant(&call, &acme).await.expect("tenant");
@@ -163,7 +139,7 @@ async fn fields_past_their_retention_are_swept_and_audited() {
 #[tokio::test]
 async fn transaction_records_outlive_erasure_under_their_own_key_for_seven_years() {
     let dir = tempfile::TempDir::new().expect("dir");
-    let (vault, clock, store, call) = vault_at(&dir);
+    let (vault, clock, store, call) = clocked_vault(&dir);
     let acme = TenantId::parse("acme").expect("id");
     let alice = SubjectId::parse("alice").expect("id");
     vault.create_tenant(&call, &acme).await.expect("tenant");

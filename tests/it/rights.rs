@@ -4,7 +4,7 @@ use pii_vault::proto::v1 as pb;
 use tonic::transport::Channel;
 use tonic::Code;
 
-use crate::util::{create_tenant, put, text, TestVault};
+use crate::util::{audit_events, by_operation, create_tenant, put, text, TestVault};
 
 fn rights(c: &Channel) -> pb::subject_rights_service_client::SubjectRightsServiceClient<Channel> {
     pb::subject_rights_service_client::SubjectRightsServiceClient::new(c.clone())
@@ -106,28 +106,16 @@ async fn restriction_and_withdrawn_consent_refuse_reads_and_are_audited_as_denie
     assert!(!listed.consents[0].granted);
 
     // Three refused reads: each one audited as denied, with the reason.
-    let mut audit = pb::audit_service_client::AuditServiceClient::new(c.clone());
-    let mut stream = audit
-        .query_audit_log(pb::QueryAuditLogRequest {
-            operation: "get_fields".into(),
-            ..Default::default()
-        })
+    let denied: Vec<_> = audit_events(&c, by_operation("get_fields"))
         .await
-        .expect("query")
-        .into_inner();
-    let mut denied = Vec::new();
-    while let Some(m) = stream.message().await.expect("stream") {
-        denied.extend(
-            m.events
-                .into_iter()
-                .filter(|e| e.outcome == pb::Outcome::Denied as i32),
-        );
-    }
+        .into_iter()
+        .filter(|e| e.outcome == pb::Outcome::Denied as i32)
+        .collect();
     assert_eq!(denied.len(), 3);
     assert!(denied[0].reason.contains("restricted"));
     assert_eq!(denied[1].purpose, "marketing");
     // State survives a restart; the source must be sane.
-    drop((c, audit));
+    drop(c);
     let vault = vault.restart().await;
     let c = vault.channel().await;
     assert_eq!(
@@ -172,19 +160,7 @@ async fn rectification_keeps_the_previous_versions_metadata_but_never_its_value(
     )
     .await
     .expect("v2");
-    let mut audit = pb::audit_service_client::AuditServiceClient::new(c.clone());
-    let mut stream = audit
-        .query_audit_log(pb::QueryAuditLogRequest {
-            operation: "put_fields".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("query")
-        .into_inner();
-    let mut events = Vec::new();
-    while let Some(m) = stream.message().await.expect("stream") {
-        events.extend(m.events);
-    }
+    let events = audit_events(&c, by_operation("put_fields")).await;
     assert_eq!(events.len(), 2);
     assert!(
         events[0].reason.is_empty(),

@@ -272,3 +272,55 @@ pub async fn channel_as(vault: &TestVault, certs: &ClientCerts) -> Channel {
         .await
         .expect("connect")
 }
+
+/// Every audit event a query streams back, collected (as a caller allowed `audit_read`).
+pub async fn audit_events(channel: &Channel, req: pb::QueryAuditLogRequest) -> Vec<pb::AuditEvent> {
+    let mut client = pb::audit_service_client::AuditServiceClient::new(channel.clone());
+    let mut stream = client
+        .query_audit_log(req)
+        .await
+        .expect("query")
+        .into_inner();
+    let mut events = Vec::new();
+    while let Some(msg) = stream.message().await.expect("stream") {
+        events.extend(msg.events);
+    }
+    events
+}
+
+/// A query for one operation's events.
+pub fn by_operation(op: &str) -> pb::QueryAuditLogRequest {
+    pb::QueryAuditLogRequest {
+        operation: op.into(),
+        ..Default::default()
+    }
+}
+
+/// A vault used in-process (no gRPC) over a temporary sled store, with a hand-moved clock
+/// and a policy that lets `spiffe://test/admin` do everything.
+pub fn clocked_vault(
+    dir: &TempDir,
+) -> (
+    pii_vault::service::Vault,
+    Arc<pii_vault::domain::ManualClock>,
+    Arc<dyn Store>,
+    pii_vault::service::Call,
+) {
+    use pii_vault::authz::{Authz, PeerIdentity, Policy, PurposeRules};
+    let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path(), 1 << 22).expect("open"));
+    let root = pii_vault::keyring::RootKeys::generate().expect("root");
+    let keys = pii_vault::keyring::Keyring::open(root, store.clone()).expect("keys");
+    let policy = Policy::parse(&Policy::dev_default_text("spiffe://test/admin")).expect("policy");
+    let authz = Arc::new(Authz::fixed(policy, PurposeRules::default()));
+    let start = pii_vault::domain::Timestamp(1_700_000_000_000_000);
+    let clock = Arc::new(pii_vault::domain::ManualClock::new(start));
+    let settings = pii_vault::service::VaultSettings::default();
+    let vault =
+        pii_vault::service::Vault::open(store.clone(), keys, authz, clock.clone(), settings)
+            .expect("vault");
+    let call = pii_vault::service::Call {
+        caller: PeerIdentity::new("spiffe://test/admin"),
+        request_id: "r".into(),
+    };
+    (vault, clock, store, call)
+}
