@@ -11,3 +11,4 @@ mod records;
 mod restart;
 mod tenants;
 mod tls;
+mod tls_matrix;
