@@ -6,6 +6,7 @@ mod util;
 mod at_rest;
 mod audit;
 mod bad_input;
+mod disk_faults;
 mod erasure;
 mod input_matrix;
 mod records;
