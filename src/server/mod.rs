@@ -141,7 +141,7 @@ pub async fn serve(
     tracing::info!(listen = ?local, "serving (mTLS required, TLS 1.3)");
     let served = tonic::transport::Server::builder()
         .timeout(config.request_timeout)
-        .layer(MapResponseLayer::new(oversized_is_invalid_argument))
+        .layer(MapResponseLayer::new(malformed_is_invalid_argument))
         .add_service(health)
         .add_service(reflection)
         .add_service(reflection_alpha)
@@ -172,23 +172,31 @@ pub async fn serve(
     Ok(())
 }
 
-/// tonic answers a request over the message size limit with OUT_OF_RANGE; the vault's
-/// contract (and gRPC's own guidance for bad client input) is INVALID_ARGUMENT.
-fn oversized_is_invalid_argument<B>(mut resp: http::Response<B>) -> http::Response<B> {
+/// Gives malformed requests the vault's documented code. tonic answers a request over the
+/// message size limit with OUT_OF_RANGE, and one that does not decode (a `string` field
+/// that is not UTF-8, a truncated field) with INTERNAL and prost's description; both are
+/// bad client input, which the vault (and gRPC's own guidance) answers INVALID_ARGUMENT,
+/// with a fixed message.
+fn malformed_is_invalid_argument<B>(mut resp: http::Response<B>) -> http::Response<B> {
     let headers = resp.headers_mut();
-    let oversized = headers.get("grpc-status").is_some_and(|s| s == "11")
-        && headers
-            .get("grpc-message")
-            .and_then(|m| m.to_str().ok())
-            // grpc-message is percent-encoded on the wire.
-            .is_some_and(|m| m.replace("%20", " ").contains("message length too large"));
-    if oversized {
-        headers.insert("grpc-status", http::HeaderValue::from_static("3"));
-        headers.insert(
-            "grpc-message",
-            http::HeaderValue::from_static("request message exceeds the server's size limit"),
-        );
-    }
+    let status = headers.get("grpc-status").map(|s| s.as_bytes().to_vec());
+    let message = headers
+        .get("grpc-message")
+        .and_then(|m| m.to_str().ok())
+        // grpc-message is percent-encoded on the wire.
+        .map(|m| m.replace("%20", " "))
+        .unwrap_or_default();
+    let replacement = match status.as_deref() {
+        Some(b"11") if message.contains("message length too large") => {
+            "request message exceeds the server's size limit"
+        }
+        Some(b"13") if message.starts_with("failed to decode Protobuf message") => {
+            "request message does not decode as its type (for example, a string that is not UTF-8)"
+        }
+        _ => return resp,
+    };
+    headers.insert("grpc-status", http::HeaderValue::from_static("3"));
+    headers.insert("grpc-message", http::HeaderValue::from_static(replacement));
     resp
 }
 

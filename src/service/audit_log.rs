@@ -244,9 +244,10 @@ async fn write_loop(
                 Err(_) => break,
             }
         }
-        // Callers that gave up (timed out) are dropped before their event is written:
-        // nothing was returned to them, so there is nothing to record.
-        batch.retain(|a| !a.done.is_closed());
+        // Callers that gave up (deadline, audit timeout) are dropped before their event is
+        // written when nothing was returned to them, so there is nothing to record. A
+        // write's event stays: its change is already in the store.
+        batch.retain(|a| a.draft.operation.is_write() || !a.done.is_closed());
         if batch.is_empty() {
             continue;
         }

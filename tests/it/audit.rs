@@ -10,14 +10,14 @@ use pii_vault::domain::{Category, FieldName, FieldValue, NewField, Purpose, Subj
 use pii_vault::keyring::{Keyring, RootKeys};
 use pii_vault::proto::v1 as pb;
 use pii_vault::service::verify_store;
-use pii_vault::storage::faults::{Faults, FaultyStore};
+use pii_vault::storage::faults::Faults;
 use pii_vault::storage::{SledStore, Store};
 use prost::Message;
 use tonic::Code;
 
 use crate::util::{
-    audit_events, by_operation, bytes_occur_below, clocked_vault, create_tenant, get, put,
-    test_config, text, TestVault,
+    audit_events, by_operation, bytes_occur_below, clocked_vault, create_tenant, faulty_vault, get,
+    put, text, TestVault,
 };
 
 async fn query(vault: &TestVault, req: pb::QueryAuditLogRequest) -> Vec<pb::AuditEvent> {
@@ -314,21 +314,9 @@ async fn flipped_deleted_or_swapped_events_fail_verification_at_their_sequence_n
     assert!(text.contains("seq 7"), "{text}");
 }
 
-async fn faulty_vault(timeout_ms: u64) -> (TestVault, Arc<Faults>) {
-    let dir = tempfile::TempDir::new().expect("dir");
-    let config = test_config(dir.path(), |raw| raw.audit.timeout_ms = Some(timeout_ms));
-    let sled = SledStore::open(&config.store_dir(), 1 << 24).expect("open");
-    let store = FaultyStore::new(Arc::new(sled));
-    let faults = store.faults.clone();
-    (
-        TestVault::start_on(dir, config, Some(Arc::new(store))).await,
-        faults,
-    )
-}
-
 #[tokio::test]
 async fn reads_fail_closed_when_the_audit_log_cannot_be_written() {
-    let (vault, faults) = faulty_vault(300).await;
+    let (vault, faults) = faulty_vault(|raw| raw.audit.timeout_ms = Some(300)).await;
     create_tenant(&vault, "acme").await;
     let mut client = vault.records().await;
     put(
@@ -394,7 +382,7 @@ async fn reads_fail_closed_when_the_audit_log_cannot_be_written() {
 
 #[tokio::test]
 async fn concurrent_requests_share_flushes() {
-    let (vault, faults) = faulty_vault(2_000).await;
+    let (vault, faults) = faulty_vault(|raw| raw.audit.timeout_ms = Some(2_000)).await;
     create_tenant(&vault, "acme").await;
     let channel = vault.channel().await;
     let before = faults.flushes.load(Ordering::SeqCst);

@@ -1,12 +1,16 @@
 //! Every malformed request answers INVALID_ARGUMENT with a message that names the problem
 //! without echoing the value, and leaves the stored data exactly as it was.
 
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
 use pii_vault::proto::v1 as pb;
 use pii_vault::proto::v1::record_service_client::RecordServiceClient;
+use pii_vault::storage::faults::Faults;
 use tonic::transport::Channel;
 use tonic::Code;
 
-use crate::util::{create_tenant, get, put, text, TestVault};
+use crate::util::{create_tenant, faulty_vault, get, put, text, TestVault};
 
 /// A distinctive marker put into bad values, to check messages never echo them.
 const MARK: &str = "Zq9Marker";
@@ -218,16 +222,35 @@ async fn each_bad_request_is_invalid_argument_and_changes_nothing() {
     assert_eq!(snapshot(&mut client).await, before);
 }
 
+/// The deadline expires while the request is still inside the server: its audit event is
+/// held up by a stalled writer (longer than the deadline, shorter than the audit timeout),
+/// so the outcome does not depend on how fast the put is.
 #[tokio::test]
 async fn an_expired_deadline_is_honoured() {
-    let vault = TestVault::start().await;
+    let (vault, faults) = faulty_vault(|raw| raw.audit.timeout_ms = Some(10_000)).await;
     create_tenant(&vault, "acme").await;
     let mut client = vault.records().await;
+    let deadline = Duration::from_millis(200);
+    faults.stall_millis.store(2_000, Ordering::SeqCst);
+    Faults::set(&faults.stall_audit, true);
     let mut req = tonic::Request::new(put_req("acme", "u", vec![ok_field()]));
-    req.set_timeout(std::time::Duration::from_nanos(1));
+    req.set_timeout(deadline);
+    let started = Instant::now();
     let err = client.put_fields(req).await.expect_err("deadline");
+    let took = started.elapsed();
+    Faults::set(&faults.stall_audit, false);
     assert!(
         matches!(err.code(), Code::DeadlineExceeded | Code::Cancelled),
         "{err:?}"
     );
+    assert!(
+        took >= deadline && took < Duration::from_millis(1_500),
+        "the call returned after {took:?}, not at its {deadline:?} deadline"
+    );
+    // Once the writer is unstuck the vault serves again.
+    get(&mut client, "acme", "u", &[])
+        .await
+        .expect("read after the stall");
+    drop(client);
+    vault.stop().await;
 }

@@ -12,6 +12,7 @@ use pii_vault::client::{connect, ClientCerts};
 use pii_vault::config::{bootstrap, Config, RawConfig};
 use pii_vault::proto::v1 as pb;
 use pii_vault::server::ServerError;
+use pii_vault::storage::faults::{Faults, FaultyStore};
 use pii_vault::storage::{SledStore, Store};
 use tempfile::TempDir;
 use tokio::net::TcpListener;
@@ -136,6 +137,38 @@ impl Drop for TestVault {
             let _ = stop.send(());
         }
     }
+}
+
+/// A vault over a `FaultyStore` wrapping sled, with the switches that make it fail.
+pub async fn faulty_vault(edit: impl FnOnce(&mut RawConfig)) -> (TestVault, Arc<Faults>) {
+    let dir = TempDir::new().expect("temp dir");
+    let config = test_config(dir.path(), edit);
+    let sled = SledStore::open(&config.store_dir(), config.cache_capacity_bytes).expect("open");
+    let store = FaultyStore::new(Arc::new(sled));
+    let faults = store.faults.clone();
+    (
+        TestVault::start_on(dir, config, Some(Arc::new(store))).await,
+        faults,
+    )
+}
+
+/// Every audit event, in sequence order, read with the dev client.
+pub async fn all_audit_events(vault: &TestVault) -> Vec<pb::AuditEvent> {
+    let everything = pb::QueryAuditLogRequest {
+        limit: 100_000,
+        ..Default::default()
+    };
+    audit_events(&vault.channel().await, everything).await
+}
+
+/// How many audit events record something other than reading the audit log itself: the
+/// count a request that reached a handler would raise.
+pub async fn request_events(vault: &TestVault) -> usize {
+    all_audit_events(vault)
+        .await
+        .iter()
+        .filter(|e| e.operation != "query_audit")
+        .count()
 }
 
 /// Creates a tenant, panicking on failure.
