@@ -35,6 +35,16 @@ pub struct RawConfig {
     pub storage: RawStorage,
     #[serde(default)]
     pub audit: RawAudit,
+    #[serde(default)]
+    pub metrics: RawMetrics,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetrics {
+    /// Address of the plain-HTTP Prometheus endpoint (`GET /metrics`), e.g.
+    /// `127.0.0.1:9464`. Absent: no endpoint.
+    pub listen: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -117,6 +127,8 @@ pub struct Config {
     pub request_timeout: Duration,
     pub handshake_timeout: Duration,
     pub cache_capacity_bytes: u64,
+    /// Where to serve `GET /metrics` (plain HTTP); `None` = no endpoint.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -207,8 +219,15 @@ impl RawConfig {
                 "limits.max_message_bytes must be at least limits.max_value_bytes".into(),
             ));
         }
+        let metrics_listen = match self.metrics.listen.as_deref() {
+            None => None,
+            Some(text) => Some(text.parse().map_err(|_| {
+                ConfigError::Invalid(format!("metrics.listen {text:?} is not host:port"))
+            })?),
+        };
         Ok(Config {
             listen,
+            metrics_listen,
             root_key_file: self
                 .keys
                 .root_key_file
@@ -261,6 +280,7 @@ impl RawConfig {
                         .unwrap_or(5),
                     }),
                 },
+                ..VaultSettings::default()
             },
             max_message_bytes,
             request_timeout: Duration::from_millis(bounded(
@@ -353,5 +373,20 @@ mod tests {
         assert!(raw.validate().is_err());
         let raw: RawConfig = toml::from_str("[tls]\ncert = \"a.pem\"").expect("parses");
         assert!(raw.validate().is_err());
+        let raw: RawConfig = toml::from_str("[metrics]\nlisten = \"nowhere\"").expect("parses");
+        assert!(raw.validate().is_err());
+    }
+
+    #[test]
+    fn metrics_endpoint_is_off_unless_configured() {
+        assert!(RawConfig::default()
+            .validate()
+            .expect("defaults")
+            .metrics_listen
+            .is_none());
+        let raw: RawConfig =
+            toml::from_str("[metrics]\nlisten = \"127.0.0.1:9464\"").expect("parses");
+        let addr = raw.validate().expect("validates").metrics_listen;
+        assert_eq!(addr, Some("127.0.0.1:9464".parse().expect("addr")));
     }
 }

@@ -1,13 +1,17 @@
 //! The server: opens the store and keys, serves the gRPC API over mutual TLS, drains
-//! connections on shutdown and flushes the store last.
+//! connections on shutdown and flushes the store last. Every call passes through
+//! `observe` (request id, tracing span, metrics); with `[metrics] listen` set, the
+//! metrics are served on their own plain-HTTP port.
 //!
 //! `run` takes an already bound listener and a shutdown future, so tests can bind
 //! `127.0.0.1:0` and stop the server with a oneshot.
 
+mod metrics_http;
+mod observe;
 mod tls;
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -19,6 +23,7 @@ use crate::authz::PeerIdentity;
 use crate::config::Config;
 use crate::domain::SystemClock;
 use crate::keyring::{Keyring, KeyringError, RootKeys};
+use crate::metrics::Metrics;
 use crate::proto::v1::audit_service_server::AuditServiceServer;
 use crate::proto::v1::record_service_server::RecordServiceServer;
 use crate::proto::v1::tenant_service_server::TenantServiceServer;
@@ -45,7 +50,16 @@ pub enum ServerError {
     Reflection(String),
     #[error("transport: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("metrics endpoint on {addr}: {source}")]
+    MetricsListen {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
+
+/// How often the store's size on disk is sampled for the metrics.
+const STORE_SAMPLE_INTERVAL: Duration = Duration::from_secs(15);
 
 /// Opens the sled store of `config` and serves until `shutdown` completes, then drains
 /// in-flight calls and flushes the store.
@@ -79,13 +93,35 @@ pub async fn serve(
     };
     let keys = Keyring::open(root, store.clone())?;
     let tls = server_config(&config.tls)?;
+    let metrics = Metrics::new();
+    let mut settings = config.vault.clone();
+    settings.metrics = metrics.clone();
     let vault = Arc::new(Vault::open(
         store.clone(),
         keys,
         Arc::new(SystemClock),
-        config.vault.clone(),
+        settings,
     )?);
+    let exporter = match config.metrics_listen {
+        Some(addr) => {
+            let listener =
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| ServerError::MetricsListen {
+                        addr: addr.to_string(),
+                        source,
+                    })?;
+            let bound = listener.local_addr().ok();
+            if !addr.ip().is_loopback() {
+                tracing::warn!(listen = ?bound, "metrics endpoint is reachable beyond loopback (plain HTTP, no authentication)");
+            }
+            tracing::info!(listen = ?bound, "serving metrics at /metrics");
+            Some(tokio::spawn(metrics_http::serve(listener, metrics.clone())))
+        }
+        None => None,
+    };
     let pruner = tokio::spawn(prune_audit_daily(vault.clone()));
+    let sampler = tokio::spawn(sample_store(Arc::downgrade(&store), metrics.clone()));
 
     let (tenants, records, audit) = api::services(vault.clone());
     let max = config.max_message_bytes;
@@ -117,6 +153,7 @@ pub async fn serve(
     tracing::info!(listen = ?local, "serving (mTLS required, TLS 1.3)");
     let served = tonic::transport::Server::builder()
         .timeout(config.request_timeout)
+        .layer(observe::ObserveLayer::new(metrics))
         .layer(MapResponseLayer::new(oversized_is_invalid_argument))
         .add_service(health)
         .add_service(reflection)
@@ -127,8 +164,13 @@ pub async fn serve(
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
 
-    pruner.abort();
-    let _ = pruner.await;
+    for task in [Some(pruner), Some(sampler), exporter]
+        .into_iter()
+        .flatten()
+    {
+        task.abort();
+        let _ = task.await;
+    }
     // Drained: wait for the last handle so the store is closed (and its lock released)
     // when `run` returns, then flush whatever was written.
     drop(vault);
@@ -179,6 +221,52 @@ async fn prune_audit_daily(vault: Arc<Vault>) {
             }
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "audit retention prune failed"),
+        }
+    }
+}
+
+/// Samples the store's size on disk now and then, and records every tenant's key version
+/// once at start (afterwards the use cases keep it current).
+async fn sample_store(store: Weak<dyn Store>, metrics: Metrics) {
+    let mut tick = tokio::time::interval(STORE_SAMPLE_INTERVAL);
+    let mut first = true;
+    loop {
+        tick.tick().await;
+        // A weak handle, so that sampling never keeps the store open at shutdown.
+        let Some(store) = store.upgrade() else {
+            return;
+        };
+        let metrics = metrics.clone();
+        let key_versions = std::mem::take(&mut first);
+        let _ = tokio::task::spawn_blocking(move || {
+            match store.disk_bytes() {
+                Ok(Some(bytes)) => metrics.store_size(bytes),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot read the store size"),
+            }
+            if key_versions {
+                record_key_versions(store.as_ref(), &metrics);
+            }
+        })
+        .await;
+    }
+}
+
+fn record_key_versions(store: &dyn Store, metrics: &Metrics) {
+    let mut after = None;
+    loop {
+        match store.tenants(after.as_ref(), 1000) {
+            Ok(page) if page.is_empty() => return,
+            Ok(page) => {
+                for t in &page {
+                    metrics.tenant_key_version(&t.id, t.kek_version);
+                }
+                after = page.last().map(|t| t.id.clone());
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list tenants for the key version metrics");
+                return;
+            }
         }
     }
 }

@@ -25,6 +25,7 @@ use crate::audit::{EventDraft, Operation, Outcome};
 use crate::authz::PeerIdentity;
 use crate::domain::Clock;
 use crate::keyring::Keyring;
+use crate::metrics::Metrics;
 use crate::storage::{GroupCommit, Store};
 
 /// Limits on what one request may carry.
@@ -58,6 +59,9 @@ pub struct VaultSettings {
     /// False only for the load generator's "auditing off" baseline: no configuration key
     /// reaches it, and `serve` always audits.
     pub audit_enabled: bool,
+    /// Where the vault reports what it measures. The server hands in the registry it
+    /// exposes; the default is a private one that nobody reads.
+    pub metrics: Metrics,
 }
 
 impl Default for VaultSettings {
@@ -68,6 +72,7 @@ impl Default for VaultSettings {
             audit_sink: None,
             audit_retention: Duration::from_secs(365 * 86_400),
             audit_enabled: true,
+            metrics: Metrics::default(),
         }
     }
 }
@@ -90,6 +95,7 @@ pub struct Vault {
     limits: Limits,
     audit_retention: Duration,
     audit_enabled: bool,
+    metrics: Metrics,
 }
 
 impl std::fmt::Debug for Vault {
@@ -109,7 +115,7 @@ impl Vault {
         clock: Arc<dyn Clock>,
         settings: VaultSettings,
     ) -> Result<Self, ServiceError> {
-        let commit = GroupCommit::start(store.clone());
+        let commit = GroupCommit::start(store.clone(), settings.metrics.clone());
         let sink = settings
             .audit_sink
             .map(JsonlSink::open)
@@ -121,6 +127,7 @@ impl Vault {
             keys.audit_key()?,
             sink,
             settings.audit_timeout,
+            settings.metrics.clone(),
         )?;
         Ok(Self {
             store,
@@ -131,6 +138,7 @@ impl Vault {
             limits: settings.limits,
             audit_retention: settings.audit_retention,
             audit_enabled: settings.audit_enabled,
+            metrics: settings.metrics,
         })
     }
 

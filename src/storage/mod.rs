@@ -114,4 +114,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Makes every write that completed before this call durable.
     fn flush(&self) -> StoreResult<()>;
+
+    /// Bytes the store occupies on disk, if the backend can tell (reported as a metric).
+    fn disk_bytes(&self) -> StoreResult<Option<u64>> {
+        Ok(None)
+    }
 }

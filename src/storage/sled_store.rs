@@ -416,4 +416,8 @@ impl Store for SledStore {
     fn flush(&self) -> StoreResult<()> {
         self.db.flush().map(|_| ()).map_err(backend)
     }
+
+    fn disk_bytes(&self) -> StoreResult<Option<u64>> {
+        self.size_on_disk().map(Some)
+    }
 }

@@ -6,6 +6,7 @@ mod util;
 mod at_rest;
 mod audit;
 mod bad_input;
+mod metrics;
 mod records;
 mod restart;
 mod tenants;
