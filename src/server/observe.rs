@@ -1,4 +1,7 @@
-//! The tower layer every gRPC call passes through first: it counts the call and its
+//! The tower layer every gRPC call passes through first. It settles the call's request id
+//! (the client's `x-request-id`, else a new one, echoed on every response including
+//! errors), runs the call inside a `tracing` span carrying the method and the request id
+//! so that every log line of the request carries both, and counts the call and its
 //! latency by method and final gRPC status.
 //!
 //! A gRPC response's final status travels in its trailers, or in its headers when the
@@ -13,7 +16,9 @@ use std::time::Instant;
 
 use http_body::{Body, Frame, SizeHint};
 use tower::{Layer, Service};
+use tracing::Instrument;
 
+use crate::api;
 use crate::metrics::Metrics;
 
 /// Names of the gRPC status codes, by number.
@@ -96,29 +101,42 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
+    fn call(&mut self, mut req: http::Request<ReqBody>) -> Self::Future {
+        let request_id = api::ensure_request_id(req.headers_mut());
         let (service, method) = split_path(req.uri().path());
+        let span = tracing::info_span!(
+            "rpc",
+            method = %format_args!("{service}/{method}"),
+            request_id = %request_id,
+        );
         let mut outcome = Outcome {
             metrics: self.metrics.clone(),
             service,
             method,
             started: Instant::now(),
+            span: span.clone(),
             done: false,
         };
         // The instance that `poll_ready` prepared serves this call; a fresh clone takes
         // its place for the next one.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        Box::pin(async move {
-            let resp = inner.call(req).await?;
-            if let Some(code) = grpc_status(resp.headers()) {
-                outcome.finish(code);
+        Box::pin(
+            async move {
+                let mut resp = inner.call(req).await?;
+                if let Ok(v) = http::HeaderValue::from_str(&request_id) {
+                    resp.headers_mut().entry(api::REQUEST_ID).or_insert(v);
+                }
+                if let Some(code) = grpc_status(resp.headers()) {
+                    outcome.finish(code);
+                }
+                Ok(resp.map(|inner| Observed {
+                    inner,
+                    outcome: Some(outcome),
+                }))
             }
-            Ok(resp.map(|inner| Observed {
-                inner,
-                outcome: Some(outcome),
-            }))
-        })
+            .instrument(span),
+        )
     }
 }
 
@@ -128,6 +146,7 @@ struct Outcome {
     service: String,
     method: String,
     started: Instant,
+    span: tracing::Span,
     done: bool,
 }
 
@@ -145,6 +164,13 @@ impl Outcome {
             (self.service.as_str(), self.method.as_str())
         };
         self.metrics.rpc(service, method, code, elapsed);
+        self.span.in_scope(|| {
+            tracing::debug!(
+                code,
+                elapsed_ms = elapsed.as_secs_f64() * 1000.0,
+                "rpc finished"
+            );
+        });
     }
 }
 
