@@ -95,6 +95,9 @@ pub struct RawLimits {
     pub request_timeout_ms: Option<u64>,
     /// Longest a TLS handshake may take, in milliseconds. Default 10000.
     pub handshake_timeout_ms: Option<u64>,
+    /// On shutdown, how long in-flight calls may take to finish, in milliseconds; then the
+    /// remaining connections are dropped. Default 10000.
+    pub shutdown_grace_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -126,6 +129,8 @@ pub struct Config {
     pub max_message_bytes: usize,
     pub request_timeout: Duration,
     pub handshake_timeout: Duration,
+    /// How long shutdown waits for in-flight calls before dropping their connections.
+    pub shutdown_grace: Duration,
     pub cache_capacity_bytes: u64,
     /// Where to serve `GET /metrics` (plain HTTP); `None` = no endpoint.
     pub metrics_listen: Option<SocketAddr>,
@@ -295,6 +300,12 @@ impl RawConfig {
                 10,
                 600_000,
             )?),
+            shutdown_grace: Duration::from_millis(bounded(
+                "limits.shutdown_grace_ms",
+                l.shutdown_grace_ms.unwrap_or(10_000),
+                0,
+                3_600_000,
+            )?),
             cache_capacity_bytes: bounded(
                 "storage.cache_capacity_bytes",
                 self.storage.cache_capacity_bytes.unwrap_or(256 << 20),
@@ -364,6 +375,7 @@ mod tests {
         assert_eq!(c.vault.limits.max_value_bytes, 64 * 1024);
         assert_eq!(c.vault.audit_retention.as_secs(), 365 * 86_400);
         assert!(c.dev_tls);
+        assert_eq!(c.shutdown_grace, Duration::from_secs(10));
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The server: opens the store and keys, serves the gRPC API over mutual TLS, drains
-//! connections on shutdown and flushes the store last. Every call passes through
+//! connections on shutdown (for at most `limits.shutdown_grace_ms`, then the remaining
+//! connections are cut) and flushes the store last. Every call passes through
 //! `observe` (request id, tracing span, metrics); with `[metrics] listen` set, the
 //! metrics are served on their own plain-HTTP port.
 //!
@@ -16,6 +17,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
 use tower::util::MapResponseLayer;
 
 use crate::api;
@@ -149,7 +151,22 @@ pub async fn serve(
         .map_err(|e| ServerError::Reflection(e.to_string()))?;
 
     let local = listener.local_addr().ok();
-    let incoming = ReceiverStream::new(tls::incoming(listener, tls, config.handshake_timeout));
+    let cut = CancellationToken::new();
+    let incoming = ReceiverStream::new(tls::incoming(
+        listener,
+        tls,
+        config.handshake_timeout,
+        cut.clone(),
+    ));
+    let stopping = CancellationToken::new();
+    let shutdown = {
+        let stopping = stopping.clone();
+        async move {
+            shutdown.await;
+            stopping.cancel();
+        }
+    };
+    let deadline = tokio::spawn(cut_after_grace(stopping, cut, config.shutdown_grace));
     tracing::info!(listen = ?local, "serving (mTLS required, TLS 1.3)");
     let served = tonic::transport::Server::builder()
         .timeout(config.request_timeout)
@@ -164,7 +181,7 @@ pub async fn serve(
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
 
-    for task in [Some(pruner), Some(sampler), exporter]
+    for task in [Some(deadline), Some(pruner), Some(sampler), exporter]
         .into_iter()
         .flatten()
     {
@@ -201,6 +218,19 @@ fn oversized_is_invalid_argument<B>(mut resp: http::Response<B>) -> http::Respon
         );
     }
     resp
+}
+
+/// Once shutdown starts, gives in-flight calls `grace` to finish, then cuts every
+/// connection still open so the drain ends.
+async fn cut_after_grace(stopping: CancellationToken, cut: CancellationToken, grace: Duration) {
+    stopping.cancelled().await;
+    tracing::info!(
+        grace_ms = grace.as_millis() as u64,
+        "shutdown: draining in-flight calls"
+    );
+    tokio::time::sleep(grace).await;
+    tracing::warn!("shutdown grace period over; dropping the remaining connections");
+    cut.cancel();
 }
 
 /// Prunes audit events past their retention once a day (and once shortly after start).

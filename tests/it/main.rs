@@ -11,5 +11,6 @@ mod logs;
 mod metrics;
 mod records;
 mod restart;
+mod shutdown;
 mod tenants;
 mod tls;
