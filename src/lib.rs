@@ -13,7 +13,7 @@
 //! | `proto`   | generated code only |
 //! | `service` | use cases: tenants, put/get/delete fields |
 //! | `keyring` | root key → tenant KEK → subject DEK: create, wrap, unwrap |
-//! | `storage` | the `Store` trait, the sled backend, record codecs, group commit |
+//! | `storage` | the `Store` trait, the sled backend, record codecs, group commit, backups |
 //! | `authz`   | the caller's identity, taken from its verified client certificate |
 //! | `crypto`  | secret key types, sealed envelope with AAD, opaque errors |
 //! | `domain`  | ids, fields, categories, time; no I/O |

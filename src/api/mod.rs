@@ -6,6 +6,7 @@
 //! response's `x-request-id` header and written to the request's audit event.
 
 mod audit;
+mod backup;
 mod convert;
 mod record;
 mod status;
@@ -22,6 +23,7 @@ use crate::domain::InvalidInput;
 use crate::service::{Call, Vault};
 
 pub use audit::AuditApi;
+pub use backup::BackupApi;
 pub use record::RecordApi;
 pub use tenant::TenantApi;
 

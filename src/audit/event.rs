@@ -22,10 +22,11 @@ pub enum Operation {
     QueryAudit,
     VerifyAudit,
     PruneAudit,
+    Backup,
 }
 
 impl Operation {
-    pub const ALL: [Operation; 10] = [
+    pub const ALL: [Operation; 11] = [
         Operation::CreateTenant,
         Operation::GetTenant,
         Operation::ListTenants,
@@ -36,6 +37,7 @@ impl Operation {
         Operation::QueryAudit,
         Operation::VerifyAudit,
         Operation::PruneAudit,
+        Operation::Backup,
     ];
 
     pub fn name(self) -> &'static str {
@@ -50,6 +52,7 @@ impl Operation {
             Operation::QueryAudit => "query_audit",
             Operation::VerifyAudit => "verify_audit",
             Operation::PruneAudit => "prune_audit",
+            Operation::Backup => "backup",
         }
     }
 

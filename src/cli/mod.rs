@@ -4,6 +4,7 @@
 //! The only module that uses `anyhow`: everything below returns typed errors.
 
 mod audit_cmd;
+mod backup_cmd;
 mod client_cmds;
 mod serve;
 
@@ -44,6 +45,10 @@ enum Command {
     /// Verify (offline), query or prune the audit log.
     #[command(subcommand)]
     Audit(audit_cmd::AuditCmd),
+    /// Write a backup of a running vault (ciphertext and metadata; never the root key).
+    Backup(backup_cmd::BackupArgs),
+    /// Restore a backup into a new data directory (offline; the vault must not be running there).
+    Restore(backup_cmd::RestoreArgs),
 }
 
 /// How a client subcommand reaches the vault.
@@ -99,6 +104,8 @@ pub fn main() -> ExitCode {
             Command::Delete(args) => client_cmds::delete(args).await,
             Command::Subjects(args) => client_cmds::subjects(args).await,
             Command::Audit(cmd) => audit_cmd::audit(cmd).await,
+            Command::Backup(args) => backup_cmd::backup(args).await,
+            Command::Restore(args) => backup_cmd::restore(args).await,
         }
     });
     match result {

@@ -1,14 +1,16 @@
 //! Cryptographic primitives of the vault: secret key types by role, the sealed envelope
-//! with its associated data, keyed hashes. The only module that touches `aes-gcm`, `ring`
-//! and `zeroize`.
+//! with its associated data, keyed hashes, checksums. The only module that touches
+//! `aes-gcm`, `ring` and `zeroize`.
 //!
 //! Errors are deliberately opaque: a failed open never says whether the key, the nonce,
 //! the context or the ciphertext was wrong.
 
+mod digest;
 mod envelope;
 mod key;
 mod mac;
 
+pub use digest::{sha256, Sha256, SHA256_LEN};
 pub use envelope::{Aad, Sealed};
 pub use key::{fill_random, Audit, Dek, Kek, Key, KeyRole, Root, KEY_LEN};
 pub use mac::{mac_eq, MAC_LEN};

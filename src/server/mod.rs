@@ -27,6 +27,7 @@ use crate::domain::SystemClock;
 use crate::keyring::{Keyring, KeyringError, RootKeys};
 use crate::metrics::Metrics;
 use crate::proto::v1::audit_service_server::AuditServiceServer;
+use crate::proto::v1::backup_service_server::BackupServiceServer;
 use crate::proto::v1::record_service_server::RecordServiceServer;
 use crate::proto::v1::tenant_service_server::TenantServiceServer;
 use crate::service::{Call, ServiceError, Vault};
@@ -130,6 +131,7 @@ pub async fn serve(
     let tenants = TenantServiceServer::new(tenants).max_decoding_message_size(max);
     let records = RecordServiceServer::new(records).max_decoding_message_size(max);
     let audit = AuditServiceServer::new(audit).max_decoding_message_size(max);
+    let backup = BackupServiceServer::new(api::BackupApi::new(vault.clone()));
 
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
@@ -140,6 +142,9 @@ pub async fn serve(
         .await;
     health_reporter
         .set_serving::<AuditServiceServer<api::AuditApi>>()
+        .await;
+    health_reporter
+        .set_serving::<BackupServiceServer<api::BackupApi>>()
         .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
@@ -178,6 +183,7 @@ pub async fn serve(
         .add_service(tenants)
         .add_service(records)
         .add_service(audit)
+        .add_service(backup)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
 

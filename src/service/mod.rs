@@ -7,6 +7,7 @@
 mod audit_log;
 mod audit_ops;
 mod audit_sink;
+mod backup;
 mod error;
 mod records;
 mod tenants;

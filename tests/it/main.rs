@@ -6,6 +6,7 @@ mod util;
 
 mod at_rest;
 mod audit;
+mod backup;
 mod bad_input;
 mod logs;
 mod metrics;
