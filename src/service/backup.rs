@@ -22,7 +22,10 @@ impl Vault {
         let (tx, rx) = mpsc::channel(QUEUE);
         let store = self.store.clone();
         let created_unix = self.clock.now().0 / 1_000_000;
+        // The request's span (method, request id) follows the work into its thread.
+        let span = tracing::Span::current();
         tokio::task::spawn_blocking(move || {
+            let _span = span.enter();
             // A closed receiver (the caller went away) stops the backup.
             let mut emit = |chunk: Vec<u8>| tx.blocking_send(Ok(chunk)).is_ok();
             match store.backup(created_unix, &mut emit) {
