@@ -39,6 +39,8 @@ pub struct RawConfig {
     pub audit: RawAudit,
     #[serde(default)]
     pub authz: RawAuthz,
+    #[serde(default)]
+    pub metrics: RawMetrics,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -52,6 +54,14 @@ pub struct RawAuthz {
     pub legal_obligation_purposes: Option<Vec<String>>,
     /// Purposes that need the subject's explicit consent. Default `["marketing", "model_training"]`.
     pub consent_purposes: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetrics {
+    /// Address of the plain-HTTP Prometheus endpoint (`GET /metrics`), e.g.
+    /// `127.0.0.1:9464`. Absent: no endpoint.
+    pub listen: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -102,6 +112,9 @@ pub struct RawLimits {
     pub request_timeout_ms: Option<u64>,
     /// Longest a TLS handshake may take, in milliseconds. Default 10000.
     pub handshake_timeout_ms: Option<u64>,
+    /// On shutdown, how long in-flight calls may take to finish, in milliseconds; then the
+    /// remaining connections are dropped. Default 10000.
+    pub shutdown_grace_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -137,7 +150,11 @@ pub struct Config {
     pub max_message_bytes: usize,
     pub request_timeout: Duration,
     pub handshake_timeout: Duration,
+    /// How long shutdown waits for in-flight calls before dropping their connections.
+    pub shutdown_grace: Duration,
     pub cache_capacity_bytes: u64,
+    /// Where to serve `GET /metrics` (plain HTTP); `None` = no endpoint.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -250,6 +267,12 @@ impl RawConfig {
                 defaults.need_consent,
             )?,
         };
+        let metrics_listen = match self.metrics.listen.as_deref() {
+            None => None,
+            Some(text) => Some(text.parse().map_err(|_| {
+                ConfigError::Invalid(format!("metrics.listen {text:?} is not host:port"))
+            })?),
+        };
         Ok(Config {
             policy_file: self
                 .authz
@@ -257,6 +280,7 @@ impl RawConfig {
                 .unwrap_or_else(|| data_dir.join("policy.toml")),
             purposes,
             listen,
+            metrics_listen,
             root_key_file: self
                 .keys
                 .root_key_file
@@ -311,6 +335,7 @@ impl RawConfig {
                         .unwrap_or(5),
                     }),
                 },
+                ..VaultSettings::default()
             },
             max_message_bytes,
             request_timeout: Duration::from_millis(bounded(
@@ -324,6 +349,12 @@ impl RawConfig {
                 l.handshake_timeout_ms.unwrap_or(10_000),
                 10,
                 600_000,
+            )?),
+            shutdown_grace: Duration::from_millis(bounded(
+                "limits.shutdown_grace_ms",
+                l.shutdown_grace_ms.unwrap_or(10_000),
+                0,
+                3_600_000,
             )?),
             cache_capacity_bytes: bounded(
                 "storage.cache_capacity_bytes",
@@ -403,6 +434,7 @@ mod tests {
         assert_eq!(c.vault.limits.max_value_bytes, 64 * 1024);
         assert_eq!(c.vault.audit_retention.as_secs(), 365 * 86_400);
         assert!(c.dev_tls);
+        assert_eq!(c.shutdown_grace, Duration::from_secs(10));
     }
 
     #[test]
@@ -412,5 +444,20 @@ mod tests {
         assert!(raw.validate().is_err());
         let raw: RawConfig = toml::from_str("[tls]\ncert = \"a.pem\"").expect("parses");
         assert!(raw.validate().is_err());
+        let raw: RawConfig = toml::from_str("[metrics]\nlisten = \"nowhere\"").expect("parses");
+        assert!(raw.validate().is_err());
+    }
+
+    #[test]
+    fn metrics_endpoint_is_off_unless_configured() {
+        assert!(RawConfig::default()
+            .validate()
+            .expect("defaults")
+            .metrics_listen
+            .is_none());
+        let raw: RawConfig =
+            toml::from_str("[metrics]\nlisten = \"127.0.0.1:9464\"").expect("parses");
+        let addr = raw.validate().expect("validates").metrics_listen;
+        assert_eq!(addr, Some("127.0.0.1:9464".parse().expect("addr")));
     }
 }

@@ -13,12 +13,14 @@
 //! | `proto`   | generated code only |
 //! | `service` | use cases: tenants, put/get/delete fields |
 //! | `keyring` | root key → tenant KEK → subject DEK: create, wrap, unwrap |
-//! | `storage` | the `Store` trait, the sled backend, record codecs, group commit |
+//! | `storage` | the `Store` trait, the sled backend, record codecs, group commit, backups |
 //! | `authz`   | the caller's identity, taken from its verified client certificate |
 //! | `crypto`  | secret key types, sealed envelope with AAD, opaque errors |
 //! | `domain`  | ids, fields, categories, time; no I/O |
 //!
 //! `certs` issues the CA, server and client certificates (dev default and `pii-vault certs`).
+//! `metrics` is the registry the server exposes on `/metrics`; `service` and `storage`
+//! record into it through its small API (it uses only `domain`).
 
 pub mod api;
 pub mod audit;
@@ -31,6 +33,7 @@ pub mod config;
 pub mod crypto;
 pub mod domain;
 pub mod keyring;
+pub mod metrics;
 pub mod proto;
 pub mod server;
 pub mod service;

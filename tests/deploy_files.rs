@@ -5,7 +5,9 @@
 
 use std::path::Path;
 
-use pii_vault::config::{RawAudit, RawAuthz, RawConfig, RawKeys, RawLimits, RawStorage, RawTls};
+use pii_vault::config::{
+    RawAudit, RawAuthz, RawConfig, RawKeys, RawLimits, RawMetrics, RawStorage, RawTls,
+};
 
 fn read(relative: &str) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(relative);
@@ -39,6 +41,7 @@ fn assert_every_key_set(raw: &RawConfig) {
                 max_fields_per_request,
                 request_timeout_ms,
                 handshake_timeout_ms,
+                shutdown_grace_ms,
             },
         storage: RawStorage {
             cache_capacity_bytes,
@@ -51,6 +54,9 @@ fn assert_every_key_set(raw: &RawConfig) {
                 jsonl_max_bytes,
                 jsonl_keep,
             },
+        metrics: RawMetrics {
+            listen: metrics_listen,
+        },
         authz:
             RawAuthz {
                 policy_file,
@@ -86,6 +92,8 @@ fn assert_every_key_set(raw: &RawConfig) {
         ("audit.jsonl_max_bytes", jsonl_max_bytes.is_some()),
         ("audit.jsonl_keep", jsonl_keep.is_some()),
         ("authz.policy_file", policy_file.is_some()),
+        ("metrics.listen", metrics_listen.is_some()),
+        ("limits.shutdown_grace_ms", shutdown_grace_ms.is_some()),
         (
             "authz.legal_obligation_purposes",
             legal_obligation_purposes.is_some(),

@@ -7,6 +7,7 @@
 
 mod admin;
 mod audit;
+mod backup;
 mod convert;
 mod record;
 mod rights;
@@ -26,6 +27,7 @@ use crate::service::{Call, Vault};
 
 pub use admin::AdminApi;
 pub use audit::AuditApi;
+pub use backup::BackupApi;
 pub use record::RecordApi;
 pub use rights::RightsApi;
 pub use tenant::TenantApi;
@@ -35,7 +37,7 @@ pub use tokens::TokenApi;
 const DEFAULT_PAGE: u32 = 100;
 const MAX_PAGE: u32 = 1000;
 /// Request-id header, accepted from clients and always sent back.
-const REQUEST_ID: &str = "x-request-id";
+pub const REQUEST_ID: &str = "x-request-id";
 
 fn well_formed_request_id(id: &str) -> bool {
     (1..=64).contains(&id.len())
@@ -49,6 +51,24 @@ fn new_request_id() -> String {
     // A failing CSPRNG only makes ids less unique; the request can still be traced by time.
     let _ = crate::crypto::fill_random(&mut bytes);
     hex::encode(bytes)
+}
+
+/// The request id of a call, settled before any handler runs: the client's `x-request-id`
+/// if it is well-formed, else a new random one, written into `headers` so that the
+/// server's span, the handler (`call`) and the audit event all use the same id.
+pub fn ensure_request_id(headers: &mut http::HeaderMap) -> String {
+    if let Some(id) = headers
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|id| well_formed_request_id(id))
+    {
+        return id.to_owned();
+    }
+    let id = new_request_id();
+    if let Ok(v) = http::HeaderValue::from_str(&id) {
+        headers.insert(REQUEST_ID, v);
+    }
+    id
 }
 
 /// The `Call` of a request: its verified caller and its request id. A request without a

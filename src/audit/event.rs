@@ -33,10 +33,11 @@ pub enum Operation {
     SetConsent,
     ListConsents,
     RetentionDelete,
+    Backup,
 }
 
 impl Operation {
-    pub const ALL: [Operation; 21] = [
+    pub const ALL: [Operation; 22] = [
         Operation::CreateTenant,
         Operation::GetTenant,
         Operation::ListTenants,
@@ -58,6 +59,7 @@ impl Operation {
         Operation::SetConsent,
         Operation::ListConsents,
         Operation::RetentionDelete,
+        Operation::Backup,
     ];
 
     pub fn name(self) -> &'static str {
@@ -83,6 +85,7 @@ impl Operation {
             Operation::SetConsent => "set_consent",
             Operation::ListConsents => "list_consents",
             Operation::RetentionDelete => "retention_delete",
+            Operation::Backup => "backup",
         }
     }
 

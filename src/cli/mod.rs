@@ -4,6 +4,7 @@
 //! The only module that uses `anyhow`: everything below returns typed errors.
 
 mod audit_cmd;
+mod backup_cmd;
 mod certs_cmd;
 mod client_cmds;
 mod erase_cmd;
@@ -51,6 +52,10 @@ enum Command {
     /// Issue a CA, server and client certificates for a real deployment.
     #[command(subcommand)]
     Certs(certs_cmd::CertsCmd),
+    /// Write a backup of a running vault (ciphertext and metadata; never the root key).
+    Backup(backup_cmd::BackupArgs),
+    /// Restore a backup into a new data directory (offline; the vault must not be running there).
+    Restore(backup_cmd::RestoreArgs),
 }
 
 /// How a client subcommand reaches the vault.
@@ -108,6 +113,8 @@ pub fn main() -> ExitCode {
             Command::Audit(cmd) => audit_cmd::audit(cmd).await,
             Command::Erase(args) => erase_cmd::erase(args).await,
             Command::Certs(cmd) => certs_cmd::run(cmd),
+            Command::Backup(args) => backup_cmd::backup(args).await,
+            Command::Restore(args) => backup_cmd::restore(args).await,
         }
     });
     match result {

@@ -1,6 +1,6 @@
 //! Cryptographic primitives of the vault: secret key types by role, the sealed envelope
-//! with its associated data, keyed hashes. The only module that touches `aes-gcm`, `ring`
-//! and `zeroize`.
+//! with its associated data, keyed hashes, checksums. The only module that touches
+//! `aes-gcm`, `ring` and `zeroize`.
 //!
 //! Every encryption and decryption goes through one AEAD primitive, `aead_seal` and
 //! `aead_open` (AES-256-GCM); `Key::seal`, `Key::open` and key wrapping are built on them.
@@ -9,12 +9,14 @@
 //! the context or the ciphertext was wrong.
 
 mod aead;
+mod digest;
 mod envelope;
 mod key;
 mod mac;
 
 /// The single AEAD primitive (AES-256-GCM) under every seal and open in the vault.
 pub use aead::{aead_open, aead_seal, NONCE_LEN, TAG_LEN};
+pub use digest::{sha256, Sha256, SHA256_LEN};
 pub use envelope::{Aad, Sealed};
 pub use key::{fill_random, Audit, Dek, Index, Kek, Key, KeyRole, Root, KEY_LEN};
 pub use mac::{mac_eq, MAC_LEN};

@@ -1,17 +1,23 @@
 //! The server: opens the store and keys, serves the gRPC API over mutual TLS, drains
-//! connections on shutdown and flushes the store last.
+//! connections on shutdown (for at most `limits.shutdown_grace_ms`, then the remaining
+//! connections are cut) and flushes the store last. Every call passes through
+//! `observe` (request id, tracing span, metrics); with `[metrics] listen` set, the
+//! metrics are served on their own plain-HTTP port.
 //!
 //! `run` takes an already bound listener and a shutdown future, so tests can bind
 //! `127.0.0.1:0` and stop the server with a oneshot.
 
+mod metrics_http;
+mod observe;
 mod tls;
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
 use tower::util::MapResponseLayer;
 
 use crate::api;
@@ -19,8 +25,10 @@ use crate::authz::{Authz, PeerIdentity, PolicyError};
 use crate::config::Config;
 use crate::domain::SystemClock;
 use crate::keyring::{Keyring, KeyringError, RootKeys};
+use crate::metrics::Metrics;
 use crate::proto::v1::admin_service_server::AdminServiceServer;
 use crate::proto::v1::audit_service_server::AuditServiceServer;
+use crate::proto::v1::backup_service_server::BackupServiceServer;
 use crate::proto::v1::record_service_server::RecordServiceServer;
 use crate::proto::v1::subject_rights_service_server::SubjectRightsServiceServer;
 use crate::proto::v1::tenant_service_server::TenantServiceServer;
@@ -50,7 +58,16 @@ pub enum ServerError {
     Reflection(String),
     #[error("transport: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("metrics endpoint on {addr}: {source}")]
+    MetricsListen {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
+
+/// How often the store's size on disk is sampled for the metrics.
+const STORE_SAMPLE_INTERVAL: Duration = Duration::from_secs(15);
 
 /// Opens the sled store of `config` and serves until `shutdown` completes, then drains
 /// in-flight calls and flushes the store.
@@ -89,15 +106,37 @@ pub async fn serve(
         config.purposes.clone(),
     )?);
     let reloader = tokio::spawn(reload_policy_on_sighup(authz.clone()));
+    let metrics = Metrics::new();
+    let mut settings = config.vault.clone();
+    settings.metrics = metrics.clone();
     let vault = Arc::new(Vault::open(
         store.clone(),
         keys,
         authz,
         Arc::new(SystemClock),
-        config.vault.clone(),
+        settings,
     )?);
+    let exporter = match config.metrics_listen {
+        Some(addr) => {
+            let listener =
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| ServerError::MetricsListen {
+                        addr: addr.to_string(),
+                        source,
+                    })?;
+            let bound = listener.local_addr().ok();
+            if !addr.ip().is_loopback() {
+                tracing::warn!(listen = ?bound, "metrics endpoint is reachable beyond loopback (plain HTTP, no authentication)");
+            }
+            tracing::info!(listen = ?bound, "serving metrics at /metrics");
+            Some(tokio::spawn(metrics_http::serve(listener, metrics.clone())))
+        }
+        None => None,
+    };
     let pruner = tokio::spawn(prune_audit_daily(vault.clone()));
     let sweeper = tokio::spawn(sweep_retention_hourly(vault.clone()));
+    let sampler = tokio::spawn(sample_store(Arc::downgrade(&store), metrics.clone()));
 
     let apis = api::services(vault.clone());
     let max = config.max_message_bytes;
@@ -107,6 +146,7 @@ pub async fn serve(
     let rights = SubjectRightsServiceServer::new(apis.rights).max_decoding_message_size(max);
     let admin = AdminServiceServer::new(apis.admin).max_decoding_message_size(max);
     let tokens = TokenServiceServer::new(apis.tokens).max_decoding_message_size(max);
+    let backup = BackupServiceServer::new(api::BackupApi::new(vault.clone()));
 
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
@@ -127,6 +167,9 @@ pub async fn serve(
     health_reporter
         .set_serving::<TokenServiceServer<api::TokenApi>>()
         .await;
+    health_reporter
+        .set_serving::<BackupServiceServer<api::BackupApi>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
         .build_v1()
@@ -137,10 +180,26 @@ pub async fn serve(
         .map_err(|e| ServerError::Reflection(e.to_string()))?;
 
     let local = listener.local_addr().ok();
-    let incoming = ReceiverStream::new(tls::incoming(listener, tls, config.handshake_timeout));
+    let cut = CancellationToken::new();
+    let incoming = ReceiverStream::new(tls::incoming(
+        listener,
+        tls,
+        config.handshake_timeout,
+        cut.clone(),
+    ));
+    let stopping = CancellationToken::new();
+    let shutdown = {
+        let stopping = stopping.clone();
+        async move {
+            shutdown.await;
+            stopping.cancel();
+        }
+    };
+    let deadline = tokio::spawn(cut_after_grace(stopping, cut, config.shutdown_grace));
     tracing::info!(listen = ?local, "serving (mTLS required, TLS 1.3)");
     let served = tonic::transport::Server::builder()
         .timeout(config.request_timeout)
+        .layer(observe::ObserveLayer::new(metrics))
         .layer(MapResponseLayer::new(malformed_is_invalid_argument))
         .add_service(health)
         .add_service(reflection)
@@ -151,15 +210,24 @@ pub async fn serve(
         .add_service(rights)
         .add_service(admin)
         .add_service(tokens)
+        .add_service(backup)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
 
-    pruner.abort();
-    let _ = pruner.await;
-    sweeper.abort();
-    let _ = sweeper.await;
-    reloader.abort();
-    let _ = reloader.await;
+    for task in [
+        Some(deadline),
+        Some(pruner),
+        Some(sampler),
+        Some(sweeper),
+        Some(reloader),
+        exporter,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        task.abort();
+        let _ = task.await;
+    }
     // Drained: wait for the last handle so the store is closed (and its lock released)
     // when `run` returns, then flush whatever was written.
     drop(vault);
@@ -237,6 +305,19 @@ async fn sweep_retention_hourly(vault: Arc<Vault>) {
     }
 }
 
+/// Once shutdown starts, gives in-flight calls `grace` to finish, then cuts every
+/// connection still open so the drain ends.
+async fn cut_after_grace(stopping: CancellationToken, cut: CancellationToken, grace: Duration) {
+    stopping.cancelled().await;
+    tracing::info!(
+        grace_ms = grace.as_millis() as u64,
+        "shutdown: draining in-flight calls"
+    );
+    tokio::time::sleep(grace).await;
+    tracing::warn!("shutdown grace period over; dropping the remaining connections");
+    cut.cancel();
+}
+
 /// Prunes audit events past their retention once a day (and once shortly after start).
 async fn prune_audit_daily(vault: Arc<Vault>) {
     let call = Call {
@@ -255,6 +336,52 @@ async fn prune_audit_daily(vault: Arc<Vault>) {
             }
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "audit retention prune failed"),
+        }
+    }
+}
+
+/// Samples the store's size on disk now and then, and records every tenant's key version
+/// once at start (afterwards the use cases keep it current).
+async fn sample_store(store: Weak<dyn Store>, metrics: Metrics) {
+    let mut tick = tokio::time::interval(STORE_SAMPLE_INTERVAL);
+    let mut first = true;
+    loop {
+        tick.tick().await;
+        // A weak handle, so that sampling never keeps the store open at shutdown.
+        let Some(store) = store.upgrade() else {
+            return;
+        };
+        let metrics = metrics.clone();
+        let key_versions = std::mem::take(&mut first);
+        let _ = tokio::task::spawn_blocking(move || {
+            match store.disk_bytes() {
+                Ok(Some(bytes)) => metrics.store_size(bytes),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot read the store size"),
+            }
+            if key_versions {
+                record_key_versions(store.as_ref(), &metrics);
+            }
+        })
+        .await;
+    }
+}
+
+fn record_key_versions(store: &dyn Store, metrics: &Metrics) {
+    let mut after = None;
+    loop {
+        match store.tenants(after.as_ref(), 1000) {
+            Ok(page) if page.is_empty() => return,
+            Ok(page) => {
+                for t in &page {
+                    metrics.tenant_key_version(&t.id, t.kek_version);
+                }
+                after = page.last().map(|t| t.id.clone());
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list tenants for the key version metrics");
+                return;
+            }
         }
     }
 }

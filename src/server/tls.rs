@@ -3,7 +3,11 @@
 //! Only TLS 1.3 is offered, and a client certificate chaining to the configured CA is
 //! required: rustls rejects the handshake otherwise, so no unauthenticated byte reaches
 //! a handler. Failed handshakes are logged with the peer address and the reason.
+//!
+//! Every connection can be cut: once the shutdown grace period is over, its reads and
+//! writes fail, so the connection ends even if a call on it never finishes.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -18,6 +22,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::transport::server::Connected;
 
 use crate::authz::{Caller, PeerIdentity};
@@ -77,6 +82,20 @@ pub fn server_config(paths: &TlsPaths) -> Result<rustls::ServerConfig, ServerErr
 pub struct VerifiedStream {
     inner: TlsStream<TcpStream>,
     caller: Caller,
+    /// Completes when the server stops waiting for this connection to drain.
+    cut: Pin<Box<WaitForCancellationFutureOwned>>,
+}
+
+impl VerifiedStream {
+    /// An error once the connection is cut; also registers the task to be woken then.
+    fn cut(&mut self, cx: &mut Context<'_>) -> Option<io::Error> {
+        self.cut.as_mut().poll(cx).is_ready().then(|| {
+            io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "shutdown grace period over",
+            )
+        })
+    }
 }
 
 impl Connected for VerifiedStream {
@@ -93,7 +112,11 @@ impl AsyncRead for VerifiedStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+        let this = self.get_mut();
+        if let Some(e) = this.cut(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
     }
 }
 
@@ -103,11 +126,19 @@ impl AsyncWrite for VerifiedStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        if let Some(e) = this.cut(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Pin::new(&mut this.inner).poll_write(cx, buf)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+        let this = self.get_mut();
+        if let Some(e) = this.cut(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Pin::new(&mut this.inner).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -119,7 +150,11 @@ impl AsyncWrite for VerifiedStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        if let Some(e) = this.cut(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -129,10 +164,12 @@ impl AsyncWrite for VerifiedStream {
 
 /// Accepts TCP connections, runs each handshake in its own task (bounded by `timeout`), and
 /// yields only connections with a verified client certificate that names an identity.
+/// Cancelling `cut` cuts every connection yielded.
 pub fn incoming(
     listener: TcpListener,
     config: rustls::ServerConfig,
     timeout: Duration,
+    cut: CancellationToken,
 ) -> mpsc::Receiver<io::Result<VerifiedStream>> {
     let acceptor = TlsAcceptor::from(Arc::new(config));
     let (tx, rx) = mpsc::channel(64);
@@ -152,6 +189,7 @@ pub fn incoming(
             };
             let acceptor = acceptor.clone();
             let tx = tx.clone();
+            let cut = cut.clone();
             tokio::spawn(async move {
                 let _ = tcp.set_nodelay(true);
                 let tls = match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
@@ -180,7 +218,12 @@ pub fn incoming(
                     identity,
                     remote: Some(remote),
                 };
-                let _ = tx.send(Ok(VerifiedStream { inner: tls, caller })).await;
+                let stream = VerifiedStream {
+                    inner: tls,
+                    caller,
+                    cut: Box::pin(cut.cancelled_owned()),
+                };
+                let _ = tx.send(Ok(stream)).await;
             });
         }
     });

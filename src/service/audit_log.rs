@@ -6,7 +6,7 @@
 //! waits at most `timeout`; past it the request fails closed.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -15,6 +15,7 @@ use crate::audit::{
 };
 use crate::crypto::{Audit, Key, MAC_LEN};
 use crate::domain::Timestamp;
+use crate::metrics::Metrics;
 use crate::storage::{GroupCommit, Store, StoreError};
 
 use super::audit_sink::JsonlSink;
@@ -102,6 +103,7 @@ impl AuditLog {
         key: Key<Audit>,
         sink: Option<JsonlSink>,
         timeout: Duration,
+        metrics: Metrics,
     ) -> Result<Self, StoreError> {
         let state = chain_state(store.as_ref())?;
         let key = Arc::new(key);
@@ -112,6 +114,7 @@ impl AuditLog {
             key.clone(),
             sink,
             state,
+            metrics,
             rx,
         ));
         Ok(Self {
@@ -233,6 +236,7 @@ async fn write_loop(
     key: Arc<Key<Audit>>,
     mut sink: Option<JsonlSink>,
     mut state: ChainState,
+    metrics: Metrics,
     mut rx: mpsc::Receiver<Append>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
@@ -266,6 +270,7 @@ async fn write_loop(
         let head = ChainMark::new(&key, HEAD, last_seq, prev).encode();
         let rows: Vec<(u64, Vec<u8>)> = events.iter().map(|e| (e.seq, e.encode())).collect();
         let writer = store.clone();
+        let started = Instant::now();
         let stored = tokio::task::spawn_blocking(move || writer.audit_append(&rows, &head))
             .await
             .unwrap_or_else(|_| Err(StoreError::Backend("audit append panicked".into())));
@@ -279,6 +284,7 @@ async fn write_loop(
             }
             Err(e) => Err(e),
         };
+        metrics.audit_append(batch.len(), started.elapsed(), result.is_ok());
         match &result {
             Ok(()) => {
                 for (a, e) in batch.drain(..).zip(&events) {

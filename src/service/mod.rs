@@ -7,6 +7,7 @@
 mod audit_log;
 mod audit_ops;
 mod audit_sink;
+mod backup;
 mod erasure;
 mod error;
 mod lookup;
@@ -34,6 +35,7 @@ use crate::audit::{EventDraft, Operation, Outcome};
 use crate::authz::{Action, Authz, Grant, PeerIdentity};
 use crate::domain::{Clock, Purpose, SubjectId, TenantId};
 use crate::keyring::Keyring;
+use crate::metrics::Metrics;
 use crate::storage::{GroupCommit, Store};
 
 /// Limits on what one request may carry.
@@ -71,6 +73,9 @@ pub struct VaultSettings {
     /// False only for the load generator's "auditing off" baseline: no configuration key
     /// reaches it, and `serve` always audits.
     pub audit_enabled: bool,
+    /// Where the vault reports what it measures. The server hands in the registry it
+    /// exposes; the default is a private one that nobody reads.
+    pub metrics: Metrics,
 }
 
 impl Default for VaultSettings {
@@ -83,6 +88,7 @@ impl Default for VaultSettings {
             audit_enabled: true,
             key_epoch_interval: DEFAULT_KEY_EPOCH,
             retention: RetentionRules::default(),
+            metrics: Metrics::default(),
         }
     }
 }
@@ -111,6 +117,7 @@ pub struct Vault {
     retention: RetentionRules,
     /// Queue of erased subjects whose field ciphertexts are purged in the background.
     purger: tokio::sync::mpsc::UnboundedSender<(crate::domain::TenantId, crate::domain::SubjectId)>,
+    metrics: Metrics,
 }
 
 impl std::fmt::Debug for Vault {
@@ -131,7 +138,7 @@ impl Vault {
         clock: Arc<dyn Clock>,
         settings: VaultSettings,
     ) -> Result<Self, ServiceError> {
-        let commit = GroupCommit::start(store.clone());
+        let commit = GroupCommit::start(store.clone(), settings.metrics.clone());
         let sink = settings
             .audit_sink
             .map(JsonlSink::open)
@@ -143,6 +150,7 @@ impl Vault {
             keys.audit_key()?,
             sink,
             settings.audit_timeout,
+            settings.metrics.clone(),
         )?;
         Ok(Self {
             purger: erasure::start_purger(store.clone()),
@@ -157,6 +165,7 @@ impl Vault {
             audit_enabled: settings.audit_enabled,
             key_epoch_interval: settings.key_epoch_interval,
             retention: settings.retention,
+            metrics: settings.metrics,
         })
     }
 

@@ -45,6 +45,8 @@ impl Vault {
             .and_then(|_| Ok(self.keys.new_tenant(id, self.clock.now())?))
             .and_then(|(record, wrapped_kek)| {
                 if self.store.create_tenant(&record, &wrapped_kek)? {
+                    self.metrics
+                        .tenant_key_version(&record.id, record.kek_version);
                     Ok(record)
                 } else {
                     Err(ServiceError::TenantExists)
@@ -68,7 +70,10 @@ impl Vault {
     }
 
     pub(super) fn tenant(&self, id: &TenantId) -> Result<TenantRecord, ServiceError> {
-        self.store.tenant(id)?.ok_or(ServiceError::TenantNotFound)
+        let tenant = self.store.tenant(id)?.ok_or(ServiceError::TenantNotFound)?;
+        self.metrics
+            .tenant_key_version(&tenant.id, tenant.kek_version);
+        Ok(tenant)
     }
 
     /// Tenants in id order, `limit` at a time, after `after`.

@@ -6,10 +6,12 @@
 //! from the queue, so the flush covers the write.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Store, StoreError, StoreResult};
+use crate::metrics::Metrics;
 
 type Waiter = oneshot::Sender<StoreResult<()>>;
 
@@ -20,10 +22,10 @@ pub struct GroupCommit {
 }
 
 impl GroupCommit {
-    /// Starts the flush task on the current tokio runtime.
-    pub fn start(store: Arc<dyn Store>) -> Self {
+    /// Starts the flush task on the current tokio runtime; flush times go to `metrics`.
+    pub fn start(store: Arc<dyn Store>, metrics: Metrics) -> Self {
         let (queue, rx) = mpsc::unbounded_channel();
-        tokio::spawn(flush_loop(store, rx));
+        tokio::spawn(flush_loop(store, metrics, rx));
         Self { queue }
     }
 
@@ -38,7 +40,11 @@ impl GroupCommit {
     }
 }
 
-async fn flush_loop(store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceiver<Waiter>) {
+async fn flush_loop(
+    store: Arc<dyn Store>,
+    metrics: Metrics,
+    mut rx: mpsc::UnboundedReceiver<Waiter>,
+) {
     let mut batch = Vec::new();
     while let Some(first) = rx.recv().await {
         batch.push(first);
@@ -46,9 +52,11 @@ async fn flush_loop(store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceiver<Waite
             batch.push(more);
         }
         let store = store.clone();
+        let started = Instant::now();
         let result = tokio::task::spawn_blocking(move || store.flush())
             .await
             .unwrap_or_else(|_| Err(StoreError::Backend("flush panicked".into())));
+        metrics.flush(started.elapsed(), result.is_ok());
         for waiter in batch.drain(..) {
             // A waiter whose request was cancelled has gone; nothing to tell it.
             let _ = waiter.send(result.clone());

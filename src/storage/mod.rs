@@ -3,6 +3,7 @@
 //!
 //! The store never sees a key or a value in the clear: only sealed envelopes and metadata.
 
+pub mod backup;
 pub mod faults;
 mod group_commit;
 mod records;
@@ -198,4 +199,19 @@ pub trait Store: Send + Sync + 'static {
 
     /// Makes every write that completed before this call durable.
     fn flush(&self) -> StoreResult<()>;
+
+    /// Bytes the store occupies on disk, if the backend can tell (reported as a metric).
+    fn disk_bytes(&self) -> StoreResult<Option<u64>> {
+        Ok(None)
+    }
+
+    /// Writes a backup of the whole store (format and consistency: `backup`), handing the
+    /// file's bytes to `emit` in order; stops when `emit` returns false. Blocking.
+    fn backup(
+        &self,
+        _created_unix: u64,
+        _emit: &mut dyn FnMut(Vec<u8>) -> bool,
+    ) -> StoreResult<backup::Manifest> {
+        Err(StoreError::Backend("this store cannot make backups".into()))
+    }
 }

@@ -849,4 +849,17 @@ impl Store for SledStore {
     fn flush(&self) -> StoreResult<()> {
         self.db.flush().map(|_| ()).map_err(backend)
     }
+
+    fn disk_bytes(&self) -> StoreResult<Option<u64>> {
+        self.size_on_disk().map(Some)
+    }
+
+    fn backup(
+        &self,
+        created_unix: u64,
+        emit: &mut dyn FnMut(Vec<u8>) -> bool,
+    ) -> StoreResult<super::backup::Manifest> {
+        self.flush()?;
+        super::backup::write(&self.db, created_unix, emit)
+    }
 }

@@ -1,19 +1,24 @@
 //! Integration tests: one binary, each test starts the real server on 127.0.0.1 with a
 //! free port, a temporary data directory and its own dev certificates.
 
+mod process;
 mod util;
 
 mod at_rest;
 mod audit;
 mod authz;
+mod backup;
 mod bad_input;
 mod disk_faults;
 mod erasure;
 mod input_matrix;
+mod logs;
+mod metrics;
 mod records;
 mod restart;
 mod retention;
 mod rights;
+mod shutdown;
 mod tenants;
 mod tls;
 mod tls_matrix;

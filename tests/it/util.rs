@@ -238,6 +238,14 @@ pub fn text_of(field: &pb::Field) -> &str {
     }
 }
 
+/// A loopback port that was free a moment ago (for listeners the test cannot pre-bind).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
 /// Every file below `dir`, recursively.
 pub fn files_below(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();

@@ -1,0 +1,136 @@
+//! The Prometheus endpoint: every named series is exposed over plain HTTP with values that
+//! match what the test did, and no label carries a subject id or a value.
+
+use std::net::SocketAddr;
+
+use pii_vault::proto::v1 as pb;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::util::{create_tenant, free_port, get, put, text, TestVault};
+
+/// Status line and body of `GET path` on the metrics port.
+async fn http_get(addr: SocketAddr, path: &str) -> (String, String) {
+    let mut tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to the metrics port");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    tcp.write_all(request.as_bytes()).await.expect("send");
+    let mut raw = String::new();
+    tcp.read_to_string(&mut raw).await.expect("read");
+    let (head, body) = raw.split_once("\r\n\r\n").expect("an HTTP response");
+    let status = head.lines().next().unwrap_or_default().to_owned();
+    (status, body.to_owned())
+}
+
+/// The value of the sample named exactly `series` (name and labels).
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("{series} not exposed in:\n{text}"))
+        .parse()
+        .expect("a number")
+}
+
+fn rpc(metric: &str, service: &str, method: &str, code: &str) -> String {
+    format!(r#"{metric}{{service="piivault.v1.{service}",method="{method}",code="{code}"}}"#)
+}
+
+#[tokio::test]
+async fn metrics_endpoint_exposes_rpc_audit_flush_key_and_store_series() {
+    let port = free_port();
+    let vault =
+        TestVault::start_with(|raw| raw.metrics.listen = Some(format!("127.0.0.1:{port}"))).await;
+    let metrics_addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+
+    create_tenant(&vault, "acme").await;
+    let mut client = vault.records().await;
+    let planted = "planted-metrics-value-7f3a";
+    for i in 0..5 {
+        put(
+            &mut client,
+            "acme",
+            &format!("subject-{i}"),
+            vec![text("email", pb::Category::Account, planted)],
+        )
+        .await
+        .expect("put");
+    }
+    for i in 0..2 {
+        get(&mut client, "acme", &format!("subject-{i}"), &[])
+            .await
+            .expect("get");
+    }
+    get(&mut client, "acme", "nobody", &[])
+        .await
+        .expect_err("not found");
+
+    let (status, text) = http_get(metrics_addr, "/metrics").await;
+    assert!(status.contains("200"), "{status}");
+    let requests = "piivault_rpc_requests_total";
+    let durations = "piivault_rpc_duration_seconds_count";
+    assert_eq!(
+        sample(&text, &rpc(requests, "RecordService", "PutFields", "OK")),
+        5.0
+    );
+    assert_eq!(
+        sample(&text, &rpc(durations, "RecordService", "PutFields", "OK")),
+        5.0
+    );
+    assert_eq!(
+        sample(&text, &rpc(requests, "RecordService", "GetFields", "OK")),
+        2.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            &rpc(requests, "RecordService", "GetFields", "NOT_FOUND")
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(&text, &rpc(requests, "TenantService", "CreateTenant", "OK")),
+        1.0
+    );
+    let put_seconds = sample(
+        &text,
+        &rpc(
+            "piivault_rpc_duration_seconds_sum",
+            "RecordService",
+            "PutFields",
+            "OK",
+        ),
+    );
+    assert!(put_seconds > 0.0 && put_seconds < 60.0, "{put_seconds}");
+
+    // One audit event per call, each made durable by a flush.
+    assert!(sample(&text, "piivault_audit_events_total") >= 9.0);
+    assert!(sample(&text, "piivault_audit_append_duration_seconds_count") >= 1.0);
+    assert_eq!(sample(&text, "piivault_audit_append_failures_total"), 0.0);
+    assert!(sample(&text, "piivault_store_flush_duration_seconds_count") >= 1.0);
+    assert_eq!(sample(&text, "piivault_store_flush_failures_total"), 0.0);
+
+    // Defined now, wired when erasure, retention and the DEK cache land.
+    for zero in [
+        "piivault_erasures_total",
+        "piivault_retention_deletions_total",
+        "piivault_dek_cache_hits_total",
+        "piivault_dek_cache_misses_total",
+    ] {
+        assert_eq!(sample(&text, zero), 0.0, "{zero}");
+    }
+    assert_eq!(
+        sample(&text, r#"piivault_tenant_key_version{tenant="acme"}"#),
+        1.0
+    );
+    assert!(sample(&text, "piivault_store_size_bytes") > 0.0);
+
+    // Tenant ids are labels; subject ids and values are not.
+    assert!(
+        !text.contains("subject-"),
+        "a subject id leaked into:\n{text}"
+    );
+    assert!(!text.contains(planted));
+
+    let (status, _) = http_get(metrics_addr, "/other").await;
+    assert!(status.contains("404"), "{status}");
+}
