@@ -9,8 +9,9 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::certs::DevPki;
+use crate::keyring::KeyLimits;
 use crate::keyring::{KeyringError, RootKeys};
-use crate::service::{Limits, SinkConfig, VaultSettings};
+use crate::service::{KeySettings, Limits, SinkConfig, VaultSettings};
 
 /// Default listen address: loopback only.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7443";
@@ -70,6 +71,19 @@ pub struct RawTls {
 pub struct RawKeys {
     /// Root key file (mode 0600). Default: `<data_dir>/root.key`.
     pub root_key_file: Option<PathBuf>,
+    /// Hours between key epochs (an erasure is final after the next). Default 24; at most
+    /// 720, the 30-day backup window of the privacy policy.
+    pub epoch_interval_hours: Option<u64>,
+    /// Field values one subject DEK may seal before a new DEK version replaces it. Default
+    /// 2^30, far below the 2^32 NIST SP 800-38D allows with random 96-bit nonces.
+    pub max_encryptions_per_dek: Option<u64>,
+    /// Keys one tenant KEK version or root key version may wrap before it is rotated.
+    /// Default 2^30.
+    pub max_encryptions_per_wrapping_key: Option<u64>,
+    /// Subjects re-wrapped per batch after a tenant key rotation. Default 500.
+    pub rewrap_batch_size: Option<usize>,
+    /// Pause between re-wrap batches in milliseconds, leaving room for traffic. Default 0.
+    pub rewrap_pause_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -152,6 +166,52 @@ fn bounded_usize(name: &str, value: usize, min: usize, max: usize) -> Result<usi
     usize::try_from(v).map_err(|_| ConfigError::Invalid(format!("{name} is too large")))
 }
 
+/// Longest key epoch interval: the policy's 30-day backup window.
+pub const MAX_EPOCH_HOURS: u64 = 720;
+
+impl RawKeys {
+    /// The key epoch interval and the key settings.
+    fn settings(&self) -> Result<(Duration, KeySettings), ConfigError> {
+        let hours = bounded(
+            "keys.epoch_interval_hours",
+            self.epoch_interval_hours.unwrap_or(24),
+            1,
+            MAX_EPOCH_HOURS,
+        )?;
+        let defaults = KeySettings::default();
+        let keys = KeySettings {
+            limits: KeyLimits {
+                dek: bounded(
+                    "keys.max_encryptions_per_dek",
+                    self.max_encryptions_per_dek.unwrap_or(defaults.limits.dek),
+                    1,
+                    1 << 31,
+                )?,
+                wrapping: bounded(
+                    "keys.max_encryptions_per_wrapping_key",
+                    self.max_encryptions_per_wrapping_key
+                        .unwrap_or(defaults.limits.wrapping),
+                    16,
+                    1 << 31,
+                )?,
+            },
+            rewrap_batch: bounded_usize(
+                "keys.rewrap_batch_size",
+                self.rewrap_batch_size.unwrap_or(defaults.rewrap_batch),
+                1,
+                100_000,
+            )?,
+            rewrap_pause: Duration::from_millis(bounded(
+                "keys.rewrap_pause_ms",
+                self.rewrap_pause_ms.unwrap_or(0),
+                0,
+                60_000,
+            )?),
+        };
+        Ok((Duration::from_secs(hours * 3600), keys))
+    }
+}
+
 impl RawConfig {
     /// Reads a TOML file.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
@@ -207,6 +267,7 @@ impl RawConfig {
                 "limits.max_message_bytes must be at least limits.max_value_bytes".into(),
             ));
         }
+        let (key_epoch_interval, keys) = self.keys.settings()?;
         Ok(Config {
             listen,
             root_key_file: self
@@ -242,7 +303,8 @@ impl RawConfig {
                         )?,
                 ),
                 audit_enabled: true,
-                key_epoch_interval: crate::service::DEFAULT_KEY_EPOCH,
+                key_epoch_interval,
+                keys,
                 audit_sink: match self.audit.jsonl_path {
                     None => None,
                     Some(path) => Some(SinkConfig {

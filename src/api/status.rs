@@ -16,6 +16,8 @@ impl From<ServiceError> for Status {
             ServiceError::FieldNotFound(name) => {
                 Status::not_found(format!("field {name} not found"))
             }
+            ServiceError::TenantShredded => Status::not_found("tenant not found: it was shredded"),
+            ServiceError::KeyPrecondition(why) => Status::failed_precondition(why),
             ServiceError::AuditUnavailable(cause) => {
                 tracing::warn!(%cause, "audit log unavailable; request failed closed");
                 Status::unavailable("audit log unavailable; retry later")

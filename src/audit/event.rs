@@ -23,10 +23,15 @@ pub enum Operation {
     VerifyAudit,
     PruneAudit,
     EraseSubject,
+    RotateTenantKey,
+    RotateRootKey,
+    KeyStatus,
+    KeyEpoch,
+    ShredTenant,
 }
 
 impl Operation {
-    pub const ALL: [Operation; 11] = [
+    pub const ALL: [Operation; 16] = [
         Operation::CreateTenant,
         Operation::GetTenant,
         Operation::ListTenants,
@@ -38,6 +43,11 @@ impl Operation {
         Operation::VerifyAudit,
         Operation::PruneAudit,
         Operation::EraseSubject,
+        Operation::RotateTenantKey,
+        Operation::RotateRootKey,
+        Operation::KeyStatus,
+        Operation::KeyEpoch,
+        Operation::ShredTenant,
     ];
 
     pub fn name(self) -> &'static str {
@@ -53,6 +63,11 @@ impl Operation {
             Operation::VerifyAudit => "verify_audit",
             Operation::PruneAudit => "prune_audit",
             Operation::EraseSubject => "erase_subject",
+            Operation::RotateTenantKey => "rotate_tenant_key",
+            Operation::RotateRootKey => "rotate_root_key",
+            Operation::KeyStatus => "key_status",
+            Operation::KeyEpoch => "key_epoch",
+            Operation::ShredTenant => "shred_tenant",
         }
     }
 
@@ -65,6 +80,10 @@ impl Operation {
                 | Operation::DeleteFields
                 | Operation::PruneAudit
                 | Operation::EraseSubject
+                | Operation::RotateTenantKey
+                | Operation::RotateRootKey
+                | Operation::KeyEpoch
+                | Operation::ShredTenant
         )
     }
 

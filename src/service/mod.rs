@@ -9,6 +9,7 @@ mod audit_ops;
 mod audit_sink;
 mod erasure;
 mod error;
+mod keys;
 mod records;
 mod tenants;
 
@@ -20,6 +21,10 @@ pub use audit_ops::AuditPage;
 pub use audit_sink::{JsonlSink, SinkConfig};
 pub use erasure::{ErasureReceipt, DEFAULT_KEY_EPOCH};
 pub use error::ServiceError;
+pub use keys::{
+    run_key_jobs, EpochReport, KeySettings, KeyStatus, RootStatus, ShredReport, TenantKeyStatus,
+    TenantRotation, VersionStatus,
+};
 pub use records::SubjectPage;
 pub use tenants::TenantPage;
 
@@ -59,6 +64,8 @@ pub struct VaultSettings {
     pub audit_retention: Duration,
     /// How often key epochs run; an erasure is final (no surviving key copy) after the next.
     pub key_epoch_interval: Duration,
+    /// Key usage limits and the pace of background re-wraps.
+    pub keys: KeySettings,
     /// False only for the load generator's "auditing off" baseline: no configuration key
     /// reaches it, and `serve` always audits.
     pub audit_enabled: bool,
@@ -73,6 +80,7 @@ impl Default for VaultSettings {
             audit_retention: Duration::from_secs(365 * 86_400),
             audit_enabled: true,
             key_epoch_interval: DEFAULT_KEY_EPOCH,
+            keys: KeySettings::default(),
         }
     }
 }
@@ -87,7 +95,8 @@ pub struct Call {
 /// The vault's use cases, shared by every handler.
 pub struct Vault {
     store: Arc<dyn Store>,
-    keys: Keyring,
+    /// Shared with background re-wrap batches, which run on blocking threads.
+    keys: Arc<Keyring>,
     /// Shared flushes; the audit writer uses it too, so data and events share a flush.
     commit: GroupCommit,
     audit: AuditLog,
@@ -98,6 +107,8 @@ pub struct Vault {
     key_epoch_interval: Duration,
     /// Queue of erased subjects whose field ciphertexts are purged in the background.
     purger: tokio::sync::mpsc::UnboundedSender<(crate::domain::TenantId, crate::domain::SubjectId)>,
+    /// Background key work: one job (re-wrap, root rotation, epoch) at a time.
+    key_jobs: keys::KeyJobs,
 }
 
 impl std::fmt::Debug for Vault {
@@ -123,6 +134,9 @@ impl Vault {
             .map(JsonlSink::open)
             .transpose()
             .map_err(|e| ServiceError::Internal(format!("audit sink: {e}")))?;
+        let keys = keys
+            .with_limits(settings.keys.limits)
+            .with_clock(clock.clone());
         let audit = AuditLog::start(
             store.clone(),
             commit.clone(),
@@ -133,7 +147,7 @@ impl Vault {
         Ok(Self {
             purger: erasure::start_purger(store.clone()),
             store,
-            keys,
+            keys: Arc::new(keys),
             commit,
             audit,
             clock,
@@ -141,6 +155,7 @@ impl Vault {
             audit_retention: settings.audit_retention,
             audit_enabled: settings.audit_enabled,
             key_epoch_interval: settings.key_epoch_interval,
+            key_jobs: keys::KeyJobs::new(settings.keys),
         })
     }
 

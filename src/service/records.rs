@@ -3,12 +3,13 @@
 use std::collections::HashSet;
 
 use crate::audit::Operation;
-use crate::crypto::{Aad, Dek, Key};
+use crate::crypto::Aad;
 use crate::domain::{
     Category, Field, FieldMeta, FieldName, FieldValue, InvalidInput, NewField, Purpose, SubjectId,
     TenantId,
 };
-use crate::storage::{FieldRecord, SealedField, StoreError, SubjectRecord, SubjectWrite};
+use crate::keyring::SubjectDeks;
+use crate::storage::{FieldRecord, SealedField, StoreError, SubjectWrite};
 
 use super::tenants::paged;
 use super::{Call, ServiceError, Vault};
@@ -82,27 +83,6 @@ impl Vault {
         Ok(())
     }
 
-    /// The subject's record and unwrapped DEK, creating both if the subject is new.
-    fn subject_key(
-        &self,
-        tenant: &TenantId,
-        subject: &SubjectId,
-    ) -> Result<(SubjectRecord, Key<Dek>), ServiceError> {
-        let tenant_rec = self.tenant(tenant)?;
-        match self.store.subject(tenant, subject)? {
-            Some(rec) => {
-                let dek = self.keys.subject_dek(tenant, subject, &rec)?;
-                Ok((rec, dek))
-            }
-            None => {
-                let (dek, rec) = self
-                    .keys
-                    .new_subject(&tenant_rec, subject, self.clock.now())?;
-                Ok((rec, dek))
-            }
-        }
-    }
-
     /// Upserts `fields` atomically, creating the subject (and its DEK) on first write.
     /// Returns once the write and its audit event are on disk.
     pub async fn put_fields(
@@ -116,7 +96,7 @@ impl Vault {
         ev.tenant = tenant.to_string();
         ev.subject = subject.to_string();
         ev.fields = fields.iter().map(|f| f.name.to_string()).collect();
-        let result = self.write_fields(tenant, subject, fields);
+        let result = self.write_fields(tenant, subject, fields).await;
         if let Ok(written) = &result {
             // Rectification trail: the versions replaced, never the values.
             ev.reason = written
@@ -130,7 +110,7 @@ impl Vault {
         self.record(ev, result).await
     }
 
-    fn write_fields(
+    async fn write_fields(
         &self,
         tenant: &TenantId,
         subject: &SubjectId,
@@ -138,7 +118,7 @@ impl Vault {
     ) -> Result<Vec<FieldMeta>, ServiceError> {
         self.check_put(fields)?;
         for _ in 0..MAX_CONFLICT_RETRIES {
-            let (record, dek) = self.subject_key(tenant, subject)?;
+            let (record, dek) = self.sealing_key(tenant, subject, fields.len()).await?;
             let sealed = fields
                 .iter()
                 .map(|f| {
@@ -174,11 +154,13 @@ impl Vault {
     fn open_field(
         tenant: &TenantId,
         subject: &SubjectId,
-        dek: &Key<Dek>,
+        deks: &SubjectDeks,
         rec: FieldRecord,
     ) -> Result<Field, ServiceError> {
         let aad = field_aad(tenant, subject, &rec.meta.name, rec.meta.category, rec.kind);
         let damaged = || ServiceError::Internal(format!("field {} does not open", rec.meta.name));
+        // The envelope names the DEK version that sealed it.
+        let dek = deks.version(rec.sealed.key_version()).ok_or_else(damaged)?;
         let plain = dek.open(&rec.sealed, &aad).map_err(|_| damaged())?;
         let value = FieldValue::from_parts(rec.kind, plain.to_vec()).ok_or_else(damaged)?;
         Ok(Field {
@@ -232,10 +214,10 @@ impl Vault {
                 })
                 .collect::<Result<Vec<_>, _>>()?
         };
-        let dek = self.keys.subject_dek(tenant, subject, &record)?;
+        let deks = self.keys.subject_deks(tenant, subject, &record)?;
         records
             .into_iter()
-            .map(|rec| Self::open_field(tenant, subject, &dek, rec))
+            .map(|rec| Self::open_field(tenant, subject, &deks, rec))
             .collect()
     }
 

@@ -39,17 +39,11 @@ impl Vault {
     ) -> Result<TenantRecord, ServiceError> {
         let mut ev = self.draft(call, Operation::CreateTenant);
         ev.tenant = id.to_string();
-        let result = self
-            .keys
-            .new_tenant(id, self.clock.now())
-            .map_err(ServiceError::from)
-            .and_then(|(record, wrapped_kek)| {
-                if self.store.create_tenant(&record, &wrapped_kek)? {
-                    Ok(record)
-                } else {
-                    Err(ServiceError::TenantExists)
-                }
-            });
+        let result = match self.keys.create_tenant(id, self.clock.now()) {
+            Ok(Some(record)) => Ok(record),
+            Ok(None) => Err(ServiceError::TenantExists),
+            Err(e) => Err(e.into()),
+        };
         // The audit append's flush also makes the new tenant durable.
         self.record(ev, result).await
     }
@@ -65,8 +59,13 @@ impl Vault {
         self.record(ev, result).await
     }
 
+    /// A tenant that exists and was not shredded.
     pub(super) fn tenant(&self, id: &TenantId) -> Result<TenantRecord, ServiceError> {
-        self.store.tenant(id)?.ok_or(ServiceError::TenantNotFound)
+        let record = self.store.tenant(id)?.ok_or(ServiceError::TenantNotFound)?;
+        match record.shredded_at {
+            Some(_) => Err(ServiceError::TenantShredded),
+            None => Ok(record),
+        }
     }
 
     /// Tenants in id order, `limit` at a time, after `after`.

@@ -10,6 +10,10 @@
 //! - `epoch_pending`: tenant → erasure counter, for tenants with erasures since their last
 //!   key epoch.
 //! - `audit`: sequence number (u64 BE) → encoded audit event.
+//! - `key_state`: tenant → `TenantKeyState` (KEK versions, usage reservations, re-wrap
+//!   progress); see `keys.rs`.
+
+mod keys;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -23,7 +27,9 @@ use crate::domain::{FieldMeta, FieldName, SubjectId, TenantId};
 use super::records::{
     category_bit, Erasure, FieldRecord, SubjectRecord, SubjectWrite, TenantRecord, Tombstone,
 };
-use super::{AuditMarks, Store, StoreError, StoreResult};
+use super::{
+    AuditMarks, KeyChange, KeyUpdate, Store, StoreError, StoreResult, SubjectUpdate, TenantKeyState,
+};
 use crate::codec::Writer;
 
 const AUDIT_HEAD: &str = "audit_head";
@@ -47,6 +53,7 @@ pub struct SledStore {
     keks: sled::Tree,
     audit: sled::Tree,
     epoch_pending: sled::Tree,
+    key_state: sled::Tree,
     /// Open handles of per-tenant trees; opening a tree takes a lock inside sled.
     tenant_trees: RwLock<HashMap<TenantId, TenantTrees>>,
 }
@@ -86,10 +93,21 @@ fn decode_subject_key(key: &[u8]) -> StoreResult<SubjectId> {
 impl SledStore {
     /// Opens (or creates) the store in `dir` with a page cache of `cache_bytes`.
     pub fn open(dir: &Path, cache_bytes: u64) -> StoreResult<Self> {
+        Self::open_with_flush_interval(dir, cache_bytes, Some(500))
+    }
+
+    /// Opens the store with sled's background flush every `flush_every_ms` (`None`: only
+    /// explicit flushes make writes durable; tests use it to take crash images).
+    pub fn open_with_flush_interval(
+        dir: &Path,
+        cache_bytes: u64,
+        flush_every_ms: Option<u64>,
+    ) -> StoreResult<Self> {
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(cache_bytes)
             .mode(sled::Mode::HighThroughput)
+            .flush_every_ms(flush_every_ms)
             .open()
             .map_err(backend)?;
         Ok(Self {
@@ -98,6 +116,7 @@ impl SledStore {
             keks: db.open_tree("keks").map_err(backend)?,
             audit: db.open_tree("audit").map_err(backend)?,
             epoch_pending: db.open_tree("epoch_pending").map_err(backend)?,
+            key_state: db.open_tree("key_state").map_err(backend)?,
             db,
             tenant_trees: RwLock::new(HashMap::new()),
         })
@@ -180,6 +199,14 @@ impl Store for SledStore {
         }
     }
 
+    fn meta_swap(&self, key: &str, expected: Option<&[u8]>, value: &[u8]) -> StoreResult<bool> {
+        Ok(self
+            .meta
+            .compare_and_swap(key, expected, Some(value))
+            .map_err(backend)?
+            .is_ok())
+    }
+
     fn create_tenant(&self, tenant: &TenantRecord, wrapped_kek: &Sealed) -> StoreResult<bool> {
         let id = tenant.id.as_str().as_bytes();
         let kek_key = kek_key(&tenant.id, tenant.kek_version);
@@ -228,6 +255,48 @@ impl Store for SledStore {
             .transpose()
     }
 
+    fn keks(&self, tenant: &TenantId) -> StoreResult<Vec<(u32, Sealed)>> {
+        self.tenant_keks(tenant)
+    }
+
+    fn replace_kek(
+        &self,
+        tenant: &TenantId,
+        version: u32,
+        expected: &Sealed,
+        new: &Sealed,
+    ) -> StoreResult<bool> {
+        Ok(self
+            .keks
+            .compare_and_swap(
+                kek_key(tenant, version),
+                Some(expected.encode()),
+                Some(new.encode()),
+            )
+            .map_err(backend)?
+            .is_ok())
+    }
+
+    fn tenant_keys(&self, tenant: &TenantId) -> StoreResult<Option<TenantKeyState>> {
+        self.key_state
+            .get(tenant.as_str())
+            .map_err(backend)?
+            .map(|v| TenantKeyState::decode(&v))
+            .transpose()
+    }
+
+    fn all_tenant_keys(&self) -> StoreResult<Vec<(TenantId, TenantKeyState)>> {
+        self.every_tenant_keys()
+    }
+
+    fn update_tenant_keys(
+        &self,
+        tenant: &TenantId,
+        update: &KeyUpdate<'_>,
+    ) -> StoreResult<Option<KeyChange>> {
+        self.apply_key_update(tenant, update)
+    }
+
     fn subject(
         &self,
         tenant: &TenantId,
@@ -261,6 +330,24 @@ impl Store for SledStore {
             .collect()
     }
 
+    fn subject_records(
+        &self,
+        tenant: &TenantId,
+        after: Option<&SubjectId>,
+        limit: usize,
+    ) -> StoreResult<Vec<(SubjectId, SubjectRecord)>> {
+        self.subject_page(tenant, after, limit)
+    }
+
+    fn update_subjects(
+        &self,
+        tenant: &TenantId,
+        subjects: &[SubjectId],
+        update: &SubjectUpdate<'_>,
+    ) -> StoreResult<Vec<bool>> {
+        self.apply_subject_update(tenant, subjects, update)
+    }
+
     fn put_fields(
         &self,
         tenant: &TenantId,
@@ -268,13 +355,19 @@ impl Store for SledStore {
         write: &SubjectWrite,
     ) -> StoreResult<Vec<FieldMeta>> {
         let trees = self.existing_trees(tenant)?;
+        let tkey = tenant.as_str().as_bytes();
         let skey = subject_key(subject);
         let mask = write
             .fields
             .iter()
             .fold(0, |m, f| m | category_bit(f.category));
-        (&trees.subjects, &trees.fields, &trees.tombstones)
-            .transaction(|(subjects, fields, tombstones)| {
+        (
+            &self.tenants,
+            &trees.subjects,
+            &trees.fields,
+            &trees.tombstones,
+        )
+            .transaction(|(tenants, subjects, fields, tombstones)| {
                 // Pure: this closure may run again on conflict, so it only reads and writes
                 // the transaction's trees.
                 if tombstones.get(&skey)?.is_some() {
@@ -287,7 +380,15 @@ impl Store for SledStore {
                     .map_err(abort)?;
                 let is_new = stored.is_none();
                 let mut record = match stored {
-                    None => write.subject.clone(),
+                    None => {
+                        // A new DEK must be wrapped under the current KEK version: a version
+                        // being retired never gains new wraps (see `TenantRecord`).
+                        let current = keys::current_kek(tenants, tkey)?;
+                        if current != Some(write.subject.wrapped_dek.key_version()) {
+                            return Err(abort(StoreError::Conflict));
+                        }
+                        write.subject.clone()
+                    }
                     Some(rec) if rec.same_key(&write.subject) => rec,
                     Some(_) => return Err(abort(StoreError::Conflict)),
                 };
