@@ -7,6 +7,7 @@
 
 mod audit;
 mod convert;
+mod keys;
 mod record;
 mod rights;
 mod status;
@@ -23,6 +24,7 @@ use crate::domain::InvalidInput;
 use crate::service::{Call, Vault};
 
 pub use audit::AuditApi;
+pub use keys::KeyApi;
 pub use record::RecordApi;
 pub use rights::RightsApi;
 pub use tenant::TenantApi;
@@ -105,6 +107,7 @@ pub fn services(vault: Arc<Vault>) -> Services {
         tenants: TenantApi::new(vault.clone()),
         records: RecordApi::new(vault.clone()),
         audit: AuditApi::new(vault.clone()),
+        keys: KeyApi::new(vault.clone()),
         rights: RightsApi::new(vault),
     }
 }
@@ -115,5 +118,6 @@ pub struct Services {
     pub tenants: TenantApi,
     pub records: RecordApi,
     pub audit: AuditApi,
+    pub keys: KeyApi,
     pub rights: RightsApi,
 }

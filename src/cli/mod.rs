@@ -6,6 +6,7 @@
 mod audit_cmd;
 mod client_cmds;
 mod erase_cmd;
+mod keys_cmd;
 mod serve;
 
 use std::path::PathBuf;
@@ -47,6 +48,9 @@ enum Command {
     /// Verify (offline), query or prune the audit log.
     #[command(subcommand)]
     Audit(audit_cmd::AuditCmd),
+    /// Key management: status, rotate-tenant, rotate-root, epoch, shred-tenant.
+    #[command(subcommand)]
+    Keys(keys_cmd::KeysCmd),
 }
 
 /// How a client subcommand reaches the vault.
@@ -103,6 +107,7 @@ pub fn main() -> ExitCode {
             Command::Subjects(args) => client_cmds::subjects(args).await,
             Command::Audit(cmd) => audit_cmd::audit(cmd).await,
             Command::Erase(args) => erase_cmd::erase(args).await,
+            Command::Keys(cmd) => keys_cmd::keys(cmd).await,
         }
     });
     match result {

@@ -20,6 +20,7 @@ use crate::config::Config;
 use crate::domain::SystemClock;
 use crate::keyring::{Keyring, KeyringError, RootKeys};
 use crate::proto::v1::audit_service_server::AuditServiceServer;
+use crate::proto::v1::key_service_server::KeyServiceServer;
 use crate::proto::v1::record_service_server::RecordServiceServer;
 use crate::proto::v1::subject_rights_service_server::SubjectRightsServiceServer;
 use crate::proto::v1::tenant_service_server::TenantServiceServer;
@@ -87,6 +88,7 @@ pub async fn serve(
         config.vault.clone(),
     )?);
     let pruner = tokio::spawn(prune_audit_daily(vault.clone()));
+    let key_jobs = tokio::spawn(crate::service::run_key_jobs(vault.clone()));
 
     let apis = api::services(vault.clone());
     let max = config.max_message_bytes;
@@ -94,6 +96,7 @@ pub async fn serve(
     let records = RecordServiceServer::new(apis.records).max_decoding_message_size(max);
     let audit = AuditServiceServer::new(apis.audit).max_decoding_message_size(max);
     let rights = SubjectRightsServiceServer::new(apis.rights).max_decoding_message_size(max);
+    let keys = KeyServiceServer::new(apis.keys).max_decoding_message_size(max);
 
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
@@ -107,6 +110,9 @@ pub async fn serve(
         .await;
     health_reporter
         .set_serving::<SubjectRightsServiceServer<api::RightsApi>>()
+        .await;
+    health_reporter
+        .set_serving::<KeyServiceServer<api::KeyApi>>()
         .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
@@ -130,11 +136,14 @@ pub async fn serve(
         .add_service(records)
         .add_service(audit)
         .add_service(rights)
+        .add_service(keys)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
 
     pruner.abort();
     let _ = pruner.await;
+    key_jobs.abort();
+    let _ = key_jobs.await;
     // Drained: wait for the last handle so the store is closed (and its lock released)
     // when `run` returns, then flush whatever was written.
     drop(vault);
