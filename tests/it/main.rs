@@ -7,6 +7,7 @@ mod at_rest;
 mod audit;
 mod bad_input;
 mod erasure;
+mod keys;
 mod records;
 mod restart;
 mod tenants;
