@@ -26,6 +26,8 @@ use super::{blocking, versions, EpochReport};
 
 /// How often the worker looks for work when nobody woke it.
 const POLL: Duration = Duration::from_secs(1);
+/// How long the worker waits after a failed job before trying again.
+const RETRY_AFTER: Duration = Duration::from_secs(30);
 /// Store metadata key: when the epoch schedule started (before the first epoch ran).
 const EPOCH_ANCHOR: &str = "key_epoch_anchor";
 
@@ -42,27 +44,46 @@ pub async fn run_key_jobs(vault: Arc<Vault>) {
         caller: PeerIdentity::new("pii-vault/keys"),
         request_id: "key-jobs".into(),
     };
+    let scheduled = Call {
+        caller: PeerIdentity::new("pii-vault/key-epoch"),
+        request_id: "key-epoch".into(),
+    };
+    let taken = vault
+        .key_jobs
+        .epoch_queue
+        .lock()
+        .ok()
+        .and_then(|mut q| q.take());
+    let Some(mut asked) = taken else {
+        tracing::error!("key worker started twice; this one stops");
+        return;
+    };
     loop {
+        let mut failed = false;
         if let Err(e) = vault.run_pending_key_jobs(&call).await {
-            tracing::warn!(error = %e, "background key job failed; retrying");
+            tracing::warn!(error = %e, "background key job failed; retrying later");
+            failed = true;
         }
         match vault.epoch_due() {
-            Ok(true) => {
-                let call = Call {
-                    caller: PeerIdentity::new("pii-vault/key-epoch"),
-                    request_id: "key-epoch".into(),
-                };
-                match vault.run_key_epoch(&call).await {
-                    Ok(r) => tracing::info!(tenants = r.tenants.len(), "scheduled key epoch done"),
-                    Err(e) => tracing::warn!(error = %e, "scheduled key epoch failed; retrying"),
+            Ok(true) => match vault.recorded_key_epoch(&scheduled).await {
+                Ok(r) => tracing::info!(tenants = r.tenants.len(), "scheduled key epoch done"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "scheduled key epoch failed; retrying later");
+                    failed = true;
                 }
-            }
+            },
             Ok(false) => {}
             Err(e) => tracing::warn!(error = %e, "cannot read the key epoch schedule"),
         }
+        let pause = if failed { RETRY_AFTER } else { POLL };
         tokio::select! {
             () = vault.key_jobs.wake.notified() => {}
-            () = tokio::time::sleep(POLL) => {}
+            () = tokio::time::sleep(pause) => {}
+            Some((call, done)) = asked.recv() => {
+                let result = vault.recorded_key_epoch(&call).await;
+                // The caller may have gone; the epoch is done either way.
+                let _ = done.send(result);
+            }
         }
     }
 }

@@ -13,7 +13,7 @@ mod status;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{Mutex, Notify};
+use tokio::sync::{mpsc, oneshot, Mutex, Notify};
 
 pub use jobs::run_key_jobs;
 pub use status::{KeyStatus, RootStatus, TenantKeyStatus, VersionStatus};
@@ -44,6 +44,9 @@ impl Default for KeySettings {
     }
 }
 
+/// A request for a key epoch, answered when it is done.
+type EpochRequest = (Call, oneshot::Sender<Result<EpochReport, ServiceError>>);
+
 /// What the background key work shares with the use cases.
 pub(super) struct KeyJobs {
     settings: KeySettings,
@@ -51,14 +54,22 @@ pub(super) struct KeyJobs {
     running: Mutex<()>,
     /// Wakes the worker when a rotation started a job.
     wake: Notify,
+    /// Epochs asked for by `RunKeyEpoch`: the worker runs them, so an epoch completes even
+    /// if the request that asked for it is cancelled (a client deadline, say).
+    epochs: mpsc::UnboundedSender<EpochRequest>,
+    /// The worker's end of `epochs`, taken when it starts.
+    epoch_queue: std::sync::Mutex<Option<mpsc::UnboundedReceiver<EpochRequest>>>,
 }
 
 impl KeyJobs {
     pub(super) fn new(settings: KeySettings) -> Self {
+        let (epochs, queue) = mpsc::unbounded_channel();
         Self {
             settings,
             running: Mutex::new(()),
             wake: Notify::new(),
+            epochs,
+            epoch_queue: std::sync::Mutex::new(Some(queue)),
         }
     }
 }
@@ -173,8 +184,21 @@ impl Vault {
         self.record(ev, result).await
     }
 
-    /// Runs a key epoch now (see `jobs.rs`).
+    /// Runs a key epoch now (see `jobs.rs`) on the background worker (`run_key_jobs`
+    /// must be running), and returns when it is done.
     pub async fn run_key_epoch(&self, call: &Call) -> Result<EpochReport, ServiceError> {
+        let (done, report) = oneshot::channel();
+        self.key_jobs
+            .epochs
+            .send((call.clone(), done))
+            .map_err(|_| ServiceError::Internal("the key worker stopped".into()))?;
+        report
+            .await
+            .map_err(|_| ServiceError::Internal("the key worker stopped".into()))?
+    }
+
+    /// Runs a key epoch and records its audit event.
+    async fn recorded_key_epoch(&self, call: &Call) -> Result<EpochReport, ServiceError> {
         let mut ev = self.draft(call, Operation::KeyEpoch);
         let result = self.key_epoch().await;
         if let Ok(r) = &result {
