@@ -20,6 +20,9 @@ use super::{dek_aad, kek_aad, Keyring, KeyringError};
 
 /// Subjects read per page when counting.
 const COUNT_PAGE: usize = 2000;
+/// Subjects re-wrapped per store transaction. sled commits a transaction under a global
+/// lock, so a small one keeps the pause it imposes on live requests short.
+const REWRAP_TX: usize = 64;
 
 /// Every DEK version of one subject, unwrapped: opens fields sealed under any of them.
 pub struct SubjectDeks {
@@ -311,14 +314,17 @@ impl Keyring {
             return Ok(batch);
         }
         let ids: Vec<SubjectId> = plans.keys().cloned().collect();
-        let changed = self
-            .store
-            .update_subjects(tenant, &ids, &|id, stored, current| {
-                let (read, wraps) = plans.get(id)?;
-                (current == target && stored.same_deks(read)).then(|| with_wraps(stored, wraps))
-            })?;
-        batch.rewrapped = changed.iter().filter(|c| **c).count() as u64;
-        batch.stale = changed.len() as u64 - batch.rewrapped;
+        for chunk in ids.chunks(REWRAP_TX) {
+            let changed = self
+                .store
+                .update_subjects(tenant, chunk, &|id, stored, current| {
+                    let (read, wraps) = plans.get(id)?;
+                    (current == target && stored.same_deks(read)).then(|| with_wraps(stored, wraps))
+                })?;
+            let done = changed.iter().filter(|c| **c).count() as u64;
+            batch.rewrapped += done;
+            batch.stale += changed.len() as u64 - done;
+        }
         Ok(batch)
     }
 
