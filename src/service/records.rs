@@ -262,10 +262,10 @@ impl Vault {
     ) -> Result<SubjectPage, ServiceError> {
         let mut ev = self.draft(call, Operation::ListSubjects);
         ev.tenant = tenant.to_string();
+        // A shredded tenant answers NOT_FOUND here too, like every other call about it.
         let result = self
-            .store
-            .subjects(tenant, after, limit + 1)
-            .map_err(ServiceError::from)
+            .tenant(tenant)
+            .and_then(|_| Ok(self.store.subjects(tenant, after, limit + 1)?))
             .map(|all| {
                 let (subjects, next) = paged(all, limit, |s: &SubjectId| s);
                 SubjectPage { subjects, next }
