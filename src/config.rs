@@ -410,6 +410,30 @@ mod tests {
     }
 
     #[test]
+    fn key_settings_feed_the_vault_and_the_epoch_is_capped() {
+        let c = RawConfig::default().validate().expect("defaults validate");
+        assert_eq!(c.vault.key_epoch_interval, Duration::from_secs(24 * 3600));
+        assert_eq!(c.vault.keys.limits.dek, 1 << 30);
+        let raw: RawConfig = toml::from_str(
+            "[keys]\nepoch_interval_hours = 720\nmax_encryptions_per_dek = 5\nrewrap_pause_ms = 3",
+        )
+        .expect("parses");
+        let c = raw.validate().expect("valid");
+        assert_eq!(c.vault.key_epoch_interval, Duration::from_secs(720 * 3600));
+        assert_eq!(c.vault.keys.limits.dek, 5);
+        assert_eq!(c.vault.keys.rewrap_pause, Duration::from_millis(3));
+        for bad in [
+            "epoch_interval_hours = 721",
+            "epoch_interval_hours = 0",
+            "max_encryptions_per_dek = 4294967296",
+            "max_encryptions_per_wrapping_key = 2",
+        ] {
+            let raw: RawConfig = toml::from_str(&format!("[keys]\n{bad}")).expect("parses");
+            assert!(raw.validate().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn unknown_keys_and_bad_values_are_rejected() {
         assert!(toml::from_str::<RawConfig>("listne = \"x\"").is_err());
         let raw: RawConfig = toml::from_str("[limits]\nmax_value_bytes = 0").expect("parses");

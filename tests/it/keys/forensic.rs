@@ -186,3 +186,31 @@ async fn after_an_epoch_a_copy_of_the_data_directory_cannot_open_an_erased_subje
         }
     }
 }
+
+#[tokio::test]
+async fn erasure_receipts_promise_finality_after_the_configured_epoch_interval() {
+    let vault = TestVault::start_with(|raw| raw.keys.epoch_interval_hours = Some(6)).await;
+    create_tenant(&vault, "acme").await;
+    let mut client = vault.records().await;
+    put(
+        &mut client,
+        "acme",
+        "alice",
+        vec![text("email", pb::Category::Account, "a@example.com")],
+    )
+    .await
+    .expect("put");
+    let receipt = erase(vault.channel().await, "acme", "alice")
+        .await
+        .expect("erase");
+    let erased = receipt.erased_at.expect("erased_at").seconds;
+    let final_after = receipt.final_after.expect("final_after").seconds;
+    assert_eq!(final_after - erased, 6 * 3600);
+    let s = status(&mut keys_client(&vault).await, "", false).await;
+    assert_eq!(s.epoch_interval_seconds, 6 * 3600);
+    let next = s.next_epoch.expect("next epoch").seconds;
+    assert!(
+        next <= final_after,
+        "the next epoch comes no later than the promise"
+    );
+}
