@@ -53,6 +53,10 @@ pub enum KeyringError {
     /// The tenant was shredded: it has no keys any more.
     #[error("the tenant was shredded")]
     Shredded,
+    /// The KEK version a record names was destroyed after the record was read (a re-wrap
+    /// finished meanwhile): read the record again.
+    #[error("the tenant key version was retired; read again")]
+    Retired,
     /// A key cannot do what was asked without passing its usage limit.
     #[error("key usage limit: {0}")]
     LimitReached(String),
@@ -251,10 +255,13 @@ impl Keyring {
         {
             return Ok(k);
         }
-        let wrapped = self
-            .store
-            .kek(tenant, version)?
-            .ok_or(KeyringError::Missing("tenant key"))?;
+        let Some(wrapped) = self.store.kek(tenant, version)? else {
+            return Err(match self.store.tenant(tenant)? {
+                Some(t) if t.shredded_at.is_some() => KeyringError::Shredded,
+                Some(t) if version < t.kek_version => KeyringError::Retired,
+                _ => KeyringError::Missing("tenant key"),
+            });
+        };
         let kek = {
             let root = self.root()?;
             let key = root

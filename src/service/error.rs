@@ -88,7 +88,7 @@ impl From<KeyringError> for ServiceError {
             KeyringError::LimitReached(_) | KeyringError::NoRootFile => {
                 ServiceError::KeyPrecondition(e.to_string())
             }
-            KeyringError::Contended(_) => {
+            KeyringError::Contended(_) | KeyringError::Retired => {
                 ServiceError::Unavailable(StoreError::Backend(e.to_string()))
             }
             other => ServiceError::Internal(other.to_string()),

@@ -214,7 +214,7 @@ impl Vault {
                 })
                 .collect::<Result<Vec<_>, _>>()?
         };
-        let deks = self.keys.subject_deks(tenant, subject, &record)?;
+        let deks = self.subject_deks(tenant, subject, &record)?;
         records
             .into_iter()
             .map(|rec| Self::open_field(tenant, subject, &deks, rec))

@@ -3,7 +3,7 @@
 
 use crate::crypto::{Dek, Key};
 use crate::domain::{SubjectId, TenantId};
-use crate::keyring::SealGrant;
+use crate::keyring::{KeyringError, SealGrant, SubjectDeks};
 use crate::storage::SubjectRecord;
 
 use super::super::{ServiceError, Vault};
@@ -47,11 +47,33 @@ impl Vault {
                 }
                 SealGrant::Stale => continue,
             }
-            let dek = self.keys.subject_dek(tenant, subject, &record)?;
-            return Ok((record, dek));
+            match self.keys.subject_dek(tenant, subject, &record) {
+                Ok(dek) => return Ok((record, dek)),
+                // Re-wrapped and its old KEK version destroyed since we read it.
+                Err(KeyringError::Retired) => continue,
+                Err(e) => return Err(e.into()),
+            }
         }
         Err(ServiceError::Internal(
             "the subject's keys kept changing during a write".into(),
         ))
+    }
+
+    /// Every DEK version of a subject whose record was just read. If a re-wrap destroyed the
+    /// KEK version the record names in the meantime, the record is read again (the DEKs
+    /// themselves are the same, only their wraps changed).
+    pub(in crate::service) fn subject_deks(
+        &self,
+        tenant: &TenantId,
+        subject: &SubjectId,
+        record: &SubjectRecord,
+    ) -> Result<SubjectDeks, ServiceError> {
+        match self.keys.subject_deks(tenant, subject, record) {
+            Err(KeyringError::Retired) => {
+                let fresh = self.live_subject(tenant, subject)?;
+                Ok(self.keys.subject_deks(tenant, subject, &fresh)?)
+            }
+            other => Ok(other?),
+        }
     }
 }
