@@ -77,6 +77,8 @@ fn records(c: &mut Criterion) {
         wrapped_dek: kek.wrap(&dek, &dek_aad()).expect("wrap"),
         categories: 0b110,
         index_entries: vec![vec![7u8; 60]],
+        older_deks: Vec::new(),
+        dek_reserved: 64,
     };
     let field = FieldRecord {
         meta: FieldMeta {

@@ -11,8 +11,9 @@ use serde::Deserialize;
 use crate::authz::{Policy, PurposeRules};
 use crate::certs::{DevPki, DEV_CLIENT_ID};
 use crate::domain::Purpose;
+use crate::keyring::KeyLimits;
 use crate::keyring::{KeyringError, RootKeys};
-use crate::service::{Limits, SinkConfig, VaultSettings};
+use crate::service::{KeySettings, Limits, SinkConfig, VaultSettings};
 
 /// Default listen address: loopback only.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7443";
@@ -97,6 +98,19 @@ pub struct RawTls {
 pub struct RawKeys {
     /// Root key file (mode 0600). Default: `<data_dir>/root.key`.
     pub root_key_file: Option<PathBuf>,
+    /// Hours between key epochs (an erasure is final after the next). Default 24; at most
+    /// 720, the 30-day backup window of the privacy policy.
+    pub epoch_interval_hours: Option<u64>,
+    /// Field values one subject DEK may seal before a new DEK version replaces it. Default
+    /// 2^30, far below the 2^32 NIST SP 800-38D allows with random 96-bit nonces.
+    pub max_encryptions_per_dek: Option<u64>,
+    /// Keys one tenant KEK version or root key version may wrap before it is rotated.
+    /// Default 2^30.
+    pub max_encryptions_per_wrapping_key: Option<u64>,
+    /// Subjects re-wrapped per batch after a tenant key rotation. Default 500.
+    pub rewrap_batch_size: Option<usize>,
+    /// Pause between re-wrap batches in milliseconds, leaving room for traffic. Default 0.
+    pub rewrap_pause_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -190,6 +204,52 @@ fn bounded_usize(name: &str, value: usize, min: usize, max: usize) -> Result<usi
     usize::try_from(v).map_err(|_| ConfigError::Invalid(format!("{name} is too large")))
 }
 
+/// Longest key epoch interval: the policy's 30-day backup window.
+pub const MAX_EPOCH_HOURS: u64 = 720;
+
+impl RawKeys {
+    /// The key epoch interval and the key settings.
+    fn settings(&self) -> Result<(Duration, KeySettings), ConfigError> {
+        let hours = bounded(
+            "keys.epoch_interval_hours",
+            self.epoch_interval_hours.unwrap_or(24),
+            1,
+            MAX_EPOCH_HOURS,
+        )?;
+        let defaults = KeySettings::default();
+        let keys = KeySettings {
+            limits: KeyLimits {
+                dek: bounded(
+                    "keys.max_encryptions_per_dek",
+                    self.max_encryptions_per_dek.unwrap_or(defaults.limits.dek),
+                    1,
+                    1 << 31,
+                )?,
+                wrapping: bounded(
+                    "keys.max_encryptions_per_wrapping_key",
+                    self.max_encryptions_per_wrapping_key
+                        .unwrap_or(defaults.limits.wrapping),
+                    16,
+                    1 << 31,
+                )?,
+            },
+            rewrap_batch: bounded_usize(
+                "keys.rewrap_batch_size",
+                self.rewrap_batch_size.unwrap_or(defaults.rewrap_batch),
+                1,
+                100_000,
+            )?,
+            rewrap_pause: Duration::from_millis(bounded(
+                "keys.rewrap_pause_ms",
+                self.rewrap_pause_ms.unwrap_or(0),
+                0,
+                60_000,
+            )?),
+        };
+        Ok((Duration::from_secs(hours * 3600), keys))
+    }
+}
+
 impl RawConfig {
     /// Reads a TOML file.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
@@ -273,6 +333,7 @@ impl RawConfig {
                 ConfigError::Invalid(format!("metrics.listen {text:?} is not host:port"))
             })?),
         };
+        let (key_epoch_interval, keys) = self.keys.settings()?;
         Ok(Config {
             policy_file: self
                 .authz
@@ -314,7 +375,8 @@ impl RawConfig {
                         )?,
                 ),
                 audit_enabled: true,
-                key_epoch_interval: crate::service::DEFAULT_KEY_EPOCH,
+                key_epoch_interval,
+                keys,
                 retention: crate::service::RetentionRules::default(),
                 audit_sink: match self.audit.jsonl_path {
                     None => None,
@@ -435,6 +497,30 @@ mod tests {
         assert_eq!(c.vault.audit_retention.as_secs(), 365 * 86_400);
         assert!(c.dev_tls);
         assert_eq!(c.shutdown_grace, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn key_settings_feed_the_vault_and_the_epoch_is_capped() {
+        let c = RawConfig::default().validate().expect("defaults validate");
+        assert_eq!(c.vault.key_epoch_interval, Duration::from_secs(24 * 3600));
+        assert_eq!(c.vault.keys.limits.dek, 1 << 30);
+        let raw: RawConfig = toml::from_str(
+            "[keys]\nepoch_interval_hours = 720\nmax_encryptions_per_dek = 5\nrewrap_pause_ms = 3",
+        )
+        .expect("parses");
+        let c = raw.validate().expect("valid");
+        assert_eq!(c.vault.key_epoch_interval, Duration::from_secs(720 * 3600));
+        assert_eq!(c.vault.keys.limits.dek, 5);
+        assert_eq!(c.vault.keys.rewrap_pause, Duration::from_millis(3));
+        for bad in [
+            "epoch_interval_hours = 721",
+            "epoch_interval_hours = 0",
+            "max_encryptions_per_dek = 4294967296",
+            "max_encryptions_per_wrapping_key = 2",
+        ] {
+            let raw: RawConfig = toml::from_str(&format!("[keys]\n{bad}")).expect("parses");
+            assert!(raw.validate().is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -33,7 +33,15 @@ fn assert_every_key_set(raw: &RawConfig) {
             key,
             client_ca,
         },
-        keys: RawKeys { root_key_file },
+        keys:
+            RawKeys {
+                root_key_file,
+                epoch_interval_hours,
+                max_encryptions_per_dek,
+                max_encryptions_per_wrapping_key,
+                rewrap_batch_size,
+                rewrap_pause_ms,
+            },
         limits:
             RawLimits {
                 max_value_bytes,
@@ -71,6 +79,17 @@ fn assert_every_key_set(raw: &RawConfig) {
         ("tls.key", key.is_some()),
         ("tls.client_ca", client_ca.is_some()),
         ("keys.root_key_file", root_key_file.is_some()),
+        ("keys.epoch_interval_hours", epoch_interval_hours.is_some()),
+        (
+            "keys.max_encryptions_per_dek",
+            max_encryptions_per_dek.is_some(),
+        ),
+        (
+            "keys.max_encryptions_per_wrapping_key",
+            max_encryptions_per_wrapping_key.is_some(),
+        ),
+        ("keys.rewrap_batch_size", rewrap_batch_size.is_some()),
+        ("keys.rewrap_pause_ms", rewrap_pause_ms.is_some()),
         ("limits.max_value_bytes", max_value_bytes.is_some()),
         ("limits.max_message_bytes", max_message_bytes.is_some()),
         (

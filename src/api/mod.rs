@@ -9,6 +9,7 @@ mod admin;
 mod audit;
 mod backup;
 mod convert;
+mod keys;
 mod record;
 mod rights;
 mod status;
@@ -28,6 +29,7 @@ use crate::service::{Call, Vault};
 pub use admin::AdminApi;
 pub use audit::AuditApi;
 pub use backup::BackupApi;
+pub use keys::KeyApi;
 pub use record::RecordApi;
 pub use rights::RightsApi;
 pub use tenant::TenantApi;
@@ -131,6 +133,7 @@ pub fn services(vault: Arc<Vault>) -> Services {
         audit: AuditApi::new(vault.clone()),
         rights: RightsApi::new(vault.clone()),
         admin: AdminApi::new(vault.clone()),
+        keys: KeyApi::new(vault.clone()),
         tokens: TokenApi::new(vault),
     }
 }
@@ -141,6 +144,7 @@ pub struct Services {
     pub tenants: TenantApi,
     pub records: RecordApi,
     pub audit: AuditApi,
+    pub keys: KeyApi,
     pub rights: RightsApi,
     pub admin: AdminApi,
     pub tokens: TokenApi,

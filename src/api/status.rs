@@ -24,6 +24,8 @@ impl From<ServiceError> for Status {
             ServiceError::Refused(r @ (Refusal::Restricted | Refusal::NoConsent(_))) => {
                 Status::failed_precondition(r.to_string())
             }
+            ServiceError::TenantShredded => Status::not_found("tenant not found: it was shredded"),
+            ServiceError::KeyPrecondition(why) => Status::failed_precondition(why),
             ServiceError::AuditUnavailable(cause) => {
                 tracing::warn!(%cause, "audit log unavailable; request failed closed");
                 Status::unavailable("audit log unavailable; retry later")

@@ -34,10 +34,15 @@ pub enum Operation {
     ListConsents,
     RetentionDelete,
     Backup,
+    RotateTenantKey,
+    RotateRootKey,
+    KeyStatus,
+    KeyEpoch,
+    ShredTenant,
 }
 
 impl Operation {
-    pub const ALL: [Operation; 22] = [
+    pub const ALL: [Operation; 27] = [
         Operation::CreateTenant,
         Operation::GetTenant,
         Operation::ListTenants,
@@ -60,6 +65,11 @@ impl Operation {
         Operation::ListConsents,
         Operation::RetentionDelete,
         Operation::Backup,
+        Operation::RotateTenantKey,
+        Operation::RotateRootKey,
+        Operation::KeyStatus,
+        Operation::KeyEpoch,
+        Operation::ShredTenant,
     ];
 
     pub fn name(self) -> &'static str {
@@ -86,6 +96,11 @@ impl Operation {
             Operation::ListConsents => "list_consents",
             Operation::RetentionDelete => "retention_delete",
             Operation::Backup => "backup",
+            Operation::RotateTenantKey => "rotate_tenant_key",
+            Operation::RotateRootKey => "rotate_root_key",
+            Operation::KeyStatus => "key_status",
+            Operation::KeyEpoch => "key_epoch",
+            Operation::ShredTenant => "shred_tenant",
         }
     }
 
@@ -104,6 +119,10 @@ impl Operation {
                 | Operation::LiftRestriction
                 | Operation::SetConsent
                 | Operation::RetentionDelete
+                | Operation::RotateTenantKey
+                | Operation::RotateRootKey
+                | Operation::KeyEpoch
+                | Operation::ShredTenant
         )
     }
 

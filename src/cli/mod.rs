@@ -8,6 +8,7 @@ mod backup_cmd;
 mod certs_cmd;
 mod client_cmds;
 mod erase_cmd;
+mod keys_cmd;
 mod serve;
 
 use std::path::PathBuf;
@@ -56,6 +57,9 @@ enum Command {
     Backup(backup_cmd::BackupArgs),
     /// Restore a backup into a new data directory (offline; the vault must not be running there).
     Restore(backup_cmd::RestoreArgs),
+    /// Key management: status, rotate-tenant, rotate-root, epoch, shred-tenant.
+    #[command(subcommand)]
+    Keys(keys_cmd::KeysCmd),
 }
 
 /// How a client subcommand reaches the vault.
@@ -115,6 +119,7 @@ pub fn main() -> ExitCode {
             Command::Certs(cmd) => certs_cmd::run(cmd),
             Command::Backup(args) => backup_cmd::backup(args).await,
             Command::Restore(args) => backup_cmd::restore(args).await,
+            Command::Keys(cmd) => keys_cmd::keys(cmd).await,
         }
     });
     match result {

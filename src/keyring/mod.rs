@@ -1,22 +1,35 @@
 //! The key hierarchy: root key → tenant KEK → subject DEK.
 //!
-//! - The root key comes from its file (`RootKeys`) and never enters the store.
+//! - The root key comes from its file (`RootKeys`) and never enters the store. It has
+//!   versions; rotation adds one, re-wraps every tenant KEK and the audit key under it, and
+//!   then destroys the old versions by rewriting the file (`root_keys.rs`).
 //! - A tenant KEK is generated at tenant creation and stored wrapped by the root key, bound
-//!   to the tenant id.
+//!   to the tenant id and its version. Rotation adds a version that wraps new DEKs; a
+//!   background re-wrap moves every DEK to it, and then the old versions are destroyed
+//!   (`tenant_keys.rs`). Shredding destroys every version at once.
 //! - A subject DEK is generated at the subject's first write and stored wrapped by the
-//!   tenant KEK, bound to tenant and subject.
+//!   tenant KEK, bound to tenant, subject and DEK version. A DEK that reaches its usage
+//!   limit is replaced by a new version; older versions stay (wrapped in the subject
+//!   record) only while some field is still sealed under them.
+//! - Every key counts its encryptions, reserving them in the store before use (`usage.rs`).
 //!
 //! Unwrapped KEKs are cached (there are few tenants); DEKs are unwrapped per request.
 
 mod root_file;
+mod root_keys;
+mod tenant_keys;
+mod usage;
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 
 pub use root_file::RootKeys;
+pub use root_keys::RootRotation;
+pub use tenant_keys::{RewrapBatch, SubjectDeks};
+pub use usage::{KeyLimits, SealGrant};
 
 use crate::crypto::{mac_eq, Aad, Audit, CryptoError, Dek, Index, Kek, Key, Sealed, MAC_LEN};
-use crate::domain::{SubjectId, TenantId, Timestamp};
+use crate::domain::{Clock, SubjectId, SystemClock, TenantId, Timestamp};
 use crate::storage::{Store, StoreError, SubjectRecord, TenantRecord};
 
 /// Store metadata key holding the root key check value the data directory was created with.
@@ -37,6 +50,22 @@ pub enum KeyringError {
     Unwrap,
     #[error("the {0} is missing from the store")]
     Missing(&'static str),
+    /// The tenant was shredded: it has no keys any more.
+    #[error("the tenant was shredded")]
+    Shredded,
+    /// The KEK version a record names was destroyed after the record was read (a re-wrap
+    /// finished meanwhile): read the record again.
+    #[error("the tenant key version was retired; read again")]
+    Retired,
+    /// A key cannot do what was asked without passing its usage limit.
+    #[error("key usage limit: {0}")]
+    LimitReached(String),
+    /// The root keys were not loaded from a file, so they cannot be rotated.
+    #[error("the root key has no file to rewrite, so it cannot be rotated")]
+    NoRootFile,
+    /// A concurrent change kept winning; the operation may be retried.
+    #[error("the {0} kept changing concurrently")]
+    Contended(&'static str),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -47,14 +76,21 @@ impl From<CryptoError> for KeyringError {
     }
 }
 
-fn kek_aad(tenant: &TenantId) -> Aad {
+/// The context a tenant KEK is wrapped in (the KEK version is bound by the wrap itself).
+pub fn kek_aad(tenant: &TenantId) -> Aad {
     Aad::new("tenant-kek").with(tenant.as_str().as_bytes())
 }
 
-fn dek_aad(tenant: &TenantId, subject: &SubjectId) -> Aad {
+/// The context a subject DEK is wrapped in (the DEK version is bound by the wrap itself).
+pub fn dek_aad(tenant: &TenantId, subject: &SubjectId) -> Aad {
     Aad::new("subject-dek")
         .with(tenant.as_str().as_bytes())
         .with(subject.as_str().as_bytes())
+}
+
+/// The context the audit key is wrapped in.
+fn audit_aad() -> Aad {
+    Aad::new("audit-key")
 }
 
 /// Unwrapped tenant KEKs by (tenant, KEK version).
@@ -62,23 +98,46 @@ type KekCache = HashMap<(TenantId, u32), Arc<Key<Kek>>>;
 /// Unwrapped blind-index keys of a tenant, newest version first.
 type IndexCache = HashMap<TenantId, Vec<Arc<Key<Index>>>>;
 
-/// Store metadata key prefix of a tenant's wrapped index keys: `index_key/<tenant>/<version>`.
+/// Store metadata key prefix of every wrapped index key: `index_key/<tenant>/<version>`.
+const INDEX_KEY_PREFIX: &str = "index_key/";
+
+/// Store metadata key prefix of a tenant's wrapped index keys.
 fn index_key_prefix(tenant: &TenantId) -> String {
-    format!("index_key/{tenant}/")
+    format!("{INDEX_KEY_PREFIX}{tenant}/")
+}
+
+/// The tenant and version named by an index key's metadata key.
+fn parse_index_key_name(name: &str) -> Result<(TenantId, u32), KeyringError> {
+    let bad = || KeyringError::Missing("index key name");
+    let rest = name.strip_prefix(INDEX_KEY_PREFIX).ok_or_else(bad)?;
+    let (tenant, version) = rest.split_once('/').ok_or_else(bad)?;
+    Ok((
+        TenantId::parse(tenant).map_err(|_| bad())?,
+        version.parse().map_err(|_| bad())?,
+    ))
 }
 
 fn index_aad(tenant: &TenantId) -> Aad {
     Aad::new("tenant-index-key").with(tenant.as_str().as_bytes())
 }
 
-/// Wraps and unwraps the vault's keys.
+/// Wraps and unwraps the vault's keys, rotates and destroys them, and counts their use.
 pub struct Keyring {
-    root: RootKeys,
+    /// The root key versions. Readers wrap and unwrap under a read guard; rotation holds
+    /// the write guard while it re-wraps and destroys, so no wrap under a version being
+    /// destroyed can slip in.
+    root: RwLock<RootKeys>,
     store: Arc<dyn Store>,
-    /// Unwrapped tenant KEKs by (tenant, version): unwrapping on every request would put a
-    /// root-key operation on the hot path.
+    /// Unwrapped KEKs by (tenant, version): unwrapping on every request would put a
+    /// root-key operation on the hot path. Destroyed versions are evicted.
     keks: RwLock<KekCache>,
     index_keys: RwLock<IndexCache>,
+    /// Usage limits and counters of every key.
+    usage: usage::Usage,
+    /// Serialises root key rotations (adding a version, converging, destroying).
+    root_rotation: Mutex<()>,
+    /// Creation and destruction times of key versions.
+    clock: Arc<dyn Clock>,
 }
 
 impl std::fmt::Debug for Keyring {
@@ -107,26 +166,52 @@ impl Keyring {
             return Err(KeyringError::RootMismatch);
         }
         Ok(Self {
-            root,
+            root: RwLock::new(root),
             store,
             keks: RwLock::new(HashMap::new()),
             index_keys: RwLock::new(HashMap::new()),
+            usage: usage::Usage::new(KeyLimits::default()),
+            root_rotation: Mutex::new(()),
+            clock: Arc::new(SystemClock),
         })
+    }
+
+    /// Sets the clock that dates key versions (default: the system clock).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Sets the usage limits (default: `KeyLimits::default()`).
+    pub fn with_limits(mut self, limits: KeyLimits) -> Self {
+        self.usage = usage::Usage::new(limits);
+        self
+    }
+
+    /// The usage limits in force.
+    pub fn limits(&self) -> KeyLimits {
+        self.usage.limits()
+    }
+
+    fn root(&self) -> Result<RwLockReadGuard<'_, RootKeys>, KeyringError> {
+        self.root
+            .read()
+            .map_err(|_| KeyringError::Missing("root key (lock poisoned)"))
     }
 
     /// The key that MACs the audit chain: created (and stored wrapped by the root key) on
     /// first use, unwrapped on every later start.
     pub fn audit_key(&self) -> Result<Key<Audit>, KeyringError> {
-        let aad = Aad::new("audit-key");
+        if let Some(stored) = self.store.meta(AUDIT_KEY)? {
+            return self.unwrap_audit_key(&stored);
+        }
         let fresh: Key<Audit> = Key::generate(1)?;
-        let candidate = self.root.current().wrap(&fresh, &aad)?.encode();
+        let candidate = {
+            let root = self.root()?;
+            self.wrap_under_root(&root, &fresh, &audit_aad())?.encode()
+        };
         let stored = self.store.meta_init(AUDIT_KEY, &candidate)?;
-        let wrapped = Sealed::decode(&stored).map_err(|_| KeyringError::Missing("audit key"))?;
-        let root = self
-            .root
-            .version(wrapped.key_version())
-            .ok_or(KeyringError::Missing("root key version"))?;
-        Ok(root.unwrap_key(&wrapped, 1, &aad)?)
+        self.unwrap_audit_key(&stored)
     }
 
     /// A tenant's blind-index keys, newest (current) first; the first is created on first use.
@@ -151,8 +236,8 @@ impl Keyring {
                 .parse()
                 .map_err(|_| KeyringError::Missing("index key version"))?;
             let wrapped = Sealed::decode(&bytes).map_err(|_| KeyringError::Missing("index key"))?;
-            let root = self
-                .root
+            let root = self.root()?;
+            let root = root
                 .version(wrapped.key_version())
                 .ok_or(KeyringError::Missing("root key version"))?;
             keys.push(Arc::new(root.unwrap_key::<Index>(
@@ -170,7 +255,7 @@ impl Keyring {
 
     fn add_index_key(&self, tenant: &TenantId, version: u32) -> Result<(), KeyringError> {
         let key: Key<Index> = Key::generate(version)?;
-        let wrapped = self.root.current().wrap(&key, &index_aad(tenant))?;
+        let wrapped = self.root()?.current().wrap(&key, &index_aad(tenant))?;
         // Zero-padded so the store's key order is version order.
         self.store.meta_init(
             &format!("{}{version:010}", index_key_prefix(tenant)),
@@ -208,20 +293,62 @@ impl Keyring {
         }
     }
 
-    /// A new tenant record and its first KEK, wrapped by the current root key.
-    pub fn new_tenant(
+    fn unwrap_audit_key(&self, stored: &[u8]) -> Result<Key<Audit>, KeyringError> {
+        let wrapped = Sealed::decode(stored).map_err(|_| KeyringError::Missing("audit key"))?;
+        let root = self.root()?;
+        let key = root
+            .version(wrapped.key_version())
+            .ok_or(KeyringError::Missing("root key version"))?;
+        Ok(key.unwrap_key(&wrapped, 1, &audit_aad())?)
+    }
+
+    /// Creates a tenant and its first KEK, wrapped by the current root key, in the store.
+    /// Returns `None` if the tenant already exists.
+    pub fn create_tenant(
         &self,
         id: &TenantId,
         now: Timestamp,
-    ) -> Result<(TenantRecord, Sealed), KeyringError> {
+    ) -> Result<Option<TenantRecord>, KeyringError> {
         let kek: Key<Kek> = Key::generate(1)?;
-        let wrapped = self.root.current().wrap(&kek, &kek_aad(id))?;
         let record = TenantRecord {
             id: id.clone(),
             created_at: now,
             kek_version: kek.version(),
+            shredded_at: None,
         };
-        Ok((record, wrapped))
+        // The read guard spans wrap and store: a root rotation cannot destroy the version
+        // this KEK is wrapped under before it is stored where the rotation will find it.
+        let root = self.root_for_wrap()?;
+        let wrapped = self.wrap_under_root(&root, &kek, &kek_aad(id))?;
+        let created = self.store.create_tenant(&record, &wrapped)?;
+        Ok(created.then_some(record))
+    }
+
+    /// A read guard on root keys whose current version may wrap one more key: rotates the
+    /// root key first (adding a version) if the current one reached its limit.
+    fn root_for_wrap(&self) -> Result<RwLockReadGuard<'_, RootKeys>, KeyringError> {
+        for _ in 0..3 {
+            let root = self.root()?;
+            if self.usage.root_has_room(&root, self.store.as_ref())? {
+                return Ok(root);
+            }
+            drop(root);
+            tracing::info!("root key reached its usage limit; adding a new version");
+            self.add_root_version()?;
+        }
+        Err(KeyringError::Contended("root key"))
+    }
+
+    fn wrap_under_root<C: crate::crypto::KeyRole>(
+        &self,
+        root: &RootKeys,
+        child: &Key<C>,
+        aad: &Aad,
+    ) -> Result<Sealed, KeyringError> {
+        let current = root.current();
+        self.usage
+            .count_root_wrap(current.version(), self.store.as_ref())?;
+        Ok(current.wrap(child, aad)?)
     }
 
     fn kek(&self, tenant: &TenantId, version: u32) -> Result<Arc<Key<Kek>>, KeyringError> {
@@ -234,53 +361,106 @@ impl Keyring {
         {
             return Ok(k);
         }
-        let wrapped = self
-            .store
-            .kek(tenant, version)?
-            .ok_or(KeyringError::Missing("tenant key"))?;
-        let root = self
-            .root
-            .version(wrapped.key_version())
-            .ok_or(KeyringError::Missing("root key version"))?;
-        let kek = Arc::new(root.unwrap_key::<Kek>(&wrapped, version, &kek_aad(tenant))?);
+        let Some(wrapped) = self.store.kek(tenant, version)? else {
+            return Err(match self.store.tenant(tenant)? {
+                Some(t) if t.shredded_at.is_some() => KeyringError::Shredded,
+                Some(t) if version < t.kek_version => KeyringError::Retired,
+                _ => KeyringError::Missing("tenant key"),
+            });
+        };
+        let kek = {
+            let root = self.root()?;
+            let key = root
+                .version(wrapped.key_version())
+                .ok_or(KeyringError::Missing("root key version"))?;
+            Arc::new(key.unwrap_key::<Kek>(&wrapped, version, &kek_aad(tenant))?)
+        };
         if let Ok(mut map) = self.keks.write() {
             map.insert(cache_key, kek.clone());
         }
         Ok(kek)
     }
 
-    /// A fresh DEK for a new subject and the record that stores it wrapped.
+    /// Forgets cached KEKs of `tenant` for which `destroyed` is true.
+    fn evict_keks(&self, tenant: &TenantId, destroyed: impl Fn(u32) -> bool) {
+        if let Ok(mut map) = self.keks.write() {
+            map.retain(|(t, v), _| t != tenant || !destroyed(*v));
+        }
+    }
+
+    /// Wraps a DEK under version `version` of the tenant's KEK, counting the use. If that
+    /// version reached its limit the tenant KEK is rotated first and the DEK is wrapped
+    /// under the new version (the returned wrap names it).
+    fn wrap_dek(
+        &self,
+        tenant: &TenantId,
+        version: u32,
+        subject: &SubjectId,
+        dek: &Key<Dek>,
+    ) -> Result<Sealed, KeyringError> {
+        let mut version = version;
+        for _ in 0..3 {
+            match self
+                .usage
+                .count_kek_wrap(tenant, version, self.store.as_ref())
+            {
+                Ok(()) => {
+                    let kek = self.kek(tenant, version)?;
+                    return Ok(kek.wrap(dek, &dek_aad(tenant, subject))?);
+                }
+                Err(KeyringError::LimitReached(_)) => {
+                    tracing::info!(%tenant, version, "tenant key reached its usage limit; rotating");
+                    version = self.rotate_tenant(tenant)?.1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(KeyringError::Contended("tenant key"))
+    }
+
+    /// A fresh DEK for a new subject and the record that stores it wrapped, with `seals`
+    /// encryptions reserved (the record and the values it seals are stored together, so
+    /// the reservation is durable exactly when they are).
     pub fn new_subject(
         &self,
         tenant: &TenantRecord,
         subject: &SubjectId,
         now: Timestamp,
+        seals: usize,
     ) -> Result<(Key<Dek>, SubjectRecord), KeyringError> {
-        let kek = self.kek(&tenant.id, tenant.kek_version)?;
+        let seals = self.usage.check_request(seals)?;
         let dek: Key<Dek> = Key::generate(1)?;
-        let wrapped_dek = kek.wrap(&dek, &dek_aad(&tenant.id, subject))?;
+        let wrapped_dek = self.wrap_dek(&tenant.id, tenant.kek_version, subject, &dek)?;
         let record = SubjectRecord {
             created_at: now,
             dek_version: dek.version(),
             wrapped_dek,
             categories: 0,
             index_entries: Vec::new(),
+            older_deks: Vec::new(),
+            dek_reserved: seals,
         };
         Ok((dek, record))
     }
 
-    /// Unwraps a subject's DEK.
+    /// Unwraps a subject's current DEK.
     pub fn subject_dek(
         &self,
         tenant: &TenantId,
         subject: &SubjectId,
         record: &SubjectRecord,
     ) -> Result<Key<Dek>, KeyringError> {
-        let kek = self.kek(tenant, record.wrapped_dek.key_version())?;
-        Ok(kek.unwrap_key(
-            &record.wrapped_dek,
-            record.dek_version,
-            &dek_aad(tenant, subject),
-        )?)
+        self.unwrap_dek(tenant, subject, record.dek_version, &record.wrapped_dek)
+    }
+
+    fn unwrap_dek(
+        &self,
+        tenant: &TenantId,
+        subject: &SubjectId,
+        dek_version: u32,
+        wrapped: &Sealed,
+    ) -> Result<Key<Dek>, KeyringError> {
+        let kek = self.kek(tenant, wrapped.key_version())?;
+        Ok(kek.unwrap_key(wrapped, dek_version, &dek_aad(tenant, subject))?)
     }
 }

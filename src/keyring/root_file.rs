@@ -13,10 +13,16 @@
 //! The file is a list of versions so that rotation can add one and destroy another; a
 //! future `source = "kms"` entry can name an external key instead of holding bytes.
 //! The vault refuses a file that others can read.
+//!
+//! Rotation rewrites the file atomically twice: once to add the new version (then current),
+//! and, after everything the old version wrapped has been re-wrapped, once without the old
+//! version. A crash in between leaves both versions in the file, and the next start
+//! finishes the rotation. Destroying a version means this file no longer holds it: keep the
+//! file out of backups, or a backup of it brings the version back.
 
 use std::fs;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -51,6 +57,9 @@ impl Drop for RawVersion {
 pub struct RootKeys {
     current: u32,
     versions: Vec<Key<Root>>,
+    /// The file the keys were loaded from, rewritten by rotation; `None` for generated keys
+    /// that were never loaded (they cannot be rotated).
+    source: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for RootKeys {
@@ -68,7 +77,65 @@ impl RootKeys {
         Ok(Self {
             current: 1,
             versions: vec![Key::generate(1)?],
+            source: None,
         })
+    }
+
+    /// The version that wraps new keys.
+    pub fn current_version(&self) -> u32 {
+        self.current
+    }
+
+    /// Every version the file holds, in file order.
+    pub fn version_numbers(&self) -> Vec<u32> {
+        self.versions.iter().map(Key::version).collect()
+    }
+
+    /// The file these keys live in, if they were loaded from one.
+    pub fn path(&self) -> Option<&Path> {
+        self.source.as_deref()
+    }
+
+    /// Adds a fresh random version, makes it current and rewrites the file atomically. On a
+    /// failed write nothing changes.
+    pub(super) fn add_version(&mut self) -> Result<u32, KeyringError> {
+        let path = self.source.clone().ok_or(KeyringError::NoRootFile)?;
+        let next = self
+            .versions
+            .iter()
+            .map(Key::version)
+            .max()
+            .unwrap_or(0)
+            .checked_add(1)
+            .ok_or(KeyringError::Missing("a free root key version"))?;
+        let previous = self.current;
+        self.versions.push(Key::generate(next)?);
+        self.current = next;
+        if let Err(e) = self.save(&path) {
+            self.versions.retain(|k| k.version() != next);
+            self.current = previous;
+            return Err(e);
+        }
+        Ok(next)
+    }
+
+    /// Removes every version but the current one and rewrites the file atomically; the
+    /// removed keys are zeroized when dropped. Returns the versions removed.
+    pub(super) fn destroy_old_versions(&mut self) -> Result<Vec<u32>, KeyringError> {
+        let path = self.source.clone().ok_or(KeyringError::NoRootFile)?;
+        let current = self.current;
+        let (keep, old): (Vec<_>, Vec<_>) = std::mem::take(&mut self.versions)
+            .into_iter()
+            .partition(|k| k.version() == current);
+        self.versions = keep;
+        let removed: Vec<u32> = old.iter().map(Key::version).collect();
+        if let Err(e) = self.save(&path) {
+            // Nothing was destroyed: keep the old versions so that what they wrap still opens.
+            self.versions.extend(old);
+            return Err(e);
+        }
+        drop(old);
+        Ok(removed)
     }
 
     /// The key that wraps new tenant KEKs.
@@ -110,6 +177,7 @@ impl RootKeys {
         let keys = Self {
             current: raw.current,
             versions,
+            source: Some(path.to_path_buf()),
         };
         if keys.version(keys.current).is_none() {
             return Err(bad("the current version is not in the file"));

@@ -29,6 +29,7 @@ use crate::metrics::Metrics;
 use crate::proto::v1::admin_service_server::AdminServiceServer;
 use crate::proto::v1::audit_service_server::AuditServiceServer;
 use crate::proto::v1::backup_service_server::BackupServiceServer;
+use crate::proto::v1::key_service_server::KeyServiceServer;
 use crate::proto::v1::record_service_server::RecordServiceServer;
 use crate::proto::v1::subject_rights_service_server::SubjectRightsServiceServer;
 use crate::proto::v1::tenant_service_server::TenantServiceServer;
@@ -137,6 +138,7 @@ pub async fn serve(
     let pruner = tokio::spawn(prune_audit_daily(vault.clone()));
     let sweeper = tokio::spawn(sweep_retention_hourly(vault.clone()));
     let sampler = tokio::spawn(sample_store(Arc::downgrade(&store), metrics.clone()));
+    let key_jobs = tokio::spawn(crate::service::run_key_jobs(vault.clone()));
 
     let apis = api::services(vault.clone());
     let max = config.max_message_bytes;
@@ -147,6 +149,7 @@ pub async fn serve(
     let admin = AdminServiceServer::new(apis.admin).max_decoding_message_size(max);
     let tokens = TokenServiceServer::new(apis.tokens).max_decoding_message_size(max);
     let backup = BackupServiceServer::new(api::BackupApi::new(vault.clone()));
+    let keys = KeyServiceServer::new(apis.keys).max_decoding_message_size(max);
 
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
@@ -169,6 +172,9 @@ pub async fn serve(
         .await;
     health_reporter
         .set_serving::<BackupServiceServer<api::BackupApi>>()
+        .await;
+    health_reporter
+        .set_serving::<KeyServiceServer<api::KeyApi>>()
         .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
@@ -211,6 +217,7 @@ pub async fn serve(
         .add_service(admin)
         .add_service(tokens)
         .add_service(backup)
+        .add_service(keys)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
 
@@ -220,6 +227,7 @@ pub async fn serve(
         Some(sampler),
         Some(sweeper),
         Some(reloader),
+        Some(key_jobs),
         exporter,
     ]
     .into_iter()

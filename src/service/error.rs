@@ -29,6 +29,13 @@ pub enum ServiceError {
     /// The policy, the subject's restriction or its consents refuse the request.
     #[error(transparent)]
     Refused(#[from] Refusal),
+    /// The tenant was shredded: every read and write of it answers NOT_FOUND with this reason.
+    #[error("tenant not found: it was shredded")]
+    TenantShredded,
+    /// A key operation cannot proceed in the current state (a usage limit, a re-wrap still
+    /// running, no root key file to rewrite). The message names the condition, never a key.
+    #[error("{0}")]
+    KeyPrecondition(String),
     /// The store cannot be read or written right now; the request may be retried.
     #[error("storage unavailable")]
     Unavailable(#[source] StoreError),
@@ -46,7 +53,9 @@ impl ServiceError {
     pub fn outcome(&self) -> Outcome {
         match self {
             ServiceError::InvalidArgument(_) | ServiceError::TenantExists => Outcome::Invalid,
+            ServiceError::KeyPrecondition(_) => Outcome::Denied,
             ServiceError::TenantNotFound
+            | ServiceError::TenantShredded
             | ServiceError::SubjectNotFound
             | ServiceError::SubjectErased
             | ServiceError::FieldNotFound(_)
@@ -83,6 +92,13 @@ impl From<KeyringError> for ServiceError {
     fn from(e: KeyringError) -> Self {
         match e {
             KeyringError::Store(e) => e.into(),
+            KeyringError::Shredded => ServiceError::TenantShredded,
+            KeyringError::LimitReached(_) | KeyringError::NoRootFile => {
+                ServiceError::KeyPrecondition(e.to_string())
+            }
+            KeyringError::Contended(_) | KeyringError::Retired => {
+                ServiceError::Unavailable(StoreError::Backend(e.to_string()))
+            }
             other => ServiceError::Internal(other.to_string()),
         }
     }

@@ -135,13 +135,13 @@ impl Vault {
                 let Some(record) = self.store.subject(tenant, subject)? else {
                     continue;
                 };
-                let dek = self.keys.subject_dek(tenant, subject, &record)?;
+                let deks = self.subject_deks(tenant, subject, &record)?;
                 for field in self.store.fields(tenant, subject)? {
                     if field.index_entry.is_empty() {
                         continue;
                     }
                     let name = field.meta.name.clone();
-                    let value = Self::open_value(tenant, subject, &dek, &field)?;
+                    let value = Self::open_value(tenant, subject, &deks, &field)?;
                     if let Some(text) = index_text(&value) {
                         self.store.reindex_field(
                             tenant,

@@ -10,6 +10,7 @@ mod audit_sink;
 mod backup;
 mod erasure;
 mod error;
+mod keys;
 mod lookup;
 mod records;
 mod retention;
@@ -25,6 +26,10 @@ pub use audit_ops::AuditPage;
 pub use audit_sink::{JsonlSink, SinkConfig};
 pub use erasure::{ErasureReceipt, DEFAULT_KEY_EPOCH};
 pub use error::ServiceError;
+pub use keys::{
+    run_key_jobs, EpochReport, KeySettings, KeyStatus, RootStatus, ShredReport, TenantKeyStatus,
+    TenantRotation, VersionStatus,
+};
 pub use records::SubjectPage;
 pub use retention::RetentionRules;
 pub use subject_rights::StateChange;
@@ -70,6 +75,8 @@ pub struct VaultSettings {
     pub key_epoch_interval: Duration,
     /// How long fields of each category are kept when written without a TTL.
     pub retention: RetentionRules,
+    /// Key usage limits and the pace of background re-wraps.
+    pub keys: KeySettings,
     /// False only for the load generator's "auditing off" baseline: no configuration key
     /// reaches it, and `serve` always audits.
     pub audit_enabled: bool,
@@ -89,6 +96,7 @@ impl Default for VaultSettings {
             key_epoch_interval: DEFAULT_KEY_EPOCH,
             retention: RetentionRules::default(),
             metrics: Metrics::default(),
+            keys: KeySettings::default(),
         }
     }
 }
@@ -103,7 +111,8 @@ pub struct Call {
 /// The vault's use cases, shared by every handler.
 pub struct Vault {
     store: Arc<dyn Store>,
-    keys: Keyring,
+    /// Shared with background re-wrap batches, which run on blocking threads.
+    keys: Arc<Keyring>,
     /// The policy decision point: every use case asks it first.
     authz: Arc<Authz>,
     /// Shared flushes; the audit writer uses it too, so data and events share a flush.
@@ -118,6 +127,8 @@ pub struct Vault {
     /// Queue of erased subjects whose field ciphertexts are purged in the background.
     purger: tokio::sync::mpsc::UnboundedSender<(crate::domain::TenantId, crate::domain::SubjectId)>,
     metrics: Metrics,
+    /// Background key work: one job (re-wrap, root rotation, epoch) at a time.
+    key_jobs: keys::KeyJobs,
 }
 
 impl std::fmt::Debug for Vault {
@@ -144,6 +155,9 @@ impl Vault {
             .map(JsonlSink::open)
             .transpose()
             .map_err(|e| ServiceError::Internal(format!("audit sink: {e}")))?;
+        let keys = keys
+            .with_limits(settings.keys.limits)
+            .with_clock(clock.clone());
         let audit = AuditLog::start(
             store.clone(),
             commit.clone(),
@@ -155,7 +169,7 @@ impl Vault {
         Ok(Self {
             purger: erasure::start_purger(store.clone()),
             store,
-            keys,
+            keys: Arc::new(keys),
             authz,
             commit,
             audit,
@@ -166,6 +180,7 @@ impl Vault {
             key_epoch_interval: settings.key_epoch_interval,
             retention: settings.retention,
             metrics: settings.metrics,
+            key_jobs: keys::KeyJobs::new(settings.keys),
         })
     }
 

@@ -4,13 +4,14 @@ use std::collections::HashSet;
 
 use crate::audit::Operation;
 use crate::authz::{Action, Grant};
-use crate::crypto::{Aad, Dek, Key};
+use crate::crypto::Aad;
 use crate::domain::typed::is_card_verification_name;
 use crate::domain::{
     Category, Field, FieldMeta, FieldName, FieldValue, InvalidInput, NewField, Purpose, SubjectId,
     TenantId,
 };
-use crate::storage::{FieldRecord, SealedField, StoreError, SubjectRecord, SubjectWrite, Written};
+use crate::keyring::SubjectDeks;
+use crate::storage::{FieldRecord, SealedField, StoreError, SubjectWrite, Written};
 
 use super::tenants::paged;
 use super::{Call, ServiceError, Vault};
@@ -91,27 +92,6 @@ impl Vault {
         Ok(())
     }
 
-    /// The subject's record and unwrapped DEK, creating both if the subject is new.
-    fn subject_key(
-        &self,
-        tenant: &TenantId,
-        subject: &SubjectId,
-    ) -> Result<(SubjectRecord, Key<Dek>), ServiceError> {
-        let tenant_rec = self.tenant(tenant)?;
-        match self.store.subject(tenant, subject)? {
-            Some(rec) => {
-                let dek = self.keys.subject_dek(tenant, subject, &rec)?;
-                Ok((rec, dek))
-            }
-            None => {
-                let (dek, rec) = self
-                    .keys
-                    .new_subject(&tenant_rec, subject, self.clock.now())?;
-                Ok((rec, dek))
-            }
-        }
-    }
-
     /// Upserts `fields` atomically, creating the subject (and its DEK) on first write.
     /// Returns once the write and its audit event are on disk.
     pub async fn put_fields(
@@ -125,9 +105,13 @@ impl Vault {
         ev.tenant = tenant.to_string();
         ev.subject = subject.to_string();
         ev.fields = fields.iter().map(|f| f.name.to_string()).collect();
-        let result = self
-            .authorize(call, &mut ev, Action::Write, Some(tenant), None)
-            .and_then(|grant| self.write_to_subject(&grant, call, tenant, subject, fields));
+        let result = match self.authorize(call, &mut ev, Action::Write, Some(tenant), None) {
+            Ok(grant) => {
+                self.write_to_subject(&grant, call, tenant, subject, fields)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
         if let Ok(written) = &result {
             // Rectification trail: what each replaced version was, when and by whom it was
             // written; never the value.
@@ -151,7 +135,7 @@ impl Vault {
 
     /// Writes `fields` to the subject, or, when they are payment transaction records, to its
     /// legal shadow (creating the subject itself first, so its erasure covers the shadow).
-    fn write_to_subject(
+    async fn write_to_subject(
         &self,
         grant: &Grant,
         call: &Call,
@@ -161,7 +145,9 @@ impl Vault {
     ) -> Result<Vec<Written>, ServiceError> {
         let records = fields.iter().filter(|f| f.transaction_record).count();
         if records == 0 {
-            return self.write_fields(grant, call.caller.as_str(), tenant, subject, fields);
+            return self
+                .write_fields(grant, call.caller.as_str(), tenant, subject, fields)
+                .await;
         }
         if records != fields.len() {
             return Err(InvalidInput::new(
@@ -169,7 +155,7 @@ impl Vault {
             )
             .into());
         }
-        self.ensure_subject(call, tenant, subject)?;
+        self.ensure_subject(call, tenant, subject).await?;
         self.write_fields(
             grant,
             call.caller.as_str(),
@@ -177,17 +163,18 @@ impl Vault {
             &subject.legal_shadow(),
             fields,
         )
+        .await
     }
 
     /// Creates the subject (its record and key) if it does not exist; refuses erased ones.
-    fn ensure_subject(
+    async fn ensure_subject(
         &self,
         call: &Call,
         tenant: &TenantId,
         subject: &SubjectId,
     ) -> Result<(), ServiceError> {
         for _ in 0..MAX_CONFLICT_RETRIES {
-            let (record, _dek) = self.subject_key(tenant, subject)?;
+            let (record, _dek) = self.sealing_key(tenant, subject, 0).await?;
             let write = SubjectWrite {
                 subject: record,
                 fields: Vec::new(),
@@ -205,7 +192,7 @@ impl Vault {
         ))
     }
 
-    pub(super) fn write_fields(
+    pub(super) async fn write_fields(
         &self,
         grant: &Grant,
         by: &str,
@@ -222,7 +209,7 @@ impl Vault {
             false => None,
         };
         for _ in 0..MAX_CONFLICT_RETRIES {
-            let (record, dek) = self.subject_key(tenant, subject)?;
+            let (record, dek) = self.sealing_key(tenant, subject, fields.len()).await?;
             let sealed = fields
                 .iter()
                 .map(|f| {
@@ -267,11 +254,13 @@ impl Vault {
     pub(super) fn open_value(
         tenant: &TenantId,
         subject: &SubjectId,
-        dek: &Key<Dek>,
+        deks: &SubjectDeks,
         rec: &FieldRecord,
     ) -> Result<FieldValue, ServiceError> {
         let aad = field_aad(tenant, subject, &rec.meta.name, rec.meta.category, rec.kind);
         let damaged = || ServiceError::Internal(format!("field {} does not open", rec.meta.name));
+        // The envelope names the DEK version that sealed it.
+        let dek = deks.version(rec.sealed.key_version()).ok_or_else(damaged)?;
         let plain = dek.open(&rec.sealed, &aad).map_err(|_| damaged())?;
         FieldValue::from_parts(rec.kind, plain.to_vec()).ok_or_else(damaged)
     }
@@ -280,11 +269,11 @@ impl Vault {
         grant: &Grant,
         tenant: &TenantId,
         subject: &SubjectId,
-        dek: &Key<Dek>,
+        deks: &SubjectDeks,
         rec: FieldRecord,
     ) -> Result<Field, ServiceError> {
         let (render, _rule) = grant.category(rec.meta.category)?;
-        let value = Self::open_value(tenant, subject, dek, &rec)?;
+        let value = Self::open_value(tenant, subject, deks, &rec)?;
         Ok(Field {
             meta: rec.meta,
             value: value.render(render),
@@ -366,10 +355,10 @@ impl Vault {
         }
         // Storage order is by encoded key (length first); callers get name order.
         found.sort_by(|a, b| a.1.meta.name.cmp(&b.1.meta.name));
-        let dek = self.keys.subject_dek(tenant, subject, &record)?;
+        let deks = self.subject_deks(tenant, subject, &record)?;
         let shadow_dek = match &shadow_record {
             Some(r) if found.iter().any(|(in_shadow, _)| *in_shadow) => {
-                Some(self.keys.subject_dek(tenant, &shadow, r)?)
+                Some(self.subject_deks(tenant, &shadow, r)?)
             }
             _ => None,
         };
@@ -377,7 +366,7 @@ impl Vault {
             .into_iter()
             .map(|(in_shadow, rec)| match (in_shadow, &shadow_dek) {
                 (true, Some(d)) => Self::open_field(grant, tenant, &shadow, d, rec),
-                _ => Self::open_field(grant, tenant, subject, &dek, rec),
+                _ => Self::open_field(grant, tenant, subject, &deks, rec),
             })
             .collect()
     }
@@ -431,8 +420,10 @@ impl Vault {
     ) -> Result<SubjectPage, ServiceError> {
         let mut ev = self.draft(call, Operation::ListSubjects);
         ev.tenant = tenant.to_string();
+        // A shredded tenant answers NOT_FOUND here too, like every other call about it.
         let result = self
             .authorize(call, &mut ev, Action::Read, Some(tenant), None)
+            .and_then(|_| self.tenant(tenant))
             .and_then(|_| Ok(self.store.subjects(tenant, after, limit + 1)?))
             .map(|mut all| {
                 all.retain(|s| !s.is_reserved());

@@ -42,15 +42,14 @@ impl Vault {
         ev.tenant = id.to_string();
         let result = self
             .authorize(call, &mut ev, Action::TenantAdmin, Some(id), None)
-            .and_then(|_| Ok(self.keys.new_tenant(id, self.clock.now())?))
-            .and_then(|(record, wrapped_kek)| {
-                if self.store.create_tenant(&record, &wrapped_kek)? {
+            .and_then(|_| match self.keys.create_tenant(id, self.clock.now()) {
+                Ok(Some(record)) => {
                     self.metrics
                         .tenant_key_version(&record.id, record.kek_version);
                     Ok(record)
-                } else {
-                    Err(ServiceError::TenantExists)
                 }
+                Ok(None) => Err(ServiceError::TenantExists),
+                Err(e) => Err(e.into()),
             });
         // The audit append's flush also makes the new tenant durable.
         self.record(ev, result).await
@@ -69,11 +68,15 @@ impl Vault {
         self.record(ev, result).await
     }
 
+    /// A tenant that exists and was not shredded.
     pub(super) fn tenant(&self, id: &TenantId) -> Result<TenantRecord, ServiceError> {
-        let tenant = self.store.tenant(id)?.ok_or(ServiceError::TenantNotFound)?;
+        let record = self.store.tenant(id)?.ok_or(ServiceError::TenantNotFound)?;
         self.metrics
-            .tenant_key_version(&tenant.id, tenant.kek_version);
-        Ok(tenant)
+            .tenant_key_version(&record.id, record.kek_version);
+        match record.shredded_at {
+            Some(_) => Err(ServiceError::TenantShredded),
+            None => Ok(record),
+        }
     }
 
     /// Tenants in id order, `limit` at a time, after `after`.

@@ -42,44 +42,53 @@ impl Vault {
     ) -> Result<Tokenized, ServiceError> {
         let mut ev = self.draft(call, Operation::Tokenize);
         ev.tenant = tenant.to_string();
-        let result = self
-            .authorize(call, &mut ev, Action::Tokenize, Some(tenant), None)
-            .and_then(|grant| {
-                let FieldValue::CardNumber(_) = card else {
-                    return Err(crate::domain::InvalidInput::new(
-                        "only card numbers can be tokenized",
-                    )
-                    .into());
-                };
-                let token = new_token()?;
-                let field = NewField {
-                    name: token.clone(),
-                    category: Category::Payment,
-                    value: card.clone(),
-                    indexed: false,
-                    transaction_record: false,
-                    // Tokens live until the token store is erased; not swept by category.
-                    ttl: Some(std::time::Duration::from_secs(100 * 365 * 86_400)),
-                };
-                self.write_fields(
-                    &grant,
-                    call.caller.as_str(),
-                    tenant,
-                    &token_store()?,
-                    &[field],
-                )?;
-                Ok(Tokenized {
-                    token: token.to_string(),
-                    masked: card
-                        .render(Render::Masked)
-                        .and_then(|v| v.as_text().map(str::to_owned))
-                        .unwrap_or_default(),
-                })
-            });
+        let result = match self.authorize(call, &mut ev, Action::Tokenize, Some(tenant), None) {
+            Ok(grant) => self.store_token(&grant, call, tenant, card).await,
+            Err(e) => Err(e),
+        };
         if let Ok(t) = &result {
             ev.fields = vec![t.token.clone()];
         }
         self.record(ev, result).await
+    }
+
+    async fn store_token(
+        &self,
+        grant: &crate::authz::Grant,
+        call: &Call,
+        tenant: &TenantId,
+        card: &FieldValue,
+    ) -> Result<Tokenized, ServiceError> {
+        let FieldValue::CardNumber(_) = card else {
+            return Err(
+                crate::domain::InvalidInput::new("only card numbers can be tokenized").into(),
+            );
+        };
+        let token = new_token()?;
+        let field = NewField {
+            name: token.clone(),
+            category: Category::Payment,
+            value: card.clone(),
+            indexed: false,
+            transaction_record: false,
+            // Tokens live until the token store is erased; not swept by category.
+            ttl: Some(std::time::Duration::from_secs(100 * 365 * 86_400)),
+        };
+        self.write_fields(
+            grant,
+            call.caller.as_str(),
+            tenant,
+            &token_store()?,
+            &[field],
+        )
+        .await?;
+        Ok(Tokenized {
+            token: token.to_string(),
+            masked: card
+                .render(Render::Masked)
+                .and_then(|v| v.as_text().map(str::to_owned))
+                .unwrap_or_default(),
+        })
     }
 
     /// The card number behind a token; needs a grant that reveals payment fields.

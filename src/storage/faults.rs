@@ -2,15 +2,15 @@
 //! fail-closed paths (audit log cannot be written, disk full, stuck I/O).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::crypto::Sealed;
 use crate::domain::{FieldName, SubjectId, SubjectState, TenantId, Timestamp};
 
 use super::{
-    AuditMarks, Erasure, FieldRecord, Store, StoreError, StoreResult, SubjectRecord, SubjectWrite,
-    TenantRecord, Tombstone, Written,
+    AuditMarks, Erasure, FieldRecord, KeyChange, KeyUpdate, Store, StoreError, StoreResult,
+    SubjectRecord, SubjectUpdate, SubjectWrite, TenantKeyState, TenantRecord, Tombstone, Written,
 };
 
 /// Switches that make the wrapped store misbehave.
@@ -35,10 +35,16 @@ impl Faults {
     }
 }
 
+/// A test's callback, run at a chosen point of a store call.
+type Hook = Box<dyn Fn() + Send + Sync>;
+
 /// The wrapper itself.
 pub struct FaultyStore {
     inner: Arc<dyn Store>,
     pub faults: Arc<Faults>,
+    /// Runs at the start of every `put_fields`, when the caller has already sealed the
+    /// values: a test can take a crash image of the data directory there.
+    put_hook: Mutex<Option<Hook>>,
 }
 
 impl std::fmt::Debug for FaultyStore {
@@ -54,6 +60,14 @@ impl FaultyStore {
         Self {
             inner,
             faults: Arc::new(Faults::default()),
+            put_hook: Mutex::new(None),
+        }
+    }
+
+    /// Runs `hook` at the start of every later `put_fields`.
+    pub fn on_put_fields(&self, hook: impl Fn() + Send + Sync + 'static) {
+        if let Ok(mut h) = self.put_hook.lock() {
+            *h = Some(Box::new(hook));
         }
     }
 
@@ -114,6 +128,9 @@ impl Store for FaultyStore {
         self.write()?;
         self.inner.reindex_field(tenant, subject, name, entry)
     }
+    fn meta_swap(&self, key: &str, expected: Option<&[u8]>, value: &[u8]) -> StoreResult<bool> {
+        self.inner.meta_swap(key, expected, value)
+    }
     fn create_tenant(&self, tenant: &TenantRecord, wrapped_kek: &Sealed) -> StoreResult<bool> {
         self.write()?;
         self.inner.create_tenant(tenant, wrapped_kek)
@@ -126,6 +143,47 @@ impl Store for FaultyStore {
     }
     fn kek(&self, tenant: &TenantId, version: u32) -> StoreResult<Option<Sealed>> {
         self.inner.kek(tenant, version)
+    }
+    fn keks(&self, tenant: &TenantId) -> StoreResult<Vec<(u32, Sealed)>> {
+        self.inner.keks(tenant)
+    }
+    fn replace_kek(
+        &self,
+        tenant: &TenantId,
+        version: u32,
+        expected: &Sealed,
+        new: &Sealed,
+    ) -> StoreResult<bool> {
+        self.inner.replace_kek(tenant, version, expected, new)
+    }
+    fn tenant_keys(&self, tenant: &TenantId) -> StoreResult<Option<TenantKeyState>> {
+        self.inner.tenant_keys(tenant)
+    }
+    fn all_tenant_keys(&self) -> StoreResult<Vec<(TenantId, TenantKeyState)>> {
+        self.inner.all_tenant_keys()
+    }
+    fn update_tenant_keys(
+        &self,
+        tenant: &TenantId,
+        update: &KeyUpdate<'_>,
+    ) -> StoreResult<Option<KeyChange>> {
+        self.inner.update_tenant_keys(tenant, update)
+    }
+    fn subject_records(
+        &self,
+        tenant: &TenantId,
+        after: Option<&SubjectId>,
+        limit: usize,
+    ) -> StoreResult<Vec<(SubjectId, SubjectRecord)>> {
+        self.inner.subject_records(tenant, after, limit)
+    }
+    fn update_subjects(
+        &self,
+        tenant: &TenantId,
+        subjects: &[SubjectId],
+        update: &SubjectUpdate<'_>,
+    ) -> StoreResult<Vec<bool>> {
+        self.inner.update_subjects(tenant, subjects, update)
     }
     fn subject(
         &self,
@@ -148,6 +206,15 @@ impl Store for FaultyStore {
         subject: &SubjectId,
         write: &SubjectWrite,
     ) -> StoreResult<Vec<Written>> {
+        if let Some(hook) = self
+            .put_hook
+            .lock()
+            .ok()
+            .as_deref()
+            .and_then(Option::as_ref)
+        {
+            hook();
+        }
         self.write()?;
         self.inner.put_fields(tenant, subject, write)
     }

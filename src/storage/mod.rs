@@ -6,13 +6,15 @@
 pub mod backup;
 pub mod faults;
 mod group_commit;
+mod key_records;
 mod records;
 mod sled_store;
 
 pub use group_commit::GroupCommit;
+pub use key_records::{KeyChange, KeyVersionInfo, RewrapJob, RootKeyState, TenantKeyState};
 pub use records::{
-    categories_in, category_bit, Erasure, FieldRecord, SealedField, SubjectRecord, SubjectWrite,
-    TenantRecord, Tombstone, Written,
+    categories_in, category_bit, Erasure, FieldRecord, OlderDek, SealedField, SubjectRecord,
+    SubjectWrite, TenantRecord, Tombstone, Written,
 };
 pub use sled_store::SledStore;
 
@@ -47,6 +49,14 @@ impl From<crate::codec::CodecError> for StoreError {
     }
 }
 
+/// Computes a tenant's key change from its current records (tenant record, key state); `None`
+/// changes nothing. Runs inside a transaction and may run more than once: it must be pure.
+pub type KeyUpdate<'a> = dyn Fn(&TenantRecord, &TenantKeyState) -> Option<KeyChange> + 'a;
+
+/// Computes a subject's new record from its stored one and the tenant's current KEK
+/// version; `None` leaves it as it is. Runs inside a transaction: it must be pure.
+pub type SubjectUpdate<'a> = dyn Fn(&SubjectId, &SubjectRecord, u32) -> Option<SubjectRecord> + 'a;
+
 /// The signed records that bound the audit chain (see `audit::ChainMark`).
 #[derive(Clone, Debug, Default)]
 pub struct AuditMarks {
@@ -67,6 +77,9 @@ pub trait Store: Send + Sync + 'static {
     fn meta_scan(&self, prefix: &str) -> StoreResult<Vec<(String, Vec<u8>)>>;
     /// Removes a metadata entry.
     fn meta_remove(&self, key: &str) -> StoreResult<()>;
+    /// Replaces a metadata value if it still equals `expected` (`None`: absent); returns
+    /// whether it did.
+    fn meta_swap(&self, key: &str, expected: Option<&[u8]>, value: &[u8]) -> StoreResult<bool>;
 
     /// Creates a tenant with its first wrapped KEK. Returns false if it already exists.
     fn create_tenant(&self, tenant: &TenantRecord, wrapped_kek: &Sealed) -> StoreResult<bool>;
@@ -75,6 +88,28 @@ pub trait Store: Send + Sync + 'static {
     fn tenants(&self, after: Option<&TenantId>, limit: usize) -> StoreResult<Vec<TenantRecord>>;
     /// A wrapped version of a tenant's KEK.
     fn kek(&self, tenant: &TenantId, version: u32) -> StoreResult<Option<Sealed>>;
+    /// Every stored (not destroyed) KEK version of a tenant, wrapped, in version order.
+    fn keks(&self, tenant: &TenantId) -> StoreResult<Vec<(u32, Sealed)>>;
+    /// Replaces a wrapped KEK if it is still stored as `expected` (root key re-wrap);
+    /// returns whether it did. A destroyed version is never brought back.
+    fn replace_kek(
+        &self,
+        tenant: &TenantId,
+        version: u32,
+        expected: &Sealed,
+        new: &Sealed,
+    ) -> StoreResult<bool>;
+    /// A tenant's key state as stored; `None` if it never had one written.
+    fn tenant_keys(&self, tenant: &TenantId) -> StoreResult<Option<TenantKeyState>>;
+    /// Every stored tenant key state (tenants that were ever rotated or counted).
+    fn all_tenant_keys(&self) -> StoreResult<Vec<(TenantId, TenantKeyState)>>;
+    /// Applies `update` to a tenant's records atomically (tenant record, key state, wrapped
+    /// KEKs, epoch mark). Returns the change applied, if any. `NoTenant` if it does not exist.
+    fn update_tenant_keys(
+        &self,
+        tenant: &TenantId,
+        update: &KeyUpdate<'_>,
+    ) -> StoreResult<Option<KeyChange>>;
 
     fn subject(&self, tenant: &TenantId, subject: &SubjectId)
         -> StoreResult<Option<SubjectRecord>>;
@@ -86,7 +121,25 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> StoreResult<Vec<SubjectId>>;
 
+    /// Subject records of a tenant in id order, starting after `after` (re-wrap, key status).
+    fn subject_records(
+        &self,
+        tenant: &TenantId,
+        after: Option<&SubjectId>,
+        limit: usize,
+    ) -> StoreResult<Vec<(SubjectId, SubjectRecord)>>;
+    /// Applies `update` to each named subject that exists, in one transaction that also
+    /// reads the tenant's current KEK version. Returns, per subject, whether it changed.
+    fn update_subjects(
+        &self,
+        tenant: &TenantId,
+        subjects: &[SubjectId],
+        update: &SubjectUpdate<'_>,
+    ) -> StoreResult<Vec<bool>>;
+
     /// Writes all fields of `write` or none, creating the subject if needed; bumps versions.
+    /// Creating the subject requires its DEK to be wrapped under the tenant's current KEK
+    /// version (else `Conflict`: the caller wraps again).
     fn put_fields(
         &self,
         tenant: &TenantId,

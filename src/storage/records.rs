@@ -10,6 +10,9 @@ use super::StoreError;
 use crate::codec::{Reader, Writer};
 
 const RECORD_V1: u8 = 1;
+/// Second format of tenant and subject records (key management: shredding, DEK versions and
+/// usage counts). Version 1 records are still read.
+const RECORD_V2: u8 = 2;
 
 fn sealed(r: &mut Reader<'_>, what: &'static str) -> Result<Sealed, StoreError> {
     Sealed::decode(r.bytes()?).map_err(|_| StoreError::Corrupt(what))
@@ -28,42 +31,79 @@ fn version(r: &mut Reader<'_>, what: &'static str) -> Result<(), StoreError> {
 pub struct TenantRecord {
     pub id: TenantId,
     pub created_at: Timestamp,
+    /// The KEK version that wraps new subject DEKs. Any transaction that stores a DEK wrapped
+    /// under version `v` checks that `v` is still this one, so a version that stopped being
+    /// current never gains new wraps and can be destroyed once the last one is re-wrapped.
     pub kek_version: u32,
+    /// Set when the tenant was shredded (every KEK version destroyed). The record stays so
+    /// that reads can say why they fail and the id is never reused.
+    pub shredded_at: Option<Timestamp>,
 }
 
 impl TenantRecord {
     const WHAT: &'static str = "tenant record";
 
     pub fn encode(&self) -> Vec<u8> {
-        Writer::new()
-            .u8(RECORD_V1)
+        let w = Writer::new()
+            .u8(RECORD_V2)
             .str(self.id.as_str())
             .u64(self.created_at.0)
-            .u32(self.kek_version)
-            .finish()
+            .u32(self.kek_version);
+        optional_time(w, self.shredded_at).finish()
     }
 
     pub fn decode(buf: &[u8]) -> Result<Self, StoreError> {
         let mut r = Reader::new(buf, Self::WHAT);
-        version(&mut r, Self::WHAT)?;
+        let format = r.u8()?;
+        if format != RECORD_V1 && format != RECORD_V2 {
+            return Err(StoreError::Corrupt(Self::WHAT));
+        }
         let id = TenantId::parse(r.str()?).map_err(|_| StoreError::Corrupt(Self::WHAT))?;
-        let rec = Self {
-            id,
-            created_at: Timestamp(r.u64()?),
-            kek_version: r.u32()?,
+        let created_at = Timestamp(r.u64()?);
+        let kek_version = r.u32()?;
+        let shredded_at = if format == RECORD_V2 {
+            read_optional_time(&mut r)?
+        } else {
+            None
         };
         r.finish()?;
-        Ok(rec)
+        Ok(Self {
+            id,
+            created_at,
+            kek_version,
+            shredded_at,
+        })
     }
 }
 
-/// A subject: its data key, wrapped by a version of the tenant's KEK.
+/// Writes an optional time as a presence byte and the time.
+pub(super) fn optional_time(w: Writer, t: Option<Timestamp>) -> Writer {
+    match t {
+        Some(t) => w.u8(1).u64(t.0),
+        None => w.u8(0),
+    }
+}
+
+pub(super) fn read_optional_time(r: &mut Reader<'_>) -> Result<Option<Timestamp>, StoreError> {
+    match r.u8()? {
+        0 => Ok(None),
+        1 => Ok(Some(Timestamp(r.u64()?))),
+        _ => Err(StoreError::Corrupt("optional time")),
+    }
+}
+
+/// A subject: its data keys, each wrapped by a version of the tenant's KEK.
+///
+/// A subject has one current DEK, which seals every new field value, and possibly older DEK
+/// versions that still seal some of its stored fields (a field ciphertext names its DEK
+/// version in its envelope). A DEK is replaced when it reaches its usage limit; an older
+/// version is dropped once no stored field uses it any more.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SubjectRecord {
     pub created_at: Timestamp,
-    /// Version of the DEK itself (bound into its wrap and into every field it seals).
+    /// Version of the current DEK (bound into its wrap and into every field it seals).
     pub dek_version: u32,
-    /// The DEK sealed under the tenant KEK; the envelope names the KEK version.
+    /// The current DEK sealed under the tenant KEK; the envelope names the KEK version.
     pub wrapped_dek: Sealed,
     /// Bit `code` set for every category the subject ever had a field in: lets an erasure
     /// receipt list them without reading the fields.
@@ -71,41 +111,94 @@ pub struct SubjectRecord {
     /// Keys of the subject's blind-index entries, so erasure drops them without reading
     /// every field.
     pub index_entries: Vec<Vec<u8>>,
+    /// Older DEK versions, still needed to open fields they sealed, oldest first.
+    pub older_deks: Vec<OlderDek>,
+    /// Encryptions reserved under the current DEK: persisted before they are used, so it is
+    /// an upper bound on how many values the DEK ever sealed, and never goes back after a
+    /// crash. (0 for records written before usage counting existed.)
+    pub dek_reserved: u64,
+}
+
+/// An older DEK version of a subject, wrapped like the current one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OlderDek {
+    pub version: u32,
+    pub wrapped: Sealed,
 }
 
 impl SubjectRecord {
     const WHAT: &'static str = "subject record";
 
     pub fn encode(&self) -> Vec<u8> {
-        Writer::new()
-            .u8(RECORD_V1)
+        let mut w = Writer::new()
+            .u8(RECORD_V2)
             .u64(self.created_at.0)
             .u32(self.dek_version)
             .bytes(&self.wrapped_dek.encode())
             .u32(self.categories)
             .list(&self.index_entries)
-            .finish()
+            .u64(self.dek_reserved)
+            .u32(u32::try_from(self.older_deks.len()).unwrap_or(u32::MAX));
+        for d in &self.older_deks {
+            w = w.u32(d.version).bytes(&d.wrapped.encode());
+        }
+        w.finish()
     }
 
     pub fn decode(buf: &[u8]) -> Result<Self, StoreError> {
         let mut r = Reader::new(buf, Self::WHAT);
-        version(&mut r, Self::WHAT)?;
-        let rec = Self {
+        let format = r.u8()?;
+        if format != RECORD_V1 && format != RECORD_V2 {
+            return Err(StoreError::Corrupt(Self::WHAT));
+        }
+        let mut rec = Self {
             created_at: Timestamp(r.u64()?),
             dek_version: r.u32()?,
             wrapped_dek: sealed(&mut r, Self::WHAT)?,
             categories: r.u32()?,
             index_entries: r.list()?,
+            older_deks: Vec::new(),
+            dek_reserved: 0,
         };
+        if format == RECORD_V2 {
+            rec.dek_reserved = r.u64()?;
+            for _ in 0..r.u32()? {
+                rec.older_deks.push(OlderDek {
+                    version: r.u32()?,
+                    wrapped: sealed(&mut r, Self::WHAT)?,
+                });
+            }
+        }
         r.finish()?;
         Ok(rec)
     }
 }
 
 impl SubjectRecord {
-    /// True when both records hold the same data key (what a write was sealed under).
+    /// True when both records hold the same current data key (what a write was sealed
+    /// under). A re-wrap or a new DEK version makes it false, so a racing write retries.
     pub fn same_key(&self, other: &SubjectRecord) -> bool {
         self.dek_version == other.dek_version && self.wrapped_dek == other.wrapped_dek
+    }
+
+    /// True when both records hold exactly the same wrapped DEKs, current and older.
+    pub fn same_deks(&self, other: &SubjectRecord) -> bool {
+        self.same_key(other) && self.older_deks == other.older_deks
+    }
+
+    /// Every wrapped DEK of the subject as (DEK version, wrap), the current one last.
+    pub fn wrapped_deks(&self) -> impl Iterator<Item = (u32, &Sealed)> {
+        self.older_deks
+            .iter()
+            .map(|d| (d.version, &d.wrapped))
+            .chain(std::iter::once((self.dek_version, &self.wrapped_dek)))
+    }
+
+    /// The wrap of DEK version `version`, current or older.
+    pub fn wrapped_dek_version(&self, version: u32) -> Option<&Sealed> {
+        self.wrapped_deks()
+            .find(|(v, _)| *v == version)
+            .map(|(_, w)| w)
     }
 }
 
@@ -312,4 +405,70 @@ pub fn decode_state(buf: &[u8]) -> Result<SubjectState, StoreError> {
         consents,
         restricted_since: (restricted != 0).then_some(Timestamp(restricted)),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sealed(version: u32) -> Sealed {
+        let mut bytes = vec![1u8];
+        bytes.extend_from_slice(&version.to_be_bytes());
+        bytes.extend_from_slice(&[7u8; 12 + 16 + 32]);
+        Sealed::decode(&bytes).expect("envelope")
+    }
+
+    #[test]
+    fn version_1_subject_records_still_decode() {
+        let v1 = Writer::new()
+            .u8(RECORD_V1)
+            .u64(5)
+            .u32(1)
+            .bytes(&sealed(3).encode())
+            .u32(0b101)
+            .list(&[b"entry".to_vec()])
+            .finish();
+        let rec = SubjectRecord::decode(&v1).expect("v1 decodes");
+        assert_eq!(rec.index_entries, [b"entry".to_vec()]);
+        assert_eq!(rec.dek_version, 1);
+        assert_eq!(rec.wrapped_dek.key_version(), 3);
+        assert_eq!((rec.categories, rec.dek_reserved), (0b101, 0));
+        assert!(rec.older_deks.is_empty());
+        // Re-encoded as version 2, it round-trips.
+        assert_eq!(SubjectRecord::decode(&rec.encode()).ok(), Some(rec));
+    }
+
+    #[test]
+    fn subject_records_with_older_deks_round_trip() {
+        let rec = SubjectRecord {
+            created_at: Timestamp(9),
+            dek_version: 3,
+            wrapped_dek: sealed(2),
+            categories: 1,
+            index_entries: vec![vec![1, 2, 3]],
+            older_deks: vec![
+                OlderDek {
+                    version: 1,
+                    wrapped: sealed(1),
+                },
+                OlderDek {
+                    version: 2,
+                    wrapped: sealed(2),
+                },
+            ],
+            dek_reserved: 64,
+        };
+        assert_eq!(SubjectRecord::decode(&rec.encode()).ok(), Some(rec.clone()));
+        let versions: Vec<u32> = rec.wrapped_deks().map(|(v, _)| v).collect();
+        assert_eq!(versions, [1, 2, 3]);
+        assert_eq!(rec.wrapped_dek_version(2).map(Sealed::key_version), Some(2));
+        let mut moved = rec.clone();
+        moved.dek_reserved = 100;
+        assert!(
+            moved.same_deks(&rec),
+            "a reservation does not change the keys"
+        );
+        moved.older_deks.pop();
+        assert!(moved.same_key(&rec) && !moved.same_deks(&rec));
+    }
 }

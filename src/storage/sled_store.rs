@@ -15,6 +15,10 @@
 //! - `legal_holds`: (end, tenant, shadow subject) of records kept under a legal duty after
 //!   their subject's erasure.
 //! - `audit`: sequence number (u64 BE) → encoded audit event.
+//! - `key_state`: tenant → `TenantKeyState` (KEK versions, usage reservations, re-wrap
+//!   progress); see `keys.rs`.
+
+mod keys;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -29,7 +33,9 @@ use super::records::{
     category_bit, decode_state, encode_state, Erasure, FieldRecord, SubjectRecord, SubjectWrite,
     TenantRecord, Tombstone, Written,
 };
-use super::{AuditMarks, Store, StoreError, StoreResult};
+use super::{
+    AuditMarks, KeyChange, KeyUpdate, Store, StoreError, StoreResult, SubjectUpdate, TenantKeyState,
+};
 use crate::codec::Writer;
 
 const AUDIT_HEAD: &str = "audit_head";
@@ -57,6 +63,7 @@ pub struct SledStore {
     audit: sled::Tree,
     epoch_pending: sled::Tree,
     legal_holds: sled::Tree,
+    key_state: sled::Tree,
     /// Open handles of per-tenant trees; opening a tree takes a lock inside sled.
     tenant_trees: RwLock<HashMap<TenantId, TenantTrees>>,
 }
@@ -114,10 +121,21 @@ fn decode_subject_key(key: &[u8]) -> StoreResult<SubjectId> {
 impl SledStore {
     /// Opens (or creates) the store in `dir` with a page cache of `cache_bytes`.
     pub fn open(dir: &Path, cache_bytes: u64) -> StoreResult<Self> {
+        Self::open_with_flush_interval(dir, cache_bytes, Some(500))
+    }
+
+    /// Opens the store with sled's background flush every `flush_every_ms` (`None`: only
+    /// explicit flushes make writes durable; tests use it to take crash images).
+    pub fn open_with_flush_interval(
+        dir: &Path,
+        cache_bytes: u64,
+        flush_every_ms: Option<u64>,
+    ) -> StoreResult<Self> {
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(cache_bytes)
             .mode(sled::Mode::HighThroughput)
+            .flush_every_ms(flush_every_ms)
             .open()
             .map_err(backend)?;
         Ok(Self {
@@ -127,6 +145,7 @@ impl SledStore {
             audit: db.open_tree("audit").map_err(backend)?,
             epoch_pending: db.open_tree("epoch_pending").map_err(backend)?,
             legal_holds: db.open_tree("legal_holds").map_err(backend)?,
+            key_state: db.open_tree("key_state").map_err(backend)?,
             db,
             tenant_trees: RwLock::new(HashMap::new()),
         })
@@ -246,6 +265,14 @@ impl Store for SledStore {
         self.meta.remove(key).map(|_| ()).map_err(backend)
     }
 
+    fn meta_swap(&self, key: &str, expected: Option<&[u8]>, value: &[u8]) -> StoreResult<bool> {
+        Ok(self
+            .meta
+            .compare_and_swap(key, expected, Some(value))
+            .map_err(backend)?
+            .is_ok())
+    }
+
     fn create_tenant(&self, tenant: &TenantRecord, wrapped_kek: &Sealed) -> StoreResult<bool> {
         let id = tenant.id.as_str().as_bytes();
         let kek_key = kek_key(&tenant.id, tenant.kek_version);
@@ -294,6 +321,48 @@ impl Store for SledStore {
             .transpose()
     }
 
+    fn keks(&self, tenant: &TenantId) -> StoreResult<Vec<(u32, Sealed)>> {
+        self.tenant_keks(tenant)
+    }
+
+    fn replace_kek(
+        &self,
+        tenant: &TenantId,
+        version: u32,
+        expected: &Sealed,
+        new: &Sealed,
+    ) -> StoreResult<bool> {
+        Ok(self
+            .keks
+            .compare_and_swap(
+                kek_key(tenant, version),
+                Some(expected.encode()),
+                Some(new.encode()),
+            )
+            .map_err(backend)?
+            .is_ok())
+    }
+
+    fn tenant_keys(&self, tenant: &TenantId) -> StoreResult<Option<TenantKeyState>> {
+        self.key_state
+            .get(tenant.as_str())
+            .map_err(backend)?
+            .map(|v| TenantKeyState::decode(&v))
+            .transpose()
+    }
+
+    fn all_tenant_keys(&self) -> StoreResult<Vec<(TenantId, TenantKeyState)>> {
+        self.every_tenant_keys()
+    }
+
+    fn update_tenant_keys(
+        &self,
+        tenant: &TenantId,
+        update: &KeyUpdate<'_>,
+    ) -> StoreResult<Option<KeyChange>> {
+        self.apply_key_update(tenant, update)
+    }
+
     fn subject(
         &self,
         tenant: &TenantId,
@@ -327,6 +396,24 @@ impl Store for SledStore {
             .collect()
     }
 
+    fn subject_records(
+        &self,
+        tenant: &TenantId,
+        after: Option<&SubjectId>,
+        limit: usize,
+    ) -> StoreResult<Vec<(SubjectId, SubjectRecord)>> {
+        self.subject_page(tenant, after, limit)
+    }
+
+    fn update_subjects(
+        &self,
+        tenant: &TenantId,
+        subjects: &[SubjectId],
+        update: &SubjectUpdate<'_>,
+    ) -> StoreResult<Vec<bool>> {
+        self.apply_subject_update(tenant, subjects, update)
+    }
+
     fn put_fields(
         &self,
         tenant: &TenantId,
@@ -334,19 +421,21 @@ impl Store for SledStore {
         write: &SubjectWrite,
     ) -> StoreResult<Vec<Written>> {
         let trees = self.existing_trees(tenant)?;
+        let tkey = tenant.as_str().as_bytes();
         let skey = subject_key(subject);
         let mask = write
             .fields
             .iter()
             .fold(0, |m, f| m | category_bit(f.category));
         (
+            &self.tenants,
             &trees.subjects,
             &trees.fields,
             &trees.tombstones,
             &trees.index,
             &trees.expiry,
         )
-            .transaction(|(subjects, fields, tombstones, index, expiry)| {
+            .transaction(|(tenants, subjects, fields, tombstones, index, expiry)| {
                 // Pure: this closure may run again on conflict, so it only reads and writes
                 // the transaction's trees.
                 if tombstones.get(&skey)?.is_some() {
@@ -359,7 +448,15 @@ impl Store for SledStore {
                     .map_err(abort)?;
                 let mut dirty = stored.is_none();
                 let mut record = match stored {
-                    None => write.subject.clone(),
+                    None => {
+                        // A new DEK must be wrapped under the current KEK version: a version
+                        // being retired never gains new wraps (see `TenantRecord`).
+                        let current = keys::current_kek(tenants, tkey)?;
+                        if current != Some(write.subject.wrapped_dek.key_version()) {
+                            return Err(abort(StoreError::Conflict));
+                        }
+                        write.subject.clone()
+                    }
                     Some(rec) if rec.same_key(&write.subject) => rec,
                     Some(_) => return Err(abort(StoreError::Conflict)),
                 };

@@ -681,3 +681,50 @@ async fn tokens_round_trip_and_detokenize_needs_the_reveal_grant() {
         .expect_err("reserved");
     assert_eq!(reserved.code(), Code::InvalidArgument);
 }
+
+#[tokio::test]
+async fn lookups_and_indexed_writes_survive_a_root_key_rotation() {
+    let vault = TestVault::start().await;
+    crate::util::create_tenant(&vault, "acme").await;
+    let c = vault.channel().await;
+    put(
+        &mut records(&c),
+        "acme",
+        "alice",
+        vec![email_field("alice@example.com")],
+    )
+    .await
+    .expect("alice");
+    let rotated = pb::key_service_client::KeyServiceClient::new(c.clone())
+        .rotate_root_key(pb::RotateRootKeyRequest {})
+        .await
+        .expect("rotate root")
+        .into_inner();
+    assert!(rotated.current_version >= 2);
+    // Restart: the index key must be unwrapped again, under the new root version only.
+    drop(c);
+    let vault = vault.restart().await;
+    let c = vault.channel().await;
+    put(
+        &mut records(&c),
+        "acme",
+        "bob",
+        vec![email_field("bob@example.com")],
+    )
+    .await
+    .expect("an indexed write after the rotation");
+    for (email, who) in [("alice@example.com", "alice"), ("bob@example.com", "bob")] {
+        let found = records(&c)
+            .find_subjects(pb::FindSubjectsRequest {
+                tenant_id: "acme".into(),
+                field_name: "email".into(),
+                value: value(pb::value::Kind::Email(email.into())),
+                purpose: "support".into(),
+            })
+            .await
+            .expect("find")
+            .into_inner()
+            .subject_ids;
+        assert_eq!(found, [who]);
+    }
+}

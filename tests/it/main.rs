@@ -12,6 +12,7 @@ mod bad_input;
 mod disk_faults;
 mod erasure;
 mod input_matrix;
+mod keys;
 mod logs;
 mod metrics;
 mod records;

@@ -1,0 +1,211 @@
+//! Root key rotation: add a version, re-wrap everything the old versions wrap (every
+//! tenant KEK version, the audit key, the root key check value), flush, and only then
+//! destroy the old versions by rewriting the root key file without them.
+//!
+//! A crash at any point leaves a file that still holds every version something is wrapped
+//! under; `finish_root_rotation` (run at start) completes the rotation.
+
+use crate::crypto::{Audit, Index, Kek, Key, Sealed};
+use crate::domain::TenantId;
+use crate::storage::RootKeyState;
+
+use super::usage::{root_state, ROOT_STATE};
+use super::{
+    audit_aad, index_aad, kek_aad, parse_index_key_name, Keyring, KeyringError, AUDIT_KEY,
+    INDEX_KEY_PREFIX, ROOT_CHECK,
+};
+
+/// What a root key rotation did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RootRotation {
+    /// The root key version now current (the only one left).
+    pub current: u32,
+    /// Versions destroyed (removed from the root key file).
+    pub destroyed: Vec<u32>,
+    /// Keys re-wrapped under the current version (tenant KEK versions and the audit key).
+    pub rewrapped: u64,
+}
+
+impl Keyring {
+    /// The current root key version and every version the file holds.
+    pub fn root_versions(&self) -> Result<(u32, Vec<u32>), KeyringError> {
+        let root = self.root()?;
+        Ok((root.current_version(), root.version_numbers()))
+    }
+
+    /// The stored state of the root key versions (creation, destruction, reservations, the
+    /// last key epoch).
+    pub fn root_state(&self) -> Result<RootKeyState, KeyringError> {
+        root_state(self.store.as_ref())
+    }
+
+    /// Encryptions counted under a root key version with `reserved` persisted.
+    pub fn root_encryptions(&self, version: u32, reserved: u64) -> u64 {
+        self.usage.root_count(version, reserved)
+    }
+
+    /// True while the root key file holds more than one version: a rotation (or an
+    /// automatic one at the usage limit) still has to re-wrap and destroy.
+    pub fn root_rotation_pending(&self) -> bool {
+        self.root()
+            .map(|r| r.version_numbers().len() > 1)
+            .unwrap_or(false)
+    }
+
+    /// Records something about the root key state (read-modify-compare-and-swap).
+    fn update_root_state(&self, edit: impl Fn(&mut RootKeyState)) -> Result<(), KeyringError> {
+        let store = self.store.as_ref();
+        for _ in 0..10 {
+            let stored = store.meta(ROOT_STATE)?;
+            let mut state = stored
+                .as_deref()
+                .map(RootKeyState::decode)
+                .transpose()?
+                .unwrap_or_default();
+            edit(&mut state);
+            if store.meta_swap(ROOT_STATE, stored.as_deref(), &state.encode())? {
+                return Ok(());
+            }
+        }
+        Err(KeyringError::Contended("root key state"))
+    }
+
+    /// Records when the last key epoch completed.
+    pub fn record_epoch(&self) -> Result<(), KeyringError> {
+        let now = self.clock.now();
+        self.update_root_state(|s| s.last_epoch = Some(now))
+    }
+
+    /// Adds a root key version and makes it current (the file is rewritten atomically).
+    /// Nothing is re-wrapped yet.
+    pub(super) fn add_root_version(&self) -> Result<u32, KeyringError> {
+        let version = {
+            let mut root = self
+                .root
+                .write()
+                .map_err(|_| KeyringError::Missing("root key (lock poisoned)"))?;
+            root.add_version()?
+        };
+        let now = self.clock.now();
+        self.update_root_state(|s| {
+            s.version_mut(version, now);
+        })?;
+        tracing::info!(version, "root key version added");
+        Ok(version)
+    }
+
+    /// Rotates the root key: a new version, everything re-wrapped under it, the old
+    /// versions destroyed.
+    pub fn rotate_root(&self) -> Result<RootRotation, KeyringError> {
+        let _one = self.root_rotation.lock();
+        self.add_root_version()?;
+        self.converge_root()
+    }
+
+    /// Completes a root rotation that a crash or an automatic rotation left half-done.
+    pub fn finish_root_rotation(&self) -> Result<Option<RootRotation>, KeyringError> {
+        let _one = self.root_rotation.lock();
+        if !self.root_rotation_pending() {
+            return Ok(None);
+        }
+        self.converge_root().map(Some)
+    }
+
+    /// Re-wraps everything under the current root version, then destroys the others. Holds
+    /// the root write guard throughout, so no wrap under an old version can happen.
+    fn converge_root(&self) -> Result<RootRotation, KeyringError> {
+        let mut root = self
+            .root
+            .write()
+            .map_err(|_| KeyringError::Missing("root key (lock poisoned)"))?;
+        let store = self.store.as_ref();
+        let current = root.current();
+        let version = current.version();
+        let mut rewrapped = 0u64;
+        let mut after: Option<TenantId> = None;
+        loop {
+            let tenants = store.tenants(after.as_ref(), 256)?;
+            for t in &tenants {
+                for (kek_version, wrapped) in store.keks(&t.id)? {
+                    if wrapped.key_version() == version {
+                        continue;
+                    }
+                    let old = root
+                        .version(wrapped.key_version())
+                        .ok_or(KeyringError::Missing("root key version"))?;
+                    let kek: Key<Kek> = old.unwrap_key(&wrapped, kek_version, &kek_aad(&t.id))?;
+                    self.usage.count_root_wrap(version, store)?;
+                    let new = current.wrap(&kek, &kek_aad(&t.id))?;
+                    // A KEK version destroyed meanwhile stays destroyed.
+                    if store.replace_kek(&t.id, kek_version, &wrapped, &new)? {
+                        rewrapped += 1;
+                    }
+                }
+            }
+            if tenants.len() < 256 {
+                break;
+            }
+            after = tenants.last().map(|t| t.id.clone());
+        }
+        if let Some(stored) = store.meta(AUDIT_KEY)? {
+            let wrapped =
+                Sealed::decode(&stored).map_err(|_| KeyringError::Missing("audit key"))?;
+            if wrapped.key_version() != version {
+                let old = root
+                    .version(wrapped.key_version())
+                    .ok_or(KeyringError::Missing("root key version"))?;
+                let key: Key<Audit> = old.unwrap_key(&wrapped, 1, &audit_aad())?;
+                self.usage.count_root_wrap(version, store)?;
+                let new = current.wrap(&key, &audit_aad())?.encode();
+                if !store.meta_swap(AUDIT_KEY, Some(&stored), &new)? {
+                    return Err(KeyringError::Contended("audit key"));
+                }
+                rewrapped += 1;
+            }
+        }
+        // Blind-index keys are wrapped by the root key too (`index_key/<tenant>/<version>`).
+        for (name, stored) in store.meta_scan(INDEX_KEY_PREFIX)? {
+            let wrapped =
+                Sealed::decode(&stored).map_err(|_| KeyringError::Missing("index key"))?;
+            if wrapped.key_version() == version {
+                continue;
+            }
+            let (tenant, index_version) = parse_index_key_name(&name)?;
+            let old = root
+                .version(wrapped.key_version())
+                .ok_or(KeyringError::Missing("root key version"))?;
+            let key: Key<Index> = old.unwrap_key(&wrapped, index_version, &index_aad(&tenant))?;
+            self.usage.count_root_wrap(version, store)?;
+            let new = current.wrap(&key, &index_aad(&tenant))?.encode();
+            if !store.meta_swap(&name, Some(&stored), &new)? {
+                return Err(KeyringError::Contended("index key"));
+            }
+            rewrapped += 1;
+        }
+        let check = store.meta(ROOT_CHECK)?;
+        let mut mine = version.to_be_bytes().to_vec();
+        mine.extend_from_slice(&current.check_value());
+        if check.as_deref() != Some(mine.as_slice())
+            && !store.meta_swap(ROOT_CHECK, check.as_deref(), &mine)?
+        {
+            return Err(KeyringError::Contended("root key check value"));
+        }
+        // Everything the old versions wrapped is now under the current one, on disk.
+        store.flush()?;
+        let destroyed = root.destroy_old_versions()?;
+        drop(root);
+        let now = self.clock.now();
+        self.update_root_state(|s| {
+            s.version_mut(version, now);
+            for v in &destroyed {
+                s.destroy(*v, now);
+            }
+        })?;
+        tracing::info!(version, ?destroyed, rewrapped, "root key rotation complete");
+        Ok(RootRotation {
+            current: version,
+            destroyed,
+            rewrapped,
+        })
+    }
+}

@@ -1,0 +1,290 @@
+//! Background key work, one job at a time:
+//!
+//! - **Re-wraps.** A tenant rotation stores a job (target version, cursor, counts) with the
+//!   new version. The worker re-wraps the tenant's DEKs in batches, saving the cursor after
+//!   each, so a killed vault resumes where it stopped. When a pass ends, a count of every
+//!   wrapped DEK decides: none left under an older version → the older versions are
+//!   destroyed (deleted from the store, evicted from the cache); else another pass.
+//! - **Root rotations** left half-done (a crash, or a version added at the usage limit) are
+//!   completed.
+//! - **Key epochs**, every `key_epoch_interval`: every tenant with erasures since the last
+//!   epoch gets a new KEK, its DEKs re-wrapped and the old versions destroyed, so stale
+//!   copies of an erased subject's wrapped DEK (sled's old pages, backups) are useless;
+//!   then the root key is rotated and its old version destroyed, so stale copies of the
+//!   destroyed KEKs are useless too. Only then are the tenants' epoch marks cleared.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::audit::Operation;
+use crate::authz::PeerIdentity;
+use crate::domain::{SubjectId, TenantId, Timestamp};
+use crate::keyring::{Keyring, KeyringError, RewrapBatch};
+
+use super::super::{Call, ServiceError, Vault};
+use super::{blocking, versions, EpochReport};
+
+/// How often the worker looks for work when nobody woke it.
+const POLL: Duration = Duration::from_secs(1);
+/// How long the worker waits after a failed job before trying again.
+const RETRY_AFTER: Duration = Duration::from_secs(30);
+/// Store metadata key: when the epoch schedule started (before the first epoch ran).
+const EPOCH_ANCHOR: &str = "key_epoch_anchor";
+
+/// A re-wrap that destroyed its old versions.
+struct RewrapDone {
+    target: u32,
+    destroyed: Vec<u32>,
+    rewrapped: u64,
+}
+
+/// The background worker; runs until its task is aborted.
+pub async fn run_key_jobs(vault: Arc<Vault>) {
+    let call = Call {
+        caller: PeerIdentity::new("pii-vault/keys"),
+        request_id: "key-jobs".into(),
+    };
+    let scheduled = Call {
+        caller: PeerIdentity::new("pii-vault/key-epoch"),
+        request_id: "key-epoch".into(),
+    };
+    let taken = vault
+        .key_jobs
+        .epoch_queue
+        .lock()
+        .ok()
+        .and_then(|mut q| q.take());
+    let Some(mut asked) = taken else {
+        tracing::error!("key worker started twice; this one stops");
+        return;
+    };
+    loop {
+        let mut failed = false;
+        if let Err(e) = vault.run_pending_key_jobs(&call).await {
+            tracing::warn!(error = %e, "background key job failed; retrying later");
+            failed = true;
+        }
+        match vault.epoch_due() {
+            Ok(true) => match vault.recorded_key_epoch(&scheduled).await {
+                Ok(r) => tracing::info!(tenants = r.tenants.len(), "scheduled key epoch done"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "scheduled key epoch failed; retrying later");
+                    failed = true;
+                }
+            },
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot read the key epoch schedule"),
+        }
+        let pause = if failed { RETRY_AFTER } else { POLL };
+        tokio::select! {
+            () = vault.key_jobs.wake.notified() => {}
+            () = tokio::time::sleep(pause) => {}
+            Some((call, done)) = asked.recv() => {
+                let result = vault.recorded_key_epoch(&call).await;
+                // The caller may have gone; the epoch is done either way.
+                let _ = done.send(result);
+            }
+        }
+    }
+}
+
+impl Vault {
+    /// Completes a half-done root rotation and every tenant re-wrap that is waiting.
+    async fn run_pending_key_jobs(&self, call: &Call) -> Result<(), ServiceError> {
+        let _one = self.key_jobs.running.lock().await;
+        if self.keys.root_rotation_pending() {
+            let mut ev = self.draft(call, Operation::RotateRootKey);
+            let result = blocking(&self.keys, Keyring::finish_root_rotation).await;
+            if let Ok(Some(r)) = &result {
+                ev.reason = format!(
+                    "completed: root v{}; destroyed {}",
+                    r.current,
+                    versions(&r.destroyed)
+                );
+            }
+            self.record(ev, result).await?;
+        }
+        for (tenant, state) in self.store.all_tenant_keys()? {
+            if state.rewrap.is_none() {
+                continue;
+            }
+            let mut ev = self.draft(call, Operation::RotateTenantKey);
+            ev.tenant = tenant.to_string();
+            let result = self.rewrap_to_completion(&tenant).await;
+            match &result {
+                Ok(Some(done)) => {
+                    ev.reason = format!(
+                        "re-wrap to v{} complete ({} DEKs); destroyed {}",
+                        done.target,
+                        done.rewrapped,
+                        versions(&done.destroyed)
+                    );
+                }
+                // Shredded meanwhile: nothing to record.
+                Ok(None) => continue,
+                Err(_) => {}
+            }
+            self.record(ev, result).await?;
+        }
+        Ok(())
+    }
+
+    /// Runs the tenant's re-wrap job until its old versions are destroyed. `None` if there
+    /// is no job (or the tenant was shredded).
+    async fn rewrap_to_completion(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<Option<RewrapDone>, ServiceError> {
+        let settings = self.key_jobs.settings;
+        let mut rewrapped_here = 0u64;
+        loop {
+            let (record, state) = self.keys.tenant_keys(tenant)?;
+            let Some(mut job) = state.rewrap else {
+                return Ok(None);
+            };
+            if record.shredded_at.is_some() {
+                return Ok(None);
+            }
+            if job.target != record.kek_version {
+                // `rotate_tenant` sets version and job together; anything else is damage.
+                return Err(ServiceError::Internal(format!(
+                    "re-wrap job of tenant {tenant} targets a key version that is not current"
+                )));
+            }
+            if job.total == 0 && job.cursor.is_none() {
+                let id = tenant.clone();
+                job.total = blocking(&self.keys, move |k| k.count_wraps(&id))
+                    .await?
+                    .subjects;
+            }
+            let (id, target, cursor) = (tenant.clone(), job.target, job.cursor.clone());
+            let batch = blocking(&self.keys, move |k| {
+                rewrap_or_rotate(k, &id, target, cursor.as_ref(), settings.rewrap_batch)
+            })
+            .await?;
+            let Some(batch) = batch else {
+                // The target reached its usage limit and the tenant key was rotated again.
+                continue;
+            };
+            job.scanned += batch.scanned;
+            job.rewrapped += batch.rewrapped;
+            rewrapped_here += batch.rewrapped;
+            job.cursor = batch.last.clone();
+            if batch.end_of_pass {
+                let id = tenant.clone();
+                let counts = blocking(&self.keys, move |k| k.count_wraps(&id)).await?;
+                let left: u64 = counts
+                    .by_kek
+                    .iter()
+                    .filter(|(v, _)| **v != job.target)
+                    .map(|(_, n)| n)
+                    .sum();
+                if left == 0 {
+                    let id = tenant.clone();
+                    let target = job.target;
+                    match blocking(&self.keys, move |k| k.finish_rewrap(&id, target)).await? {
+                        Some(destroyed) => {
+                            tracing::info!(%tenant, version = target, ?destroyed, "re-wrap complete; old tenant key versions destroyed");
+                            return Ok(Some(RewrapDone {
+                                target,
+                                destroyed,
+                                rewrapped: rewrapped_here,
+                            }));
+                        }
+                        None => continue,
+                    }
+                }
+                job.cursor = None;
+                job.passes += 1;
+                job.total = counts.subjects;
+            }
+            if !self.keys.save_rewrap_progress(tenant, &job)? {
+                continue;
+            }
+            if settings.rewrap_pause.is_zero() {
+                tokio::task::yield_now().await;
+            } else {
+                tokio::time::sleep(settings.rewrap_pause).await;
+            }
+        }
+    }
+
+    /// One key epoch (see the module documentation).
+    pub(super) async fn key_epoch(&self) -> Result<EpochReport, ServiceError> {
+        let _one = self.key_jobs.running.lock().await;
+        let mut tenants = Vec::new();
+        let mut shredded_tenants = Vec::new();
+        let mut deks_rewrapped = 0;
+        for (tenant, seen) in self.store.epoch_pending()? {
+            let (record, _) = self.keys.tenant_keys(&tenant)?;
+            if record.shredded_at.is_some() {
+                shredded_tenants.push(tenant.clone());
+            } else {
+                let id = tenant.clone();
+                blocking(&self.keys, move |k| k.rotate_tenant(&id)).await?;
+                match self.rewrap_to_completion(&tenant).await? {
+                    Some(done) => {
+                        deks_rewrapped += done.rewrapped;
+                        tenants.push((tenant.clone(), done.destroyed));
+                    }
+                    None => shredded_tenants.push(tenant.clone()),
+                }
+            }
+            // Only if no erasure happened since `seen`: a later one needs the next epoch.
+            self.store.clear_epoch_pending(&tenant, seen)?;
+        }
+        let root = blocking(&self.keys, Keyring::rotate_root).await?;
+        self.keys.record_epoch()?;
+        self.commit.durable().await?;
+        Ok(EpochReport {
+            tenants,
+            shredded_tenants,
+            deks_rewrapped,
+            root,
+            completed_at: self.clock.now(),
+        })
+    }
+
+    /// When the next scheduled epoch is due: the interval after the last one (or after the
+    /// schedule started, before the first).
+    pub(super) fn next_epoch(&self) -> Result<Timestamp, ServiceError> {
+        let last = match self.keys.root_state()?.last_epoch {
+            Some(t) => t,
+            None => {
+                let now = self.clock.now().0.to_be_bytes();
+                let anchor = self.store.meta_init(EPOCH_ANCHOR, &now)?;
+                Timestamp(
+                    <[u8; 8]>::try_from(anchor.as_slice())
+                        .map(u64::from_be_bytes)
+                        .map_err(|_| ServiceError::Internal("bad key epoch anchor".into()))?,
+                )
+            }
+        };
+        let interval = u64::try_from(self.key_epoch_interval.as_micros()).unwrap_or(u64::MAX);
+        Ok(Timestamp(last.0.saturating_add(interval)))
+    }
+
+    fn epoch_due(&self) -> Result<bool, ServiceError> {
+        Ok(self.clock.now() >= self.next_epoch()?)
+    }
+}
+
+/// One batch; if the target KEK version reached its usage limit, rotates the tenant key
+/// (the job follows the new version) and returns `None`.
+fn rewrap_or_rotate(
+    keys: &Keyring,
+    tenant: &TenantId,
+    target: u32,
+    after: Option<&SubjectId>,
+    limit: usize,
+) -> Result<Option<RewrapBatch>, KeyringError> {
+    match keys.rewrap_batch(tenant, target, after, limit) {
+        Ok(batch) => Ok(Some(batch)),
+        Err(KeyringError::LimitReached(why)) => {
+            tracing::info!(%tenant, %why, "tenant key reached its usage limit during a re-wrap; rotating");
+            keys.rotate_tenant(tenant)?;
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}

@@ -1,0 +1,258 @@
+//! Key management use cases for the security team: rotate a tenant key (the re-wrap runs
+//! in the background), rotate the root key, read the state of every key, run a key epoch,
+//! shred a tenant. Each records one audit event.
+//!
+//! Background work (`jobs.rs`) runs one job at a time: re-wraps after tenant rotations
+//! (also those a usage limit triggered, and those a restart interrupted), root rotations a
+//! crash left half-done, and the scheduled key epochs.
+
+mod jobs;
+mod sealing;
+mod status;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, Mutex, Notify};
+
+pub use jobs::run_key_jobs;
+pub use status::{KeyStatus, RootStatus, TenantKeyStatus, VersionStatus};
+
+use crate::audit::Operation;
+use crate::authz::Action;
+use crate::domain::{TenantId, Timestamp};
+use crate::keyring::{KeyLimits, Keyring, KeyringError, RootRotation};
+
+use super::{Call, ServiceError, Vault};
+
+/// Key usage limits and the pace of background re-wraps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeySettings {
+    pub limits: KeyLimits,
+    /// Subjects re-wrapped per batch; progress is saved after each.
+    pub rewrap_batch: usize,
+    /// Pause between re-wrap batches, leaving room for live traffic.
+    pub rewrap_pause: Duration,
+}
+
+impl Default for KeySettings {
+    fn default() -> Self {
+        Self {
+            limits: KeyLimits::default(),
+            rewrap_batch: 500,
+            rewrap_pause: Duration::ZERO,
+        }
+    }
+}
+
+/// A request for a key epoch, answered when it is done.
+type EpochRequest = (Call, oneshot::Sender<Result<EpochReport, ServiceError>>);
+
+/// What the background key work shares with the use cases.
+pub(super) struct KeyJobs {
+    settings: KeySettings,
+    /// Held by whoever runs a re-wrap, a root rotation's completion or an epoch.
+    running: Mutex<()>,
+    /// Wakes the worker when a rotation started a job.
+    wake: Notify,
+    /// Epochs asked for by `RunKeyEpoch`: the worker runs them, so an epoch completes even
+    /// if the request that asked for it is cancelled (a client deadline, say).
+    epochs: mpsc::UnboundedSender<EpochRequest>,
+    /// The worker's end of `epochs`, taken when it starts.
+    epoch_queue: std::sync::Mutex<Option<mpsc::UnboundedReceiver<EpochRequest>>>,
+}
+
+impl KeyJobs {
+    pub(super) fn new(settings: KeySettings) -> Self {
+        let (epochs, queue) = mpsc::unbounded_channel();
+        Self {
+            settings,
+            running: Mutex::new(()),
+            wake: Notify::new(),
+            epochs,
+            epoch_queue: std::sync::Mutex::new(Some(queue)),
+        }
+    }
+}
+
+/// A tenant key rotation that was started.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TenantRotation {
+    pub tenant: TenantId,
+    pub previous_version: u32,
+    pub new_version: u32,
+}
+
+/// What a key epoch did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EpochReport {
+    /// Tenants whose KEK was rotated (they had erasures), with the versions destroyed.
+    pub tenants: Vec<(TenantId, Vec<u32>)>,
+    /// Shredded tenants whose epoch mark was cleared (nothing left to rotate).
+    pub shredded_tenants: Vec<TenantId>,
+    /// DEKs re-wrapped for those tenants.
+    pub deks_rewrapped: u64,
+    /// The root key rotation that ended the epoch.
+    pub root: RootRotation,
+    pub completed_at: Timestamp,
+}
+
+/// What shredding a tenant did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShredReport {
+    pub tenant: TenantId,
+    pub shredded_at: Timestamp,
+    pub destroyed_versions: Vec<u32>,
+}
+
+/// Runs a keyring operation on a blocking thread: it reads, writes and flushes the store.
+async fn blocking<T: Send + 'static>(
+    keys: &Arc<Keyring>,
+    op: impl FnOnce(&Keyring) -> Result<T, KeyringError> + Send + 'static,
+) -> Result<T, ServiceError> {
+    let keys = keys.clone();
+    tokio::task::spawn_blocking(move || op(&keys))
+        .await
+        .map_err(|_| ServiceError::Internal("a key operation panicked".into()))?
+        .map_err(ServiceError::from)
+}
+
+fn versions(v: &[u32]) -> String {
+    v.iter()
+        .map(|v| format!("v{v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+impl Vault {
+    /// Starts a rotation of a tenant's KEK: a new version wraps new DEKs at once, and the
+    /// existing DEKs are re-wrapped in the background; the old version is destroyed when no
+    /// DEK uses it any more. Refused while a re-wrap of the tenant is still running.
+    pub async fn rotate_tenant_key(
+        &self,
+        call: &Call,
+        tenant: &TenantId,
+    ) -> Result<TenantRotation, ServiceError> {
+        let mut ev = self.draft(call, Operation::RotateTenantKey);
+        ev.tenant = tenant.to_string();
+        let result = match self.authorize(call, &mut ev, Action::KeyAdmin, Some(tenant), None) {
+            Ok(_) => self.start_tenant_rotation(tenant).await,
+            Err(e) => Err(e),
+        };
+        if let Ok(r) = &result {
+            ev.reason = format!(
+                "v{} -> v{}; re-wrap started",
+                r.previous_version, r.new_version
+            );
+        }
+        let result = self.record(ev, result).await;
+        self.key_jobs.wake.notify_one();
+        result
+    }
+
+    async fn start_tenant_rotation(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<TenantRotation, ServiceError> {
+        self.tenant(tenant)?;
+        let (_, state) = self.keys.tenant_keys(tenant)?;
+        if let Some(job) = state.rewrap {
+            return Err(ServiceError::KeyPrecondition(format!(
+                "the re-wrap to key version {} is still running; wait for it (GetKeyStatus)",
+                job.target
+            )));
+        }
+        let id = tenant.clone();
+        let (previous_version, new_version) =
+            blocking(&self.keys, move |k| k.rotate_tenant(&id)).await?;
+        Ok(TenantRotation {
+            tenant: tenant.clone(),
+            previous_version,
+            new_version,
+        })
+    }
+
+    /// Rotates the root key: a new version, every tenant KEK and the audit key re-wrapped
+    /// under it, the old versions destroyed in the root key file. Returns when done.
+    pub async fn rotate_root_key(&self, call: &Call) -> Result<RootRotation, ServiceError> {
+        let mut ev = self.draft(call, Operation::RotateRootKey);
+        let result = match self.authorize(call, &mut ev, Action::KeyAdmin, None, None) {
+            Ok(_) => blocking(&self.keys, Keyring::rotate_root).await,
+            Err(e) => Err(e),
+        };
+        if let Ok(r) = &result {
+            ev.reason = format!(
+                "root v{}; destroyed {}; re-wrapped {}",
+                r.current,
+                versions(&r.destroyed),
+                r.rewrapped
+            );
+        }
+        self.record(ev, result).await
+    }
+
+    /// Runs a key epoch now (see `jobs.rs`) on the background worker (`run_key_jobs`
+    /// must be running), and returns when it is done.
+    pub async fn run_key_epoch(&self, call: &Call) -> Result<EpochReport, ServiceError> {
+        // Scheduled epochs run as the system; one asked for over the API needs key_admin.
+        let mut ev = self.draft(call, Operation::KeyEpoch);
+        if let Err(refused) = self.authorize(call, &mut ev, Action::KeyAdmin, None, None) {
+            return self.record(ev, Err(refused)).await;
+        }
+        let (done, report) = oneshot::channel();
+        self.key_jobs
+            .epochs
+            .send((call.clone(), done))
+            .map_err(|_| ServiceError::Internal("the key worker stopped".into()))?;
+        report
+            .await
+            .map_err(|_| ServiceError::Internal("the key worker stopped".into()))?
+    }
+
+    /// Runs a key epoch and records its audit event.
+    async fn recorded_key_epoch(&self, call: &Call) -> Result<EpochReport, ServiceError> {
+        let mut ev = self.draft(call, Operation::KeyEpoch);
+        let result = self.key_epoch().await;
+        if let Ok(r) = &result {
+            ev.fields = r.tenants.iter().map(|(t, _)| t.to_string()).collect();
+            ev.reason = format!(
+                "rotated {} tenant keys; root v{}, destroyed {}",
+                r.tenants.len(),
+                r.root.current,
+                versions(&r.root.destroyed)
+            );
+        }
+        self.record(ev, result).await
+    }
+
+    /// Destroys every KEK version of a tenant: all its subjects become unreadable at once,
+    /// and every later request for the tenant answers NOT_FOUND ("shredded"). Irreversible.
+    pub async fn shred_tenant(
+        &self,
+        call: &Call,
+        tenant: &TenantId,
+    ) -> Result<ShredReport, ServiceError> {
+        let mut ev = self.draft(call, Operation::ShredTenant);
+        ev.tenant = tenant.to_string();
+        let result = match self.authorize(call, &mut ev, Action::KeyAdmin, Some(tenant), None) {
+            Ok(_) => self.shred(tenant).await,
+            Err(e) => Err(e),
+        };
+        if let Ok(r) = &result {
+            ev.reason = format!("destroyed key versions {}", versions(&r.destroyed_versions));
+        }
+        self.record(ev, result).await
+    }
+
+    async fn shred(&self, tenant: &TenantId) -> Result<ShredReport, ServiceError> {
+        self.tenant(tenant)?;
+        let id = tenant.clone();
+        let destroyed_versions = blocking(&self.keys, move |k| k.shred_tenant(&id)).await?;
+        let (record, _) = self.keys.tenant_keys(tenant)?;
+        Ok(ShredReport {
+            tenant: tenant.clone(),
+            shredded_at: record.shredded_at.unwrap_or_else(|| self.clock.now()),
+            destroyed_versions,
+        })
+    }
+}
