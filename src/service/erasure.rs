@@ -117,6 +117,7 @@ impl Vault {
         }
         let receipt = self.record(ev, result).await?;
         if !receipt.already_erased {
+            self.metrics.erasure();
             let _ = self.purger.send((tenant.clone(), subject.clone()));
         }
         Ok(receipt)

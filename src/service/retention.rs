@@ -117,6 +117,7 @@ impl Vault {
                             ev.fields = vec![field.to_string()];
                             ev.reason = "retention period ended".into();
                             self.record(ev, Ok(())).await?;
+                            self.metrics.retention_deletions(1);
                             deleted += 1;
                         }
                     }

@@ -64,6 +64,10 @@ async fn metrics_endpoint_exposes_rpc_audit_flush_key_and_store_series() {
         .await
         .expect_err("not found");
 
+    crate::erasure::erase(vault.channel().await, "acme", "subject-4")
+        .await
+        .expect("erase");
+
     let (status, text) = http_get(metrics_addr, "/metrics").await;
     assert!(status.contains("200"), "{status}");
     let requests = "piivault_rpc_requests_total";
@@ -109,9 +113,10 @@ async fn metrics_endpoint_exposes_rpc_audit_flush_key_and_store_series() {
     assert!(sample(&text, "piivault_store_flush_duration_seconds_count") >= 1.0);
     assert_eq!(sample(&text, "piivault_store_flush_failures_total"), 0.0);
 
-    // Defined now, wired when erasure, retention and the DEK cache land.
+    assert_eq!(sample(&text, "piivault_erasures_total"), 1.0);
+    // Retention deletions happen in the hourly sweep (tests/it/retention.rs drives it
+    // in-process); there is no DEK cache yet.
     for zero in [
-        "piivault_erasures_total",
         "piivault_retention_deletions_total",
         "piivault_dek_cache_hits_total",
         "piivault_dek_cache_misses_total",
