@@ -12,6 +12,7 @@
 //! the same process, back to back.
 
 mod drive;
+mod erase;
 mod fixture;
 
 use std::time::Duration;
@@ -120,6 +121,9 @@ fn main() {
                 failures += on.errors + off.errors + u64::from(on.ops == 0 || off.ops == 0);
             }
         }
+        println!();
+        let (rounds, big) = if args.smoke { (1, 2_000) } else { (5, 10_000) };
+        erase::compare(&audited.channel().await, rounds, big).await;
         println!();
         println!("# throughput with auditing on / auditing off (same run, same concurrency)");
         for (scenario, c, ratio) in ratios {
