@@ -16,7 +16,10 @@ async fn seed(channel: &Channel, subject: &str, fields: usize) {
             .put_fields(pb::PutFieldsRequest {
                 tenant_id: "bench".into(),
                 subject_id: subject.into(),
-                fields: chunk.iter().map(|i| field_input(&format!("f{i}"), *i)).collect(),
+                fields: chunk
+                    .iter()
+                    .map(|i| field_input(&format!("f{i}"), *i))
+                    .collect(),
             })
             .await
             .expect("seed");
@@ -24,7 +27,8 @@ async fn seed(channel: &Channel, subject: &str, fields: usize) {
 }
 
 async fn erase(channel: &Channel, subject: &str) -> Duration {
-    let mut client = pb::subject_rights_service_client::SubjectRightsServiceClient::new(channel.clone());
+    let mut client =
+        pb::subject_rights_service_client::SubjectRightsServiceClient::new(channel.clone());
     let t0 = Instant::now();
     client
         .erase_subject(pb::EraseSubjectRequest {

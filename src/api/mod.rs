@@ -5,6 +5,7 @@
 //! client's `x-request-id` if it is well-formed, else a random one), echoed back in the
 //! response's `x-request-id` header and written to the request's audit event.
 
+mod access;
 mod admin;
 mod audit;
 mod backup;

@@ -172,4 +172,20 @@ impl pb::subject_rights_service_server::SubjectRightsService for RightsApi {
         let receipt = receipt(self.vault.erase_subject(&call, &tenant, &subject).await?);
         Ok(respond(&call, receipt))
     }
+
+    async fn access_subject(
+        &self,
+        req: Request<pb::AccessSubjectRequest>,
+    ) -> Result<Response<pb::AccessReport>, Status> {
+        super::access::access_subject(&self.vault, req).await
+    }
+
+    type ExportSubjectStream = super::access::ExportStream;
+
+    async fn export_subject(
+        &self,
+        req: Request<pb::ExportSubjectRequest>,
+    ) -> Result<Response<Self::ExportSubjectStream>, Status> {
+        super::access::export_subject(&self.vault, req).await
+    }
 }

@@ -23,6 +23,8 @@ pub enum Operation {
     VerifyAudit,
     PruneAudit,
     EraseSubject,
+    AccessSubject,
+    ExportSubject,
     ReloadPolicy,
     FindSubjects,
     RotateIndexKey,
@@ -42,7 +44,7 @@ pub enum Operation {
 }
 
 impl Operation {
-    pub const ALL: [Operation; 27] = [
+    pub const ALL: [Operation; 29] = [
         Operation::CreateTenant,
         Operation::GetTenant,
         Operation::ListTenants,
@@ -54,6 +56,8 @@ impl Operation {
         Operation::VerifyAudit,
         Operation::PruneAudit,
         Operation::EraseSubject,
+        Operation::AccessSubject,
+        Operation::ExportSubject,
         Operation::ReloadPolicy,
         Operation::FindSubjects,
         Operation::RotateIndexKey,
@@ -85,6 +89,8 @@ impl Operation {
             Operation::VerifyAudit => "verify_audit",
             Operation::PruneAudit => "prune_audit",
             Operation::EraseSubject => "erase_subject",
+            Operation::AccessSubject => "access_subject",
+            Operation::ExportSubject => "export_subject",
             Operation::ReloadPolicy => "reload_policy",
             Operation::FindSubjects => "find_subjects",
             Operation::RotateIndexKey => "rotate_index_key",

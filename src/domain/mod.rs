@@ -2,6 +2,7 @@
 
 mod field;
 mod ids;
+pub mod retention;
 mod subject_state;
 mod time;
 pub mod typed;

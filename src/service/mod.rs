@@ -4,12 +4,14 @@
 //! Every use case records one audit event, and returns its result only after that event is
 //! on disk: a read whose event cannot be written fails closed with `AuditUnavailable`.
 
+mod access;
 mod audit_log;
 mod audit_ops;
 mod audit_sink;
 mod backup;
 mod erasure;
 mod error;
+mod export;
 mod keys;
 mod lookup;
 mod records;
@@ -21,11 +23,13 @@ mod tokens;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use access::{AccessReport, HeldField, Recipient};
 pub use audit_log::{verify_store, AuditError, AuditLog, PruneReport};
 pub use audit_ops::AuditPage;
 pub use audit_sink::{JsonlSink, SinkConfig};
 pub use erasure::{ErasureReceipt, DEFAULT_KEY_EPOCH};
 pub use error::ServiceError;
+pub use export::{Export, EXPORT_CHUNK, EXPORT_SCHEMA};
 pub use keys::{
     run_key_jobs, EpochReport, KeySettings, KeyStatus, RootStatus, ShredReport, TenantKeyStatus,
     TenantRotation, VersionStatus,

@@ -27,6 +27,10 @@ pub struct Faults {
     pub fail_flush: AtomicBool,
     /// How many flushes ran (group commit makes this far lower than the writes).
     pub flushes: AtomicU64,
+    /// How many times all fields of a subject were loaded at once (`Store::fields`).
+    pub whole_field_loads: AtomicU64,
+    /// The most field records one `Store::fields_page` call returned.
+    pub largest_field_page: AtomicU64,
 }
 
 impl Faults {
@@ -219,7 +223,22 @@ impl Store for FaultyStore {
         self.inner.put_fields(tenant, subject, write)
     }
     fn fields(&self, tenant: &TenantId, subject: &SubjectId) -> StoreResult<Vec<FieldRecord>> {
+        self.faults.whole_field_loads.fetch_add(1, Ordering::SeqCst);
         self.inner.fields(tenant, subject)
+    }
+    fn fields_page(
+        &self,
+        tenant: &TenantId,
+        subject: &SubjectId,
+        after: Option<&FieldName>,
+        limit: usize,
+    ) -> StoreResult<Vec<FieldRecord>> {
+        let page = self.inner.fields_page(tenant, subject, after, limit)?;
+        let len = u64::try_from(page.len()).unwrap_or(u64::MAX);
+        self.faults
+            .largest_field_page
+            .fetch_max(len, Ordering::SeqCst);
+        Ok(page)
     }
     fn field(
         &self,

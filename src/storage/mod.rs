@@ -148,6 +148,16 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Vec<Written>>;
     /// Every field of a subject, in name order.
     fn fields(&self, tenant: &TenantId, subject: &SubjectId) -> StoreResult<Vec<FieldRecord>>;
+    /// At most `limit` fields of a subject in the order of `fields`, starting after the
+    /// field named `after` (from the first when `None`): scans a subject of any size in
+    /// bounded memory. An empty page means there are no more.
+    fn fields_page(
+        &self,
+        tenant: &TenantId,
+        subject: &SubjectId,
+        after: Option<&FieldName>,
+        limit: usize,
+    ) -> StoreResult<Vec<FieldRecord>>;
     /// One field of a subject.
     fn field(
         &self,

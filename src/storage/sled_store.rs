@@ -21,6 +21,7 @@
 mod keys;
 
 use std::collections::HashMap;
+use std::ops::Bound::{Excluded, Unbounded};
 use std::path::Path;
 use std::sync::RwLock;
 
@@ -522,6 +523,32 @@ impl Store for SledStore {
             .scan_prefix(subject_key(subject))
             .map(|kv| FieldRecord::decode(&kv.map_err(backend)?.1))
             .collect()
+    }
+
+    fn fields_page(
+        &self,
+        tenant: &TenantId,
+        subject: &SubjectId,
+        after: Option<&FieldName>,
+        limit: usize,
+    ) -> StoreResult<Vec<FieldRecord>> {
+        let fields = self.existing_trees(tenant)?.fields;
+        let prefix = subject_key(subject);
+        // A subject's keys are contiguous and share its length-prefixed id, so the page is a
+        // range from just past `after` that stops at the first key of another subject.
+        let rows = match after {
+            None => fields.scan_prefix(&prefix),
+            Some(name) => fields.range((Excluded(field_key(subject, name)), Unbounded)),
+        };
+        let mut page = Vec::with_capacity(limit.min(1024));
+        for kv in rows {
+            let (key, value) = kv.map_err(backend)?;
+            if page.len() == limit || !key.starts_with(&prefix) {
+                break;
+            }
+            page.push(FieldRecord::decode(&value)?);
+        }
+        Ok(page)
     }
 
     fn field(
