@@ -14,6 +14,7 @@ import argparse
 import glob
 import importlib
 import importlib.resources
+import json
 import os
 import sys
 import tempfile
@@ -66,6 +67,8 @@ def main():
         record_grpc = importlib.import_module("piivault.v1.record_pb2_grpc")
         audit = importlib.import_module("piivault.v1.audit_pb2")
         audit_grpc = importlib.import_module("piivault.v1.audit_pb2_grpc")
+        rights = importlib.import_module("piivault.v1.rights_pb2")
+        rights_grpc = importlib.import_module("piivault.v1.rights_pb2_grpc")
 
         def read(path):
             with open(path, "rb") as f:
@@ -157,6 +160,44 @@ def main():
             check(sorted(event.field_names) == sorted(values), f"audited fields {list(event.field_names)}")
             check(event.caller != "", "audited caller is empty")
             print("audit query: the get is recorded with purpose support")
+
+            subject_rights = rights_grpc.SubjectRightsServiceStub(channel)
+            ids = dict(tenant_id="interop", subject_id="user-py-1")
+            report = subject_rights.AccessSubject(rights.AccessSubjectRequest(**ids), timeout=10)
+            held = {h.field.name: h for h in report.fields}
+            check(sorted(held) == sorted(values), f"access report fields {sorted(held)}")
+            for name, (_, value) in values.items():
+                check(held[name].field.value == value, f"access report value of {name}")
+            readers = [r for r in report.recipients if r.request_id == request_id]
+            check(len(readers) == 1, f"recipients with {request_id}: {len(readers)}")
+            check(readers[0].purpose == "support", f"recipient purpose {readers[0].purpose!r}")
+            check(readers[0].caller == event.caller, f"recipient caller {readers[0].caller!r}")
+            print("access report: every field, and the get as a recipient")
+
+            exported = b"".join(
+                chunk.data
+                for chunk in subject_rights.ExportSubject(
+                    rights.ExportSubjectRequest(purpose="support", **ids), timeout=30
+                )
+            )
+            document = json.loads(exported)
+            check(document["schema"] == "pii-vault.export/v1", f"schema {document.get('schema')!r}")
+            by_field = {f["name"]: f for f in document["fields"]}
+            check(sorted(by_field) == sorted(values), f"exported fields {sorted(by_field)}")
+            check(by_field["email"]["value"] == "ada@example.com", "exported email value")
+            print("export: valid JSON with every field")
+
+            receipt = subject_rights.EraseSubject(rights.EraseSubjectRequest(**ids), timeout=10)
+            check(receipt.receipt_id != "" and not receipt.already_erased, f"receipt {receipt}")
+            try:
+                records.GetFields(record.GetFieldsRequest(purpose="support", **ids), timeout=10)
+                raise AssertionError("reading an erased subject succeeded")
+            except grpc.RpcError as e:
+                check(e.code() == grpc.StatusCode.NOT_FOUND, f"erased subject: {e.code()}")
+                check("erased" in e.details(), f"erased subject details {e.details()!r}")
+            again = subject_rights.EraseSubject(rights.EraseSubjectRequest(**ids), timeout=10)
+            check(again.already_erased and again.receipt_id == receipt.receipt_id, "erase is idempotent")
+            print("erase: NOT_FOUND (erased) afterwards; a second erase returns the first receipt")
 
     print("INTEROP OK")
 
