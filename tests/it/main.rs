@@ -3,6 +3,7 @@
 
 mod util;
 
+mod access;
 mod at_rest;
 mod audit;
 mod authz;
