@@ -147,7 +147,11 @@ async fn python_client_interoperates_over_mutual_tls() {
         "erase:",
         "INTEROP OK",
     ] {
-        assert!(stdout.contains(step), "missing step {step:?}:\n{}", show(&out));
+        assert!(
+            stdout.contains(step),
+            "missing step {step:?}:\n{}",
+            show(&out)
+        );
     }
     vault.stop().await;
 }

@@ -8,6 +8,7 @@ mod backup_cmd;
 mod certs_cmd;
 mod client_cmds;
 mod erase_cmd;
+mod export_cmd;
 mod keys_cmd;
 mod serve;
 
@@ -47,6 +48,8 @@ enum Command {
     Subjects(client_cmds::SubjectsArgs),
     /// Erase subjects (right to be forgotten): ids as arguments, or one per line with --from FILE|-.
     Erase(erase_cmd::EraseArgs),
+    /// Export everything held on a subject as one JSON document: `export TENANT SUBJECT --out FILE`.
+    Export(export_cmd::ExportArgs),
     /// Verify (offline), query or prune the audit log.
     #[command(subcommand)]
     Audit(audit_cmd::AuditCmd),
@@ -116,6 +119,7 @@ pub fn main() -> ExitCode {
             Command::Subjects(args) => client_cmds::subjects(args).await,
             Command::Audit(cmd) => audit_cmd::audit(cmd).await,
             Command::Erase(args) => erase_cmd::erase(args).await,
+            Command::Export(args) => export_cmd::export(args).await,
             Command::Certs(cmd) => certs_cmd::run(cmd),
             Command::Backup(args) => backup_cmd::backup(args).await,
             Command::Restore(args) => backup_cmd::restore(args).await,

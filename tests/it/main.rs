@@ -4,6 +4,7 @@
 mod process;
 mod util;
 
+mod access;
 mod at_rest;
 mod audit;
 mod authz;
