@@ -45,8 +45,6 @@ pub struct Export {
     out: Vec<u8>,
     fields: u64,
     recipients: u64,
-    /// The most bytes `out` ever held (before a chunk was taken from it).
-    peak_buffered: usize,
 }
 
 impl std::fmt::Debug for Export {
@@ -57,13 +55,6 @@ impl std::fmt::Debug for Export {
             .field("next", &self.next)
             .field("buffered", &self.out.len())
             .finish_non_exhaustive()
-    }
-}
-
-impl Export {
-    /// The most document bytes the exporter held at once so far.
-    pub fn peak_buffered(&self) -> usize {
-        self.peak_buffered
     }
 }
 
@@ -255,7 +246,6 @@ impl Vault {
             grant,
             until,
             next: Next::Fields(None),
-            peak_buffered: out.len(),
             out,
             fields: 0,
             recipients: 0,
@@ -267,7 +257,6 @@ impl Vault {
     pub fn export_next(&self, x: &mut Export) -> Result<Option<Vec<u8>>, ServiceError> {
         while x.out.len() < EXPORT_CHUNK && !matches!(x.next, Next::Done) {
             self.export_step(x)?;
-            x.peak_buffered = x.peak_buffered.max(x.out.len());
         }
         if x.out.is_empty() {
             return Ok(None);
