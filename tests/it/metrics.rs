@@ -129,6 +129,26 @@ async fn metrics_endpoint_exposes_rpc_audit_flush_key_and_store_series() {
     );
     assert!(sample(&text, "piivault_store_size_bytes") > 0.0);
 
+    // A tenant key rotation: the background re-wrap reports its progress and the new version.
+    pb::key_service_client::KeyServiceClient::new(vault.channel().await)
+        .rotate_tenant_key(pb::RotateTenantKeyRequest {
+            tenant_id: "acme".into(),
+        })
+        .await
+        .expect("rotate");
+    let progress = r#"piivault_rewrap_progress_percent{tenant="acme"}"#;
+    let version = r#"piivault_tenant_key_version{tenant="acme"}"#;
+    let mut rotated = String::new();
+    for _ in 0..200 {
+        rotated = http_get(metrics_addr, "/metrics").await.1;
+        if rotated.contains(progress) && sample(&rotated, version) == 2.0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(sample(&rotated, progress), 100.0, "{rotated}");
+    assert_eq!(sample(&rotated, version), 2.0);
+
     // Tenant ids are labels; subject ids and values are not.
     assert!(
         !text.contains("subject-"),

@@ -169,6 +169,7 @@ impl Vault {
             job.scanned += batch.scanned;
             job.rewrapped += batch.rewrapped;
             rewrapped_here += batch.rewrapped;
+            self.metrics.rewrap_progress(tenant, job.scanned, job.total);
             job.cursor = batch.last.clone();
             if batch.end_of_pass {
                 let id = tenant.clone();
@@ -184,6 +185,8 @@ impl Vault {
                     let target = job.target;
                     match blocking(&self.keys, move |k| k.finish_rewrap(&id, target)).await? {
                         Some(destroyed) => {
+                            self.metrics.rewrap_progress(tenant, 1, 1);
+                            self.metrics.tenant_key_version(tenant, target);
                             tracing::info!(%tenant, version = target, ?destroyed, "re-wrap complete; old tenant key versions destroyed");
                             return Ok(Some(RewrapDone {
                                 target,
