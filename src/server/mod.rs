@@ -394,8 +394,11 @@ fn record_key_versions(store: &dyn Store, metrics: &Metrics) {
     }
 }
 
+/// Waits until the background tasks (flusher, audit writer, purger, key jobs) have let go of
+/// the store, so that it is closed, and its lock released, when `serve` returns. Normally
+/// immediate; on a loaded machine their last blocking step can take seconds.
 async fn wait_for_last_handle(store: &Arc<dyn Store>) {
-    for _ in 0..500 {
+    for _ in 0..6000 {
         if Arc::strong_count(store) == 1 {
             return;
         }
