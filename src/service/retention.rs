@@ -7,12 +7,11 @@ use std::time::Duration;
 
 use crate::audit::Operation;
 use crate::authz::PeerIdentity;
+use crate::domain::retention::retention_rule;
 use crate::domain::{Category, Timestamp};
 use crate::storage::{Erasure, Tombstone};
 
 use super::{Call, ServiceError, Vault};
-
-const DAY: u64 = 86_400;
 
 /// How long each category is kept after its last write, when no TTL is given.
 #[derive(Clone, Debug)]
@@ -21,19 +20,13 @@ pub struct RetentionRules {
 }
 
 impl Default for RetentionRules {
-    /// The policy's defaults: conversations 90 days, log data 12 months, transaction records
-    /// 7 years. Account data is kept while the account is active (it goes by erasure, within
-    /// 30 days of account deletion), so it has no time limit; neither have the categories the
-    /// policy gives no period.
+    /// The policy's section 6 rules, from the one table in `domain::retention` (which the
+    /// access report also shows), so what a report promises is what the sweeper does.
     fn default() -> Self {
-        let periods = [
-            (Category::Conversation, 90 * DAY),
-            (Category::Log, 365 * DAY),
-            (Category::Payment, 7 * 365 * DAY + 2 * DAY),
-        ]
-        .into_iter()
-        .map(|(c, secs)| (c, Duration::from_secs(secs)))
-        .collect();
+        let periods = Category::ALL
+            .into_iter()
+            .filter_map(|c| retention_rule(c).period.map(|p| (c, p)))
+            .collect();
         Self { periods }
     }
 }
