@@ -16,7 +16,7 @@ pub use records::{
     categories_in, category_bit, Erasure, FieldRecord, OlderDek, SealedField, SubjectRecord,
     SubjectWrite, TenantRecord, Tombstone, Written,
 };
-pub use sled_store::SledStore;
+pub use sled_store::{open_waiting_for_lock, SledStore};
 
 use crate::crypto::Sealed;
 use crate::domain::{FieldName, SubjectId, SubjectState, TenantId, Timestamp};

@@ -24,6 +24,7 @@ use std::collections::HashMap;
 use std::ops::Bound::{Excluded, Unbounded};
 use std::path::Path;
 use std::sync::RwLock;
+use std::time::{Duration, Instant};
 
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 
@@ -119,6 +120,30 @@ fn decode_subject_key(key: &[u8]) -> StoreResult<SubjectId> {
     Ok(id)
 }
 
+/// How long an open waits for sled's file lock on the directory.
+///
+/// sled lets go of the lock only when its own I/O threads drop their last reference, which
+/// can be a moment after the last `Db` handle is gone: a restart inside one process (tests,
+/// restore) would otherwise fail at random on a loaded machine. A second process holding the
+/// directory keeps it for longer and still gets the error, once this has passed.
+const LOCK_WAIT: Duration = Duration::from_secs(20);
+
+/// Opens `config`, retrying while its directory's lock is still held (see [`LOCK_WAIT`]).
+pub fn open_waiting_for_lock(config: &sled::Config) -> sled::Result<sled::Db> {
+    let deadline = Instant::now() + LOCK_WAIT;
+    loop {
+        match config.open() {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
 impl SledStore {
     /// Opens (or creates) the store in `dir` with a page cache of `cache_bytes`.
     pub fn open(dir: &Path, cache_bytes: u64) -> StoreResult<Self> {
@@ -132,13 +157,14 @@ impl SledStore {
         cache_bytes: u64,
         flush_every_ms: Option<u64>,
     ) -> StoreResult<Self> {
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(cache_bytes)
-            .mode(sled::Mode::HighThroughput)
-            .flush_every_ms(flush_every_ms)
-            .open()
-            .map_err(backend)?;
+        let db = open_waiting_for_lock(
+            &sled::Config::new()
+                .path(dir)
+                .cache_capacity(cache_bytes)
+                .mode(sled::Mode::HighThroughput)
+                .flush_every_ms(flush_every_ms),
+        )
+        .map_err(backend)?;
         Ok(Self {
             meta: db.open_tree("meta").map_err(backend)?,
             tenants: db.open_tree("tenants").map_err(backend)?,

@@ -11,7 +11,7 @@ use pii_vault::keyring::{Keyring, RootKeys};
 use pii_vault::proto::v1 as pb;
 use pii_vault::service::verify_store;
 use pii_vault::storage::faults::Faults;
-use pii_vault::storage::{SledStore, Store};
+use pii_vault::storage::{open_waiting_for_lock, SledStore, Store};
 use prost::Message;
 use tonic::Code;
 
@@ -221,7 +221,7 @@ fn verify_dir(dir: &std::path::Path) -> pii_vault::audit::VerifyReport {
 
 /// Applies `edit` to the raw audit tree of a stopped vault.
 fn tamper(dir: &std::path::Path, edit: impl FnOnce(&sled::Tree)) {
-    let db = sled::open(dir.join("store")).expect("sled");
+    let db = open_waiting_for_lock(&sled::Config::new().path(dir.join("store"))).expect("sled");
     edit(&db.open_tree("audit").expect("tree"));
     db.flush().expect("flush");
 }
@@ -256,7 +256,8 @@ async fn flipped_deleted_or_swapped_events_fail_verification_at_their_sequence_n
 
     let key = |seq: u64| seq.to_be_bytes();
     let original = |seq: u64| {
-        let db = sled::open(dir.path().join("store")).expect("sled");
+        let db = open_waiting_for_lock(&sled::Config::new().path(dir.path().join("store")))
+            .expect("sled");
         let v = db
             .open_tree("audit")
             .expect("tree")

@@ -278,13 +278,12 @@ struct Restore {
 impl Restore {
     fn open(scratch: &Path, store_dir: &Path) -> Result<Self, BackupError> {
         let shown = store_dir.display().to_string();
-        let db = sled::Config::new()
-            .path(scratch)
-            .open()
-            .map_err(|e| BackupError::Store {
+        let db = super::open_waiting_for_lock(&sled::Config::new().path(scratch)).map_err(|e| {
+            BackupError::Store {
                 path: shown.clone(),
                 source: backend(e),
-            })?;
+            }
+        })?;
         Ok(Self {
             db,
             tree: None,
