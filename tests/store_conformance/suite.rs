@@ -818,7 +818,7 @@ pub fn tenants_are_isolated(store: Arc<dyn Store>) {
         .expect("erase in a");
     assert_eq!(field_names(store.as_ref(), &b, &s), ["y"], "b untouched");
     assert!(store.tombstone(&b.id, &s).expect("b").is_none());
-    assert_eq!(store.subjects(&b.id, None, 10).expect("b"), [s.clone()]);
+    assert_eq!(store.subjects(&b.id, None, 10).expect("b"), [s]);
 }
 
 /// One `#[test]` per check, on stores made by `$open`: a function returning a fresh store
