@@ -3,6 +3,7 @@
 //! latency at a given rate. Latencies go into HDR histograms, in microseconds.
 
 use std::future::Future;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
@@ -14,6 +15,25 @@ pub enum Outcome {
     Failed,
     /// The target has no work left (a finite pool, such as subjects to erase).
     Exhausted,
+}
+
+/// What the first failed request of the process answered (its gRPC code only: messages are
+/// not printed), so a failed smoke run says why.
+static FIRST_FAILURE: OnceLock<String> = OnceLock::new();
+
+pub fn first_failure() -> Option<&'static String> {
+    FIRST_FAILURE.get()
+}
+
+/// The outcome of a gRPC call.
+pub fn outcome<T>(result: Result<T, tonic::Status>) -> Outcome {
+    match result {
+        Ok(_) => Outcome::Ok,
+        Err(status) => {
+            let _ = FIRST_FAILURE.set(format!("{:?}", status.code()));
+            Outcome::Failed
+        }
+    }
 }
 
 /// Something requests are sent to. Request `n` decides which subject it touches, so runs
@@ -31,7 +51,7 @@ pub struct Stats {
 }
 
 impl Stats {
-    fn new() -> Self {
+    pub fn new() -> Self {
         Self {
             ops: 0,
             errors: 0,
@@ -60,9 +80,11 @@ impl Stats {
         }
     }
 
-    fn merge(&mut self, other: Stats) {
+    /// Adds another run (or one stream's share of this run) to this one.
+    pub fn merge(&mut self, other: Stats) {
         self.ops += other.ops;
         self.errors += other.errors;
+        self.elapsed += other.elapsed;
         let _ = self.latency_us.add(other.latency_us);
     }
 }

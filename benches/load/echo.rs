@@ -15,7 +15,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
-use crate::drive::{Outcome, Target};
+use crate::drive::{outcome, Outcome, Target};
 
 pub mod pb {
     tonic::include_proto!("piivault.bench.v1");
@@ -145,9 +145,6 @@ fn padded<M: Message>(bytes: usize, make: impl Fn(usize) -> M) -> M {
 
 impl Target for EchoTarget {
     async fn call(&mut self, _n: u64) -> Outcome {
-        match self.client.echo(self.request.clone()).await {
-            Ok(_) => Outcome::Ok,
-            Err(_) => Outcome::Failed,
-        }
+        outcome(self.client.echo(self.request.clone()).await)
     }
 }

@@ -6,8 +6,9 @@
 //! - B2: sled insert + AES-256-GCM seal + shared flush, no gRPC (`floor.rs`);
 //! - B3: the disk's own write + fsync latency (`floor.rs`).
 //!
-//! Every scenario runs closed loop at each concurrency (peak), then open loop at 50% and 80%
-//! of the audited peak (latency from each request's scheduled time).
+//! Every scenario runs closed loop at each concurrency (peak) against the audited vault, an
+//! unaudited one and its baseline, interleaved in one-second slices; then open loop at 50%
+//! and 80% of the audited peak (latency from each request's scheduled time).
 //!
 //! ```sh
 //! cargo bench --bench load                       # full run (about five minutes)
@@ -36,7 +37,7 @@ use std::time::Duration;
 use drive::{closed_loop, fixed_rate, Stats};
 use echo::{EchoBaseline, EchoTarget};
 use fixture::Fixture;
-use floor::{Probe, StoreFloor};
+use floor::{FloorTarget, Probe, StoreFloor};
 use pii_vault::proto::v1 as pb;
 use prost::Message;
 use report::{row, Summary};
@@ -123,6 +124,9 @@ fn main() {
         }
         failures
     });
+    if let Some(code) = drive::first_failure() {
+        println!("first failed request: {code}");
+    }
     if args.smoke && failures > 0 {
         eprintln!("smoke run failed: {failures} failed requests or empty runs");
         std::process::exit(1);
@@ -185,66 +189,55 @@ async fn run(args: &Args) -> u64 {
         let mut peak = (0.0, 1);
         for &c in &args.concurrency {
             let on_channels = channels(&audited, c).await;
-            let on = closed_loop(
-                vault_targets(&on_channels, scenario, c, args.subjects),
-                args.duration,
-            )
-            .await;
+            let off_channels = channels(&unaudited, c).await;
+            let mut loads = vec![
+                Load::Vault(vault_targets(&on_channels, scenario, c, args.subjects)),
+                Load::Vault(vault_targets(&off_channels, scenario, c, args.subjects)),
+            ];
+            let base = if let Some((request, reply)) = sizes {
+                let echo_channels = echo_channels(&echo, c).await;
+                let targets = (0..c)
+                    .map(|w| {
+                        let channel = echo_channels[w % echo_channels.len()].clone();
+                        EchoTarget::new(channel, request, reply)
+                    })
+                    .collect();
+                loads.push(Load::Echo(targets));
+                Some(("B1 echo", format!("reply {reply} B; ")))
+            } else if scenario.is_put() {
+                let targets = (0..c)
+                    .map(|_| store_floor.target(scenario.fields()))
+                    .collect();
+                loads.push(Load::Floor(targets));
+                Some(("B2 store", String::new()))
+            } else {
+                None
+            };
+            let mut runs = interleaved(&loads, args.duration).await;
+            let baseline = if base.is_some() { runs.pop() } else { None };
+            let off = runs.pop().expect("the unaudited run");
+            let on = runs.pop().expect("the audited run");
             row(name, "vault", Some(c), &on, "audited");
             count(&on);
             if on.ops_per_sec() > peak.0 {
                 peak = (on.ops_per_sec(), c);
             }
-            let off_channels = channels(&unaudited, c).await;
-            let off = closed_loop(
-                vault_targets(&off_channels, scenario, c, args.subjects),
-                args.duration,
-            )
-            .await;
             let ratio = on.ops_per_sec() / off.ops_per_sec();
-            row(
-                name,
-                "no audit",
-                Some(c),
-                &off,
-                &format!("audited / this {ratio:.2}"),
-            );
+            let note = format!("audited / this {ratio:.2}");
+            row(name, "no audit", Some(c), &off, &note);
             count(&off);
             summary.audit_ratios.push((name, c, ratio));
-            let baseline = if let Some((request, reply)) = sizes {
-                let echo_channels = echo_channels(&echo, c).await;
-                let targets = (0..c)
-                    .map(|w| {
-                        EchoTarget::new(
-                            echo_channels[w % echo_channels.len()].clone(),
-                            request,
-                            reply,
-                        )
-                    })
-                    .collect();
-                let b1 = closed_loop(targets, args.duration).await;
-                let note = format!(
-                    "reply {reply} B; vault / this {:.2}",
-                    on.ops_per_sec() / b1.ops_per_sec()
+            if let (Some((base, prefix)), Some(b)) = (base, baseline) {
+                let ratio = on.ops_per_sec() / b.ops_per_sec();
+                row(
+                    name,
+                    base,
+                    Some(c),
+                    &b,
+                    &format!("{prefix}vault / this {ratio:.2}"),
                 );
-                row(name, "B1 echo", Some(c), &b1, &note);
-                Some((b1, "B1 echo"))
-            } else if scenario.is_put() {
-                let targets = (0..c)
-                    .map(|_| store_floor.target(scenario.fields()))
-                    .collect();
-                let b2 = closed_loop(targets, args.duration).await;
-                let note = format!("vault / this {:.2}", on.ops_per_sec() / b2.ops_per_sec());
-                row(name, "B2 store", Some(c), &b2, &note);
-                Some((b2, "B2 store"))
-            } else {
-                None
-            };
-            if let Some((b, base)) = baseline {
                 count(&b);
-                summary
-                    .baseline_ratios
-                    .push((name, c, on.ops_per_sec() / b.ops_per_sec(), base));
+                summary.baseline_ratios.push((name, c, ratio, base));
             }
         }
         let (peak_ops, peak_c) = peak;
@@ -301,6 +294,37 @@ async fn run(args: &Args) -> u64 {
     audited.stop().await;
     unaudited.stop().await;
     failures
+}
+
+/// The load behind one row of the table: streams against a vault or a baseline.
+enum Load {
+    Vault(Vec<VaultTarget>),
+    Echo(Vec<EchoTarget>),
+    Floor(Vec<FloorTarget>),
+}
+
+impl Load {
+    async fn run(&self, duration: Duration) -> Stats {
+        match self {
+            Load::Vault(t) => closed_loop(t.clone(), duration).await,
+            Load::Echo(t) => closed_loop(t.clone(), duration).await,
+            Load::Floor(t) => closed_loop(t.clone(), duration).await,
+        }
+    }
+}
+
+/// Runs every load for `total`, interleaved in slices of about a second (A B C A B C ...), so
+/// that drift in the machine's load from other processes falls on all of them alike and the
+/// ratios between them hold even when the absolute figures move.
+async fn interleaved(loads: &[Load], total: Duration) -> Vec<Stats> {
+    let slices = total.as_secs_f64().round().max(1.0) as u32;
+    let mut out: Vec<Stats> = loads.iter().map(|_| Stats::new()).collect();
+    for _ in 0..slices {
+        for (load, stats) in loads.iter().zip(&mut out) {
+            stats.merge(load.run(total / slices).await);
+        }
+    }
+    out
 }
 
 /// Encoded sizes of a `GetFields` request for `fields` fields and of its response.

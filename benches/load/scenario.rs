@@ -9,7 +9,7 @@ use pb::subject_rights_service_client::SubjectRightsServiceClient;
 use pii_vault::proto::v1 as pb;
 use tonic::transport::Channel;
 
-use crate::drive::{Outcome, Target};
+use crate::drive::{outcome, Outcome, Target};
 use crate::fixture::{field_input, FIELDS_PER_SUBJECT, TENANT};
 
 /// What one request does.
@@ -103,28 +103,23 @@ impl Target for VaultTarget {
     async fn call(&mut self, n: u64) -> Outcome {
         let subjects = self.subjects;
         let client = &mut self.client;
-        let ok = match self.scenario {
-            Scenario::Get1 => client.get_fields(get_request(n, subjects, 1)).await.is_ok(),
+        match self.scenario {
+            Scenario::Get1 => outcome(client.get_fields(get_request(n, subjects, 1)).await),
             Scenario::Get10 => {
                 let request = get_request(n, subjects, FIELDS_PER_SUBJECT);
-                client.get_fields(request).await.is_ok()
+                outcome(client.get_fields(request).await)
             }
-            Scenario::Put1 => client.put_fields(put_request(n, subjects, 1)).await.is_ok(),
+            Scenario::Put1 => outcome(client.put_fields(put_request(n, subjects, 1)).await),
             Scenario::Put10 => {
                 let request = put_request(n, subjects, FIELDS_PER_SUBJECT);
-                client.put_fields(request).await.is_ok()
+                outcome(client.put_fields(request).await)
             }
             Scenario::Mixed if n.is_multiple_of(10) => {
-                client.put_fields(put_request(n, subjects, 1)).await.is_ok()
+                outcome(client.put_fields(put_request(n, subjects, 1)).await)
             }
-            Scenario::Mixed => client.get_fields(get_request(n, subjects, 1)).await.is_ok(),
+            Scenario::Mixed => outcome(client.get_fields(get_request(n, subjects, 1)).await),
             // Erasure has its own target, with a pool of subjects to erase.
-            Scenario::Erase => false,
-        };
-        if ok {
-            Outcome::Ok
-        } else {
-            Outcome::Failed
+            Scenario::Erase => Outcome::Failed,
         }
     }
 }
@@ -148,10 +143,7 @@ impl Target for EraseTarget {
             tenant_id: TENANT.into(),
             subject_id: format!("{}{k}", self.prefix),
         };
-        match self.client.erase_subject(request).await {
-            Ok(_) => Outcome::Ok,
-            Err(_) => Outcome::Failed,
-        }
+        outcome(self.client.erase_subject(request).await)
     }
 }
 
