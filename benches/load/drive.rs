@@ -135,32 +135,42 @@ pub async fn closed_loop<T: Target>(targets: Vec<T>, duration: Duration) -> Stat
 /// omission). The schedule is kept by a blocking thread with the OS's sleep, whose slack is
 /// tens of microseconds; tokio's timer rounds up to whole milliseconds, which would add up
 /// to a millisecond to every latency.
-pub async fn fixed_rate<T: Target>(targets: Vec<T>, rate: f64, duration: Duration) -> Stats {
+pub async fn fixed_rate<T: Target>(targets: Vec<T>, rate: f64, duration: Duration) -> Paced {
     let total = (rate * duration.as_secs_f64()) as u64;
     let pacer = tokio::task::spawn_blocking(move || {
         let runtime = tokio::runtime::Handle::current();
         let start = Instant::now();
         let mut in_flight = Vec::with_capacity(total as usize);
+        let mut late_us = histogram();
         for i in 0..total {
             let due = start + Duration::from_secs_f64(i as f64 / rate);
             let now = Instant::now();
             if due > now {
                 std::thread::sleep(due - now);
             }
+            let _ = late_us.record(due.elapsed().as_micros() as u64);
             let mut target = targets[i as usize % targets.len()].clone();
             in_flight.push(runtime.spawn(async move {
                 let outcome = target.call(i).await;
                 (outcome, due.elapsed())
             }));
         }
-        (start, in_flight)
+        (start, in_flight, late_us)
     });
-    let (start, in_flight) = pacer.await.expect("pacer thread");
+    let (start, in_flight, late_us) = pacer.await.expect("pacer thread");
     let mut stats = Stats::new();
     for request in in_flight {
         let (outcome, latency) = request.await.expect("request task");
         stats.count(outcome, latency);
     }
     stats.elapsed = start.elapsed();
-    stats
+    Paced { stats, late_us }
+}
+
+/// A fixed-rate run.
+pub struct Paced {
+    pub stats: Stats,
+    /// How late each request left against its schedule (the pacer thread starved of CPU,
+    /// or still catching up): part of every latency above, charged to the machine.
+    pub late_us: Histogram<u64>,
 }

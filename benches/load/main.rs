@@ -245,8 +245,14 @@ async fn run(args: &Args) -> u64 {
         for &share in &args.rates {
             let rate = peak_ops * f64::from(share) / 100.0;
             let targets = vault_targets(&on_channels, scenario, on_channels.len(), args.subjects);
-            let s = fixed_rate(targets, rate, args.duration).await;
-            let note = format!("{share}% of peak: {rate:.0}/s offered");
+            let paced = fixed_rate(targets, rate, args.duration).await;
+            let late = |q| paced.late_us.value_at_quantile(q) as f64 / 1000.0;
+            let note = format!(
+                "{share}% of peak: {rate:.0}/s offered; sent late p50 {:.2} p99 {:.2} ms",
+                late(0.5),
+                late(0.99)
+            );
+            let s = paced.stats;
             row(&format!("{name} @{share}%"), "vault", None, &s, &note);
             count(&s);
             summary
