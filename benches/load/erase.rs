@@ -7,14 +7,14 @@ use std::time::{Duration, Instant};
 use pii_vault::proto::v1 as pb;
 use tonic::transport::Channel;
 
-use crate::fixture::field_input;
+use crate::fixture::{field_input, TENANT};
 
 async fn seed(channel: &Channel, subject: &str, fields: usize) {
     let mut client = pb::record_service_client::RecordServiceClient::new(channel.clone());
     for chunk in (0..fields).collect::<Vec<_>>().chunks(1000) {
         client
             .put_fields(pb::PutFieldsRequest {
-                tenant_id: "bench".into(),
+                tenant_id: TENANT.into(),
                 subject_id: subject.into(),
                 fields: chunk
                     .iter()
@@ -32,7 +32,7 @@ async fn erase(channel: &Channel, subject: &str) -> Duration {
     let t0 = Instant::now();
     client
         .erase_subject(pb::EraseSubjectRequest {
-            tenant_id: "bench".into(),
+            tenant_id: TENANT.into(),
             subject_id: subject.into(),
         })
         .await

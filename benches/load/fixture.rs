@@ -4,14 +4,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use pii_vault::client::{connect, ClientCerts};
-use pii_vault::config::{bootstrap, RawConfig};
+use pii_vault::config::{bootstrap, RawConfig, TlsPaths};
 use pii_vault::proto::v1 as pb;
 use pii_vault::storage::SledStore;
 use tempfile::TempDir;
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
 
-/// Subjects preloaded into the `bench` tenant, and fields each.
+/// The tenant every scenario works in.
+pub const TENANT: &str = "bench";
+/// Fields each preloaded subject has.
 pub const FIELDS_PER_SUBJECT: usize = 10;
 /// Size of every preloaded value: the 256-byte field.
 pub const VALUE_BYTES: usize = 256;
@@ -19,7 +21,9 @@ pub const VALUE_BYTES: usize = 256;
 pub struct Fixture {
     _dir: TempDir,
     pub addr: SocketAddr,
-    certs: ClientCerts,
+    /// The vault's TLS files, which the echo baseline serves with too.
+    pub tls: TlsPaths,
+    pub certs: ClientCerts,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<Result<(), pii_vault::server::ServerError>>>,
     pub subjects: usize,
@@ -63,6 +67,7 @@ impl Fixture {
         let store =
             SledStore::open(&config.store_dir(), config.cache_capacity_bytes).expect("store");
         let (stop, stopped) = oneshot::channel::<()>();
+        let tls = config.tls.clone();
         let task = tokio::spawn(pii_vault::server::serve(
             listener,
             config,
@@ -75,6 +80,7 @@ impl Fixture {
             certs: ClientCerts::dev(dir.path()),
             _dir: dir,
             addr,
+            tls,
             stop: Some(stop),
             task: Some(task),
             subjects,
@@ -93,7 +99,7 @@ impl Fixture {
         let channel = self.channel().await;
         pb::tenant_service_client::TenantServiceClient::new(channel.clone())
             .create_tenant(pb::CreateTenantRequest {
-                tenant_id: "bench".into(),
+                tenant_id: TENANT.into(),
             })
             .await
             .expect("tenant");
@@ -108,7 +114,7 @@ impl Fixture {
                         .collect();
                     client
                         .put_fields(pb::PutFieldsRequest {
-                            tenant_id: "bench".into(),
+                            tenant_id: TENANT.into(),
                             subject_id: format!("s{i}"),
                             fields,
                         })

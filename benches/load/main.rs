@@ -1,32 +1,62 @@
 //! The load generator: drives a real vault (in this process, over mutual TLS on loopback)
-//! and prints throughput and latency percentiles next to same-run baselines.
+//! and prints throughput and latency percentiles next to baselines measured in the same run:
+//!
+//! - B1: a bare tonic echo service over the vault's TLS configuration, replies of the same
+//!   size as `GetFields` (`echo.rs`);
+//! - B2: sled insert + AES-256-GCM seal + shared flush, no gRPC (`floor.rs`);
+//! - B3: the disk's own write + fsync latency (`floor.rs`).
+//!
+//! Every scenario runs closed loop at each concurrency (peak) against the audited vault, an
+//! unaudited one and its baseline, interleaved in one-second slices; then open loop at 50%
+//! and 80% of the audited peak (latency from each request's scheduled time).
 //!
 //! ```sh
-//! cargo bench --bench load                       # full run (about a minute)
+//! cargo bench --bench load                       # full run (about five minutes)
 //! cargo bench --bench load -- --smoke            # a few seconds: checks it works
 //! cargo test --release --bench load              # the same smoke run (what CI does)
 //! cargo bench --bench load -- --duration 10 --concurrency 1,8,64 --scenarios get1,put1
+//! cargo bench --bench load -- --rss --fields 1000000 --cache-mib 256
 //! ```
 //!
 //! Absolute numbers drift on shared machines; compare the ratios, which come from runs in
 //! the same process, back to back.
 
 mod drive;
+mod echo;
 mod erase;
 mod fixture;
+mod floor;
+mod report;
+mod rss;
+mod scenario;
 
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 use std::time::Duration;
 
-use drive::{closed_loop, Scenario, Stats};
+use drive::{closed_loop, fixed_rate, Stats};
+use echo::{EchoBaseline, EchoTarget};
 use fixture::Fixture;
+use floor::{FloorTarget, Probe, StoreFloor};
+use pii_vault::proto::v1 as pb;
+use prost::Message;
+use report::{row, Summary};
+use scenario::{EraseTarget, Scenario, VaultTarget};
+use tonic::transport::Channel;
 
 struct Args {
     duration: Duration,
     concurrency: Vec<usize>,
     scenarios: Vec<Scenario>,
     subjects: usize,
+    /// Shares of the closed-loop peak to run each scenario at, open loop.
+    rates: Vec<u32>,
     /// A few-second check that everything works: any failed request is an error.
     smoke: bool,
+    /// Measure the server's memory with `fields` stored fields instead.
+    rss: bool,
+    fields: usize,
+    cache_mib: u64,
 }
 
 fn list<T>(s: &str, parse: impl Fn(&str) -> Option<T>) -> Vec<T> {
@@ -34,58 +64,47 @@ fn list<T>(s: &str, parse: impl Fn(&str) -> Option<T>) -> Vec<T> {
 }
 
 fn smoke(a: &mut Args) {
-    a.duration = Duration::from_millis(500);
+    a.duration = Duration::from_millis(400);
     a.concurrency = vec![8];
     a.subjects = 50;
+    a.fields = 2_000;
+    a.smoke = true;
 }
 
 fn args() -> Args {
     let mut a = Args {
         duration: Duration::from_secs(5),
         concurrency: vec![1, 8, 64],
-        scenarios: vec![
-            Scenario::Get1,
-            Scenario::Get10,
-            Scenario::Put1,
-            Scenario::Put10,
-            Scenario::Mixed,
-        ],
+        scenarios: Scenario::ALL.to_vec(),
         subjects: 1000,
+        rates: vec![50, 80],
         smoke: false,
+        rss: false,
+        fields: 1_000_000,
+        cache_mib: 256,
     };
     // `cargo bench` passes --bench; `cargo test` does not, and gets the smoke run.
     if !std::env::args().any(|a| a == "--bench") {
         smoke(&mut a);
-        a.smoke = true;
     }
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         let mut value = || it.next().unwrap_or_default();
         match arg.as_str() {
-            "--smoke" => {
-                smoke(&mut a);
-                a.smoke = true;
-            }
-            "--duration" => a.duration = Duration::from_secs(value().parse().unwrap_or(5)),
+            "--smoke" => smoke(&mut a),
+            "--duration" => a.duration = Duration::from_secs_f64(value().parse().unwrap_or(5.0)),
             "--concurrency" => a.concurrency = list(&value(), |s| s.parse().ok()),
             "--scenarios" => a.scenarios = list(&value(), Scenario::parse),
             "--subjects" => a.subjects = value().parse().unwrap_or(1000),
+            "--rates" => a.rates = list(&value(), |s| s.parse().ok()),
+            "--rss" => a.rss = true,
+            "--fields" => a.fields = value().parse().unwrap_or(1_000_000),
+            "--cache-mib" => a.cache_mib = value().parse().unwrap_or(256),
             // `cargo bench` passes --bench; other flags are cargo's business.
             _ => {}
         }
     }
     a
-}
-
-fn row(label: &str, audit: &str, concurrency: usize, s: &Stats) {
-    println!(
-        "{label:<12} {audit:<6} {concurrency:>5} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>7}",
-        s.ops_per_sec(),
-        s.ms(0.5),
-        s.ms(0.99),
-        s.ms(0.999),
-        s.errors
-    );
 }
 
 fn main() {
@@ -94,58 +113,267 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    runtime.block_on(async move {
-        println!(
-            "# pii-vault load generator: {} s per run, {} subjects x 10 fields of 256 B",
-            args.duration.as_secs_f64(),
-            args.subjects
-        );
-        println!(
-            "{:<12} {:<6} {:>5} {:>10} {:>8} {:>8} {:>8} {:>7}",
-            "scenario", "audit", "conc", "ops/s", "p50 ms", "p99 ms", "p99.9 ms", "errors"
-        );
-        let audited = Fixture::start(true, args.subjects).await;
-        let unaudited = Fixture::start(false, args.subjects).await;
-        let mut ratios = Vec::new();
+    let failures = runtime.block_on(async {
         let mut failures = 0;
-        for &scenario in &args.scenarios {
-            for &c in &args.concurrency {
-                let on_channels = channels(&audited, c).await;
-                let off_channels = channels(&unaudited, c).await;
-                let on = closed_loop(&on_channels, scenario, c, args.duration, args.subjects).await;
-                row(scenario.name(), "on", c, &on);
-                let off =
-                    closed_loop(&off_channels, scenario, c, args.duration, args.subjects).await;
-                row(scenario.name(), "off", c, &off);
-                ratios.push((scenario, c, on.ops_per_sec() / off.ops_per_sec()));
-                failures += on.errors + off.errors + u64::from(on.ops == 0 || off.ops == 0);
+        if args.rss || args.smoke {
+            let within = rss::measure(args.fields, args.cache_mib).await;
+            failures += u64::from(args.smoke && !within);
+        }
+        if !args.rss {
+            failures += run(&args).await;
+        }
+        failures
+    });
+    if let Some(code) = drive::first_failure() {
+        println!("first failed request: {code}");
+    }
+    if args.smoke && failures > 0 {
+        eprintln!("smoke run failed: {failures} failed requests or empty runs");
+        std::process::exit(1);
+    }
+    if args.smoke {
+        println!("smoke: 1 passed, 0 failed");
+    }
+}
+
+/// The throughput and latency runs; returns the number of failed requests and empty runs.
+async fn run(args: &Args) -> u64 {
+    println!(
+        "# pii-vault load generator: {} s per run, {} subjects x 10 fields of 256 B, {} cores",
+        args.duration.as_secs_f64(),
+        args.subjects,
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    let mut summary = Summary::default();
+    let (rounds, limit) = if args.smoke {
+        (100, Duration::from_secs(1))
+    } else {
+        (2000, Duration::from_secs(5))
+    };
+    for probe in [Probe::Overwrite, Probe::Append] {
+        let fsync = tokio::task::spawn_blocking(move || floor::fsync_latency(probe, rounds, limit))
+            .await
+            .expect("fsync probe");
+        let ms = |q| fsync.value_at_quantile(q) as f64 / 1000.0;
+        let what = match probe {
+            Probe::Overwrite => "256 B overwrite + fdatasync",
+            Probe::Append => "256 B append + fsync",
+        };
+        println!(
+            "B3 {what:<27} ({} rounds, data directories' filesystem): p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms",
+            fsync.len(),
+            ms(0.5),
+            ms(0.99),
+            ms(0.999)
+        );
+        summary.fsync_ms.push((what, ms(0.5), ms(0.99)));
+    }
+    println!();
+    report::header();
+
+    let audited = Fixture::start(true, args.subjects).await;
+    let unaudited = Fixture::start(false, args.subjects).await;
+    let echo = EchoBaseline::start(&audited.tls, &audited.certs).await;
+    let store_floor = StoreFloor::open();
+    let mut failures = 0;
+    let mut count = |s: &Stats| failures += s.errors + u64::from(s.ops == 0);
+
+    for &scenario in args.scenarios.iter().filter(|s| **s != Scenario::Erase) {
+        let name = scenario.name();
+        // The echo baseline answers with as many bytes as this scenario's reads get back.
+        let sizes = if scenario.is_get() {
+            Some(get_sizes(&audited.channel().await, scenario.fields(), args.subjects).await)
+        } else {
+            None
+        };
+        let mut peak = (0.0, 1);
+        for &c in &args.concurrency {
+            let on_channels = channels(&audited, c).await;
+            let off_channels = channels(&unaudited, c).await;
+            let mut loads = vec![
+                Load::Vault(vault_targets(&on_channels, scenario, c, args.subjects)),
+                Load::Vault(vault_targets(&off_channels, scenario, c, args.subjects)),
+            ];
+            let base = if let Some((request, reply)) = sizes {
+                let echo_channels = echo_channels(&echo, c).await;
+                let targets = (0..c)
+                    .map(|w| {
+                        let channel = echo_channels[w % echo_channels.len()].clone();
+                        EchoTarget::new(channel, request, reply)
+                    })
+                    .collect();
+                loads.push(Load::Echo(targets));
+                Some(("B1 echo", format!("reply {reply} B; ")))
+            } else if scenario.is_put() {
+                let targets = (0..c)
+                    .map(|_| store_floor.target(scenario.fields()))
+                    .collect();
+                loads.push(Load::Floor(targets));
+                Some(("B2 store", String::new()))
+            } else {
+                None
+            };
+            let mut runs = interleaved(&loads, args.duration).await;
+            let baseline = if base.is_some() { runs.pop() } else { None };
+            let off = runs.pop().expect("the unaudited run");
+            let on = runs.pop().expect("the audited run");
+            row(name, "vault", Some(c), &on, "audited");
+            count(&on);
+            if on.ops_per_sec() > peak.0 {
+                peak = (on.ops_per_sec(), c);
             }
+            let ratio = on.ops_per_sec() / off.ops_per_sec();
+            let note = format!("audited / this {ratio:.2}");
+            row(name, "no audit", Some(c), &off, &note);
+            count(&off);
+            summary.audit_ratios.push((name, c, ratio));
+            if let (Some((base, prefix)), Some(b)) = (base, baseline) {
+                let ratio = on.ops_per_sec() / b.ops_per_sec();
+                row(
+                    name,
+                    base,
+                    Some(c),
+                    &b,
+                    &format!("{prefix}vault / this {ratio:.2}"),
+                );
+                count(&b);
+                summary.baseline_ratios.push((name, c, ratio, base));
+            }
+        }
+        let (peak_ops, peak_c) = peak;
+        let on_channels = channels(&audited, peak_c).await;
+        for &share in &args.rates {
+            let rate = peak_ops * f64::from(share) / 100.0;
+            let targets = vault_targets(&on_channels, scenario, on_channels.len(), args.subjects);
+            let paced = fixed_rate(targets, rate, args.duration).await;
+            let late = |q| paced.late_us.value_at_quantile(q) as f64 / 1000.0;
+            let note = format!(
+                "{share}% of peak: {rate:.0}/s offered; sent late p50 {:.2} p99 {:.2} ms",
+                late(0.5),
+                late(0.99)
+            );
+            let s = paced.stats;
+            row(&format!("{name} @{share}%"), "vault", None, &s, &note);
+            count(&s);
+            summary
+                .fixed_rate
+                .push((name, share, s.ms(0.5), s.ms(0.99), s.ms(0.999)));
+        }
+    }
+
+    if args.scenarios.contains(&Scenario::Erase) {
+        let pool = if args.smoke { 50 } else { 2000 };
+        let channel = audited.channel().await;
+        for &c in &args.concurrency {
+            let prefix = format!("erase-c{c}-");
+            scenario::seed_erase_pool(&channel, &prefix, pool).await;
+            let on_channels = channels(&audited, c).await;
+            let next = Arc::new(AtomicU64::new(0));
+            let targets = (0..c)
+                .map(|w| EraseTarget {
+                    client: pb::subject_rights_service_client::SubjectRightsServiceClient::new(
+                        on_channels[w % on_channels.len()].clone(),
+                    ),
+                    prefix: prefix.clone(),
+                    next: next.clone(),
+                    pool,
+                })
+                .collect();
+            let s = closed_loop(targets, args.duration).await;
+            row(
+                "erase",
+                "vault",
+                Some(c),
+                &s,
+                "audited; subjects with 1 field, each erased once",
+            );
+            count(&s);
         }
         println!();
         let (rounds, big) = if args.smoke { (1, 2_000) } else { (5, 10_000) };
-        erase::compare(&audited.channel().await, rounds, big).await;
-        println!();
-        println!("# throughput with auditing on / auditing off (same run, same concurrency)");
-        for (scenario, c, ratio) in ratios {
-            println!("ratio {:<12} conc {c:>3}: {ratio:.2}", scenario.name());
+        let (small_t, big_t) = erase::compare(&channel, rounds, big).await;
+        summary.erase_ratio = Some((big, big_t.as_secs_f64() / small_t.as_secs_f64()));
+    }
+
+    summary.print();
+    echo.stop().await;
+    audited.stop().await;
+    unaudited.stop().await;
+    failures
+}
+
+/// The load behind one row of the table: streams against a vault or a baseline.
+enum Load {
+    Vault(Vec<VaultTarget>),
+    Echo(Vec<EchoTarget>),
+    Floor(Vec<FloorTarget>),
+}
+
+impl Load {
+    async fn run(&self, duration: Duration) -> Stats {
+        match self {
+            Load::Vault(t) => closed_loop(t.clone(), duration).await,
+            Load::Echo(t) => closed_loop(t.clone(), duration).await,
+            Load::Floor(t) => closed_loop(t.clone(), duration).await,
         }
-        audited.stop().await;
-        unaudited.stop().await;
-        if args.smoke && failures > 0 {
-            eprintln!("smoke run failed: {failures} failed requests or empty runs");
-            std::process::exit(1);
+    }
+}
+
+/// Runs every load for `total`, interleaved in slices of about a second (A B C A B C ...), so
+/// that drift in the machine's load from other processes falls on all of them alike and the
+/// ratios between them hold even when the absolute figures move.
+async fn interleaved(loads: &[Load], total: Duration) -> Vec<Stats> {
+    let slices = total.as_secs_f64().round().max(1.0) as u32;
+    let mut out: Vec<Stats> = loads.iter().map(|_| Stats::new()).collect();
+    for _ in 0..slices {
+        for (load, stats) in loads.iter().zip(&mut out) {
+            stats.merge(load.run(total / slices).await);
         }
-        if args.smoke {
-            println!("smoke: 1 passed, 0 failed");
-        }
-    });
+    }
+    out
+}
+
+/// Encoded sizes of a `GetFields` request for `fields` fields and of its response.
+async fn get_sizes(channel: &Channel, fields: usize, subjects: usize) -> (usize, usize) {
+    let request = scenario::get_request(0, subjects, fields);
+    let response = pb::record_service_client::RecordServiceClient::new(channel.clone())
+        .get_fields(request.clone())
+        .await
+        .expect("GetFields for the reply size");
+    (request.encoded_len(), response.get_ref().encoded_len())
+}
+
+fn vault_targets(
+    channels: &[Channel],
+    scenario: Scenario,
+    streams: usize,
+    subjects: usize,
+) -> Vec<VaultTarget> {
+    (0..streams)
+        .map(|w| VaultTarget {
+            client: pb::record_service_client::RecordServiceClient::new(
+                channels[w % channels.len()].clone(),
+            ),
+            scenario,
+            subjects,
+        })
+        .collect()
 }
 
 /// A few connections per run, so streams spread over HTTP/2 connections as real clients do.
-async fn channels(f: &Fixture, concurrency: usize) -> Vec<tonic::transport::Channel> {
+async fn channels(f: &Fixture, concurrency: usize) -> Vec<Channel> {
     let mut out = Vec::new();
     for _ in 0..concurrency.clamp(1, 4) {
         out.push(f.channel().await);
+    }
+    out
+}
+
+/// The same number of connections to the echo baseline.
+async fn echo_channels(e: &EchoBaseline, concurrency: usize) -> Vec<Channel> {
+    let mut out = Vec::new();
+    for _ in 0..concurrency.clamp(1, 4) {
+        out.push(e.channel().await);
     }
     out
 }

@@ -1,0 +1,97 @@
+//! Printing: one table row per run, and the summary of the issue's targets at the end.
+
+use crate::drive::Stats;
+
+pub fn header() {
+    println!(
+        "{:<14} {:<12} {:>5} {:>10} {:>8} {:>8} {:>8} {:>7}  note",
+        "scenario", "against", "conc", "ops/s", "p50 ms", "p99 ms", "p99.9 ms", "errors"
+    );
+}
+
+/// One run; `conc` is `None` for an open-loop (fixed-rate) run.
+pub fn row(scenario: &str, against: &str, conc: Option<usize>, s: &Stats, note: &str) {
+    let conc = conc.map_or_else(|| "open".to_owned(), |c| c.to_string());
+    println!(
+        "{scenario:<14} {against:<12} {conc:>5} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>7}  {note}",
+        s.ops_per_sec(),
+        s.ms(0.5),
+        s.ms(0.99),
+        s.ms(0.999),
+        s.errors
+    );
+}
+
+/// Results the summary compares with the issue's targets.
+#[derive(Default)]
+pub struct Summary {
+    /// (scenario, concurrency, vault ops/s ÷ baseline ops/s, baseline name).
+    pub baseline_ratios: Vec<(&'static str, usize, f64, &'static str)>,
+    /// (scenario, concurrency, audited ÷ unaudited).
+    pub audit_ratios: Vec<(&'static str, usize, f64)>,
+    /// (scenario, share of peak, p50 ms, p99 ms, p99.9 ms).
+    pub fixed_rate: Vec<(&'static str, u32, f64, f64, f64)>,
+    /// (fields of the big subject, its erase latency ÷ that of a 1-field subject).
+    pub erase_ratio: Option<(usize, f64)>,
+    /// B3: (probe, p50 ms, p99 ms).
+    pub fsync_ms: Vec<(&'static str, f64, f64)>,
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok {
+        "reached"
+    } else {
+        "NOT reached"
+    }
+}
+
+impl Summary {
+    pub fn print(&self) {
+        println!();
+        println!("# throughput ratios, same run, same concurrency");
+        for (scenario, c, r, base) in &self.baseline_ratios {
+            println!("ratio {scenario:<12} conc {c:>3}: vault / {base:<8} {r:.2}");
+        }
+        for (scenario, c, r) in &self.audit_ratios {
+            println!("ratio {scenario:<12} conc {c:>3}: audited / unaudited {r:.2}");
+        }
+        println!();
+        println!("# targets of issue 7 (report, not a test)");
+        for (scenario, base) in [
+            ("get1", "B1"),
+            ("get10", "B1"),
+            ("put1", "B2"),
+            ("put10", "B2"),
+        ] {
+            if let Some((_, c, r, _)) = self
+                .baseline_ratios
+                .iter()
+                .filter(|(s, ..)| *s == scenario)
+                .max_by_key(|(_, c, ..)| *c)
+            {
+                println!(
+                    "target {scenario:<6} >= 50% of {base} at conc {c}: {:.0}% -> {}",
+                    r * 100.0,
+                    verdict(*r >= 0.5)
+                );
+            }
+        }
+        for (scenario, share, _, p99, _) in &self.fixed_rate {
+            if *share == 50 && ["get1", "get10", "put1", "put10"].contains(scenario) {
+                println!(
+                    "target {scenario:<6} p99 at 50% of peak <= 5 ms: {p99:.2} ms -> {}",
+                    verdict(*p99 <= 5.0)
+                );
+            }
+        }
+        if let Some((big, r)) = self.erase_ratio {
+            println!(
+                "target erase of {big} fields within 2x of 1 field: {r:.2}x -> {}",
+                verdict(r <= 2.0)
+            );
+        }
+        for (what, p50, p99) in &self.fsync_ms {
+            println!("floor  B3 {what}: p50 {p50:.2} ms, p99 {p99:.2} ms");
+        }
+    }
+}
