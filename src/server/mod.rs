@@ -110,6 +110,7 @@ pub async fn serve(
     let metrics = Metrics::new();
     let mut settings = config.vault.clone();
     settings.metrics = metrics.clone();
+    settings.high_water_file = Some(config.data_dir.join(crate::service::HIGH_WATER_FILE));
     let vault = Arc::new(Vault::open(
         store.clone(),
         keys,
@@ -236,6 +237,8 @@ pub async fn serve(
         task.abort();
         let _ = task.await;
     }
+    // Everything answered is durable: the high-water mark covers all of it.
+    vault.audit_log().persist_high_water().await;
     // Drained: wait for the last handle so the store is closed (and its lock released)
     // when `run` returns, then flush whatever was written.
     drop(vault);

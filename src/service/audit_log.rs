@@ -19,6 +19,7 @@ use crate::metrics::Metrics;
 use crate::storage::{GroupCommit, Store, StoreError};
 
 use super::audit_sink::JsonlSink;
+use super::high_water::HighWater;
 
 /// Most events one batch takes.
 const MAX_BATCH: usize = 1024;
@@ -55,6 +56,7 @@ pub struct AuditLog {
     store: Arc<dyn Store>,
     key: Arc<Key<Audit>>,
     timeout: Duration,
+    high_water: Option<Arc<HighWater>>,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -104,17 +106,22 @@ impl AuditLog {
         sink: Option<JsonlSink>,
         timeout: Duration,
         metrics: Metrics,
+        high_water: Option<HighWater>,
     ) -> Result<Self, StoreError> {
         let state = chain_state(store.as_ref())?;
         let key = Arc::new(key);
+        let high_water = high_water.map(Arc::new);
         let (queue, rx) = mpsc::channel(4 * MAX_BATCH);
         tokio::spawn(write_loop(
-            store.clone(),
-            commit,
-            key.clone(),
+            Writer {
+                store: store.clone(),
+                commit,
+                key: key.clone(),
+                metrics,
+                high_water: high_water.clone(),
+            },
             sink,
             state,
-            metrics,
             rx,
         ));
         Ok(Self {
@@ -122,7 +129,22 @@ impl AuditLog {
             store,
             key,
             timeout,
+            high_water,
         })
+    }
+
+    /// Writes the high-water mark of the store's newest durable event now (after an
+    /// erasure, and at shutdown); a no-op without one. A failure is logged: it weakens the
+    /// detection of a rolled-back store, nothing else.
+    pub async fn persist_high_water(&self) {
+        let Some(hw) = self.high_water.clone() else {
+            return;
+        };
+        let key = self.key.clone();
+        let written = tokio::task::spawn_blocking(move || hw.persist(&key)).await;
+        if !matches!(written, Ok(Ok(()))) {
+            tracing::warn!("could not write the audit high-water mark");
+        }
     }
 
     /// Records an event; returns its sequence number once it is on disk.
@@ -230,15 +252,28 @@ pub fn verify_store(store: &dyn Store, key: &Key<Audit>) -> Result<VerifyReport,
     )
 }
 
-async fn write_loop(
+/// What the writer task writes with.
+struct Writer {
     store: Arc<dyn Store>,
     commit: GroupCommit,
     key: Arc<Key<Audit>>,
+    metrics: Metrics,
+    high_water: Option<Arc<HighWater>>,
+}
+
+async fn write_loop(
+    writer: Writer,
     mut sink: Option<JsonlSink>,
     mut state: ChainState,
-    metrics: Metrics,
     mut rx: mpsc::Receiver<Append>,
 ) {
+    let Writer {
+        store,
+        commit,
+        key,
+        metrics,
+        high_water,
+    } = writer;
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.recv().await {
         batch.push(first);
@@ -295,6 +330,15 @@ async fn write_loop(
                 tracing::error!(error = %e, "audit append failed; failing requests closed");
                 for a in batch.drain(..) {
                     let _ = a.done.send(Err(AuditError::Store(e.clone())));
+                }
+            }
+        }
+        if let (Some(hw), true) = (&high_water, result.is_ok()) {
+            if hw.advance(state.next_seq - 1, state.last_mac) {
+                let (hw, key) = (hw.clone(), key.clone());
+                let written = tokio::task::spawn_blocking(move || hw.persist(&key)).await;
+                if !matches!(written, Ok(Ok(()))) {
+                    tracing::warn!("could not write the audit high-water mark");
                 }
             }
         }

@@ -117,6 +117,10 @@ impl Vault {
         }
         let receipt = self.record(ev, result).await?;
         if !receipt.already_erased {
+            // A store rolled back past this erasure must be refused at start, not serve
+            // the subject again: the high-water mark moves past its event before the
+            // receipt is returned.
+            self.audit.persist_high_water().await;
             self.metrics.erasure();
             let _ = self.purger.send((tenant.clone(), subject.clone()));
         }

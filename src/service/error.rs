@@ -46,6 +46,9 @@ pub enum ServiceError {
     /// cause is logged, never sent.
     #[error("internal error: {0}")]
     Internal(String),
+    /// At start: the store is older than its audit high-water mark.
+    #[error(transparent)]
+    RolledBack(#[from] super::high_water::HighWaterError),
 }
 
 impl ServiceError {
@@ -63,7 +66,8 @@ impl ServiceError {
             ServiceError::Refused(_) => Outcome::Denied,
             ServiceError::Unavailable(_)
             | ServiceError::AuditUnavailable(_)
-            | ServiceError::Internal(_) => Outcome::Error,
+            | ServiceError::Internal(_)
+            | ServiceError::RolledBack(_) => Outcome::Error,
         }
     }
 

@@ -12,6 +12,7 @@ mod backup;
 mod erasure;
 mod error;
 mod export;
+mod high_water;
 mod keys;
 mod lookup;
 mod records;
@@ -30,6 +31,7 @@ pub use audit_sink::{JsonlSink, SinkConfig};
 pub use erasure::{ErasureReceipt, DEFAULT_KEY_EPOCH};
 pub use error::ServiceError;
 pub use export::{Export, EXPORT_CHUNK, EXPORT_SCHEMA};
+pub use high_water::{HighWater, HighWaterError, HIGH_WATER_FILE};
 pub use keys::{
     run_key_jobs, EpochReport, KeySettings, KeyStatus, RootStatus, ShredReport, TenantKeyStatus,
     TenantRotation, VersionStatus,
@@ -84,6 +86,9 @@ pub struct VaultSettings {
     /// False only for the load generator's "auditing off" baseline: no configuration key
     /// reaches it, and `serve` always audits.
     pub audit_enabled: bool,
+    /// The file holding the audit log's high-water mark (see `high_water.rs`), for a store
+    /// that can silently lose its tail (sled); `None` for none.
+    pub high_water_file: Option<std::path::PathBuf>,
     /// Where the vault reports what it measures. The server hands in the registry it
     /// exposes; the default is a private one that nobody reads.
     pub metrics: Metrics,
@@ -97,6 +102,7 @@ impl Default for VaultSettings {
             audit_sink: None,
             audit_retention: Duration::from_secs(365 * 86_400),
             audit_enabled: true,
+            high_water_file: None,
             key_epoch_interval: DEFAULT_KEY_EPOCH,
             retention: RetentionRules::default(),
             metrics: Metrics::default(),
@@ -162,6 +168,13 @@ impl Vault {
         let keys = keys
             .with_limits(settings.keys.limits)
             .with_clock(clock.clone());
+        let high_water = settings
+            .high_water_file
+            .map(|path| {
+                HighWater::check(path, store.as_ref(), &keys.audit_key()?)
+                    .map_err(ServiceError::from)
+            })
+            .transpose()?;
         let audit = AuditLog::start(
             store.clone(),
             commit.clone(),
@@ -169,6 +182,7 @@ impl Vault {
             sink,
             settings.audit_timeout,
             settings.metrics.clone(),
+            high_water,
         )?;
         Ok(Self {
             purger: erasure::start_purger(store.clone()),
