@@ -13,8 +13,10 @@
 //!   record) only while some field is still sealed under them.
 //! - Every key counts its encryptions, reserving them in the store before use (`usage.rs`).
 //!
-//! Unwrapped KEKs are cached (there are few tenants); DEKs are unwrapped per request.
+//! Unwrapped KEKs are cached (there are few tenants); unwrapped DEKs are cached in a bounded
+//! cache keyed by the exact wrap the store returned (`dek_cache.rs`).
 
+mod dek_cache;
 mod root_file;
 mod root_keys;
 mod tenant_keys;
@@ -23,6 +25,7 @@ mod usage;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 
+pub use dek_cache::{DekCacheStats, LookupObserver};
 pub use root_file::RootKeys;
 pub use root_keys::RootRotation;
 pub use tenant_keys::{RewrapBatch, SubjectDeks};
@@ -93,6 +96,9 @@ fn audit_aad() -> Aad {
     Aad::new("audit-key")
 }
 
+/// Unwrapped DEKs the cache holds unless configured otherwise (`keys.dek_cache_entries`).
+pub const DEFAULT_DEK_CACHE_ENTRIES: usize = 16_384;
+
 /// Unwrapped tenant KEKs by (tenant, KEK version).
 type KekCache = HashMap<(TenantId, u32), Arc<Key<Kek>>>;
 /// Unwrapped blind-index keys of a tenant, newest version first.
@@ -132,6 +138,8 @@ pub struct Keyring {
     /// root-key operation on the hot path. Destroyed versions are evicted.
     keks: RwLock<KekCache>,
     index_keys: RwLock<IndexCache>,
+    /// Unwrapped subject DEKs, so a hot read does no unwrap and no key schedule.
+    dek_cache: dek_cache::DekCache,
     /// Usage limits and counters of every key.
     usage: usage::Usage,
     /// Serialises root key rotations (adding a version, converging, destroying).
@@ -170,6 +178,7 @@ impl Keyring {
             store,
             keks: RwLock::new(HashMap::new()),
             index_keys: RwLock::new(HashMap::new()),
+            dek_cache: dek_cache::DekCache::new(DEFAULT_DEK_CACHE_ENTRIES, None),
             usage: usage::Usage::new(KeyLimits::default()),
             root_rotation: Mutex::new(()),
             clock: Arc::new(SystemClock),
@@ -186,6 +195,24 @@ impl Keyring {
     pub fn with_limits(mut self, limits: KeyLimits) -> Self {
         self.usage = usage::Usage::new(limits);
         self
+    }
+
+    /// Sets the capacity of the unwrapped-DEK cache (0 disables it) and what each lookup
+    /// reports to (default: `DEFAULT_DEK_CACHE_ENTRIES`, reporting nowhere).
+    pub fn with_dek_cache(mut self, capacity: usize, observer: Option<LookupObserver>) -> Self {
+        self.dek_cache = dek_cache::DekCache::new(capacity, observer);
+        self
+    }
+
+    /// Hits, misses and size of the unwrapped-DEK cache.
+    pub fn dek_cache_stats(&self) -> DekCacheStats {
+        self.dek_cache.stats()
+    }
+
+    /// Drops a subject's cached DEKs: the subject was erased. (Its record is gone, so no
+    /// read would reach them; this takes the key material out of memory now.)
+    pub fn forget_subject_keys(&self, tenant: &TenantId, subject: &SubjectId) {
+        self.dek_cache.forget_subject(tenant, subject);
     }
 
     /// The usage limits in force.
@@ -443,14 +470,47 @@ impl Keyring {
         Ok((dek, record))
     }
 
-    /// Unwraps a subject's current DEK.
+    /// A subject's current DEK, from the cache or unwrapped. `record` must be the subject
+    /// record just read from the store: the cache only saves the unwrap of its wrap.
     pub fn subject_dek(
         &self,
         tenant: &TenantId,
         subject: &SubjectId,
         record: &SubjectRecord,
-    ) -> Result<Key<Dek>, KeyringError> {
-        self.unwrap_dek(tenant, subject, record.dek_version, &record.wrapped_dek)
+    ) -> Result<Arc<Key<Dek>>, KeyringError> {
+        self.cached_dek(tenant, subject, record.dek_version, &record.wrapped_dek)
+    }
+
+    /// The DEK of `dek_version` unwrapped from `wrapped`, from the cache if it holds exactly
+    /// that wrap; otherwise unwrapped, and cached if the store still holds the wrap.
+    fn cached_dek(
+        &self,
+        tenant: &TenantId,
+        subject: &SubjectId,
+        dek_version: u32,
+        wrapped: &Sealed,
+    ) -> Result<Arc<Key<Dek>>, KeyringError> {
+        let ticket = match self.dek_cache.get(tenant, subject, dek_version, wrapped) {
+            Ok(key) => return Ok(key),
+            Err(ticket) => ticket,
+        };
+        let key = Arc::new(self.unwrap_dek(tenant, subject, dek_version, wrapped)?);
+        if self.dek_cache.capacity() > 0 {
+            // The caller read the record before the ticket was taken: if an erasure or a
+            // re-key committed in between, the store no longer holds this wrap and nothing is
+            // cached; if one commits after this check, its invalidation voids the ticket.
+            let still_stored = self
+                .store
+                .subject(tenant, subject)
+                .ok()
+                .flatten()
+                .is_some_and(|rec| rec.wrapped_dek_version(dek_version) == Some(wrapped));
+            if still_stored {
+                self.dek_cache
+                    .insert(ticket, tenant, subject, wrapped, key.clone());
+            }
+        }
+        Ok(key)
     }
 
     fn unwrap_dek(

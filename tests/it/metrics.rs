@@ -9,7 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::util::{create_tenant, free_port, get, put, text, TestVault};
 
 /// Status line and body of `GET path` on the metrics port.
-async fn http_get(addr: SocketAddr, path: &str) -> (String, String) {
+pub async fn http_get(addr: SocketAddr, path: &str) -> (String, String) {
     let mut tcp = tokio::net::TcpStream::connect(addr)
         .await
         .expect("connect to the metrics port");
@@ -23,7 +23,7 @@ async fn http_get(addr: SocketAddr, path: &str) -> (String, String) {
 }
 
 /// The value of the sample named exactly `series` (name and labels).
-fn sample(text: &str, series: &str) -> f64 {
+pub fn sample(text: &str, series: &str) -> f64 {
     text.lines()
         .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
         .unwrap_or_else(|| panic!("{series} not exposed in:\n{text}"))
