@@ -115,14 +115,12 @@ async fn metrics_endpoint_exposes_rpc_audit_flush_key_and_store_series() {
 
     assert_eq!(sample(&text, "piivault_erasures_total"), 1.0);
     // Retention deletions happen in the hourly sweep (tests/it/retention.rs drives it
-    // in-process); there is no DEK cache yet.
-    for zero in [
-        "piivault_retention_deletions_total",
-        "piivault_dek_cache_hits_total",
-        "piivault_dek_cache_misses_total",
-    ] {
-        assert_eq!(sample(&text, zero), 0.0, "{zero}");
-    }
+    // in-process).
+    assert_eq!(sample(&text, "piivault_retention_deletions_total"), 0.0);
+    // Two subjects read once each: two DEK unwraps, no hit yet (tests/it/keys/dek_cache.rs
+    // covers hits).
+    assert_eq!(sample(&text, "piivault_dek_cache_hits_total"), 0.0);
+    assert_eq!(sample(&text, "piivault_dek_cache_misses_total"), 2.0);
     assert_eq!(
         sample(&text, r#"piivault_tenant_key_version{tenant="acme"}"#),
         1.0
