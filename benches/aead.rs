@@ -1,40 +1,49 @@
-//! AES-256-GCM seal and open: ring against the aes-gcm crate (the vault's own
-//! `crypto::aead_seal` / `aead_open`), at field-sized and larger inputs.
+//! AES-256-GCM seal and open: ring (the vault's primitive, `crypto::AeadKey`) against the
+//! `aes-gcm` crate (the vault's primitive before), at field-sized and larger inputs, with
+//! the key schedule built on every call and built once.
 //!
-//! Run (about two minutes on two cores):
-//!
-//! ```text
-//! CARGO_TARGET_DIR=/work/target-a cargo bench --bench aead -- --warm-up-time 1 --measurement-time 2
-//! ```
-//!
-//! Without the CPU's AES and carry-less-multiply instructions: aes-gcm picks AES-NI and
-//! CLMUL at run time unless its `aes` and `polyval` dependencies are built with their
-//! force-soft cfgs (names as in aes 0.8 `src/lib.rs` and polyval 0.6 `src/backend.rs`):
+//! Run (about three minutes on two cores):
 //!
 //! ```text
-//! RUSTFLAGS="--cfg aes_force_soft --cfg polyval_force_soft" \
-//!   CARGO_TARGET_DIR=/work/target-a-soft cargo bench --bench aead -- --warm-up-time 1 --measurement-time 2
+//! cargo bench --bench aead -- --warm-up-time 1 --measurement-time 2
 //! ```
-//!
-//! (a separate target directory keeps the normal build from being thrown away). ring has
-//! no such switch: it always uses the hardware instructions when the CPU has them, so its
-//! figures do not change in that run.
 //!
 //! Variants, each with throughput in plaintext bytes:
-//! - `aes-gcm`: `aead_seal` / `aead_open`, which expand the key on every call, exactly as
-//!   `Key::seal` / `Key::open` do;
-//! - `ring`: `LessSafeKey` built from the key bytes on every call, the like-for-like
-//!   replacement for the above;
-//! - `ring-prekeyed`: one `LessSafeKey` reused, the floor a key cache could reach.
+//! - `aes-gcm`: `Aes256Gcm::new` on every call, as the vault's `aead_seal` / `aead_open` did;
+//! - `aes-gcm-prekeyed`: one `Aes256Gcm` reused;
+//! - `ring`: `crypto::aead_seal` / `aead_open`, which prepare an `AeadKey` on every call;
+//! - `ring-prekeyed`: one `crypto::AeadKey` reused: what `Key::seal` / `Key::open` do once a
+//!   key has been used, and so what a read served from the DEK cache does.
+//!
+//! **CPU features.** Both libraries pick their AES-NI and carry-less-multiply code at run
+//! time, so a default build already uses the hardware on a CPU that has it: `aes` 0.8 and
+//! `polyval` 0.6 (under `aes-gcm`) ask `cpufeatures` once and fall back to constant-time
+//! software otherwise; ring asks CPUID itself and runs its assembly (AES-NI, CLMUL, AVX).
+//! The bench prints what the CPU offers and whether the build assumed it. Two other builds
+//! change what `aes-gcm` does (ring's assembly is the same in all three):
+//!
+//! ```text
+//! # compile-time CPU features: the runtime checks become constants, and the compiler may use
+//! # AVX2/AVX-512 in the generic code around the intrinsics
+//! RUSTFLAGS="-C target-cpu=native" CARGO_TARGET_DIR=target-native \
+//!   cargo bench --bench aead -- --warm-up-time 1 --measurement-time 2
+//! # no hardware AES or CLMUL in aes-gcm: the force-soft cfgs of aes 0.8 (`src/lib.rs`) and
+//! # polyval 0.6 (`src/backend.rs`) select the portable fixsliced AES and software POLYVAL
+//! RUSTFLAGS="--cfg aes_force_soft --cfg polyval_force_soft" CARGO_TARGET_DIR=target-soft \
+//!   cargo bench --bench aead -- --warm-up-time 1 --measurement-time 2
+//! ```
+//!
+//! (a separate target directory each keeps the normal build from being thrown away).
 //!
 //! The key, nonce and data are fixed dummy bytes: a benchmark needs no secrecy, and the
 //! same nonce is reused only because nothing here is ever stored or sent.
 
 use std::hint::black_box;
 
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::Aes256Gcm;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use pii_vault::crypto::{aead_open, aead_seal, KEY_LEN, NONCE_LEN};
-use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
+use pii_vault::crypto::{aead_open, aead_seal, AeadKey, Zeroizing, KEY_LEN, NONCE_LEN};
 
 /// 32 B is a typical field (an email), 64 KiB the server's default value limit.
 const SIZES: [usize; 4] = [32, 256, 4 * 1024, 64 * 1024];
@@ -43,49 +52,64 @@ const NONCE: [u8; NONCE_LEN] = [0x24; NONCE_LEN];
 /// About the length of a field's context (labels, tenant, subject, field name, version).
 const AAD: [u8; 48] = [0x5a; 48];
 
-fn ring_key(key: &[u8; KEY_LEN]) -> LessSafeKey {
-    LessSafeKey::new(UnboundKey::new(&AES_256_GCM, key).expect("32-byte AES-256 key"))
+fn gcm_seal(cipher: &Aes256Gcm, msg: &[u8]) -> Vec<u8> {
+    cipher
+        .encrypt((&NONCE).into(), Payload { msg, aad: &AAD })
+        .expect("aes-gcm seal")
 }
 
-fn ring_seal(key: &LessSafeKey, plaintext: &[u8]) -> Vec<u8> {
-    let mut buf = Vec::with_capacity(plaintext.len() + AES_256_GCM.tag_len());
-    buf.extend_from_slice(plaintext);
-    key.seal_in_place_append_tag(
-        Nonce::assume_unique_for_key(NONCE),
-        Aad::from(&AAD[..]),
-        &mut buf,
+/// Returns the plaintext in zeroizing memory, as the vault's `aead_open` did with aes-gcm
+/// and does with ring, so that every open variant pays for clearing it on drop.
+fn gcm_open(cipher: &Aes256Gcm, msg: &[u8]) -> Zeroizing<Vec<u8>> {
+    Zeroizing::new(
+        cipher
+            .decrypt((&NONCE).into(), Payload { msg, aad: &AAD })
+            .expect("aes-gcm open"),
     )
-    .expect("ring seal");
-    buf
 }
 
-fn ring_open(key: &LessSafeKey, sealed: &[u8]) -> usize {
-    let mut buf = sealed.to_vec();
-    key.open_in_place(
-        Nonce::assume_unique_for_key(NONCE),
-        Aad::from(&AAD[..]),
-        &mut buf,
-    )
-    .expect("ring open")
-    .len()
+/// What the CPU offers and what the build assumed, so a result says which code ran.
+// The force-soft cfgs are the dependencies' own, set only through RUSTFLAGS.
+#[allow(unexpected_cfgs)]
+fn print_cpu_features() {
+    #[cfg(target_arch = "x86_64")]
+    eprintln!(
+        "cpu: aes={} pclmulqdq={} avx2={} vaes={}; built assuming aes={} pclmulqdq={}; \
+         aes-gcm force-soft: aes={} polyval={}",
+        std::arch::is_x86_feature_detected!("aes"),
+        std::arch::is_x86_feature_detected!("pclmulqdq"),
+        std::arch::is_x86_feature_detected!("avx2"),
+        std::arch::is_x86_feature_detected!("vaes"),
+        cfg!(target_feature = "aes"),
+        cfg!(target_feature = "pclmulqdq"),
+        cfg!(aes_force_soft),
+        cfg!(polyval_force_soft),
+    );
 }
 
 fn seal(c: &mut Criterion) {
+    print_cpu_features();
     let mut group = c.benchmark_group("seal");
-    let prekeyed = ring_key(&KEY);
+    let gcm = Aes256Gcm::new((&KEY).into());
+    let ring = AeadKey::new(&KEY).expect("key");
     for size in SIZES {
         let plaintext = vec![0xa5u8; size];
         group.throughput(Throughput::Bytes(size as u64));
         group.bench_with_input(BenchmarkId::new("aes-gcm", size), &plaintext, |b, pt| {
-            b.iter(|| aead_seal(black_box(&KEY), &NONCE, &AAD, black_box(pt)).expect("seal"))
+            b.iter(|| gcm_seal(&Aes256Gcm::new(black_box(&KEY).into()), black_box(pt)))
         });
+        group.bench_with_input(
+            BenchmarkId::new("aes-gcm-prekeyed", size),
+            &plaintext,
+            |b, pt| b.iter(|| gcm_seal(&gcm, black_box(pt))),
+        );
         group.bench_with_input(BenchmarkId::new("ring", size), &plaintext, |b, pt| {
-            b.iter(|| ring_seal(&ring_key(black_box(&KEY)), black_box(pt)))
+            b.iter(|| aead_seal(black_box(&KEY), &NONCE, &AAD, black_box(pt)).expect("seal"))
         });
         group.bench_with_input(
             BenchmarkId::new("ring-prekeyed", size),
             &plaintext,
-            |b, pt| b.iter(|| ring_seal(&prekeyed, black_box(pt))),
+            |b, pt| b.iter(|| ring.seal(&NONCE, &AAD, black_box(pt)).expect("seal")),
         );
     }
     group.finish();
@@ -93,23 +117,29 @@ fn seal(c: &mut Criterion) {
 
 fn open(c: &mut Criterion) {
     let mut group = c.benchmark_group("open");
-    let prekeyed = ring_key(&KEY);
+    let gcm = Aes256Gcm::new((&KEY).into());
+    let ring = AeadKey::new(&KEY).expect("key");
     for size in SIZES {
-        let sealed = aead_seal(&KEY, &NONCE, &AAD, &vec![0xa5u8; size]).expect("seal");
+        let sealed = gcm_seal(&gcm, &vec![0xa5u8; size]);
         // Both libraries must agree on the bytes, or the comparison means nothing.
         assert!(
-            ring_seal(&prekeyed, &vec![0xa5u8; size]) == sealed,
+            ring.seal(&NONCE, &AAD, &vec![0xa5u8; size]).expect("seal") == sealed,
             "ring and aes-gcm disagree at {size} bytes"
         );
         group.throughput(Throughput::Bytes(size as u64));
         group.bench_with_input(BenchmarkId::new("aes-gcm", size), &sealed, |b, ct| {
+            b.iter(|| gcm_open(&Aes256Gcm::new(black_box(&KEY).into()), black_box(ct)))
+        });
+        group.bench_with_input(
+            BenchmarkId::new("aes-gcm-prekeyed", size),
+            &sealed,
+            |b, ct| b.iter(|| gcm_open(&gcm, black_box(ct))),
+        );
+        group.bench_with_input(BenchmarkId::new("ring", size), &sealed, |b, ct| {
             b.iter(|| aead_open(black_box(&KEY), &NONCE, &AAD, black_box(ct)).expect("open"))
         });
-        group.bench_with_input(BenchmarkId::new("ring", size), &sealed, |b, ct| {
-            b.iter(|| ring_open(&ring_key(black_box(&KEY)), black_box(ct)))
-        });
         group.bench_with_input(BenchmarkId::new("ring-prekeyed", size), &sealed, |b, ct| {
-            b.iter(|| ring_open(&prekeyed, black_box(ct)))
+            b.iter(|| ring.open(&NONCE, &AAD, black_box(ct)).expect("open"))
         });
     }
     group.finish();

@@ -111,6 +111,9 @@ pub struct RawKeys {
     pub rewrap_batch_size: Option<usize>,
     /// Pause between re-wrap batches in milliseconds, leaving room for traffic. Default 0.
     pub rewrap_pause_ms: Option<u64>,
+    /// Unwrapped subject DEKs kept in memory, so hot reads skip the unwrap. 0 disables the
+    /// cache. Default 16384.
+    pub dek_cache_entries: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -245,6 +248,12 @@ impl RawKeys {
                 0,
                 60_000,
             )?),
+            dek_cache_entries: bounded_usize(
+                "keys.dek_cache_entries",
+                self.dek_cache_entries.unwrap_or(defaults.dek_cache_entries),
+                0,
+                10_000_000,
+            )?,
         };
         Ok((Duration::from_secs(hours * 3600), keys))
     }
@@ -504,11 +513,13 @@ mod tests {
         let c = RawConfig::default().validate().expect("defaults validate");
         assert_eq!(c.vault.key_epoch_interval, Duration::from_secs(24 * 3600));
         assert_eq!(c.vault.keys.limits.dek, 1 << 30);
+        assert_eq!(c.vault.keys.dek_cache_entries, 16_384);
         let raw: RawConfig = toml::from_str(
-            "[keys]\nepoch_interval_hours = 720\nmax_encryptions_per_dek = 5\nrewrap_pause_ms = 3",
+            "[keys]\nepoch_interval_hours = 720\nmax_encryptions_per_dek = 5\nrewrap_pause_ms = 3\ndek_cache_entries = 0",
         )
         .expect("parses");
         let c = raw.validate().expect("valid");
+        assert_eq!(c.vault.keys.dek_cache_entries, 0);
         assert_eq!(c.vault.key_epoch_interval, Duration::from_secs(720 * 3600));
         assert_eq!(c.vault.keys.limits.dek, 5);
         assert_eq!(c.vault.keys.rewrap_pause, Duration::from_millis(3));
@@ -517,6 +528,7 @@ mod tests {
             "epoch_interval_hours = 0",
             "max_encryptions_per_dek = 4294967296",
             "max_encryptions_per_wrapping_key = 2",
+            "dek_cache_entries = 10000001",
         ] {
             let raw: RawConfig = toml::from_str(&format!("[keys]\n{bad}")).expect("parses");
             assert!(raw.validate().is_err(), "{bad}");

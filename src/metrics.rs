@@ -234,7 +234,9 @@ impl Metrics {
         self.0.retention_deletions.inc_by(n);
     }
 
-    /// A subject key was looked up in the cache: found (`hit`) or not.
+    /// A subject key was looked up in the cache: found (`hit`) or not. The hit rate is
+    /// `rate(piivault_dek_cache_hits_total[5m]) / (rate(piivault_dek_cache_hits_total[5m])
+    /// + rate(piivault_dek_cache_misses_total[5m]))`; in process, `Vault::dek_cache_stats`.
     pub fn dek_cache(&self, hit: bool) {
         if hit {
             self.0.dek_cache_hits.inc();

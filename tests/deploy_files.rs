@@ -41,6 +41,7 @@ fn assert_every_key_set(raw: &RawConfig) {
                 max_encryptions_per_wrapping_key,
                 rewrap_batch_size,
                 rewrap_pause_ms,
+                dek_cache_entries,
             },
         limits:
             RawLimits {
@@ -90,6 +91,7 @@ fn assert_every_key_set(raw: &RawConfig) {
         ),
         ("keys.rewrap_batch_size", rewrap_batch_size.is_some()),
         ("keys.rewrap_pause_ms", rewrap_pause_ms.is_some()),
+        ("keys.dek_cache_entries", dek_cache_entries.is_some()),
         ("limits.max_value_bytes", max_value_bytes.is_some()),
         ("limits.max_message_bytes", max_message_bytes.is_some()),
         (

@@ -1,8 +1,8 @@
 //! Wycheproof known-answer vectors for the vault's one AEAD primitive.
 //!
 //! Runs every AES-GCM vector that matches the vault's parameters (256-bit key, 96-bit
-//! nonce, 128-bit tag) through `pii_vault::crypto::aead_seal` / `aead_open`, the functions
-//! under `Key::seal` and `Key::open`:
+//! nonce, 128-bit tag) through `pii_vault::crypto::aead_seal` / `aead_open`, which prepare
+//! the same `AeadKey` (ring's AES-256-GCM) that `Key::seal` and `Key::open` use:
 //!
 //! - a valid vector must open to its plaintext, seal back to its exact ciphertext and tag,
 //!   and fail to open once one bit of its tag is flipped;

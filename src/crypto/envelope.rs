@@ -9,7 +9,7 @@
 
 use zeroize::Zeroizing;
 
-use super::aead::{aead_open, aead_seal, NONCE_LEN, TAG_LEN};
+use super::aead::{NONCE_LEN, TAG_LEN};
 use super::key::{fill_random, Key, KeyRole};
 use super::CryptoError;
 
@@ -41,7 +41,7 @@ impl Aad {
         self.with(&n.to_be_bytes())
     }
 
-    fn bytes_for(&self, role: &str, key_version: u32) -> Vec<u8> {
+    pub(super) fn bytes_for(&self, role: &str, key_version: u32) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.0.len() + 16 + role.len());
         out.push(FORMAT_V1);
         out.extend_from_slice(role.as_bytes());
@@ -111,7 +111,7 @@ impl<R: KeyRole> Key<R> {
         let mut nonce = [0u8; NONCE_LEN];
         fill_random(&mut nonce)?;
         let aad = aad.bytes_for(R::NAME, self.version());
-        let ciphertext = aead_seal(self.secret_bytes(), &nonce, &aad, plaintext)?;
+        let ciphertext = self.aead()?.seal(&nonce, &aad, plaintext)?;
         Ok(Sealed {
             key_version: self.version(),
             nonce,
@@ -126,7 +126,7 @@ impl<R: KeyRole> Key<R> {
             return Err(CryptoError);
         }
         let aad = aad.bytes_for(R::NAME, self.version());
-        aead_open(self.secret_bytes(), &sealed.nonce, &aad, &sealed.ciphertext)
+        self.aead()?.open(&sealed.nonce, &aad, &sealed.ciphertext)
     }
 
     /// Wraps a child key under this one. The child's version is bound into the context,

@@ -4,13 +4,19 @@
 //! It has no `Clone`, `PartialEq` or `Serialize`; its `Debug` prints `[secret]`; its bytes
 //! leave only through `secret_*` methods, so every exposure can be found with a grep; and
 //! it is zeroized on drop.
+//!
+//! A key prepares its AES-GCM key schedule (`AeadKey`) on first use and keeps it, so a key
+//! that seals or opens many times (a cached KEK or DEK) pays for the schedule once. The
+//! schedule is cleared when the key is dropped, like the bytes.
 
 use std::fmt;
 use std::marker::PhantomData;
+use std::sync::OnceLock;
 
 use ring::rand::{SecureRandom, SystemRandom};
 use zeroize::{Zeroize, Zeroizing};
 
+use super::aead::AeadKey;
 use super::CryptoError;
 
 /// Length of every symmetric key in the vault: AES-256.
@@ -66,6 +72,8 @@ role!(
 pub struct Key<R: KeyRole> {
     bytes: Zeroizing<[u8; KEY_LEN]>,
     version: u32,
+    /// The prepared cipher, built from `bytes` on the first seal or open.
+    aead: OnceLock<AeadKey>,
     _role: PhantomData<R>,
 }
 
@@ -82,6 +90,7 @@ impl<R: KeyRole> Key<R> {
         Self {
             bytes,
             version,
+            aead: OnceLock::new(),
             _role: PhantomData,
         }
     }
@@ -106,6 +115,17 @@ impl<R: KeyRole> Key<R> {
     /// An explicit copy: keys are not `Clone`, so every duplicate is visible in the code.
     pub fn duplicate(&self) -> Self {
         Self::from_secret_bytes(self.version, Zeroizing::new(*self.bytes))
+    }
+
+    /// The prepared cipher of this key, built on first use.
+    pub(super) fn aead(&self) -> Result<&AeadKey, CryptoError> {
+        if let Some(ready) = self.aead.get() {
+            return Ok(ready);
+        }
+        let fresh = AeadKey::new(&self.bytes)?;
+        // If another thread won the race, its schedule is kept and `fresh` is dropped
+        // (and cleared).
+        Ok(self.aead.get_or_init(|| fresh))
     }
 
     /// The version this key was issued as.

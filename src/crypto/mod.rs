@@ -1,9 +1,10 @@
 //! Cryptographic primitives of the vault: secret key types by role, the sealed envelope
 //! with its associated data, keyed hashes, checksums. The only module that touches
-//! `aes-gcm`, `ring` and `zeroize`.
+//! `ring` and `zeroize` (and, in its tests, `aes-gcm`, the implementation used before).
 //!
-//! Every encryption and decryption goes through one AEAD primitive, `aead_seal` and
-//! `aead_open` (AES-256-GCM); `Key::seal`, `Key::open` and key wrapping are built on them.
+//! Every encryption and decryption goes through one AEAD primitive, `AeadKey` (AES-256-GCM
+//! from ring); `Key::seal`, `Key::open`, key wrapping and `aead_seal` / `aead_open` are
+//! built on it.
 //!
 //! Errors are deliberately opaque: a failed open never says whether the key, the nonce,
 //! the context or the ciphertext was wrong.
@@ -15,7 +16,7 @@ mod key;
 mod mac;
 
 /// The single AEAD primitive (AES-256-GCM) under every seal and open in the vault.
-pub use aead::{aead_open, aead_seal, NONCE_LEN, TAG_LEN};
+pub use aead::{aead_open, aead_seal, AeadKey, NONCE_LEN, TAG_LEN};
 pub use digest::{sha256, Sha256, SHA256_LEN};
 pub use envelope::{Aad, Sealed};
 pub use key::{fill_random, Audit, Dek, Index, Kek, Key, KeyRole, Root, KEY_LEN};

@@ -13,24 +13,28 @@
 //!   record) only while some field is still sealed under them.
 //! - Every key counts its encryptions, reserving them in the store before use (`usage.rs`).
 //!
-//! Unwrapped KEKs are cached (there are few tenants); DEKs are unwrapped per request.
+//! Unwrapped KEKs are cached (there are few tenants); unwrapped DEKs are cached in a bounded
+//! cache keyed by the exact wrap the store returned (`dek_cache.rs`).
 
+mod dek_cache;
 mod root_file;
 mod root_keys;
+mod subject_keys;
 mod tenant_keys;
 mod usage;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 
+pub use dek_cache::{DekCacheStats, LookupObserver};
 pub use root_file::RootKeys;
 pub use root_keys::RootRotation;
 pub use tenant_keys::{RewrapBatch, SubjectDeks};
 pub use usage::{KeyLimits, SealGrant};
 
-use crate::crypto::{mac_eq, Aad, Audit, CryptoError, Dek, Index, Kek, Key, Sealed, MAC_LEN};
+use crate::crypto::{mac_eq, Aad, Audit, CryptoError, Index, Kek, Key, Sealed, MAC_LEN};
 use crate::domain::{Clock, SubjectId, SystemClock, TenantId, Timestamp};
-use crate::storage::{Store, StoreError, SubjectRecord, TenantRecord};
+use crate::storage::{Store, StoreError, TenantRecord};
 
 /// Store metadata key holding the root key check value the data directory was created with.
 const ROOT_CHECK: &str = "root_key_check";
@@ -93,6 +97,9 @@ fn audit_aad() -> Aad {
     Aad::new("audit-key")
 }
 
+/// Unwrapped DEKs the cache holds unless configured otherwise (`keys.dek_cache_entries`).
+pub const DEFAULT_DEK_CACHE_ENTRIES: usize = 16_384;
+
 /// Unwrapped tenant KEKs by (tenant, KEK version).
 type KekCache = HashMap<(TenantId, u32), Arc<Key<Kek>>>;
 /// Unwrapped blind-index keys of a tenant, newest version first.
@@ -132,6 +139,8 @@ pub struct Keyring {
     /// root-key operation on the hot path. Destroyed versions are evicted.
     keks: RwLock<KekCache>,
     index_keys: RwLock<IndexCache>,
+    /// Unwrapped subject DEKs, so a hot read does no unwrap and no key schedule.
+    dek_cache: dek_cache::DekCache,
     /// Usage limits and counters of every key.
     usage: usage::Usage,
     /// Serialises root key rotations (adding a version, converging, destroying).
@@ -170,6 +179,7 @@ impl Keyring {
             store,
             keks: RwLock::new(HashMap::new()),
             index_keys: RwLock::new(HashMap::new()),
+            dek_cache: dek_cache::DekCache::new(DEFAULT_DEK_CACHE_ENTRIES, None),
             usage: usage::Usage::new(KeyLimits::default()),
             root_rotation: Mutex::new(()),
             clock: Arc::new(SystemClock),
@@ -386,81 +396,5 @@ impl Keyring {
         if let Ok(mut map) = self.keks.write() {
             map.retain(|(t, v), _| t != tenant || !destroyed(*v));
         }
-    }
-
-    /// Wraps a DEK under version `version` of the tenant's KEK, counting the use. If that
-    /// version reached its limit the tenant KEK is rotated first and the DEK is wrapped
-    /// under the new version (the returned wrap names it).
-    fn wrap_dek(
-        &self,
-        tenant: &TenantId,
-        version: u32,
-        subject: &SubjectId,
-        dek: &Key<Dek>,
-    ) -> Result<Sealed, KeyringError> {
-        let mut version = version;
-        for _ in 0..3 {
-            match self
-                .usage
-                .count_kek_wrap(tenant, version, self.store.as_ref())
-            {
-                Ok(()) => {
-                    let kek = self.kek(tenant, version)?;
-                    return Ok(kek.wrap(dek, &dek_aad(tenant, subject))?);
-                }
-                Err(KeyringError::LimitReached(_)) => {
-                    tracing::info!(%tenant, version, "tenant key reached its usage limit; rotating");
-                    version = self.rotate_tenant(tenant)?.1;
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        Err(KeyringError::Contended("tenant key"))
-    }
-
-    /// A fresh DEK for a new subject and the record that stores it wrapped, with `seals`
-    /// encryptions reserved (the record and the values it seals are stored together, so
-    /// the reservation is durable exactly when they are).
-    pub fn new_subject(
-        &self,
-        tenant: &TenantRecord,
-        subject: &SubjectId,
-        now: Timestamp,
-        seals: usize,
-    ) -> Result<(Key<Dek>, SubjectRecord), KeyringError> {
-        let seals = self.usage.check_request(seals)?;
-        let dek: Key<Dek> = Key::generate(1)?;
-        let wrapped_dek = self.wrap_dek(&tenant.id, tenant.kek_version, subject, &dek)?;
-        let record = SubjectRecord {
-            created_at: now,
-            dek_version: dek.version(),
-            wrapped_dek,
-            categories: 0,
-            index_entries: Vec::new(),
-            older_deks: Vec::new(),
-            dek_reserved: seals,
-        };
-        Ok((dek, record))
-    }
-
-    /// Unwraps a subject's current DEK.
-    pub fn subject_dek(
-        &self,
-        tenant: &TenantId,
-        subject: &SubjectId,
-        record: &SubjectRecord,
-    ) -> Result<Key<Dek>, KeyringError> {
-        self.unwrap_dek(tenant, subject, record.dek_version, &record.wrapped_dek)
-    }
-
-    fn unwrap_dek(
-        &self,
-        tenant: &TenantId,
-        subject: &SubjectId,
-        dek_version: u32,
-        wrapped: &Sealed,
-    ) -> Result<Key<Dek>, KeyringError> {
-        let kek = self.kek(tenant, wrapped.key_version())?;
-        Ok(kek.unwrap_key(wrapped, dek_version, &dek_aad(tenant, subject))?)
     }
 }

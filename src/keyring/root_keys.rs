@@ -201,6 +201,9 @@ impl Keyring {
                 s.destroy(*v, now);
             }
         })?;
+        // Nothing a DEK depends on changed bytes, but a root rotation is when operators
+        // expect every key derived from the old root to leave memory.
+        self.dek_cache.forget_all();
         tracing::info!(version, ?destroyed, rewrapped, "root key rotation complete");
         Ok(RootRotation {
             current: version,

@@ -26,7 +26,7 @@ const REWRAP_TX: usize = 64;
 
 /// Every DEK version of one subject, unwrapped: opens fields sealed under any of them.
 pub struct SubjectDeks {
-    deks: Vec<Key<Dek>>,
+    deks: Vec<Arc<Key<Dek>>>,
 }
 
 impl std::fmt::Debug for SubjectDeks {
@@ -38,7 +38,10 @@ impl std::fmt::Debug for SubjectDeks {
 impl SubjectDeks {
     /// The DEK of `version` (a field ciphertext names it: `Sealed::key_version`).
     pub fn version(&self, version: u32) -> Option<&Key<Dek>> {
-        self.deks.iter().find(|k| k.version() == version)
+        self.deks
+            .iter()
+            .find(|k| k.version() == version)
+            .map(|k| &**k)
     }
 }
 
@@ -87,7 +90,8 @@ fn with_wraps(stored: &SubjectRecord, new: &[(u32, Sealed)]) -> SubjectRecord {
 }
 
 impl Keyring {
-    /// Unwraps every DEK version of a subject.
+    /// Every DEK version of a subject, from the cache or unwrapped. `record` must be the
+    /// subject record just read from the store.
     pub fn subject_deks(
         &self,
         tenant: &TenantId,
@@ -96,7 +100,7 @@ impl Keyring {
     ) -> Result<SubjectDeks, KeyringError> {
         let deks = record
             .wrapped_deks()
-            .map(|(v, w)| self.unwrap_dek(tenant, subject, v, w))
+            .map(|(v, w)| self.cached_dek(tenant, subject, v, w))
             .collect::<Result<_, _>>()?;
         Ok(SubjectDeks { deks })
     }
@@ -188,7 +192,11 @@ impl Keyring {
                 })
             },
         )?;
-        Ok(changed.first().copied().unwrap_or(false))
+        let changed = changed.first().copied().unwrap_or(false);
+        if changed {
+            self.dek_cache.forget_subject(&tenant.id, subject);
+        }
+        Ok(changed)
     }
 
     /// The tenant's record and key state (its initial state if none was stored yet).
@@ -268,6 +276,8 @@ impl Keyring {
                 if let Ok(mut map) = self.keks.write() {
                     map.insert((tenant.clone(), next), Arc::new(kek));
                 }
+                // Every DEK of the tenant is about to be re-wrapped.
+                self.dek_cache.forget_tenant(tenant);
                 tracing::info!(%tenant, previous, version = next, "tenant key rotated; re-wrap started");
                 return Ok((previous, next));
             }
@@ -417,6 +427,7 @@ impl Keyring {
         };
         let gone = change.delete_keks;
         self.evict_keks(tenant, |v| gone.contains(&v));
+        self.dek_cache.forget_tenant(tenant);
         Ok(Some(gone))
     }
 
@@ -450,6 +461,7 @@ impl Keyring {
             })
         })?;
         self.evict_keks(tenant, |_| true);
+        self.dek_cache.forget_tenant(tenant);
         self.usage.forget_tenant(tenant);
         match change {
             Some(c) => Ok(c.delete_keks),

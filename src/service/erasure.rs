@@ -149,6 +149,8 @@ impl Vault {
             Erasure::AlreadyErased(t) => (t, true),
             Erasure::NotFound => return Err(ServiceError::SubjectNotFound),
         };
+        // The record is gone, so no read reaches the cached DEK any more; drop it now.
+        self.keys.forget_subject_keys(tenant, subject);
         let epoch = u64::try_from(self.key_epoch_interval.as_micros()).unwrap_or(u64::MAX);
         Ok(ErasureReceipt {
             receipt_id: t.receipt_id,

@@ -165,8 +165,13 @@ impl Vault {
             .map(JsonlSink::open)
             .transpose()
             .map_err(|e| ServiceError::Internal(format!("audit sink: {e}")))?;
+        let observer = {
+            let metrics = settings.metrics.clone();
+            Box::new(move |hit| metrics.dek_cache(hit)) as crate::keyring::LookupObserver
+        };
         let keys = keys
             .with_limits(settings.keys.limits)
+            .with_dek_cache(settings.keys.dek_cache_entries, Some(observer))
             .with_clock(clock.clone());
         let high_water = settings
             .high_water_file
@@ -205,6 +210,11 @@ impl Vault {
     /// The limits requests are checked against.
     pub fn limits(&self) -> &Limits {
         &self.limits
+    }
+
+    /// Hits, misses and size of the unwrapped-DEK cache (also exported as metrics).
+    pub fn dek_cache_stats(&self) -> crate::keyring::DekCacheStats {
+        self.keys.dek_cache_stats()
     }
 
     /// The policy decision point (reloaded on SIGHUP and by the admin RPC).

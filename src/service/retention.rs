@@ -64,6 +64,8 @@ impl Vault {
                 retained_until: Timestamp(0),
             };
             let erased = self.store.erase_subject(&tenant, &shadow, &tombstone)?;
+            // The shadow's record is gone; its cached key goes too.
+            self.keys.forget_subject_keys(&tenant, &shadow);
             let mut ev = self.draft(call, Operation::RetentionDelete);
             ev.tenant = tenant.to_string();
             ev.subject = shadow.to_string();

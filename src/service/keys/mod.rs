@@ -33,6 +33,8 @@ pub struct KeySettings {
     pub rewrap_batch: usize,
     /// Pause between re-wrap batches, leaving room for live traffic.
     pub rewrap_pause: Duration,
+    /// Unwrapped subject DEKs kept in memory (0: none, every read unwraps).
+    pub dek_cache_entries: usize,
 }
 
 impl Default for KeySettings {
@@ -41,6 +43,7 @@ impl Default for KeySettings {
             limits: KeyLimits::default(),
             rewrap_batch: 500,
             rewrap_pause: Duration::ZERO,
+            dek_cache_entries: crate::keyring::DEFAULT_DEK_CACHE_ENTRIES,
         }
     }
 }

@@ -1,6 +1,8 @@
 //! The key a write seals under: the subject's current DEK, with the encryptions it is about
 //! to do counted (reserved durably first) and the DEK replaced when it reached its limit.
 
+use std::sync::Arc;
+
 use crate::crypto::{Dek, Key};
 use crate::domain::{SubjectId, TenantId};
 use crate::keyring::{KeyringError, SealGrant, SubjectDeks};
@@ -20,7 +22,7 @@ impl Vault {
         tenant: &TenantId,
         subject: &SubjectId,
         seals: usize,
-    ) -> Result<(SubjectRecord, Key<Dek>), ServiceError> {
+    ) -> Result<(SubjectRecord, Arc<Key<Dek>>), ServiceError> {
         for _ in 0..MAX_ATTEMPTS {
             let tenant_rec = self.tenant(tenant)?;
             let Some(record) = self.store.subject(tenant, subject)? else {
@@ -28,7 +30,7 @@ impl Vault {
                 let (dek, record) =
                     self.keys
                         .new_subject(&tenant_rec, subject, self.clock.now(), seals)?;
-                return Ok((record, dek));
+                return Ok((record, Arc::new(dek)));
             };
             match self.keys.reserve_seals(tenant, subject, &record, seals)? {
                 SealGrant::Granted(None) => {}
