@@ -159,6 +159,11 @@ impl Vault {
         clock: Arc<dyn Clock>,
         settings: VaultSettings,
     ) -> Result<Self, ServiceError> {
+        // First, before any task holds the store: a refused store is released at once.
+        let high_water = match settings.high_water_file {
+            Some(path) => Some(HighWater::check(path, store.as_ref(), &keys.audit_key()?)?),
+            None => None,
+        };
         let commit = GroupCommit::start(store.clone(), settings.metrics.clone());
         let sink = settings
             .audit_sink
@@ -173,13 +178,6 @@ impl Vault {
             .with_limits(settings.keys.limits)
             .with_dek_cache(settings.keys.dek_cache_entries, Some(observer))
             .with_clock(clock.clone());
-        let high_water = settings
-            .high_water_file
-            .map(|path| {
-                HighWater::check(path, store.as_ref(), &keys.audit_key()?)
-                    .map_err(ServiceError::from)
-            })
-            .transpose()?;
         let audit = AuditLog::start(
             store.clone(),
             commit.clone(),

@@ -20,6 +20,7 @@ mod records;
 mod restart;
 mod retention;
 mod rights;
+mod rollback;
 mod shutdown;
 mod tenants;
 mod tls;
