@@ -24,6 +24,8 @@ const WORKERS: usize = 4;
 const BULK: usize = 300;
 /// Bulk subjects re-read after each restart (all of them after the last one).
 const BULK_SAMPLE: usize = 24;
+/// Cycles between progress reports (on stderr) in a long run.
+const PROGRESS_EVERY: usize = 50;
 /// Small re-wrap batches with a pause: a re-wrap of the bulk takes about a second.
 const CONFIG: &str = "[keys]\nrewrap_batch_size = 10\nrewrap_pause_ms = 20\n";
 
@@ -129,6 +131,11 @@ pub async fn run(cycles: usize, seed: u64) -> Report {
         h.check_after_restart(&vault, cycle, cycle + 1 == cycles)
             .await;
         h.report.cycles += 1;
+        if h.report.cycles % PROGRESS_EVERY == 0 {
+            h.report.elapsed = began.elapsed();
+            h.report.reads_audited = h.audit.found;
+            eprintln!("after {}", h.report);
+        }
     }
     // The last check's own reads, then a clean stop.
     let mut c = clients(&vault).await;
