@@ -65,22 +65,35 @@ impl VaultProcess {
 
     /// Waits until the vault answers a TLS connection; panics if it exits or takes 30 s.
     pub async fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        match self.ready_or_exit(Duration::from_secs(30)).await {
+            Ok(()) => {}
+            Err(Some(status)) => panic!("vault exited early with {status}:\n{}", self.log_text()),
+            Err(None) => panic!("vault did not start:\n{}", self.log_text()),
+        }
+    }
+
+    /// Waits until the vault answers a TLS connection: `Err(Some(status))` if it exited
+    /// first, `Err(None)` if it did neither within `limit`.
+    pub async fn ready_or_exit(&mut self, limit: Duration) -> Result<(), Option<ExitStatus>> {
+        let deadline = Instant::now() + limit;
         loop {
             if let Some(status) = self.child.try_wait().expect("poll child") {
-                panic!("vault exited early with {status}:\n{}", self.log_text());
+                return Err(Some(status));
             }
             let certs = ClientCerts::dev(&self.data_dir);
             if certs.key.exists() && connect(&self.addr, &certs).await.is_ok() {
-                return;
+                return Ok(());
             }
-            assert!(
-                Instant::now() < deadline,
-                "vault did not start:\n{}",
-                self.log_text()
-            );
+            if Instant::now() >= deadline {
+                return Err(None);
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// True while the process runs.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     /// A new client channel with the dev certificate.
