@@ -131,7 +131,7 @@ pub async fn run(cycles: usize, seed: u64) -> Report {
         h.check_after_restart(&vault, cycle, cycle + 1 == cycles)
             .await;
         h.report.cycles += 1;
-        if h.report.cycles % PROGRESS_EVERY == 0 {
+        if h.report.cycles.is_multiple_of(PROGRESS_EVERY) {
             h.report.elapsed = began.elapsed();
             h.report.reads_audited = h.audit.found;
             eprintln!("after {}", h.report);

@@ -25,6 +25,7 @@ use tonic::transport::Channel;
 use crate::process::VaultProcess;
 use crate::util::{files_below, get, put, text, text_of};
 
+#[allow(dead_code)] // shared with the crash harness, which uses all of it
 #[path = "../crash/rng.rs"]
 mod rng;
 use rng::Rng;
@@ -188,10 +189,10 @@ fn corrupt(dir: &Path, case: u64, rng: &mut Rng) -> String {
     };
     let mut bytes = std::fs::read(&file).expect("read the file to damage");
     let name = file.strip_prefix(dir).expect("below").display().to_string();
-    let what = if case % 2 == 0 && !bytes.is_empty() {
+    let what = if case.is_multiple_of(2) && !bytes.is_empty() {
         // Flip bytes, mostly where something was written (sled preallocates zeroes).
         let written: Vec<usize> = (0..bytes.len()).filter(|i| bytes[*i] != 0).collect();
-        let flips = 1 + rng.below(if case % 4 == 0 { 16 } else { 4 }) as usize;
+        let flips = 1 + rng.below(if case.is_multiple_of(4) { 16 } else { 4 }) as usize;
         for _ in 0..flips {
             let at = if !written.is_empty() && rng.percent(75) {
                 *rng.pick(&written)
