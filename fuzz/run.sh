@@ -7,6 +7,8 @@
 # Needs cargo-fuzz (`cargo install cargo-fuzz --locked`). libFuzzer wants a nightly
 # compiler; RUSTC_BOOTSTRAP=1 lets the stable toolchain act as one for this build only.
 # FUZZ_SANITIZER picks the sanitizer (default: address; `none` if it cannot build).
+# FUZZ_BUILD_ARGS adds cargo-fuzz build options (e.g. `--codegen-units 16` for a quicker
+# build, as CI does); CARGO_TARGET_DIR moves the build (cargo-fuzz follows it).
 # Corpora grow in fuzz/corpus/<target>/, crash inputs land in fuzz/artifacts/<target>/.
 set -euo pipefail
 
@@ -22,7 +24,9 @@ sanitizer="${FUZZ_SANITIZER:-address}"
 logs="$(mktemp -d)"
 
 echo "building fuzz targets (sanitizer: $sanitizer)"
-cargo fuzz build --sanitizer "$sanitizer"
+# shellcheck disable=SC2086 # FUZZ_BUILD_ARGS is a list of options
+build_args=(--sanitizer "$sanitizer" ${FUZZ_BUILD_ARGS:-})
+cargo fuzz build "${build_args[@]}"
 
 targets=()
 while IFS= read -r t; do
@@ -33,7 +37,7 @@ failed=0
 for t in "${targets[@]}"; do
     echo "running $t for ${secs}s"
     mkdir -p "fuzz/corpus/$t"
-    if ! cargo fuzz run --sanitizer "$sanitizer" "$t" -- \
+    if ! cargo fuzz run "${build_args[@]}" "$t" -- \
         -max_total_time="$secs" -print_final_stats=1 >"$logs/$t.log" 2>&1; then
         failed=1
         echo "  $t FAILED; last lines of its log:"

@@ -10,6 +10,7 @@ mod audit;
 mod authz;
 mod backup;
 mod bad_input;
+mod corruption;
 mod disk_faults;
 mod erasure;
 mod input_matrix;

@@ -23,6 +23,14 @@ impl VaultProcess {
     /// at debug level into `log` (appended to, so restarts share one file). Returns once the
     /// vault answers a TLS connection.
     pub async fn start(data_dir: &Path, log: &Path, extra_args: &[&str]) -> Self {
+        let mut vault = Self::spawn(data_dir, log, extra_args, "debug");
+        vault.wait_ready().await;
+        vault
+    }
+
+    /// Starts `serve` like `start` with `RUST_LOG=rust_log`, without waiting for it to be
+    /// ready: the crash harness kills some starts half-way.
+    pub fn spawn(data_dir: &Path, log: &Path, extra_args: &[&str], rust_log: &str) -> Self {
         let addr = format!("127.0.0.1:{}", free_port());
         let out = std::fs::OpenOptions::new()
             .create(true)
@@ -41,39 +49,51 @@ impl VaultProcess {
             ])
             .arg(data_dir)
             .args(extra_args)
-            .env("RUST_LOG", "debug")
+            .env("RUST_LOG", rust_log)
             .stdin(Stdio::null())
             .stdout(Stdio::from(out))
             .stderr(Stdio::from(err))
             .spawn()
             .expect("start the pii-vault binary");
-        let mut vault = Self {
+        Self {
             child,
             addr,
             data_dir: data_dir.to_path_buf(),
             log: log.to_path_buf(),
-        };
-        vault.wait_ready().await;
-        vault
+        }
     }
 
-    async fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
+    /// Waits until the vault answers a TLS connection; panics if it exits or takes 30 s.
+    pub async fn wait_ready(&mut self) {
+        match self.ready_or_exit(Duration::from_secs(30)).await {
+            Ok(()) => {}
+            Err(Some(status)) => panic!("vault exited early with {status}:\n{}", self.log_text()),
+            Err(None) => panic!("vault did not start:\n{}", self.log_text()),
+        }
+    }
+
+    /// Waits until the vault answers a TLS connection: `Err(Some(status))` if it exited
+    /// first, `Err(None)` if it did neither within `limit`.
+    pub async fn ready_or_exit(&mut self, limit: Duration) -> Result<(), Option<ExitStatus>> {
+        let deadline = Instant::now() + limit;
         loop {
             if let Some(status) = self.child.try_wait().expect("poll child") {
-                panic!("vault exited early with {status}:\n{}", self.log_text());
+                return Err(Some(status));
             }
             let certs = ClientCerts::dev(&self.data_dir);
             if certs.key.exists() && connect(&self.addr, &certs).await.is_ok() {
-                return;
+                return Ok(());
             }
-            assert!(
-                Instant::now() < deadline,
-                "vault did not start:\n{}",
-                self.log_text()
-            );
+            if Instant::now() >= deadline {
+                return Err(None);
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// True while the process runs.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     /// A new client channel with the dev certificate.
@@ -90,6 +110,12 @@ impl VaultProcess {
             .status()
             .expect("run kill");
         assert!(status.success(), "kill -TERM failed");
+    }
+
+    /// SIGKILL: no drain, no flush. Returns once the process is gone.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        self.child.wait().expect("wait for the killed vault");
     }
 
     /// Waits for the process to exit, killing it (and failing) after `limit`.
