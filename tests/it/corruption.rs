@@ -5,11 +5,12 @@
 //! last written; it must never serve plaintext that was not written there (AEAD catches
 //! altered ciphertext).
 //!
-//! Known gap, counted and printed but not failed on: sled cannot tell damage in its log from
-//! a torn write, so it recovers the store as it was before the damaged spot and drops the
-//! rest without an error. The vault then serves that older state: a field's previous
-//! value ("rolled back") and subjects erased after that point ("resurrected"), and answers
-//! NOT_FOUND for later data. Detecting it needs a high-water mark kept outside the store.
+//! sled cannot tell damage in its log from a torn write, so it recovers the store as it was
+//! before the damaged spot and drops the rest without an error. Served, that older state
+//! would answer a field's previous value ("rolled back") and subjects erased after that
+//! point ("resurrected"). The audit high-water mark kept beside the store
+//! (`service::high_water`) makes the vault refuse such a store at start; both counts must
+//! stay 0.
 //!
 //! `cargo test --release --test it corruption -- --nocapture` prints the outcome table;
 //! `PIIVAULT_CORRUPTION_CASES=200` runs more cases, `PIIVAULT_CORRUPTION_SEED` repeats a run.
@@ -112,9 +113,6 @@ async fn corrupted_files_are_refused_or_fail_reads_but_never_yield_wrong_plainte
         out.resurrected,
         out.wrong.len()
     );
-    if out.stale + out.resurrected > 0 {
-        println!("  KNOWN GAP: sled recovered an earlier state of a damaged store without an error (see the top of tests/it/corruption.rs)");
-    }
     for (message, n) in &out.refusals {
         println!("  refused ({n}x): {message}");
     }
@@ -124,6 +122,11 @@ async fn corrupted_files_are_refused_or_fail_reads_but_never_yield_wrong_plainte
         out.wrong.join("\n")
     );
     assert_eq!(out.died, 0, "the vault died while serving a damaged store");
+    assert_eq!(
+        (out.stale, out.resurrected),
+        (0, 0),
+        "a rolled-back store was served (previous values, erased subjects)"
+    );
 }
 
 /// Starts a vault on `data`, writes every field twice, erases the first subjects and stops.
