@@ -7,11 +7,13 @@ pub mod backup;
 pub mod faults;
 mod group_commit;
 mod key_records;
+mod pg_store;
 mod records;
 mod sled_store;
 
 pub use group_commit::GroupCommit;
 pub use key_records::{KeyChange, KeyVersionInfo, RewrapJob, RootKeyState, TenantKeyState};
+pub use pg_store::PgStore;
 pub use records::{
     categories_in, category_bit, Erasure, FieldRecord, OlderDek, SealedField, SubjectRecord,
     SubjectWrite, TenantRecord, Tombstone, Written,

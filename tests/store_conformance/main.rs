@@ -2,6 +2,8 @@
 //!
 //! `cargo test --test store_conformance`
 
+#[path = "../support/postgres.rs"]
+mod postgres;
 #[macro_use]
 mod suite;
 
@@ -33,6 +35,24 @@ mod faulty_wrapper {
         let dir = TempDir::new().expect("temp dir");
         let inner = SledStore::open(&dir.path().join("store"), 4 << 20).expect("open sled");
         (Arc::new(FaultyStore::new(Arc::new(inner))), dir)
+    }
+
+    conformance_tests!(open);
+}
+
+/// The PostgreSQL backend, each check in a fresh database of a throw-away server.
+mod postgres_backend {
+    use std::sync::Arc;
+
+    use pii_vault::storage::{PgStore, Store};
+
+    use crate::postgres;
+
+    /// A store on a new database of the shared test server.
+    fn open() -> (Arc<dyn Store>, ()) {
+        let server = postgres::server().expect("a PostgreSQL server for the backend tests");
+        let url = server.fresh_database();
+        (Arc::new(PgStore::connect(&url, 4).expect("connect")), ())
     }
 
     conformance_tests!(open);
