@@ -17,6 +17,7 @@
 
 mod schema;
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
@@ -157,6 +158,10 @@ fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
 pub struct PgStore {
     pool: Mutex<Vec<Client>>,
     returned: Condvar,
+    /// The session that holds this node's job leases (PostgreSQL advisory locks, released
+    /// by the server when the session ends: when this node stops or dies), and the jobs
+    /// it holds.
+    leases: Mutex<(Client, HashSet<String>)>,
     /// Drives the connections; shut down without blocking when the store is dropped.
     runtime: Option<tokio::runtime::Runtime>,
 }
@@ -173,8 +178,9 @@ impl PgStore {
             .map_err(|e| {
                 StoreError::Backend(format!("cannot start the PostgreSQL runtime: {e}"))
             })?;
-        let mut clients = Vec::with_capacity(connections.max(1));
-        for _ in 0..connections.max(1) {
+        // One more connection than the pool: the session holding the job leases.
+        let mut clients = Vec::with_capacity(connections.max(1) + 1);
+        for _ in 0..=connections.max(1) {
             let url = url.to_owned();
             let connected = runtime.spawn(async move {
                 let (client, connection) = tokio_postgres::connect(&url, NoTls).await?;
@@ -190,9 +196,11 @@ impl PgStore {
                 .map_err(|e| pg_error(&e))?;
             clients.push(client);
         }
+        let lease_session = clients.pop().expect("at least two connections");
         let store = Self {
             pool: Mutex::new(clients),
             returned: Condvar::new(),
+            leases: Mutex::new((lease_session, HashSet::new())),
             runtime: Some(runtime),
         };
         store.with_client(|c| schema::migrate(c).map(|_| ()))?;
@@ -261,6 +269,15 @@ impl PgStore {
             }
         })
     }
+}
+
+/// The advisory lock key of a job: the first 8 bytes of SHA-256 of its name, so every node
+/// computes the same one.
+fn job_key(job: &str) -> i64 {
+    let digest = crate::crypto::sha256(format!("pii-vault job {job}").as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    i64::from_be_bytes(first)
 }
 
 impl Drop for PgStore {
@@ -1254,19 +1271,22 @@ impl Store for PgStore {
         let seqs: Vec<i64> = events.iter().map(|(s, _)| seq(*s)).collect();
         let bodies: Vec<&[u8]> = events.iter().map(|(_, b)| b.as_slice()).collect();
         self.tx(|t| {
-            let n = exec(
+            // One chain for all nodes: a batch must continue the newest stored event. If
+            // another node appended first, `Conflict` tells the writer to re-chain the batch
+            // after it (SERIALIZABLE makes two appends of the same place conflict).
+            let Some(first) = seqs.first() else {
+                return Ok(());
+            };
+            let last: Option<i64> =
+                block(t.query_one("SELECT max(seq) FROM pv_audit", &[]))?.get(0);
+            if last.is_some_and(|last| last + 1 != *first) {
+                return Err(StoreError::Conflict.into());
+            }
+            exec(
                 t,
-                "INSERT INTO pv_audit (seq, event)
-                 SELECT * FROM unnest($1::bigint[], $2::bytea[]) ON CONFLICT DO NOTHING",
+                "INSERT INTO pv_audit (seq, event) SELECT * FROM unnest($1::bigint[], $2::bytea[])",
                 &[&seqs, &bodies],
             )?;
-            if n != events.len() as u64 {
-                // Another writer took these sequence numbers: never overwrite its events.
-                return Err(StoreError::Backend(
-                    "audit sequence numbers already taken by another writer".into(),
-                )
-                .into());
-            }
             set_meta(t, AUDIT_HEAD, head)
         })
     }
@@ -1319,6 +1339,32 @@ impl Store for PgStore {
             set_meta(t, AUDIT_CHECKPOINT, checkpoint)?;
             exec(t, "DELETE FROM pv_audit WHERE seq <= $1", &[&seq(through)])
         })
+    }
+
+    fn job_lease(&self, job: &str) -> StoreResult<bool> {
+        let mut guard = self
+            .leases
+            .lock()
+            .map_err(|_| StoreError::Backend("PostgreSQL lease session poisoned".into()))?;
+        let (session, held) = &mut *guard;
+        if session.is_closed() {
+            // Whatever this node held is free for the others now; it takes nothing new.
+            held.clear();
+            return Err(StoreError::Backend(
+                "the PostgreSQL session holding job leases closed".into(),
+            ));
+        }
+        if held.contains(job) {
+            return Ok(true);
+        }
+        let row = block(session.query_one("SELECT pg_try_advisory_lock($1)", &[&job_key(job)]))
+            .map_err(Failure::into_store)?;
+        let granted: bool = row.get(0);
+        if granted {
+            tracing::info!(job, "this node now runs the job");
+            held.insert(job.to_owned());
+        }
+        Ok(granted)
     }
 
     fn flush(&self) -> StoreResult<()> {

@@ -1,6 +1,8 @@
 //! Integration tests: one binary, each test starts the real server on 127.0.0.1 with a
 //! free port, a temporary data directory and its own dev certificates.
 
+#[path = "../support/postgres.rs"]
+mod postgres;
 mod process;
 mod util;
 
@@ -20,6 +22,7 @@ mod records;
 mod restart;
 mod retention;
 mod rights;
+mod scale_out;
 mod shutdown;
 mod tenants;
 mod tls;

@@ -99,11 +99,21 @@ fn start() -> Result<Postgres, String> {
         run(Command::new("chown").args(["-R", user]).arg(dir.path()))?;
     }
     run(as_user(&user, &bin.join("initdb"))
-        .args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "--locale=C", "--no-sync", "-D"])
+        .args([
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--no-sync",
+            "-D",
+        ])
         .arg(&data))?;
     let port = free_port()?;
-    // Started by a shell that outlives nothing: when the test process is gone, it stops
-    // the server (pid from postmaster.pid) and exits.
+    // Started by a shell that watches the test process: when it is gone, the shell stops
+    // the server (pid from postmaster.pid) and removes the directory.
     let postgres = as_user(&user, &bin.join("postgres"));
     let program = format!("{:?}", postgres.get_program());
     let args: Vec<String> = postgres
@@ -114,7 +124,10 @@ fn start() -> Result<Postgres, String> {
         "{program} {args} -D {data:?} -h 127.0.0.1 -p {port} -k {sock:?} \
          -c max_connections=300 -c shared_buffers=64MB >{log:?} 2>&1 &
          while kill -0 {parent} 2>/dev/null; do sleep 1; done
-         kill -INT \"$(head -n1 {data:?}/postmaster.pid)\" 2>/dev/null",
+         pid=\"$(head -n1 {data:?}/postmaster.pid)\"
+         kill -INT \"$pid\" 2>/dev/null
+         while kill -0 \"$pid\" 2>/dev/null; do sleep 0.2; done
+         rm -rf {sock:?}",
         args = args.join(" "),
         data = data,
         sock = dir.path(),
@@ -174,7 +187,10 @@ fn find_bin_dir() -> Option<PathBuf> {
 /// The user to run the server as: none when not root, else `postgres` (created by the
 /// distribution's package) or `piivault-pg`, created here if missing.
 fn server_user() -> Result<Option<String>, String> {
-    let uid = Command::new("id").arg("-u").output().map_err(|e| e.to_string())?;
+    let uid = Command::new("id")
+        .arg("-u")
+        .output()
+        .map_err(|e| e.to_string())?;
     if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
         return Ok(None);
     }
