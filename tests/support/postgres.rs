@@ -6,7 +6,8 @@
 //! test process is gone. Each caller gets a fresh database of its own.
 //!
 //! `PIIVAULT_PG_URL` points the tests at an existing server instead (its user must be able to
-//! create databases). Without either, `server()` says why and the caller skips.
+//! create databases). Without either, `server()` says why and the caller skips (or fails,
+//! with `PIIVAULT_REQUIRE_PG` set).
 
 #![allow(dead_code)]
 
@@ -64,10 +65,14 @@ pub fn server() -> Result<&'static Postgres, String> {
         .map_err(|why| why.clone())
 }
 
-/// `server()`, or a printed reason and `None` (the caller returns: skipped).
+/// `server()`, or a printed reason and `None` (the caller returns: skipped). With
+/// `PIIVAULT_REQUIRE_PG` set, a missing server fails the test instead.
 pub fn server_or_skip(test: &str) -> Option<&'static Postgres> {
     match server() {
         Ok(s) => Some(s),
+        Err(why) if std::env::var_os("PIIVAULT_REQUIRE_PG").is_some() => {
+            panic!("{test}: no PostgreSQL server ({why}) and PIIVAULT_REQUIRE_PG is set")
+        }
         Err(why) => {
             eprintln!("skipped {test}: no PostgreSQL server ({why})");
             None
