@@ -139,6 +139,35 @@ pub struct RawLimits {
 pub struct RawStorage {
     /// sled page cache size in bytes. Default 256 MiB.
     pub cache_capacity_bytes: Option<u64>,
+    /// `sled` (default: embedded, one node) or `postgres` (several nodes, one database).
+    pub backend: Option<String>,
+    /// The PostgreSQL connection string (`host=… port=… user=… dbname=…` or a URL). It may
+    /// carry a password: keep the config file private. Never logged or printed.
+    pub postgres_url: Option<String>,
+    /// Connections in the PostgreSQL pool. Default 16.
+    pub postgres_connections: Option<u64>,
+}
+
+/// Where the vault keeps its records.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// sled in `<data_dir>/store`.
+    Sled,
+    /// A PostgreSQL database shared by every node.
+    Postgres {
+        url: SecretString,
+        connections: usize,
+    },
+}
+
+/// A string that may hold a credential: its Debug output never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretString(pub String);
+
+impl std::fmt::Debug for SecretString {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
 }
 
 /// Paths of the server's TLS material.
@@ -170,6 +199,7 @@ pub struct Config {
     /// How long shutdown waits for in-flight calls before dropping their connections.
     pub shutdown_grace: Duration,
     pub cache_capacity_bytes: u64,
+    pub backend: Backend,
     /// Where to serve `GET /metrics` (plain HTTP); `None` = no endpoint.
     pub metrics_listen: Option<SocketAddr>,
 }
@@ -433,7 +463,45 @@ impl RawConfig {
                 1 << 20,
                 1 << 40,
             )?,
+            backend: self.storage.backend()?,
         })
+    }
+}
+
+impl RawStorage {
+    fn backend(&self) -> Result<Backend, ConfigError> {
+        match self.backend.as_deref().unwrap_or("sled") {
+            "sled" => {
+                if self.postgres_url.is_some() {
+                    return Err(ConfigError::Invalid(
+                        "storage.postgres_url is set but storage.backend is not \"postgres\""
+                            .into(),
+                    ));
+                }
+                Ok(Backend::Sled)
+            }
+            "postgres" => {
+                let url = self.postgres_url.clone().ok_or_else(|| {
+                    ConfigError::Invalid(
+                        "storage.backend is \"postgres\" but storage.postgres_url is not set"
+                            .into(),
+                    )
+                })?;
+                let connections = bounded_usize(
+                    "storage.postgres_connections",
+                    self.postgres_connections.unwrap_or(16) as usize,
+                    1,
+                    1024,
+                )?;
+                Ok(Backend::Postgres {
+                    url: SecretString(url),
+                    connections,
+                })
+            }
+            other => Err(ConfigError::Invalid(format!(
+                "storage.backend is {other:?}; it must be \"sled\" or \"postgres\""
+            ))),
+        }
     }
 }
 

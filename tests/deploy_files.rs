@@ -52,9 +52,13 @@ fn assert_every_key_set(raw: &RawConfig) {
                 handshake_timeout_ms,
                 shutdown_grace_ms,
             },
-        storage: RawStorage {
-            cache_capacity_bytes,
-        },
+        storage:
+            RawStorage {
+                cache_capacity_bytes,
+                backend,
+                postgres_url,
+                postgres_connections,
+            },
         audit:
             RawAudit {
                 timeout_ms,
@@ -107,6 +111,14 @@ fn assert_every_key_set(raw: &RawConfig) {
             "storage.cache_capacity_bytes",
             cache_capacity_bytes.is_some(),
         ),
+        ("storage.backend", backend.is_some()),
+        // The example runs on sled, where these must stay unset: they are documented in
+        // comments instead (checked by `the_example_config_documents_the_postgres_settings`).
+        ("storage.postgres_url", postgres_url.is_none()),
+        (
+            "storage.postgres_connections",
+            postgres_connections.is_none(),
+        ),
         ("audit.timeout_ms", timeout_ms.is_some()),
         ("audit.retention_days", retention_days.is_some()),
         ("audit.jsonl_path", jsonl_path.is_some()),
@@ -123,6 +135,17 @@ fn assert_every_key_set(raw: &RawConfig) {
     ];
     for (name, is_set) in set {
         assert!(is_set, "the example config does not set {name}");
+    }
+}
+
+#[test]
+fn the_example_config_documents_the_postgres_settings() {
+    let text = read("deploy/pii-vault.example.toml");
+    for key in ["# postgres_url = ", "# postgres_connections = "] {
+        assert!(
+            text.lines().any(|l| l.trim_start().starts_with(key)),
+            "the example config does not show {key:?}"
+        );
     }
 }
 

@@ -22,7 +22,7 @@ use tower::util::MapResponseLayer;
 
 use crate::api;
 use crate::authz::{Authz, PeerIdentity, PolicyError};
-use crate::config::Config;
+use crate::config::{Backend, Config};
 use crate::domain::SystemClock;
 use crate::keyring::{Keyring, KeyringError, RootKeys};
 use crate::metrics::Metrics;
@@ -35,7 +35,7 @@ use crate::proto::v1::subject_rights_service_server::SubjectRightsServiceServer;
 use crate::proto::v1::tenant_service_server::TenantServiceServer;
 use crate::proto::v1::token_service_server::TokenServiceServer;
 use crate::service::{Call, ServiceError, Vault};
-use crate::storage::{SledStore, Store, StoreError};
+use crate::storage::{PgStore, SledStore, Store, StoreError};
 
 pub use tls::server_config;
 
@@ -70,21 +70,41 @@ pub enum ServerError {
 /// How often the store's size on disk is sampled for the metrics.
 const STORE_SAMPLE_INTERVAL: Duration = Duration::from_secs(15);
 
-/// Opens the sled store of `config` and serves until `shutdown` completes, then drains
+/// Opens the store of `config` (sled, or PostgreSQL) and serves until `shutdown` completes, then drains
 /// in-flight calls and flushes the store.
 pub async fn run(
     listener: TcpListener,
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    let store_dir = config.store_dir();
-    let store = SledStore::open(&store_dir, config.cache_capacity_bytes).map_err(|source| {
-        ServerError::Store {
-            path: store_dir.display().to_string(),
-            source,
+    let store: Arc<dyn Store> = match &config.backend {
+        Backend::Sled => {
+            let store_dir = config.store_dir();
+            let store =
+                SledStore::open(&store_dir, config.cache_capacity_bytes).map_err(|source| {
+                    ServerError::Store {
+                        path: store_dir.display().to_string(),
+                        source,
+                    }
+                })?;
+            Arc::new(store)
         }
-    })?;
-    serve(listener, config, Arc::new(store), shutdown).await
+        Backend::Postgres { url, connections } => {
+            let (url, connections) = (url.0.clone(), *connections);
+            let store = tokio::task::spawn_blocking(move || PgStore::connect(&url, connections))
+                .await
+                .map_err(|_| ServerError::Store {
+                    path: "PostgreSQL".into(),
+                    source: StoreError::Backend("connect task panicked".into()),
+                })?
+                .map_err(|source| ServerError::Store {
+                    path: "PostgreSQL".into(),
+                    source,
+                })?;
+            Arc::new(store)
+        }
+    };
+    serve(listener, config, store, shutdown).await
 }
 
 /// Serves over an already opened store (tests wrap it to inject faults).
@@ -110,7 +130,11 @@ pub async fn serve(
     let metrics = Metrics::new();
     let mut settings = config.vault.clone();
     settings.metrics = metrics.clone();
-    settings.high_water_file = Some(config.data_dir.join(crate::service::HIGH_WATER_FILE));
+    // A store shared by several nodes (PostgreSQL) keeps its own integrity; the mark is for
+    // the embedded one, which can lose its tail silently.
+    if !store.shared() {
+        settings.high_water_file = Some(config.data_dir.join(crate::service::HIGH_WATER_FILE));
+    }
     let vault = Arc::new(Vault::open(
         store.clone(),
         keys,
@@ -308,6 +332,9 @@ async fn sweep_retention_hourly(vault: Arc<Vault>) {
     );
     loop {
         tick.tick().await;
+        if !vault.holds_job("retention-sweep") {
+            continue;
+        }
         match vault.sweep_retention().await {
             Ok(n) if n > 0 => tracing::info!(deleted = n, "retention sweep deleted expired fields"),
             Ok(_) => {}
@@ -341,6 +368,9 @@ async fn prune_audit_daily(vault: Arc<Vault>) {
     );
     loop {
         tick.tick().await;
+        if !vault.holds_job("audit-prune") {
+            continue;
+        }
         match vault.prune_audit(&call, 0).await {
             Ok(r) if r.deleted > 0 => {
                 tracing::info!(deleted = r.deleted, "pruned expired audit events")

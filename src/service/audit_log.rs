@@ -25,6 +25,8 @@ use super::high_water::HighWater;
 const MAX_BATCH: usize = 1024;
 /// Events read per storage scan.
 const SCAN_PAGE: usize = 1024;
+/// How often a batch is re-chained after other writers of a shared store appended first.
+const MAX_RECHAIN: u32 = 100;
 
 /// The audit log could not record an event in time.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -252,6 +254,29 @@ pub fn verify_store(store: &dyn Store, key: &Key<Audit>) -> Result<VerifyReport,
     )
 }
 
+/// Seals `batch` as the continuation of `state`: the events, their stored rows, the new
+/// head mark and the MAC the next batch links to.
+fn chain_batch(
+    key: &Key<Audit>,
+    state: &ChainState,
+    batch: &[Append],
+) -> (Vec<AuditEvent>, Vec<(u64, Vec<u8>)>, Vec<u8>, [u8; MAC_LEN]) {
+    let mut prev = state.last_mac;
+    let events: Vec<AuditEvent> = batch
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let event = AuditEvent::seal(key, state.next_seq + i as u64, a.draft.clone(), prev);
+            prev = event.mac;
+            event
+        })
+        .collect();
+    let last_seq = state.next_seq + events.len() as u64 - 1;
+    let head = ChainMark::new(key, HEAD, last_seq, prev).encode();
+    let rows = events.iter().map(|e| (e.seq, e.encode())).collect();
+    (events, rows, head, prev)
+}
+
 /// What the writer task writes with.
 struct Writer {
     store: Arc<dyn Store>,
@@ -290,33 +315,43 @@ async fn write_loop(
         if batch.is_empty() {
             continue;
         }
-        let mut prev = state.last_mac;
-        let events: Vec<AuditEvent> = batch
-            .iter()
-            .enumerate()
-            .map(|(i, a)| {
-                let event =
-                    AuditEvent::seal(&key, state.next_seq + i as u64, a.draft.clone(), prev);
-                prev = event.mac;
-                event
-            })
-            .collect();
-        let last_seq = state.next_seq + events.len() as u64 - 1;
-        let head = ChainMark::new(&key, HEAD, last_seq, prev).encode();
-        let rows: Vec<(u64, Vec<u8>)> = events.iter().map(|e| (e.seq, e.encode())).collect();
-        let writer = store.clone();
         let started = Instant::now();
-        let stored = tokio::task::spawn_blocking(move || writer.audit_append(&rows, &head))
-            .await
-            .unwrap_or_else(|_| Err(StoreError::Backend("audit append panicked".into())));
-        let result = match stored {
-            Ok(()) => {
-                // The batch is in the store: the chain moves on even if the flush fails, so
-                // later events link to these.
-                state.next_seq = last_seq + 1;
-                state.last_mac = prev;
-                commit.durable().await
+        let mut attempts = 0;
+        let (events, stored) = loop {
+            attempts += 1;
+            let (events, rows, head, last_mac) = chain_batch(&key, &state, &batch);
+            let writer = store.clone();
+            let stored = tokio::task::spawn_blocking(move || writer.audit_append(&rows, &head))
+                .await
+                .unwrap_or_else(|_| Err(StoreError::Backend("audit append panicked".into())));
+            match stored {
+                Ok(()) => {
+                    // The batch is in the store: the chain moves on even if the flush fails,
+                    // so later events link to these.
+                    state.next_seq += events.len() as u64;
+                    state.last_mac = last_mac;
+                    break (events, Ok(()));
+                }
+                // Another node of a shared store appended first: continue after its events.
+                Err(StoreError::Conflict) if attempts < MAX_RECHAIN => {
+                    tracing::debug!(attempts, "audit batch re-chained after another writer");
+                    let reread = store.clone();
+                    match tokio::task::spawn_blocking(move || chain_state(reread.as_ref())).await {
+                        Ok(Ok(now)) => state = now,
+                        Ok(Err(e)) => break (events, Err(e)),
+                        Err(_) => {
+                            break (
+                                events,
+                                Err(StoreError::Backend("audit re-read panicked".into())),
+                            )
+                        }
+                    }
+                }
+                Err(e) => break (events, Err(e)),
             }
+        };
+        let result = match stored {
+            Ok(()) => commit.durable().await,
             Err(e) => Err(e),
         };
         metrics.audit_append(batch.len(), started.elapsed(), result.is_ok());

@@ -206,6 +206,18 @@ impl Vault {
     }
 
     /// The limits requests are checked against.
+    /// Whether this node runs the background job `job` now (see `Store::job_lease`); a
+    /// store error counts as no, so two nodes never both run one.
+    pub fn holds_job(&self, job: &str) -> bool {
+        match self.store.job_lease(job) {
+            Ok(held) => held,
+            Err(e) => {
+                tracing::warn!(job, error = %e, "cannot take the job lease");
+                false
+            }
+        }
+    }
+
     pub fn limits(&self) -> &Limits {
         &self.limits
     }

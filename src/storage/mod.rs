@@ -7,11 +7,13 @@ pub mod backup;
 pub mod faults;
 mod group_commit;
 mod key_records;
+mod pg_store;
 mod records;
 mod sled_store;
 
 pub use group_commit::GroupCommit;
 pub use key_records::{KeyChange, KeyVersionInfo, RewrapJob, RootKeyState, TenantKeyState};
+pub use pg_store::PgStore;
 pub use records::{
     categories_in, category_bit, Erasure, FieldRecord, OlderDek, SealedField, SubjectRecord,
     SubjectWrite, TenantRecord, Tombstone, Written,
@@ -248,7 +250,8 @@ pub trait Store: Send + Sync + 'static {
     fn clear_epoch_pending(&self, tenant: &TenantId, seen: u64) -> StoreResult<()>;
 
     /// Appends audit events (sequence number, encoded event) and replaces the audit head
-    /// record, atomically.
+    /// record, atomically. A backend shared by several writers answers `Conflict` when the
+    /// batch does not continue the newest stored event (the writer re-chains and retries).
     fn audit_append(&self, events: &[(u64, Vec<u8>)], head: &[u8]) -> StoreResult<()>;
     /// Audit events with sequence numbers above `after`, in order, at most `limit`.
     fn audit_scan(&self, after: u64, limit: usize) -> StoreResult<Vec<(u64, Vec<u8>)>>;
@@ -259,6 +262,13 @@ pub trait Store: Send + Sync + 'static {
     /// Records `checkpoint`, then deletes every audit event up to `through`. Returns how
     /// many were deleted.
     fn audit_prune(&self, through: u64, checkpoint: &[u8]) -> StoreResult<u64>;
+
+    /// Whether this node may run the background job `job` (re-wraps and key epochs,
+    /// retention sweeps, audit pruning) now. A store shared by several nodes grants each job
+    /// to one node at a time, until that node is gone; a store of one node always grants.
+    fn job_lease(&self, _job: &str) -> StoreResult<bool> {
+        Ok(true)
+    }
 
     /// Makes every write that completed before this call durable.
     fn flush(&self) -> StoreResult<()>;

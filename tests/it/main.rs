@@ -1,6 +1,8 @@
 //! Integration tests: one binary, each test starts the real server on 127.0.0.1 with a
 //! free port, a temporary data directory and its own dev certificates.
 
+#[path = "../support/postgres.rs"]
+mod postgres;
 mod process;
 mod util;
 
@@ -22,6 +24,7 @@ mod restart;
 mod retention;
 mod rights;
 mod rollback;
+mod scale_out;
 mod shutdown;
 mod tenants;
 mod tls;

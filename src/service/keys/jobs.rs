@@ -28,6 +28,8 @@ use super::{blocking, versions, EpochReport};
 const POLL: Duration = Duration::from_secs(1);
 /// How long the worker waits after a failed job before trying again.
 const RETRY_AFTER: Duration = Duration::from_secs(30);
+/// The job lease name of the key worker.
+const KEY_JOBS: &str = "key-jobs";
 /// Store metadata key: when the epoch schedule started (before the first epoch ran).
 const EPOCH_ANCHOR: &str = "key_epoch_anchor";
 
@@ -59,6 +61,21 @@ pub async fn run_key_jobs(vault: Arc<Vault>) {
         return;
     };
     loop {
+        // On a store shared by several nodes, one of them runs the key jobs; the others
+        // wait and take over (resuming a re-wrap at its saved cursor) if it goes away.
+        if !vault.holds_job(KEY_JOBS) {
+            tokio::select! {
+                () = vault.key_jobs.wake.notified() => {}
+                () = tokio::time::sleep(POLL) => {}
+                Some((_, done)) = asked.recv() => {
+                    let _ = done.send(Err(ServiceError::KeyPrecondition(
+                        "another vault node runs the key jobs; ask that node to run the epoch"
+                            .into(),
+                    )));
+                }
+            }
+            continue;
+        }
         let mut failed = false;
         if let Err(e) = vault.run_pending_key_jobs(&call).await {
             tracing::warn!(error = %e, "background key job failed; retrying later");

@@ -1,0 +1,1395 @@
+//! The PostgreSQL backend, for several stateless vault nodes over one database.
+//!
+//! Tables mirror sled's trees (see `schema.rs`), and their `bytea` columns hold the same
+//! encoded records: sealed envelopes, key-wrapped material and metadata. The database never
+//! sees a key or a value in the clear.
+//!
+//! The storage trait is synchronous. Connections run on a private tokio runtime with one
+//! worker thread, and a call waits for its result with a plain executor, so it works from
+//! any thread, inside the server's runtime or not; it blocks that thread for its round trips,
+//! as a sled call blocks it for its disk reads.
+//!
+//! Every multi-statement operation is one SERIALIZABLE transaction, retried when PostgreSQL
+//! reports a serialization failure, a deadlock or a concurrent insert of the same key. That
+//! is why the trait asks the closures it is given to be pure: they may run more than once.
+//! A commit is durable when it returns (with the server's default `synchronous_commit`), so
+//! `flush` has nothing left to do.
+
+mod schema;
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::{Condvar, Mutex};
+use std::time::Duration;
+
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Client, GenericClient, IsolationLevel, NoTls, Row, Transaction};
+
+use crate::crypto::Sealed;
+use crate::domain::{FieldName, SubjectId, SubjectState, TenantId, Timestamp};
+
+use super::records::{
+    category_bit, decode_state, encode_state, Erasure, FieldRecord, SubjectRecord, SubjectWrite,
+    TenantRecord, Tombstone, Written,
+};
+use super::{
+    AuditMarks, KeyChange, KeyUpdate, Store, StoreError, StoreResult, SubjectUpdate, TenantKeyState,
+};
+use crate::domain::FieldMeta;
+
+const AUDIT_HEAD: &str = "audit_head";
+const AUDIT_CHECKPOINT: &str = "audit_checkpoint";
+
+/// How often a transaction is tried before its conflict is reported.
+const MAX_ATTEMPTS: u32 = 50;
+
+/// Why a database step failed: a store-level answer, or PostgreSQL's own error (kept whole
+/// until the retry decision, then reduced to a message without row data).
+pub(crate) enum Failure {
+    Store(StoreError),
+    Pg(tokio_postgres::Error),
+}
+
+impl From<StoreError> for Failure {
+    fn from(e: StoreError) -> Self {
+        Failure::Store(e)
+    }
+}
+
+impl From<tokio_postgres::Error> for Failure {
+    fn from(e: tokio_postgres::Error) -> Self {
+        Failure::Pg(e)
+    }
+}
+
+impl From<crate::codec::CodecError> for Failure {
+    fn from(e: crate::codec::CodecError) -> Self {
+        Failure::Store(e.into())
+    }
+}
+
+impl Failure {
+    /// Whether running the transaction again may succeed.
+    fn retryable(&self) -> bool {
+        let Failure::Pg(e) = self else { return false };
+        matches!(
+            e.code(),
+            Some(c) if *c == SqlState::T_R_SERIALIZATION_FAILURE
+                || *c == SqlState::T_R_DEADLOCK_DETECTED
+                || *c == SqlState::UNIQUE_VIOLATION
+        )
+    }
+
+    fn into_store(self) -> StoreError {
+        match self {
+            Failure::Store(e) => e,
+            Failure::Pg(e) => pg_error(&e),
+        }
+    }
+}
+
+/// PostgreSQL's error as a message: the SQLSTATE and primary message only, never the
+/// DETAIL line, which can quote key values (subject ids) of the rows involved.
+fn pg_error(e: &tokio_postgres::Error) -> StoreError {
+    match e.as_db_error() {
+        Some(db) => {
+            StoreError::Backend(format!("PostgreSQL {}: {}", db.code().code(), db.message()))
+        }
+        None => StoreError::Backend(format!("PostgreSQL: {e}")),
+    }
+}
+
+type R<T> = Result<T, Failure>;
+
+/// Waits for a database future on the calling thread; the connection makes progress on the
+/// store's own runtime.
+pub(crate) fn block<F: Future<Output = Result<T, tokio_postgres::Error>>, T>(f: F) -> R<T> {
+    futures_executor::block_on(f).map_err(Failure::Pg)
+}
+
+fn ts(t: Timestamp) -> i64 {
+    i64::try_from(t.0).unwrap_or(i64::MAX)
+}
+
+fn to_ts(v: i64, what: &'static str) -> R<Timestamp> {
+    u64::try_from(v)
+        .map(Timestamp)
+        .map_err(|_| Failure::Store(StoreError::Corrupt(what)))
+}
+
+fn limit(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn seq(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn tenant_id(s: &str) -> R<TenantId> {
+    TenantId::parse(s).map_err(|_| Failure::Store(StoreError::Corrupt("tenant id")))
+}
+
+fn subject_id(s: &str) -> R<SubjectId> {
+    SubjectId::parse(s).map_err(|_| Failure::Store(StoreError::Corrupt("subject id")))
+}
+
+fn field_name(s: &str) -> R<FieldName> {
+    FieldName::parse(s).map_err(|_| Failure::Store(StoreError::Corrupt("field name")))
+}
+
+fn sealed(bytes: &[u8], what: &'static str) -> R<Sealed> {
+    Sealed::decode(bytes).map_err(|_| Failure::Store(StoreError::Corrupt(what)))
+}
+
+/// The first byte string after every string that starts with `prefix`; `None` if there is
+/// none (the prefix is empty or all 0xff).
+fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+/// A pool of connections to one PostgreSQL database.
+pub struct PgStore {
+    pool: Mutex<Vec<Client>>,
+    returned: Condvar,
+    /// The session that holds this node's job leases (PostgreSQL advisory locks, released
+    /// by the server when the session ends: when this node stops or dies), and the jobs
+    /// it holds.
+    leases: Mutex<(Client, HashSet<String>)>,
+    /// Drives the connections; shut down without blocking when the store is dropped.
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl PgStore {
+    /// Connects `connections` clients to the database at `url` (a libpq-style connection
+    /// string or URL) and migrates its schema.
+    pub fn connect(url: &str, connections: usize) -> StoreResult<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("pii-vault-pg")
+            .enable_all()
+            .build()
+            .map_err(|e| {
+                StoreError::Backend(format!("cannot start the PostgreSQL runtime: {e}"))
+            })?;
+        // One more connection than the pool: the session holding the job leases.
+        let mut clients = Vec::with_capacity(connections.max(1) + 1);
+        for _ in 0..=connections.max(1) {
+            let url = url.to_owned();
+            let connected = runtime.spawn(async move {
+                let (client, connection) = tokio_postgres::connect(&url, NoTls).await?;
+                tokio::spawn(async move {
+                    if let Err(e) = connection.await {
+                        tracing::warn!(error = %pg_error(&e), "PostgreSQL connection closed");
+                    }
+                });
+                Ok::<_, tokio_postgres::Error>(client)
+            });
+            let client = futures_executor::block_on(connected)
+                .map_err(|e| StoreError::Backend(format!("PostgreSQL connect task: {e}")))?
+                .map_err(|e| pg_error(&e))?;
+            clients.push(client);
+        }
+        let lease_session = clients.pop().expect("at least two connections");
+        let store = Self {
+            pool: Mutex::new(clients),
+            returned: Condvar::new(),
+            leases: Mutex::new((lease_session, HashSet::new())),
+            runtime: Some(runtime),
+        };
+        store.with_client(|c| schema::migrate(c).map(|_| ()))?;
+        Ok(store)
+    }
+
+    /// Runs `f` with a connection of the pool to itself, waiting for one if all are busy.
+    fn with_client<T>(&self, f: impl FnOnce(&mut Client) -> R<T>) -> StoreResult<T> {
+        let mut client = {
+            let mut pool = self
+                .pool
+                .lock()
+                .map_err(|_| StoreError::Backend("PostgreSQL pool poisoned".into()))?;
+            loop {
+                if let Some(c) = pool.pop() {
+                    break c;
+                }
+                pool = self
+                    .returned
+                    .wait(pool)
+                    .map_err(|_| StoreError::Backend("PostgreSQL pool poisoned".into()))?;
+            }
+        };
+        let result = f(&mut client);
+        if !client.is_closed() {
+            if let Ok(mut pool) = self.pool.lock() {
+                pool.push(client);
+            }
+            self.returned.notify_one();
+        } else {
+            // A closed connection is not returned: its slot is lost until a restart, and
+            // the error below says why.
+            tracing::warn!("a PostgreSQL connection closed; the pool has one fewer");
+            self.returned.notify_one();
+        }
+        result.map_err(Failure::into_store)
+    }
+
+    /// One statement on a pooled connection.
+    fn read<T>(&self, f: impl FnOnce(&Client) -> R<T>) -> StoreResult<T> {
+        self.with_client(|c| f(c))
+    }
+
+    /// Runs `body` in a SERIALIZABLE transaction, again while it fails retryably.
+    fn tx<T>(&self, body: impl Fn(&Transaction<'_>) -> R<T>) -> StoreResult<T> {
+        self.with_client(|c| {
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                let outcome: R<T> = (|| {
+                    let tx = block(
+                        c.build_transaction()
+                            .isolation_level(IsolationLevel::Serializable)
+                            .start(),
+                    )?;
+                    let value = body(&tx)?;
+                    block(tx.commit())?;
+                    Ok(value)
+                })();
+                match outcome {
+                    Err(e) if e.retryable() && attempt < MAX_ATTEMPTS => {
+                        std::thread::sleep(Duration::from_millis(u64::from(attempt.min(20))));
+                    }
+                    other => return other,
+                }
+            }
+        })
+    }
+}
+
+/// The advisory lock key of a job: the first 8 bytes of SHA-256 of its name, so every node
+/// computes the same one.
+fn job_key(job: &str) -> i64 {
+    let digest = crate::crypto::sha256(format!("pii-vault job {job}").as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    i64::from_be_bytes(first)
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        if let Ok(mut pool) = self.pool.lock() {
+            pool.clear();
+        }
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+fn one<C: GenericClient>(
+    c: &C,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> R<Option<Row>> {
+    Ok(block(c.query_opt(sql, params))?)
+}
+
+fn rows<C: GenericClient>(
+    c: &C,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> R<Vec<Row>> {
+    Ok(block(c.query(sql, params))?)
+}
+
+fn exec<C: GenericClient>(
+    c: &C,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> R<u64> {
+    Ok(block(c.execute(sql, params))?)
+}
+
+/// The tenant's record; `NoTenant` if there is none.
+fn tenant_record<C: GenericClient>(c: &C, tenant: &TenantId) -> R<TenantRecord> {
+    match one(
+        c,
+        "SELECT record FROM pv_tenants WHERE id = $1",
+        &[&tenant.as_str()],
+    )? {
+        Some(row) => Ok(TenantRecord::decode(row.get(0))?),
+        None => Err(Failure::Store(StoreError::NoTenant)),
+    }
+}
+
+/// The KEK version new DEKs must be wrapped under; `None` once the tenant is shredded.
+fn current_kek<C: GenericClient>(c: &C, tenant: &TenantId) -> R<Option<u32>> {
+    let rec = tenant_record(c, tenant)?;
+    Ok(rec.shredded_at.is_none().then_some(rec.kek_version))
+}
+
+fn require_tenant<C: GenericClient>(c: &C, tenant: &TenantId) -> R<()> {
+    tenant_record(c, tenant).map(|_| ())
+}
+
+fn subject_row<C: GenericClient>(
+    c: &C,
+    tenant: &TenantId,
+    subject: &SubjectId,
+) -> R<Option<SubjectRecord>> {
+    one(
+        c,
+        "SELECT record FROM pv_subjects WHERE tenant = $1 AND subject = $2",
+        &[&tenant.as_str(), &subject.as_str()],
+    )?
+    .map(|r| SubjectRecord::decode(r.get(0)).map_err(Failure::from))
+    .transpose()
+}
+
+fn put_subject<C: GenericClient>(
+    c: &C,
+    tenant: &TenantId,
+    subject: &SubjectId,
+    record: &SubjectRecord,
+) -> R<()> {
+    exec(
+        c,
+        "INSERT INTO pv_subjects (tenant, subject, record) VALUES ($1, $2, $3)
+         ON CONFLICT (tenant, subject) DO UPDATE SET record = EXCLUDED.record",
+        &[&tenant.as_str(), &subject.as_str(), &record.encode()],
+    )?;
+    Ok(())
+}
+
+fn field_row<C: GenericClient>(
+    c: &C,
+    tenant: &TenantId,
+    subject: &SubjectId,
+    name: &FieldName,
+) -> R<Option<FieldRecord>> {
+    one(
+        c,
+        "SELECT record FROM pv_fields WHERE tenant = $1 AND subject = $2 AND name = $3",
+        &[&tenant.as_str(), &subject.as_str(), &name.as_str()],
+    )?
+    .map(|r| FieldRecord::decode(r.get(0)).map_err(Failure::from))
+    .transpose()
+}
+
+fn put_field<C: GenericClient>(
+    c: &C,
+    tenant: &TenantId,
+    subject: &SubjectId,
+    field: &FieldRecord,
+) -> R<()> {
+    exec(
+        c,
+        "INSERT INTO pv_fields (tenant, subject, name, record) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (tenant, subject, name) DO UPDATE SET record = EXCLUDED.record",
+        &[
+            &tenant.as_str(),
+            &subject.as_str(),
+            &field.meta.name.as_str(),
+            &field.encode(),
+        ],
+    )?;
+    Ok(())
+}
+
+/// Removes a blind-index entry and its mention in the subject record; true if it was there.
+fn unindex<C: GenericClient>(
+    c: &C,
+    tenant: &TenantId,
+    record: &mut SubjectRecord,
+    entry: &[u8],
+) -> R<bool> {
+    if entry.is_empty() {
+        return Ok(false);
+    }
+    exec(
+        c,
+        "DELETE FROM pv_index WHERE tenant = $1 AND entry = $2",
+        &[&tenant.as_str(), &entry],
+    )?;
+    let before = record.index_entries.len();
+    record.index_entries.retain(|e| e != entry);
+    Ok(record.index_entries.len() != before)
+}
+
+fn add_index<C: GenericClient>(c: &C, tenant: &TenantId, entry: &[u8]) -> R<()> {
+    exec(
+        c,
+        "INSERT INTO pv_index (tenant, entry) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        &[&tenant.as_str(), &entry],
+    )?;
+    Ok(())
+}
+
+fn mark_epoch<C: GenericClient>(c: &C, tenant: &TenantId) -> R<()> {
+    exec(
+        c,
+        "INSERT INTO pv_epoch_pending (tenant, erasures) VALUES ($1, 1)
+         ON CONFLICT (tenant) DO UPDATE SET erasures = pv_epoch_pending.erasures + 1",
+        &[&tenant.as_str()],
+    )?;
+    Ok(())
+}
+
+fn meta_value<C: GenericClient>(c: &C, key: &str) -> R<Option<Vec<u8>>> {
+    Ok(one(c, "SELECT value FROM pv_meta WHERE key = $1", &[&key])?.map(|r| r.get(0)))
+}
+
+fn set_meta<C: GenericClient>(c: &C, key: &str, value: &[u8]) -> R<()> {
+    exec(
+        c,
+        "INSERT INTO pv_meta (key, value) VALUES ($1, $2)
+         ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+        &[&key, &value],
+    )?;
+    Ok(())
+}
+
+impl Store for PgStore {
+    fn meta(&self, key: &str) -> StoreResult<Option<Vec<u8>>> {
+        self.read(|c| meta_value(c, key))
+    }
+
+    fn meta_init(&self, key: &str, value: &[u8]) -> StoreResult<Vec<u8>> {
+        self.tx(|t| {
+            exec(
+                t,
+                "INSERT INTO pv_meta (key, value) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                &[&key, &value],
+            )?;
+            Ok(meta_value(t, key)?.unwrap_or_default())
+        })
+    }
+
+    fn meta_scan(&self, prefix: &str) -> StoreResult<Vec<(String, Vec<u8>)>> {
+        self.read(|c| {
+            Ok(rows(
+                c,
+                "SELECT key, value FROM pv_meta WHERE starts_with(key, $1) ORDER BY key",
+                &[&prefix],
+            )?
+            .into_iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect())
+        })
+    }
+
+    fn meta_remove(&self, key: &str) -> StoreResult<()> {
+        self.read(|c| exec(c, "DELETE FROM pv_meta WHERE key = $1", &[&key]).map(|_| ()))
+    }
+
+    fn meta_swap(&self, key: &str, expected: Option<&[u8]>, value: &[u8]) -> StoreResult<bool> {
+        self.tx(|t| {
+            let n = match expected {
+                None => exec(
+                    t,
+                    "INSERT INTO pv_meta (key, value) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                    &[&key, &value],
+                )?,
+                Some(old) => exec(
+                    t,
+                    "UPDATE pv_meta SET value = $3 WHERE key = $1 AND value = $2",
+                    &[&key, &old, &value],
+                )?,
+            };
+            Ok(n == 1)
+        })
+    }
+
+    fn create_tenant(&self, tenant: &TenantRecord, wrapped_kek: &Sealed) -> StoreResult<bool> {
+        self.tx(|t| {
+            let id = tenant.id.as_str();
+            if one(t, "SELECT 1 FROM pv_tenants WHERE id = $1", &[&id])?.is_some() {
+                return Ok(false);
+            }
+            exec(
+                t,
+                "INSERT INTO pv_tenants (id, record) VALUES ($1, $2)",
+                &[&id, &tenant.encode()],
+            )?;
+            exec(
+                t,
+                "INSERT INTO pv_keks (tenant, version, wrapped) VALUES ($1, $2, $3)",
+                &[&id, &(tenant.kek_version as i32), &wrapped_kek.encode()],
+            )?;
+            Ok(true)
+        })
+    }
+
+    fn tenant(&self, id: &TenantId) -> StoreResult<Option<TenantRecord>> {
+        self.read(|c| match tenant_record(c, id) {
+            Ok(r) => Ok(Some(r)),
+            Err(Failure::Store(StoreError::NoTenant)) => Ok(None),
+            Err(e) => Err(e),
+        })
+    }
+
+    fn tenants(&self, after: Option<&TenantId>, n: usize) -> StoreResult<Vec<TenantRecord>> {
+        self.read(|c| {
+            rows(
+                c,
+                "SELECT record FROM pv_tenants WHERE $1::text IS NULL OR id > $1
+                 ORDER BY id LIMIT $2",
+                &[&after.map(|a| a.as_str()), &limit(n)],
+            )?
+            .iter()
+            .map(|r| Ok(TenantRecord::decode(r.get(0))?))
+            .collect()
+        })
+    }
+
+    fn kek(&self, tenant: &TenantId, version: u32) -> StoreResult<Option<Sealed>> {
+        self.read(|c| {
+            one(
+                c,
+                "SELECT wrapped FROM pv_keks WHERE tenant = $1 AND version = $2",
+                &[&tenant.as_str(), &(version as i32)],
+            )?
+            .map(|r| sealed(r.get(0), "wrapped KEK"))
+            .transpose()
+        })
+    }
+
+    fn keks(&self, tenant: &TenantId) -> StoreResult<Vec<(u32, Sealed)>> {
+        self.read(|c| {
+            rows(
+                c,
+                "SELECT version, wrapped FROM pv_keks WHERE tenant = $1 ORDER BY version",
+                &[&tenant.as_str()],
+            )?
+            .iter()
+            .map(|r| Ok((r.get::<_, i32>(0) as u32, sealed(r.get(1), "wrapped KEK")?)))
+            .collect()
+        })
+    }
+
+    fn replace_kek(
+        &self,
+        tenant: &TenantId,
+        version: u32,
+        expected: &Sealed,
+        new: &Sealed,
+    ) -> StoreResult<bool> {
+        self.read(|c| {
+            let n = exec(
+                c,
+                "UPDATE pv_keks SET wrapped = $4
+                 WHERE tenant = $1 AND version = $2 AND wrapped = $3",
+                &[
+                    &tenant.as_str(),
+                    &(version as i32),
+                    &expected.encode(),
+                    &new.encode(),
+                ],
+            )?;
+            Ok(n == 1)
+        })
+    }
+
+    fn tenant_keys(&self, tenant: &TenantId) -> StoreResult<Option<TenantKeyState>> {
+        self.read(|c| {
+            one(
+                c,
+                "SELECT state FROM pv_key_state WHERE tenant = $1",
+                &[&tenant.as_str()],
+            )?
+            .map(|r| Ok(TenantKeyState::decode(r.get(0))?))
+            .transpose()
+        })
+    }
+
+    fn all_tenant_keys(&self) -> StoreResult<Vec<(TenantId, TenantKeyState)>> {
+        self.read(|c| {
+            rows(
+                c,
+                "SELECT tenant, state FROM pv_key_state ORDER BY tenant",
+                &[],
+            )?
+            .iter()
+            .map(|r| Ok((tenant_id(r.get(0))?, TenantKeyState::decode(r.get(1))?)))
+            .collect()
+        })
+    }
+
+    fn update_tenant_keys(
+        &self,
+        tenant: &TenantId,
+        update: &KeyUpdate<'_>,
+    ) -> StoreResult<Option<KeyChange>> {
+        self.tx(|t| {
+            let id = tenant.as_str();
+            let Some(row) = one(
+                t,
+                "SELECT record FROM pv_tenants WHERE id = $1 FOR UPDATE",
+                &[&id],
+            )?
+            else {
+                return Err(StoreError::NoTenant.into());
+            };
+            let record = TenantRecord::decode(row.get(0))?;
+            let state = match one(
+                t,
+                "SELECT state FROM pv_key_state WHERE tenant = $1",
+                &[&id],
+            )? {
+                Some(r) => TenantKeyState::decode(r.get(0))?,
+                None => TenantKeyState::initial(&record),
+            };
+            let Some(change) = update(&record, &state) else {
+                return Ok(None);
+            };
+            exec(
+                t,
+                "UPDATE pv_tenants SET record = $2 WHERE id = $1",
+                &[&id, &change.tenant.encode()],
+            )?;
+            exec(
+                t,
+                "INSERT INTO pv_key_state (tenant, state) VALUES ($1, $2)
+                 ON CONFLICT (tenant) DO UPDATE SET state = EXCLUDED.state",
+                &[&id, &change.state.encode()],
+            )?;
+            for (version, wrapped) in &change.put_keks {
+                exec(
+                    t,
+                    "INSERT INTO pv_keks (tenant, version, wrapped) VALUES ($1, $2, $3)
+                     ON CONFLICT (tenant, version) DO UPDATE SET wrapped = EXCLUDED.wrapped",
+                    &[&id, &(*version as i32), &wrapped.encode()],
+                )?;
+            }
+            for version in &change.delete_keks {
+                exec(
+                    t,
+                    "DELETE FROM pv_keks WHERE tenant = $1 AND version = $2",
+                    &[&id, &(*version as i32)],
+                )?;
+            }
+            if change.mark_epoch {
+                mark_epoch(t, tenant)?;
+            }
+            Ok(Some(change))
+        })
+    }
+
+    fn subject(
+        &self,
+        tenant: &TenantId,
+        subject: &SubjectId,
+    ) -> StoreResult<Option<SubjectRecord>> {
+        self.read(|c| {
+            require_tenant(c, tenant)?;
+            subject_row(c, tenant, subject)
+        })
+    }
+
+    fn subjects(
+        &self,
+        tenant: &TenantId,
+        after: Option<&SubjectId>,
+        n: usize,
+    ) -> StoreResult<Vec<SubjectId>> {
+        self.read(|c| {
+            require_tenant(c, tenant)?;
+            rows(
+                c,
+                "SELECT subject FROM pv_subjects
+                 WHERE tenant = $1 AND ($2::text IS NULL OR subject > $2)
+                 ORDER BY subject LIMIT $3",
+                &[&tenant.as_str(), &after.map(|a| a.as_str()), &limit(n)],
+            )?
+            .iter()
+            .map(|r| subject_id(r.get(0)))
+            .collect()
+        })
+    }
+
+    fn subject_records(
+        &self,
+        tenant: &TenantId,
+        after: Option<&SubjectId>,
+        n: usize,
+    ) -> StoreResult<Vec<(SubjectId, SubjectRecord)>> {
+        self.read(|c| {
+            require_tenant(c, tenant)?;
+            rows(
+                c,
+                "SELECT subject, record FROM pv_subjects
+                 WHERE tenant = $1 AND ($2::text IS NULL OR subject > $2)
+                 ORDER BY subject LIMIT $3",
+                &[&tenant.as_str(), &after.map(|a| a.as_str()), &limit(n)],
+            )?
+            .iter()
+            .map(|r| Ok((subject_id(r.get(0))?, SubjectRecord::decode(r.get(1))?)))
+            .collect()
+        })
+    }
+
+    fn update_subjects(
+        &self,
+        tenant: &TenantId,
+        subjects: &[SubjectId],
+        update: &SubjectUpdate<'_>,
+    ) -> StoreResult<Vec<bool>> {
+        self.tx(|t| {
+            let Some(current) = current_kek(t, tenant)? else {
+                return Ok(vec![false; subjects.len()]);
+            };
+            let mut changed = Vec::with_capacity(subjects.len());
+            for id in subjects {
+                let Some(stored) = subject_row(t, tenant, id)? else {
+                    changed.push(false);
+                    continue;
+                };
+                match update(id, &stored, current) {
+                    Some(new) => {
+                        put_subject(t, tenant, id, &new)?;
+                        changed.push(true);
+                    }
+                    None => changed.push(false),
+                }
+            }
+            Ok(changed)
+        })
+    }
+
+    fn put_fields(
+        &self,
+        tenant: &TenantId,
+        subject: &SubjectId,
+        write: &SubjectWrite,
+    ) -> StoreResult<Vec<Written>> {
+        let mask = write
+            .fields
+            .iter()
+            .fold(0, |m, f| m | category_bit(f.category));
+        self.tx(|t| {
+            let current = current_kek(t, tenant)?;
+            let erased = one(
+                t,
+                "SELECT 1 FROM pv_tombstones WHERE tenant = $1 AND subject = $2",
+                &[&tenant.as_str(), &subject.as_str()],
+            )?;
+            if erased.is_some() {
+                return Err(StoreError::Erased.into());
+            }
+            let stored = subject_row(t, tenant, subject)?;
+            let mut dirty = stored.is_none();
+            let mut record = match stored {
+                None => {
+                    // A new DEK must be wrapped under the current KEK version (see sled).
+                    if current != Some(write.subject.wrapped_dek.key_version()) {
+                        return Err(StoreError::Conflict.into());
+                    }
+                    write.subject.clone()
+                }
+                Some(rec) if rec.same_key(&write.subject) => rec,
+                Some(_) => return Err(StoreError::Conflict.into()),
+            };
+            if record.categories | mask != record.categories {
+                record.categories |= mask;
+                dirty = true;
+            }
+            let mut written = Vec::with_capacity(write.fields.len());
+            for f in &write.fields {
+                let previous = field_row(t, tenant, subject, &f.name)?;
+                if let Some(old) = previous.as_ref().filter(|p| p.index_entry != f.index_entry) {
+                    dirty |= unindex(t, tenant, &mut record, &old.index_entry)?;
+                }
+                if !f.index_entry.is_empty() && !record.index_entries.contains(&f.index_entry) {
+                    add_index(t, tenant, &f.index_entry)?;
+                    record.index_entries.push(f.index_entry.clone());
+                    dirty = true;
+                }
+                let meta = FieldMeta {
+                    name: f.name.clone(),
+                    category: f.category,
+                    version: previous.as_ref().map_or(1, |p| p.meta.version + 1),
+                    created_at: previous.as_ref().map_or(write.now, |p| p.meta.created_at),
+                    updated_at: write.now,
+                    updated_by: write.by.clone(),
+                };
+                if let Some(old) = previous.as_ref().filter(|p| p.expires_at.0 != 0) {
+                    exec(
+                        t,
+                        "DELETE FROM pv_expiry
+                         WHERE tenant = $1 AND at = $2 AND subject = $3 AND name = $4",
+                        &[
+                            &tenant.as_str(),
+                            &ts(old.expires_at),
+                            &subject.as_str(),
+                            &f.name.as_str(),
+                        ],
+                    )?;
+                }
+                if f.expires_at.0 != 0 {
+                    exec(
+                        t,
+                        "INSERT INTO pv_expiry (tenant, at, subject, name) VALUES ($1, $2, $3, $4)
+                         ON CONFLICT DO NOTHING",
+                        &[
+                            &tenant.as_str(),
+                            &ts(f.expires_at),
+                            &subject.as_str(),
+                            &f.name.as_str(),
+                        ],
+                    )?;
+                }
+                let stored_field = FieldRecord {
+                    meta: meta.clone(),
+                    kind: f.kind,
+                    sealed: f.sealed.clone(),
+                    index_entry: f.index_entry.clone(),
+                    expires_at: f.expires_at,
+                };
+                put_field(t, tenant, subject, &stored_field)?;
+                written.push(Written {
+                    meta,
+                    previous: previous.map(|p| p.meta),
+                });
+            }
+            if dirty {
+                put_subject(t, tenant, subject, &record)?;
+            }
+            Ok(written)
+        })
+    }
+
+    fn fields(&self, tenant: &TenantId, subject: &SubjectId) -> StoreResult<Vec<FieldRecord>> {
+        self.fields_page(tenant, subject, None, usize::MAX)
+    }
+
+    fn fields_page(
+        &self,
+        tenant: &TenantId,
+        subject: &SubjectId,
+        after: Option<&FieldName>,
+        n: usize,
+    ) -> StoreResult<Vec<FieldRecord>> {
+        self.read(|c| {
+            require_tenant(c, tenant)?;
+            rows(
+                c,
+                "SELECT record FROM pv_fields
+                 WHERE tenant = $1 AND subject = $2 AND ($3::text IS NULL OR name > $3)
+                 ORDER BY name LIMIT $4",
+                &[
+                    &tenant.as_str(),
+                    &subject.as_str(),
+                    &after.map(|a| a.as_str()),
+                    &limit(n),
+                ],
+            )?
+            .iter()
+            .map(|r| Ok(FieldRecord::decode(r.get(0))?))
+            .collect()
+        })
+    }
+
+    fn field(
+        &self,
+        tenant: &TenantId,
+        subject: &SubjectId,
+        name: &FieldName,
+    ) -> StoreResult<Option<FieldRecord>> {
+        self.read(|c| {
+            require_tenant(c, tenant)?;
+            field_row(c, tenant, subject, name)
+        })
+    }
+
+    fn delete_fields(
+        &self,
+        tenant: &TenantId,
+        subject: &SubjectId,
+        names: &[FieldName],
+    ) -> StoreResult<u32> {
+        self.tx(|t| {
+            require_tenant(t, tenant)?;
+            let mut record = subject_row(t, tenant, subject)?;
+            let mut deleted = 0u32;
+            let mut dirty = false;
+            for name in names {
+                let Some(old) = one(
+                    t,
+                    "DELETE FROM pv_fields WHERE tenant = $1 AND subject = $2 AND name = $3
+                     RETURNING record",
+                    &[&tenant.as_str(), &subject.as_str(), &name.as_str()],
+                )?
+                else {
+                    continue;
+                };
+                deleted += 1;
+                let old = FieldRecord::decode(old.get(0))?;
+                if let Some(rec) = record.as_mut() {
+                    dirty |= unindex(t, tenant, rec, &old.index_entry)?;
+                }
+            }
+            if let (true, Some(rec)) = (dirty, record) {
+                put_subject(t, tenant, subject, &rec)?;
+            }
+            Ok(deleted)
+        })
+    }
+
+    fn subject_state(&self, tenant: &TenantId, subject: &SubjectId) -> StoreResult<SubjectState> {
+        self.read(|c| {
+            require_tenant(c, tenant)?;
+            match one(
+                c,
+                "SELECT state FROM pv_state WHERE tenant = $1 AND subject = $2",
+                &[&tenant.as_str(), &subject.as_str()],
+            )? {
+                Some(r) => Ok(decode_state(r.get(0))?),
+                None => Ok(SubjectState::default()),
+            }
+        })
+    }
+
+    fn set_subject_state(
+        &self,
+        tenant: &TenantId,
+        subject: &SubjectId,
+        state: &SubjectState,
+    ) -> StoreResult<()> {
+        self.tx(|t| {
+            require_tenant(t, tenant)?;
+            exec(
+                t,
+                "INSERT INTO pv_state (tenant, subject, state) VALUES ($1, $2, $3)
+                 ON CONFLICT (tenant, subject) DO UPDATE SET state = EXCLUDED.state",
+                &[&tenant.as_str(), &subject.as_str(), &encode_state(state)],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn expired(
+        &self,
+        tenant: &TenantId,
+        now: Timestamp,
+        n: usize,
+    ) -> StoreResult<Vec<(SubjectId, FieldName, Timestamp)>> {
+        self.read(|c| {
+            require_tenant(c, tenant)?;
+            rows(
+                c,
+                "SELECT subject, name, at FROM pv_expiry WHERE tenant = $1 AND at <= $2
+                 ORDER BY at, subject, name LIMIT $3",
+                &[&tenant.as_str(), &ts(now), &limit(n)],
+            )?
+            .iter()
+            .map(|r| {
+                Ok((
+                    subject_id(r.get(0))?,
+                    field_name(r.get(1))?,
+                    to_ts(r.get(2), "expiry entry")?,
+                ))
+            })
+            .collect()
+        })
+    }
+
+    fn delete_expired(
+        &self,
+        tenant: &TenantId,
+        subject: &SubjectId,
+        name: &FieldName,
+        expires_at: Timestamp,
+    ) -> StoreResult<bool> {
+        self.tx(|t| {
+            require_tenant(t, tenant)?;
+            exec(
+                t,
+                "DELETE FROM pv_expiry WHERE tenant = $1 AND at = $2 AND subject = $3 AND name = $4",
+                &[&tenant.as_str(), &ts(expires_at), &subject.as_str(), &name.as_str()],
+            )?;
+            let Some(field) = field_row(t, tenant, subject, name)? else {
+                return Ok(false);
+            };
+            if field.expires_at != expires_at {
+                // Rewritten since: it has a new expiry entry of its own.
+                return Ok(false);
+            }
+            exec(
+                t,
+                "DELETE FROM pv_fields WHERE tenant = $1 AND subject = $2 AND name = $3",
+                &[&tenant.as_str(), &subject.as_str(), &name.as_str()],
+            )?;
+            if let Some(mut rec) = subject_row(t, tenant, subject)? {
+                if unindex(t, tenant, &mut rec, &field.index_entry)? {
+                    put_subject(t, tenant, subject, &rec)?;
+                }
+            }
+            Ok(true)
+        })
+    }
+
+    fn index_scan(&self, tenant: &TenantId, prefix: &[u8]) -> StoreResult<Vec<Vec<u8>>> {
+        let end = prefix_end(prefix);
+        self.read(|c| {
+            require_tenant(c, tenant)?;
+            Ok(rows(
+                c,
+                "SELECT entry FROM pv_index
+                 WHERE tenant = $1 AND entry >= $2 AND ($3::bytea IS NULL OR entry < $3)
+                 ORDER BY entry",
+                &[&tenant.as_str(), &prefix, &end],
+            )?
+            .iter()
+            .map(|r| r.get(0))
+            .collect())
+        })
+    }
+
+    fn reindex_field(
+        &self,
+        tenant: &TenantId,
+        subject: &SubjectId,
+        name: &FieldName,
+        entry: &[u8],
+    ) -> StoreResult<()> {
+        self.tx(|t| {
+            require_tenant(t, tenant)?;
+            let (Some(mut rec), Some(mut field)) = (
+                subject_row(t, tenant, subject)?,
+                field_row(t, tenant, subject, name)?,
+            ) else {
+                // Erased or deleted meanwhile: nothing to re-index.
+                return Ok(());
+            };
+            unindex(t, tenant, &mut rec, &field.index_entry)?;
+            add_index(t, tenant, entry)?;
+            rec.index_entries.push(entry.to_vec());
+            field.index_entry = entry.to_vec();
+            put_field(t, tenant, subject, &field)?;
+            put_subject(t, tenant, subject, &rec)?;
+            Ok(())
+        })
+    }
+
+    fn erase_subject(
+        &self,
+        tenant: &TenantId,
+        subject: &SubjectId,
+        tombstone: &Tombstone,
+    ) -> StoreResult<Erasure> {
+        let shadow = subject.legal_shadow();
+        self.tx(|t| {
+            require_tenant(t, tenant)?;
+            let (tid, sid) = (tenant.as_str(), subject.as_str());
+            if let Some(earlier) = one(
+                t,
+                "SELECT tombstone FROM pv_tombstones WHERE tenant = $1 AND subject = $2",
+                &[&tid, &sid],
+            )? {
+                return Ok(Erasure::AlreadyErased(Tombstone::decode(earlier.get(0))?));
+            }
+            let Some(removed) = one(
+                t,
+                "DELETE FROM pv_subjects WHERE tenant = $1 AND subject = $2 RETURNING record",
+                &[&tid, &sid],
+            )?
+            else {
+                return Ok(Erasure::NotFound);
+            };
+            let record = SubjectRecord::decode(removed.get(0))?;
+            let mut written = Tombstone {
+                categories: record.categories,
+                ..tombstone.clone()
+            };
+            match subject_row(t, tenant, &shadow)? {
+                Some(shadow_record) => {
+                    written.retained_categories = shadow_record.categories;
+                    exec(
+                        t,
+                        "INSERT INTO pv_legal_holds (until, tenant, shadow) VALUES ($1, $2, $3)
+                         ON CONFLICT DO NOTHING",
+                        &[&ts(tombstone.retained_until), &tid, &shadow.as_str()],
+                    )?;
+                }
+                None => written.retained_until = Timestamp(0),
+            }
+            exec(
+                t,
+                "INSERT INTO pv_tombstones (tenant, subject, tombstone, purged)
+                 VALUES ($1, $2, $3, $4)",
+                &[&tid, &sid, &written.encode(), &written.purged],
+            )?;
+            exec(
+                t,
+                "DELETE FROM pv_state WHERE tenant = $1 AND subject = $2",
+                &[&tid, &sid],
+            )?;
+            for entry in &record.index_entries {
+                exec(
+                    t,
+                    "DELETE FROM pv_index WHERE tenant = $1 AND entry = $2",
+                    &[&tid, entry],
+                )?;
+            }
+            mark_epoch(t, tenant)?;
+            Ok(Erasure::Erased(written))
+        })
+    }
+
+    fn tombstone(&self, tenant: &TenantId, subject: &SubjectId) -> StoreResult<Option<Tombstone>> {
+        self.read(|c| {
+            require_tenant(c, tenant)?;
+            one(
+                c,
+                "SELECT tombstone FROM pv_tombstones WHERE tenant = $1 AND subject = $2",
+                &[&tenant.as_str(), &subject.as_str()],
+            )?
+            .map(|r| Ok(Tombstone::decode(r.get(0))?))
+            .transpose()
+        })
+    }
+
+    fn purge_fields(&self, tenant: &TenantId, subject: &SubjectId, n: usize) -> StoreResult<usize> {
+        self.tx(|t| {
+            require_tenant(t, tenant)?;
+            let (tid, sid) = (tenant.as_str(), subject.as_str());
+            let deleted = exec(
+                t,
+                "DELETE FROM pv_fields WHERE tenant = $1 AND subject = $2 AND name IN (
+                     SELECT name FROM pv_fields WHERE tenant = $1 AND subject = $2
+                     ORDER BY name LIMIT $3)",
+                &[&tid, &sid, &limit(n)],
+            )?;
+            if deleted == 0 {
+                if let Some(row) = one(
+                    t,
+                    "SELECT tombstone FROM pv_tombstones WHERE tenant = $1 AND subject = $2",
+                    &[&tid, &sid],
+                )? {
+                    let mut stone = Tombstone::decode(row.get(0))?;
+                    if !stone.purged {
+                        stone.purged = true;
+                        exec(
+                            t,
+                            "UPDATE pv_tombstones SET tombstone = $3, purged = true
+                             WHERE tenant = $1 AND subject = $2",
+                            &[&tid, &sid, &stone.encode()],
+                        )?;
+                    }
+                }
+            }
+            Ok(usize::try_from(deleted).unwrap_or(usize::MAX))
+        })
+    }
+
+    fn unpurged(&self) -> StoreResult<Vec<(TenantId, SubjectId)>> {
+        self.read(|c| {
+            rows(
+                c,
+                "SELECT tenant, subject FROM pv_tombstones WHERE NOT purged ORDER BY tenant, subject",
+                &[],
+            )?
+            .iter()
+            .map(|r| Ok((tenant_id(r.get(0))?, subject_id(r.get(1))?)))
+            .collect()
+        })
+    }
+
+    fn legal_holds_due(
+        &self,
+        now: Timestamp,
+    ) -> StoreResult<Vec<(TenantId, SubjectId, Timestamp)>> {
+        self.read(|c| {
+            rows(
+                c,
+                "SELECT until, tenant, shadow FROM pv_legal_holds WHERE until <= $1
+                 ORDER BY until, tenant, shadow",
+                &[&ts(now)],
+            )?
+            .iter()
+            .map(|r| {
+                Ok((
+                    tenant_id(r.get(1))?,
+                    subject_id(r.get(2))?,
+                    to_ts(r.get(0), "legal hold")?,
+                ))
+            })
+            .collect()
+        })
+    }
+
+    fn clear_legal_hold(
+        &self,
+        tenant: &TenantId,
+        shadow: &SubjectId,
+        until: Timestamp,
+    ) -> StoreResult<()> {
+        self.read(|c| {
+            exec(
+                c,
+                "DELETE FROM pv_legal_holds WHERE until = $1 AND tenant = $2 AND shadow = $3",
+                &[&ts(until), &tenant.as_str(), &shadow.as_str()],
+            )
+            .map(|_| ())
+        })
+    }
+
+    fn epoch_pending(&self) -> StoreResult<Vec<(TenantId, u64)>> {
+        self.read(|c| {
+            rows(
+                c,
+                "SELECT tenant, erasures FROM pv_epoch_pending ORDER BY tenant",
+                &[],
+            )?
+            .iter()
+            .map(|r| {
+                let n: i64 = r.get(1);
+                Ok((tenant_id(r.get(0))?, u64::try_from(n).unwrap_or(0)))
+            })
+            .collect()
+        })
+    }
+
+    fn clear_epoch_pending(&self, tenant: &TenantId, seen: u64) -> StoreResult<()> {
+        // Only if no erasure happened since `seen` was read: a later one needs the next epoch.
+        self.read(|c| {
+            exec(
+                c,
+                "DELETE FROM pv_epoch_pending WHERE tenant = $1 AND erasures = $2",
+                &[&tenant.as_str(), &seq(seen)],
+            )
+            .map(|_| ())
+        })
+    }
+
+    fn audit_append(&self, events: &[(u64, Vec<u8>)], head: &[u8]) -> StoreResult<()> {
+        let seqs: Vec<i64> = events.iter().map(|(s, _)| seq(*s)).collect();
+        let bodies: Vec<&[u8]> = events.iter().map(|(_, b)| b.as_slice()).collect();
+        self.tx(|t| {
+            // One chain for all nodes: a batch must continue the newest stored event. If
+            // another node appended first, `Conflict` tells the writer to re-chain the batch
+            // after it (SERIALIZABLE makes two appends of the same place conflict).
+            let Some(first) = seqs.first() else {
+                return Ok(());
+            };
+            let last: Option<i64> =
+                block(t.query_one("SELECT max(seq) FROM pv_audit", &[]))?.get(0);
+            if last.is_some_and(|last| last + 1 != *first) {
+                return Err(StoreError::Conflict.into());
+            }
+            exec(
+                t,
+                "INSERT INTO pv_audit (seq, event) SELECT * FROM unnest($1::bigint[], $2::bytea[])",
+                &[&seqs, &bodies],
+            )?;
+            set_meta(t, AUDIT_HEAD, head)
+        })
+    }
+
+    fn audit_scan(&self, after: u64, n: usize) -> StoreResult<Vec<(u64, Vec<u8>)>> {
+        self.read(|c| {
+            rows(
+                c,
+                "SELECT seq, event FROM pv_audit WHERE seq > $1 ORDER BY seq LIMIT $2",
+                &[&seq(after), &limit(n)],
+            )?
+            .iter()
+            .map(|r| {
+                let s: i64 = r.get(0);
+                let s = u64::try_from(s).map_err(|_| StoreError::Corrupt("audit key"))?;
+                Ok((s, r.get(1)))
+            })
+            .collect()
+        })
+    }
+
+    fn audit_last(&self) -> StoreResult<Option<(u64, Vec<u8>)>> {
+        self.read(|c| {
+            one(
+                c,
+                "SELECT seq, event FROM pv_audit ORDER BY seq DESC LIMIT 1",
+                &[],
+            )?
+            .map(|r| {
+                let s: i64 = r.get(0);
+                let s = u64::try_from(s).map_err(|_| StoreError::Corrupt("audit key"))?;
+                Ok((s, r.get(1)))
+            })
+            .transpose()
+        })
+    }
+
+    fn audit_marks(&self) -> StoreResult<AuditMarks> {
+        self.read(|c| {
+            Ok(AuditMarks {
+                head: meta_value(c, AUDIT_HEAD)?,
+                checkpoint: meta_value(c, AUDIT_CHECKPOINT)?,
+            })
+        })
+    }
+
+    fn audit_prune(&self, through: u64, checkpoint: &[u8]) -> StoreResult<u64> {
+        // The checkpoint and the deletion commit together.
+        self.tx(|t| {
+            set_meta(t, AUDIT_CHECKPOINT, checkpoint)?;
+            exec(t, "DELETE FROM pv_audit WHERE seq <= $1", &[&seq(through)])
+        })
+    }
+
+    fn job_lease(&self, job: &str) -> StoreResult<bool> {
+        let mut guard = self
+            .leases
+            .lock()
+            .map_err(|_| StoreError::Backend("PostgreSQL lease session poisoned".into()))?;
+        let (session, held) = &mut *guard;
+        if session.is_closed() {
+            // Whatever this node held is free for the others now; it takes nothing new.
+            held.clear();
+            return Err(StoreError::Backend(
+                "the PostgreSQL session holding job leases closed".into(),
+            ));
+        }
+        if held.contains(job) {
+            return Ok(true);
+        }
+        let row = block(session.query_one("SELECT pg_try_advisory_lock($1)", &[&job_key(job)]))
+            .map_err(Failure::into_store)?;
+        let granted: bool = row.get(0);
+        if granted {
+            tracing::info!(job, "this node now runs the job");
+            held.insert(job.to_owned());
+        }
+        Ok(granted)
+    }
+
+    fn flush(&self) -> StoreResult<()> {
+        // Every write committed before it returned.
+        Ok(())
+    }
+
+    fn disk_bytes(&self) -> StoreResult<Option<u64>> {
+        self.read(|c| {
+            let row = block(c.query_one("SELECT pg_database_size(current_database())", &[]))?;
+            let n: i64 = row.get(0);
+            Ok(u64::try_from(n).ok())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefix_end;
+
+    #[test]
+    fn prefix_end_is_the_first_string_past_the_prefix() {
+        assert_eq!(prefix_end(b"ab"), Some(b"ac".to_vec()));
+        assert_eq!(prefix_end(b"a\xff"), Some(b"b".to_vec()));
+        assert_eq!(prefix_end(b"\xff\xff"), None);
+        assert_eq!(prefix_end(b""), None);
+    }
+}

@@ -1,0 +1,337 @@
+//! Several vault nodes over one PostgreSQL database: any node serves any request, and what
+//! one node changes the next call to another sees. Skipped (with the reason printed) when
+//! no PostgreSQL server can be started here; see `tests/support/postgres.rs`.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use pii_vault::proto::v1 as pb;
+use pii_vault::storage::{PgStore, Store};
+use tempfile::TempDir;
+use tonic::Code;
+
+use crate::erasure::erase;
+use crate::postgres;
+use crate::util::{create_tenant, get, put, test_config, text, text_of, TestVault};
+
+/// Two nodes on one fresh database. They share the root key, the dev PKI and the policy
+/// (as nodes of one deployment do); nothing else.
+async fn two_nodes(test: &str) -> Option<(TestVault, TestVault)> {
+    let server = postgres::server_or_skip(test)?;
+    let url = server.fresh_database();
+    let edit = |raw: &mut pii_vault::config::RawConfig| {
+        raw.storage.backend = Some("postgres".into());
+        raw.storage.postgres_url = Some(url.clone());
+    };
+    let a_dir = TempDir::new().expect("temp dir");
+    let a_config = test_config(a_dir.path(), edit);
+    let b_dir = TempDir::new().expect("temp dir");
+    copy_dir(a_dir.path(), b_dir.path());
+    let b_config = test_config(b_dir.path(), edit);
+    let node = |url: String| -> Arc<dyn Store> {
+        Arc::new(PgStore::connect(&url, 4).expect("connect to PostgreSQL"))
+    };
+    let a = TestVault::start_on(a_dir, a_config, Some(node(url.clone()))).await;
+    let b = TestVault::start_on(b_dir, b_config, Some(node(url.clone()))).await;
+    Some((a, b))
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    for entry in std::fs::read_dir(from).expect("read dir") {
+        let entry = entry.expect("entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("type").is_dir() {
+            std::fs::create_dir_all(&target).expect("mkdir");
+            copy_dir(&entry.path(), &target);
+        } else {
+            // fs::copy keeps the mode: the root key stays 0600.
+            std::fs::copy(entry.path(), &target).expect("copy");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_write_through_one_node_reads_back_through_the_other_and_erasure_applies_to_both() {
+    let Some((a, b)) = two_nodes("scale_out::write_read_erase").await else {
+        return;
+    };
+    create_tenant(&a, "acme").await;
+    let (mut on_a, mut on_b) = (a.records().await, b.records().await);
+    put(
+        &mut on_a,
+        "acme",
+        "alice",
+        vec![text("email", pb::Category::Account, "alice@example.com")],
+    )
+    .await
+    .expect("put through A");
+    let fields = get(&mut on_b, "acme", "alice", &["email"])
+        .await
+        .expect("get through B");
+    assert_eq!(text_of(&fields[0]), "alice@example.com");
+
+    // Read through B first, so B has the subject's DEK warm, then erase through A.
+    put(
+        &mut on_b,
+        "acme",
+        "alice",
+        vec![text("city", pb::Category::Profile, "Lyon")],
+    )
+    .await
+    .expect("put through B");
+    get(&mut on_b, "acme", "alice", &[]).await.expect("warm B");
+    erase(a.channel().await, "acme", "alice")
+        .await
+        .expect("erase through A");
+    let err = get(&mut on_b, "acme", "alice", &["email"])
+        .await
+        .expect_err("B must not serve an erased subject");
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    let err = put(
+        &mut on_b,
+        "acme",
+        "alice",
+        vec![text("city", pb::Category::Profile, "Paris")],
+    )
+    .await
+    .expect_err("B must not write an erased subject");
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+}
+
+#[tokio::test]
+async fn reads_on_both_nodes_make_one_audit_chain_that_verifies() {
+    let Some((a, b)) = two_nodes("scale_out::audit_chain").await else {
+        return;
+    };
+    create_tenant(&a, "acme").await;
+    let mut on_a = a.records().await;
+    for i in 0..20 {
+        put(
+            &mut on_a,
+            "acme",
+            &format!("u{i}"),
+            vec![text("n", pb::Category::Usage, "x")],
+        )
+        .await
+        .expect("put");
+    }
+    // Both nodes append at the same time: their batches race for the same places in the
+    // chain, and the loser re-chains after the winner.
+    let mut readers = Vec::new();
+    for node in [&a, &b] {
+        for r in 0..4 {
+            let mut client = node.records().await;
+            readers.push(tokio::spawn(async move {
+                for i in 0..25 {
+                    let subject = format!("u{}", (i + r) % 20);
+                    get(&mut client, "acme", &subject, &["n"])
+                        .await
+                        .expect("get");
+                }
+            }));
+        }
+    }
+    for r in readers {
+        r.await.expect("reader");
+    }
+    for node in [&a, &b] {
+        let report = pb::audit_service_client::AuditServiceClient::new(node.channel().await)
+            .verify_audit_log(pb::VerifyAuditLogRequest {})
+            .await
+            .expect("verify")
+            .into_inner();
+        assert!(report.ok, "{report:?}");
+        assert!(
+            report.checked >= 1 + 20 + 200,
+            "tenant, puts and 200 reads: {report:?}"
+        );
+    }
+    let reads =
+        crate::util::audit_events(&b.channel().await, crate::util::by_operation("get_fields"))
+            .await;
+    assert_eq!(
+        reads.len(),
+        200,
+        "every read through either node has its event"
+    );
+}
+
+#[tokio::test]
+async fn a_tenant_key_rotation_started_on_one_node_shows_in_the_others_key_status() {
+    let Some((a, b)) = two_nodes("scale_out::rotation").await else {
+        return;
+    };
+    create_tenant(&a, "acme").await;
+    let mut on_a = a.records().await;
+    for i in 0..50 {
+        put(
+            &mut on_a,
+            "acme",
+            &format!("u{i}"),
+            vec![text("n", pb::Category::Usage, "x")],
+        )
+        .await
+        .expect("put");
+    }
+    let rotated = pb::key_service_client::KeyServiceClient::new(a.channel().await)
+        .rotate_tenant_key(pb::RotateTenantKeyRequest {
+            tenant_id: "acme".into(),
+        })
+        .await
+        .expect("rotate on A")
+        .into_inner();
+    assert_eq!(rotated.new_version, 2);
+    let status = pb::key_service_client::KeyServiceClient::new(b.channel().await)
+        .get_key_status(pb::GetKeyStatusRequest {
+            tenant_id: "acme".into(),
+            count_deks: false,
+        })
+        .await
+        .expect("status on B")
+        .into_inner();
+    assert_eq!(status.tenants[0].current_version, 2, "{status:?}");
+    // B wraps new subjects under the new version and reads the old ones.
+    let mut on_b = b.records().await;
+    put(
+        &mut on_b,
+        "acme",
+        "new-on-b",
+        vec![text("n", pb::Category::Usage, "y")],
+    )
+    .await
+    .expect("put through B after the rotation");
+    let old = get(&mut on_b, "acme", "u7", &["n"])
+        .await
+        .expect("old subject through B");
+    assert_eq!(text_of(&old[0]), "x");
+}
+
+/// Key status of one tenant, through `channel`.
+async fn tenant_key_status(channel: tonic::transport::Channel) -> pb::TenantKeyStatus {
+    pb::key_service_client::KeyServiceClient::new(channel)
+        .get_key_status(pb::GetKeyStatusRequest {
+            tenant_id: "acme".into(),
+            count_deks: false,
+        })
+        .await
+        .expect("key status")
+        .into_inner()
+        .tenants
+        .remove(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_node_running_a_rewrap_is_killed_another_node_finishes_it() {
+    const SUBJECTS: usize = 1500;
+    let Some(server) = postgres::server_or_skip("scale_out::kill_during_rewrap") else {
+        return;
+    };
+    let url = server.fresh_database();
+    let work = TempDir::new().expect("temp dir");
+    let a_data = work.path().join("a");
+    // Small, paced batches so the re-wrap is still running when node A dies.
+    let settings = format!(
+        "[storage]\nbackend = \"postgres\"\npostgres_url = \"{url}\"\n\n\
+         [keys]\nrewrap_batch_size = 50\nrewrap_pause_ms = 20\n"
+    );
+    let config_file = work.path().join("vault.toml");
+    std::fs::write(&config_file, &settings).expect("config");
+    // Node A, a real process, starts first and so takes the key-jobs lease.
+    let a = crate::process::VaultProcess::start(
+        &a_data,
+        &work.path().join("a.log"),
+        &["--config", config_file.to_str().expect("utf-8 path")],
+    )
+    .await;
+    let b_dir = TempDir::new().expect("temp dir");
+    copy_dir(&a_data, b_dir.path());
+    let b_config = test_config(b_dir.path(), |raw| {
+        raw.storage.backend = Some("postgres".into());
+        raw.storage.postgres_url = Some(url.clone());
+        raw.keys.rewrap_batch_size = Some(50);
+        raw.keys.rewrap_pause_ms = Some(20);
+    });
+    let b_store: Arc<dyn Store> = Arc::new(PgStore::connect(&url, 4).expect("connect"));
+    let b = TestVault::start_on(b_dir, b_config, Some(b_store)).await;
+
+    let a_channel = a.channel().await;
+    pb::tenant_service_client::TenantServiceClient::new(a_channel.clone())
+        .create_tenant(pb::CreateTenantRequest {
+            tenant_id: "acme".into(),
+        })
+        .await
+        .expect("tenant");
+    let mut writers = Vec::new();
+    for w in 0..8 {
+        let channel = a_channel.clone();
+        writers.push(tokio::spawn(async move {
+            let mut client = pb::record_service_client::RecordServiceClient::new(channel);
+            for i in (w..SUBJECTS).step_by(8) {
+                put(
+                    &mut client,
+                    "acme",
+                    &format!("s{i}"),
+                    vec![text("n", pb::Category::Usage, &format!("v{i}"))],
+                )
+                .await
+                .expect("preload");
+            }
+        }));
+    }
+    for w in writers {
+        w.await.expect("writer");
+    }
+    pb::key_service_client::KeyServiceClient::new(a_channel.clone())
+        .rotate_tenant_key(pb::RotateTenantKeyRequest {
+            tenant_id: "acme".into(),
+        })
+        .await
+        .expect("rotate on A");
+
+    // Kill A once its re-wrap is under way, as B sees it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let status = tenant_key_status(b.channel().await).await;
+        let job = status.rewrap.expect("the re-wrap is still running");
+        if job.subjects_rewrapped >= 100 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "A's re-wrap made no progress"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    drop(a_channel);
+    drop(a); // SIGKILL
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let done = loop {
+        let status = tenant_key_status(b.channel().await).await;
+        if status.rewrap.is_none() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "B did not finish the re-wrap: {status:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(done.current_version, 2);
+    let v1 = done
+        .versions
+        .iter()
+        .find(|v| v.version == 1)
+        .expect("v1 listed");
+    assert!(
+        v1.destroyed_at.is_some(),
+        "B destroyed the old version: {done:?}"
+    );
+    let mut on_b = b.records().await;
+    for i in (0..SUBJECTS).step_by(97) {
+        let fields = get(&mut on_b, "acme", &format!("s{i}"), &["n"])
+            .await
+            .expect("read after the takeover");
+        assert_eq!(text_of(&fields[0]), format!("v{i}"));
+    }
+}
