@@ -67,6 +67,13 @@ pub enum KeyringError {
     /// The root keys were not loaded from a file, so they cannot be rotated.
     #[error("the root key has no file to rewrite, so it cannot be rotated")]
     NoRootFile,
+    /// Several nodes share the store, each with its own copy of the root key file; rotating
+    /// one copy would cut the others off.
+    #[error(
+        "root key rotation is not supported while several vault nodes share the store \
+         (storage.backend = \"postgres\")"
+    )]
+    SharedRoot,
     /// A concurrent change kept winning; the operation may be retried.
     #[error("the {0} kept changing concurrently")]
     Contended(&'static str),

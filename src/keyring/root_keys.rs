@@ -79,6 +79,9 @@ impl Keyring {
     /// Adds a root key version and makes it current (the file is rewritten atomically).
     /// Nothing is re-wrapped yet.
     pub(super) fn add_root_version(&self) -> Result<u32, KeyringError> {
+        if self.store.shared() {
+            return Err(KeyringError::SharedRoot);
+        }
         let version = {
             let mut root = self
                 .root

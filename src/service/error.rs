@@ -97,7 +97,7 @@ impl From<KeyringError> for ServiceError {
         match e {
             KeyringError::Store(e) => e.into(),
             KeyringError::Shredded => ServiceError::TenantShredded,
-            KeyringError::LimitReached(_) | KeyringError::NoRootFile => {
+            KeyringError::LimitReached(_) | KeyringError::NoRootFile | KeyringError::SharedRoot => {
                 ServiceError::KeyPrecondition(e.to_string())
             }
             KeyringError::Contended(_) | KeyringError::Retired => {

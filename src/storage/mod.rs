@@ -263,6 +263,12 @@ pub trait Store: Send + Sync + 'static {
     /// many were deleted.
     fn audit_prune(&self, through: u64, checkpoint: &[u8]) -> StoreResult<u64>;
 
+    /// True when several vault nodes may share this store (their root key files cannot be
+    /// rotated together yet, so root rotation is refused on such a store).
+    fn shared(&self) -> bool {
+        false
+    }
+
     /// Whether this node may run the background job `job` (re-wraps and key epochs,
     /// retention sweeps, audit pruning) now. A store shared by several nodes grants each job
     /// to one node at a time, until that node is gone; a store of one node always grants.

@@ -1341,6 +1341,10 @@ impl Store for PgStore {
         })
     }
 
+    fn shared(&self) -> bool {
+        true
+    }
+
     fn job_lease(&self, job: &str) -> StoreResult<bool> {
         let mut guard = self
             .leases

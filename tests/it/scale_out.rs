@@ -335,3 +335,30 @@ async fn when_the_node_running_a_rewrap_is_killed_another_node_finishes_it() {
         assert_eq!(text_of(&fields[0]), format!("v{i}"));
     }
 }
+
+#[tokio::test]
+async fn root_key_rotation_is_refused_while_nodes_share_the_store() {
+    let Some((a, b)) = two_nodes("scale_out::root_rotation_refused").await else {
+        return;
+    };
+    create_tenant(&a, "acme").await;
+    let err = pb::key_service_client::KeyServiceClient::new(a.channel().await)
+        .rotate_root_key(pb::RotateRootKeyRequest {})
+        .await
+        .expect_err("each node has its own copy of the root key file");
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("several vault nodes"), "{err:?}");
+    // Nothing changed: both nodes still read and write.
+    for node in [&a, &b] {
+        let mut client = node.records().await;
+        put(
+            &mut client,
+            "acme",
+            "u1",
+            vec![text("n", pb::Category::Usage, "x")],
+        )
+        .await
+        .expect("put after the refusal");
+        get(&mut client, "acme", "u1", &["n"]).await.expect("get");
+    }
+}
