@@ -254,13 +254,17 @@ pub fn verify_store(store: &dyn Store, key: &Key<Audit>) -> Result<VerifyReport,
     )
 }
 
-/// Seals `batch` as the continuation of `state`: the events, their stored rows, the new
-/// head mark and the MAC the next batch links to.
-fn chain_batch(
-    key: &Key<Audit>,
-    state: &ChainState,
-    batch: &[Append],
-) -> (Vec<AuditEvent>, Vec<(u64, Vec<u8>)>, Vec<u8>, [u8; MAC_LEN]) {
+/// A batch sealed for the store: the events, their stored rows, the new head mark and the
+/// MAC the next batch links to.
+struct Chained {
+    events: Vec<AuditEvent>,
+    rows: Vec<(u64, Vec<u8>)>,
+    head: Vec<u8>,
+    last_mac: [u8; MAC_LEN],
+}
+
+/// Seals `batch` as the continuation of `state`.
+fn chain_batch(key: &Key<Audit>, state: &ChainState, batch: &[Append]) -> Chained {
     let mut prev = state.last_mac;
     let events: Vec<AuditEvent> = batch
         .iter()
@@ -274,7 +278,12 @@ fn chain_batch(
     let last_seq = state.next_seq + events.len() as u64 - 1;
     let head = ChainMark::new(key, HEAD, last_seq, prev).encode();
     let rows = events.iter().map(|e| (e.seq, e.encode())).collect();
-    (events, rows, head, prev)
+    Chained {
+        events,
+        rows,
+        head,
+        last_mac: prev,
+    }
 }
 
 /// What the writer task writes with.
@@ -319,7 +328,12 @@ async fn write_loop(
         let mut attempts = 0;
         let (events, stored) = loop {
             attempts += 1;
-            let (events, rows, head, last_mac) = chain_batch(&key, &state, &batch);
+            let Chained {
+                events,
+                rows,
+                head,
+                last_mac,
+            } = chain_batch(&key, &state, &batch);
             let writer = store.clone();
             let stored = tokio::task::spawn_blocking(move || writer.audit_append(&rows, &head))
                 .await

@@ -296,7 +296,7 @@ fn one<C: GenericClient>(
     sql: &str,
     params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
 ) -> R<Option<Row>> {
-    Ok(block(c.query_opt(sql, params))?)
+    block(c.query_opt(sql, params))
 }
 
 fn rows<C: GenericClient>(
@@ -304,7 +304,7 @@ fn rows<C: GenericClient>(
     sql: &str,
     params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
 ) -> R<Vec<Row>> {
-    Ok(block(c.query(sql, params))?)
+    block(c.query(sql, params))
 }
 
 fn exec<C: GenericClient>(
@@ -312,7 +312,7 @@ fn exec<C: GenericClient>(
     sql: &str,
     params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
 ) -> R<u64> {
-    Ok(block(c.execute(sql, params))?)
+    block(c.execute(sql, params))
 }
 
 /// The tenant's record; `NoTenant` if there is none.
