@@ -1,28 +1,13 @@
 //! A store rolled back to an earlier state (sled drops a damaged log tail silently) is
 //! refused at start by the audit high-water mark, instead of serving erased subjects again.
 
-use std::path::Path;
-
 use pii_vault::proto::v1 as pb;
 use pii_vault::server::ServerError;
 use pii_vault::service::HIGH_WATER_FILE;
 use tokio::net::TcpListener;
 
 use crate::erasure::erase;
-use crate::util::{create_tenant, get, put, text, TestVault};
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for entry in std::fs::read_dir(from).expect("read dir") {
-        let entry = entry.expect("entry");
-        let target = to.join(entry.file_name());
-        if entry.file_type().expect("type").is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).expect("copy");
-        }
-    }
-}
+use crate::util::{copy_dir, create_tenant, get, put, text, TestVault};
 
 /// Starts `run` on the stopped vault's config and stops it at once; its result.
 async fn start_and_stop(config: &pii_vault::config::Config) -> Result<(), ServerError> {

@@ -2,7 +2,6 @@
 //! one node changes the next call to another sees. Skipped (with the reason printed) when
 //! no PostgreSQL server can be started here; see `tests/support/postgres.rs`.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use pii_vault::proto::v1 as pb;
@@ -12,7 +11,7 @@ use tonic::Code;
 
 use crate::erasure::erase;
 use crate::postgres;
-use crate::util::{create_tenant, get, put, test_config, text, text_of, TestVault};
+use crate::util::{copy_dir, create_tenant, get, put, test_config, text, text_of, TestVault};
 
 /// Two nodes on one fresh database. They share the root key, the dev PKI and the policy
 /// (as nodes of one deployment do); nothing else.
@@ -34,20 +33,6 @@ async fn two_nodes(test: &str) -> Option<(TestVault, TestVault)> {
     let a = TestVault::start_on(a_dir, a_config, Some(node(url.clone()))).await;
     let b = TestVault::start_on(b_dir, b_config, Some(node(url.clone()))).await;
     Some((a, b))
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    for entry in std::fs::read_dir(from).expect("read dir") {
-        let entry = entry.expect("entry");
-        let target = to.join(entry.file_name());
-        if entry.file_type().expect("type").is_dir() {
-            std::fs::create_dir_all(&target).expect("mkdir");
-            copy_dir(&entry.path(), &target);
-        } else {
-            // fs::copy keeps the mode: the root key stays 0600.
-            std::fs::copy(entry.path(), &target).expect("copy");
-        }
-    }
 }
 
 #[tokio::test]
@@ -103,18 +88,7 @@ async fn reads_on_both_nodes_make_one_audit_chain_that_verifies() {
     let Some((a, b)) = two_nodes("scale_out::audit_chain").await else {
         return;
     };
-    create_tenant(&a, "acme").await;
-    let mut on_a = a.records().await;
-    for i in 0..20 {
-        put(
-            &mut on_a,
-            "acme",
-            &format!("u{i}"),
-            vec![text("n", pb::Category::Usage, "x")],
-        )
-        .await
-        .expect("put");
-    }
+    seed_subjects(&a, 20).await;
     // Both nodes append at the same time: their batches race for the same places in the
     // chain, and the loser re-chains after the winner.
     let mut readers = Vec::new();
@@ -161,18 +135,7 @@ async fn a_tenant_key_rotation_started_on_one_node_shows_in_the_others_key_statu
     let Some((a, b)) = two_nodes("scale_out::rotation").await else {
         return;
     };
-    create_tenant(&a, "acme").await;
-    let mut on_a = a.records().await;
-    for i in 0..50 {
-        put(
-            &mut on_a,
-            "acme",
-            &format!("u{i}"),
-            vec![text("n", pb::Category::Usage, "x")],
-        )
-        .await
-        .expect("put");
-    }
+    seed_subjects(&a, 50).await;
     let rotated = pb::key_service_client::KeyServiceClient::new(a.channel().await)
         .rotate_tenant_key(pb::RotateTenantKeyRequest {
             tenant_id: "acme".into(),
@@ -204,6 +167,22 @@ async fn a_tenant_key_rotation_started_on_one_node_shows_in_the_others_key_statu
         .await
         .expect("old subject through B");
     assert_eq!(text_of(&old[0]), "x");
+}
+
+/// Creates the tenant "acme" through `node` with subjects u0..u{n} of one field "n" = "x".
+async fn seed_subjects(node: &TestVault, n: usize) {
+    create_tenant(node, "acme").await;
+    let mut client = node.records().await;
+    for i in 0..n {
+        put(
+            &mut client,
+            "acme",
+            &format!("u{i}"),
+            vec![text("n", pb::Category::Usage, "x")],
+        )
+        .await
+        .expect("put");
+    }
 }
 
 /// Key status of one tenant, through `channel`.

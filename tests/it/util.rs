@@ -365,3 +365,18 @@ pub fn clocked_vault(
     };
     (vault, clock, store, call)
 }
+
+/// Copies a directory tree (the data directory of a stopped vault, say); `fs::copy` keeps
+/// each file's mode, so a root key file stays 0600.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read dir") {
+        let entry = entry.expect("entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("type").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy");
+        }
+    }
+}
