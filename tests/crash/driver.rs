@@ -121,6 +121,7 @@ pub async fn run(cycles: usize, seed: u64) -> Report {
     std::fs::create_dir_all(&h.logs).expect("log dir");
     let mut vault = h.start().await;
     h.setup(&vault).await;
+    let mut shown = 0;
     for cycle in 0..cycles {
         h.run_and_kill(&mut vault, cycle).await;
         h.offline_check();
@@ -131,6 +132,11 @@ pub async fn run(cycles: usize, seed: u64) -> Report {
         h.check_after_restart(&vault, cycle, cycle + 1 == cycles)
             .await;
         h.report.cycles += 1;
+        // Long runs show each violation when it happens, not only at the end.
+        for v in &h.report.violations[shown..] {
+            eprintln!("cycle {cycle}: VIOLATION: {v}");
+        }
+        shown = h.report.violations.len();
         if h.report.cycles.is_multiple_of(PROGRESS_EVERY) {
             h.report.elapsed = began.elapsed();
             h.report.reads_audited = h.audit.found;
