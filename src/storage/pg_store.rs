@@ -29,13 +29,12 @@ use crate::crypto::Sealed;
 use crate::domain::{FieldName, SubjectId, SubjectState, TenantId, Timestamp};
 
 use super::records::{
-    category_bit, decode_state, encode_state, Erasure, FieldRecord, SubjectRecord, SubjectWrite,
-    TenantRecord, Tombstone, Written,
+    decode_state, encode_state, Erasure, FieldRecord, SubjectRecord, SubjectWrite, TenantRecord,
+    Tombstone, Written,
 };
 use super::{
     AuditMarks, KeyChange, KeyUpdate, Store, StoreError, StoreResult, SubjectUpdate, TenantKeyState,
 };
-use crate::domain::FieldMeta;
 
 const AUDIT_HEAD: &str = "audit_head";
 const AUDIT_CHECKPOINT: &str = "audit_checkpoint";
@@ -767,10 +766,7 @@ impl Store for PgStore {
         subject: &SubjectId,
         write: &SubjectWrite,
     ) -> StoreResult<Vec<Written>> {
-        let mask = write
-            .fields
-            .iter()
-            .fold(0, |m, f| m | category_bit(f.category));
+        let mask = write.categories();
         self.tx(|t| {
             let current = current_kek(t, tenant)?;
             let erased = one(
@@ -809,14 +805,7 @@ impl Store for PgStore {
                     record.index_entries.push(f.index_entry.clone());
                     dirty = true;
                 }
-                let meta = FieldMeta {
-                    name: f.name.clone(),
-                    category: f.category,
-                    version: previous.as_ref().map_or(1, |p| p.meta.version + 1),
-                    created_at: previous.as_ref().map_or(write.now, |p| p.meta.created_at),
-                    updated_at: write.now,
-                    updated_by: write.by.clone(),
-                };
+                let meta = f.next_meta(previous.as_ref(), write);
                 if let Some(old) = previous.as_ref().filter(|p| p.expires_at.0 != 0) {
                     exec(
                         t,
@@ -843,13 +832,7 @@ impl Store for PgStore {
                         ],
                     )?;
                 }
-                let stored_field = FieldRecord {
-                    meta: meta.clone(),
-                    kind: f.kind,
-                    sealed: f.sealed.clone(),
-                    index_entry: f.index_entry.clone(),
-                    expires_at: f.expires_at,
-                };
+                let stored_field = f.record(meta.clone());
                 put_field(t, tenant, subject, &stored_field)?;
                 written.push(Written {
                     meta,

@@ -350,6 +350,32 @@ pub struct SealedField {
     pub expires_at: Timestamp,
 }
 
+impl SealedField {
+    /// The metadata of the version this write stores, after the stored `previous` version:
+    /// versions count up from 1 and `created_at` stays the first write's.
+    pub fn next_meta(&self, previous: Option<&FieldRecord>, write: &SubjectWrite) -> FieldMeta {
+        FieldMeta {
+            name: self.name.clone(),
+            category: self.category,
+            version: previous.map_or(1, |p| p.meta.version + 1),
+            created_at: previous.map_or(write.now, |p| p.meta.created_at),
+            updated_at: write.now,
+            updated_by: write.by.clone(),
+        }
+    }
+
+    /// The record stored for this field as version `meta`.
+    pub fn record(&self, meta: FieldMeta) -> FieldRecord {
+        FieldRecord {
+            meta,
+            kind: self.kind,
+            sealed: self.sealed.clone(),
+            index_entry: self.index_entry.clone(),
+            expires_at: self.expires_at,
+        }
+    }
+}
+
 /// One atomic write of a subject's fields.
 #[derive(Clone, Debug)]
 pub struct SubjectWrite {
@@ -360,6 +386,15 @@ pub struct SubjectWrite {
     pub now: Timestamp,
     /// Identity of the caller writing.
     pub by: String,
+}
+
+impl SubjectWrite {
+    /// The categories of the fields written, as a category mask.
+    pub fn categories(&self) -> u32 {
+        self.fields
+            .iter()
+            .fold(0, |m, f| m | category_bit(f.category))
+    }
 }
 
 /// A field version written, and the metadata (never the value) of the version it replaced.

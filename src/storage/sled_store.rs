@@ -29,11 +29,11 @@ use std::time::{Duration, Instant};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 
 use crate::crypto::Sealed;
-use crate::domain::{FieldMeta, FieldName, SubjectId, SubjectState, TenantId, Timestamp};
+use crate::domain::{FieldName, SubjectId, SubjectState, TenantId, Timestamp};
 
 use super::records::{
-    category_bit, decode_state, encode_state, Erasure, FieldRecord, SubjectRecord, SubjectWrite,
-    TenantRecord, Tombstone, Written,
+    decode_state, encode_state, Erasure, FieldRecord, SubjectRecord, SubjectWrite, TenantRecord,
+    Tombstone, Written,
 };
 use super::{
     AuditMarks, KeyChange, KeyUpdate, Store, StoreError, StoreResult, SubjectUpdate, TenantKeyState,
@@ -456,10 +456,7 @@ impl Store for SledStore {
         let trees = self.existing_trees(tenant)?;
         let tkey = tenant.as_str().as_bytes();
         let skey = subject_key(subject);
-        let mask = write
-            .fields
-            .iter()
-            .fold(0, |m, f| m | category_bit(f.category));
+        let mask = write.categories();
         (
             &self.tenants,
             &trees.subjects,
@@ -514,27 +511,14 @@ impl Store for SledStore {
                         record.index_entries.push(f.index_entry.clone());
                         dirty = true;
                     }
-                    let meta = FieldMeta {
-                        name: f.name.clone(),
-                        category: f.category,
-                        version: previous.as_ref().map_or(1, |p| p.meta.version + 1),
-                        created_at: previous.as_ref().map_or(write.now, |p| p.meta.created_at),
-                        updated_at: write.now,
-                        updated_by: write.by.clone(),
-                    };
+                    let meta = f.next_meta(previous.as_ref(), write);
                     if let Some(old) = previous.as_ref().filter(|p| p.expires_at.0 != 0) {
                         expiry.remove(expiry_key(old.expires_at, subject, &f.name))?;
                     }
                     if f.expires_at.0 != 0 {
                         expiry.insert(expiry_key(f.expires_at, subject, &f.name), &[] as &[u8])?;
                     }
-                    let stored_field = FieldRecord {
-                        meta: meta.clone(),
-                        kind: f.kind,
-                        sealed: f.sealed.clone(),
-                        index_entry: f.index_entry.clone(),
-                        expires_at: f.expires_at,
-                    };
+                    let stored_field = f.record(meta.clone());
                     fields.insert(key, stored_field.encode())?;
                     written.push(Written {
                         meta,
