@@ -155,8 +155,12 @@ fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
 
 /// A pool of connections to one PostgreSQL database.
 pub struct PgStore {
-    pool: Mutex<Vec<Client>>,
+    /// Free slots: a connection, or `None` for one to open again (it closed: the database
+    /// restarted, the network failed). A slot is never lost.
+    pool: Mutex<Vec<Option<Client>>>,
     returned: Condvar,
+    /// The connection string (it may hold a password: never printed).
+    url: String,
     /// The session that holds this node's job leases (PostgreSQL advisory locks, released
     /// by the server when the session ends: when this node stops or dies), and the jobs
     /// it holds.
@@ -180,25 +184,13 @@ impl PgStore {
         // One more connection than the pool: the session holding the job leases.
         let mut clients = Vec::with_capacity(connections.max(1) + 1);
         for _ in 0..=connections.max(1) {
-            let url = url.to_owned();
-            let connected = runtime.spawn(async move {
-                let (client, connection) = tokio_postgres::connect(&url, NoTls).await?;
-                tokio::spawn(async move {
-                    if let Err(e) = connection.await {
-                        tracing::warn!(error = %pg_error(&e), "PostgreSQL connection closed");
-                    }
-                });
-                Ok::<_, tokio_postgres::Error>(client)
-            });
-            let client = futures_executor::block_on(connected)
-                .map_err(|e| StoreError::Backend(format!("PostgreSQL connect task: {e}")))?
-                .map_err(|e| pg_error(&e))?;
-            clients.push(client);
+            clients.push(Some(open_client(&runtime, url)?));
         }
-        let lease_session = clients.pop().expect("at least two connections");
+        let lease_session = clients.pop().flatten().expect("at least two connections");
         let store = Self {
             pool: Mutex::new(clients),
             returned: Condvar::new(),
+            url: url.to_owned(),
             leases: Mutex::new((lease_session, HashSet::new())),
             runtime: Some(runtime),
         };
@@ -208,14 +200,14 @@ impl PgStore {
 
     /// Runs `f` with a connection of the pool to itself, waiting for one if all are busy.
     fn with_client<T>(&self, f: impl FnOnce(&mut Client) -> R<T>) -> StoreResult<T> {
-        let mut client = {
+        let slot = {
             let mut pool = self
                 .pool
                 .lock()
                 .map_err(|_| StoreError::Backend("PostgreSQL pool poisoned".into()))?;
             loop {
-                if let Some(c) = pool.pop() {
-                    break c;
+                if let Some(slot) = pool.pop() {
+                    break slot;
                 }
                 pool = self
                     .returned
@@ -223,19 +215,32 @@ impl PgStore {
                     .map_err(|_| StoreError::Backend("PostgreSQL pool poisoned".into()))?;
             }
         };
-        let result = f(&mut client);
-        if !client.is_closed() {
-            if let Ok(mut pool) = self.pool.lock() {
-                pool.push(client);
+        let opened = match slot {
+            Some(c) if !c.is_closed() => Ok(c),
+            _ => self.reconnect(),
+        };
+        let (result, back) = match opened {
+            Ok(mut client) => {
+                let result = f(&mut client).map_err(Failure::into_store);
+                (result, Some(client))
             }
-            self.returned.notify_one();
-        } else {
-            // A closed connection is not returned: its slot is lost until a restart, and
-            // the error below says why.
-            tracing::warn!("a PostgreSQL connection closed; the pool has one fewer");
-            self.returned.notify_one();
+            Err(e) => (Err(e), None),
+        };
+        if let Ok(mut pool) = self.pool.lock() {
+            pool.push(back);
         }
-        result.map_err(Failure::into_store)
+        self.returned.notify_one();
+        result
+    }
+
+    /// A new connection in place of a closed one.
+    fn reconnect(&self) -> StoreResult<Client> {
+        let runtime = self
+            .runtime
+            .as_ref()
+            .ok_or_else(|| StoreError::Backend("the PostgreSQL store is closing".into()))?;
+        tracing::warn!("a PostgreSQL connection closed; opening it again");
+        open_client(runtime, &self.url)
     }
 
     /// One statement on a pooled connection.
@@ -268,6 +273,23 @@ impl PgStore {
             }
         })
     }
+}
+
+/// Opens one connection, driven by `runtime`.
+fn open_client(runtime: &tokio::runtime::Runtime, url: &str) -> StoreResult<Client> {
+    let url = url.to_owned();
+    let connected = runtime.spawn(async move {
+        let (client, connection) = tokio_postgres::connect(&url, NoTls).await?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::warn!(error = %pg_error(&e), "PostgreSQL connection closed");
+            }
+        });
+        Ok::<_, tokio_postgres::Error>(client)
+    });
+    futures_executor::block_on(connected)
+        .map_err(|e| StoreError::Backend(format!("PostgreSQL connect task: {e}")))?
+        .map_err(|e| pg_error(&e))
 }
 
 /// The advisory lock key of a job: the first 8 bytes of SHA-256 of its name, so every node
@@ -1335,11 +1357,10 @@ impl Store for PgStore {
             .map_err(|_| StoreError::Backend("PostgreSQL lease session poisoned".into()))?;
         let (session, held) = &mut *guard;
         if session.is_closed() {
-            // Whatever this node held is free for the others now; it takes nothing new.
+            // Whatever this node held was released with the session, and another node may
+            // have taken it: start again from nothing, on a new session.
             held.clear();
-            return Err(StoreError::Backend(
-                "the PostgreSQL session holding job leases closed".into(),
-            ));
+            *session = self.reconnect()?;
         }
         if held.contains(job) {
             return Ok(true);

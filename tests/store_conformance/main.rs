@@ -58,3 +58,55 @@ mod postgres_backend {
 
     conformance_tests!(open);
 }
+
+/// PostgreSQL only: connections the server drops are opened again, and no pool slot is lost.
+mod postgres_reconnect {
+    use std::process::Command;
+
+    use pii_vault::storage::{PgStore, Store};
+
+    use crate::postgres;
+
+    #[test]
+    fn connections_closed_by_the_server_are_opened_again() {
+        let Some(server) = postgres::server_or_skip("postgres_reconnect") else {
+            return;
+        };
+        let url = server.fresh_database();
+        let store = PgStore::connect(&url, 2).expect("connect");
+        store.meta_init("k", b"v").expect("first write");
+        // Cut every session of this database but psql's own, as a restart would.
+        let dbname = url.rsplit("dbname=").next().expect("dbname");
+        let sql = format!(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE datname = '{dbname}' AND pid <> pg_backend_pid()"
+        );
+        let out = Command::new(server.psql())
+            .args(["-q", "-t", "-d", &url, "-c", &sql])
+            .output()
+            .expect("psql");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let cut: u32 = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .expect("count");
+        assert!(
+            cut >= 3,
+            "two pool connections and the lease session were cut: {cut}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        // More calls than slots: each slot opens its connection again.
+        for i in 0..10 {
+            assert_eq!(
+                store.meta("k").expect("read after the cut").as_deref(),
+                Some(&b"v"[..]),
+                "call {i}"
+            );
+        }
+        assert!(store.job_lease("some-job").expect("a new lease session"));
+    }
+}

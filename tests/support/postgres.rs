@@ -34,11 +34,7 @@ impl Postgres {
         let name = format!("pv_test_{}_{n}", std::process::id());
         let admin = format!("{} dbname=postgres", self.base);
         let sql = format!("CREATE DATABASE {name}");
-        let psql = self
-            .bin
-            .as_ref()
-            .map_or(PathBuf::from("psql"), |b| b.join("psql"));
-        let out = Command::new(psql)
+        let out = Command::new(self.psql())
             .args(["-v", "ON_ERROR_STOP=1", "-q", "-d", &admin, "-c", &sql])
             .output()
             .expect("run psql");
@@ -48,6 +44,13 @@ impl Postgres {
             String::from_utf8_lossy(&out.stderr)
         );
         format!("{} dbname={name}", self.base)
+    }
+
+    /// The `psql` to use.
+    pub fn psql(&self) -> PathBuf {
+        self.bin
+            .as_ref()
+            .map_or(PathBuf::from("psql"), |b| b.join("psql"))
     }
 
     pub fn host_port(&self) -> (String, u16) {
