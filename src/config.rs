@@ -143,7 +143,7 @@ pub struct RawStorage {
     pub backend: Option<String>,
     /// The PostgreSQL connection string (`host=… port=… user=… dbname=…` or a URL). It may
     /// carry a password: keep the config file private. Never logged or printed.
-    pub postgres_url: Option<String>,
+    pub postgres_url: Option<SecretString>,
     /// Connections in the PostgreSQL pool. Default 16.
     pub postgres_connections: Option<u64>,
 }
@@ -161,7 +161,8 @@ pub enum Backend {
 }
 
 /// A string that may hold a credential: its Debug output never shows it.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
 pub struct SecretString(pub String);
 
 impl std::fmt::Debug for SecretString {
@@ -493,10 +494,7 @@ impl RawStorage {
                     1,
                     1024,
                 )?;
-                Ok(Backend::Postgres {
-                    url: SecretString(url),
-                    connections,
-                })
+                Ok(Backend::Postgres { url, connections })
             }
             other => Err(ConfigError::Invalid(format!(
                 "storage.backend is {other:?}; it must be \"sled\" or \"postgres\""
@@ -565,6 +563,17 @@ pub fn bootstrap(config: &Config) -> Result<Bootstrapped, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_database_password_never_reaches_debug_output() {
+        let raw: RawConfig = toml::from_str(
+            "[storage]\nbackend = \"postgres\"\npostgres_url = \"host=db user=v password=hunter2\"\n",
+        )
+        .expect("parses");
+        assert!(!format!("{raw:?}").contains("hunter2"));
+        let config = raw.validate().expect("validates");
+        assert!(!format!("{config:?}").contains("hunter2"));
+    }
 
     #[test]
     fn defaults_are_safe() {

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use pii_vault::config::SecretString;
 use pii_vault::proto::v1 as pb;
 use pii_vault::storage::{PgStore, Store};
 use tempfile::TempDir;
@@ -20,7 +21,7 @@ async fn two_nodes(test: &str) -> Option<(TestVault, TestVault)> {
     let url = server.fresh_database();
     let edit = |raw: &mut pii_vault::config::RawConfig| {
         raw.storage.backend = Some("postgres".into());
-        raw.storage.postgres_url = Some(url.clone());
+        raw.storage.postgres_url = Some(SecretString(url.clone()));
     };
     let a_dir = TempDir::new().expect("temp dir");
     let a_config = test_config(a_dir.path(), edit);
@@ -226,7 +227,7 @@ async fn when_the_node_running_a_rewrap_is_killed_another_node_finishes_it() {
     copy_dir(&a_data, b_dir.path());
     let b_config = test_config(b_dir.path(), |raw| {
         raw.storage.backend = Some("postgres".into());
-        raw.storage.postgres_url = Some(url.clone());
+        raw.storage.postgres_url = Some(SecretString(url.clone()));
         raw.keys.rewrap_batch_size = Some(50);
         raw.keys.rewrap_pause_ms = Some(20);
     });
