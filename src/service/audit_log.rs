@@ -384,11 +384,14 @@ async fn write_loop(
         }
         if let (Some(hw), true) = (&high_water, result.is_ok()) {
             if hw.advance(state.next_seq - 1, state.last_mac) {
+                // Off the writer's path: the next batch does not wait for this file's fsyncs
+                // (writes of the mark are serialized inside `persist`).
                 let (hw, key) = (hw.clone(), key.clone());
-                let written = tokio::task::spawn_blocking(move || hw.persist(&key)).await;
-                if !matches!(written, Ok(Ok(()))) {
-                    tracing::warn!("could not write the audit high-water mark");
-                }
+                tokio::task::spawn_blocking(move || {
+                    if hw.persist(&key).is_err() {
+                        tracing::warn!("could not write the audit high-water mark");
+                    }
+                });
             }
         }
         // The SIEM mirror is written after the callers were answered; its failures are

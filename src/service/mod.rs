@@ -160,8 +160,9 @@ impl Vault {
         settings: VaultSettings,
     ) -> Result<Self, ServiceError> {
         // First, before any task holds the store: a refused store is released at once.
+        let audit_key = keys.audit_key()?;
         let high_water = match settings.high_water_file {
-            Some(path) => Some(HighWater::check(path, store.as_ref(), &keys.audit_key()?)?),
+            Some(path) => Some(HighWater::check(path, store.as_ref(), &audit_key)?),
             None => None,
         };
         let commit = GroupCommit::start(store.clone(), settings.metrics.clone());
@@ -181,7 +182,7 @@ impl Vault {
         let audit = AuditLog::start(
             store.clone(),
             commit.clone(),
-            keys.audit_key()?,
+            audit_key,
             sink,
             settings.audit_timeout,
             settings.metrics.clone(),
