@@ -32,9 +32,9 @@ pub use root_keys::RootRotation;
 pub use tenant_keys::{RewrapBatch, SubjectDeks};
 pub use usage::{KeyLimits, SealGrant};
 
-use crate::crypto::{mac_eq, Aad, Audit, CryptoError, Index, Kek, Key, Sealed, MAC_LEN};
+use crate::crypto::{mac_eq, Aad, Audit, CryptoError, Index, Kek, Key, Root, Sealed, MAC_LEN};
 use crate::domain::{Clock, SubjectId, SystemClock, TenantId, Timestamp};
-use crate::storage::{Store, StoreError, TenantRecord};
+use crate::storage::{Fence, FenceMode, Store, StoreError, TenantRecord};
 
 /// Store metadata key holding the root key check value the data directory was created with.
 const ROOT_CHECK: &str = "root_key_check";
@@ -67,13 +67,13 @@ pub enum KeyringError {
     /// The root keys were not loaded from a file, so they cannot be rotated.
     #[error("the root key has no file to rewrite, so it cannot be rotated")]
     NoRootFile,
-    /// Several nodes share the store, each with its own copy of the root key file; rotating
-    /// one copy would cut the others off.
+    /// The store holds keys wrapped under a root key version this node's root key file
+    /// does not have: another node rotated the root key in a file this node does not share.
     #[error(
-        "root key rotation is not supported while several vault nodes share the store \
-         (storage.backend = \"postgres\")"
+        "root key version {0} is not in this node's root key file: every vault node that \
+         shares the store must use the same root key file (keys.root_key_file)"
     )]
-    SharedRoot,
+    RootFileNotShared(u32),
     /// A concurrent change kept winning; the operation may be retried.
     #[error("the {0} kept changing concurrently")]
     Contended(&'static str),
@@ -219,16 +219,23 @@ impl Keyring {
     /// The key that MACs the audit chain: created (and stored wrapped by the root key) on
     /// first use, unwrapped on every later start.
     pub fn audit_key(&self) -> Result<Key<Audit>, KeyringError> {
-        if let Some(stored) = self.store.meta(AUDIT_KEY)? {
-            return self.unwrap_audit_key(&stored);
+        if self.store.meta(AUDIT_KEY)?.is_none() {
+            let fresh: Key<Audit> = Key::generate(1)?;
+            let (_fence, root) = self.root_for_wrap()?;
+            let candidate = self.wrap_under_root(&root, &fresh, &audit_aad())?.encode();
+            // Another node may have stored its own first: every node uses the stored one.
+            self.store.meta_init(AUDIT_KEY, &candidate)?;
         }
-        let fresh: Key<Audit> = Key::generate(1)?;
-        let candidate = {
-            let root = self.root()?;
-            self.wrap_under_root(&root, &fresh, &audit_aad())?.encode()
-        };
-        let stored = self.store.meta_init(AUDIT_KEY, &candidate)?;
-        self.unwrap_audit_key(&stored)
+        self.open_under_root(
+            || {
+                let stored = self
+                    .store
+                    .meta(AUDIT_KEY)?
+                    .ok_or(KeyringError::Missing("audit key"))?;
+                Sealed::decode(&stored).map_err(|_| KeyringError::Missing("audit key"))
+            },
+            |root, wrapped| Ok(root.unwrap_key(wrapped, 1, &audit_aad())?),
+        )
     }
 
     /// A tenant's blind-index keys, newest (current) first; the first is created on first use.
@@ -248,20 +255,23 @@ impl Keyring {
             stored = self.store.meta_scan(&prefix)?;
         }
         let mut keys = Vec::new();
-        for (name, bytes) in stored {
+        for (name, _) in stored {
             let version: u32 = name[prefix.len()..]
                 .parse()
                 .map_err(|_| KeyringError::Missing("index key version"))?;
-            let wrapped = Sealed::decode(&bytes).map_err(|_| KeyringError::Missing("index key"))?;
-            let root = self.root()?;
-            let root = root
-                .version(wrapped.key_version())
-                .ok_or(KeyringError::Missing("root key version"))?;
-            keys.push(Arc::new(root.unwrap_key::<Index>(
-                &wrapped,
-                version,
-                &index_aad(tenant),
-            )?));
+            let key = self.open_under_root(
+                || {
+                    let bytes = self
+                        .store
+                        .meta(&name)?
+                        .ok_or(KeyringError::Missing("index key"))?;
+                    Sealed::decode(&bytes).map_err(|_| KeyringError::Missing("index key"))
+                },
+                |root, wrapped| {
+                    Ok(root.unwrap_key::<Index>(wrapped, version, &index_aad(tenant))?)
+                },
+            )?;
+            keys.push(Arc::new(key));
         }
         keys.sort_by_key(|k| std::cmp::Reverse(k.version()));
         if let Ok(mut cache) = self.index_keys.write() {
@@ -272,7 +282,8 @@ impl Keyring {
 
     fn add_index_key(&self, tenant: &TenantId, version: u32) -> Result<(), KeyringError> {
         let key: Key<Index> = Key::generate(version)?;
-        let wrapped = self.root()?.current().wrap(&key, &index_aad(tenant))?;
+        let (_fence, root) = self.root_for_wrap()?;
+        let wrapped = self.wrap_under_root(&root, &key, &index_aad(tenant))?;
         // Zero-padded so the store's key order is version order.
         self.store.meta_init(
             &format!("{}{version:010}", index_key_prefix(tenant)),
@@ -310,15 +321,6 @@ impl Keyring {
         }
     }
 
-    fn unwrap_audit_key(&self, stored: &[u8]) -> Result<Key<Audit>, KeyringError> {
-        let wrapped = Sealed::decode(stored).map_err(|_| KeyringError::Missing("audit key"))?;
-        let root = self.root()?;
-        let key = root
-            .version(wrapped.key_version())
-            .ok_or(KeyringError::Missing("root key version"))?;
-        Ok(key.unwrap_key(&wrapped, 1, &audit_aad())?)
-    }
-
     /// Creates a tenant and its first KEK, wrapped by the current root key, in the store.
     /// Returns `None` if the tenant already exists.
     pub fn create_tenant(
@@ -333,27 +335,65 @@ impl Keyring {
             kek_version: kek.version(),
             shredded_at: None,
         };
-        // The read guard spans wrap and store: a root rotation cannot destroy the version
-        // this KEK is wrapped under before it is stored where the rotation will find it.
-        let root = self.root_for_wrap()?;
+        // The fence and read guard span wrap and store: a root rotation cannot destroy the
+        // version this KEK is wrapped under before it is stored where the rotation will
+        // find it.
+        let (_fence, root) = self.root_for_wrap()?;
         let wrapped = self.wrap_under_root(&root, &kek, &kek_aad(id))?;
         let created = self.store.create_tenant(&record, &wrapped)?;
         Ok(created.then_some(record))
     }
 
-    /// A read guard on root keys whose current version may wrap one more key: rotates the
-    /// root key first (adding a version) if the current one reached its limit.
-    fn root_for_wrap(&self) -> Result<RwLockReadGuard<'_, RootKeys>, KeyringError> {
+    /// The root key fence and a read guard on root keys whose current version may wrap one
+    /// more key; hold both until the wrapped key is in the store. Rotates the root key first
+    /// (adding a version) if the current one reached its limit.
+    ///
+    /// On a store shared by several nodes the fence keeps every other node from destroying
+    /// a root key version meanwhile, and the root key file is read again first if another
+    /// node changed it, so the wrap is under the version current for every node.
+    fn root_for_wrap(&self) -> Result<(Fence<'_>, RwLockReadGuard<'_, RootKeys>), KeyringError> {
         for _ in 0..3 {
+            let fence = self.store.root_fence(FenceMode::Shared)?;
+            self.sync_root()?;
             let root = self.root()?;
             if self.usage.root_has_room(&root, self.store.as_ref())? {
-                return Ok(root);
+                return Ok((fence, root));
             }
             drop(root);
+            drop(fence);
             tracing::info!("root key reached its usage limit; adding a new version");
             self.add_root_version()?;
         }
         Err(KeyringError::Contended("root key"))
+    }
+
+    /// Opens a key wrapped under the root key, as `fetch` reads it from the store. A copy
+    /// under a version this node does not hold may have been read just before a root
+    /// rotation re-wrapped it and destroyed that version: it is read again once. On a shared
+    /// store the version may also be one another node added: the root key file is read
+    /// again first.
+    fn open_under_root<T>(
+        &self,
+        fetch: impl Fn() -> Result<Sealed, KeyringError>,
+        open: impl Fn(&Key<Root>, &Sealed) -> Result<T, KeyringError>,
+    ) -> Result<T, KeyringError> {
+        let mut wrapped = fetch()?;
+        for again in [true, false] {
+            if let Some(key) = self.root()?.version(wrapped.key_version()) {
+                return open(key, &wrapped);
+            }
+            if again {
+                if self.store.shared() {
+                    self.reload_root()?;
+                }
+                wrapped = fetch()?;
+            }
+        }
+        Err(if self.store.shared() {
+            KeyringError::RootFileNotShared(wrapped.key_version())
+        } else {
+            KeyringError::Missing("root key version")
+        })
     }
 
     fn wrap_under_root<C: crate::crypto::KeyRole>(
@@ -378,20 +418,17 @@ impl Keyring {
         {
             return Ok(k);
         }
-        let Some(wrapped) = self.store.kek(tenant, version)? else {
-            return Err(match self.store.tenant(tenant)? {
+        let fetch = || match self.store.kek(tenant, version)? {
+            Some(wrapped) => Ok(wrapped),
+            None => Err(match self.store.tenant(tenant)? {
                 Some(t) if t.shredded_at.is_some() => KeyringError::Shredded,
                 Some(t) if version < t.kek_version => KeyringError::Retired,
                 _ => KeyringError::Missing("tenant key"),
-            });
+            }),
         };
-        let kek = {
-            let root = self.root()?;
-            let key = root
-                .version(wrapped.key_version())
-                .ok_or(KeyringError::Missing("root key version"))?;
-            Arc::new(key.unwrap_key::<Kek>(&wrapped, version, &kek_aad(tenant))?)
-        };
+        let kek = Arc::new(self.open_under_root(fetch, |root, wrapped| {
+            Ok(root.unwrap_key::<Kek>(wrapped, version, &kek_aad(tenant))?)
+        })?);
         if let Ok(mut map) = self.keks.write() {
             map.insert(cache_key, kek.clone());
         }

@@ -4,15 +4,24 @@
 //!
 //! A crash at any point leaves a file that still holds every version something is wrapped
 //! under; `finish_root_rotation` (run at start) completes the rotation.
+//!
+//! Several nodes sharing a store (PostgreSQL) share one root key file too. Adding and
+//! destroying versions hold the store's root key fence exclusively, after reading the file
+//! again; every wrap under the root key holds it shared until its wrapped key is stored
+//! (`Keyring::root_for_wrap`). So no node wraps under a version another destroys, and a
+//! rotation's re-wrap pass finds every key wrapped under an old version. Other nodes read
+//! the file again when the store's root key state moves past what they hold
+//! (`sync_root`, also run every second by the key worker) or when they meet a key wrapped
+//! under a version they lack; that is also when they drop destroyed versions from memory.
 
 use crate::crypto::{Audit, Index, Kek, Key, Sealed};
 use crate::domain::TenantId;
-use crate::storage::RootKeyState;
+use crate::storage::{FenceMode, RootKeyState};
 
 use super::usage::{root_state, ROOT_STATE};
 use super::{
-    audit_aad, index_aad, kek_aad, parse_index_key_name, Keyring, KeyringError, AUDIT_KEY,
-    INDEX_KEY_PREFIX, ROOT_CHECK,
+    audit_aad, index_aad, kek_aad, parse_index_key_name, Keyring, KeyringError, RootKeys,
+    AUDIT_KEY, INDEX_KEY_PREFIX, ROOT_CHECK,
 };
 
 /// What a root key rotation did.
@@ -52,6 +61,67 @@ impl Keyring {
             .unwrap_or(false)
     }
 
+    /// On a store shared by several nodes: reads the root key file again if the store's
+    /// root key state says another node changed it (a newer version, or a version this node
+    /// holds destroyed). Returns whether it did. Errors if the file lacks the newest
+    /// version: this node does not share the other nodes' file.
+    pub fn sync_root(&self) -> Result<bool, KeyringError> {
+        if !self.store.shared() {
+            return Ok(false);
+        }
+        let state = self.root_state()?;
+        let newest = state
+            .versions
+            .iter()
+            .filter(|v| v.destroyed_at.is_none())
+            .map(|v| v.version)
+            .max();
+        let stale = |root: &RootKeys| {
+            newest.is_some_and(|n| root.version(n).is_none())
+                || root
+                    .version_numbers()
+                    .iter()
+                    .any(|v| state.version(*v).is_some_and(|i| i.destroyed_at.is_some()))
+        };
+        if !stale(&*self.root()?) {
+            return Ok(false);
+        }
+        self.reload_root()?;
+        match newest {
+            Some(n) if self.root()?.version(n).is_none() => Err(KeyringError::RootFileNotShared(n)),
+            _ => Ok(true),
+        }
+    }
+
+    /// Reads the root key file again, replacing the versions in memory; versions the file
+    /// no longer holds are dropped (zeroized), and with them every cached DEK.
+    pub(super) fn reload_root(&self) -> Result<(), KeyringError> {
+        let mut root = self
+            .root
+            .write()
+            .map_err(|_| KeyringError::Missing("root key (lock poisoned)"))?;
+        let path = root.path().ok_or(KeyringError::NoRootFile)?.to_path_buf();
+        let fresh = RootKeys::load(&path)?;
+        let before = root.version_numbers();
+        let dropped: Vec<u32> = before
+            .iter()
+            .copied()
+            .filter(|v| fresh.version(*v).is_none())
+            .collect();
+        let changed = !dropped.is_empty() || fresh.version_numbers() != before;
+        *root = fresh;
+        let current = root.current_version();
+        drop(root);
+        if !dropped.is_empty() {
+            // As on the node that rotated: keys derived under the old root leave memory.
+            self.dek_cache.forget_all();
+        }
+        if changed {
+            tracing::info!(current, ?dropped, "root key file read again");
+        }
+        Ok(())
+    }
+
     /// Records something about the root key state (read-modify-compare-and-swap).
     fn update_root_state(&self, edit: impl Fn(&mut RootKeyState)) -> Result<(), KeyringError> {
         let store = self.store.as_ref();
@@ -79,8 +149,10 @@ impl Keyring {
     /// Adds a root key version and makes it current (the file is rewritten atomically).
     /// Nothing is re-wrapped yet.
     pub(super) fn add_root_version(&self) -> Result<u32, KeyringError> {
+        let _fence = self.store.root_fence(FenceMode::Exclusive)?;
         if self.store.shared() {
-            return Err(KeyringError::SharedRoot);
+            // Another node may have changed the file: never write back an older copy.
+            self.reload_root()?;
         }
         let version = {
             let mut root = self
@@ -117,6 +189,10 @@ impl Keyring {
     /// Re-wraps everything under the current root version, then destroys the others. Holds
     /// the root write guard throughout, so no wrap under an old version can happen.
     fn converge_root(&self) -> Result<RootRotation, KeyringError> {
+        let fence = self.store.root_fence(FenceMode::Exclusive)?;
+        if self.store.shared() {
+            self.reload_root()?;
+        }
         let mut root = self
             .root
             .write()
@@ -195,6 +271,12 @@ impl Keyring {
         }
         // Everything the old versions wrapped is now under the current one, on disk.
         store.flush()?;
+        if !fence.held() {
+            // Another node may have wrapped under an old version since the fence was lost.
+            return Err(KeyringError::Contended(
+                "root key fence (its database session ended)",
+            ));
+        }
         let destroyed = root.destroy_old_versions()?;
         drop(root);
         let now = self.clock.now();

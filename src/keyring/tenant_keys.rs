@@ -239,7 +239,7 @@ impl Keyring {
                 .ok_or(KeyringError::LimitReached("no KEK version left".into()))?;
             let kek: Key<Kek> = Key::generate(next)?;
             let now = self.clock.now();
-            let root = self.root_for_wrap()?;
+            let (fence, root) = self.root_for_wrap()?;
             let wrapped = self.wrap_under_root(&root, &kek, &kek_aad(tenant))?;
             let previous = record.kek_version;
             let change = self.store.update_tenant_keys(tenant, &|rec, st| {
@@ -272,6 +272,7 @@ impl Keyring {
                 })
             })?;
             drop(root);
+            drop(fence);
             if change.is_some() {
                 if let Ok(mut map) = self.keks.write() {
                     map.insert((tenant.clone(), next), Arc::new(kek));

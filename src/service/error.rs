@@ -97,9 +97,9 @@ impl From<KeyringError> for ServiceError {
         match e {
             KeyringError::Store(e) => e.into(),
             KeyringError::Shredded => ServiceError::TenantShredded,
-            KeyringError::LimitReached(_) | KeyringError::NoRootFile | KeyringError::SharedRoot => {
-                ServiceError::KeyPrecondition(e.to_string())
-            }
+            KeyringError::LimitReached(_)
+            | KeyringError::NoRootFile
+            | KeyringError::RootFileNotShared(_) => ServiceError::KeyPrecondition(e.to_string()),
             KeyringError::Contended(_) | KeyringError::Retired => {
                 ServiceError::Unavailable(StoreError::Backend(e.to_string()))
             }

@@ -66,6 +66,44 @@ pub struct AuditMarks {
     pub checkpoint: Option<Vec<u8>>,
 }
 
+/// How `Store::root_fence` is held.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FenceMode {
+    /// Wrapping under the current root key version; many holders at once.
+    Shared,
+    /// Changing the root key file; one holder, and no shared holder.
+    Exclusive,
+}
+
+/// A held fence of a store shared by several nodes (released when dropped).
+pub trait FenceHold: Send {
+    /// False once the fence was lost (its database session ended): whatever relied on it
+    /// must not be finished.
+    fn held(&self) -> bool;
+}
+
+/// A held `root_fence`; empty for a store that has nothing to fence.
+#[derive(Default)]
+pub struct Fence<'a>(Option<Box<dyn FenceHold + 'a>>);
+
+impl<'a> Fence<'a> {
+    /// A fence that `hold` releases when dropped.
+    pub fn new(hold: Box<dyn FenceHold + 'a>) -> Self {
+        Self(Some(hold))
+    }
+
+    /// True while the fence still holds (always, for an empty fence).
+    pub fn held(&self) -> bool {
+        self.0.as_ref().is_none_or(|h| h.held())
+    }
+}
+
+impl std::fmt::Debug for Fence<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fence").field("held", &self.held()).finish()
+    }
+}
+
 /// The storage operations the vault needs, and nothing more.
 ///
 /// Writes are applied atomically but are not durable until `flush` returns: callers
@@ -263,10 +301,19 @@ pub trait Store: Send + Sync + 'static {
     /// many were deleted.
     fn audit_prune(&self, through: u64, checkpoint: &[u8]) -> StoreResult<u64>;
 
-    /// True when several vault nodes may share this store (their root key files cannot be
-    /// rotated together yet, so root rotation is refused on such a store).
+    /// True when several vault nodes may share this store. They then share one root key
+    /// file too, and coordinate its changes through `root_fence`.
     fn shared(&self) -> bool {
         false
+    }
+
+    /// Holds the root key fence until the returned guard is dropped. Every wrap under the
+    /// root key, up to the store write that keeps it, holds it `Shared`; adding or
+    /// destroying a root key version holds it `Exclusive`, so no node wraps under a version
+    /// while another destroys it. A store of one node has nothing to fence (the keyring's
+    /// own lock orders its threads).
+    fn root_fence(&self, _mode: FenceMode) -> StoreResult<Fence<'_>> {
+        Ok(Fence::default())
     }
 
     /// Whether this node may run the background job `job` (re-wraps and key epochs,

@@ -6,7 +6,8 @@
 //!   wrapped DEK decides: none left under an older version → the older versions are
 //!   destroyed (deleted from the store, evicted from the cache); else another pass.
 //! - **Root rotations** left half-done (a crash, or a version added at the usage limit) are
-//!   completed.
+//!   completed. On a shared store every node also follows the shared root key file
+//!   (`Keyring::sync_root`) each time round.
 //! - **Key epochs**, every `key_epoch_interval`: every tenant with erasures since the last
 //!   epoch gets a new KEK, its DEKs re-wrapped and the old versions destroyed, so stale
 //!   copies of an erased subject's wrapped DEK (sled's old pages, backups) are useless;
@@ -60,7 +61,18 @@ pub async fn run_key_jobs(vault: Arc<Vault>) {
         tracing::error!("key worker started twice; this one stops");
         return;
     };
+    let mut root_unsynced = false;
     loop {
+        // On a shared store another node may have rotated the root key: follow it, so this
+        // node drops destroyed versions soon even if it wraps and unwraps nothing.
+        match blocking(&vault.keys, Keyring::sync_root).await {
+            Ok(_) => root_unsynced = false,
+            Err(e) if !root_unsynced => {
+                tracing::error!(error = %e, "cannot follow the shared root key file");
+                root_unsynced = true;
+            }
+            Err(_) => {}
+        }
         // On a store shared by several nodes, one of them runs the key jobs; the others
         // wait and take over (resuming a re-wrap at its saved cursor) if it goes away.
         if !vault.holds_job(KEY_JOBS) {

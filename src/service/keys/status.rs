@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::audit::Operation;
 use crate::authz::Action;
 use crate::domain::{TenantId, Timestamp};
-use crate::keyring::KeyLimits;
+use crate::keyring::{KeyLimits, Keyring};
 use crate::storage::{KeyVersionInfo, RewrapJob};
 
 use super::super::{Call, ServiceError, Vault};
@@ -151,6 +151,8 @@ impl Vault {
                 subjects: counts.map(|c| c.subjects),
             });
         }
+        // On a shared store, show the root key file as the last rotation left it, on any node.
+        blocking(&self.keys, Keyring::sync_root).await?;
         let (current, in_file) = self.keys.root_versions()?;
         let state = self.keys.root_state()?;
         let mut root_versions: Vec<VersionStatus> = in_file
