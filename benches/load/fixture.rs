@@ -96,36 +96,7 @@ impl Fixture {
     }
 
     async fn preload(&self) {
-        let channel = self.channel().await;
-        pb::tenant_service_client::TenantServiceClient::new(channel.clone())
-            .create_tenant(pb::CreateTenantRequest {
-                tenant_id: TENANT.into(),
-            })
-            .await
-            .expect("tenant");
-        let mut tasks = Vec::new();
-        for chunk in 0..8 {
-            let mut client = pb::record_service_client::RecordServiceClient::new(channel.clone());
-            let subjects = self.subjects;
-            tasks.push(tokio::spawn(async move {
-                for i in (chunk..subjects).step_by(8) {
-                    let fields = (0..FIELDS_PER_SUBJECT)
-                        .map(|f| field_input(&format!("f{f}"), i))
-                        .collect();
-                    client
-                        .put_fields(pb::PutFieldsRequest {
-                            tenant_id: TENANT.into(),
-                            subject_id: format!("s{i}"),
-                            fields,
-                        })
-                        .await
-                        .expect("preload");
-                }
-            }));
-        }
-        for t in tasks {
-            t.await.expect("preload task");
-        }
+        preload(&self.channel().await, self.subjects).await;
     }
 
     pub async fn stop(mut self) {
@@ -137,5 +108,37 @@ impl Fixture {
                 .expect("server task")
                 .expect("server stopped cleanly");
         }
+    }
+}
+
+/// Creates the tenant and gives `subjects` subjects their fields, over 8 streams.
+pub async fn preload(channel: &Channel, subjects: usize) {
+    pb::tenant_service_client::TenantServiceClient::new(channel.clone())
+        .create_tenant(pb::CreateTenantRequest {
+            tenant_id: TENANT.into(),
+        })
+        .await
+        .expect("tenant");
+    let mut tasks = Vec::new();
+    for chunk in 0..8 {
+        let mut client = pb::record_service_client::RecordServiceClient::new(channel.clone());
+        tasks.push(tokio::spawn(async move {
+            for i in (chunk..subjects).step_by(8) {
+                let fields = (0..FIELDS_PER_SUBJECT)
+                    .map(|f| field_input(&format!("f{f}"), i))
+                    .collect();
+                client
+                    .put_fields(pb::PutFieldsRequest {
+                        tenant_id: TENANT.into(),
+                        subject_id: format!("s{i}"),
+                        fields,
+                    })
+                    .await
+                    .expect("preload");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("preload task");
     }
 }
