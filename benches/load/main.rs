@@ -22,7 +22,8 @@
 //! `--backends` compares one node on sled, one on PostgreSQL and two on one PostgreSQL
 //! database instead (`backends.rs`); it fails when no PostgreSQL server can be started. The
 //! smoke run includes a short form of it, skipped with the reason printed when there is no
-//! PostgreSQL (and failed then if `PIIVAULT_REQUIRE_PG` is set).
+//! PostgreSQL (and failed then if `PIIVAULT_REQUIRE_PG` is set). With `RUST_LOG` set (say
+//! `RUST_LOG=warn`), the vaults' own log goes to stderr: why a request failed, for one.
 //!
 //! Absolute numbers drift on shared machines; compare the ratios, which come from runs in
 //! the same process, back to back.
@@ -128,6 +129,14 @@ fn args() -> Args {
 
 fn main() {
     let args = args();
+    // The vaults' own log (why a request failed, say), when asked for.
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .with_ansi(false)
+            .init();
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
