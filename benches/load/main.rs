@@ -160,8 +160,14 @@ fn main() {
             failures += match backends::run(&args).await {
                 Ok(failures) => failures,
                 Err(why) => {
-                    println!("skipped the backends comparison: no PostgreSQL server: {why}");
-                    u64::from(std::env::var_os("PIIVAULT_REQUIRE_PG").is_some())
+                    let required = std::env::var_os("PIIVAULT_REQUIRE_PG").is_some();
+                    let what = if required {
+                        "failed (PIIVAULT_REQUIRE_PG is set)"
+                    } else {
+                        "skipped"
+                    };
+                    println!("backends comparison {what}: no PostgreSQL server: {why}");
+                    u64::from(required)
                 }
             };
         }
