@@ -96,35 +96,9 @@ impl Fixture {
     }
 
     async fn preload(&self) {
-        let channel = self.channel().await;
-        pb::tenant_service_client::TenantServiceClient::new(channel.clone())
-            .create_tenant(pb::CreateTenantRequest {
-                tenant_id: TENANT.into(),
-            })
-            .await
-            .expect("tenant");
-        let mut tasks = Vec::new();
-        for chunk in 0..8 {
-            let mut client = pb::record_service_client::RecordServiceClient::new(channel.clone());
-            let subjects = self.subjects;
-            tasks.push(tokio::spawn(async move {
-                for i in (chunk..subjects).step_by(8) {
-                    let fields = (0..FIELDS_PER_SUBJECT)
-                        .map(|f| field_input(&format!("f{f}"), i))
-                        .collect();
-                    client
-                        .put_fields(pb::PutFieldsRequest {
-                            tenant_id: TENANT.into(),
-                            subject_id: format!("s{i}"),
-                            fields,
-                        })
-                        .await
-                        .expect("preload");
-                }
-            }));
-        }
-        for t in tasks {
-            t.await.expect("preload task");
+        let again = preload(&self.channel().await, self.subjects).await;
+        if again > 0 {
+            println!("# preload: {again} PutFields answered Unavailable and were sent again");
         }
     }
 
@@ -138,4 +112,50 @@ impl Fixture {
                 .expect("server stopped cleanly");
         }
     }
+}
+
+/// Creates the tenant and gives `subjects` subjects their fields, over 8 streams. A
+/// `PutFields` answered `Unavailable` (a PostgreSQL transaction that kept conflicting, say) is
+/// sent again, up to 5 times; returns how many were, for the caller to print.
+pub async fn preload(channel: &Channel, subjects: usize) -> u64 {
+    pb::tenant_service_client::TenantServiceClient::new(channel.clone())
+        .create_tenant(pb::CreateTenantRequest {
+            tenant_id: TENANT.into(),
+        })
+        .await
+        .expect("tenant");
+    let mut tasks = Vec::new();
+    for chunk in 0..8 {
+        let mut client = pb::record_service_client::RecordServiceClient::new(channel.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut again = 0;
+            for i in (chunk..subjects).step_by(8) {
+                let request = pb::PutFieldsRequest {
+                    tenant_id: TENANT.into(),
+                    subject_id: format!("s{i}"),
+                    fields: (0..FIELDS_PER_SUBJECT)
+                        .map(|f| field_input(&format!("f{f}"), i))
+                        .collect(),
+                };
+                let mut tries = 0;
+                loop {
+                    match client.put_fields(request.clone()).await {
+                        Ok(_) => break,
+                        Err(s) if s.code() == tonic::Code::Unavailable && tries < 5 => {
+                            tries += 1;
+                            again += 1;
+                            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        }
+                        Err(s) => panic!("preload: {s:?}"),
+                    }
+                }
+            }
+            again
+        }));
+    }
+    let mut again = 0;
+    for t in tasks {
+        again += t.await.expect("preload task");
+    }
+    again
 }

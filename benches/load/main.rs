@@ -16,16 +16,26 @@
 //! cargo test --release --bench load              # the same smoke run (what CI does)
 //! cargo bench --bench load -- --duration 10 --concurrency 1,8,64 --scenarios get1,put1
 //! cargo bench --bench load -- --rss --fields 1000000 --cache-mib 256
+//! cargo bench --bench load -- --backends --duration 10 --concurrency 8,64
 //! ```
+//!
+//! `--backends` compares one node on sled, one on PostgreSQL and two on one PostgreSQL
+//! database instead (`backends.rs`); it fails when no PostgreSQL server can be started. The
+//! smoke run includes a short form of it, skipped with the reason printed when there is no
+//! PostgreSQL (and failed then if `PIIVAULT_REQUIRE_PG` is set). With `RUST_LOG` set (say
+//! `RUST_LOG=warn`), the vaults' own log goes to stderr: why a request failed, for one.
 //!
 //! Absolute numbers drift on shared machines; compare the ratios, which come from runs in
 //! the same process, back to back.
 
+mod backends;
 mod drive;
 mod echo;
 mod erase;
 mod fixture;
 mod floor;
+#[path = "../../tests/support/postgres.rs"]
+mod postgres;
 mod report;
 mod rss;
 mod scenario;
@@ -48,6 +58,8 @@ struct Args {
     duration: Duration,
     concurrency: Vec<usize>,
     scenarios: Vec<Scenario>,
+    /// Whether `--scenarios` was given (`--backends` has its own default).
+    scenarios_given: bool,
     subjects: usize,
     /// Shares of the closed-loop peak to run each scenario at, open loop.
     rates: Vec<u32>,
@@ -57,6 +69,8 @@ struct Args {
     rss: bool,
     fields: usize,
     cache_mib: u64,
+    /// Compare the storage backends instead (`backends.rs`).
+    backends: bool,
 }
 
 fn list<T>(s: &str, parse: impl Fn(&str) -> Option<T>) -> Vec<T> {
@@ -76,12 +90,14 @@ fn args() -> Args {
         duration: Duration::from_secs(5),
         concurrency: vec![1, 8, 64],
         scenarios: Scenario::ALL.to_vec(),
+        scenarios_given: false,
         subjects: 1000,
         rates: vec![50, 80],
         smoke: false,
         rss: false,
         fields: 1_000_000,
         cache_mib: 256,
+        backends: false,
     };
     // `cargo bench` passes --bench; `cargo test` does not, and gets the smoke run.
     if !std::env::args().any(|a| a == "--bench") {
@@ -94,10 +110,14 @@ fn args() -> Args {
             "--smoke" => smoke(&mut a),
             "--duration" => a.duration = Duration::from_secs_f64(value().parse().unwrap_or(5.0)),
             "--concurrency" => a.concurrency = list(&value(), |s| s.parse().ok()),
-            "--scenarios" => a.scenarios = list(&value(), Scenario::parse),
+            "--scenarios" => {
+                a.scenarios = list(&value(), Scenario::parse);
+                a.scenarios_given = true;
+            }
             "--subjects" => a.subjects = value().parse().unwrap_or(1000),
             "--rates" => a.rates = list(&value(), |s| s.parse().ok()),
             "--rss" => a.rss = true,
+            "--backends" => a.backends = true,
             "--fields" => a.fields = value().parse().unwrap_or(1_000_000),
             "--cache-mib" => a.cache_mib = value().parse().unwrap_or(256),
             // `cargo bench` passes --bench; other flags are cargo's business.
@@ -109,11 +129,25 @@ fn args() -> Args {
 
 fn main() {
     let args = args();
+    // The vaults' own log (why a request failed, say), when asked for.
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .with_ansi(false)
+            .init();
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("runtime");
     let failures = runtime.block_on(async {
+        if args.backends {
+            return backends::run(&args).await.unwrap_or_else(|why| {
+                eprintln!("--backends: no PostgreSQL server: {why}");
+                std::process::exit(2)
+            });
+        }
         let mut failures = 0;
         if args.rss || args.smoke {
             let within = rss::measure(args.fields, args.cache_mib).await;
@@ -121,6 +155,21 @@ fn main() {
         }
         if !args.rss {
             failures += run(&args).await;
+        }
+        if args.smoke && !args.rss {
+            failures += match backends::run(&args).await {
+                Ok(failures) => failures,
+                Err(why) => {
+                    let required = std::env::var_os("PIIVAULT_REQUIRE_PG").is_some();
+                    let what = if required {
+                        "failed (PIIVAULT_REQUIRE_PG is set)"
+                    } else {
+                        "skipped"
+                    };
+                    println!("backends comparison {what}: no PostgreSQL server: {why}");
+                    u64::from(required)
+                }
+            };
         }
         failures
     });
