@@ -350,7 +350,7 @@ mod tests {
         let err = refused(&format!("host=db sslmode=disable {SECRET}"), &ca("ca.pem"));
         assert!(err.contains("sslmode=disable"), "{err}");
         let err = refused(
-            &format!("postgresql://v:hunter2@db/vault?sslmode=require"),
+            "postgresql://v:hunter2@db/vault?sslmode=require",
             &PgTls::Disable,
         );
         assert!(err.contains("sslmode=require"), "{err}");
