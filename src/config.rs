@@ -14,6 +14,7 @@ use crate::domain::Purpose;
 use crate::keyring::KeyLimits;
 use crate::keyring::{KeyringError, RootKeys};
 use crate::service::{KeySettings, Limits, SinkConfig, VaultSettings};
+use crate::storage::PgTls;
 
 /// Default listen address: loopback only.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7443";
@@ -146,6 +147,17 @@ pub struct RawStorage {
     pub postgres_url: Option<SecretString>,
     /// Connections in the PostgreSQL pool. Default 16.
     pub postgres_connections: Option<u64>,
+    /// How connections to PostgreSQL are protected: `verify-full` (the default: TLS 1.2 or
+    /// 1.3, the server certificate checked against `postgres_ca_file` and against the host
+    /// of `postgres_url`, as libpq's `sslmode=verify-full`) or `disable` (plain TCP, for a
+    /// database reached over a private link only; logged as a warning at start). There is
+    /// no encrypt-without-verifying mode (libpq's `require`). The default is `verify-full`
+    /// even for a loopback host, so a config copied from a test machine to one with a
+    /// remote database cannot silently send records and passwords in the clear.
+    pub postgres_tls: Option<String>,
+    /// The CA certificate(s), PEM, the PostgreSQL server certificate must chain to. Needed
+    /// with `postgres_tls = "verify-full"`: the platform's trust store is not used.
+    pub postgres_ca_file: Option<PathBuf>,
 }
 
 /// Where the vault keeps its records.
@@ -157,6 +169,7 @@ pub enum Backend {
     Postgres {
         url: SecretString,
         connections: usize,
+        tls: PgTls,
     },
 }
 
@@ -473,11 +486,15 @@ impl RawStorage {
     fn backend(&self) -> Result<Backend, ConfigError> {
         match self.backend.as_deref().unwrap_or("sled") {
             "sled" => {
-                if self.postgres_url.is_some() {
-                    return Err(ConfigError::Invalid(
-                        "storage.postgres_url is set but storage.backend is not \"postgres\""
-                            .into(),
-                    ));
+                let postgres_keys = [
+                    ("postgres_url", self.postgres_url.is_some()),
+                    ("postgres_tls", self.postgres_tls.is_some()),
+                    ("postgres_ca_file", self.postgres_ca_file.is_some()),
+                ];
+                if let Some((key, _)) = postgres_keys.iter().find(|(_, set)| *set) {
+                    return Err(ConfigError::Invalid(format!(
+                        "storage.{key} is set but storage.backend is not \"postgres\""
+                    )));
                 }
                 Ok(Backend::Sled)
             }
@@ -494,10 +511,45 @@ impl RawStorage {
                     1,
                     1024,
                 )?;
-                Ok(Backend::Postgres { url, connections })
+                Ok(Backend::Postgres {
+                    url,
+                    connections,
+                    tls: self.postgres_tls()?,
+                })
             }
             other => Err(ConfigError::Invalid(format!(
                 "storage.backend is {other:?}; it must be \"sled\" or \"postgres\""
+            ))),
+        }
+    }
+
+    /// The PostgreSQL TLS setting; `verify-full` unless turned off by name.
+    fn postgres_tls(&self) -> Result<PgTls, ConfigError> {
+        match (
+            self.postgres_tls.as_deref().unwrap_or("verify-full"),
+            &self.postgres_ca_file,
+        ) {
+            ("verify-full", Some(ca_file)) => Ok(PgTls::VerifyFull {
+                ca_file: ca_file.clone(),
+            }),
+            ("verify-full", None) => Err(ConfigError::Invalid(
+                "storage.postgres_tls is \"verify-full\" (the default), which needs \
+                 storage.postgres_ca_file: the PEM file of the CA that signed the PostgreSQL \
+                 server's certificate (the platform's trust store is not used); only for a \
+                 database reached over a private link, set storage.postgres_tls = \"disable\""
+                    .into(),
+            )),
+            ("disable", None) => Ok(PgTls::Disable),
+            ("disable", Some(_)) => Err(ConfigError::Invalid(
+                "storage.postgres_ca_file is set but storage.postgres_tls is \"disable\"".into(),
+            )),
+            ("require" | "verify-ca" | "prefer" | "allow", _) => Err(ConfigError::Invalid(
+                "storage.postgres_tls must be \"verify-full\" or \"disable\": the vault has no \
+                 libpq mode that encrypts without verifying the server's certificate and name"
+                    .into(),
+            )),
+            (other, _) => Err(ConfigError::Invalid(format!(
+                "storage.postgres_tls is {other:?}; it must be \"verify-full\" or \"disable\""
             ))),
         }
     }
@@ -567,12 +619,72 @@ mod tests {
     #[test]
     fn the_database_password_never_reaches_debug_output() {
         let raw: RawConfig = toml::from_str(
-            "[storage]\nbackend = \"postgres\"\npostgres_url = \"host=db user=v password=hunter2\"\n",
+            "[storage]\nbackend = \"postgres\"\npostgres_url = \"host=db user=v password=hunter2\"\n\
+             postgres_ca_file = \"db-ca.pem\"\n",
         )
         .expect("parses");
         assert!(!format!("{raw:?}").contains("hunter2"));
         let config = raw.validate().expect("validates");
         assert!(!format!("{config:?}").contains("hunter2"));
+    }
+
+    fn postgres(extra: &str) -> Result<Config, ConfigError> {
+        let text = format!(
+            "[storage]\nbackend = \"postgres\"\npostgres_url = \"host=db user=v\"\n{extra}"
+        );
+        toml::from_str::<RawConfig>(&text)
+            .expect("parses")
+            .validate()
+    }
+
+    fn postgres_tls(extra: &str) -> PgTls {
+        match postgres(extra).expect("validates").backend {
+            Backend::Postgres { tls, .. } => tls,
+            Backend::Sled => panic!("not the PostgreSQL backend"),
+        }
+    }
+
+    #[test]
+    fn postgres_tls_is_verify_full_by_default_and_needs_a_ca_file() {
+        let err = postgres("").expect_err("no CA file").to_string();
+        assert!(err.contains("storage.postgres_ca_file"), "{err}");
+        assert!(err.contains("verify-full"), "{err}");
+        assert_eq!(
+            postgres_tls("postgres_ca_file = \"ca.pem\""),
+            PgTls::VerifyFull {
+                ca_file: PathBuf::from("ca.pem")
+            }
+        );
+        assert_eq!(
+            postgres_tls("postgres_tls = \"verify-full\"\npostgres_ca_file = \"ca.pem\""),
+            PgTls::VerifyFull {
+                ca_file: PathBuf::from("ca.pem")
+            }
+        );
+    }
+
+    #[test]
+    fn postgres_tls_is_off_only_by_name_and_never_verify_less() {
+        assert_eq!(postgres_tls("postgres_tls = \"disable\""), PgTls::Disable);
+        for (extra, says) in [
+            (
+                "postgres_tls = \"disable\"\npostgres_ca_file = \"ca.pem\"",
+                "postgres_ca_file is set",
+            ),
+            (
+                "postgres_tls = \"require\"\npostgres_ca_file = \"ca.pem\"",
+                "without verifying",
+            ),
+            ("postgres_tls = \"verify-ca\"", "without verifying"),
+            ("postgres_tls = \"on\"", "must be"),
+        ] {
+            let err = postgres(extra).expect_err(extra).to_string();
+            assert!(err.contains(says), "{extra}: {err}");
+        }
+        let raw: RawConfig =
+            toml::from_str("[storage]\npostgres_tls = \"disable\"").expect("parses");
+        let err = raw.validate().expect_err("sled with a PostgreSQL key");
+        assert!(err.to_string().contains("storage.postgres_tls"), "{err}");
     }
 
     #[test]

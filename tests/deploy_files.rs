@@ -58,6 +58,8 @@ fn assert_every_key_set(raw: &RawConfig) {
                 backend,
                 postgres_url,
                 postgres_connections,
+                postgres_tls,
+                postgres_ca_file,
             },
         audit:
             RawAudit {
@@ -119,6 +121,8 @@ fn assert_every_key_set(raw: &RawConfig) {
             "storage.postgres_connections",
             postgres_connections.is_none(),
         ),
+        ("storage.postgres_tls", postgres_tls.is_none()),
+        ("storage.postgres_ca_file", postgres_ca_file.is_none()),
         ("audit.timeout_ms", timeout_ms.is_some()),
         ("audit.retention_days", retention_days.is_some()),
         ("audit.jsonl_path", jsonl_path.is_some()),
@@ -141,7 +145,12 @@ fn assert_every_key_set(raw: &RawConfig) {
 #[test]
 fn the_example_config_documents_the_postgres_settings() {
     let text = read("deploy/pii-vault.example.toml");
-    for key in ["# postgres_url = ", "# postgres_connections = "] {
+    for key in [
+        "# postgres_url = ",
+        "# postgres_connections = ",
+        "# postgres_tls = ",
+        "# postgres_ca_file = ",
+    ] {
         assert!(
             text.lines().any(|l| l.trim_start().starts_with(key)),
             "the example config does not show {key:?}"

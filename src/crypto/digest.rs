@@ -1,5 +1,6 @@
 //! SHA-256 for checksums of files such as backups. A checksum detects damage, not
 //! tampering: anyone can recompute it (tamper evidence needs a key, see `mac`).
+//! SHA-384 and SHA-512 only for `certificate_hash`, which TLS channel binding needs.
 
 /// Length of a SHA-256 digest in bytes.
 pub const SHA256_LEN: usize = 32;
@@ -9,6 +10,26 @@ pub fn sha256(bytes: &[u8]) -> [u8; SHA256_LEN] {
     let mut h = Sha256::new();
     h.update(bytes);
     h.finish()
+}
+
+/// The hash of a certificate's signature algorithm, as TLS channel binding
+/// (`tls-server-end-point`, RFC 5929 section 4.1) computes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CertificateHash {
+    /// Also for certificates signed with MD5 or SHA-1, as RFC 5929 asks.
+    Sha256,
+    Sha384,
+    Sha512,
+}
+
+/// The hash of a DER certificate with `hash`.
+pub fn certificate_hash(hash: CertificateHash, der: &[u8]) -> Vec<u8> {
+    let algorithm = match hash {
+        CertificateHash::Sha256 => &ring::digest::SHA256,
+        CertificateHash::Sha384 => &ring::digest::SHA384,
+        CertificateHash::Sha512 => &ring::digest::SHA512,
+    };
+    ring::digest::digest(algorithm, der).as_ref().to_vec()
 }
 
 /// SHA-256 over data that arrives in pieces.
@@ -58,6 +79,16 @@ mod tests {
         assert_eq!(
             hex::encode(h.finish()),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(
+            hex::encode(certificate_hash(CertificateHash::Sha384, b"abc")),
+            "cb00753f45a35e8bb5a03d699ac65007272c32ab0eded1631a8b605a43ff5bed\
+             8086072ba1e7cc2358baeca134c825a7"
+        );
+        assert_eq!(certificate_hash(CertificateHash::Sha512, b"").len(), 64);
+        assert_eq!(
+            certificate_hash(CertificateHash::Sha256, b"abc"),
+            sha256(b"abc")
         );
     }
 }

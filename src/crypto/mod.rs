@@ -17,7 +17,7 @@ mod mac;
 
 /// The single AEAD primitive (AES-256-GCM) under every seal and open in the vault.
 pub use aead::{aead_open, aead_seal, AeadKey, NONCE_LEN, TAG_LEN};
-pub use digest::{sha256, Sha256, SHA256_LEN};
+pub use digest::{certificate_hash, sha256, CertificateHash, Sha256, SHA256_LEN};
 pub use envelope::{Aad, Sealed};
 pub use key::{fill_random, Audit, Dek, Index, Kek, Key, KeyRole, Root, KEY_LEN};
 pub use mac::{mac_eq, MAC_LEN};

@@ -89,18 +89,23 @@ pub async fn run(
                 })?;
             Arc::new(store)
         }
-        Backend::Postgres { url, connections } => {
-            let (url, connections) = (url.0.clone(), *connections);
-            let store = tokio::task::spawn_blocking(move || PgStore::connect(&url, connections))
-                .await
-                .map_err(|_| ServerError::Store {
-                    path: "PostgreSQL".into(),
-                    source: StoreError::Backend("connect task panicked".into()),
-                })?
-                .map_err(|source| ServerError::Store {
-                    path: "PostgreSQL".into(),
-                    source,
-                })?;
+        Backend::Postgres {
+            url,
+            connections,
+            tls,
+        } => {
+            let (url, connections, tls) = (url.0.clone(), *connections, tls.clone());
+            let store =
+                tokio::task::spawn_blocking(move || PgStore::connect(&url, connections, &tls))
+                    .await
+                    .map_err(|_| ServerError::Store {
+                        path: "PostgreSQL".into(),
+                        source: StoreError::Backend("connect task panicked".into()),
+                    })?
+                    .map_err(|source| ServerError::Store {
+                        path: "PostgreSQL".into(),
+                        source,
+                    })?;
             Arc::new(store)
         }
     };

@@ -13,7 +13,7 @@ mod sled_store;
 
 pub use group_commit::GroupCommit;
 pub use key_records::{KeyChange, KeyVersionInfo, RewrapJob, RootKeyState, TenantKeyState};
-pub use pg_store::PgStore;
+pub use pg_store::{PgStore, PgTls};
 pub use records::{
     categories_in, category_bit, Erasure, FieldRecord, OlderDek, SealedField, SubjectRecord,
     SubjectWrite, TenantRecord, Tombstone, Written,

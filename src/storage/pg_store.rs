@@ -14,8 +14,11 @@
 //! is why the trait asks the closures it is given to be pure: they may run more than once.
 //! A commit is durable when it returns (with the server's default `synchronous_commit`), so
 //! `flush` has nothing left to do.
+//!
+//! Connections use TLS with a verified server certificate unless told not to (`tls.rs`).
 
 mod schema;
+mod tls;
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -24,6 +27,9 @@ use std::time::Duration;
 
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, GenericClient, IsolationLevel, NoTls, Row, Transaction};
+
+pub use tls::PgTls;
+use tls::{Connector, Session};
 
 use crate::crypto::Sealed;
 use crate::domain::{FieldName, SubjectId, SubjectState, TenantId, Timestamp};
@@ -89,13 +95,24 @@ impl Failure {
 }
 
 /// PostgreSQL's error as a message: the SQLSTATE and primary message only, never the
-/// DETAIL line, which can quote key values (subject ids) of the rows involved.
+/// DETAIL line, which can quote key values (subject ids) of the rows involved. A client-side
+/// error (connecting, TLS, login) brings its causes, which name what failed (an OS error, a
+/// refused certificate) and never the connection string.
 fn pg_error(e: &tokio_postgres::Error) -> StoreError {
     match e.as_db_error() {
         Some(db) => {
             StoreError::Backend(format!("PostgreSQL {}: {}", db.code().code(), db.message()))
         }
-        None => StoreError::Backend(format!("PostgreSQL: {e}")),
+        None => {
+            let mut message = format!("PostgreSQL: {e}");
+            let mut cause = std::error::Error::source(e);
+            while let Some(c) = cause {
+                message.push_str(": ");
+                message.push_str(&c.to_string());
+                cause = c.source();
+            }
+            StoreError::Backend(message)
+        }
     }
 }
 
@@ -160,8 +177,9 @@ pub struct PgStore {
     /// restarted, the network failed). A slot is never lost.
     pool: Mutex<Vec<Option<Client>>>,
     returned: Condvar,
-    /// The connection string (it may hold a password: never printed).
-    url: String,
+    /// How to open a connection: the connection string (it may hold a password: never
+    /// printed) and its TLS connector.
+    session: Session,
     /// The session that holds this node's job leases and root key fences.
     leases: Mutex<LeaseSession>,
     /// Drives the connections; shut down without blocking when the store is dropped.
@@ -170,8 +188,14 @@ pub struct PgStore {
 
 impl PgStore {
     /// Connects `connections` clients to the database at `url` (a libpq-style connection
-    /// string or URL) and migrates its schema.
-    pub fn connect(url: &str, connections: usize) -> StoreResult<Self> {
+    /// string or URL), protected as `tls` says, and migrates its schema.
+    pub fn connect(url: &str, connections: usize, tls: &PgTls) -> StoreResult<Self> {
+        let session = Session::new(url, tls)?;
+        if matches!(session.connector, Connector::Plain) {
+            tracing::warn!(
+                "PostgreSQL connections are not encrypted (storage.postgres_tls = \"disable\")"
+            );
+        }
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("pii-vault-pg")
@@ -183,13 +207,13 @@ impl PgStore {
         // One more connection than the pool: the session holding the job leases.
         let mut clients = Vec::with_capacity(connections.max(1) + 1);
         for _ in 0..=connections.max(1) {
-            clients.push(Some(open_client(&runtime, url)?));
+            clients.push(Some(open_client(&runtime, &session)?));
         }
         let lease_session = clients.pop().flatten().expect("at least two connections");
         let store = Self {
             pool: Mutex::new(clients),
             returned: Condvar::new(),
-            url: url.to_owned(),
+            session,
             leases: Mutex::new(LeaseSession {
                 client: lease_session,
                 jobs: HashSet::new(),
@@ -250,7 +274,7 @@ impl PgStore {
             .as_ref()
             .ok_or_else(|| StoreError::Backend("the PostgreSQL store is closing".into()))?;
         tracing::warn!("a PostgreSQL connection closed; opening it again");
-        open_client(runtime, &self.url)
+        open_client(runtime, &self.session)
     }
 
     /// One statement on a pooled connection.
@@ -286,15 +310,22 @@ impl PgStore {
 }
 
 /// Opens one connection, driven by `runtime`.
-fn open_client(runtime: &tokio::runtime::Runtime, url: &str) -> StoreResult<Client> {
-    let url = url.to_owned();
+fn open_client(runtime: &tokio::runtime::Runtime, session: &Session) -> StoreResult<Client> {
+    let Session { config, connector } = session.clone();
     let connected = runtime.spawn(async move {
-        let (client, connection) = tokio_postgres::connect(&url, NoTls).await?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::warn!(error = %pg_error(&e), "PostgreSQL connection closed");
+        // The connection futures differ in type (plain or TLS stream): each is spawned here.
+        let client = match connector {
+            Connector::Plain => {
+                let (client, connection) = config.connect(NoTls).await?;
+                tokio::spawn(drive(connection));
+                client
             }
-        });
+            Connector::Tls(tls) => {
+                let (client, connection) = config.connect(tls).await?;
+                tokio::spawn(drive(connection));
+                client
+            }
+        };
         Ok::<_, tokio_postgres::Error>(client)
     });
     futures_executor::block_on(connected)
@@ -363,6 +394,13 @@ impl Drop for PgFence<'_> {
         ) {
             tracing::warn!(error = %e.into_store(), "cannot release the root key fence");
         }
+    }
+}
+
+/// Runs one connection until it closes.
+async fn drive<F: Future<Output = Result<(), tokio_postgres::Error>>>(connection: F) {
+    if let Err(e) = connection.await {
+        tracing::warn!(error = %pg_error(&e), "PostgreSQL connection closed");
     }
 }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use pii_vault::config::SecretString;
 use pii_vault::proto::v1 as pb;
-use pii_vault::storage::{PgStore, Store};
+use pii_vault::storage::{PgStore, PgTls, Store};
 use tempfile::TempDir;
 use tonic::Code;
 
@@ -33,6 +33,7 @@ async fn two_nodes_with(test: &str, root: RootFile) -> Option<(TestVault, TestVa
     let edit = |raw: &mut pii_vault::config::RawConfig| {
         raw.storage.backend = Some("postgres".into());
         raw.storage.postgres_url = Some(SecretString(url.clone()));
+        raw.storage.postgres_tls = Some("disable".into());
     };
     let a_dir = TempDir::new().expect("temp dir");
     let a_config = test_config(a_dir.path(), edit);
@@ -45,7 +46,7 @@ async fn two_nodes_with(test: &str, root: RootFile) -> Option<(TestVault, TestVa
         }
     });
     let node = |url: String| -> Arc<dyn Store> {
-        Arc::new(PgStore::connect(&url, 4).expect("connect to PostgreSQL"))
+        Arc::new(PgStore::connect(&url, 4, &PgTls::Disable).expect("connect to PostgreSQL"))
     };
     let a = TestVault::start_on(a_dir, a_config, Some(node(url.clone()))).await;
     let b = TestVault::start_on(b_dir, b_config, Some(node(url.clone()))).await;
@@ -224,16 +225,23 @@ async fn tenant_key_status(channel: tonic::transport::Channel) -> pb::TenantKeyS
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_the_node_running_a_rewrap_is_killed_another_node_finishes_it() {
     const SUBJECTS: usize = 1500;
-    let Some(server) = postgres::server_or_skip("scale_out::kill_during_rewrap") else {
+    // Over TLS: node A, a real process, connects as its config file says.
+    let Some(server) = postgres::tls_server_or_skip("scale_out::kill_during_rewrap") else {
         return;
     };
     let url = server.fresh_database();
+    let ca_file = server.ca_file().to_path_buf();
+    let tls = PgTls::VerifyFull {
+        ca_file: ca_file.clone(),
+    };
     let work = TempDir::new().expect("temp dir");
     let a_data = work.path().join("a");
     // Small, paced batches so the re-wrap is still running when node A dies.
     let settings = format!(
-        "[storage]\nbackend = \"postgres\"\npostgres_url = \"{url}\"\n\n\
-         [keys]\nrewrap_batch_size = 50\nrewrap_pause_ms = 20\n"
+        "[storage]\nbackend = \"postgres\"\npostgres_url = \"{url}\"\n\
+         postgres_tls = \"verify-full\"\npostgres_ca_file = \"{ca}\"\n\n\
+         [keys]\nrewrap_batch_size = 50\nrewrap_pause_ms = 20\n",
+        ca = ca_file.display()
     );
     let config_file = work.path().join("vault.toml");
     std::fs::write(&config_file, &settings).expect("config");
@@ -249,10 +257,11 @@ async fn when_the_node_running_a_rewrap_is_killed_another_node_finishes_it() {
     let b_config = test_config(b_dir.path(), |raw| {
         raw.storage.backend = Some("postgres".into());
         raw.storage.postgres_url = Some(SecretString(url.clone()));
+        raw.storage.postgres_ca_file = Some(ca_file.clone());
         raw.keys.rewrap_batch_size = Some(50);
         raw.keys.rewrap_pause_ms = Some(20);
     });
-    let b_store: Arc<dyn Store> = Arc::new(PgStore::connect(&url, 4).expect("connect"));
+    let b_store: Arc<dyn Store> = Arc::new(PgStore::connect(&url, 4, &tls).expect("connect"));
     let b = TestVault::start_on(b_dir, b_config, Some(b_store)).await;
 
     let a_channel = a.channel().await;

@@ -6,6 +6,7 @@
 mod postgres;
 #[macro_use]
 mod suite;
+mod tls;
 
 mod sled_backend {
     use std::sync::Arc;
@@ -44,7 +45,7 @@ mod faulty_wrapper {
 mod postgres_backend {
     use std::sync::Arc;
 
-    use pii_vault::storage::{PgStore, Store};
+    use pii_vault::storage::{PgStore, PgTls, Store};
 
     use crate::postgres;
 
@@ -53,7 +54,33 @@ mod postgres_backend {
     fn open() -> Option<(Arc<dyn Store>, ())> {
         let server = postgres::server_or_skip("the PostgreSQL conformance check")?;
         let url = server.fresh_database();
-        Some((Arc::new(PgStore::connect(&url, 4).expect("connect")), ()))
+        Some((
+            Arc::new(PgStore::connect(&url, 4, &PgTls::Disable).expect("connect")),
+            (),
+        ))
+    }
+
+    conformance_tests!(open);
+}
+
+/// The PostgreSQL backend over TLS (`PgTls::VerifyFull`), on the TLS test server.
+mod postgres_tls_backend {
+    use std::sync::Arc;
+
+    use pii_vault::storage::{PgStore, PgTls, Store};
+
+    use crate::postgres;
+
+    fn open() -> Option<(Arc<dyn Store>, ())> {
+        let server = postgres::tls_server_or_skip("the PostgreSQL conformance check over TLS")?;
+        let url = server.fresh_database();
+        let tls = PgTls::VerifyFull {
+            ca_file: server.ca_file().to_path_buf(),
+        };
+        Some((
+            Arc::new(PgStore::connect(&url, 4, &tls).expect("connect")),
+            (),
+        ))
     }
 
     conformance_tests!(open);
@@ -63,7 +90,7 @@ mod postgres_backend {
 mod postgres_reconnect {
     use std::process::Command;
 
-    use pii_vault::storage::{PgStore, Store};
+    use pii_vault::storage::{PgStore, PgTls, Store};
 
     use crate::postgres;
 
@@ -73,7 +100,7 @@ mod postgres_reconnect {
             return;
         };
         let url = server.fresh_database();
-        let store = PgStore::connect(&url, 2).expect("connect");
+        let store = PgStore::connect(&url, 2, &PgTls::Disable).expect("connect");
         store.meta_init("k", b"v").expect("first write");
         // Cut every session of this database but psql's own, as a restart would.
         let dbname = url.rsplit("dbname=").next().expect("dbname");
