@@ -14,6 +14,7 @@ use crate::erasure::erase;
 use crate::postgres;
 use crate::util::{copy_dir, create_tenant, get, put, test_config, text, text_of, TestVault};
 
+mod leases;
 mod root_rotation;
 
 /// How the nodes of a test get their root key.
@@ -25,12 +26,18 @@ enum RootFile {
     Copied,
 }
 
-/// Two nodes on one fresh database. They share the dev PKI and the policy (as nodes of one
-/// deployment do), the root key file as `root` says, and nothing else.
-async fn two_nodes_with(test: &str, root: RootFile) -> Option<(TestVault, TestVault)> {
+/// Two nodes on one fresh database, and its connection string. They share the dev PKI and
+/// the policy (as nodes of one deployment do), the root key file as `root` says, and
+/// nothing else; `settings` edits both nodes' configs.
+async fn two_nodes_with(
+    test: &str,
+    root: RootFile,
+    settings: impl Fn(&mut pii_vault::config::RawConfig),
+) -> Option<(TestVault, TestVault, String)> {
     let server = postgres::server_or_skip(test)?;
     let url = server.fresh_database();
     let edit = |raw: &mut pii_vault::config::RawConfig| {
+        settings(raw);
         raw.storage.backend = Some("postgres".into());
         raw.storage.postgres_url = Some(SecretString(url.clone()));
         raw.storage.postgres_tls = Some("disable".into());
@@ -50,12 +57,13 @@ async fn two_nodes_with(test: &str, root: RootFile) -> Option<(TestVault, TestVa
     };
     let a = TestVault::start_on(a_dir, a_config, Some(node(url.clone()))).await;
     let b = TestVault::start_on(b_dir, b_config, Some(node(url.clone()))).await;
-    Some((a, b))
+    Some((a, b, url))
 }
 
 /// Two nodes on one fresh database, sharing one root key file.
 async fn two_nodes(test: &str) -> Option<(TestVault, TestVault)> {
-    two_nodes_with(test, RootFile::Shared).await
+    let (a, b, _) = two_nodes_with(test, RootFile::Shared, |_| {}).await?;
+    Some((a, b))
 }
 
 #[tokio::test]

@@ -21,6 +21,7 @@ use crate::audit::Operation;
 use crate::authz::PeerIdentity;
 use crate::domain::{SubjectId, TenantId, Timestamp};
 use crate::keyring::{Keyring, KeyringError, RewrapBatch};
+use crate::storage::StoreError;
 
 use super::super::{Call, ServiceError, Vault};
 use super::{blocking, versions, EpochReport};
@@ -167,6 +168,14 @@ impl Vault {
         let settings = self.key_jobs.settings;
         let mut rewrapped_here = 0u64;
         loop {
+            // A node whose lease session ended may have lost the job to another node: it
+            // stops before its next batch (a batch is idempotent, so one overlapping batch
+            // does no harm; the other node resumes from the saved cursor).
+            if !self.holds_job(KEY_JOBS) {
+                return Err(ServiceError::Unavailable(StoreError::Backend(
+                    "this node lost the key-jobs lease; another node continues the re-wrap".into(),
+                )));
+            }
             let (record, state) = self.keys.tenant_keys(tenant)?;
             let Some(mut job) = state.rewrap else {
                 return Ok(None);

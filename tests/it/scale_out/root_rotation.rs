@@ -200,7 +200,8 @@ async fn tenants_created_on_both_nodes_during_root_rotations_all_stay_readable()
 
 #[tokio::test]
 async fn a_node_with_its_own_copy_of_the_root_key_file_refuses_once_another_rotates() {
-    let Some((a, b)) = two_nodes_with("scale_out::root_copied", RootFile::Copied).await else {
+    let Some((a, b, _)) = two_nodes_with("scale_out::root_copied", RootFile::Copied, |_| {}).await
+    else {
         return;
     };
     create_tenant(&a, "acme").await;
