@@ -18,6 +18,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use crate::crypto::{Dek, Key, Sealed};
 use crate::domain::{SubjectId, TenantId};
@@ -50,6 +51,8 @@ struct Slot {
     key: Arc<Key<Dek>>,
     /// Used since the CLOCK hand last passed.
     referenced: bool,
+    /// When the key was unwrapped into the cache (`forget_older_than`).
+    cached_at: Instant,
 }
 
 #[derive(Default)]
@@ -176,6 +179,7 @@ impl DekCache {
             wrapped: wrapped.encode(),
             key,
             referenced: false,
+            cached_at: Instant::now(),
         };
         if let Some(old) = slots.iter_mut().find(|s| s.dek_version == dek_version) {
             *old = slot;
@@ -220,6 +224,29 @@ impl DekCache {
             .remove(tenant)
             .map_or(0, |subjects| subjects.values().map(Vec::len).sum());
         inner.entries -= removed;
+    }
+
+    /// Drops every entry unwrapped more than `max_age` ago, used or not. On a store shared
+    /// by several nodes this bounds how long a DEK that another node erased stays in this
+    /// node's memory. Returns how many were dropped.
+    pub fn forget_older_than(&self, max_age: Duration) -> usize {
+        let Some(cutoff) = Instant::now().checked_sub(max_age) else {
+            return 0;
+        };
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        let mut removed = 0;
+        inner.tenants.retain(|_, subjects| {
+            subjects.retain(|_, slots| {
+                let before = slots.len();
+                slots.retain(|slot| slot.cached_at > cutoff);
+                removed += before - slots.len();
+                !slots.is_empty()
+            });
+            !subjects.is_empty()
+        });
+        inner.entries -= removed;
+        removed
     }
 
     /// Drops every cached DEK (the root key was rotated).

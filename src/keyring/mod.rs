@@ -40,6 +40,9 @@ use crate::storage::{Fence, FenceMode, Store, StoreError, TenantRecord};
 const ROOT_CHECK: &str = "root_key_check";
 /// Store metadata key holding the audit key, wrapped by the root key.
 const AUDIT_KEY: &str = "audit_key";
+/// Store metadata key counting destructions of tenant KEK versions and index keys (8 bytes,
+/// big-endian): on a shared store, other nodes drop their cached keys when it moves.
+const DESTROYED_SEQ: &str = "keys_destroyed_seq";
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyringError {
@@ -152,6 +155,8 @@ pub struct Keyring {
     usage: usage::Usage,
     /// Serialises root key rotations (adding a version, converging, destroying).
     root_rotation: Mutex<()>,
+    /// The store's `DESTROYED_SEQ` as this node last saw it (shared stores).
+    destroyed_seen: Mutex<Option<Vec<u8>>>,
     /// Creation and destruction times of key versions.
     clock: Arc<dyn Clock>,
 }
@@ -181,6 +186,8 @@ impl Keyring {
         if !matches {
             return Err(KeyringError::RootMismatch);
         }
+        // Read before any key is cached, so a destruction after this point is noticed.
+        let destroyed_seen = store.meta(DESTROYED_SEQ)?;
         Ok(Self {
             root: RwLock::new(root),
             store,
@@ -189,6 +196,7 @@ impl Keyring {
             dek_cache: dek_cache::DekCache::new(DEFAULT_DEK_CACHE_ENTRIES, None),
             usage: usage::Usage::new(KeyLimits::default()),
             root_rotation: Mutex::new(()),
+            destroyed_seen: Mutex::new(destroyed_seen),
             clock: Arc::new(SystemClock),
         })
     }
@@ -312,6 +320,7 @@ impl Keyring {
             }
         }
         self.forget_index_keys(tenant);
+        self.announce_destroyed();
         Ok(())
     }
 
@@ -433,6 +442,68 @@ impl Keyring {
             map.insert(cache_key, kek.clone());
         }
         Ok(kek)
+    }
+
+    /// Tells the other nodes of a shared store that keys were destroyed here, so that they
+    /// drop theirs from memory (`sync_caches`).
+    fn announce_destroyed(&self) {
+        if !self.store.shared() {
+            return;
+        }
+        for _ in 0..10 {
+            let Ok(stored) = self.store.meta(DESTROYED_SEQ) else {
+                break;
+            };
+            let next = stored
+                .as_deref()
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map_or(0, u64::from_be_bytes)
+                .wrapping_add(1);
+            match self
+                .store
+                .meta_swap(DESTROYED_SEQ, stored.as_deref(), &next.to_be_bytes())
+            {
+                Ok(true) => {
+                    if let Ok(mut seen) = self.destroyed_seen.lock() {
+                        *seen = Some(next.to_be_bytes().to_vec());
+                    }
+                    return;
+                }
+                Ok(false) => continue,
+                Err(_) => break,
+            }
+        }
+        tracing::warn!(
+            "cannot record a key destruction for the other nodes; they drop the destroyed \
+             keys from memory at their next restart or the next recorded destruction"
+        );
+    }
+
+    /// On a shared store: if another node destroyed keys since this node last looked, drops
+    /// every cached KEK, index key and DEK, so no destroyed key stays in this node's memory.
+    /// Returns whether it did.
+    pub fn sync_caches(&self) -> Result<bool, KeyringError> {
+        if !self.store.shared() {
+            return Ok(false);
+        }
+        let now = self.store.meta(DESTROYED_SEQ)?;
+        let mut seen = self
+            .destroyed_seen
+            .lock()
+            .map_err(|_| KeyringError::Missing("key cache state (lock poisoned)"))?;
+        if *seen == now {
+            return Ok(false);
+        }
+        if let Ok(mut keks) = self.keks.write() {
+            keks.clear();
+        }
+        if let Ok(mut index) = self.index_keys.write() {
+            index.clear();
+        }
+        self.dek_cache.forget_all();
+        *seen = now;
+        tracing::info!("another node destroyed keys; cached keys dropped");
+        Ok(true)
     }
 
     /// Forgets cached KEKs of `tenant` for which `destroyed` is true.

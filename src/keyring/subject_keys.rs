@@ -22,6 +22,11 @@ impl Keyring {
         self.dek_cache.stats()
     }
 
+    /// Drops cached DEKs unwrapped more than `max_age` ago (see `DekCache::forget_older_than`).
+    pub fn forget_deks_cached_before(&self, max_age: std::time::Duration) -> usize {
+        self.dek_cache.forget_older_than(max_age)
+    }
+
     /// Drops a subject's cached DEKs: the subject was erased. (Its record is gone, so no
     /// read would reach them; this takes the key material out of memory now.)
     pub fn forget_subject_keys(&self, tenant: &TenantId, subject: &SubjectId) {

@@ -429,6 +429,7 @@ impl Keyring {
         let gone = change.delete_keks;
         self.evict_keks(tenant, |v| gone.contains(&v));
         self.dek_cache.forget_tenant(tenant);
+        self.announce_destroyed();
         Ok(Some(gone))
     }
 
@@ -464,6 +465,9 @@ impl Keyring {
         self.evict_keks(tenant, |_| true);
         self.dek_cache.forget_tenant(tenant);
         self.usage.forget_tenant(tenant);
+        if change.is_some() {
+            self.announce_destroyed();
+        }
         match change {
             Some(c) => Ok(c.delete_keks),
             None => Err(KeyringError::Shredded),

@@ -6,11 +6,13 @@ use tonic::Code;
 
 use crate::util::{audit_events, by_operation, create_tenant, put, text, TestVault};
 
-fn rights(c: &Channel) -> pb::subject_rights_service_client::SubjectRightsServiceClient<Channel> {
+pub(crate) fn rights(
+    c: &Channel,
+) -> pb::subject_rights_service_client::SubjectRightsServiceClient<Channel> {
     pb::subject_rights_service_client::SubjectRightsServiceClient::new(c.clone())
 }
 
-async fn read(c: &Channel, purpose: &str) -> Result<usize, tonic::Status> {
+pub(crate) async fn read(c: &Channel, purpose: &str) -> Result<usize, tonic::Status> {
     pb::record_service_client::RecordServiceClient::new(c.clone())
         .get_fields(pb::GetFieldsRequest {
             tenant_id: "acme".into(),
@@ -22,7 +24,7 @@ async fn read(c: &Channel, purpose: &str) -> Result<usize, tonic::Status> {
         .map(|r| r.into_inner().fields.len())
 }
 
-async fn consent(c: &Channel, purpose: &str, granted: bool) -> pb::SubjectStatus {
+pub(crate) async fn consent(c: &Channel, purpose: &str, granted: bool) -> pb::SubjectStatus {
     rights(c)
         .set_consent(pb::SetConsentRequest {
             tenant_id: "acme".into(),

@@ -15,6 +15,7 @@ use crate::postgres;
 use crate::util::{copy_dir, create_tenant, get, put, test_config, text, text_of, TestVault};
 
 mod leases;
+mod rights;
 mod root_rotation;
 
 /// How the nodes of a test get their root key.

@@ -30,6 +30,9 @@ use super::{blocking, versions, EpochReport};
 const POLL: Duration = Duration::from_secs(1);
 /// How long the worker waits after a failed job before trying again.
 const RETRY_AFTER: Duration = Duration::from_secs(30);
+/// On a store shared by several nodes, the longest a DEK stays cached after its unwrap: the
+/// bound on how long a subject another node erased keeps its key in this node's memory.
+const SHARED_DEK_CACHE_AGE: Duration = Duration::from_secs(30);
 /// The job lease name of the key worker.
 const KEY_JOBS: &str = "key-jobs";
 /// Store metadata key: when the epoch schedule started (before the first epoch ran).
@@ -62,15 +65,18 @@ pub async fn run_key_jobs(vault: Arc<Vault>) {
         tracing::error!("key worker started twice; this one stops");
         return;
     };
-    let mut root_unsynced = false;
+    let mut unsynced = false;
     loop {
-        // On a shared store another node may have rotated the root key: follow it, so this
-        // node drops destroyed versions soon even if it wraps and unwraps nothing.
-        match blocking(&vault.keys, Keyring::sync_root).await {
-            Ok(_) => root_unsynced = false,
-            Err(e) if !root_unsynced => {
-                tracing::error!(error = %e, "cannot follow the shared root key file");
-                root_unsynced = true;
+        // On a shared store another node may have rotated the root key or destroyed tenant
+        // keys: follow it, so destroyed keys leave this node's memory within a second too.
+        if vault.store.shared() {
+            vault.keys.forget_deks_cached_before(SHARED_DEK_CACHE_AGE);
+        }
+        match blocking(&vault.keys, |k| k.sync_root().and_then(|_| k.sync_caches())).await {
+            Ok(_) => unsynced = false,
+            Err(e) if !unsynced => {
+                tracing::error!(error = %e, "cannot follow the other nodes' key changes");
+                unsynced = true;
             }
             Err(_) => {}
         }

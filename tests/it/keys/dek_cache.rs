@@ -36,14 +36,18 @@ struct Setup {
 }
 
 fn setup() -> Setup {
+    setup_on(|dir| Arc::new(SledStore::open(&dir.join("store"), 16 << 20).expect("store")))
+}
+
+/// `setup` over the store `open` makes (given a directory for its files).
+fn setup_on(open: impl FnOnce(&Path) -> Arc<dyn Store>) -> Setup {
     let dir = TempDir::new().expect("dir");
     let root_file = dir.path().join("root.key");
     RootKeys::generate()
         .expect("root")
         .save(&root_file)
         .expect("save root");
-    let store: Arc<dyn Store> =
-        Arc::new(SledStore::open(&dir.path().join("store"), 16 << 20).expect("store"));
+    let store = open(dir.path());
     let keys = node(&root_file, &store, 16);
     let tenant = keys
         .create_tenant(&tid("acme"), NOW)
@@ -307,4 +311,66 @@ async fn reads_through_the_server_count_hits_and_an_erased_subject_skips_the_cac
         before,
         "the erased subject's read never reached the cache"
     );
+}
+
+#[test]
+fn entries_older_than_the_age_bound_are_dropped_used_or_not() {
+    let s = setup();
+    let keys = node(&s.root_file, &s.store, 16);
+    let (alice, bob) = (sid("alice"), sid("bob"));
+    create_subject(&keys, &s, &alice);
+    read_dek(&keys, &s, &alice);
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    create_subject(&keys, &s, &bob);
+    read_dek(&keys, &s, &bob);
+    read_dek(&keys, &s, &alice); // a hit does not make an entry younger
+    assert_eq!(keys.dek_cache_stats().entries, 2);
+    assert_eq!(
+        keys.forget_deks_cached_before(std::time::Duration::from_secs(60)),
+        0
+    );
+    assert_eq!(
+        keys.forget_deks_cached_before(std::time::Duration::from_millis(25)),
+        1,
+        "alice's entry is older than 25 ms, bob's is not"
+    );
+    assert_eq!(keys.dek_cache_stats().entries, 1);
+    let (hits, misses) = hits_misses(&keys);
+    read_dek(&keys, &s, &bob);
+    read_dek(&keys, &s, &alice);
+    assert_eq!(
+        hits_misses(&keys),
+        (hits + 1, misses + 1),
+        "bob hit, alice missed"
+    );
+}
+
+/// Two nodes on one PostgreSQL database: when one destroys keys (here: shreds the tenant),
+/// the other's next `sync_caches` drops every key it had cached.
+#[test]
+fn on_a_shared_store_a_node_drops_its_cached_keys_when_another_destroys_keys() {
+    let Some(server) = crate::postgres::server_or_skip("keys::dek_cache::shared_destroy") else {
+        return;
+    };
+    let url = server.fresh_database();
+    let s = setup_on(|_| {
+        Arc::new(
+            pii_vault::storage::PgStore::connect(&url, 2, &pii_vault::storage::PgTls::Disable)
+                .expect("connect"),
+        )
+    });
+    let a = node(&s.root_file, &s.store, 16);
+    let b = node(&s.root_file, &s.store, 16);
+    let alice = sid("alice");
+    create_subject(&a, &s, &alice);
+    read_dek(&b, &s, &alice);
+    assert_eq!(b.dek_cache_stats().entries, 1);
+    assert!(!b.sync_caches().expect("sync"), "nothing was destroyed yet");
+    assert_eq!(b.dek_cache_stats().entries, 1);
+    a.shred_tenant(&s.tenant.id).expect("shred on A");
+    assert!(b.sync_caches().expect("sync"), "B saw the destruction");
+    assert_eq!(b.dek_cache_stats().entries, 0, "B's cached keys are gone");
+    assert!(!b.sync_caches().expect("sync"), "and only once");
+    // A, which destroyed them itself, has nothing to catch up on.
+    assert!(!a.sync_caches().expect("sync"));
 }
