@@ -7,7 +7,9 @@
 //! The storage trait is synchronous. Connections run on a private tokio runtime with one
 //! worker thread, and a call waits for its result with a plain executor, so it works from
 //! any thread, inside the server's runtime or not; it blocks that thread for its round trips,
-//! as a sled call blocks it for its disk reads.
+//! as a sled call blocks it for its disk reads. On a worker of a multi-thread runtime it
+//! first hands the worker's other tasks to another thread (`off_worker`): a round trip is
+//! much longer than a sled read.
 //!
 //! Every multi-statement operation is one SERIALIZABLE transaction, retried when PostgreSQL
 //! reports a serialization failure, a deadlock or a concurrent insert of the same key. That
@@ -102,9 +104,42 @@ fn pg_error(e: &tokio_postgres::Error) -> StoreError {
 type R<T> = Result<T, Failure>;
 
 /// Waits for a database future on the calling thread; the connection makes progress on the
-/// store's own runtime.
+/// store's own runtime. Store calls wrap their waits in `off_worker`.
 pub(crate) fn block<F: Future<Output = Result<T, tokio_postgres::Error>>, T>(f: F) -> R<T> {
     futures_executor::block_on(f).map_err(Failure::Pg)
+}
+
+/// Runs `f`, which blocks its thread on the database, without taking an async worker away
+/// from the runtime that called the store.
+///
+/// The store is synchronous, and the service calls it straight from the server runtime's
+/// workers: blocked for a network round trip, each would hold up every task queued on it,
+/// so a node had at most one store call in flight per core, however many connections the
+/// pool has. On a multi-thread runtime's worker, `block_in_place` hands the worker's queue
+/// to another thread for as long as `f` blocks.
+///
+/// Why that is safe here (tokio's caveats for `block_in_place`):
+/// - It panics on a current-thread runtime, so it is used only when the current runtime is
+///   a multi-thread one. On a thread that is not one of its workers (a `spawn_blocking`
+///   thread, as the audit writer's; a thread with only a handle entered) it just runs `f`;
+///   nested calls also just run `f`. It is never reached from the store's private runtime:
+///   only the connections and their connect tasks run there, and no store call is made
+///   from one of them.
+/// - Other futures of the calling task (branches of a `join!` or `select!`, a `timeout`
+///   around the call) wait until `f` returns: as they did before, when the whole worker
+///   was blocked.
+/// - A `std::sync::Mutex` guard held by the caller stays held on this thread, as before;
+///   other tasks, now free to run, may wait for it and block a worker. That cannot
+///   deadlock: `f` never waits for a task of the caller's runtime. Its connections are
+///   driven by the store's own runtime, and a call waiting for a free connection waits for
+///   another store call, itself running on a thread of its own.
+fn off_worker<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
 }
 
 fn ts(t: Timestamp) -> i64 {
@@ -203,6 +238,10 @@ impl PgStore {
 
     /// Runs `f` with a connection of the pool to itself, waiting for one if all are busy.
     fn with_client<T>(&self, f: impl FnOnce(&mut Client) -> R<T>) -> StoreResult<T> {
+        off_worker(|| self.pooled(f))
+    }
+
+    fn pooled<T>(&self, f: impl FnOnce(&mut Client) -> R<T>) -> StoreResult<T> {
         let slot = {
             let mut pool = self
                 .pool
@@ -349,6 +388,12 @@ impl FenceHold for PgFence<'_> {
 
 impl Drop for PgFence<'_> {
     fn drop(&mut self) {
+        off_worker(|| self.release());
+    }
+}
+
+impl PgFence<'_> {
+    fn release(&self) {
         let Ok(session) = self.store.lease_session() else {
             return;
         };
@@ -1425,6 +1470,30 @@ impl Store for PgStore {
     }
 
     fn job_lease(&self, job: &str) -> StoreResult<bool> {
+        off_worker(|| self.take_lease(job))
+    }
+
+    fn root_fence(&self, mode: FenceMode) -> StoreResult<Fence<'_>> {
+        off_worker(|| self.take_fence(mode))
+    }
+
+    fn flush(&self) -> StoreResult<()> {
+        // Every write committed before it returned.
+        Ok(())
+    }
+
+    fn disk_bytes(&self) -> StoreResult<Option<u64>> {
+        self.read(|c| {
+            let row = block(c.query_one("SELECT pg_database_size(current_database())", &[]))?;
+            let n: i64 = row.get(0);
+            Ok(u64::try_from(n).ok())
+        })
+    }
+}
+
+/// The lease session's side of the `Store` trait.
+impl PgStore {
+    fn take_lease(&self, job: &str) -> StoreResult<bool> {
         let mut session = self.lease_session()?;
         session.live(self)?;
         if session.jobs.contains(job) {
@@ -1444,7 +1513,7 @@ impl Store for PgStore {
         Ok(granted)
     }
 
-    fn root_fence(&self, mode: FenceMode) -> StoreResult<Fence<'_>> {
+    fn take_fence(&self, mode: FenceMode) -> StoreResult<Fence<'_>> {
         // Advisory locks of one session never block each other: this node's own threads
         // are ordered by the keyring's lock.
         let (take, unlock) = match mode {
@@ -1482,19 +1551,6 @@ impl Store for PgStore {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-    }
-
-    fn flush(&self) -> StoreResult<()> {
-        // Every write committed before it returned.
-        Ok(())
-    }
-
-    fn disk_bytes(&self) -> StoreResult<Option<u64>> {
-        self.read(|c| {
-            let row = block(c.query_one("SELECT pg_database_size(current_database())", &[]))?;
-            let n: i64 = row.get(0);
-            Ok(u64::try_from(n).ok())
-        })
     }
 }
 
