@@ -17,6 +17,7 @@
 //! A commit is durable when it returns (with the server's default `synchronous_commit`), so
 //! `flush` has nothing left to do.
 
+mod conn;
 mod schema;
 
 use std::collections::HashSet;
@@ -25,11 +26,12 @@ use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, GenericClient, IsolationLevel, NoTls, Row, Transaction};
+use tokio_postgres::{Client, GenericClient, IsolationLevel, NoTls, Transaction};
 
 use crate::crypto::Sealed;
 use crate::domain::{FieldName, SubjectId, SubjectState, TenantId, Timestamp};
 
+use self::conn::{exec, one, rows, Conn, Db};
 use super::records::{
     decode_state, encode_state, Erasure, FieldRecord, SubjectRecord, SubjectWrite, TenantRecord,
     Tombstone, Written,
@@ -193,7 +195,7 @@ fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
 pub struct PgStore {
     /// Free slots: a connection, or `None` for one to open again (it closed: the database
     /// restarted, the network failed). A slot is never lost.
-    pool: Mutex<Vec<Option<Client>>>,
+    pool: Mutex<Vec<Option<Conn>>>,
     returned: Condvar,
     /// The connection string (it may hold a password: never printed).
     url: String,
@@ -222,7 +224,7 @@ impl PgStore {
         }
         let lease_session = clients.pop().flatten().expect("at least two connections");
         let store = Self {
-            pool: Mutex::new(clients),
+            pool: Mutex::new(clients.into_iter().map(|c| c.map(Conn::new)).collect()),
             returned: Condvar::new(),
             url: url.to_owned(),
             leases: Mutex::new(LeaseSession {
@@ -232,16 +234,16 @@ impl PgStore {
             }),
             runtime: Some(runtime),
         };
-        store.with_client(|c| schema::migrate(c).map(|_| ()))?;
+        store.with_client(|c| schema::migrate(&mut c.client).map(|_| ()))?;
         Ok(store)
     }
 
     /// Runs `f` with a connection of the pool to itself, waiting for one if all are busy.
-    fn with_client<T>(&self, f: impl FnOnce(&mut Client) -> R<T>) -> StoreResult<T> {
+    fn with_client<T>(&self, f: impl FnOnce(&mut Conn) -> R<T>) -> StoreResult<T> {
         off_worker(|| self.pooled(f))
     }
 
-    fn pooled<T>(&self, f: impl FnOnce(&mut Client) -> R<T>) -> StoreResult<T> {
+    fn pooled<T>(&self, f: impl FnOnce(&mut Conn) -> R<T>) -> StoreResult<T> {
         let slot = {
             let mut pool = self
                 .pool
@@ -258,8 +260,9 @@ impl PgStore {
             }
         };
         let opened = match slot {
-            Some(c) if !c.is_closed() => Ok(c),
-            _ => self.reconnect(),
+            Some(c) if !c.client.is_closed() => Ok(c),
+            // A new connection, without the old one's prepared statements.
+            _ => self.reconnect().map(Conn::new),
         };
         let (result, back) = match opened {
             Ok(mut client) => {
@@ -293,23 +296,25 @@ impl PgStore {
     }
 
     /// One statement on a pooled connection.
-    fn read<T>(&self, f: impl FnOnce(&Client) -> R<T>) -> StoreResult<T> {
-        self.with_client(|c| f(c))
+    fn read<T>(&self, f: impl FnOnce(&Db<'_, Client>) -> R<T>) -> StoreResult<T> {
+        self.with_client(|c| f(&c.db()))
     }
 
     /// Runs `body` in a SERIALIZABLE transaction, again while it fails retryably.
-    fn tx<T>(&self, body: impl Fn(&Transaction<'_>) -> R<T>) -> StoreResult<T> {
+    fn tx<T>(&self, body: impl Fn(&Db<'_, Transaction<'_>>) -> R<T>) -> StoreResult<T> {
         self.with_client(|c| {
+            let (client, prepared) = c.split();
             let mut attempt = 0;
             loop {
                 attempt += 1;
                 let outcome: R<T> = (|| {
                     let tx = block(
-                        c.build_transaction()
+                        client
+                            .build_transaction()
                             .isolation_level(IsolationLevel::Serializable)
                             .start(),
                     )?;
-                    let value = body(&tx)?;
+                    let value = body(&Db::within(&tx, prepared))?;
                     block(tx.commit())?;
                     Ok(value)
                 })();
@@ -431,32 +436,8 @@ impl Drop for PgStore {
     }
 }
 
-fn one<C: GenericClient>(
-    c: &C,
-    sql: &str,
-    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-) -> R<Option<Row>> {
-    block(c.query_opt(sql, params))
-}
-
-fn rows<C: GenericClient>(
-    c: &C,
-    sql: &str,
-    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-) -> R<Vec<Row>> {
-    block(c.query(sql, params))
-}
-
-fn exec<C: GenericClient>(
-    c: &C,
-    sql: &str,
-    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-) -> R<u64> {
-    block(c.execute(sql, params))
-}
-
 /// The tenant's record; `NoTenant` if there is none.
-fn tenant_record<C: GenericClient>(c: &C, tenant: &TenantId) -> R<TenantRecord> {
+fn tenant_record<C: GenericClient>(c: &Db<'_, C>, tenant: &TenantId) -> R<TenantRecord> {
     match one(
         c,
         "SELECT record FROM pv_tenants WHERE id = $1",
@@ -468,17 +449,17 @@ fn tenant_record<C: GenericClient>(c: &C, tenant: &TenantId) -> R<TenantRecord> 
 }
 
 /// The KEK version new DEKs must be wrapped under; `None` once the tenant is shredded.
-fn current_kek<C: GenericClient>(c: &C, tenant: &TenantId) -> R<Option<u32>> {
+fn current_kek<C: GenericClient>(c: &Db<'_, C>, tenant: &TenantId) -> R<Option<u32>> {
     let rec = tenant_record(c, tenant)?;
     Ok(rec.shredded_at.is_none().then_some(rec.kek_version))
 }
 
-fn require_tenant<C: GenericClient>(c: &C, tenant: &TenantId) -> R<()> {
+fn require_tenant<C: GenericClient>(c: &Db<'_, C>, tenant: &TenantId) -> R<()> {
     tenant_record(c, tenant).map(|_| ())
 }
 
 fn subject_row<C: GenericClient>(
-    c: &C,
+    c: &Db<'_, C>,
     tenant: &TenantId,
     subject: &SubjectId,
 ) -> R<Option<SubjectRecord>> {
@@ -492,7 +473,7 @@ fn subject_row<C: GenericClient>(
 }
 
 fn put_subject<C: GenericClient>(
-    c: &C,
+    c: &Db<'_, C>,
     tenant: &TenantId,
     subject: &SubjectId,
     record: &SubjectRecord,
@@ -507,7 +488,7 @@ fn put_subject<C: GenericClient>(
 }
 
 fn field_row<C: GenericClient>(
-    c: &C,
+    c: &Db<'_, C>,
     tenant: &TenantId,
     subject: &SubjectId,
     name: &FieldName,
@@ -522,7 +503,7 @@ fn field_row<C: GenericClient>(
 }
 
 fn put_field<C: GenericClient>(
-    c: &C,
+    c: &Db<'_, C>,
     tenant: &TenantId,
     subject: &SubjectId,
     field: &FieldRecord,
@@ -543,7 +524,7 @@ fn put_field<C: GenericClient>(
 
 /// Removes a blind-index entry and its mention in the subject record; true if it was there.
 fn unindex<C: GenericClient>(
-    c: &C,
+    c: &Db<'_, C>,
     tenant: &TenantId,
     record: &mut SubjectRecord,
     entry: &[u8],
@@ -561,7 +542,7 @@ fn unindex<C: GenericClient>(
     Ok(record.index_entries.len() != before)
 }
 
-fn add_index<C: GenericClient>(c: &C, tenant: &TenantId, entry: &[u8]) -> R<()> {
+fn add_index<C: GenericClient>(c: &Db<'_, C>, tenant: &TenantId, entry: &[u8]) -> R<()> {
     exec(
         c,
         "INSERT INTO pv_index (tenant, entry) VALUES ($1, $2) ON CONFLICT DO NOTHING",
@@ -570,7 +551,7 @@ fn add_index<C: GenericClient>(c: &C, tenant: &TenantId, entry: &[u8]) -> R<()> 
     Ok(())
 }
 
-fn mark_epoch<C: GenericClient>(c: &C, tenant: &TenantId) -> R<()> {
+fn mark_epoch<C: GenericClient>(c: &Db<'_, C>, tenant: &TenantId) -> R<()> {
     exec(
         c,
         "INSERT INTO pv_epoch_pending (tenant, erasures) VALUES ($1, 1)
@@ -580,11 +561,11 @@ fn mark_epoch<C: GenericClient>(c: &C, tenant: &TenantId) -> R<()> {
     Ok(())
 }
 
-fn meta_value<C: GenericClient>(c: &C, key: &str) -> R<Option<Vec<u8>>> {
+fn meta_value<C: GenericClient>(c: &Db<'_, C>, key: &str) -> R<Option<Vec<u8>>> {
     Ok(one(c, "SELECT value FROM pv_meta WHERE key = $1", &[&key])?.map(|r| r.get(0)))
 }
 
-fn set_meta<C: GenericClient>(c: &C, key: &str, value: &[u8]) -> R<()> {
+fn set_meta<C: GenericClient>(c: &Db<'_, C>, key: &str, value: &[u8]) -> R<()> {
     exec(
         c,
         "INSERT INTO pv_meta (key, value) VALUES ($1, $2)
@@ -1402,7 +1383,7 @@ impl Store for PgStore {
                 return Ok(());
             };
             let last: Option<i64> =
-                block(t.query_one("SELECT max(seq) FROM pv_audit", &[]))?.get(0);
+                one(t, "SELECT max(seq) FROM pv_audit", &[])?.and_then(|r| r.get(0));
             if last.is_some_and(|last| last + 1 != *first) {
                 return Err(StoreError::Conflict.into());
             }
@@ -1484,9 +1465,8 @@ impl Store for PgStore {
 
     fn disk_bytes(&self) -> StoreResult<Option<u64>> {
         self.read(|c| {
-            let row = block(c.query_one("SELECT pg_database_size(current_database())", &[]))?;
-            let n: i64 = row.get(0);
-            Ok(u64::try_from(n).ok())
+            let size = one(c, "SELECT pg_database_size(current_database())", &[])?;
+            Ok(size.and_then(|r| u64::try_from(r.get::<_, i64>(0)).ok()))
         })
     }
 }
