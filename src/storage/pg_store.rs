@@ -26,12 +26,12 @@ use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, GenericClient, IsolationLevel, NoTls, Transaction};
+use tokio_postgres::{Client, GenericClient, IsolationLevel, NoTls, Row, Transaction};
 
 use crate::crypto::Sealed;
 use crate::domain::{FieldName, SubjectId, SubjectState, TenantId, Timestamp};
 
-use self::conn::{exec, one, rows, Conn, Db};
+use self::conn::{exec, one, rows, tenant_one, tenant_rows, Conn, Db};
 use super::records::{
     decode_state, encode_state, Erasure, FieldRecord, SubjectRecord, SubjectWrite, TenantRecord,
     Tombstone, Written,
@@ -463,13 +463,15 @@ fn subject_row<C: GenericClient>(
     tenant: &TenantId,
     subject: &SubjectId,
 ) -> R<Option<SubjectRecord>> {
-    one(
-        c,
-        "SELECT record FROM pv_subjects WHERE tenant = $1 AND subject = $2",
-        &[&tenant.as_str(), &subject.as_str()],
-    )?
-    .map(|r| SubjectRecord::decode(r.get(0)).map_err(Failure::from))
-    .transpose()
+    one(c, SUBJECT_RECORD, &[&tenant.as_str(), &subject.as_str()])?
+        .map(|r| decode_subject(&r))
+        .transpose()
+}
+
+const SUBJECT_RECORD: &str = "SELECT record FROM pv_subjects WHERE tenant = $1 AND subject = $2";
+
+fn decode_subject(row: &Row) -> R<SubjectRecord> {
+    Ok(SubjectRecord::decode(row.get(0))?)
 }
 
 fn put_subject<C: GenericClient>(
@@ -495,11 +497,18 @@ fn field_row<C: GenericClient>(
 ) -> R<Option<FieldRecord>> {
     one(
         c,
-        "SELECT record FROM pv_fields WHERE tenant = $1 AND subject = $2 AND name = $3",
+        FIELD_RECORD,
         &[&tenant.as_str(), &subject.as_str(), &name.as_str()],
     )?
-    .map(|r| FieldRecord::decode(r.get(0)).map_err(Failure::from))
+    .map(|r| decode_field(&r))
     .transpose()
+}
+
+const FIELD_RECORD: &str =
+    "SELECT record FROM pv_fields WHERE tenant = $1 AND subject = $2 AND name = $3";
+
+fn decode_field(row: &Row) -> R<FieldRecord> {
+    Ok(FieldRecord::decode(row.get(0))?)
 }
 
 fn put_field<C: GenericClient>(
@@ -807,8 +816,13 @@ impl Store for PgStore {
         subject: &SubjectId,
     ) -> StoreResult<Option<SubjectRecord>> {
         self.read(|c| {
-            require_tenant(c, tenant)?;
-            subject_row(c, tenant, subject)
+            let found = tenant_one(
+                c,
+                tenant,
+                SUBJECT_RECORD,
+                &[&tenant.as_str(), &subject.as_str()],
+            )?;
+            found.map(|r| decode_subject(&r)).transpose()
         })
     }
 
@@ -819,9 +833,9 @@ impl Store for PgStore {
         n: usize,
     ) -> StoreResult<Vec<SubjectId>> {
         self.read(|c| {
-            require_tenant(c, tenant)?;
-            rows(
+            tenant_rows(
                 c,
+                tenant,
                 "SELECT subject FROM pv_subjects
                  WHERE tenant = $1 AND ($2::text IS NULL OR subject > $2)
                  ORDER BY subject LIMIT $3",
@@ -840,9 +854,9 @@ impl Store for PgStore {
         n: usize,
     ) -> StoreResult<Vec<(SubjectId, SubjectRecord)>> {
         self.read(|c| {
-            require_tenant(c, tenant)?;
-            rows(
+            tenant_rows(
                 c,
+                tenant,
                 "SELECT subject, record FROM pv_subjects
                  WHERE tenant = $1 AND ($2::text IS NULL OR subject > $2)
                  ORDER BY subject LIMIT $3",
@@ -890,16 +904,30 @@ impl Store for PgStore {
     ) -> StoreResult<Vec<Written>> {
         let mask = write.categories();
         self.tx(|t| {
-            let current = current_kek(t, tenant)?;
-            let erased = one(
+            // The tenant, whether the subject was erased, and its record: one statement.
+            let Some(found) = one(
                 t,
-                "SELECT 1 FROM pv_tombstones WHERE tenant = $1 AND subject = $2",
+                "SELECT t.record,
+                        EXISTS (SELECT 1 FROM pv_tombstones WHERE tenant = t.id AND subject = $2),
+                        (SELECT record FROM pv_subjects WHERE tenant = t.id AND subject = $2)
+                 FROM pv_tenants t WHERE t.id = $1",
                 &[&tenant.as_str(), &subject.as_str()],
-            )?;
-            if erased.is_some() {
+            )?
+            else {
+                return Err(StoreError::NoTenant.into());
+            };
+            let tenant_rec = TenantRecord::decode(found.get(0))?;
+            let current = tenant_rec
+                .shredded_at
+                .is_none()
+                .then_some(tenant_rec.kek_version);
+            if found.get::<_, bool>(1) {
                 return Err(StoreError::Erased.into());
             }
-            let stored = subject_row(t, tenant, subject)?;
+            let stored = found
+                .get::<_, Option<&[u8]>>(2)
+                .map(SubjectRecord::decode)
+                .transpose()?;
             let mut dirty = stored.is_none();
             let mut record = match stored {
                 None => {
@@ -980,9 +1008,9 @@ impl Store for PgStore {
         n: usize,
     ) -> StoreResult<Vec<FieldRecord>> {
         self.read(|c| {
-            require_tenant(c, tenant)?;
-            rows(
+            tenant_rows(
                 c,
+                tenant,
                 "SELECT record FROM pv_fields
                  WHERE tenant = $1 AND subject = $2 AND ($3::text IS NULL OR name > $3)
                  ORDER BY name LIMIT $4",
@@ -1006,8 +1034,13 @@ impl Store for PgStore {
         name: &FieldName,
     ) -> StoreResult<Option<FieldRecord>> {
         self.read(|c| {
-            require_tenant(c, tenant)?;
-            field_row(c, tenant, subject, name)
+            let found = tenant_one(
+                c,
+                tenant,
+                FIELD_RECORD,
+                &[&tenant.as_str(), &subject.as_str(), &name.as_str()],
+            )?;
+            found.map(|r| decode_field(&r)).transpose()
         })
     }
 
@@ -1047,9 +1080,9 @@ impl Store for PgStore {
 
     fn subject_state(&self, tenant: &TenantId, subject: &SubjectId) -> StoreResult<SubjectState> {
         self.read(|c| {
-            require_tenant(c, tenant)?;
-            match one(
+            match tenant_one(
                 c,
+                tenant,
                 "SELECT state FROM pv_state WHERE tenant = $1 AND subject = $2",
                 &[&tenant.as_str(), &subject.as_str()],
             )? {
@@ -1084,9 +1117,9 @@ impl Store for PgStore {
         n: usize,
     ) -> StoreResult<Vec<(SubjectId, FieldName, Timestamp)>> {
         self.read(|c| {
-            require_tenant(c, tenant)?;
-            rows(
+            tenant_rows(
                 c,
+                tenant,
                 "SELECT subject, name, at FROM pv_expiry WHERE tenant = $1 AND at <= $2
                  ORDER BY at, subject, name LIMIT $3",
                 &[&tenant.as_str(), &ts(now), &limit(n)],
@@ -1141,9 +1174,9 @@ impl Store for PgStore {
     fn index_scan(&self, tenant: &TenantId, prefix: &[u8]) -> StoreResult<Vec<Vec<u8>>> {
         let end = prefix_end(prefix);
         self.read(|c| {
-            require_tenant(c, tenant)?;
-            Ok(rows(
+            Ok(tenant_rows(
                 c,
+                tenant,
                 "SELECT entry FROM pv_index
                  WHERE tenant = $1 AND entry >= $2 AND ($3::bytea IS NULL OR entry < $3)
                  ORDER BY entry",
@@ -1248,9 +1281,9 @@ impl Store for PgStore {
 
     fn tombstone(&self, tenant: &TenantId, subject: &SubjectId) -> StoreResult<Option<Tombstone>> {
         self.read(|c| {
-            require_tenant(c, tenant)?;
-            one(
+            tenant_one(
                 c,
+                tenant,
                 "SELECT tombstone FROM pv_tombstones WHERE tenant = $1 AND subject = $2",
                 &[&tenant.as_str(), &subject.as_str()],
             )?

@@ -12,11 +12,15 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::future::Future;
 
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, GenericClient, Row, Statement};
 
-use super::{block, R};
+use crate::domain::TenantId;
+use crate::storage::StoreError;
+
+use super::{block, Failure, R};
 
 /// Statement parameters, as tokio-postgres takes them.
 pub(super) type Params<'a> = [&'a (dyn ToSql + Sync)];
@@ -107,4 +111,49 @@ pub(super) fn exec<C: GenericClient>(
 ) -> R<u64> {
     let s = c.statement(sql)?;
     block(c.on.execute(&s, params))
+}
+
+const TENANT_EXISTS: &str = "SELECT 1 FROM pv_tenants WHERE id = $1";
+
+/// Runs `query`, a query of rows of `tenant` only, together with the check that the tenant
+/// exists: both are sent at once, in one round trip (tokio-postgres pipelines requests
+/// that are waited for together). `NoTenant` if it does not exist (the query then found
+/// nothing of it).
+fn of_tenant<C: GenericClient, T>(
+    c: &Db<'_, C>,
+    tenant: &TenantId,
+    query: impl Future<Output = Result<T, tokio_postgres::Error>>,
+) -> R<T> {
+    let check = c.statement(TENANT_EXISTS)?;
+    let id = tenant.as_str();
+    let check_params: &Params<'_> = &[&id];
+    let (exists, found) = futures_executor::block_on(async {
+        tokio::join!(c.on.query_opt(&check, check_params), query)
+    });
+    if exists?.is_none() {
+        return Err(Failure::Store(StoreError::NoTenant));
+    }
+    Ok(found?)
+}
+
+/// `one(c, sql, params)` of a tenant that must exist (see `of_tenant`).
+pub(super) fn tenant_one<C: GenericClient>(
+    c: &Db<'_, C>,
+    tenant: &TenantId,
+    sql: &'static str,
+    params: &Params<'_>,
+) -> R<Option<Row>> {
+    let s = c.statement(sql)?;
+    of_tenant(c, tenant, c.on.query_opt(&s, params))
+}
+
+/// `rows(c, sql, params)` of a tenant that must exist (see `of_tenant`).
+pub(super) fn tenant_rows<C: GenericClient>(
+    c: &Db<'_, C>,
+    tenant: &TenantId,
+    sql: &'static str,
+    params: &Params<'_>,
+) -> R<Vec<Row>> {
+    let s = c.statement(sql)?;
+    of_tenant(c, tenant, c.on.query(&s, params))
 }
