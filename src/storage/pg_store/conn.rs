@@ -61,7 +61,8 @@ impl Conn {
 /// Where statements run: a connection or a transaction open on it, with the statements
 /// prepared on that connection.
 pub(super) struct Db<'a, C> {
-    pub(super) on: &'a C,
+    on: &'a C,
+    /// The statements of `on`'s connection, whether `on` is it or a transaction on it.
     prepared: &'a Prepared,
 }
 
