@@ -7,7 +7,9 @@
 //! The storage trait is synchronous. Connections run on a private tokio runtime with one
 //! worker thread, and a call waits for its result with a plain executor, so it works from
 //! any thread, inside the server's runtime or not; it blocks that thread for its round trips,
-//! as a sled call blocks it for its disk reads.
+//! as a sled call blocks it for its disk reads. On a worker of a multi-thread runtime it
+//! first hands the worker's other tasks to another thread (`off_worker`): a round trip is
+//! much longer than a sled read.
 //!
 //! Every multi-statement operation is one SERIALIZABLE transaction, retried when PostgreSQL
 //! reports a serialization failure, a deadlock or a concurrent insert of the same key. That
@@ -17,6 +19,7 @@
 //!
 //! Connections use TLS with a verified server certificate unless told not to (`tls.rs`).
 
+mod conn;
 mod schema;
 mod tls;
 
@@ -34,6 +37,7 @@ use tls::{Connector, Session};
 use crate::crypto::Sealed;
 use crate::domain::{FieldName, SubjectId, SubjectState, TenantId, Timestamp};
 
+use self::conn::{exec, one, rows, tenant_one, tenant_rows, Conn, Db};
 use super::records::{
     decode_state, encode_state, Erasure, FieldRecord, SubjectRecord, SubjectWrite, TenantRecord,
     Tombstone, Written,
@@ -119,9 +123,42 @@ fn pg_error(e: &tokio_postgres::Error) -> StoreError {
 type R<T> = Result<T, Failure>;
 
 /// Waits for a database future on the calling thread; the connection makes progress on the
-/// store's own runtime.
+/// store's own runtime. Store calls wrap their waits in `off_worker`.
 pub(crate) fn block<F: Future<Output = Result<T, tokio_postgres::Error>>, T>(f: F) -> R<T> {
     futures_executor::block_on(f).map_err(Failure::Pg)
+}
+
+/// Runs `f`, which blocks its thread on the database, without taking an async worker away
+/// from the runtime that called the store.
+///
+/// The store is synchronous, and the service calls it straight from the server runtime's
+/// workers: blocked for a network round trip, each would hold up every task queued on it,
+/// so a node had at most one store call in flight per core, however many connections the
+/// pool has. On a multi-thread runtime's worker, `block_in_place` hands the worker's queue
+/// to another thread for as long as `f` blocks.
+///
+/// Why that is safe here (tokio's caveats for `block_in_place`):
+/// - It panics on a current-thread runtime, so it is used only when the current runtime is
+///   a multi-thread one. On a thread that is not one of its workers (a `spawn_blocking`
+///   thread, as the audit writer's; a thread with only a handle entered) it just runs `f`;
+///   nested calls also just run `f`. It is never reached from the store's private runtime:
+///   only the connections and their connect tasks run there, and no store call is made
+///   from one of them.
+/// - Other futures of the calling task (branches of a `join!` or `select!`, a `timeout`
+///   around the call) wait until `f` returns: as they did before, when the whole worker
+///   was blocked.
+/// - A `std::sync::Mutex` guard held by the caller stays held on this thread, as before;
+///   other tasks, now free to run, may wait for it and block a worker. That cannot
+///   deadlock: `f` never waits for a task of the caller's runtime. Its connections are
+///   driven by the store's own runtime, and a call waiting for a free connection waits for
+///   another store call, itself running on a thread of its own.
+fn off_worker<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
 }
 
 fn ts(t: Timestamp) -> i64 {
@@ -175,7 +212,7 @@ fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
 pub struct PgStore {
     /// Free slots: a connection, or `None` for one to open again (it closed: the database
     /// restarted, the network failed). A slot is never lost.
-    pool: Mutex<Vec<Option<Client>>>,
+    pool: Mutex<Vec<Option<Conn>>>,
     returned: Condvar,
     /// How to open a connection: the connection string (it may hold a password: never
     /// printed) and its TLS connector.
@@ -211,7 +248,7 @@ impl PgStore {
         }
         let lease_session = clients.pop().flatten().expect("at least two connections");
         let store = Self {
-            pool: Mutex::new(clients),
+            pool: Mutex::new(clients.into_iter().map(|c| c.map(Conn::new)).collect()),
             returned: Condvar::new(),
             session,
             leases: Mutex::new(LeaseSession {
@@ -221,12 +258,16 @@ impl PgStore {
             }),
             runtime: Some(runtime),
         };
-        store.with_client(|c| schema::migrate(c).map(|_| ()))?;
+        store.with_client(|c| schema::migrate(&mut c.client).map(|_| ()))?;
         Ok(store)
     }
 
     /// Runs `f` with a connection of the pool to itself, waiting for one if all are busy.
-    fn with_client<T>(&self, f: impl FnOnce(&mut Client) -> R<T>) -> StoreResult<T> {
+    fn with_client<T>(&self, f: impl FnOnce(&mut Conn) -> R<T>) -> StoreResult<T> {
+        off_worker(|| self.pooled(f))
+    }
+
+    fn pooled<T>(&self, f: impl FnOnce(&mut Conn) -> R<T>) -> StoreResult<T> {
         let slot = {
             let mut pool = self
                 .pool
@@ -243,8 +284,9 @@ impl PgStore {
             }
         };
         let opened = match slot {
-            Some(c) if !c.is_closed() => Ok(c),
-            _ => self.reconnect(),
+            Some(c) if !c.client.is_closed() => Ok(c),
+            // A new connection, without the old one's prepared statements.
+            _ => self.reconnect().map(Conn::new),
         };
         let (result, back) = match opened {
             Ok(mut client) => {
@@ -278,23 +320,25 @@ impl PgStore {
     }
 
     /// One statement on a pooled connection.
-    fn read<T>(&self, f: impl FnOnce(&Client) -> R<T>) -> StoreResult<T> {
-        self.with_client(|c| f(c))
+    fn read<T>(&self, f: impl FnOnce(&Db<'_, Client>) -> R<T>) -> StoreResult<T> {
+        self.with_client(|c| f(&c.db()))
     }
 
     /// Runs `body` in a SERIALIZABLE transaction, again while it fails retryably.
-    fn tx<T>(&self, body: impl Fn(&Transaction<'_>) -> R<T>) -> StoreResult<T> {
+    fn tx<T>(&self, body: impl Fn(&Db<'_, Transaction<'_>>) -> R<T>) -> StoreResult<T> {
         self.with_client(|c| {
+            let (client, prepared) = c.split();
             let mut attempt = 0;
             loop {
                 attempt += 1;
                 let outcome: R<T> = (|| {
                     let tx = block(
-                        c.build_transaction()
+                        client
+                            .build_transaction()
                             .isolation_level(IsolationLevel::Serializable)
                             .start(),
                     )?;
-                    let value = body(&tx)?;
+                    let value = body(&Db::within(&tx, prepared))?;
                     block(tx.commit())?;
                     Ok(value)
                 })();
@@ -380,6 +424,12 @@ impl FenceHold for PgFence<'_> {
 
 impl Drop for PgFence<'_> {
     fn drop(&mut self) {
+        off_worker(|| self.release());
+    }
+}
+
+impl PgFence<'_> {
+    fn release(&self) {
         let Ok(session) = self.store.lease_session() else {
             return;
         };
@@ -424,32 +474,8 @@ impl Drop for PgStore {
     }
 }
 
-fn one<C: GenericClient>(
-    c: &C,
-    sql: &str,
-    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-) -> R<Option<Row>> {
-    block(c.query_opt(sql, params))
-}
-
-fn rows<C: GenericClient>(
-    c: &C,
-    sql: &str,
-    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-) -> R<Vec<Row>> {
-    block(c.query(sql, params))
-}
-
-fn exec<C: GenericClient>(
-    c: &C,
-    sql: &str,
-    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-) -> R<u64> {
-    block(c.execute(sql, params))
-}
-
 /// The tenant's record; `NoTenant` if there is none.
-fn tenant_record<C: GenericClient>(c: &C, tenant: &TenantId) -> R<TenantRecord> {
+fn tenant_record<C: GenericClient>(c: &Db<'_, C>, tenant: &TenantId) -> R<TenantRecord> {
     match one(
         c,
         "SELECT record FROM pv_tenants WHERE id = $1",
@@ -461,31 +487,33 @@ fn tenant_record<C: GenericClient>(c: &C, tenant: &TenantId) -> R<TenantRecord> 
 }
 
 /// The KEK version new DEKs must be wrapped under; `None` once the tenant is shredded.
-fn current_kek<C: GenericClient>(c: &C, tenant: &TenantId) -> R<Option<u32>> {
+fn current_kek<C: GenericClient>(c: &Db<'_, C>, tenant: &TenantId) -> R<Option<u32>> {
     let rec = tenant_record(c, tenant)?;
     Ok(rec.shredded_at.is_none().then_some(rec.kek_version))
 }
 
-fn require_tenant<C: GenericClient>(c: &C, tenant: &TenantId) -> R<()> {
+fn require_tenant<C: GenericClient>(c: &Db<'_, C>, tenant: &TenantId) -> R<()> {
     tenant_record(c, tenant).map(|_| ())
 }
 
 fn subject_row<C: GenericClient>(
-    c: &C,
+    c: &Db<'_, C>,
     tenant: &TenantId,
     subject: &SubjectId,
 ) -> R<Option<SubjectRecord>> {
-    one(
-        c,
-        "SELECT record FROM pv_subjects WHERE tenant = $1 AND subject = $2",
-        &[&tenant.as_str(), &subject.as_str()],
-    )?
-    .map(|r| SubjectRecord::decode(r.get(0)).map_err(Failure::from))
-    .transpose()
+    one(c, SUBJECT_RECORD, &[&tenant.as_str(), &subject.as_str()])?
+        .map(|r| decode_subject(&r))
+        .transpose()
+}
+
+const SUBJECT_RECORD: &str = "SELECT record FROM pv_subjects WHERE tenant = $1 AND subject = $2";
+
+fn decode_subject(row: &Row) -> R<SubjectRecord> {
+    Ok(SubjectRecord::decode(row.get(0))?)
 }
 
 fn put_subject<C: GenericClient>(
-    c: &C,
+    c: &Db<'_, C>,
     tenant: &TenantId,
     subject: &SubjectId,
     record: &SubjectRecord,
@@ -500,22 +528,29 @@ fn put_subject<C: GenericClient>(
 }
 
 fn field_row<C: GenericClient>(
-    c: &C,
+    c: &Db<'_, C>,
     tenant: &TenantId,
     subject: &SubjectId,
     name: &FieldName,
 ) -> R<Option<FieldRecord>> {
     one(
         c,
-        "SELECT record FROM pv_fields WHERE tenant = $1 AND subject = $2 AND name = $3",
+        FIELD_RECORD,
         &[&tenant.as_str(), &subject.as_str(), &name.as_str()],
     )?
-    .map(|r| FieldRecord::decode(r.get(0)).map_err(Failure::from))
+    .map(|r| decode_field(&r))
     .transpose()
 }
 
+const FIELD_RECORD: &str =
+    "SELECT record FROM pv_fields WHERE tenant = $1 AND subject = $2 AND name = $3";
+
+fn decode_field(row: &Row) -> R<FieldRecord> {
+    Ok(FieldRecord::decode(row.get(0))?)
+}
+
 fn put_field<C: GenericClient>(
-    c: &C,
+    c: &Db<'_, C>,
     tenant: &TenantId,
     subject: &SubjectId,
     field: &FieldRecord,
@@ -536,7 +571,7 @@ fn put_field<C: GenericClient>(
 
 /// Removes a blind-index entry and its mention in the subject record; true if it was there.
 fn unindex<C: GenericClient>(
-    c: &C,
+    c: &Db<'_, C>,
     tenant: &TenantId,
     record: &mut SubjectRecord,
     entry: &[u8],
@@ -554,7 +589,7 @@ fn unindex<C: GenericClient>(
     Ok(record.index_entries.len() != before)
 }
 
-fn add_index<C: GenericClient>(c: &C, tenant: &TenantId, entry: &[u8]) -> R<()> {
+fn add_index<C: GenericClient>(c: &Db<'_, C>, tenant: &TenantId, entry: &[u8]) -> R<()> {
     exec(
         c,
         "INSERT INTO pv_index (tenant, entry) VALUES ($1, $2) ON CONFLICT DO NOTHING",
@@ -563,7 +598,7 @@ fn add_index<C: GenericClient>(c: &C, tenant: &TenantId, entry: &[u8]) -> R<()> 
     Ok(())
 }
 
-fn mark_epoch<C: GenericClient>(c: &C, tenant: &TenantId) -> R<()> {
+fn mark_epoch<C: GenericClient>(c: &Db<'_, C>, tenant: &TenantId) -> R<()> {
     exec(
         c,
         "INSERT INTO pv_epoch_pending (tenant, erasures) VALUES ($1, 1)
@@ -573,11 +608,11 @@ fn mark_epoch<C: GenericClient>(c: &C, tenant: &TenantId) -> R<()> {
     Ok(())
 }
 
-fn meta_value<C: GenericClient>(c: &C, key: &str) -> R<Option<Vec<u8>>> {
+fn meta_value<C: GenericClient>(c: &Db<'_, C>, key: &str) -> R<Option<Vec<u8>>> {
     Ok(one(c, "SELECT value FROM pv_meta WHERE key = $1", &[&key])?.map(|r| r.get(0)))
 }
 
-fn set_meta<C: GenericClient>(c: &C, key: &str, value: &[u8]) -> R<()> {
+fn set_meta<C: GenericClient>(c: &Db<'_, C>, key: &str, value: &[u8]) -> R<()> {
     exec(
         c,
         "INSERT INTO pv_meta (key, value) VALUES ($1, $2)
@@ -819,8 +854,13 @@ impl Store for PgStore {
         subject: &SubjectId,
     ) -> StoreResult<Option<SubjectRecord>> {
         self.read(|c| {
-            require_tenant(c, tenant)?;
-            subject_row(c, tenant, subject)
+            let found = tenant_one(
+                c,
+                tenant,
+                SUBJECT_RECORD,
+                &[&tenant.as_str(), &subject.as_str()],
+            )?;
+            found.map(|r| decode_subject(&r)).transpose()
         })
     }
 
@@ -831,9 +871,9 @@ impl Store for PgStore {
         n: usize,
     ) -> StoreResult<Vec<SubjectId>> {
         self.read(|c| {
-            require_tenant(c, tenant)?;
-            rows(
+            tenant_rows(
                 c,
+                tenant,
                 "SELECT subject FROM pv_subjects
                  WHERE tenant = $1 AND ($2::text IS NULL OR subject > $2)
                  ORDER BY subject LIMIT $3",
@@ -852,9 +892,9 @@ impl Store for PgStore {
         n: usize,
     ) -> StoreResult<Vec<(SubjectId, SubjectRecord)>> {
         self.read(|c| {
-            require_tenant(c, tenant)?;
-            rows(
+            tenant_rows(
                 c,
+                tenant,
                 "SELECT subject, record FROM pv_subjects
                  WHERE tenant = $1 AND ($2::text IS NULL OR subject > $2)
                  ORDER BY subject LIMIT $3",
@@ -902,16 +942,30 @@ impl Store for PgStore {
     ) -> StoreResult<Vec<Written>> {
         let mask = write.categories();
         self.tx(|t| {
-            let current = current_kek(t, tenant)?;
-            let erased = one(
+            // The tenant, whether the subject was erased, and its record: one statement.
+            let Some(found) = one(
                 t,
-                "SELECT 1 FROM pv_tombstones WHERE tenant = $1 AND subject = $2",
+                "SELECT t.record,
+                        EXISTS (SELECT 1 FROM pv_tombstones WHERE tenant = t.id AND subject = $2),
+                        (SELECT record FROM pv_subjects WHERE tenant = t.id AND subject = $2)
+                 FROM pv_tenants t WHERE t.id = $1",
                 &[&tenant.as_str(), &subject.as_str()],
-            )?;
-            if erased.is_some() {
+            )?
+            else {
+                return Err(StoreError::NoTenant.into());
+            };
+            let tenant_rec = TenantRecord::decode(found.get(0))?;
+            let current = tenant_rec
+                .shredded_at
+                .is_none()
+                .then_some(tenant_rec.kek_version);
+            if found.get::<_, bool>(1) {
                 return Err(StoreError::Erased.into());
             }
-            let stored = subject_row(t, tenant, subject)?;
+            let stored = found
+                .get::<_, Option<&[u8]>>(2)
+                .map(SubjectRecord::decode)
+                .transpose()?;
             let mut dirty = stored.is_none();
             let mut record = match stored {
                 None => {
@@ -992,9 +1046,9 @@ impl Store for PgStore {
         n: usize,
     ) -> StoreResult<Vec<FieldRecord>> {
         self.read(|c| {
-            require_tenant(c, tenant)?;
-            rows(
+            tenant_rows(
                 c,
+                tenant,
                 "SELECT record FROM pv_fields
                  WHERE tenant = $1 AND subject = $2 AND ($3::text IS NULL OR name > $3)
                  ORDER BY name LIMIT $4",
@@ -1018,8 +1072,13 @@ impl Store for PgStore {
         name: &FieldName,
     ) -> StoreResult<Option<FieldRecord>> {
         self.read(|c| {
-            require_tenant(c, tenant)?;
-            field_row(c, tenant, subject, name)
+            let found = tenant_one(
+                c,
+                tenant,
+                FIELD_RECORD,
+                &[&tenant.as_str(), &subject.as_str(), &name.as_str()],
+            )?;
+            found.map(|r| decode_field(&r)).transpose()
         })
     }
 
@@ -1059,9 +1118,9 @@ impl Store for PgStore {
 
     fn subject_state(&self, tenant: &TenantId, subject: &SubjectId) -> StoreResult<SubjectState> {
         self.read(|c| {
-            require_tenant(c, tenant)?;
-            match one(
+            match tenant_one(
                 c,
+                tenant,
                 "SELECT state FROM pv_state WHERE tenant = $1 AND subject = $2",
                 &[&tenant.as_str(), &subject.as_str()],
             )? {
@@ -1096,9 +1155,9 @@ impl Store for PgStore {
         n: usize,
     ) -> StoreResult<Vec<(SubjectId, FieldName, Timestamp)>> {
         self.read(|c| {
-            require_tenant(c, tenant)?;
-            rows(
+            tenant_rows(
                 c,
+                tenant,
                 "SELECT subject, name, at FROM pv_expiry WHERE tenant = $1 AND at <= $2
                  ORDER BY at, subject, name LIMIT $3",
                 &[&tenant.as_str(), &ts(now), &limit(n)],
@@ -1153,9 +1212,9 @@ impl Store for PgStore {
     fn index_scan(&self, tenant: &TenantId, prefix: &[u8]) -> StoreResult<Vec<Vec<u8>>> {
         let end = prefix_end(prefix);
         self.read(|c| {
-            require_tenant(c, tenant)?;
-            Ok(rows(
+            Ok(tenant_rows(
                 c,
+                tenant,
                 "SELECT entry FROM pv_index
                  WHERE tenant = $1 AND entry >= $2 AND ($3::bytea IS NULL OR entry < $3)
                  ORDER BY entry",
@@ -1260,9 +1319,9 @@ impl Store for PgStore {
 
     fn tombstone(&self, tenant: &TenantId, subject: &SubjectId) -> StoreResult<Option<Tombstone>> {
         self.read(|c| {
-            require_tenant(c, tenant)?;
-            one(
+            tenant_one(
                 c,
+                tenant,
                 "SELECT tombstone FROM pv_tombstones WHERE tenant = $1 AND subject = $2",
                 &[&tenant.as_str(), &subject.as_str()],
             )?
@@ -1395,7 +1454,7 @@ impl Store for PgStore {
                 return Ok(());
             };
             let last: Option<i64> =
-                block(t.query_one("SELECT max(seq) FROM pv_audit", &[]))?.get(0);
+                one(t, "SELECT max(seq) FROM pv_audit", &[])?.and_then(|r| r.get(0));
             if last.is_some_and(|last| last + 1 != *first) {
                 return Err(StoreError::Conflict.into());
             }
@@ -1463,6 +1522,29 @@ impl Store for PgStore {
     }
 
     fn job_lease(&self, job: &str) -> StoreResult<bool> {
+        off_worker(|| self.take_lease(job))
+    }
+
+    fn root_fence(&self, mode: FenceMode) -> StoreResult<Fence<'_>> {
+        off_worker(|| self.take_fence(mode))
+    }
+
+    fn flush(&self) -> StoreResult<()> {
+        // Every write committed before it returned.
+        Ok(())
+    }
+
+    fn disk_bytes(&self) -> StoreResult<Option<u64>> {
+        self.read(|c| {
+            let size = one(c, "SELECT pg_database_size(current_database())", &[])?;
+            Ok(size.and_then(|r| u64::try_from(r.get::<_, i64>(0)).ok()))
+        })
+    }
+}
+
+/// The lease session's side of the `Store` trait.
+impl PgStore {
+    fn take_lease(&self, job: &str) -> StoreResult<bool> {
         let mut session = self.lease_session()?;
         session.live(self)?;
         if session.jobs.contains(job) {
@@ -1482,7 +1564,7 @@ impl Store for PgStore {
         Ok(granted)
     }
 
-    fn root_fence(&self, mode: FenceMode) -> StoreResult<Fence<'_>> {
+    fn take_fence(&self, mode: FenceMode) -> StoreResult<Fence<'_>> {
         // Advisory locks of one session never block each other: this node's own threads
         // are ordered by the keyring's lock.
         let (take, unlock) = match mode {
@@ -1520,19 +1602,6 @@ impl Store for PgStore {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-    }
-
-    fn flush(&self) -> StoreResult<()> {
-        // Every write committed before it returned.
-        Ok(())
-    }
-
-    fn disk_bytes(&self) -> StoreResult<Option<u64>> {
-        self.read(|c| {
-            let row = block(c.query_one("SELECT pg_database_size(current_database())", &[]))?;
-            let n: i64 = row.get(0);
-            Ok(u64::try_from(n).ok())
-        })
     }
 }
 
