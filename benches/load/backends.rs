@@ -67,6 +67,8 @@ impl Node {
         if let Some(url) = url {
             raw.storage.backend = Some("postgres".into());
             raw.storage.postgres_url = Some(SecretString(url.to_owned()));
+            // The throw-away server is on loopback and serves no TLS.
+            raw.storage.postgres_tls = Some("disable".into());
         }
         let config = raw.validate().expect("config");
         bootstrap(&config).expect("bootstrap");
@@ -197,7 +199,10 @@ pub async fn run(args: &Args) -> Result<u64, String> {
         "# {cores} cores shared by the load generator, every vault node (each on its own \
          runtime) and PostgreSQL"
     );
-    println!("# PostgreSQL: {}", settings(server, &url));
+    println!(
+        "# PostgreSQL: {}; the nodes connect over loopback without TLS",
+        settings(server, &url)
+    );
     println!(
         "# A = {}: 1 node on sled; B = {}: 1 node on PostgreSQL; C = {}: B's node and a \
          second one on the same database, streams split evenly",
