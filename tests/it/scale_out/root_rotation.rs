@@ -160,12 +160,26 @@ async fn tenants_created_on_both_nodes_during_root_rotations_all_stay_readable()
                 let mut i = 0;
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     let id = format!("t-{name}{w}-{i}");
-                    tenants
-                        .create_tenant(pb::CreateTenantRequest {
-                            tenant_id: id.clone(),
-                        })
-                        .await
-                        .unwrap_or_else(|e| panic!("create {id}: {e:?}"));
+                    // UNAVAILABLE (the database kept conflicting) may be retried, as a
+                    // client would; anything else is a failure. A retried creation may
+                    // have committed the first time.
+                    let mut retried = false;
+                    loop {
+                        let created = tenants
+                            .create_tenant(pb::CreateTenantRequest {
+                                tenant_id: id.clone(),
+                            })
+                            .await;
+                        match created {
+                            Ok(_) => break,
+                            Err(e) if retried && e.code() == Code::AlreadyExists => break,
+                            Err(e) if e.code() == Code::Unavailable => {
+                                eprintln!("create {id}: {e:?}; trying again");
+                                retried = true;
+                            }
+                            Err(e) => panic!("create {id}: {e:?}"),
+                        }
+                    }
                     put_one(&node, &id, "u", &id).await;
                     made.push(id);
                     i += 1;
