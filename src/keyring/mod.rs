@@ -444,34 +444,43 @@ impl Keyring {
         Ok(kek)
     }
 
+    /// Rewrites the store metadata `key` to what `edit` makes of its stored value, by
+    /// compare-and-swap, again while another writer wins (at most 10 times: then
+    /// `Contended(what)`). Returns the value written.
+    fn edit_meta(
+        &self,
+        key: &str,
+        what: &'static str,
+        edit: impl Fn(Option<&[u8]>) -> Result<Vec<u8>, KeyringError>,
+    ) -> Result<Vec<u8>, KeyringError> {
+        for _ in 0..10 {
+            let stored = self.store.meta(key)?;
+            let value = edit(stored.as_deref())?;
+            if self.store.meta_swap(key, stored.as_deref(), &value)? {
+                return Ok(value);
+            }
+        }
+        Err(KeyringError::Contended(what))
+    }
+
     /// Tells the other nodes of a shared store that keys were destroyed here, so that they
     /// drop theirs from memory (`sync_caches`).
     fn announce_destroyed(&self) {
         if !self.store.shared() {
             return;
         }
-        for _ in 0..10 {
-            let Ok(stored) = self.store.meta(DESTROYED_SEQ) else {
-                break;
-            };
+        let counted = self.edit_meta(DESTROYED_SEQ, "key destruction count", |stored| {
             let next = stored
-                .as_deref()
                 .and_then(|b| <[u8; 8]>::try_from(b).ok())
                 .map_or(0, u64::from_be_bytes)
                 .wrapping_add(1);
-            match self
-                .store
-                .meta_swap(DESTROYED_SEQ, stored.as_deref(), &next.to_be_bytes())
-            {
-                Ok(true) => {
-                    if let Ok(mut seen) = self.destroyed_seen.lock() {
-                        *seen = Some(next.to_be_bytes().to_vec());
-                    }
-                    return;
-                }
-                Ok(false) => continue,
-                Err(_) => break,
+            Ok(next.to_be_bytes().to_vec())
+        });
+        if let Ok(written) = counted {
+            if let Ok(mut seen) = self.destroyed_seen.lock() {
+                *seen = Some(written);
             }
+            return;
         }
         tracing::warn!(
             "cannot record a key destruction for the other nodes; they drop the destroyed \

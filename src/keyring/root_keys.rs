@@ -124,20 +124,15 @@ impl Keyring {
 
     /// Records something about the root key state (read-modify-compare-and-swap).
     fn update_root_state(&self, edit: impl Fn(&mut RootKeyState)) -> Result<(), KeyringError> {
-        let store = self.store.as_ref();
-        for _ in 0..10 {
-            let stored = store.meta(ROOT_STATE)?;
+        self.edit_meta(ROOT_STATE, "root key state", |stored| {
             let mut state = stored
-                .as_deref()
                 .map(RootKeyState::decode)
                 .transpose()?
                 .unwrap_or_default();
             edit(&mut state);
-            if store.meta_swap(ROOT_STATE, stored.as_deref(), &state.encode())? {
-                return Ok(());
-            }
-        }
-        Err(KeyringError::Contended("root key state"))
+            Ok(state.encode())
+        })
+        .map(drop)
     }
 
     /// Records when the last key epoch completed.

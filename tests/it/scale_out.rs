@@ -217,6 +217,40 @@ async fn seed_subjects(node: &TestVault, n: usize) {
     }
 }
 
+/// Waits (up to 60 s) until `node` reports at least `subjects` DEKs of acme's running
+/// re-wrap done; fails with `stalled` otherwise.
+async fn wait_for_rewrap_progress(node: &TestVault, subjects: u64, stalled: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let job = tenant_key_status(node.channel().await)
+            .await
+            .rewrap
+            .expect("the re-wrap is still running");
+        if job.subjects_rewrapped >= subjects {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{stalled}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits (up to 120 s) until `node` reports no re-wrap running for acme, and returns that
+/// status; fails with `unfinished` otherwise.
+async fn wait_for_rewrap_end(node: &TestVault, unfinished: &str) -> pb::TenantKeyStatus {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let status = tenant_key_status(node.channel().await).await;
+        if status.rewrap.is_none() {
+            return status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{unfinished}: {status:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 /// Key status of one tenant, through `channel`.
 async fn tenant_key_status(channel: tonic::transport::Channel) -> pb::TenantKeyStatus {
     pb::key_service_client::KeyServiceClient::new(channel)
@@ -308,34 +342,11 @@ async fn when_the_node_running_a_rewrap_is_killed_another_node_finishes_it() {
         .expect("rotate on A");
 
     // Kill A once its re-wrap is under way, as B sees it.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    loop {
-        let status = tenant_key_status(b.channel().await).await;
-        let job = status.rewrap.expect("the re-wrap is still running");
-        if job.subjects_rewrapped >= 100 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "A's re-wrap made no progress"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    wait_for_rewrap_progress(&b, 100, "A's re-wrap made no progress").await;
     drop(a_channel);
     drop(a); // SIGKILL
 
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    let done = loop {
-        let status = tenant_key_status(b.channel().await).await;
-        if status.rewrap.is_none() {
-            break status;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "B did not finish the re-wrap: {status:?}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    };
+    let done = wait_for_rewrap_end(&b, "B did not finish the re-wrap").await;
     assert_eq!(done.current_version, 2);
     let v1 = done
         .versions

@@ -3,7 +3,9 @@
 
 use pii_vault::proto::v1 as pb;
 
-use super::{seed_subjects, tenant_key_status, two_nodes_with, RootFile};
+use super::{
+    seed_subjects, two_nodes_with, wait_for_rewrap_end, wait_for_rewrap_progress, RootFile,
+};
 use crate::util::{get, text_of};
 
 /// The advisory lock key the vault derives for a job name (see `pg_store::job_key`), split
@@ -54,21 +56,7 @@ async fn when_the_job_lease_session_is_cut_mid_rewrap_the_rewrap_still_completes
         .await
         .expect("rotate");
 
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    loop {
-        let job = tenant_key_status(b.channel().await)
-            .await
-            .rewrap
-            .expect("the re-wrap is still running");
-        if job.subjects_rewrapped >= 50 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the re-wrap made no progress"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    wait_for_rewrap_progress(&b, 50, "the re-wrap made no progress").await;
     let holder = lease_holder(&db, "key-jobs")
         .await
         .expect("a node holds the key-jobs lease");
@@ -79,18 +67,8 @@ async fn when_the_job_lease_session_is_cut_mid_rewrap_the_rewrap_still_completes
         .get(0);
     assert!(cut, "the lease session was terminated");
 
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    let done = loop {
-        let status = tenant_key_status(a.channel().await).await;
-        if status.rewrap.is_none() {
-            break status;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the re-wrap did not complete after its lease was cut: {status:?}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    };
+    let done =
+        wait_for_rewrap_end(&a, "the re-wrap did not complete after its lease was cut").await;
     assert_eq!(done.current_version, 2);
     assert!(
         done.versions
