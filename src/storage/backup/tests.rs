@@ -38,7 +38,9 @@ fn round_trip_keeps_every_entry_in_dependency_order() {
 
     let store = dir.path().join("store");
     assert_eq!(restore(&path, &store).expect("restores"), manifest);
-    let restored = sled::Config::new().path(&store).open().expect("open");
+    // `restore` just closed the store; sled lets go of its lock from its own threads.
+    let restored =
+        crate::storage::open_waiting_for_lock(&sled::Config::new().path(&store)).expect("open");
     for name in ["meta", "tenants", "t/acme/fields"] {
         let a = db.open_tree(name).expect("tree");
         let b = restored.open_tree(name).expect("tree");
