@@ -1,5 +1,8 @@
-//! The `pii-vault` binary: see `pii_vault::cli`.
+//! The `pii-vault` binary: the command line (`cli`) over the `pii_vault` library. The
+//! binary is the only place `anyhow` and `clap` live.
+
+mod cli;
 
 fn main() -> std::process::ExitCode {
-    pii_vault::cli::main()
+    cli::main()
 }

@@ -7,7 +7,8 @@ use std::process::{Command, Output};
 
 use pii_vault::authz::PeerIdentity;
 use pii_vault::client::{connect, ClientCerts};
-use pii_vault::config::{bootstrap, RawConfig, RawTls};
+use pii_vault::config::{RawConfig, RawTls};
+use pii_vault::dev::bootstrap;
 use pii_vault::proto::v1 as pb;
 use pii_vault::proto::v1::tenant_service_client::TenantServiceClient;
 use tempfile::TempDir;

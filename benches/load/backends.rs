@@ -26,7 +26,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use pii_vault::client::{connect, ClientCerts};
-use pii_vault::config::{bootstrap, RawConfig, SecretString};
+use pii_vault::config::{RawConfig, SecretString};
+use pii_vault::dev::bootstrap;
 use pii_vault::proto::v1 as pb;
 use tempfile::TempDir;
 use tokio::sync::oneshot;

@@ -4,7 +4,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use pii_vault::client::{connect, ClientCerts};
-use pii_vault::config::{bootstrap, RawConfig, TlsPaths};
+use pii_vault::config::{RawConfig, TlsPaths};
+use pii_vault::dev::bootstrap;
 use pii_vault::proto::v1 as pb;
 use pii_vault::storage::SledStore;
 use tempfile::TempDir;

@@ -6,11 +6,11 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use clap::Subcommand;
 
-use crate::keyring::{Keyring, RootKeys};
-use crate::proto::v1 as pb;
-use crate::service::verify_store;
-use crate::storage::{SledStore, Store};
 use pb::audit_service_client::AuditServiceClient;
+use pii_vault::keyring::{Keyring, RootKeys};
+use pii_vault::proto::v1 as pb;
+use pii_vault::service::verify_store;
+use pii_vault::storage::{SledStore, Store};
 
 use super::Connection;
 
@@ -19,7 +19,7 @@ pub enum AuditCmd {
     /// Verify the audit chain offline, on a stopped vault's data directory.
     Verify {
         /// Data directory of the vault (its `store/` is opened read-write: stop the vault first).
-        #[arg(long, default_value = crate::config::DEFAULT_DATA_DIR)]
+        #[arg(long, default_value = pii_vault::config::DEFAULT_DATA_DIR)]
         data_dir: PathBuf,
         /// Root key file (default: `<data-dir>/root.key`).
         #[arg(long)]

@@ -8,10 +8,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use clap::Args;
 
-use crate::config::RawConfig;
-use crate::proto::v1 as pb;
-use crate::storage::backup::{self, Manifest};
 use pb::backup_service_client::BackupServiceClient;
+use pii_vault::config::RawConfig;
+use pii_vault::proto::v1 as pb;
+use pii_vault::storage::backup::{self, Manifest};
 
 use super::Connection;
 

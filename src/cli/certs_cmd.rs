@@ -1,5 +1,5 @@
 //! `pii-vault certs`: issues the certificates of a real deployment with the same code that
-//! creates the dev certificates at first start (`crate::certs`).
+//! creates the dev certificates at first start (`pii_vault::certs`).
 //!
 //! `certs ca` creates a CA; `certs server` and `certs client` load it from its directory and
 //! sign one leaf each. Existing files are never replaced without `--force`, every file is
@@ -12,8 +12,8 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 
-use crate::authz::PeerIdentity;
-use crate::certs::{write_file, Authority, LeafSpec, Usage};
+use pii_vault::authz::PeerIdentity;
+use pii_vault::certs::{write_file, Authority, LeafSpec, Usage};
 
 /// Longest validity accepted by `--days` (100 years): a guard against typos.
 const MAX_DAYS: u32 = 36_500;

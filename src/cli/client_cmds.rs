@@ -6,11 +6,11 @@ use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use tonic::transport::Channel;
 
-use crate::client::{connect, ClientCerts};
-use crate::domain::Category;
-use crate::proto::v1 as pb;
 use pb::record_service_client::RecordServiceClient;
 use pb::tenant_service_client::TenantServiceClient;
+use pii_vault::client::{connect, ClientCerts};
+use pii_vault::domain::Category;
+use pii_vault::proto::v1 as pb;
 
 use super::Connection;
 

@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 
-use crate::proto::v1 as pb;
 use pb::subject_rights_service_client::SubjectRightsServiceClient;
+use pii_vault::proto::v1 as pb;
 
 use super::Connection;
 

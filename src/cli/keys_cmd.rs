@@ -9,8 +9,8 @@ use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 use tonic::transport::Channel;
 
-use crate::proto::v1 as pb;
 use pb::key_service_client::KeyServiceClient;
+use pii_vault::proto::v1 as pb;
 
 use super::Connection;
 

@@ -17,7 +17,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{DEFAULT_DATA_DIR, DEFAULT_LISTEN};
+use pii_vault::config::{DEFAULT_DATA_DIR, DEFAULT_LISTEN};
 
 /// pii-vault: an encrypted personal-data vault served over gRPC with mutual TLS.
 #[derive(Debug, Parser)]

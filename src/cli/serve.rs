@@ -6,7 +6,8 @@ use anyhow::Context;
 use clap::Args;
 use tokio::net::TcpListener;
 
-use crate::config::{bootstrap, RawConfig};
+use pii_vault::config::RawConfig;
+use pii_vault::dev::bootstrap;
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -23,7 +24,11 @@ pub struct ServeArgs {
 
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut raw = match &args.config {
-        Some(path) => RawConfig::from_file(path)?,
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the config file {}", path.display()))?;
+            RawConfig::parse(&text, &path.display().to_string())?
+        }
         None => RawConfig::default(),
     };
     if args.listen.is_some() {
@@ -73,7 +78,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             "pii-vault listening on {addr} (mutual TLS 1.3; a client certificate is required)"
         );
     }
-    crate::server::run(listener, config, shutdown_signal()).await?;
+    pii_vault::server::run(listener, config, shutdown_signal()).await?;
     Ok(())
 }
 

@@ -28,5 +28,12 @@ pub use zeroize::{Zeroize, Zeroizing};
 #[error("cryptographic operation failed")]
 pub struct CryptoError;
 
+/// The crypto provider of every rustls endpoint the vault opens (the gRPC server, its
+/// connections to PostgreSQL): rustls over ring, the same primitives as the rest of the
+/// vault. Built here, once, so that no TLS setup picks a provider of its own.
+pub fn tls_provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {
+    std::sync::Arc::new(rustls::crypto::ring::default_provider())
+}
+
 #[cfg(test)]
 mod tests;

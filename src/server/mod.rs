@@ -236,7 +236,7 @@ pub async fn serve(
     let served = tonic::transport::Server::builder()
         .timeout(config.request_timeout)
         .layer(observe::ObserveLayer::new(metrics))
-        .layer(MapResponseLayer::new(malformed_is_invalid_argument))
+        .layer(MapResponseLayer::new(oversized_is_invalid_argument))
         .add_service(health)
         .add_service(reflection)
         .add_service(reflection_alpha)
@@ -280,31 +280,23 @@ pub async fn serve(
     Ok(())
 }
 
-/// Gives malformed requests the vault's documented code. tonic answers a request over the
-/// message size limit with OUT_OF_RANGE, and one that does not decode (a `string` field
-/// that is not UTF-8, a truncated field) with INTERNAL and prost's description; both are
-/// bad client input, which the vault (and gRPC's own guidance) answers INVALID_ARGUMENT,
-/// with a fixed message.
-fn malformed_is_invalid_argument<B>(mut resp: http::Response<B>) -> http::Response<B> {
+/// Answers a request over the message size limit with the vault's documented code. tonic's
+/// decoder refuses such a message with OUT_OF_RANGE before any handler runs; the vault
+/// itself never answers OUT_OF_RANGE (`api`'s one status mapping has no such arm, and no
+/// response is large enough to meet the encoder's limit), so the code alone says what
+/// happened: the status is replaced by INVALID_ARGUMENT with a fixed message, as gRPC's own
+/// guidance has it for bad client input. (A request that does not decode answers
+/// INVALID_ARGUMENT from the codec itself, `proto::codec`.)
+fn oversized_is_invalid_argument<B>(mut resp: http::Response<B>) -> http::Response<B> {
+    const OUT_OF_RANGE: &[u8] = b"11";
     let headers = resp.headers_mut();
-    let status = headers.get("grpc-status").map(|s| s.as_bytes().to_vec());
-    let message = headers
-        .get("grpc-message")
-        .and_then(|m| m.to_str().ok())
-        // grpc-message is percent-encoded on the wire.
-        .map(|m| m.replace("%20", " "))
-        .unwrap_or_default();
-    let replacement = match status.as_deref() {
-        Some(b"11") if message.contains("message length too large") => {
-            "request message exceeds the server's size limit"
-        }
-        Some(b"13") if message.starts_with("failed to decode Protobuf message") => {
-            "request message does not decode as its type (for example, a string that is not UTF-8)"
-        }
-        _ => return resp,
-    };
-    headers.insert("grpc-status", http::HeaderValue::from_static("3"));
-    headers.insert("grpc-message", http::HeaderValue::from_static(replacement));
+    if headers.get("grpc-status").map(|s| s.as_bytes()) == Some(OUT_OF_RANGE) {
+        headers.insert("grpc-status", http::HeaderValue::from_static("3"));
+        headers.insert(
+            "grpc-message",
+            http::HeaderValue::from_static("request message exceeds the server's size limit"),
+        );
+    }
     resp
 }
 

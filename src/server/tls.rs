@@ -58,7 +58,7 @@ fn private_key(path: &std::path::Path) -> Result<PrivateKeyDer<'static>, ServerE
 
 /// The server's rustls configuration: TLS 1.3, client certificates required, ALPN h2.
 pub fn server_config(paths: &TlsPaths) -> Result<rustls::ServerConfig, ServerError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = crate::crypto::tls_provider();
     let mut roots = RootCertStore::empty();
     for ca in certs(&paths.client_ca)? {
         roots

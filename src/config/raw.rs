@@ -1,0 +1,158 @@
+//! The configuration file as written: serde types with every key optional and unknown keys
+//! rejected. `validate.rs` turns them into the `Config` the server runs with.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use super::{ConfigError, SecretString};
+
+/// The configuration file as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Address to listen on, e.g. `127.0.0.1:7443`.
+    pub listen: Option<String>,
+    /// Directory holding the store (and, by default, the root key and dev certificates).
+    pub data_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub tls: RawTls,
+    #[serde(default)]
+    pub keys: RawKeys,
+    #[serde(default)]
+    pub limits: RawLimits,
+    #[serde(default)]
+    pub storage: RawStorage,
+    #[serde(default)]
+    pub audit: RawAudit,
+    #[serde(default)]
+    pub authz: RawAuthz,
+    #[serde(default)]
+    pub metrics: RawMetrics,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuthz {
+    /// Policy file (TOML). Default `<data_dir>/policy.toml`; with the dev TLS defaults a dev
+    /// policy granting the dev client certificate everything is created there on first start.
+    pub policy_file: Option<PathBuf>,
+    /// Purposes that may still read a restricted subject. Default
+    /// `["legal_obligation", "fraud_prevention"]`.
+    pub legal_obligation_purposes: Option<Vec<String>>,
+    /// Purposes that need the subject's explicit consent. Default `["marketing", "model_training"]`.
+    pub consent_purposes: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetrics {
+    /// Address of the plain-HTTP Prometheus endpoint (`GET /metrics`), e.g.
+    /// `127.0.0.1:9464`. Absent: no endpoint.
+    pub listen: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAudit {
+    /// Longest a request waits for its audit event to be on disk before failing closed
+    /// with UNAVAILABLE, in milliseconds. Default 2000.
+    pub timeout_ms: Option<u64>,
+    /// Events older than this many days are pruned (daily, and by `PruneAuditLog`).
+    /// Default 365 (the privacy policy keeps log data 12 months).
+    pub retention_days: Option<u32>,
+    /// Optional JSON-lines mirror of every event for a SIEM.
+    pub jsonl_path: Option<PathBuf>,
+    /// Rotate the mirror when it would exceed this many bytes. Default 64 MiB.
+    pub jsonl_max_bytes: Option<u64>,
+    /// Rotated mirror files kept. Default 5.
+    pub jsonl_keep: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    /// Server certificate chain (PEM). Default: `<data_dir>/tls/server.pem`.
+    pub cert: Option<PathBuf>,
+    /// Server private key (PEM). Default: `<data_dir>/tls/server.key`.
+    pub key: Option<PathBuf>,
+    /// CA that client certificates must chain to (PEM). Default: `<data_dir>/tls/ca.pem`.
+    pub client_ca: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKeys {
+    /// Root key file (mode 0600). Default: `<data_dir>/root.key`.
+    pub root_key_file: Option<PathBuf>,
+    /// Hours between key epochs (an erasure is final after the next). Default 24; at most
+    /// 720, the 30-day backup window of the privacy policy.
+    pub epoch_interval_hours: Option<u64>,
+    /// Field values one subject DEK may seal before a new DEK version replaces it. Default
+    /// 2^30, far below the 2^32 NIST SP 800-38D allows with random 96-bit nonces.
+    pub max_encryptions_per_dek: Option<u64>,
+    /// Keys one tenant KEK version or root key version may wrap before it is rotated.
+    /// Default 2^30.
+    pub max_encryptions_per_wrapping_key: Option<u64>,
+    /// Subjects re-wrapped per batch after a tenant key rotation. Default 500.
+    pub rewrap_batch_size: Option<usize>,
+    /// Pause between re-wrap batches in milliseconds, leaving room for traffic. Default 0.
+    pub rewrap_pause_ms: Option<u64>,
+    /// Unwrapped subject DEKs kept in memory, so hot reads skip the unwrap. 0 disables the
+    /// cache. Default 16384.
+    pub dek_cache_entries: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    /// Largest field value in bytes. Default 65536.
+    pub max_value_bytes: Option<usize>,
+    /// Largest request message in bytes. Default 4 MiB.
+    pub max_message_bytes: Option<usize>,
+    /// Most fields in one request. Default 1000.
+    pub max_fields_per_request: Option<usize>,
+    /// Longest a request may run, in milliseconds; clients' own deadlines apply too. Default 30000.
+    pub request_timeout_ms: Option<u64>,
+    /// Longest a TLS handshake may take, in milliseconds. Default 10000.
+    pub handshake_timeout_ms: Option<u64>,
+    /// On shutdown, how long in-flight calls may take to finish, in milliseconds; then the
+    /// remaining connections are dropped. Default 10000.
+    pub shutdown_grace_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStorage {
+    /// sled page cache size in bytes. Default 256 MiB.
+    pub cache_capacity_bytes: Option<u64>,
+    /// `sled` (default: embedded, one node) or `postgres` (several nodes, one database).
+    pub backend: Option<String>,
+    /// The PostgreSQL connection string (`host=… port=… user=… dbname=…` or a URL). It may
+    /// carry a password: keep the config file private. Never logged or printed.
+    pub postgres_url: Option<SecretString>,
+    /// Connections in the PostgreSQL pool. Default 16.
+    pub postgres_connections: Option<u64>,
+    /// How connections to PostgreSQL are protected: `verify-full` (the default: TLS 1.2 or
+    /// 1.3, the server certificate checked against `postgres_ca_file` and against the host
+    /// of `postgres_url`, as libpq's `sslmode=verify-full`) or `disable` (plain TCP, for a
+    /// database reached over a private link only; logged as a warning at start). There is
+    /// no encrypt-without-verifying mode (libpq's `require`). The default is `verify-full`
+    /// even for a loopback host, so a config copied from a test machine to one with a
+    /// remote database cannot silently send records and passwords in the clear.
+    pub postgres_tls: Option<String>,
+    /// The CA certificate(s), PEM, the PostgreSQL server certificate must chain to. Needed
+    /// with `postgres_tls = "verify-full"`: the platform's trust store is not used.
+    pub postgres_ca_file: Option<PathBuf>,
+}
+
+impl RawConfig {
+    /// Parses the text of a TOML configuration file; `origin` (its path) names it in errors.
+    /// Reading the file is the caller's (the binary's): configuration does no file I/O.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::File {
+            path: origin.to_owned(),
+            problem: e.message().to_owned(),
+        })
+    }
+}
