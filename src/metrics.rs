@@ -18,7 +18,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
-use prometheus_client::registry::{Registry, Unit};
+use prometheus_client::registry::{Metric, Registry, Unit};
 
 use crate::domain::TenantId;
 
@@ -46,6 +46,22 @@ type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 /// fsync alike.
 fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0001, 2.0, 19))
+}
+
+/// Registers `metric` under `name` (with the registry's `piivault` prefix) and hands it back,
+/// so that the registry and the vault record into the same series.
+fn register<M: Metric + Clone>(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    unit: Option<Unit>,
+    metric: M,
+) -> M {
+    match unit {
+        Some(unit) => registry.register_with_unit(name, help, unit, metric.clone()),
+        None => registry.register(name, help, metric.clone()),
+    }
+    metric
 }
 
 /// The vault's metrics. Cheap to clone; every clone records into the same registry.
@@ -86,109 +102,25 @@ impl Default for Metrics {
 impl Metrics {
     /// A fresh registry with every series of the vault defined (counters start at 0).
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("piivault");
-        let rpc_requests = Family::<RpcLabels, Counter>::default();
-        registry.register(
-            "rpc_requests",
-            "gRPC calls handled, by service, method and status code",
-            rpc_requests.clone(),
-        );
-        let rpc_duration: HistogramFamily<RpcLabels> =
-            Family::new_with_constructor(latency_histogram);
-        registry.register_with_unit(
-            "rpc_duration",
-            "Time from receiving a gRPC call to its final status, by service, method and status code",
-            Unit::Seconds,
-            rpc_duration.clone(),
-        );
-        let audit_append_duration = latency_histogram();
-        registry.register_with_unit(
-            "audit_append_duration",
-            "Time to store and flush one batch of audit events",
-            Unit::Seconds,
-            audit_append_duration.clone(),
-        );
-        let audit_events = Counter::default();
-        registry.register(
-            "audit_events",
-            "Audit events made durable",
-            audit_events.clone(),
-        );
-        let audit_append_failures = Counter::default();
-        registry.register(
-            "audit_append_failures",
-            "Audit events that could not be made durable (each failed its request closed)",
-            audit_append_failures.clone(),
-        );
-        let flush_duration = latency_histogram();
-        registry.register_with_unit(
-            "store_flush_duration",
-            "Time of one group-commit flush of the store",
-            Unit::Seconds,
-            flush_duration.clone(),
-        );
-        let flush_failures = Counter::default();
-        registry.register(
-            "store_flush_failures",
-            "Store flushes that failed",
-            flush_failures.clone(),
-        );
-        let erasures = Counter::default();
-        registry.register("erasures", "Subjects erased", erasures.clone());
-        let retention_deletions = Counter::default();
-        registry.register(
-            "retention_deletions",
-            "Fields deleted because their retention period ended",
-            retention_deletions.clone(),
-        );
-        let dek_cache_hits = Counter::default();
-        registry.register(
-            "dek_cache_hits",
-            "Subject key lookups answered from the cache",
-            dek_cache_hits.clone(),
-        );
-        let dek_cache_misses = Counter::default();
-        registry.register(
-            "dek_cache_misses",
-            "Subject key lookups that had to unwrap the key",
-            dek_cache_misses.clone(),
-        );
-        let tenant_key_version = Family::<TenantLabel, Gauge>::default();
-        registry.register(
-            "tenant_key_version",
-            "Current KEK version of each tenant",
-            tenant_key_version.clone(),
-        );
-        let rewrap_progress = Family::<TenantLabel, Gauge>::default();
-        registry.register(
-            "rewrap_progress_percent",
-            "Progress of the running subject key re-wrap of each tenant, 0 to 100",
-            rewrap_progress.clone(),
-        );
-        let store_bytes = Gauge::default();
-        registry.register_with_unit(
-            "store_size",
-            "Bytes the store occupies on disk (sampled)",
-            Unit::Bytes,
-            store_bytes.clone(),
-        );
-        Self(Arc::new(Inner {
-            registry,
-            rpc_requests,
-            rpc_duration,
-            audit_append_duration,
-            audit_events,
-            audit_append_failures,
-            flush_duration,
-            flush_failures,
-            erasures,
-            retention_deletions,
-            dek_cache_hits,
-            dek_cache_misses,
-            tenant_key_version,
-            rewrap_progress,
-            store_bytes,
-        }))
+        let mut r = Registry::with_prefix("piivault");
+        let inner = Inner {
+            rpc_requests: register(&mut r, "rpc_requests", "gRPC calls handled, by service, method and status code", None, Family::<RpcLabels, Counter>::default()),
+            rpc_duration: register(&mut r, "rpc_duration", "Time from receiving a gRPC call to its final status, by service, method and status code", Some(Unit::Seconds), Family::new_with_constructor(latency_histogram)),
+            audit_append_duration: register(&mut r, "audit_append_duration", "Time to store and flush one batch of audit events", Some(Unit::Seconds), latency_histogram()),
+            audit_events: register(&mut r, "audit_events", "Audit events made durable", None, Counter::default()),
+            audit_append_failures: register(&mut r, "audit_append_failures", "Audit events that could not be made durable (each failed its request closed)", None, Counter::default()),
+            flush_duration: register(&mut r, "store_flush_duration", "Time of one group-commit flush of the store", Some(Unit::Seconds), latency_histogram()),
+            flush_failures: register(&mut r, "store_flush_failures", "Store flushes that failed", None, Counter::default()),
+            erasures: register(&mut r, "erasures", "Subjects erased", None, Counter::default()),
+            retention_deletions: register(&mut r, "retention_deletions", "Fields deleted because their retention period ended", None, Counter::default()),
+            dek_cache_hits: register(&mut r, "dek_cache_hits", "Subject key lookups answered from the cache", None, Counter::default()),
+            dek_cache_misses: register(&mut r, "dek_cache_misses", "Subject key lookups that had to unwrap the key", None, Counter::default()),
+            tenant_key_version: register(&mut r, "tenant_key_version", "Current KEK version of each tenant", None, Family::<TenantLabel, Gauge>::default()),
+            rewrap_progress: register(&mut r, "rewrap_progress_percent", "Progress of the running subject key re-wrap of each tenant, 0 to 100", None, Family::<TenantLabel, Gauge>::default()),
+            store_bytes: register(&mut r, "store_size", "Bytes the store occupies on disk (sampled)", Some(Unit::Bytes), Gauge::default()),
+            registry: r,
+        };
+        Self(Arc::new(inner))
     }
 
     /// One gRPC call finished with status `code` (a name such as `OK`) after `elapsed`.

@@ -280,118 +280,130 @@ pub async fn keys(cmd: KeysCmd) -> anyhow::Result<()> {
             let mut client = KeyServiceClient::new(out.conn.channel().await?);
             let s = status(&mut client, tenant.as_deref().unwrap_or(""), !no_count).await?;
             emit(out.json, &status_json(&s), || print_status(&s));
+            Ok(())
         }
         KeysCmd::RotateTenant {
             tenant,
             no_wait,
             out,
-        } => {
-            let mut client = KeyServiceClient::new(out.conn.channel().await?);
-            let r = client
-                .rotate_tenant_key(pb::RotateTenantKeyRequest {
-                    tenant_id: tenant.clone(),
-                })
-                .await?
-                .into_inner();
-            if !out.json {
-                println!(
-                    "tenant {tenant}: key v{} -> v{}",
-                    r.previous_version, r.new_version
-                );
-            }
-            let after = if no_wait {
-                None
-            } else {
-                Some(follow_rewrap(&mut client, &tenant, r.new_version).await?)
-            };
-            let value = json!({
-                "tenant": r.tenant_id,
-                "previous_version": r.previous_version,
-                "new_version": r.new_version,
-                "status": after.as_ref().map(status_json),
-            });
-            emit(out.json, &value, || {
-                if let Some(s) = &after {
-                    print_status(s);
-                }
-            });
-        }
-        KeysCmd::RotateRoot { out } => {
-            let mut client = KeyServiceClient::new(out.conn.channel().await?);
-            let r = client
-                .rotate_root_key(pb::RotateRootKeyRequest {})
-                .await?
-                .into_inner();
-            let value = json!({
-                "current_version": r.current_version,
-                "destroyed_versions": r.destroyed_versions,
-                "keys_rewrapped": r.keys_rewrapped,
-            });
-            emit(out.json, &value, || {
-                println!(
-                    "root key: now v{}; destroyed {:?}; {} keys re-wrapped",
-                    r.current_version, r.destroyed_versions, r.keys_rewrapped
-                );
-            });
-        }
-        KeysCmd::Epoch { out } => {
-            let client = KeyServiceClient::new(out.conn.channel().await?);
-            let r = epoch_with_progress(&client).await?;
-            let value = json!({
-                "tenants": r.tenants.iter().map(|t| json!({
-                    "tenant": t.tenant_id,
-                    "destroyed_versions": t.destroyed_versions,
-                })).collect::<Vec<_>>(),
-                "shredded_tenants": r.shredded_tenant_ids,
-                "deks_rewrapped": r.deks_rewrapped,
-                "root_version": r.root_version,
-                "root_versions_destroyed": r.root_versions_destroyed,
-                "completed_at": time(r.completed_at.as_ref()),
-            });
-            emit(out.json, &value, || {
-                for t in &r.tenants {
-                    println!(
-                        "tenant {}: new key; destroyed versions {:?}",
-                        t.tenant_id, t.destroyed_versions
-                    );
-                }
-                println!(
-                    "key epoch done: {} tenant keys rotated, {} DEKs re-wrapped; root key now v{}, destroyed {:?}",
-                    r.tenants.len(),
-                    r.deks_rewrapped,
-                    r.root_version,
-                    r.root_versions_destroyed
-                );
-            });
-        }
+        } => rotate_tenant(tenant, no_wait, out).await,
+        KeysCmd::RotateRoot { out } => rotate_root(out).await,
+        KeysCmd::Epoch { out } => epoch(out).await,
         KeysCmd::ShredTenant {
             tenant,
             confirm,
             out,
-        } => {
-            if confirm != tenant {
-                bail!("--confirm must repeat the tenant id ({tenant}) to shred it");
-            }
-            let mut client = KeyServiceClient::new(out.conn.channel().await?);
-            let r = client
-                .shred_tenant(pb::ShredTenantRequest {
-                    tenant_id: tenant,
-                    confirm_tenant_id: confirm,
-                })
-                .await?
-                .into_inner();
-            let value = json!({
-                "tenant": r.tenant_id,
-                "shredded_at": time(r.shredded_at.as_ref()),
-                "destroyed_versions": r.destroyed_versions,
-            });
-            emit(out.json, &value, || {
-                println!(
-                    "tenant {} shredded: key versions {:?} destroyed; its subjects are unreadable",
-                    r.tenant_id, r.destroyed_versions
-                );
-            });
-        }
+        } => shred_tenant(tenant, confirm, out).await,
     }
+}
+
+async fn rotate_tenant(tenant: String, no_wait: bool, out: Output) -> anyhow::Result<()> {
+    let mut client = KeyServiceClient::new(out.conn.channel().await?);
+    let r = client
+        .rotate_tenant_key(pb::RotateTenantKeyRequest {
+            tenant_id: tenant.clone(),
+        })
+        .await?
+        .into_inner();
+    if !out.json {
+        println!(
+            "tenant {tenant}: key v{} -> v{}",
+            r.previous_version, r.new_version
+        );
+    }
+    let after = if no_wait {
+        None
+    } else {
+        Some(follow_rewrap(&mut client, &tenant, r.new_version).await?)
+    };
+    let value = json!({
+        "tenant": r.tenant_id,
+        "previous_version": r.previous_version,
+        "new_version": r.new_version,
+        "status": after.as_ref().map(status_json),
+    });
+    emit(out.json, &value, || {
+        if let Some(s) = &after {
+            print_status(s);
+        }
+    });
+    Ok(())
+}
+
+async fn rotate_root(out: Output) -> anyhow::Result<()> {
+    let mut client = KeyServiceClient::new(out.conn.channel().await?);
+    let r = client
+        .rotate_root_key(pb::RotateRootKeyRequest {})
+        .await?
+        .into_inner();
+    let value = json!({
+        "current_version": r.current_version,
+        "destroyed_versions": r.destroyed_versions,
+        "keys_rewrapped": r.keys_rewrapped,
+    });
+    emit(out.json, &value, || {
+        println!(
+            "root key: now v{}; destroyed {:?}; {} keys re-wrapped",
+            r.current_version, r.destroyed_versions, r.keys_rewrapped
+        );
+    });
+    Ok(())
+}
+
+async fn epoch(out: Output) -> anyhow::Result<()> {
+    let client = KeyServiceClient::new(out.conn.channel().await?);
+    let r = epoch_with_progress(&client).await?;
+    let value = json!({
+        "tenants": r.tenants.iter().map(|t| json!({
+            "tenant": t.tenant_id,
+            "destroyed_versions": t.destroyed_versions,
+        })).collect::<Vec<_>>(),
+        "shredded_tenants": r.shredded_tenant_ids,
+        "deks_rewrapped": r.deks_rewrapped,
+        "root_version": r.root_version,
+        "root_versions_destroyed": r.root_versions_destroyed,
+        "completed_at": time(r.completed_at.as_ref()),
+    });
+    emit(out.json, &value, || {
+        for t in &r.tenants {
+            println!(
+                "tenant {}: new key; destroyed versions {:?}",
+                t.tenant_id, t.destroyed_versions
+            );
+        }
+        println!(
+            "key epoch done: {} tenant keys rotated, {} DEKs re-wrapped; root key now v{}, destroyed {:?}",
+            r.tenants.len(),
+            r.deks_rewrapped,
+            r.root_version,
+            r.root_versions_destroyed
+        );
+    });
+    Ok(())
+}
+
+async fn shred_tenant(tenant: String, confirm: String, out: Output) -> anyhow::Result<()> {
+    if confirm != tenant {
+        bail!("--confirm must repeat the tenant id ({tenant}) to shred it");
+    }
+    let mut client = KeyServiceClient::new(out.conn.channel().await?);
+    let r = client
+        .shred_tenant(pb::ShredTenantRequest {
+            tenant_id: tenant,
+            confirm_tenant_id: confirm,
+        })
+        .await?
+        .into_inner();
+    let value = json!({
+        "tenant": r.tenant_id,
+        "shredded_at": time(r.shredded_at.as_ref()),
+        "destroyed_versions": r.destroyed_versions,
+    });
+    emit(out.json, &value, || {
+        println!(
+            "tenant {} shredded: key versions {:?} destroyed; its subjects are unreadable",
+            r.tenant_id, r.destroyed_versions
+        );
+    });
     Ok(())
 }

@@ -192,78 +192,12 @@ impl Keyring {
             .root
             .write()
             .map_err(|_| KeyringError::Missing("root key (lock poisoned)"))?;
+        let version = root.current().version();
+        let rewrapped = self.rewrap_keks(&root)?
+            + self.rewrap_audit_key(&root)?
+            + self.rewrap_index_keys(&root)?;
+        self.record_root_check(&root)?;
         let store = self.store.as_ref();
-        let current = root.current();
-        let version = current.version();
-        let mut rewrapped = 0u64;
-        let mut after: Option<TenantId> = None;
-        loop {
-            let tenants = store.tenants(after.as_ref(), 256)?;
-            for t in &tenants {
-                for (kek_version, wrapped) in store.keks(&t.id)? {
-                    if wrapped.key_version() == version {
-                        continue;
-                    }
-                    let old = root
-                        .version(wrapped.key_version())
-                        .ok_or(KeyringError::Missing("root key version"))?;
-                    let kek: Key<Kek> = old.unwrap_key(&wrapped, kek_version, &kek_aad(&t.id))?;
-                    self.usage.count_root_wrap(version, store)?;
-                    let new = current.wrap(&kek, &kek_aad(&t.id))?;
-                    // A KEK version destroyed meanwhile stays destroyed.
-                    if store.replace_kek(&t.id, kek_version, &wrapped, &new)? {
-                        rewrapped += 1;
-                    }
-                }
-            }
-            if tenants.len() < 256 {
-                break;
-            }
-            after = tenants.last().map(|t| t.id.clone());
-        }
-        if let Some(stored) = store.meta(AUDIT_KEY)? {
-            let wrapped =
-                Sealed::decode(&stored).map_err(|_| KeyringError::Missing("audit key"))?;
-            if wrapped.key_version() != version {
-                let old = root
-                    .version(wrapped.key_version())
-                    .ok_or(KeyringError::Missing("root key version"))?;
-                let key: Key<Audit> = old.unwrap_key(&wrapped, 1, &audit_aad())?;
-                self.usage.count_root_wrap(version, store)?;
-                let new = current.wrap(&key, &audit_aad())?.encode();
-                if !store.meta_swap(AUDIT_KEY, Some(&stored), &new)? {
-                    return Err(KeyringError::Contended("audit key"));
-                }
-                rewrapped += 1;
-            }
-        }
-        // Blind-index keys are wrapped by the root key too (`index_key/<tenant>/<version>`).
-        for (name, stored) in store.meta_scan(INDEX_KEY_PREFIX)? {
-            let wrapped =
-                Sealed::decode(&stored).map_err(|_| KeyringError::Missing("index key"))?;
-            if wrapped.key_version() == version {
-                continue;
-            }
-            let (tenant, index_version) = parse_index_key_name(&name)?;
-            let old = root
-                .version(wrapped.key_version())
-                .ok_or(KeyringError::Missing("root key version"))?;
-            let key: Key<Index> = old.unwrap_key(&wrapped, index_version, &index_aad(&tenant))?;
-            self.usage.count_root_wrap(version, store)?;
-            let new = current.wrap(&key, &index_aad(&tenant))?.encode();
-            if !store.meta_swap(&name, Some(&stored), &new)? {
-                return Err(KeyringError::Contended("index key"));
-            }
-            rewrapped += 1;
-        }
-        let check = store.meta(ROOT_CHECK)?;
-        let mut mine = version.to_be_bytes().to_vec();
-        mine.extend_from_slice(&current.check_value());
-        if check.as_deref() != Some(mine.as_slice())
-            && !store.meta_swap(ROOT_CHECK, check.as_deref(), &mine)?
-        {
-            return Err(KeyringError::Contended("root key check value"));
-        }
         // Everything the old versions wrapped is now under the current one, on disk.
         store.flush()?;
         if !fence.held() {
@@ -290,5 +224,106 @@ impl Keyring {
             destroyed,
             rewrapped,
         })
+    }
+
+    /// Re-wraps every tenant KEK version not under the current root version; returns how
+    /// many it re-wrapped.
+    fn rewrap_keks(&self, root: &RootKeys) -> Result<u64, KeyringError> {
+        let store = self.store.as_ref();
+        let current = root.current();
+        let version = current.version();
+        let mut rewrapped = 0u64;
+        let mut after: Option<TenantId> = None;
+        loop {
+            let tenants = store.tenants(after.as_ref(), 256)?;
+            for t in &tenants {
+                for (kek_version, wrapped) in store.keks(&t.id)? {
+                    if wrapped.key_version() == version {
+                        continue;
+                    }
+                    let old = root
+                        .version(wrapped.key_version())
+                        .ok_or(KeyringError::Missing("root key version"))?;
+                    let kek: Key<Kek> = old.unwrap_key(&wrapped, kek_version, &kek_aad(&t.id))?;
+                    self.usage.count_root_wrap(version, store)?;
+                    let new = current.wrap(&kek, &kek_aad(&t.id))?;
+                    // A KEK version destroyed meanwhile stays destroyed.
+                    if store.replace_kek(&t.id, kek_version, &wrapped, &new)? {
+                        rewrapped += 1;
+                    }
+                }
+            }
+            if tenants.len() < 256 {
+                return Ok(rewrapped);
+            }
+            after = tenants.last().map(|t| t.id.clone());
+        }
+    }
+
+    /// Re-wraps the audit key under the current root version if it is not; 1 if it did.
+    fn rewrap_audit_key(&self, root: &RootKeys) -> Result<u64, KeyringError> {
+        let store = self.store.as_ref();
+        let current = root.current();
+        let version = current.version();
+        let Some(stored) = store.meta(AUDIT_KEY)? else {
+            return Ok(0);
+        };
+        let wrapped = Sealed::decode(&stored).map_err(|_| KeyringError::Missing("audit key"))?;
+        if wrapped.key_version() == version {
+            return Ok(0);
+        }
+        let old = root
+            .version(wrapped.key_version())
+            .ok_or(KeyringError::Missing("root key version"))?;
+        let key: Key<Audit> = old.unwrap_key(&wrapped, 1, &audit_aad())?;
+        self.usage.count_root_wrap(version, store)?;
+        let new = current.wrap(&key, &audit_aad())?.encode();
+        if !store.meta_swap(AUDIT_KEY, Some(&stored), &new)? {
+            return Err(KeyringError::Contended("audit key"));
+        }
+        Ok(1)
+    }
+
+    /// Re-wraps the blind-index keys (`index_key/<tenant>/<version>`, wrapped by the root key
+    /// too) not under the current root version; returns how many it re-wrapped.
+    fn rewrap_index_keys(&self, root: &RootKeys) -> Result<u64, KeyringError> {
+        let store = self.store.as_ref();
+        let current = root.current();
+        let version = current.version();
+        let mut rewrapped = 0u64;
+        for (name, stored) in store.meta_scan(INDEX_KEY_PREFIX)? {
+            let wrapped =
+                Sealed::decode(&stored).map_err(|_| KeyringError::Missing("index key"))?;
+            if wrapped.key_version() == version {
+                continue;
+            }
+            let (tenant, index_version) = parse_index_key_name(&name)?;
+            let old = root
+                .version(wrapped.key_version())
+                .ok_or(KeyringError::Missing("root key version"))?;
+            let key: Key<Index> = old.unwrap_key(&wrapped, index_version, &index_aad(&tenant))?;
+            self.usage.count_root_wrap(version, store)?;
+            let new = current.wrap(&key, &index_aad(&tenant))?.encode();
+            if !store.meta_swap(&name, Some(&stored), &new)? {
+                return Err(KeyringError::Contended("index key"));
+            }
+            rewrapped += 1;
+        }
+        Ok(rewrapped)
+    }
+
+    /// Stores the current root version's check value (what a start compares its key file with).
+    fn record_root_check(&self, root: &RootKeys) -> Result<(), KeyringError> {
+        let store = self.store.as_ref();
+        let current = root.current();
+        let check = store.meta(ROOT_CHECK)?;
+        let mut mine = current.version().to_be_bytes().to_vec();
+        mine.extend_from_slice(&current.check_value());
+        if check.as_deref() != Some(mine.as_slice())
+            && !store.meta_swap(ROOT_CHECK, check.as_deref(), &mine)?
+        {
+            return Err(KeyringError::Contended("root key check value"));
+        }
+        Ok(())
     }
 }

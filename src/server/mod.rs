@@ -9,19 +9,25 @@
 
 mod metrics_http;
 mod observe;
+mod tasks;
 mod tls;
 
 use std::future::Future;
-use std::sync::{Arc, Weak};
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
+use tonic::server::NamedService;
+use tonic::service::Routes;
+use tonic_health::ServingStatus;
 use tower::util::MapResponseLayer;
 
 use crate::api;
-use crate::authz::{Authz, PeerIdentity, PolicyError};
+use crate::authz::{Authz, PolicyError};
 use crate::config::{Backend, Config};
 use crate::domain::SystemClock;
 use crate::keyring::{Keyring, KeyringError, RootKeys};
@@ -34,9 +40,10 @@ use crate::proto::v1::record_service_server::RecordServiceServer;
 use crate::proto::v1::subject_rights_service_server::SubjectRightsServiceServer;
 use crate::proto::v1::tenant_service_server::TenantServiceServer;
 use crate::proto::v1::token_service_server::TokenServiceServer;
-use crate::service::{Call, ServiceError, Vault};
+use crate::service::{ServiceError, Vault};
 use crate::storage::{PgStore, SledStore, Store, StoreError};
 
+use tasks::Tasks;
 pub use tls::server_config;
 
 #[derive(Debug, thiserror::Error)]
@@ -66,9 +73,6 @@ pub enum ServerError {
         source: std::io::Error,
     },
 }
-
-/// How often the store's size on disk is sampled for the metrics.
-const STORE_SAMPLE_INTERVAL: Duration = Duration::from_secs(15);
 
 /// Opens the store of `config` (sled, or PostgreSQL) and serves until `shutdown` completes, then drains
 /// in-flight calls and flushes the store.
@@ -119,101 +123,13 @@ pub async fn serve(
     store: Arc<dyn Store>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    let root = RootKeys::load(&config.root_key_file)?;
-    let store_dir = config.store_dir();
-    let store_err = |source| ServerError::Store {
-        path: store_dir.display().to_string(),
-        source,
-    };
-    let keys = Keyring::open(root, store.clone())?;
-    let tls = server_config(&config.tls)?;
-    let authz = Arc::new(Authz::load(
-        config.policy_file.clone(),
-        config.purposes.clone(),
-    )?);
-    let reloader = tokio::spawn(reload_policy_on_sighup(authz.clone()));
     let metrics = Metrics::new();
-    let mut settings = config.vault.clone();
-    settings.metrics = metrics.clone();
-    // A store shared by several nodes (PostgreSQL) keeps its own integrity; the mark is for
-    // the embedded one, which can lose its tail silently.
-    if !store.shared() {
-        settings.high_water_file = Some(config.data_dir.join(crate::service::HIGH_WATER_FILE));
-    }
-    let vault = Arc::new(Vault::open(
-        store.clone(),
-        keys,
-        authz,
-        Arc::new(SystemClock),
-        settings,
-    )?);
+    let (vault, authz, tls) = open_vault(&config, store.clone(), metrics.clone())?;
     let exporter = match config.metrics_listen {
-        Some(addr) => {
-            let listener =
-                TcpListener::bind(addr)
-                    .await
-                    .map_err(|source| ServerError::MetricsListen {
-                        addr: addr.to_string(),
-                        source,
-                    })?;
-            let bound = listener.local_addr().ok();
-            if !addr.ip().is_loopback() {
-                tracing::warn!(listen = ?bound, "metrics endpoint is reachable beyond loopback (plain HTTP, no authentication)");
-            }
-            tracing::info!(listen = ?bound, "serving metrics at /metrics");
-            Some(tokio::spawn(metrics_http::serve(listener, metrics.clone())))
-        }
+        Some(addr) => Some(serve_metrics(addr, metrics.clone()).await?),
         None => None,
     };
-    let pruner = tokio::spawn(prune_audit_daily(vault.clone()));
-    let sweeper = tokio::spawn(sweep_retention_hourly(vault.clone()));
-    let sampler = tokio::spawn(sample_store(Arc::downgrade(&store), metrics.clone()));
-    let key_jobs = tokio::spawn(crate::service::run_key_jobs(vault.clone()));
-
-    let apis = api::services(vault.clone());
-    let max = config.max_message_bytes;
-    let tenants = TenantServiceServer::new(apis.tenants).max_decoding_message_size(max);
-    let records = RecordServiceServer::new(apis.records).max_decoding_message_size(max);
-    let audit = AuditServiceServer::new(apis.audit).max_decoding_message_size(max);
-    let rights = SubjectRightsServiceServer::new(apis.rights).max_decoding_message_size(max);
-    let admin = AdminServiceServer::new(apis.admin).max_decoding_message_size(max);
-    let tokens = TokenServiceServer::new(apis.tokens).max_decoding_message_size(max);
-    let backup = BackupServiceServer::new(api::BackupApi::new(vault.clone()));
-    let keys = KeyServiceServer::new(apis.keys).max_decoding_message_size(max);
-
-    let (health_reporter, health) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<TenantServiceServer<api::TenantApi>>()
-        .await;
-    health_reporter
-        .set_serving::<RecordServiceServer<api::RecordApi>>()
-        .await;
-    health_reporter
-        .set_serving::<AuditServiceServer<api::AuditApi>>()
-        .await;
-    health_reporter
-        .set_serving::<SubjectRightsServiceServer<api::RightsApi>>()
-        .await;
-    health_reporter
-        .set_serving::<AdminServiceServer<api::AdminApi>>()
-        .await;
-    health_reporter
-        .set_serving::<TokenServiceServer<api::TokenApi>>()
-        .await;
-    health_reporter
-        .set_serving::<BackupServiceServer<api::BackupApi>>()
-        .await;
-    health_reporter
-        .set_serving::<KeyServiceServer<api::KeyApi>>()
-        .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| ServerError::Reflection(e.to_string()))?;
-    let reflection_alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()
-        .map_err(|e| ServerError::Reflection(e.to_string()))?;
+    let routes = routes(&vault, config.max_message_bytes).await?;
 
     let local = listener.local_addr().ok();
     let cut = CancellationToken::new();
@@ -231,51 +147,132 @@ pub async fn serve(
             stopping.cancel();
         }
     };
-    let deadline = tokio::spawn(cut_after_grace(stopping, cut, config.shutdown_grace));
+    let grace = tokio::spawn(tasks::cut_after_grace(stopping, cut, config.shutdown_grace));
+    let tasks = Tasks::start(
+        &vault,
+        &store,
+        authz,
+        &metrics,
+        exporter.into_iter().chain([grace]),
+    );
     tracing::info!(listen = ?local, "serving (mTLS required, TLS 1.3)");
     let served = tonic::transport::Server::builder()
         .timeout(config.request_timeout)
         .layer(observe::ObserveLayer::new(metrics))
         .layer(MapResponseLayer::new(oversized_is_invalid_argument))
-        .add_service(health)
-        .add_service(reflection)
-        .add_service(reflection_alpha)
-        .add_service(tenants)
-        .add_service(records)
-        .add_service(audit)
-        .add_service(rights)
-        .add_service(admin)
-        .add_service(tokens)
-        .add_service(backup)
-        .add_service(keys)
+        .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
+    tasks.stop().await;
+    let store_path = config.store_dir().display().to_string();
+    close(vault, store, store_path, served).await
+}
 
-    for task in [
-        Some(deadline),
-        Some(pruner),
-        Some(sampler),
-        Some(sweeper),
-        Some(reloader),
-        Some(key_jobs),
-        exporter,
-    ]
-    .into_iter()
-    .flatten()
-    {
-        task.abort();
-        let _ = task.await;
+/// Loads the root key, the keyring, the TLS configuration and the policy, and opens the
+/// vault over `store`, in that order (a start fails on the first that is wrong).
+fn open_vault(
+    config: &Config,
+    store: Arc<dyn Store>,
+    metrics: Metrics,
+) -> Result<(Arc<Vault>, Arc<Authz>, rustls::ServerConfig), ServerError> {
+    let root = RootKeys::load(&config.root_key_file)?;
+    let keys = Keyring::open(root, store.clone())?;
+    let tls = server_config(&config.tls)?;
+    let authz = Arc::new(Authz::load(
+        config.policy_file.clone(),
+        config.purposes.clone(),
+    )?);
+    let mut settings = config.vault.clone();
+    settings.metrics = metrics;
+    // A store shared by several nodes (PostgreSQL) keeps its own integrity; the mark is for
+    // the embedded one, which can lose its tail silently.
+    if !store.shared() {
+        settings.high_water_file = Some(config.data_dir.join(crate::service::HIGH_WATER_FILE));
     }
-    // Everything answered is durable: the high-water mark covers all of it.
+    let vault = Vault::open(store, keys, authz.clone(), Arc::new(SystemClock), settings)?;
+    Ok((Arc::new(vault), authz, tls))
+}
+
+/// Binds the plain-HTTP metrics endpoint and serves it in a task of its own.
+async fn serve_metrics(addr: SocketAddr, metrics: Metrics) -> Result<JoinHandle<()>, ServerError> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::MetricsListen {
+            addr: addr.to_string(),
+            source,
+        })?;
+    let bound = listener.local_addr().ok();
+    if !addr.ip().is_loopback() {
+        tracing::warn!(listen = ?bound, "metrics endpoint is reachable beyond loopback (plain HTTP, no authentication)");
+    }
+    tracing::info!(listen = ?bound, "serving metrics at /metrics");
+    Ok(tokio::spawn(metrics_http::serve(listener, metrics)))
+}
+
+/// Every gRPC service of the vault, with health (each service SERVING) and reflection.
+async fn routes(vault: &Arc<Vault>, max: usize) -> Result<Routes, ServerError> {
+    let apis = api::services(vault.clone());
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    let mut routes = Routes::builder();
+    routes.add_service(health);
+    macro_rules! serving {
+        ($($server:ident($api:expr)),* $(,)?) => {$(
+            let service = $server::new($api).max_decoding_message_size(max);
+            health_reporter
+                .set_service_status(service_name(&service), ServingStatus::Serving)
+                .await;
+            routes.add_service(service);
+        )*};
+    }
+    serving!(
+        TenantServiceServer(apis.tenants),
+        RecordServiceServer(apis.records),
+        AuditServiceServer(apis.audit),
+        SubjectRightsServiceServer(apis.rights),
+        AdminServiceServer(apis.admin),
+        TokenServiceServer(apis.tokens),
+        BackupServiceServer(api::BackupApi::new(vault.clone())),
+        KeyServiceServer(apis.keys),
+    );
+    let descriptors = crate::proto::FILE_DESCRIPTOR_SET;
+    routes.add_service(
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(descriptors)
+            .build_v1()
+            .map_err(|e| ServerError::Reflection(e.to_string()))?,
+    );
+    routes.add_service(
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(descriptors)
+            .build_v1alpha()
+            .map_err(|e| ServerError::Reflection(e.to_string()))?,
+    );
+    Ok(routes.routes())
+}
+
+/// The gRPC name of a service (what health checks ask about).
+fn service_name<S: NamedService>(_: &S) -> &'static str {
+    S::NAME
+}
+
+/// After the drain: makes the high-water mark cover everything answered, waits until the
+/// store is closed (its lock released) and flushes it last.
+async fn close(
+    vault: Arc<Vault>,
+    store: Arc<dyn Store>,
+    store_path: String,
+    served: Result<(), tonic::transport::Error>,
+) -> Result<(), ServerError> {
     vault.audit_log().persist_high_water().await;
-    // Drained: wait for the last handle so the store is closed (and its lock released)
-    // when `run` returns, then flush whatever was written.
     drop(vault);
     wait_for_last_handle(&store).await;
     let flushed = store.flush();
     drop(store);
     served?;
-    flushed.map_err(store_err)?;
+    flushed.map_err(|source| ServerError::Store {
+        path: store_path,
+        source,
+    })?;
     tracing::info!("stopped");
     Ok(())
 }
@@ -298,130 +295,6 @@ fn oversized_is_invalid_argument<B>(mut resp: http::Response<B>) -> http::Respon
         );
     }
     resp
-}
-
-/// Re-reads the policy file on SIGHUP; a bad file leaves the old policy in force.
-async fn reload_policy_on_sighup(authz: Arc<Authz>) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let Ok(mut hup) = signal(SignalKind::hangup()) else {
-            return;
-        };
-        while hup.recv().await.is_some() {
-            match authz.reload() {
-                Ok(()) => tracing::info!("policy reloaded"),
-                Err(e) => {
-                    tracing::error!(error = %e, "policy reload failed; the previous policy stays in force")
-                }
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = authz;
-}
-
-/// Deletes expired fields once an hour (and a minute after start).
-async fn sweep_retention_hourly(vault: Arc<Vault>) {
-    let mut tick = tokio::time::interval_at(
-        tokio::time::Instant::now() + Duration::from_secs(60),
-        Duration::from_secs(3600),
-    );
-    loop {
-        tick.tick().await;
-        if !vault.holds_job("retention-sweep") {
-            continue;
-        }
-        match vault.sweep_retention().await {
-            Ok(n) if n > 0 => tracing::info!(deleted = n, "retention sweep deleted expired fields"),
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "retention sweep failed"),
-        }
-    }
-}
-
-/// Once shutdown starts, gives in-flight calls `grace` to finish, then cuts every
-/// connection still open so the drain ends.
-async fn cut_after_grace(stopping: CancellationToken, cut: CancellationToken, grace: Duration) {
-    stopping.cancelled().await;
-    tracing::info!(
-        grace_ms = grace.as_millis() as u64,
-        "shutdown: draining in-flight calls"
-    );
-    tokio::time::sleep(grace).await;
-    tracing::warn!("shutdown grace period over; dropping the remaining connections");
-    cut.cancel();
-}
-
-/// Prunes audit events past their retention once a day (and once shortly after start).
-async fn prune_audit_daily(vault: Arc<Vault>) {
-    let call = Call {
-        caller: PeerIdentity::new("pii-vault/retention"),
-        request_id: "audit-retention".into(),
-    };
-    let mut tick = tokio::time::interval_at(
-        tokio::time::Instant::now() + Duration::from_secs(60),
-        Duration::from_secs(86_400),
-    );
-    loop {
-        tick.tick().await;
-        if !vault.holds_job("audit-prune") {
-            continue;
-        }
-        match vault.prune_audit(&call, 0).await {
-            Ok(r) if r.deleted > 0 => {
-                tracing::info!(deleted = r.deleted, "pruned expired audit events")
-            }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "audit retention prune failed"),
-        }
-    }
-}
-
-/// Samples the store's size on disk now and then, and records every tenant's key version
-/// once at start (afterwards the use cases keep it current).
-async fn sample_store(store: Weak<dyn Store>, metrics: Metrics) {
-    let mut tick = tokio::time::interval(STORE_SAMPLE_INTERVAL);
-    let mut first = true;
-    loop {
-        tick.tick().await;
-        // A weak handle, so that sampling never keeps the store open at shutdown.
-        let Some(store) = store.upgrade() else {
-            return;
-        };
-        let metrics = metrics.clone();
-        let key_versions = std::mem::take(&mut first);
-        let _ = tokio::task::spawn_blocking(move || {
-            match store.disk_bytes() {
-                Ok(Some(bytes)) => metrics.store_size(bytes),
-                Ok(None) => {}
-                Err(e) => tracing::warn!(error = %e, "cannot read the store size"),
-            }
-            if key_versions {
-                record_key_versions(store.as_ref(), &metrics);
-            }
-        })
-        .await;
-    }
-}
-
-fn record_key_versions(store: &dyn Store, metrics: &Metrics) {
-    let mut after = None;
-    loop {
-        match store.tenants(after.as_ref(), 1000) {
-            Ok(page) if page.is_empty() => return,
-            Ok(page) => {
-                for t in &page {
-                    metrics.tenant_key_version(&t.id, t.kek_version);
-                }
-                after = page.last().map(|t| t.id.clone());
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot list tenants for the key version metrics");
-                return;
-            }
-        }
-    }
 }
 
 /// Waits until the background tasks (flusher, audit writer, purger, key jobs) have let go of
