@@ -1,7 +1,7 @@
 //! The sled side of key management: wrapped KEK versions, tenant key states, and the
 //! transactions that rotate, re-wrap and destroy keys.
 
-use sled::transaction::{ConflictableTransactionError, Transactional, TransactionalTree};
+use sled::transaction::{Transactional, TransactionalTree};
 
 use crate::crypto::Sealed;
 use crate::domain::{SubjectId, TenantId};
@@ -10,10 +10,11 @@ use crate::storage::{
     KeyChange, KeyUpdate, StoreError, StoreResult, SubjectUpdate, TenantKeyState,
 };
 
-use super::{abort, backend, decode_subject_key, kek_key, subject_key, tx_error, SledStore};
+use super::TxResult;
+use super::{
+    abort, backend, decode_subject_key, erasure, kek_key, subject_key, tx_error, SledStore,
+};
 use crate::codec::Writer;
-
-type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
 
 /// Inside a transaction: the tenant's current KEK version, `None` if the tenant is missing
 /// or shredded (no wrap may be stored then).
@@ -91,11 +92,7 @@ impl SledStore {
                     keks.remove(kek_key(tenant, *version))?;
                 }
                 if change.mark_epoch {
-                    let count = pending
-                        .get(tkey)?
-                        .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
-                        .map_or(0, u64::from_be_bytes);
-                    pending.insert(tkey, &(count + 1).to_be_bytes())?;
+                    erasure::mark_epoch(pending, tkey)?;
                 }
                 Ok(Some(change))
             })
