@@ -2,20 +2,21 @@
 //! `rules::erase`), purging an erased subject's field ciphertexts, legal holds and key
 //! epoch marks.
 
+use tokio_postgres::{Client, Transaction};
+
 use crate::domain::{SubjectId, TenantId, Timestamp};
 use crate::storage::records::{Erasure, SubjectRecord, Tombstone};
-use crate::storage::{rules, StoreError, StoreResult};
+use crate::storage::{rules, StoreError};
 
 use super::conn::{exec, one, rows, tenant_one, Db};
 use super::error::R;
 use super::rows::{limit, mark_epoch, require_tenant, seq, subject_id, tenant_id, to_ts, ts};
-use super::PgStore;
 
 /// Applies an erasure: the subject's record, consents and blind-index entries go, its
 /// tombstone and its shadow's legal hold are stored, and the tenant is marked for the next
 /// key epoch.
-fn apply<C: tokio_postgres::GenericClient>(
-    t: &Db<'_, C>,
+fn apply(
+    t: &Db<'_, Transaction<'_>>,
     tenant: &TenantId,
     subject: &SubjectId,
     plan: &rules::Erase,
@@ -57,171 +58,155 @@ fn apply<C: tokio_postgres::GenericClient>(
     mark_epoch(t, tenant)
 }
 
-impl PgStore {
-    pub(super) fn erase(
-        &self,
-        tenant: &TenantId,
-        subject: &SubjectId,
-        tombstone: &Tombstone,
-    ) -> StoreResult<Erasure> {
-        let shadow = subject.legal_shadow();
-        self.tx(|t| {
-            // The tenant, the earlier tombstone, the subject and its shadow: one statement.
-            let Some(found) = one(
-                t,
-                "SELECT (SELECT tombstone FROM pv_tombstones WHERE tenant = t.id AND subject = $2),
-                        (SELECT record FROM pv_subjects WHERE tenant = t.id AND subject = $2),
-                        (SELECT record FROM pv_subjects WHERE tenant = t.id AND subject = $3)
-                 FROM pv_tenants t WHERE t.id = $1",
-                &[&tenant.as_str(), &subject.as_str(), &shadow.as_str()],
-            )?
-            else {
-                return Err(StoreError::NoTenant.into());
-            };
-            let column = |i| found.get::<_, Option<&[u8]>>(i);
-            let earlier = column(0).map(Tombstone::decode).transpose()?;
-            let record = column(1).map(SubjectRecord::decode).transpose()?;
-            let shadow_record = column(2).map(SubjectRecord::decode).transpose()?;
-            let (answer, plan) = rules::erase(earlier, record, shadow_record.as_ref(), tombstone);
-            if let Some(plan) = plan {
-                apply(t, tenant, subject, &plan)?;
-            }
-            Ok(answer)
-        })
+/// `Store::erase_subject`, in a transaction.
+pub(super) fn erase(
+    t: &Db<'_, Transaction<'_>>,
+    tenant: &TenantId,
+    subject: &SubjectId,
+    tombstone: &Tombstone,
+) -> R<Erasure> {
+    let shadow = subject.legal_shadow();
+    // The tenant, the earlier tombstone, the subject and its shadow: one statement.
+    let Some(found) = one(
+        t,
+        "SELECT (SELECT tombstone FROM pv_tombstones WHERE tenant = t.id AND subject = $2),
+                (SELECT record FROM pv_subjects WHERE tenant = t.id AND subject = $2),
+                (SELECT record FROM pv_subjects WHERE tenant = t.id AND subject = $3)
+         FROM pv_tenants t WHERE t.id = $1",
+        &[&tenant.as_str(), &subject.as_str(), &shadow.as_str()],
+    )?
+    else {
+        return Err(StoreError::NoTenant.into());
+    };
+    let column = |i| found.get::<_, Option<&[u8]>>(i);
+    let earlier = column(0).map(Tombstone::decode).transpose()?;
+    let record = column(1).map(SubjectRecord::decode).transpose()?;
+    let shadow_record = column(2).map(SubjectRecord::decode).transpose()?;
+    let (answer, plan) = rules::erase(earlier, record, shadow_record.as_ref(), tombstone);
+    if let Some(plan) = plan {
+        apply(t, tenant, subject, &plan)?;
     }
+    Ok(answer)
+}
 
-    pub(super) fn stone(
-        &self,
-        tenant: &TenantId,
-        subject: &SubjectId,
-    ) -> StoreResult<Option<Tombstone>> {
-        self.read(|c| {
-            tenant_one(
-                c,
-                tenant,
-                "SELECT tombstone FROM pv_tombstones WHERE tenant = $1 AND subject = $2",
-                &[&tenant.as_str(), &subject.as_str()],
-            )?
-            .map(|r| Ok(Tombstone::decode(r.get(0))?))
-            .transpose()
-        })
-    }
+pub(super) fn tombstone(
+    c: &Db<'_, Client>,
+    tenant: &TenantId,
+    subject: &SubjectId,
+) -> R<Option<Tombstone>> {
+    tenant_one(
+        c,
+        tenant,
+        "SELECT tombstone FROM pv_tombstones WHERE tenant = $1 AND subject = $2",
+        &[&tenant.as_str(), &subject.as_str()],
+    )?
+    .map(|r| Ok(Tombstone::decode(r.get(0))?))
+    .transpose()
+}
 
-    pub(super) fn purge(
-        &self,
-        tenant: &TenantId,
-        subject: &SubjectId,
-        n: usize,
-    ) -> StoreResult<usize> {
-        self.tx(|t| {
-            require_tenant(t, tenant)?;
-            let (tid, sid) = (tenant.as_str(), subject.as_str());
-            let deleted = exec(
-                t,
-                "DELETE FROM pv_fields WHERE tenant = $1 AND subject = $2 AND name IN (
-                     SELECT name FROM pv_fields WHERE tenant = $1 AND subject = $2
-                     ORDER BY name LIMIT $3)",
-                &[&tid, &sid, &limit(n)],
-            )?;
-            if deleted == 0 {
-                if let Some(row) = one(
+pub(super) fn purge(
+    t: &Db<'_, Transaction<'_>>,
+    tenant: &TenantId,
+    subject: &SubjectId,
+    n: usize,
+) -> R<usize> {
+    require_tenant(t, tenant)?;
+    let (tid, sid) = (tenant.as_str(), subject.as_str());
+    let deleted = exec(
+        t,
+        "DELETE FROM pv_fields WHERE tenant = $1 AND subject = $2 AND name IN (
+             SELECT name FROM pv_fields WHERE tenant = $1 AND subject = $2
+             ORDER BY name LIMIT $3)",
+        &[&tid, &sid, &limit(n)],
+    )?;
+    if deleted == 0 {
+        if let Some(row) = one(
+            t,
+            "SELECT tombstone FROM pv_tombstones WHERE tenant = $1 AND subject = $2",
+            &[&tid, &sid],
+        )? {
+            let mut stone = Tombstone::decode(row.get(0))?;
+            if !stone.purged {
+                stone.purged = true;
+                exec(
                     t,
-                    "SELECT tombstone FROM pv_tombstones WHERE tenant = $1 AND subject = $2",
-                    &[&tid, &sid],
-                )? {
-                    let mut stone = Tombstone::decode(row.get(0))?;
-                    if !stone.purged {
-                        stone.purged = true;
-                        exec(
-                            t,
-                            "UPDATE pv_tombstones SET tombstone = $3, purged = true
-                             WHERE tenant = $1 AND subject = $2",
-                            &[&tid, &sid, &stone.encode()],
-                        )?;
-                    }
-                }
+                    "UPDATE pv_tombstones SET tombstone = $3, purged = true
+                     WHERE tenant = $1 AND subject = $2",
+                    &[&tid, &sid, &stone.encode()],
+                )?;
             }
-            Ok(usize::try_from(deleted).unwrap_or(usize::MAX))
-        })
+        }
     }
+    Ok(usize::try_from(deleted).unwrap_or(usize::MAX))
+}
 
-    pub(super) fn not_purged(&self) -> StoreResult<Vec<(TenantId, SubjectId)>> {
-        self.read(|c| {
-            rows(
-                c,
-                "SELECT tenant, subject FROM pv_tombstones WHERE NOT purged ORDER BY tenant, subject",
-                &[],
-            )?
-            .iter()
-            .map(|r| Ok((tenant_id(r.get(0))?, subject_id(r.get(1))?)))
-            .collect()
-        })
-    }
+pub(super) fn unpurged(c: &Db<'_, Client>) -> R<Vec<(TenantId, SubjectId)>> {
+    rows(
+        c,
+        "SELECT tenant, subject FROM pv_tombstones WHERE NOT purged ORDER BY tenant, subject",
+        &[],
+    )?
+    .iter()
+    .map(|r| Ok((tenant_id(r.get(0))?, subject_id(r.get(1))?)))
+    .collect()
+}
 
-    pub(super) fn holds_due(
-        &self,
-        now: Timestamp,
-    ) -> StoreResult<Vec<(TenantId, SubjectId, Timestamp)>> {
-        self.read(|c| {
-            rows(
-                c,
-                "SELECT until, tenant, shadow FROM pv_legal_holds WHERE until <= $1
-                 ORDER BY until, tenant, shadow",
-                &[&ts(now)],
-            )?
-            .iter()
-            .map(|r| {
-                Ok((
-                    tenant_id(r.get(1))?,
-                    subject_id(r.get(2))?,
-                    to_ts(r.get(0), "legal hold")?,
-                ))
-            })
-            .collect()
-        })
-    }
+pub(super) fn holds_due(
+    c: &Db<'_, Client>,
+    now: Timestamp,
+) -> R<Vec<(TenantId, SubjectId, Timestamp)>> {
+    rows(
+        c,
+        "SELECT until, tenant, shadow FROM pv_legal_holds WHERE until <= $1
+         ORDER BY until, tenant, shadow",
+        &[&ts(now)],
+    )?
+    .iter()
+    .map(|r| {
+        Ok((
+            tenant_id(r.get(1))?,
+            subject_id(r.get(2))?,
+            to_ts(r.get(0), "legal hold")?,
+        ))
+    })
+    .collect()
+}
 
-    pub(super) fn clear_hold(
-        &self,
-        tenant: &TenantId,
-        shadow: &SubjectId,
-        until: Timestamp,
-    ) -> StoreResult<()> {
-        self.read(|c| {
-            exec(
-                c,
-                "DELETE FROM pv_legal_holds WHERE until = $1 AND tenant = $2 AND shadow = $3",
-                &[&ts(until), &tenant.as_str(), &shadow.as_str()],
-            )
-            .map(|_| ())
-        })
-    }
+pub(super) fn clear_hold(
+    c: &Db<'_, Client>,
+    tenant: &TenantId,
+    shadow: &SubjectId,
+    until: Timestamp,
+) -> R<()> {
+    exec(
+        c,
+        "DELETE FROM pv_legal_holds WHERE until = $1 AND tenant = $2 AND shadow = $3",
+        &[&ts(until), &tenant.as_str(), &shadow.as_str()],
+    )
+    .map(|_| ())
+}
 
-    pub(super) fn epoch_marks(&self) -> StoreResult<Vec<(TenantId, u64)>> {
-        self.read(|c| {
-            rows(
-                c,
-                "SELECT tenant, erasures FROM pv_epoch_pending ORDER BY tenant",
-                &[],
-            )?
-            .iter()
-            .map(|r| {
-                let n: i64 = r.get(1);
-                Ok((tenant_id(r.get(0))?, u64::try_from(n).unwrap_or(0)))
-            })
-            .collect()
-        })
-    }
+pub(super) fn epoch_marks(c: &Db<'_, Client>) -> R<Vec<(TenantId, u64)>> {
+    rows(
+        c,
+        "SELECT tenant, erasures FROM pv_epoch_pending ORDER BY tenant",
+        &[],
+    )?
+    .iter()
+    .map(|r| {
+        let n: i64 = r.get(1);
+        Ok((tenant_id(r.get(0))?, u64::try_from(n).unwrap_or(0)))
+    })
+    .collect()
+}
 
-    pub(super) fn clear_epoch_mark(&self, tenant: &TenantId, seen: u64) -> StoreResult<()> {
-        // Only if no erasure happened since `seen` was read: a later one needs the next epoch.
-        self.read(|c| {
-            exec(
-                c,
-                "DELETE FROM pv_epoch_pending WHERE tenant = $1 AND erasures = $2",
-                &[&tenant.as_str(), &seq(seen)],
-            )
-            .map(|_| ())
-        })
-    }
+/// Clears the tenant's epoch mark if no erasure happened since `seen` was read: a later one
+/// needs the next epoch.
+pub(super) fn clear_epoch_mark(c: &Db<'_, Client>, tenant: &TenantId, seen: u64) -> R<()> {
+    exec(
+        c,
+        "DELETE FROM pv_epoch_pending WHERE tenant = $1 AND erasures = $2",
+        &[&tenant.as_str(), &seq(seen)],
+    )
+    .map(|_| ())
 }

@@ -2,19 +2,18 @@
 //! and applies the rule's plan in the same transaction, a statement per kind of change
 //! (each takes every row of its kind at once, as arrays); and the field and expiry scans.
 
-use tokio_postgres::{GenericClient, Transaction};
+use tokio_postgres::{Client, GenericClient, Transaction};
 
 use crate::domain::{FieldName, SubjectId, TenantId, Timestamp};
 use crate::storage::records::{FieldRecord, SubjectRecord, SubjectWrite, TenantRecord, Written};
 use crate::storage::rules::{self, Changes, PutReads};
-use crate::storage::{StoreError, StoreResult};
+use crate::storage::StoreError;
 
 use super::conn::{exec, one, rows, tenant_rows, Db};
 use super::error::R;
 use super::rows::{
     field_name, field_row, limit, put_subject, require_tenant, subject_id, subject_row, to_ts, ts,
 };
-use super::PgStore;
 
 /// The stored records of the named fields of a subject, in the order of `names`.
 fn fields_named<C: GenericClient>(
@@ -157,119 +156,109 @@ fn put_reads(
     })
 }
 
-impl PgStore {
-    pub(super) fn put(
-        &self,
-        tenant: &TenantId,
-        subject: &SubjectId,
-        write: &SubjectWrite,
-    ) -> StoreResult<Vec<Written>> {
-        self.tx(|t| {
-            let plan = rules::put(put_reads(t, tenant, subject, write)?, write)?;
-            apply(t, tenant, subject, &plan.changes)?;
-            Ok(plan.written)
-        })
-    }
+/// `Store::put_fields`, in a transaction.
+pub(super) fn put(
+    t: &Db<'_, Transaction<'_>>,
+    tenant: &TenantId,
+    subject: &SubjectId,
+    write: &SubjectWrite,
+) -> R<Vec<Written>> {
+    let plan = rules::put(put_reads(t, tenant, subject, write)?, write)?;
+    apply(t, tenant, subject, &plan.changes)?;
+    Ok(plan.written)
+}
 
-    pub(super) fn delete(
-        &self,
-        tenant: &TenantId,
-        subject: &SubjectId,
-        names: &[FieldName],
-    ) -> StoreResult<u32> {
-        self.tx(|t| {
-            require_tenant(t, tenant)?;
-            let record = subject_row(t, tenant, subject)?;
-            let named: Vec<&FieldName> = names.iter().collect();
-            let stored = fields_named(t, tenant, subject, &named)?;
-            let (changes, deleted) = rules::delete_fields(record, names, stored);
-            apply(t, tenant, subject, &changes)?;
-            Ok(deleted)
-        })
-    }
+/// `Store::delete_fields`, in a transaction.
+pub(super) fn delete(
+    t: &Db<'_, Transaction<'_>>,
+    tenant: &TenantId,
+    subject: &SubjectId,
+    names: &[FieldName],
+) -> R<u32> {
+    require_tenant(t, tenant)?;
+    let record = subject_row(t, tenant, subject)?;
+    let named: Vec<&FieldName> = names.iter().collect();
+    let stored = fields_named(t, tenant, subject, &named)?;
+    let (changes, deleted) = rules::delete_fields(record, names, stored);
+    apply(t, tenant, subject, &changes)?;
+    Ok(deleted)
+}
 
-    pub(super) fn expire(
-        &self,
-        tenant: &TenantId,
-        subject: &SubjectId,
-        name: &FieldName,
-        expires_at: Timestamp,
-    ) -> StoreResult<bool> {
-        self.tx(|t| {
-            require_tenant(t, tenant)?;
-            let field = field_row(t, tenant, subject, name)?;
-            let record = subject_row(t, tenant, subject)?;
-            let (changes, deleted) = rules::delete_expired(name, expires_at, field, record);
-            apply(t, tenant, subject, &changes)?;
-            Ok(deleted)
-        })
-    }
+/// `Store::delete_expired`, in a transaction.
+pub(super) fn expire(
+    t: &Db<'_, Transaction<'_>>,
+    tenant: &TenantId,
+    subject: &SubjectId,
+    name: &FieldName,
+    expires_at: Timestamp,
+) -> R<bool> {
+    require_tenant(t, tenant)?;
+    let field = field_row(t, tenant, subject, name)?;
+    let record = subject_row(t, tenant, subject)?;
+    let (changes, deleted) = rules::delete_expired(name, expires_at, field, record);
+    apply(t, tenant, subject, &changes)?;
+    Ok(deleted)
+}
 
-    pub(super) fn reindex(
-        &self,
-        tenant: &TenantId,
-        subject: &SubjectId,
-        name: &FieldName,
-        entry: &[u8],
-    ) -> StoreResult<()> {
-        self.tx(|t| {
-            require_tenant(t, tenant)?;
-            let record = subject_row(t, tenant, subject)?;
-            let field = field_row(t, tenant, subject, name)?;
-            apply(t, tenant, subject, &rules::reindex(record, field, entry))
-        })
-    }
+/// `Store::reindex_field`, in a transaction.
+pub(super) fn reindex(
+    t: &Db<'_, Transaction<'_>>,
+    tenant: &TenantId,
+    subject: &SubjectId,
+    name: &FieldName,
+    entry: &[u8],
+) -> R<()> {
+    require_tenant(t, tenant)?;
+    let record = subject_row(t, tenant, subject)?;
+    let field = field_row(t, tenant, subject, name)?;
+    apply(t, tenant, subject, &rules::reindex(record, field, entry))
+}
 
-    pub(super) fn field_page(
-        &self,
-        tenant: &TenantId,
-        subject: &SubjectId,
-        after: Option<&FieldName>,
-        n: usize,
-    ) -> StoreResult<Vec<FieldRecord>> {
-        self.read(|c| {
-            tenant_rows(
-                c,
-                tenant,
-                "SELECT record FROM pv_fields
-                 WHERE tenant = $1 AND subject = $2 AND ($3::text IS NULL OR name > $3)
-                 ORDER BY name LIMIT $4",
-                &[
-                    &tenant.as_str(),
-                    &subject.as_str(),
-                    &after.map(|a| a.as_str()),
-                    &limit(n),
-                ],
-            )?
-            .iter()
-            .map(|r| Ok(FieldRecord::decode(r.get(0))?))
-            .collect()
-        })
-    }
+pub(super) fn field_page(
+    c: &Db<'_, Client>,
+    tenant: &TenantId,
+    subject: &SubjectId,
+    after: Option<&FieldName>,
+    n: usize,
+) -> R<Vec<FieldRecord>> {
+    tenant_rows(
+        c,
+        tenant,
+        "SELECT record FROM pv_fields
+         WHERE tenant = $1 AND subject = $2 AND ($3::text IS NULL OR name > $3)
+         ORDER BY name LIMIT $4",
+        &[
+            &tenant.as_str(),
+            &subject.as_str(),
+            &after.map(|a| a.as_str()),
+            &limit(n),
+        ],
+    )?
+    .iter()
+    .map(|r| Ok(FieldRecord::decode(r.get(0))?))
+    .collect()
+}
 
-    pub(super) fn expiry_page(
-        &self,
-        tenant: &TenantId,
-        now: Timestamp,
-        n: usize,
-    ) -> StoreResult<Vec<(SubjectId, FieldName, Timestamp)>> {
-        self.read(|c| {
-            tenant_rows(
-                c,
-                tenant,
-                "SELECT subject, name, at FROM pv_expiry WHERE tenant = $1 AND at <= $2
-                 ORDER BY at, subject, name LIMIT $3",
-                &[&tenant.as_str(), &ts(now), &limit(n)],
-            )?
-            .iter()
-            .map(|r| {
-                Ok((
-                    subject_id(r.get(0))?,
-                    field_name(r.get(1))?,
-                    to_ts(r.get(2), "expiry entry")?,
-                ))
-            })
-            .collect()
-        })
-    }
+pub(super) fn expiry_page(
+    c: &Db<'_, Client>,
+    tenant: &TenantId,
+    now: Timestamp,
+    n: usize,
+) -> R<Vec<(SubjectId, FieldName, Timestamp)>> {
+    tenant_rows(
+        c,
+        tenant,
+        "SELECT subject, name, at FROM pv_expiry WHERE tenant = $1 AND at <= $2
+         ORDER BY at, subject, name LIMIT $3",
+        &[&tenant.as_str(), &ts(now), &limit(n)],
+    )?
+    .iter()
+    .map(|r| {
+        Ok((
+            subject_id(r.get(0))?,
+            field_name(r.get(1))?,
+            to_ts(r.get(2), "expiry entry")?,
+        ))
+    })
+    .collect()
 }

@@ -206,35 +206,35 @@ impl Store for PgStore {
     }
 
     fn create_tenant(&self, tenant: &TenantRecord, wrapped_kek: &Sealed) -> StoreResult<bool> {
-        self.add_tenant(tenant, wrapped_kek)
+        self.tx(|t| keys::add_tenant(t, tenant, wrapped_kek))
     }
 
     fn tenant(&self, id: &TenantId) -> StoreResult<Option<TenantRecord>> {
-        self.find_tenant(id)
+        self.read(|c| keys::find_tenant(c, id))
     }
 
     fn tenants(&self, after: Option<&TenantId>, n: usize) -> StoreResult<Vec<TenantRecord>> {
-        self.tenant_page(after, n)
+        self.read(|c| keys::tenant_page(c, after, n))
     }
 
     fn kek(&self, tenant: &TenantId, version: u32) -> StoreResult<Option<Sealed>> {
-        self.find_kek(tenant, version)
+        self.read(|c| keys::find_kek(c, tenant, version))
     }
 
     fn keks(&self, tenant: &TenantId) -> StoreResult<Vec<(u32, Sealed)>> {
-        self.tenant_keks(tenant)
+        self.read(|c| keys::tenant_keks(c, tenant))
     }
 
     fn replace_kek(&self, t: &TenantId, v: u32, old: &Sealed, new: &Sealed) -> StoreResult<bool> {
-        self.swap_kek(t, v, old, new)
+        self.read(|c| keys::swap_kek(c, t, v, old, new))
     }
 
     fn tenant_keys(&self, tenant: &TenantId) -> StoreResult<Option<TenantKeyState>> {
-        self.key_state(tenant)
+        self.read(|c| keys::key_state(c, tenant))
     }
 
     fn all_tenant_keys(&self) -> StoreResult<Vec<(TenantId, TenantKeyState)>> {
-        self.every_tenant_keys()
+        self.read(keys::every_tenant_keys)
     }
 
     fn update_tenant_keys(
@@ -242,11 +242,11 @@ impl Store for PgStore {
         t: &TenantId,
         f: &KeyUpdate<'_>,
     ) -> StoreResult<Option<KeyChange>> {
-        self.apply_key_update(t, f)
+        self.tx(|tx| keys::apply_key_update(tx, t, f))
     }
 
     fn subject(&self, t: &TenantId, s: &SubjectId) -> StoreResult<Option<SubjectRecord>> {
-        self.find_subject(t, s)
+        self.read(|c| keys::find_subject(c, t, s))
     }
 
     fn subjects(
@@ -255,7 +255,7 @@ impl Store for PgStore {
         after: Option<&SubjectId>,
         n: usize,
     ) -> StoreResult<Vec<SubjectId>> {
-        self.subject_ids(t, after, n)
+        self.read(|c| keys::subject_ids(c, t, after, n))
     }
 
     fn subject_records(
@@ -264,7 +264,7 @@ impl Store for PgStore {
         after: Option<&SubjectId>,
         n: usize,
     ) -> StoreResult<Vec<(SubjectId, SubjectRecord)>> {
-        self.subject_page(t, after, n)
+        self.read(|c| keys::subject_page(c, t, after, n))
     }
 
     fn update_subjects(
@@ -273,7 +273,7 @@ impl Store for PgStore {
         ids: &[SubjectId],
         f: &SubjectUpdate<'_>,
     ) -> StoreResult<Vec<bool>> {
-        self.apply_subject_update(t, ids, f)
+        self.tx(|tx| keys::update_subjects(tx, t, ids, f))
     }
 
     fn put_fields(
@@ -282,11 +282,11 @@ impl Store for PgStore {
         s: &SubjectId,
         w: &SubjectWrite,
     ) -> StoreResult<Vec<Written>> {
-        self.put(t, s, w)
+        self.tx(|tx| fields::put(tx, t, s, w))
     }
 
     fn fields(&self, tenant: &TenantId, subject: &SubjectId) -> StoreResult<Vec<FieldRecord>> {
-        self.field_page(tenant, subject, None, usize::MAX)
+        self.read(|c| fields::field_page(c, tenant, subject, None, usize::MAX))
     }
 
     fn fields_page(
@@ -296,7 +296,7 @@ impl Store for PgStore {
         after: Option<&FieldName>,
         n: usize,
     ) -> StoreResult<Vec<FieldRecord>> {
-        self.field_page(t, s, after, n)
+        self.read(|c| fields::field_page(c, t, s, after, n))
     }
 
     fn field(
@@ -317,7 +317,7 @@ impl Store for PgStore {
     }
 
     fn delete_fields(&self, t: &TenantId, s: &SubjectId, names: &[FieldName]) -> StoreResult<u32> {
-        self.delete(t, s, names)
+        self.tx(|tx| fields::delete(tx, t, s, names))
     }
 
     fn subject_state(&self, tenant: &TenantId, subject: &SubjectId) -> StoreResult<SubjectState> {
@@ -358,7 +358,7 @@ impl Store for PgStore {
         now: Timestamp,
         n: usize,
     ) -> StoreResult<Vec<(SubjectId, FieldName, Timestamp)>> {
-        self.expiry_page(t, now, n)
+        self.read(|c| fields::expiry_page(c, t, now, n))
     }
 
     fn delete_expired(
@@ -368,7 +368,7 @@ impl Store for PgStore {
         name: &FieldName,
         at: Timestamp,
     ) -> StoreResult<bool> {
-        self.expire(t, s, name, at)
+        self.tx(|tx| fields::expire(tx, t, s, name, at))
     }
 
     fn index_scan(&self, tenant: &TenantId, prefix: &[u8]) -> StoreResult<Vec<Vec<u8>>> {
@@ -393,7 +393,7 @@ impl Store for PgStore {
         n: &FieldName,
         e: &[u8],
     ) -> StoreResult<()> {
-        self.reindex(t, s, n, e)
+        self.tx(|tx| fields::reindex(tx, t, s, n, e))
     }
 
     fn erase_subject(
@@ -402,26 +402,26 @@ impl Store for PgStore {
         s: &SubjectId,
         stone: &Tombstone,
     ) -> StoreResult<Erasure> {
-        self.erase(t, s, stone)
+        self.tx(|tx| erasure::erase(tx, t, s, stone))
     }
 
     fn tombstone(&self, tenant: &TenantId, subject: &SubjectId) -> StoreResult<Option<Tombstone>> {
-        self.stone(tenant, subject)
+        self.read(|c| erasure::tombstone(c, tenant, subject))
     }
 
     fn purge_fields(&self, tenant: &TenantId, subject: &SubjectId, n: usize) -> StoreResult<usize> {
-        self.purge(tenant, subject, n)
+        self.tx(|t| erasure::purge(t, tenant, subject, n))
     }
 
     fn unpurged(&self) -> StoreResult<Vec<(TenantId, SubjectId)>> {
-        self.not_purged()
+        self.read(erasure::unpurged)
     }
 
     fn legal_holds_due(
         &self,
         now: Timestamp,
     ) -> StoreResult<Vec<(TenantId, SubjectId, Timestamp)>> {
-        self.holds_due(now)
+        self.read(|c| erasure::holds_due(c, now))
     }
 
     fn clear_legal_hold(
@@ -430,35 +430,35 @@ impl Store for PgStore {
         shadow: &SubjectId,
         until: Timestamp,
     ) -> StoreResult<()> {
-        self.clear_hold(t, shadow, until)
+        self.read(|c| erasure::clear_hold(c, t, shadow, until))
     }
 
     fn epoch_pending(&self) -> StoreResult<Vec<(TenantId, u64)>> {
-        self.epoch_marks()
+        self.read(erasure::epoch_marks)
     }
 
     fn clear_epoch_pending(&self, tenant: &TenantId, seen: u64) -> StoreResult<()> {
-        self.clear_epoch_mark(tenant, seen)
+        self.read(|c| erasure::clear_epoch_mark(c, tenant, seen))
     }
 
     fn audit_append(&self, events: &[(u64, Vec<u8>)], head: &[u8]) -> StoreResult<()> {
-        self.append_audit(events, head)
+        self.tx(|t| audit::append(t, events, head))
     }
 
     fn audit_scan(&self, after: u64, n: usize) -> StoreResult<Vec<(u64, Vec<u8>)>> {
-        self.scan_audit(after, n)
+        self.read(|c| audit::scan(c, after, n))
     }
 
     fn audit_last(&self) -> StoreResult<Option<(u64, Vec<u8>)>> {
-        self.last_audit()
+        self.read(audit::last)
     }
 
     fn audit_marks(&self) -> StoreResult<AuditMarks> {
-        self.audit_bounds()
+        self.read(audit::marks)
     }
 
     fn audit_prune(&self, through: u64, checkpoint: &[u8]) -> StoreResult<u64> {
-        self.prune_audit(through, checkpoint)
+        self.tx(|t| audit::prune(t, through, checkpoint))
     }
 
     fn shared(&self) -> bool {

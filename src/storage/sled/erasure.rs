@@ -8,7 +8,8 @@ use crate::storage::records::{Erasure, SubjectRecord, Tombstone};
 use crate::storage::{rules, StoreError, StoreResult};
 
 use super::{
-    backend, decode_subject_key, get, legal_hold_key, subject_key, tx_error, SledStore, TxResult,
+    backend, decode_subject_key, decode_tenant_key, get, legal_hold_key, subject_key, tx_error,
+    SledStore, TxResult,
 };
 
 /// Inside a transaction: counts one more erasure of the tenant `tenant` since its last key
@@ -142,10 +143,7 @@ impl SledStore {
             .iter()
             .map(|kv| {
                 let (k, v) = kv.map_err(backend)?;
-                let id = std::str::from_utf8(&k)
-                    .ok()
-                    .and_then(|s| TenantId::parse(s).ok())
-                    .ok_or(StoreError::Corrupt("epoch mark"))?;
+                let id = decode_tenant_key(&k, "epoch mark")?;
                 let count = <[u8; 8]>::try_from(v.as_ref())
                     .map_err(|_| StoreError::Corrupt("epoch mark"))?;
                 Ok((id, u64::from_be_bytes(count)))

@@ -11,7 +11,8 @@ use crate::storage::rules::{self, Changes, PutReads};
 use crate::storage::{StoreError, StoreResult};
 
 use super::{
-    abort, backend, expiry_key, field_key, get, keys, subject_key, tx_error, SledStore, TxResult,
+    abort, backend, expiry_key, field_key, get, keys, subject_key, tx_error, SledStore,
+    TenantTrees, TxResult,
 };
 
 /// A tenant's trees that hold a subject's fields and what points at them, inside a
@@ -62,59 +63,102 @@ impl FieldTrees<'_> {
     }
 }
 
-impl SledStore {
-    pub(super) fn put(
-        &self,
-        tenant: &TenantId,
-        subject: &SubjectId,
-        write: &SubjectWrite,
-    ) -> StoreResult<Vec<Written>> {
-        let trees = self.existing_trees(tenant)?;
-        let tkey = tenant.as_str().as_bytes();
-        let skey = subject_key(subject);
-        (
-            &self.tenants,
-            &trees.subjects,
-            &trees.fields,
-            &trees.tombstones,
-            &trees.index,
-            &trees.expiry,
-        )
-            .transaction(|(tenants, subjects, fields, tombstones, index, expiry)| {
-                // Pure: this closure may run again on conflict, so it only reads and writes
-                // the transaction's trees.
-                let tx = FieldTrees {
-                    subjects,
-                    fields,
-                    index,
-                    expiry,
-                };
-                let erased = tombstones.get(&skey)?.is_some();
-                let stored = tx.subject(subject)?;
-                let current_kek = match (erased, &stored) {
-                    (false, None) => keys::current_kek(tenants, tkey)?,
-                    _ => None,
-                };
-                let previous = write
-                    .fields
-                    .iter()
-                    .map(|f| tx.field(subject, &f.name))
-                    .collect::<TxResult<_>>()?;
-                let reads = PutReads {
-                    erased,
-                    stored,
-                    current_kek,
-                    previous,
-                };
-                let plan = rules::put(reads, write).map_err(abort)?;
-                tx.apply(subject, &plan.changes)?;
-                Ok(plan.written)
-            })
-            .map_err(tx_error)
-    }
+/// `Store::put_fields` on the trees of the subject's tenant (`tenants`: the tenants tree,
+/// for the current KEK version).
+pub(super) fn put(
+    tenants: &sled::Tree,
+    trees: &TenantTrees,
+    tenant: &TenantId,
+    subject: &SubjectId,
+    write: &SubjectWrite,
+) -> StoreResult<Vec<Written>> {
+    let tkey = tenant.as_str().as_bytes();
+    let skey = subject_key(subject);
+    (
+        tenants,
+        &trees.subjects,
+        &trees.fields,
+        &trees.tombstones,
+        &trees.index,
+        &trees.expiry,
+    )
+        .transaction(|(tenants, subjects, fields, tombstones, index, expiry)| {
+            // Pure: this closure may run again on conflict, so it only reads and writes
+            // the transaction's trees.
+            let tx = FieldTrees {
+                subjects,
+                fields,
+                index,
+                expiry,
+            };
+            let erased = tombstones.get(&skey)?.is_some();
+            let stored = tx.subject(subject)?;
+            let current_kek = match (erased, &stored) {
+                (false, None) => keys::current_kek(tenants, tkey)?,
+                _ => None,
+            };
+            let previous = write
+                .fields
+                .iter()
+                .map(|f| tx.field(subject, &f.name))
+                .collect::<TxResult<_>>()?;
+            let reads = PutReads {
+                erased,
+                stored,
+                current_kek,
+                previous,
+            };
+            let plan = rules::put(reads, write).map_err(abort)?;
+            tx.apply(subject, &plan.changes)?;
+            Ok(plan.written)
+        })
+        .map_err(tx_error)
+}
 
+/// `Store::delete_fields`, in a transaction.
+pub(super) fn delete(
+    tx: &FieldTrees<'_>,
+    subject: &SubjectId,
+    names: &[FieldName],
+) -> TxResult<u32> {
+    let record = tx.subject(subject)?;
+    let stored = names
+        .iter()
+        .map(|name| tx.field(subject, name))
+        .collect::<TxResult<_>>()?;
+    let (changes, deleted) = rules::delete_fields(record, names, stored);
+    tx.apply(subject, &changes)?;
+    Ok(deleted)
+}
+
+/// `Store::delete_expired`, in a transaction.
+pub(super) fn expire(
+    tx: &FieldTrees<'_>,
+    subject: &SubjectId,
+    name: &FieldName,
+    at: Timestamp,
+) -> TxResult<bool> {
+    let field = tx.field(subject, name)?;
+    let record = tx.subject(subject)?;
+    let (changes, deleted) = rules::delete_expired(name, at, field, record);
+    tx.apply(subject, &changes)?;
+    Ok(deleted)
+}
+
+/// `Store::reindex_field`, in a transaction.
+pub(super) fn reindex(
+    tx: &FieldTrees<'_>,
+    subject: &SubjectId,
+    name: &FieldName,
+    entry: &[u8],
+) -> TxResult<()> {
+    let changes = rules::reindex(tx.subject(subject)?, tx.field(subject, name)?, entry);
+    tx.apply(subject, &changes)
+}
+
+impl SledStore {
     /// Runs `body` in a transaction over the tenant's field trees.
-    fn field_tx<T>(
+    pub(super) fn field_tx<T>(
         &self,
         tenant: &TenantId,
         body: impl Fn(&FieldTrees<'_>) -> TxResult<T>,
@@ -130,53 +174,6 @@ impl SledStore {
                 })
             })
             .map_err(tx_error)
-    }
-
-    pub(super) fn delete(
-        &self,
-        tenant: &TenantId,
-        subject: &SubjectId,
-        names: &[FieldName],
-    ) -> StoreResult<u32> {
-        self.field_tx(tenant, |tx| {
-            let record = tx.subject(subject)?;
-            let stored = names
-                .iter()
-                .map(|name| tx.field(subject, name))
-                .collect::<TxResult<_>>()?;
-            let (changes, deleted) = rules::delete_fields(record, names, stored);
-            tx.apply(subject, &changes)?;
-            Ok(deleted)
-        })
-    }
-
-    pub(super) fn expire(
-        &self,
-        tenant: &TenantId,
-        subject: &SubjectId,
-        name: &FieldName,
-        expires_at: Timestamp,
-    ) -> StoreResult<bool> {
-        self.field_tx(tenant, |tx| {
-            let field = tx.field(subject, name)?;
-            let record = tx.subject(subject)?;
-            let (changes, deleted) = rules::delete_expired(name, expires_at, field, record);
-            tx.apply(subject, &changes)?;
-            Ok(deleted)
-        })
-    }
-
-    pub(super) fn reindex(
-        &self,
-        tenant: &TenantId,
-        subject: &SubjectId,
-        name: &FieldName,
-        entry: &[u8],
-    ) -> StoreResult<()> {
-        self.field_tx(tenant, |tx| {
-            let changes = rules::reindex(tx.subject(subject)?, tx.field(subject, name)?, entry);
-            tx.apply(subject, &changes)
-        })
     }
 
     pub(super) fn field_page(

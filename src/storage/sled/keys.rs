@@ -10,9 +10,9 @@ use crate::storage::{
     KeyChange, KeyUpdate, StoreError, StoreResult, SubjectUpdate, TenantKeyState,
 };
 
-use super::TxResult;
 use super::{
-    abort, backend, decode_subject_key, erasure, kek_key, subject_key, tx_error, SledStore,
+    abort, backend, decode_subject_key, decode_tenant_key, erasure, kek_key, subject_key, tx_error,
+    SledStore, TxResult,
 };
 use crate::codec::Writer;
 
@@ -49,10 +49,7 @@ impl SledStore {
             .iter()
             .map(|kv| {
                 let (k, v) = kv.map_err(backend)?;
-                let id = std::str::from_utf8(&k)
-                    .ok()
-                    .and_then(|s| TenantId::parse(s).ok())
-                    .ok_or(StoreError::Corrupt("key state key"))?;
+                let id = decode_tenant_key(&k, "key state key")?;
                 Ok((id, TenantKeyState::decode(&v)?))
             })
             .collect()

@@ -38,7 +38,8 @@ use std::time::{Duration, Instant};
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 
 use self::trees::{
-    decode_subject_key, expiry_key, field_key, kek_key, legal_hold_key, subject_key, TenantTrees,
+    decode_subject_key, decode_tenant_key, expiry_key, field_key, kek_key, legal_hold_key,
+    subject_key, TenantTrees,
 };
 use crate::crypto::Sealed;
 use crate::domain::{FieldName, SubjectId, SubjectState, TenantId, Timestamp};
@@ -294,7 +295,7 @@ impl Store for SledStore {
         s: &SubjectId,
         w: &SubjectWrite,
     ) -> StoreResult<Vec<Written>> {
-        self.put(t, s, w)
+        fields::put(&self.tenants, &self.existing_trees(t)?, t, s, w)
     }
 
     fn fields(&self, tenant: &TenantId, subject: &SubjectId) -> StoreResult<Vec<FieldRecord>> {
@@ -329,7 +330,7 @@ impl Store for SledStore {
     }
 
     fn delete_fields(&self, t: &TenantId, s: &SubjectId, names: &[FieldName]) -> StoreResult<u32> {
-        self.delete(t, s, names)
+        self.field_tx(t, |tx| fields::delete(tx, s, names))
     }
 
     fn subject_state(&self, tenant: &TenantId, subject: &SubjectId) -> StoreResult<SubjectState> {
@@ -367,7 +368,7 @@ impl Store for SledStore {
         name: &FieldName,
         expires_at: Timestamp,
     ) -> StoreResult<bool> {
-        self.expire(tenant, subject, name, expires_at)
+        self.field_tx(tenant, |tx| fields::expire(tx, subject, name, expires_at))
     }
 
     fn index_scan(&self, tenant: &TenantId, prefix: &[u8]) -> StoreResult<Vec<Vec<u8>>> {
@@ -386,7 +387,7 @@ impl Store for SledStore {
         n: &FieldName,
         e: &[u8],
     ) -> StoreResult<()> {
-        self.reindex(t, s, n, e)
+        self.field_tx(t, |tx| fields::reindex(tx, s, n, e))
     }
 
     fn erase_subject(

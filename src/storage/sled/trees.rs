@@ -58,6 +58,14 @@ pub(super) fn decode_subject_key(key: &[u8]) -> StoreResult<SubjectId> {
     Ok(id)
 }
 
+/// A key that is a tenant id (the store-wide trees keyed by tenant).
+pub(super) fn decode_tenant_key(key: &[u8], what: &'static str) -> StoreResult<TenantId> {
+    std::str::from_utf8(key)
+        .ok()
+        .and_then(|s| TenantId::parse(s).ok())
+        .ok_or(StoreError::Corrupt(what))
+}
+
 impl SledStore {
     pub(super) fn trees(&self, tenant: &TenantId) -> StoreResult<TenantTrees> {
         if let Some(t) = self
