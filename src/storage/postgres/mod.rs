@@ -21,7 +21,9 @@
 //!
 //! What a write changes is decided by `rules`, once for both backends; this one reads what
 //! the rules need and applies their plans with statements in the same transaction
-//! (`fields.rs`, `erasure.rs`).
+//! (`fields.rs`, `erasure.rs`). The functions of the modules below take the connection or
+//! the transaction they run on; the `Store` impl here picks it: `read` for statements on a
+//! pooled connection, `tx` for a transaction (the one retry loop, in `pool.rs`).
 
 mod audit;
 mod conn;

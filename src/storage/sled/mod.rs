@@ -21,7 +21,7 @@
 //! The rules of what a write changes are in `rules`; this backend reads what they need and
 //! applies their plan inside one sled transaction (`fields.rs`, `erasure.rs`). The
 //! transactions' closures may run again on a conflict: they only read and write the
-//! transaction's trees.
+//! transaction's trees. Where the trees live and how keys are encoded: `trees.rs`.
 
 mod audit;
 mod erasure;
