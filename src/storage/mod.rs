@@ -2,23 +2,30 @@
 //! added without touching the layers above. The default backend is sled (`SledStore`).
 //!
 //! The store never sees a key or a value in the clear: only sealed envelopes and metadata.
+//!
+//! The layout: `records` (and `key_records`) are the stored formats; `rules` decides what
+//! each write changes, for both backends; `sled` and `postgres` read what the rules need and
+//! apply their plans in their own transactions; `group_commit` shares flushes; `backup`
+//! writes and restores whole stores; `faults` (feature `testing`) injects failures in tests.
 
 pub mod backup;
+#[cfg(feature = "testing")]
 pub mod faults;
 mod group_commit;
 mod key_records;
-mod pg_store;
+mod postgres;
 mod records;
-mod sled_store;
+mod rules;
+mod sled;
 
+pub use self::postgres::{PgStore, PgTls};
+pub use self::sled::{open_waiting_for_lock, SledStore};
 pub use group_commit::GroupCommit;
 pub use key_records::{KeyChange, KeyVersionInfo, RewrapJob, RootKeyState, TenantKeyState};
-pub use pg_store::{PgStore, PgTls};
 pub use records::{
     categories_in, category_bit, Erasure, FieldRecord, OlderDek, SealedField, SubjectRecord,
     SubjectWrite, TenantRecord, Tombstone, Written,
 };
-pub use sled_store::{open_waiting_for_lock, SledStore};
 
 use crate::crypto::Sealed;
 use crate::domain::{FieldName, SubjectId, SubjectState, TenantId, Timestamp};

@@ -1,7 +1,7 @@
 //! The sled side of key management: wrapped KEK versions, tenant key states, and the
 //! transactions that rotate, re-wrap and destroy keys.
 
-use sled::transaction::{ConflictableTransactionError, Transactional, TransactionalTree};
+use sled::transaction::{Transactional, TransactionalTree};
 
 use crate::crypto::Sealed;
 use crate::domain::{SubjectId, TenantId};
@@ -10,10 +10,11 @@ use crate::storage::{
     KeyChange, KeyUpdate, StoreError, StoreResult, SubjectUpdate, TenantKeyState,
 };
 
-use super::{abort, backend, decode_subject_key, kek_key, subject_key, tx_error, SledStore};
+use super::{
+    abort, backend, decode_subject_key, decode_tenant_key, erasure, kek_key, subject_key, tx_error,
+    SledStore, TxResult,
+};
 use crate::codec::Writer;
-
-type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
 
 /// Inside a transaction: the tenant's current KEK version, `None` if the tenant is missing
 /// or shredded (no wrap may be stored then).
@@ -48,10 +49,7 @@ impl SledStore {
             .iter()
             .map(|kv| {
                 let (k, v) = kv.map_err(backend)?;
-                let id = std::str::from_utf8(&k)
-                    .ok()
-                    .and_then(|s| TenantId::parse(s).ok())
-                    .ok_or(StoreError::Corrupt("key state key"))?;
+                let id = decode_tenant_key(&k, "key state key")?;
                 Ok((id, TenantKeyState::decode(&v)?))
             })
             .collect()
@@ -91,11 +89,7 @@ impl SledStore {
                     keks.remove(kek_key(tenant, *version))?;
                 }
                 if change.mark_epoch {
-                    let count = pending
-                        .get(tkey)?
-                        .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
-                        .map_or(0, u64::from_be_bytes);
-                    pending.insert(tkey, &(count + 1).to_be_bytes())?;
+                    erasure::mark_epoch(pending, tkey)?;
                 }
                 Ok(Some(change))
             })

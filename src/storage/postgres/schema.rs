@@ -6,7 +6,7 @@
 
 use tokio_postgres::Client;
 
-use super::{block, Failure};
+use super::error::{block, Failure};
 
 /// Advisory lock key held while migrating ("pvschema" in ASCII).
 const MIGRATION_LOCK: i64 = 0x7076_7363_6865_6d61;

@@ -20,7 +20,7 @@ use tokio_postgres::{Client, GenericClient, Row, Statement};
 use crate::domain::TenantId;
 use crate::storage::StoreError;
 
-use super::{block, Failure, R};
+use super::error::{block, Failure, R};
 
 /// Statement parameters, as tokio-postgres takes them.
 pub(super) type Params<'a> = [&'a (dyn ToSql + Sync)];

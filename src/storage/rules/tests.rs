@@ -1,0 +1,207 @@
+//! The rules on plain records, without a backend: what each write decides.
+
+use super::*;
+use crate::crypto::Sealed;
+use crate::domain::Category;
+use crate::storage::records::SealedField;
+
+/// A sealed envelope under key version `version`.
+fn sealed(version: u32) -> Sealed {
+    let mut bytes = vec![1u8];
+    bytes.extend_from_slice(&version.to_be_bytes());
+    bytes.extend_from_slice(&[7u8; 12 + 16 + 32]);
+    Sealed::decode(&bytes).expect("envelope")
+}
+
+fn subject(kek: u32) -> SubjectRecord {
+    SubjectRecord {
+        created_at: Timestamp(1),
+        dek_version: 1,
+        wrapped_dek: sealed(kek),
+        categories: 0,
+        index_entries: Vec::new(),
+        older_deks: Vec::new(),
+        dek_reserved: 0,
+    }
+}
+
+fn name(s: &str) -> FieldName {
+    FieldName::parse(s).expect("field name")
+}
+
+fn field(n: &str, entry: &[u8], expires: u64) -> SealedField {
+    SealedField {
+        name: name(n),
+        category: Category::Profile,
+        kind: 0,
+        sealed: sealed(1),
+        index_entry: entry.to_vec(),
+        expires_at: Timestamp(expires),
+    }
+}
+
+fn write(fields: Vec<SealedField>) -> SubjectWrite {
+    SubjectWrite {
+        subject: subject(3),
+        fields,
+        now: Timestamp(10),
+        by: "cn:test".into(),
+    }
+}
+
+fn new_subject(kek: Option<u32>, n: usize) -> PutReads {
+    PutReads {
+        erased: false,
+        stored: None,
+        current_kek: kek,
+        previous: vec![None; n],
+    }
+}
+
+#[test]
+fn a_new_subject_needs_its_dek_wrapped_under_the_current_kek() {
+    let w = write(vec![field("email", b"", 0)]);
+    assert!(matches!(
+        put(new_subject(Some(4), 1), &w),
+        Err(StoreError::Conflict)
+    ));
+    assert!(matches!(
+        put(new_subject(None, 1), &w),
+        Err(StoreError::Conflict)
+    ));
+    let plan = put(new_subject(Some(3), 1), &w).expect("put");
+    let stored = plan.changes.subject.expect("a new subject record");
+    assert_eq!(stored.categories, category_bit(Category::Profile));
+    assert_eq!(plan.written[0].meta.version, 1);
+}
+
+#[test]
+fn an_erased_subject_or_another_key_is_refused() {
+    let w = write(vec![field("email", b"", 0)]);
+    let mut reads = new_subject(Some(3), 1);
+    reads.erased = true;
+    assert!(matches!(put(reads, &w), Err(StoreError::Erased)));
+    let mut reads = new_subject(None, 1);
+    reads.stored = Some(subject(2));
+    assert!(matches!(put(reads, &w), Err(StoreError::Conflict)));
+}
+
+#[test]
+fn a_rewrite_moves_the_index_and_expiry_entries_and_bumps_the_version() {
+    let first = put(
+        new_subject(Some(3), 1),
+        &write(vec![field("email", b"e1", 50)]),
+    )
+    .expect("first");
+    let stored_subject = first.changes.subject.clone().expect("subject");
+    let stored_field = first.changes.put_fields[0].clone();
+    let reads = PutReads {
+        erased: false,
+        stored: Some(stored_subject),
+        current_kek: None,
+        previous: vec![Some(stored_field)],
+    };
+    let plan = put(reads, &write(vec![field("email", b"e2", 60)])).expect("second");
+    assert_eq!(plan.changes.index.removed, [b"e1".to_vec()]);
+    assert_eq!(plan.changes.index.added, [b"e2".to_vec()]);
+    assert_eq!(
+        plan.changes.expiry.removed,
+        [(Timestamp(50), name("email"))]
+    );
+    assert_eq!(plan.changes.expiry.added, [(Timestamp(60), name("email"))]);
+    assert_eq!(plan.written[0].meta.version, 2);
+    let rec = plan.changes.subject.expect("index entries changed");
+    assert_eq!(rec.index_entries, [b"e2".to_vec()]);
+}
+
+#[test]
+fn a_name_written_twice_in_one_write_is_stored_once_as_its_second_version() {
+    let w = write(vec![field("email", b"e1", 50), field("email", b"e2", 50)]);
+    let plan = put(new_subject(Some(3), 2), &w).expect("put");
+    assert_eq!(plan.changes.put_fields.len(), 1);
+    assert_eq!(plan.changes.put_fields[0].meta.version, 2);
+    assert_eq!(plan.changes.index.added, [b"e2".to_vec()]);
+    assert!(plan.changes.index.removed.contains(&b"e1".to_vec()));
+    assert_eq!(plan.changes.expiry.added, [(Timestamp(50), name("email"))]);
+    assert!(plan.changes.expiry.removed.is_empty());
+}
+
+#[test]
+fn deleting_fields_drops_their_index_entries_and_counts_each_name_once() {
+    let mut rec = subject(3);
+    rec.index_entries = vec![b"e1".to_vec()];
+    let stored = put(
+        new_subject(Some(3), 1),
+        &write(vec![field("email", b"e1", 0)]),
+    )
+    .expect("put")
+    .changes
+    .put_fields
+    .remove(0);
+    let names = [name("email"), name("email"), name("phone")];
+    let (changes, deleted) = delete_fields(
+        Some(rec),
+        &names,
+        vec![Some(stored.clone()), Some(stored), None],
+    );
+    assert_eq!(deleted, 1);
+    assert_eq!(changes.delete_fields, [name("email")]);
+    assert_eq!(changes.index.removed, [b"e1".to_vec()]);
+    assert!(changes.subject.expect("record").index_entries.is_empty());
+}
+
+#[test]
+fn an_expiry_deletes_only_a_field_not_rewritten_since() {
+    let stored = put(
+        new_subject(Some(3), 1),
+        &write(vec![field("email", b"", 60)]),
+    )
+    .expect("put")
+    .changes
+    .put_fields
+    .remove(0);
+    let (changes, deleted) =
+        delete_expired(&name("email"), Timestamp(50), Some(stored.clone()), None);
+    assert!(!deleted);
+    assert_eq!(changes.expiry.removed, [(Timestamp(50), name("email"))]);
+    assert!(changes.delete_fields.is_empty());
+    let (changes, deleted) = delete_expired(&name("email"), Timestamp(60), Some(stored), None);
+    assert!(deleted);
+    assert_eq!(changes.delete_fields, [name("email")]);
+}
+
+#[test]
+fn an_erasure_is_idempotent_and_holds_the_legal_shadow() {
+    let template = Tombstone {
+        erased_at: Timestamp(5),
+        caller: "cn:eraser".into(),
+        receipt_id: "r1".into(),
+        categories: 0,
+        purged: false,
+        retained_categories: 0,
+        retained_until: Timestamp(99),
+    };
+    let (answer, plan) = erase(Some(template.clone()), Some(subject(3)), None, &template);
+    assert_eq!(
+        (answer, plan),
+        (Erasure::AlreadyErased(template.clone()), None)
+    );
+    assert_eq!(erase(None, None, None, &template).0, Erasure::NotFound);
+
+    let mut rec = subject(3);
+    rec.categories = 0b110;
+    rec.index_entries = vec![b"e1".to_vec()];
+    let (_, plan) = erase(None, Some(rec.clone()), None, &template);
+    let plan = plan.expect("an erasure");
+    assert_eq!((plan.tombstone.categories, plan.hold_until), (0b110, None));
+    assert_eq!(plan.tombstone.retained_until, Timestamp(0));
+    assert_eq!(plan.unindex, [b"e1".to_vec()]);
+
+    let mut shadow = subject(3);
+    shadow.categories = 0b1000;
+    let (answer, plan) = erase(None, Some(rec), Some(&shadow), &template);
+    let plan = plan.expect("an erasure");
+    assert_eq!(plan.hold_until, Some(Timestamp(99)));
+    assert_eq!(plan.tombstone.retained_categories, 0b1000);
+    assert_eq!(answer, Erasure::Erased(plan.tombstone));
+}
