@@ -156,7 +156,7 @@ impl MakeRustls {
         for cert in certs {
             roots.add(cert).map_err(|e| problem(e.to_string()))?;
         }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = crate::crypto::tls_provider();
         let mut config = ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
             .map_err(|e| problem(e.to_string()))?

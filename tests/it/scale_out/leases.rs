@@ -8,7 +8,7 @@ use super::{
 };
 use crate::util::{get, text_of};
 
-/// The advisory lock key the vault derives for a job name (see `pg_store::job_key`), split
+/// The advisory lock key the vault derives for a job name (see `storage::postgres::lease::job_key`), split
 /// as `pg_locks` shows it: high and low 32 bits.
 fn lock_key(job: &str) -> (i64, i64) {
     let digest = pii_vault::crypto::sha256(format!("pii-vault job {job}").as_bytes());
