@@ -427,6 +427,7 @@ impl RawConfig {
                             36_500,
                         )?,
                 ),
+                #[cfg(feature = "testing")]
                 audit_enabled: true,
                 key_epoch_interval,
                 keys,

@@ -20,7 +20,7 @@ use std::time::Duration;
 use crate::audit::Operation;
 use crate::authz::PeerIdentity;
 use crate::domain::{SubjectId, TenantId, Timestamp};
-use crate::keyring::{Keyring, KeyringError, RewrapBatch};
+use crate::keyring::{Keyring, KeyringError, RewrapBatch, RootRotation};
 use crate::storage::StoreError;
 
 use super::super::{Call, ServiceError, Vault};
@@ -129,38 +129,37 @@ impl Vault {
     async fn run_pending_key_jobs(&self, call: &Call) -> Result<(), ServiceError> {
         let _one = self.key_jobs.running.lock().await;
         if self.keys.root_rotation_pending() {
-            let mut ev = self.draft(call, Operation::RotateRootKey);
-            let result = blocking(&self.keys, Keyring::finish_root_rotation).await;
-            if let Ok(Some(r)) = &result {
-                ev.reason = format!(
-                    "completed: root v{}; destroyed {}",
-                    r.current,
-                    versions(&r.destroyed)
-                );
-            }
-            self.record(ev, result).await?;
+            self.use_case(call, Operation::RotateRootKey)
+                .run_system(
+                    blocking(&self.keys, Keyring::finish_root_rotation),
+                    |r: &Option<RootRotation>, ev| {
+                        if let Some(r) = r {
+                            ev.reason = format!(
+                                "completed: root v{}; destroyed {}",
+                                r.current,
+                                versions(&r.destroyed)
+                            );
+                        }
+                    },
+                )
+                .await?;
         }
         for (tenant, state) in self.store.all_tenant_keys()? {
             if state.rewrap.is_none() {
                 continue;
             }
-            let mut ev = self.draft(call, Operation::RotateTenantKey);
-            ev.tenant = tenant.to_string();
-            let result = self.rewrap_to_completion(&tenant).await;
-            match &result {
-                Ok(Some(done)) => {
+            // Shredded meanwhile (`None`): nothing to record.
+            self.use_case(call, Operation::RotateTenantKey)
+                .tenant(&tenant)
+                .run_job(self.rewrap_to_completion(&tenant), |done, ev| {
                     ev.reason = format!(
                         "re-wrap to v{} complete ({} DEKs); destroyed {}",
                         done.target,
                         done.rewrapped,
                         versions(&done.destroyed)
                     );
-                }
-                // Shredded meanwhile: nothing to record.
-                Ok(None) => continue,
-                Err(_) => {}
-            }
-            self.record(ev, result).await?;
+                })
+                .await?;
         }
         Ok(())
     }

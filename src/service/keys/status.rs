@@ -11,6 +11,7 @@ use crate::domain::{TenantId, Timestamp};
 use crate::keyring::{KeyLimits, Keyring};
 use crate::storage::{KeyVersionInfo, RewrapJob};
 
+use super::super::usecase::{no_detail, Check};
 use super::super::{Call, ServiceError, Vault};
 use super::blocking;
 
@@ -88,13 +89,14 @@ impl Vault {
         tenant: Option<&TenantId>,
         count_deks: bool,
     ) -> Result<KeyStatus, ServiceError> {
-        let mut ev = self.draft(call, Operation::KeyStatus);
-        ev.tenant = tenant.map(ToString::to_string).unwrap_or_default();
-        let result = match self.authorize(call, &mut ev, Action::KeyAdmin, tenant, None) {
-            Ok(_) => self.gather_status(tenant, count_deks).await,
-            Err(e) => Err(e),
-        };
-        self.record(ev, result).await
+        self.use_case(call, Operation::KeyStatus)
+            .tenant(tenant.map(ToString::to_string).unwrap_or_default())
+            .run(
+                Check::action(Action::KeyAdmin, tenant),
+                |_| self.gather_status(tenant, count_deks),
+                no_detail,
+            )
+            .await
     }
 
     async fn gather_status(

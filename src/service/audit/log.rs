@@ -18,8 +18,9 @@ use crate::domain::Timestamp;
 use crate::metrics::Metrics;
 use crate::storage::{GroupCommit, Store, StoreError};
 
-use super::audit_sink::JsonlSink;
+use super::super::blocking;
 use super::high_water::HighWater;
+use super::sink::JsonlSink;
 
 /// Most events one batch takes.
 const MAX_BATCH: usize = 1024;
@@ -143,7 +144,7 @@ impl AuditLog {
             return;
         };
         let key = self.key.clone();
-        let written = tokio::task::spawn_blocking(move || hw.persist(&key)).await;
+        let written = blocking::run(move || hw.persist(&key)).await;
         if !matches!(written, Ok(Ok(()))) {
             tracing::warn!("could not write the audit high-water mark");
         }
@@ -335,7 +336,7 @@ async fn write_loop(
                 last_mac,
             } = chain_batch(&key, &state, &batch);
             let writer = store.clone();
-            let stored = tokio::task::spawn_blocking(move || writer.audit_append(&rows, &head))
+            let stored = blocking::run(move || writer.audit_append(&rows, &head))
                 .await
                 .unwrap_or_else(|_| Err(StoreError::Backend("audit append panicked".into())));
             match stored {
@@ -350,7 +351,7 @@ async fn write_loop(
                 Err(StoreError::Conflict) if attempts < MAX_RECHAIN => {
                     tracing::debug!(attempts, "audit batch re-chained after another writer");
                     let reread = store.clone();
-                    match tokio::task::spawn_blocking(move || chain_state(reread.as_ref())).await {
+                    match blocking::run(move || chain_state(reread.as_ref())).await {
                         Ok(Ok(now)) => state = now,
                         Ok(Err(e)) => break (events, Err(e)),
                         Err(_) => {
@@ -387,7 +388,7 @@ async fn write_loop(
                 // Off the writer's path: the next batch does not wait for this file's fsyncs
                 // (writes of the mark are serialized inside `persist`).
                 let (hw, key) = (hw.clone(), key.clone());
-                tokio::task::spawn_blocking(move || {
+                blocking::detach(move || {
                     if hw.persist(&key).is_err() {
                         tracing::warn!("could not write the audit high-water mark");
                     }
@@ -397,7 +398,7 @@ async fn write_loop(
         // The SIEM mirror is written after the callers were answered; its failures are
         // logged by the sink and never fail a request.
         if let (Some(mut s), true) = (sink.take(), result.is_ok()) {
-            sink = tokio::task::spawn_blocking(move || {
+            sink = blocking::run(move || {
                 s.write(&events);
                 s
             })
