@@ -112,7 +112,7 @@ pub struct ShredReport {
 
 /// Runs a keyring operation on a blocking thread (`service::blocking`): it reads, writes
 /// and flushes the store.
-async fn blocking<T: Send + 'static>(
+async fn key_op<T: Send + 'static>(
     keys: &Arc<Keyring>,
     op: impl FnOnce(&Keyring) -> Result<T, KeyringError> + Send + 'static,
 ) -> Result<T, ServiceError> {
@@ -171,7 +171,7 @@ impl Vault {
         }
         let id = tenant.clone();
         let (previous_version, new_version) =
-            blocking(&self.keys, move |k| k.rotate_tenant(&id)).await?;
+            key_op(&self.keys, move |k| k.rotate_tenant(&id)).await?;
         Ok(TenantRotation {
             tenant: tenant.clone(),
             previous_version,
@@ -185,7 +185,7 @@ impl Vault {
         self.use_case(call, Operation::RotateRootKey)
             .run(
                 Check::action(Action::KeyAdmin, None),
-                |_| blocking(&self.keys, Keyring::rotate_root),
+                |_| key_op(&self.keys, Keyring::rotate_root),
                 |r: &RootRotation, ev| {
                     ev.reason = format!(
                         "root v{}; destroyed {}; re-wrapped {}",
@@ -255,7 +255,7 @@ impl Vault {
     async fn shred(&self, tenant: &TenantId) -> Result<ShredReport, ServiceError> {
         self.tenant_record(tenant)?;
         let id = tenant.clone();
-        let destroyed_versions = blocking(&self.keys, move |k| k.shred_tenant(&id)).await?;
+        let destroyed_versions = key_op(&self.keys, move |k| k.shred_tenant(&id)).await?;
         let (record, _) = self.keys.tenant_keys(tenant)?;
         Ok(ShredReport {
             tenant: tenant.clone(),

@@ -13,7 +13,7 @@ use crate::storage::{KeyVersionInfo, RewrapJob};
 
 use super::super::usecase::{no_detail, Check};
 use super::super::{Call, ServiceError, Vault};
-use super::blocking;
+use super::key_op;
 
 /// Tenants listed per store page.
 const PAGE: usize = 256;
@@ -127,7 +127,7 @@ impl Vault {
             );
         }
         // On a shared store, show the root key file as the last rotation left it, on any node.
-        blocking(&self.keys, Keyring::sync_root).await?;
+        key_op(&self.keys, Keyring::sync_root).await?;
         let (current, in_file) = self.keys.root_versions()?;
         let state = self.keys.root_state()?;
         let mut root_versions: Vec<VersionStatus> = in_file
@@ -187,7 +187,7 @@ impl Vault {
         let (record, state) = self.keys.tenant_keys(&id)?;
         let counts = if count_deks {
             let t = id.clone();
-            Some(blocking(&self.keys, move |k| k.count_wraps(&t)).await?)
+            Some(key_op(&self.keys, move |k| k.count_wraps(&t)).await?)
         } else {
             None
         };
