@@ -7,10 +7,9 @@ use std::sync::Arc;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use crate::audit::Operation;
 use crate::domain::Purpose;
 use crate::proto::v1 as pb;
-use crate::service::{AccessReport, Export, HeldField, Recipient, ServiceError, Vault};
+use crate::service::{AccessReport, HeldField, Operation, Recipient, Vault};
 
 use super::{call, convert, parsed, record::ids, respond};
 
@@ -91,20 +90,6 @@ pub(super) async fn access_subject(
     Ok(respond(&call, report))
 }
 
-/// Builds the next chunk off the async workers (it reads the store and opens a page).
-/// `None` when the step panicked: the export is lost with it.
-async fn next_chunk(
-    vault: Arc<Vault>,
-    mut export: Export,
-) -> Option<(Export, Result<Option<Vec<u8>>, ServiceError>)> {
-    tokio::task::spawn_blocking(move || {
-        let chunk = vault.export_next(&mut export);
-        (export, chunk)
-    })
-    .await
-    .ok()
-}
-
 pub(super) async fn export_subject(
     vault: &Arc<Vault>,
     req: Request<pb::ExportSubjectRequest>,
@@ -122,20 +107,20 @@ pub(super) async fn export_subject(
     let (tx, rx) = tokio::sync::mpsc::channel(CHUNKS_AHEAD);
     tokio::spawn(async move {
         loop {
-            let Some((back, chunk)) = next_chunk(vault.clone(), export).await else {
-                // Never end a broken export as if it were complete.
-                let panicked = ServiceError::Internal("export step panicked".into());
-                let _ = tx.send(Err(panicked.into())).await;
-                return;
-            };
-            export = back;
-            let message = match chunk {
-                Ok(Some(data)) => Ok(pb::ExportChunk { data }),
+            // Built off the async workers by the service; a failed step ends the export
+            // with its error, never as if it were complete.
+            let data = match vault.export_chunk(export).await {
+                Ok(Some((back, data))) => {
+                    export = back;
+                    data
+                }
                 Ok(None) => return,
-                Err(e) => Err(Status::from(e)),
+                Err(e) => {
+                    let _ = tx.send(Err(Status::from(e))).await;
+                    return;
+                }
             };
-            let failed = message.is_err();
-            if tx.send(message).await.is_err() || failed {
+            if tx.send(Ok(pb::ExportChunk { data })).await.is_err() {
                 return;
             }
         }

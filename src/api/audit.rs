@@ -6,10 +6,9 @@ use std::sync::Arc;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use crate::audit::{AuditEvent, AuditFilter, Operation, Outcome};
 use crate::domain::InvalidInput;
 use crate::proto::v1 as pb;
-use crate::service::Vault;
+use crate::service::{AuditEvent, AuditFilter, Operation, Outcome, Vault};
 
 use super::{call, convert, parsed, respond};
 

@@ -1,10 +1,10 @@
 //! Protobuf ⇄ domain conversions. Parsing here is where untrusted input becomes typed.
 
 use crate::domain::{
-    Category, Field, FieldMeta, FieldName, FieldValue, InvalidInput, NewField, Render, Timestamp,
+    Category, Field, FieldMeta, FieldName, FieldValue, InvalidInput, NewField, Render, Tenant,
+    Timestamp,
 };
 use crate::proto::v1 as pb;
-use crate::storage::TenantRecord;
 
 pub fn field_names(names: &[String]) -> Result<Vec<FieldName>, InvalidInput> {
     names
@@ -127,11 +127,11 @@ pub fn written(m: FieldMeta) -> pb::FieldWritten {
     }
 }
 
-pub fn tenant(t: TenantRecord) -> pb::Tenant {
+pub fn tenant(t: Tenant) -> pb::Tenant {
     pb::Tenant {
         tenant_id: t.id.as_str().to_owned(),
         created_at: Some(timestamp(t.created_at)),
-        key_version: t.kek_version,
+        key_version: t.key_version,
     }
 }
 

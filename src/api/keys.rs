@@ -5,10 +5,9 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use crate::audit::Operation;
 use crate::domain::{InvalidInput, TenantId};
 use crate::proto::v1 as pb;
-use crate::service::{KeyStatus, TenantKeyStatus, Vault, VersionStatus};
+use crate::service::{KeyStatus, Operation, TenantKeyStatus, Vault, VersionStatus};
 
 use super::{call, convert, parsed, respond};
 

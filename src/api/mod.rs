@@ -22,10 +22,9 @@ use std::sync::Arc;
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status};
 
-use crate::audit::Operation;
 use crate::authz::Caller;
 use crate::domain::InvalidInput;
-use crate::service::{Call, Vault};
+use crate::service::{Call, Operation, Vault};
 
 pub use admin::AdminApi;
 pub use audit::AuditApi;
@@ -50,10 +49,8 @@ fn well_formed_request_id(id: &str) -> bool {
 }
 
 fn new_request_id() -> String {
-    let mut bytes = [0u8; 12];
     // A failing CSPRNG only makes ids less unique; the request can still be traced by time.
-    let _ = crate::crypto::fill_random(&mut bytes);
-    hex::encode(bytes)
+    crate::service::random_id(12)
 }
 
 /// The request id of a call, settled before any handler runs: the client's `x-request-id`

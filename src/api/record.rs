@@ -4,10 +4,9 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use crate::audit::Operation;
 use crate::domain::{FieldName, Purpose, SubjectId, TenantId};
 use crate::proto::v1 as pb;
-use crate::service::Vault;
+use crate::service::{Operation, Vault};
 
 use super::{call, convert, page_size, parsed, respond};
 

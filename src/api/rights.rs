@@ -4,10 +4,9 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use crate::audit::Operation;
 use crate::domain::{InvalidInput, Purpose, SubjectState};
 use crate::proto::v1 as pb;
-use crate::service::{Call, ErasureReceipt, StateChange, Vault};
+use crate::service::{Call, ErasureReceipt, Operation, StateChange, Vault};
 
 use super::{call, convert, parsed, record::ids, respond};
 

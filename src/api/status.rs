@@ -34,10 +34,9 @@ impl From<ServiceError> for Status {
                 tracing::warn!(%cause, "storage unavailable");
                 Status::unavailable("storage unavailable; retry later")
             }
-            // Raised only when the vault opens, never by a request.
-            ServiceError::RolledBack(cause) => {
-                tracing::error!(%cause, "store refused");
-                Status::unavailable("storage unavailable; retry later")
+            ServiceError::KeysBusy(cause) => {
+                tracing::warn!(%cause, "keys changing concurrently");
+                Status::unavailable("keys busy; retry later")
             }
             ServiceError::Internal(cause) => {
                 // The cause stays in the server log; the client learns nothing that could leak.

@@ -4,6 +4,7 @@ mod field;
 mod ids;
 pub mod retention;
 mod subject_state;
+mod tenant;
 mod time;
 pub mod typed;
 
@@ -12,6 +13,7 @@ use std::fmt;
 pub use field::{Category, Field, FieldMeta, FieldValue, NewField};
 pub use ids::{FieldName, Purpose, SubjectId, TenantId};
 pub use subject_state::{Consent, SubjectState};
+pub use tenant::Tenant;
 pub use time::{Clock, ManualClock, SystemClock, Timestamp};
 pub use typed::Render;
 

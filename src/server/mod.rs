@@ -40,7 +40,7 @@ use crate::proto::v1::record_service_server::RecordServiceServer;
 use crate::proto::v1::subject_rights_service_server::SubjectRightsServiceServer;
 use crate::proto::v1::tenant_service_server::TenantServiceServer;
 use crate::proto::v1::token_service_server::TokenServiceServer;
-use crate::service::{ServiceError, Vault};
+use crate::service::{OpenError, Vault};
 use crate::storage::{PgStore, SledStore, Store, StoreError};
 
 use tasks::Tasks;
@@ -61,7 +61,7 @@ pub enum ServerError {
     #[error(transparent)]
     Policy(#[from] PolicyError),
     #[error("vault: {0}")]
-    Vault(#[from] ServiceError),
+    Vault(#[from] OpenError),
     #[error("reflection: {0}")]
     Reflection(String),
     #[error("transport: {0}")]

@@ -1,5 +1,6 @@
-//! Errors of the use cases. Each variant maps to exactly one gRPC status in `api`, and to
-//! one audit outcome here.
+//! Errors of the use cases (`ServiceError`): each variant maps to exactly one gRPC status in
+//! `api`, and to one audit outcome here. What can only go wrong while the vault opens is an
+//! `OpenError`, never answered to a request.
 
 use crate::audit::Outcome;
 use crate::authz::Refusal;
@@ -7,7 +8,7 @@ use crate::domain::{FieldName, InvalidInput};
 use crate::keyring::KeyringError;
 use crate::storage::StoreError;
 
-use super::AuditError;
+use super::{AuditError, HighWaterError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
@@ -39,6 +40,10 @@ pub enum ServiceError {
     /// The store cannot be read or written right now; the request may be retried.
     #[error("storage unavailable")]
     Unavailable(#[source] StoreError),
+    /// The keys the request needs kept changing under it (concurrent rotations, a re-wrap
+    /// retiring the version it read); the request may be retried.
+    #[error("keys busy")]
+    KeysBusy(#[source] KeyringError),
     /// The audit event could not be made durable: the request fails closed.
     #[error("audit log unavailable")]
     AuditUnavailable(#[source] AuditError),
@@ -46,9 +51,23 @@ pub enum ServiceError {
     /// cause is logged, never sent.
     #[error("internal error: {0}")]
     Internal(String),
-    /// At start: the store is older than its audit high-water mark.
+}
+
+/// Why the vault could not open; only `Vault::open` returns it.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The audit key could not be read or unwrapped.
+    #[error("audit key: {0}")]
+    AuditKey(#[source] KeyringError),
+    /// The store is older than its audit high-water mark, or the mark is damaged.
     #[error(transparent)]
-    RolledBack(#[from] super::high_water::HighWaterError),
+    RolledBack(#[from] HighWaterError),
+    /// The SIEM mirror of the audit log could not be opened.
+    #[error("audit sink: {0}")]
+    AuditSink(#[source] std::io::Error),
+    /// The audit chain's head could not be read from the store.
+    #[error("audit log: {0}")]
+    AuditLog(#[source] StoreError),
 }
 
 impl ServiceError {
@@ -65,9 +84,9 @@ impl ServiceError {
             | ServiceError::TokenNotFound => Outcome::NotFound,
             ServiceError::Refused(_) => Outcome::Denied,
             ServiceError::Unavailable(_)
+            | ServiceError::KeysBusy(_)
             | ServiceError::AuditUnavailable(_)
-            | ServiceError::Internal(_)
-            | ServiceError::RolledBack(_) => Outcome::Error,
+            | ServiceError::Internal(_) => Outcome::Error,
         }
     }
 
@@ -100,10 +119,12 @@ impl From<KeyringError> for ServiceError {
             KeyringError::LimitReached(_)
             | KeyringError::NoRootFile
             | KeyringError::RootFileNotShared(_) => ServiceError::KeyPrecondition(e.to_string()),
-            KeyringError::Contended(_) | KeyringError::Retired => {
-                ServiceError::Unavailable(StoreError::Backend(e.to_string()))
-            }
-            other => ServiceError::Internal(other.to_string()),
+            KeyringError::Contended(_) | KeyringError::Retired => ServiceError::KeysBusy(e),
+            // Damage, tampering or a wrong root key: logged, never sent.
+            KeyringError::RootFile { .. }
+            | KeyringError::RootMismatch
+            | KeyringError::Unwrap
+            | KeyringError::Missing(_) => ServiceError::Internal(e.to_string()),
         }
     }
 }

@@ -2,49 +2,54 @@
 //! layer orders the keyring, the store and the audit log, and decides what is durable when.
 //!
 //! Every use case records one audit event, and returns its result only after that event is
-//! on disk: a read whose event cannot be written fails closed with `AuditUnavailable`.
+//! on disk: a read whose event cannot be written fails closed with `AuditUnavailable`. The
+//! sequence (draft the event, authorize, run, record) is written once, in `usecase`; each
+//! public method of `Vault` is one run of it, in the folder of its use cases:
+//!
+//! - `records/`: put, get, delete, list, blind-index lookup, card tokens;
+//! - `rights/`: erasure, access report, export, restriction and consent, retention;
+//! - `keys/`: rotations, key status, epochs, shredding, and the background key jobs;
+//! - `audit/`: the audit log itself and the operators' query, verify, prune;
+//! - `tenants.rs`, `admin.rs` (backup, policy reload).
+//!
+//! Where blocking work leaves the async workers is decided in `blocking`; the write path's
+//! one retry policy is in `retry`.
 
-mod access;
-mod audit_log;
-mod audit_ops;
-mod audit_sink;
-mod backup;
-mod erasure;
+mod admin;
+mod audit;
+mod blocking;
 mod error;
-mod export;
-mod high_water;
 mod keys;
-mod lookup;
 mod records;
-mod retention;
-mod subject_rights;
+mod retry;
+mod rights;
 mod tenants;
-mod tokens;
+mod usecase;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use access::{AccessReport, HeldField, Recipient};
-pub use audit_log::{verify_store, AuditError, AuditLog, PruneReport};
-pub use audit_ops::AuditPage;
-pub use audit_sink::{JsonlSink, SinkConfig};
-pub use erasure::{ErasureReceipt, DEFAULT_KEY_EPOCH};
-pub use error::ServiceError;
-pub use export::{Export, EXPORT_CHUNK, EXPORT_SCHEMA};
-pub use high_water::{HighWater, HighWaterError, HIGH_WATER_FILE};
+/// The audit vocabulary the api layer shows callers: operation names (also for the events
+/// of rejected requests), outcomes, query filters and the events a query returns.
+pub use crate::audit::{AuditEvent, AuditFilter, Operation, Outcome, VerifyReport};
+pub use audit::{
+    verify_store, AuditError, AuditLog, AuditPage, HighWater, HighWaterError, JsonlSink,
+    PruneReport, SinkConfig, HIGH_WATER_FILE,
+};
+pub use error::{OpenError, ServiceError};
 pub use keys::{
     run_key_jobs, EpochReport, KeySettings, KeyStatus, RootStatus, ShredReport, TenantKeyStatus,
     TenantRotation, VersionStatus,
 };
-pub use records::SubjectPage;
-pub use retention::RetentionRules;
-pub use subject_rights::StateChange;
+pub use records::{SubjectPage, Tokenized};
+pub use rights::{
+    AccessReport, ErasureReceipt, Export, HeldField, Recipient, RetentionRules, StateChange,
+    DEFAULT_KEY_EPOCH, EXPORT_CHUNK, EXPORT_SCHEMA,
+};
 pub use tenants::TenantPage;
-pub use tokens::Tokenized;
 
-use crate::audit::{EventDraft, Operation, Outcome};
-use crate::authz::{Action, Authz, Grant, PeerIdentity};
-use crate::domain::{Clock, Purpose, SubjectId, TenantId};
+use crate::authz::{Authz, PeerIdentity};
+use crate::domain::{Clock, SubjectId, TenantId};
 use crate::keyring::Keyring;
 use crate::metrics::Metrics;
 use crate::storage::{GroupCommit, Store};
@@ -84,7 +89,9 @@ pub struct VaultSettings {
     /// Key usage limits and the pace of background re-wraps.
     pub keys: KeySettings,
     /// False only for the load generator's "auditing off" baseline: no configuration key
-    /// reaches it, and `serve` always audits.
+    /// reaches it, `serve` always audits, and it exists only with the `testing` feature
+    /// (benches and tests), never in the production library.
+    #[cfg(feature = "testing")]
     pub audit_enabled: bool,
     /// The file holding the audit log's high-water mark (see `high_water.rs`), for a store
     /// that can silently lose its tail (sled); `None` for none.
@@ -101,6 +108,7 @@ impl Default for VaultSettings {
             audit_timeout: Duration::from_secs(2),
             audit_sink: None,
             audit_retention: Duration::from_secs(365 * 86_400),
+            #[cfg(feature = "testing")]
             audit_enabled: true,
             high_water_file: None,
             key_epoch_interval: DEFAULT_KEY_EPOCH,
@@ -131,11 +139,13 @@ pub struct Vault {
     clock: Arc<dyn Clock>,
     limits: Limits,
     audit_retention: Duration,
+    /// The benchmark baseline's switch (see `VaultSettings::audit_enabled`).
+    #[cfg(feature = "testing")]
     audit_enabled: bool,
     key_epoch_interval: Duration,
     retention: RetentionRules,
     /// Queue of erased subjects whose field ciphertexts are purged in the background.
-    purger: tokio::sync::mpsc::UnboundedSender<(crate::domain::TenantId, crate::domain::SubjectId)>,
+    purger: tokio::sync::mpsc::UnboundedSender<(TenantId, SubjectId)>,
     metrics: Metrics,
     /// Background key work: one job (re-wrap, root rotation, epoch) at a time.
     key_jobs: keys::KeyJobs,
@@ -158,9 +168,9 @@ impl Vault {
         authz: Arc<Authz>,
         clock: Arc<dyn Clock>,
         settings: VaultSettings,
-    ) -> Result<Self, ServiceError> {
+    ) -> Result<Self, OpenError> {
         // First, before any task holds the store: a refused store is released at once.
-        let audit_key = keys.audit_key()?;
+        let audit_key = keys.audit_key().map_err(OpenError::AuditKey)?;
         let high_water = match settings.high_water_file {
             Some(path) => Some(HighWater::check(path, store.as_ref(), &audit_key)?),
             None => None,
@@ -170,7 +180,7 @@ impl Vault {
             .audit_sink
             .map(JsonlSink::open)
             .transpose()
-            .map_err(|e| ServiceError::Internal(format!("audit sink: {e}")))?;
+            .map_err(OpenError::AuditSink)?;
         let observer = {
             let metrics = settings.metrics.clone();
             Box::new(move |hit| metrics.dek_cache(hit)) as crate::keyring::LookupObserver
@@ -187,9 +197,10 @@ impl Vault {
             settings.audit_timeout,
             settings.metrics.clone(),
             high_water,
-        )?;
+        )
+        .map_err(OpenError::AuditLog)?;
         Ok(Self {
-            purger: erasure::start_purger(store.clone()),
+            purger: rights::start_purger(store.clone()),
             store,
             keys: Arc::new(keys),
             authz,
@@ -198,6 +209,7 @@ impl Vault {
             clock,
             limits: settings.limits,
             audit_retention: settings.audit_retention,
+            #[cfg(feature = "testing")]
             audit_enabled: settings.audit_enabled,
             key_epoch_interval: settings.key_epoch_interval,
             retention: settings.retention,
@@ -206,7 +218,6 @@ impl Vault {
         })
     }
 
-    /// The limits requests are checked against.
     /// Whether this node runs the background job `job` now (see `Store::job_lease`); a
     /// store error counts as no, so two nodes never both run one.
     pub fn holds_job(&self, job: &str) -> bool {
@@ -219,6 +230,7 @@ impl Vault {
         }
     }
 
+    /// The limits requests are checked against.
     pub fn limits(&self) -> &Limits {
         &self.limits
     }
@@ -233,96 +245,9 @@ impl Vault {
         &self.authz
     }
 
-    /// Asks the policy whether `call` may do `action`; records the deciding rule in `ev`.
-    fn authorize(
-        &self,
-        call: &Call,
-        ev: &mut EventDraft,
-        action: Action,
-        tenant: Option<&TenantId>,
-        purpose: Option<&Purpose>,
-    ) -> Result<Grant, ServiceError> {
-        let grant = self.authz.decide(&call.caller, action, tenant, purpose)?;
-        ev.rule = grant.rule().to_owned();
-        Ok(grant)
-    }
-
-    /// `authorize` for an action on one subject's data: the subject's restriction and
-    /// consents are decided in the same check.
-    fn authorize_subject(
-        &self,
-        call: &Call,
-        ev: &mut EventDraft,
-        action: Action,
-        tenant: &TenantId,
-        subject: &SubjectId,
-        purpose: Option<&Purpose>,
-    ) -> Result<Grant, ServiceError> {
-        let state = self.store.subject_state(tenant, subject)?;
-        let grant = self
-            .authz
-            .decide_for_subject(&call.caller, action, tenant, purpose, &state)?;
-        ev.rule = grant.rule().to_owned();
-        Ok(grant)
-    }
-
-    /// Re-reads the policy file (the admin RPC; SIGHUP calls `Authz::reload` directly).
-    pub async fn reload_policy(&self, call: &Call) -> Result<(), ServiceError> {
-        let mut ev = self.draft(call, Operation::ReloadPolicy);
-        let result = self
-            .authorize(call, &mut ev, Action::PolicyAdmin, None, None)
-            .and_then(|_| {
-                self.authz
-                    .reload()
-                    .map_err(|e| crate::domain::InvalidInput::new(e.to_string()).into())
-            });
-        self.record(ev, result).await
-    }
-
     /// The audit log (for verification and pruning by operators).
     pub fn audit_log(&self) -> &AuditLog {
         &self.audit
-    }
-
-    /// A new audit event for `call` doing `operation`, not yet about any tenant or subject.
-    fn draft(&self, call: &Call, operation: Operation) -> EventDraft {
-        EventDraft {
-            time: self.clock.now(),
-            request_id: call.request_id.clone(),
-            caller: call.caller.as_str().to_owned(),
-            operation,
-            tenant: String::new(),
-            subject: String::new(),
-            fields: Vec::new(),
-            purpose: String::new(),
-            outcome: Outcome::Ok,
-            reason: String::new(),
-            rule: String::new(),
-        }
-    }
-
-    /// Records how a request ended, then hands back its result: only once the event is
-    /// durable. If it cannot be recorded, the result is withheld and the call fails closed.
-    async fn record<T>(
-        &self,
-        mut draft: EventDraft,
-        result: Result<T, ServiceError>,
-    ) -> Result<T, ServiceError> {
-        if !self.audit_enabled {
-            // Benchmark baseline: no event, but writes are still flushed before success.
-            if result.is_ok() && draft.operation.is_write() {
-                self.commit.durable().await?;
-            }
-            return result;
-        }
-        if let Err(e) = &result {
-            draft.outcome = e.outcome();
-            draft.reason = e.audit_reason();
-        }
-        match self.audit.append(draft).await {
-            Ok(_) => result,
-            Err(e) => Err(ServiceError::AuditUnavailable(e)),
-        }
     }
 
     /// Records a request refused before it reached a use case (malformed input), and
@@ -333,10 +258,14 @@ impl Vault {
         operation: Operation,
         error: ServiceError,
     ) -> ServiceError {
-        let draft = self.draft(call, operation);
-        match self.record::<()>(draft, Err(error)).await {
-            Err(e) => e,
-            Ok(()) => ServiceError::Internal("a rejection was recorded as a success".into()),
-        }
+        self.use_case(call, operation).reject(error).await
     }
+}
+
+/// A random id of `bytes` bytes, in hex: request ids, receipt ids. Ids only need to be
+/// unique; a failing CSPRNG is caught where keys are generated, so this never fails.
+pub fn random_id(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    let _ = crate::crypto::fill_random(&mut buf);
+    hex::encode(buf)
 }

@@ -1,16 +1,18 @@
-//! Tenant use cases: create, get, list.
+//! Tenant use cases: create, get, list. The store's `TenantRecord` stays in the service;
+//! callers get a domain `Tenant`.
 
 use crate::audit::Operation;
 use crate::authz::Action;
-use crate::domain::TenantId;
+use crate::domain::{Tenant, TenantId};
 use crate::storage::TenantRecord;
 
+use super::usecase::{no_detail, Check};
 use super::{Call, ServiceError, Vault};
 
 /// One page of tenants.
 #[derive(Debug)]
 pub struct TenantPage {
-    pub tenants: Vec<TenantRecord>,
+    pub tenants: Vec<Tenant>,
     /// Where the next page starts; `None` on the last page.
     pub next: Option<TenantId>,
 }
@@ -31,45 +33,52 @@ pub(super) fn paged<T, K: Clone>(
     }
 }
 
+/// What callers see of a stored tenant.
+fn tenant(record: TenantRecord) -> Tenant {
+    Tenant {
+        id: record.id,
+        created_at: record.created_at,
+        key_version: record.kek_version,
+    }
+}
+
 impl Vault {
     /// Creates a tenant and its first KEK; durable before it returns.
-    pub async fn create_tenant(
-        &self,
-        call: &Call,
-        id: &TenantId,
-    ) -> Result<TenantRecord, ServiceError> {
-        let mut ev = self.draft(call, Operation::CreateTenant);
-        ev.tenant = id.to_string();
-        let result = self
-            .authorize(call, &mut ev, Action::TenantAdmin, Some(id), None)
-            .and_then(|_| match self.keys.create_tenant(id, self.clock.now()) {
-                Ok(Some(record)) => {
-                    self.metrics
-                        .tenant_key_version(&record.id, record.kek_version);
-                    Ok(record)
-                }
-                Ok(None) => Err(ServiceError::TenantExists),
-                Err(e) => Err(e.into()),
-            });
-        // The audit append's flush also makes the new tenant durable.
-        self.record(ev, result).await
+    pub async fn create_tenant(&self, call: &Call, id: &TenantId) -> Result<Tenant, ServiceError> {
+        self.use_case(call, Operation::CreateTenant)
+            .tenant(id)
+            .run(
+                Check::action(Action::TenantAdmin, Some(id)),
+                |_| async move {
+                    match self.keys.create_tenant(id, self.clock.now()) {
+                        Ok(Some(record)) => {
+                            self.metrics
+                                .tenant_key_version(&record.id, record.kek_version);
+                            Ok(tenant(record))
+                        }
+                        Ok(None) => Err(ServiceError::TenantExists),
+                        Err(e) => Err(e.into()),
+                    }
+                },
+                // The audit append's flush also makes the new tenant durable.
+                no_detail,
+            )
+            .await
     }
 
-    pub async fn get_tenant(
-        &self,
-        call: &Call,
-        id: &TenantId,
-    ) -> Result<TenantRecord, ServiceError> {
-        let mut ev = self.draft(call, Operation::GetTenant);
-        ev.tenant = id.to_string();
-        let result = self
-            .authorize(call, &mut ev, Action::TenantAdmin, Some(id), None)
-            .and_then(|_| self.tenant(id));
-        self.record(ev, result).await
+    pub async fn get_tenant(&self, call: &Call, id: &TenantId) -> Result<Tenant, ServiceError> {
+        self.use_case(call, Operation::GetTenant)
+            .tenant(id)
+            .run(
+                Check::action(Action::TenantAdmin, Some(id)),
+                |_| async move { self.tenant_record(id).map(tenant) },
+                no_detail,
+            )
+            .await
     }
 
     /// A tenant that exists and was not shredded.
-    pub(super) fn tenant(&self, id: &TenantId) -> Result<TenantRecord, ServiceError> {
+    pub(super) fn tenant_record(&self, id: &TenantId) -> Result<TenantRecord, ServiceError> {
         let record = self.store.tenant(id)?.ok_or(ServiceError::TenantNotFound)?;
         self.metrics
             .tenant_key_version(&record.id, record.kek_version);
@@ -86,14 +95,17 @@ impl Vault {
         after: Option<&TenantId>,
         limit: usize,
     ) -> Result<TenantPage, ServiceError> {
-        let mut ev = self.draft(call, Operation::ListTenants);
-        let result = self
-            .authorize(call, &mut ev, Action::TenantAdmin, None, None)
-            .and_then(|_| Ok(self.store.tenants(after, limit + 1)?))
-            .map(|all| {
-                let (tenants, next) = paged(all, limit, |t: &TenantRecord| &t.id);
-                TenantPage { tenants, next }
-            });
-        self.record(ev, result).await
+        self.use_case(call, Operation::ListTenants)
+            .run(
+                Check::action(Action::TenantAdmin, None),
+                |_| async move {
+                    let all = self.store.tenants(after, limit + 1)?;
+                    let (records, next) = paged(all, limit, |t: &TenantRecord| &t.id);
+                    let tenants = records.into_iter().map(tenant).collect();
+                    Ok(TenantPage { tenants, next })
+                },
+                no_detail,
+            )
+            .await
     }
 }

@@ -20,11 +20,11 @@ use std::time::Duration;
 use crate::audit::Operation;
 use crate::authz::PeerIdentity;
 use crate::domain::{SubjectId, TenantId, Timestamp};
-use crate::keyring::{Keyring, KeyringError, RewrapBatch};
+use crate::keyring::{Keyring, KeyringError, RewrapBatch, RootRotation};
 use crate::storage::StoreError;
 
 use super::super::{Call, ServiceError, Vault};
-use super::{blocking, versions, EpochReport};
+use super::{key_op, versions, EpochReport};
 
 /// How often the worker looks for work when nobody woke it.
 const POLL: Duration = Duration::from_secs(1);
@@ -72,7 +72,7 @@ pub async fn run_key_jobs(vault: Arc<Vault>) {
         if vault.store.shared() {
             vault.keys.forget_deks_cached_before(SHARED_DEK_CACHE_AGE);
         }
-        match blocking(&vault.keys, |k| k.sync_root().and_then(|_| k.sync_caches())).await {
+        match key_op(&vault.keys, |k| k.sync_root().and_then(|_| k.sync_caches())).await {
             Ok(_) => unsynced = false,
             Err(e) if !unsynced => {
                 tracing::error!(error = %e, "cannot follow the other nodes' key changes");
@@ -129,38 +129,37 @@ impl Vault {
     async fn run_pending_key_jobs(&self, call: &Call) -> Result<(), ServiceError> {
         let _one = self.key_jobs.running.lock().await;
         if self.keys.root_rotation_pending() {
-            let mut ev = self.draft(call, Operation::RotateRootKey);
-            let result = blocking(&self.keys, Keyring::finish_root_rotation).await;
-            if let Ok(Some(r)) = &result {
-                ev.reason = format!(
-                    "completed: root v{}; destroyed {}",
-                    r.current,
-                    versions(&r.destroyed)
-                );
-            }
-            self.record(ev, result).await?;
+            self.use_case(call, Operation::RotateRootKey)
+                .run_system(
+                    key_op(&self.keys, Keyring::finish_root_rotation),
+                    |r: &Option<RootRotation>, ev| {
+                        if let Some(r) = r {
+                            ev.reason = format!(
+                                "completed: root v{}; destroyed {}",
+                                r.current,
+                                versions(&r.destroyed)
+                            );
+                        }
+                    },
+                )
+                .await?;
         }
         for (tenant, state) in self.store.all_tenant_keys()? {
             if state.rewrap.is_none() {
                 continue;
             }
-            let mut ev = self.draft(call, Operation::RotateTenantKey);
-            ev.tenant = tenant.to_string();
-            let result = self.rewrap_to_completion(&tenant).await;
-            match &result {
-                Ok(Some(done)) => {
+            // Shredded meanwhile (`None`): nothing to record.
+            self.use_case(call, Operation::RotateTenantKey)
+                .tenant(&tenant)
+                .run_job(self.rewrap_to_completion(&tenant), |done, ev| {
                     ev.reason = format!(
                         "re-wrap to v{} complete ({} DEKs); destroyed {}",
                         done.target,
                         done.rewrapped,
                         versions(&done.destroyed)
                     );
-                }
-                // Shredded meanwhile: nothing to record.
-                Ok(None) => continue,
-                Err(_) => {}
-            }
-            self.record(ev, result).await?;
+                })
+                .await?;
         }
         Ok(())
     }
@@ -197,12 +196,12 @@ impl Vault {
             }
             if job.total == 0 && job.cursor.is_none() {
                 let id = tenant.clone();
-                job.total = blocking(&self.keys, move |k| k.count_wraps(&id))
+                job.total = key_op(&self.keys, move |k| k.count_wraps(&id))
                     .await?
                     .subjects;
             }
             let (id, target, cursor) = (tenant.clone(), job.target, job.cursor.clone());
-            let batch = blocking(&self.keys, move |k| {
+            let batch = key_op(&self.keys, move |k| {
                 rewrap_or_rotate(k, &id, target, cursor.as_ref(), settings.rewrap_batch)
             })
             .await?;
@@ -217,7 +216,7 @@ impl Vault {
             job.cursor = batch.last.clone();
             if batch.end_of_pass {
                 let id = tenant.clone();
-                let counts = blocking(&self.keys, move |k| k.count_wraps(&id)).await?;
+                let counts = key_op(&self.keys, move |k| k.count_wraps(&id)).await?;
                 let left: u64 = counts
                     .by_kek
                     .iter()
@@ -227,7 +226,7 @@ impl Vault {
                 if left == 0 {
                     let id = tenant.clone();
                     let target = job.target;
-                    match blocking(&self.keys, move |k| k.finish_rewrap(&id, target)).await? {
+                    match key_op(&self.keys, move |k| k.finish_rewrap(&id, target)).await? {
                         Some(destroyed) => {
                             self.metrics.rewrap_progress(tenant, 1, 1);
                             self.metrics.tenant_key_version(tenant, target);
@@ -268,7 +267,7 @@ impl Vault {
                 shredded_tenants.push(tenant.clone());
             } else {
                 let id = tenant.clone();
-                blocking(&self.keys, move |k| k.rotate_tenant(&id)).await?;
+                key_op(&self.keys, move |k| k.rotate_tenant(&id)).await?;
                 match self.rewrap_to_completion(&tenant).await? {
                     Some(done) => {
                         deks_rewrapped += done.rewrapped;
@@ -280,7 +279,7 @@ impl Vault {
             // Only if no erasure happened since `seen`: a later one needs the next epoch.
             self.store.clear_epoch_pending(&tenant, seen)?;
         }
-        let root = blocking(&self.keys, Keyring::rotate_root).await?;
+        let root = key_op(&self.keys, Keyring::rotate_root).await?;
         self.keys.record_epoch()?;
         self.commit.durable().await?;
         Ok(EpochReport {

@@ -23,6 +23,8 @@ use crate::authz::Action;
 use crate::domain::{TenantId, Timestamp};
 use crate::keyring::{KeyLimits, Keyring, KeyringError, RootRotation};
 
+use super::blocking;
+use super::usecase::Check;
 use super::{Call, ServiceError, Vault};
 
 /// Key usage limits and the pace of background re-wraps.
@@ -108,13 +110,14 @@ pub struct ShredReport {
     pub destroyed_versions: Vec<u32>,
 }
 
-/// Runs a keyring operation on a blocking thread: it reads, writes and flushes the store.
-async fn blocking<T: Send + 'static>(
+/// Runs a keyring operation on a blocking thread (`service::blocking`): it reads, writes
+/// and flushes the store.
+async fn key_op<T: Send + 'static>(
     keys: &Arc<Keyring>,
     op: impl FnOnce(&Keyring) -> Result<T, KeyringError> + Send + 'static,
 ) -> Result<T, ServiceError> {
     let keys = keys.clone();
-    tokio::task::spawn_blocking(move || op(&keys))
+    blocking::run(move || op(&keys))
         .await
         .map_err(|_| ServiceError::Internal("a key operation panicked".into()))?
         .map_err(ServiceError::from)
@@ -136,19 +139,20 @@ impl Vault {
         call: &Call,
         tenant: &TenantId,
     ) -> Result<TenantRotation, ServiceError> {
-        let mut ev = self.draft(call, Operation::RotateTenantKey);
-        ev.tenant = tenant.to_string();
-        let result = match self.authorize(call, &mut ev, Action::KeyAdmin, Some(tenant), None) {
-            Ok(_) => self.start_tenant_rotation(tenant).await,
-            Err(e) => Err(e),
-        };
-        if let Ok(r) = &result {
-            ev.reason = format!(
-                "v{} -> v{}; re-wrap started",
-                r.previous_version, r.new_version
-            );
-        }
-        let result = self.record(ev, result).await;
+        let result = self
+            .use_case(call, Operation::RotateTenantKey)
+            .tenant(tenant)
+            .run(
+                Check::action(Action::KeyAdmin, Some(tenant)),
+                |_| self.start_tenant_rotation(tenant),
+                |r: &TenantRotation, ev| {
+                    ev.reason = format!(
+                        "v{} -> v{}; re-wrap started",
+                        r.previous_version, r.new_version
+                    );
+                },
+            )
+            .await;
         self.key_jobs.wake.notify_one();
         result
     }
@@ -157,7 +161,7 @@ impl Vault {
         &self,
         tenant: &TenantId,
     ) -> Result<TenantRotation, ServiceError> {
-        self.tenant(tenant)?;
+        self.tenant_record(tenant)?;
         let (_, state) = self.keys.tenant_keys(tenant)?;
         if let Some(job) = state.rewrap {
             return Err(ServiceError::KeyPrecondition(format!(
@@ -167,7 +171,7 @@ impl Vault {
         }
         let id = tenant.clone();
         let (previous_version, new_version) =
-            blocking(&self.keys, move |k| k.rotate_tenant(&id)).await?;
+            key_op(&self.keys, move |k| k.rotate_tenant(&id)).await?;
         Ok(TenantRotation {
             tenant: tenant.clone(),
             previous_version,
@@ -178,30 +182,31 @@ impl Vault {
     /// Rotates the root key: a new version, every tenant KEK and the audit key re-wrapped
     /// under it, the old versions destroyed in the root key file. Returns when done.
     pub async fn rotate_root_key(&self, call: &Call) -> Result<RootRotation, ServiceError> {
-        let mut ev = self.draft(call, Operation::RotateRootKey);
-        let result = match self.authorize(call, &mut ev, Action::KeyAdmin, None, None) {
-            Ok(_) => blocking(&self.keys, Keyring::rotate_root).await,
-            Err(e) => Err(e),
-        };
-        if let Ok(r) = &result {
-            ev.reason = format!(
-                "root v{}; destroyed {}; re-wrapped {}",
-                r.current,
-                versions(&r.destroyed),
-                r.rewrapped
-            );
-        }
-        self.record(ev, result).await
+        self.use_case(call, Operation::RotateRootKey)
+            .run(
+                Check::action(Action::KeyAdmin, None),
+                |_| key_op(&self.keys, Keyring::rotate_root),
+                |r: &RootRotation, ev| {
+                    ev.reason = format!(
+                        "root v{}; destroyed {}; re-wrapped {}",
+                        r.current,
+                        versions(&r.destroyed),
+                        r.rewrapped
+                    );
+                },
+            )
+            .await
     }
 
     /// Runs a key epoch now (see `jobs.rs`) on the background worker (`run_key_jobs`
     /// must be running), and returns when it is done.
     pub async fn run_key_epoch(&self, call: &Call) -> Result<EpochReport, ServiceError> {
         // Scheduled epochs run as the system; one asked for over the API needs key_admin.
-        let mut ev = self.draft(call, Operation::KeyEpoch);
-        if let Err(refused) = self.authorize(call, &mut ev, Action::KeyAdmin, None, None) {
-            return self.record(ev, Err(refused)).await;
-        }
+        // A refusal is recorded here; the epoch itself is recorded by the worker that runs
+        // it (`recorded_key_epoch`), so it is recorded even if this request is cancelled.
+        self.use_case(call, Operation::KeyEpoch)
+            .admit(Check::action(Action::KeyAdmin, None))
+            .await?;
         let (done, report) = oneshot::channel();
         self.key_jobs
             .epochs
@@ -214,18 +219,17 @@ impl Vault {
 
     /// Runs a key epoch and records its audit event.
     async fn recorded_key_epoch(&self, call: &Call) -> Result<EpochReport, ServiceError> {
-        let mut ev = self.draft(call, Operation::KeyEpoch);
-        let result = self.key_epoch().await;
-        if let Ok(r) = &result {
-            ev.fields = r.tenants.iter().map(|(t, _)| t.to_string()).collect();
-            ev.reason = format!(
-                "rotated {} tenant keys; root v{}, destroyed {}",
-                r.tenants.len(),
-                r.root.current,
-                versions(&r.root.destroyed)
-            );
-        }
-        self.record(ev, result).await
+        self.use_case(call, Operation::KeyEpoch)
+            .run_system(self.key_epoch(), |r: &EpochReport, ev| {
+                ev.fields = r.tenants.iter().map(|(t, _)| t.to_string()).collect();
+                ev.reason = format!(
+                    "rotated {} tenant keys; root v{}, destroyed {}",
+                    r.tenants.len(),
+                    r.root.current,
+                    versions(&r.root.destroyed)
+                );
+            })
+            .await
     }
 
     /// Destroys every KEK version of a tenant: all its subjects become unreadable at once,
@@ -235,22 +239,23 @@ impl Vault {
         call: &Call,
         tenant: &TenantId,
     ) -> Result<ShredReport, ServiceError> {
-        let mut ev = self.draft(call, Operation::ShredTenant);
-        ev.tenant = tenant.to_string();
-        let result = match self.authorize(call, &mut ev, Action::KeyAdmin, Some(tenant), None) {
-            Ok(_) => self.shred(tenant).await,
-            Err(e) => Err(e),
-        };
-        if let Ok(r) = &result {
-            ev.reason = format!("destroyed key versions {}", versions(&r.destroyed_versions));
-        }
-        self.record(ev, result).await
+        self.use_case(call, Operation::ShredTenant)
+            .tenant(tenant)
+            .run(
+                Check::action(Action::KeyAdmin, Some(tenant)),
+                |_| self.shred(tenant),
+                |r: &ShredReport, ev| {
+                    ev.reason =
+                        format!("destroyed key versions {}", versions(&r.destroyed_versions));
+                },
+            )
+            .await
     }
 
     async fn shred(&self, tenant: &TenantId) -> Result<ShredReport, ServiceError> {
-        self.tenant(tenant)?;
+        self.tenant_record(tenant)?;
         let id = tenant.clone();
-        let destroyed_versions = blocking(&self.keys, move |k| k.shred_tenant(&id)).await?;
+        let destroyed_versions = key_op(&self.keys, move |k| k.shred_tenant(&id)).await?;
         let (record, _) = self.keys.tenant_keys(tenant)?;
         Ok(ShredReport {
             tenant: tenant.clone(),

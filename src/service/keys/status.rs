@@ -11,8 +11,9 @@ use crate::domain::{TenantId, Timestamp};
 use crate::keyring::{KeyLimits, Keyring};
 use crate::storage::{KeyVersionInfo, RewrapJob};
 
+use super::super::usecase::{no_detail, Check};
 use super::super::{Call, ServiceError, Vault};
-use super::blocking;
+use super::key_op;
 
 /// Tenants listed per store page.
 const PAGE: usize = 256;
@@ -88,13 +89,14 @@ impl Vault {
         tenant: Option<&TenantId>,
         count_deks: bool,
     ) -> Result<KeyStatus, ServiceError> {
-        let mut ev = self.draft(call, Operation::KeyStatus);
-        ev.tenant = tenant.map(ToString::to_string).unwrap_or_default();
-        let result = match self.authorize(call, &mut ev, Action::KeyAdmin, tenant, None) {
-            Ok(_) => self.gather_status(tenant, count_deks).await,
-            Err(e) => Err(e),
-        };
-        self.record(ev, result).await
+        self.use_case(call, Operation::KeyStatus)
+            .tenant(tenant.map(ToString::to_string).unwrap_or_default())
+            .run(
+                Check::action(Action::KeyAdmin, tenant),
+                |_| self.gather_status(tenant, count_deks),
+                no_detail,
+            )
+            .await
     }
 
     async fn gather_status(
@@ -118,41 +120,14 @@ impl Vault {
         let mut root_wraps: BTreeMap<u32, u64> = BTreeMap::new();
         let mut tenants = Vec::with_capacity(tenant_ids.len());
         for id in tenant_ids {
-            let (record, state) = self.keys.tenant_keys(&id)?;
-            let counts = if count_deks {
-                let t = id.clone();
-                Some(blocking(&self.keys, move |k| k.count_wraps(&t)).await?)
-            } else {
-                None
-            };
-            let mut versions: Vec<VersionStatus> = state
-                .versions
-                .iter()
-                .map(|v| {
-                    let used = self.keys.kek_encryptions(&id, v.version, v.reserved);
-                    let mut s = version_status(v, record.kek_version, used);
-                    if let Some(c) = &counts {
-                        s.wraps = Some(c.by_kek.get(&v.version).copied().unwrap_or(0));
-                    }
-                    s
-                })
-                .collect();
-            versions.sort_by_key(|v| v.version);
-            for (_, wrapped) in self.store.keks(&id)? {
-                *root_wraps.entry(wrapped.key_version()).or_default() += 1;
-            }
-            tenants.push(TenantKeyStatus {
-                epoch_pending: pending.contains(&id),
-                tenant: id,
-                current: record.kek_version,
-                versions,
-                rewrap: state.rewrap,
-                shredded_at: record.shredded_at,
-                subjects: counts.map(|c| c.subjects),
-            });
+            let pending = pending.contains(&id);
+            tenants.push(
+                self.tenant_status(id, count_deks, pending, &mut root_wraps)
+                    .await?,
+            );
         }
         // On a shared store, show the root key file as the last rotation left it, on any node.
-        blocking(&self.keys, Keyring::sync_root).await?;
+        key_op(&self.keys, Keyring::sync_root).await?;
         let (current, in_file) = self.keys.root_versions()?;
         let state = self.keys.root_state()?;
         let mut root_versions: Vec<VersionStatus> = in_file
@@ -197,6 +172,49 @@ impl Vault {
             next_epoch: self.next_epoch()?,
             epoch_interval: self.key_epoch_interval,
             limits: self.keys.limits(),
+        })
+    }
+
+    /// One tenant's keys; counts the root versions its KEK versions are wrapped under into
+    /// `root_wraps`.
+    async fn tenant_status(
+        &self,
+        id: TenantId,
+        count_deks: bool,
+        epoch_pending: bool,
+        root_wraps: &mut BTreeMap<u32, u64>,
+    ) -> Result<TenantKeyStatus, ServiceError> {
+        let (record, state) = self.keys.tenant_keys(&id)?;
+        let counts = if count_deks {
+            let t = id.clone();
+            Some(key_op(&self.keys, move |k| k.count_wraps(&t)).await?)
+        } else {
+            None
+        };
+        let mut versions: Vec<VersionStatus> = state
+            .versions
+            .iter()
+            .map(|v| {
+                let used = self.keys.kek_encryptions(&id, v.version, v.reserved);
+                let mut s = version_status(v, record.kek_version, used);
+                if let Some(c) = &counts {
+                    s.wraps = Some(c.by_kek.get(&v.version).copied().unwrap_or(0));
+                }
+                s
+            })
+            .collect();
+        versions.sort_by_key(|v| v.version);
+        for (_, wrapped) in self.store.keks(&id)? {
+            *root_wraps.entry(wrapped.key_version()).or_default() += 1;
+        }
+        Ok(TenantKeyStatus {
+            epoch_pending,
+            tenant: id,
+            current: record.kek_version,
+            versions,
+            rewrap: state.rewrap,
+            shredded_at: record.shredded_at,
+            subjects: counts.map(|c| c.subjects),
         })
     }
 

@@ -1,11 +1,14 @@
-//! Backup use case: records the backup in the audit log, then streams the store's backup
-//! file (ciphertext and metadata only; see `storage::backup`).
+//! Operator use cases outside the data path: streaming a backup of the store (ciphertext
+//! and metadata only; see `storage::backup`), and re-reading the policy file.
 
 use tokio::sync::mpsc;
 
 use crate::audit::Operation;
 use crate::authz::Action;
+use crate::domain::InvalidInput;
 
+use super::blocking;
+use super::usecase::{no_detail, Check};
 use super::{Call, ServiceError, Vault};
 
 /// Pieces of the backup file in flight between the store and the caller.
@@ -18,19 +21,19 @@ impl Vault {
         &self,
         call: &Call,
     ) -> Result<mpsc::Receiver<Result<Vec<u8>, ServiceError>>, ServiceError> {
-        let mut ev = self.draft(call, Operation::Backup);
         // A backup holds every tenant's sealed data: only the security team's key_admin.
-        let allowed = self
-            .authorize(call, &mut ev, Action::KeyAdmin, None, None)
-            .map(drop);
-        self.record(ev, allowed).await?;
+        self.use_case(call, Operation::Backup)
+            .run(
+                Check::action(Action::KeyAdmin, None),
+                |_| async { Ok(()) },
+                no_detail,
+            )
+            .await?;
         let (tx, rx) = mpsc::channel(QUEUE);
         let store = self.store.clone();
         let created_unix = self.clock.now().0 / 1_000_000;
         // The request's span (method, request id) follows the work into its thread.
-        let span = tracing::Span::current();
-        tokio::task::spawn_blocking(move || {
-            let _span = span.enter();
+        blocking::detach(move || {
             // A closed receiver (the caller went away) stops the backup.
             let mut emit = |chunk: Vec<u8>| tx.blocking_send(Ok(chunk)).is_ok();
             match store.backup(created_unix, &mut emit) {
@@ -46,5 +49,20 @@ impl Vault {
             }
         });
         Ok(rx)
+    }
+
+    /// Re-reads the policy file (the admin RPC; SIGHUP calls `Authz::reload` directly).
+    pub async fn reload_policy(&self, call: &Call) -> Result<(), ServiceError> {
+        self.use_case(call, Operation::ReloadPolicy)
+            .run(
+                Check::action(Action::PolicyAdmin, None),
+                |_| async move {
+                    self.authz
+                        .reload()
+                        .map_err(|e| InvalidInput::new(e.to_string()).into())
+                },
+                no_detail,
+            )
+            .await
     }
 }

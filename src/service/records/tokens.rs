@@ -4,12 +4,13 @@
 //! says nothing about the number.
 
 use crate::audit::Operation;
-use crate::authz::{Action, Refusal};
+use crate::authz::{Action, Grant, Refusal};
 use crate::domain::{
     Category, FieldName, FieldValue, NewField, Purpose, Render, SubjectId, TenantId,
 };
 
-use super::{Call, ServiceError, Vault};
+use super::super::usecase::{no_detail, Check};
+use super::super::{Call, ServiceError, Vault};
 
 /// The reserved subject that holds a tenant's tokenized card numbers.
 fn token_store() -> Result<SubjectId, ServiceError> {
@@ -40,21 +41,19 @@ impl Vault {
         tenant: &TenantId,
         card: &FieldValue,
     ) -> Result<Tokenized, ServiceError> {
-        let mut ev = self.draft(call, Operation::Tokenize);
-        ev.tenant = tenant.to_string();
-        let result = match self.authorize(call, &mut ev, Action::Tokenize, Some(tenant), None) {
-            Ok(grant) => self.store_token(&grant, call, tenant, card).await,
-            Err(e) => Err(e),
-        };
-        if let Ok(t) = &result {
-            ev.fields = vec![t.token.clone()];
-        }
-        self.record(ev, result).await
+        self.use_case(call, Operation::Tokenize)
+            .tenant(tenant)
+            .run(
+                Check::action(Action::Tokenize, Some(tenant)),
+                |grant| async move { self.store_token(&grant, call, tenant, card).await },
+                |t: &Tokenized, ev| ev.fields = vec![t.token.clone()],
+            )
+            .await
     }
 
     async fn store_token(
         &self,
-        grant: &crate::authz::Grant,
+        grant: &Grant,
         call: &Call,
         tenant: &TenantId,
         card: &FieldValue,
@@ -99,39 +98,47 @@ impl Vault {
         token: &FieldName,
         purpose: &Purpose,
     ) -> Result<FieldValue, ServiceError> {
-        let mut ev = self.draft(call, Operation::Detokenize);
-        ev.tenant = tenant.to_string();
-        ev.fields = vec![token.to_string()];
-        ev.purpose = purpose.to_string();
-        let result = self
-            .authorize(
-                call,
-                &mut ev,
-                Action::Detokenize,
-                Some(tenant),
-                Some(purpose),
+        let check = Check::Policy {
+            action: Action::Detokenize,
+            tenant: Some(tenant),
+            purpose: Some(purpose),
+        };
+        self.use_case(call, Operation::Detokenize)
+            .tenant(tenant)
+            .fields([token])
+            .purpose(purpose)
+            .run(
+                check,
+                |grant| async move { self.card_of(&grant, tenant, token) },
+                no_detail,
             )
-            .and_then(|grant| {
-                if grant.category(Category::Payment)?.0 != Render::Reveal {
-                    return Err(Refusal::NotGranted(
-                        "detokenize needs a rule with render = reveal for payment fields".into(),
-                    )
-                    .into());
+            .await
+    }
+
+    fn card_of(
+        &self,
+        grant: &Grant,
+        tenant: &TenantId,
+        token: &FieldName,
+    ) -> Result<FieldValue, ServiceError> {
+        if grant.category(Category::Payment)?.0 != Render::Reveal {
+            return Err(Refusal::NotGranted(
+                "detokenize needs a rule with render = reveal for payment fields".into(),
+            )
+            .into());
+        }
+        let fields = self
+            .read_fields(grant, tenant, &token_store()?, std::slice::from_ref(token))
+            .map_err(|e| match e {
+                ServiceError::SubjectNotFound | ServiceError::FieldNotFound(_) => {
+                    ServiceError::TokenNotFound
                 }
-                let fields = self
-                    .read_fields(&grant, tenant, &token_store()?, std::slice::from_ref(token))
-                    .map_err(|e| match e {
-                        ServiceError::SubjectNotFound | ServiceError::FieldNotFound(_) => {
-                            ServiceError::TokenNotFound
-                        }
-                        other => other,
-                    })?;
-                fields
-                    .into_iter()
-                    .next()
-                    .and_then(|f| f.value)
-                    .ok_or(ServiceError::TokenNotFound)
-            });
-        self.record(ev, result).await
+                other => other,
+            })?;
+        fields
+            .into_iter()
+            .next()
+            .and_then(|f| f.value)
+            .ok_or(ServiceError::TokenNotFound)
     }
 }

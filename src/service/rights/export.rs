@@ -5,14 +5,18 @@
 //! exporter holds at most one page of fields and less than one chunk of unsent bytes, so
 //! a subject of any size exports in bounded memory.
 
+use std::sync::Arc;
+
 use serde::Serialize;
 
 use crate::audit::Operation;
 use crate::authz::{Action, Grant, Render};
 use crate::domain::{FieldName, FieldValue, Purpose, SubjectId, TenantId, Timestamp};
 
+use super::super::blocking;
+use super::super::usecase::Check;
+use super::super::{Call, ServiceError, Vault};
 use super::access::{HeldField, Recipient, FIELD_PAGE};
-use super::{Call, ServiceError, Vault};
 
 /// The `schema` member of every export document.
 pub const EXPORT_SCHEMA: &str = "pii-vault.export/v1";
@@ -180,7 +184,7 @@ fn member(
 
 impl Vault {
     /// Starts a portable export for a declared purpose. The export's audit event is durable
-    /// before this returns; the document is then taken chunk by chunk with `export_next`.
+    /// before this returns; the document is then taken chunk by chunk with `export_chunk`.
     pub async fn export_subject(
         &self,
         call: &Call,
@@ -188,24 +192,37 @@ impl Vault {
         subject: &SubjectId,
         purpose: &Purpose,
     ) -> Result<Export, ServiceError> {
-        let mut ev = self.draft(call, Operation::ExportSubject);
-        ev.tenant = tenant.to_string();
-        ev.subject = subject.to_string();
-        ev.purpose = purpose.to_string();
-        let result = self
-            .authorize_subject(
-                call,
-                &mut ev,
-                Action::Export,
-                tenant,
-                subject,
-                Some(purpose),
+        let check = Check::Subject {
+            action: Action::Export,
+            tenant,
+            subject,
+            purpose: Some(purpose),
+        };
+        self.use_case(call, Operation::ExportSubject)
+            .tenant(tenant)
+            .subject(subject)
+            .purpose(purpose)
+            .run(
+                check,
+                |grant| async move { self.start_export(grant, tenant, subject) },
+                |_, ev| ev.reason = "every field, streamed".into(),
             )
-            .and_then(|grant| self.start_export(grant, tenant, subject));
-        if result.is_ok() {
-            ev.reason = "every field, streamed".into();
-        }
-        self.record(ev, result).await
+            .await
+    }
+
+    /// The next chunk of the document (at most `EXPORT_CHUNK` bytes) with the export to
+    /// continue, or `None` once it has all been handed out. Built on a blocking thread
+    /// (`blocking`): it reads the store and opens a page of fields. An error, or a panic
+    /// (as an internal error), ends the export: it is never ended as if it were complete.
+    pub async fn export_chunk(
+        self: &Arc<Self>,
+        mut export: Export,
+    ) -> Result<Option<(Export, Vec<u8>)>, ServiceError> {
+        let vault = self.clone();
+        blocking::run_service("export step", move || {
+            Ok(vault.export_next(&mut export)?.map(|chunk| (export, chunk)))
+        })
+        .await
     }
 
     fn start_export(
@@ -252,9 +269,8 @@ impl Vault {
         })
     }
 
-    /// The next chunk of the document (at most `EXPORT_CHUNK` bytes), or `None` once it
-    /// has all been handed out. Blocking: reads the store and opens a page of fields.
-    pub fn export_next(&self, x: &mut Export) -> Result<Option<Vec<u8>>, ServiceError> {
+    /// The next chunk of the document, or `None` once it has all been handed out. Blocking.
+    fn export_next(&self, x: &mut Export) -> Result<Option<Vec<u8>>, ServiceError> {
         while x.out.len() < EXPORT_CHUNK && !matches!(x.next, Next::Done) {
             self.export_step(x)?;
         }

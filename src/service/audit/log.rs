@@ -18,8 +18,9 @@ use crate::domain::Timestamp;
 use crate::metrics::Metrics;
 use crate::storage::{GroupCommit, Store, StoreError};
 
-use super::audit_sink::JsonlSink;
+use super::super::blocking;
 use super::high_water::HighWater;
+use super::sink::JsonlSink;
 
 /// Most events one batch takes.
 const MAX_BATCH: usize = 1024;
@@ -143,7 +144,7 @@ impl AuditLog {
             return;
         };
         let key = self.key.clone();
-        let written = tokio::task::spawn_blocking(move || hw.persist(&key)).await;
+        let written = blocking::run(move || hw.persist(&key)).await;
         if !matches!(written, Ok(Ok(()))) {
             tracing::warn!("could not write the audit high-water mark");
         }
@@ -325,45 +326,7 @@ async fn write_loop(
             continue;
         }
         let started = Instant::now();
-        let mut attempts = 0;
-        let (events, stored) = loop {
-            attempts += 1;
-            let Chained {
-                events,
-                rows,
-                head,
-                last_mac,
-            } = chain_batch(&key, &state, &batch);
-            let writer = store.clone();
-            let stored = tokio::task::spawn_blocking(move || writer.audit_append(&rows, &head))
-                .await
-                .unwrap_or_else(|_| Err(StoreError::Backend("audit append panicked".into())));
-            match stored {
-                Ok(()) => {
-                    // The batch is in the store: the chain moves on even if the flush fails,
-                    // so later events link to these.
-                    state.next_seq += events.len() as u64;
-                    state.last_mac = last_mac;
-                    break (events, Ok(()));
-                }
-                // Another node of a shared store appended first: continue after its events.
-                Err(StoreError::Conflict) if attempts < MAX_RECHAIN => {
-                    tracing::debug!(attempts, "audit batch re-chained after another writer");
-                    let reread = store.clone();
-                    match tokio::task::spawn_blocking(move || chain_state(reread.as_ref())).await {
-                        Ok(Ok(now)) => state = now,
-                        Ok(Err(e)) => break (events, Err(e)),
-                        Err(_) => {
-                            break (
-                                events,
-                                Err(StoreError::Backend("audit re-read panicked".into())),
-                            )
-                        }
-                    }
-                }
-                Err(e) => break (events, Err(e)),
-            }
-        };
+        let (events, stored) = store_batch(&store, &key, &mut state, &batch).await;
         let result = match stored {
             Ok(()) => commit.durable().await,
             Err(e) => Err(e),
@@ -387,7 +350,7 @@ async fn write_loop(
                 // Off the writer's path: the next batch does not wait for this file's fsyncs
                 // (writes of the mark are serialized inside `persist`).
                 let (hw, key) = (hw.clone(), key.clone());
-                tokio::task::spawn_blocking(move || {
+                blocking::detach(move || {
                     if hw.persist(&key).is_err() {
                         tracing::warn!("could not write the audit high-water mark");
                     }
@@ -397,12 +360,62 @@ async fn write_loop(
         // The SIEM mirror is written after the callers were answered; its failures are
         // logged by the sink and never fail a request.
         if let (Some(mut s), true) = (sink.take(), result.is_ok()) {
-            sink = tokio::task::spawn_blocking(move || {
+            sink = blocking::run(move || {
                 s.write(&events);
                 s
             })
             .await
             .ok();
+        }
+    }
+}
+
+/// Chains `batch` after `state` and stores it with the new head, re-chaining after other
+/// writers of a shared store that appended first. Returns the chained events and whether
+/// they were stored; `state` moves past them only if they were.
+async fn store_batch(
+    store: &Arc<dyn Store>,
+    key: &Key<Audit>,
+    state: &mut ChainState,
+    batch: &[Append],
+) -> (Vec<AuditEvent>, Result<(), StoreError>) {
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let Chained {
+            events,
+            rows,
+            head,
+            last_mac,
+        } = chain_batch(key, state, batch);
+        let writer = store.clone();
+        let stored = blocking::run(move || writer.audit_append(&rows, &head))
+            .await
+            .unwrap_or_else(|_| Err(StoreError::Backend("audit append panicked".into())));
+        match stored {
+            Ok(()) => {
+                // The batch is in the store: the chain moves on even if the flush fails,
+                // so later events link to these.
+                state.next_seq += events.len() as u64;
+                state.last_mac = last_mac;
+                break (events, Ok(()));
+            }
+            // Another node of a shared store appended first: continue after its events.
+            Err(StoreError::Conflict) if attempts < MAX_RECHAIN => {
+                tracing::debug!(attempts, "audit batch re-chained after another writer");
+                let reread = store.clone();
+                match blocking::run(move || chain_state(reread.as_ref())).await {
+                    Ok(Ok(now)) => *state = now,
+                    Ok(Err(e)) => break (events, Err(e)),
+                    Err(_) => {
+                        break (
+                            events,
+                            Err(StoreError::Backend("audit re-read panicked".into())),
+                        )
+                    }
+                }
+            }
+            Err(e) => break (events, Err(e)),
         }
     }
 }

@@ -10,7 +10,8 @@ use crate::codec::{Reader, Writer};
 use crate::crypto::{Index, Key};
 use crate::domain::{FieldName, FieldValue, InvalidInput, Purpose, SubjectId, TenantId};
 
-use super::{Call, ServiceError, Vault};
+use super::super::usecase::Check;
+use super::super::{Call, ServiceError, Vault};
 
 /// The label under which index keys MAC values.
 const TAG_LABEL: &str = "blind-index-v1";
@@ -63,17 +64,21 @@ impl Vault {
         value: &FieldValue,
         purpose: &Purpose,
     ) -> Result<Vec<SubjectId>, ServiceError> {
-        let mut ev = self.draft(call, Operation::FindSubjects);
-        ev.tenant = tenant.to_string();
-        ev.fields = vec![field.to_string()];
-        ev.purpose = purpose.to_string();
-        let result = self
-            .authorize(call, &mut ev, Action::Find, Some(tenant), Some(purpose))
-            .and_then(|_| self.lookup(tenant, field, value));
-        if let Ok(found) = &result {
-            ev.reason = format!("{} subjects found", found.len());
-        }
-        self.record(ev, result).await
+        let check = Check::Policy {
+            action: Action::Find,
+            tenant: Some(tenant),
+            purpose: Some(purpose),
+        };
+        self.use_case(call, Operation::FindSubjects)
+            .tenant(tenant)
+            .fields([field])
+            .purpose(purpose)
+            .run(
+                check,
+                |_| async move { self.lookup(tenant, field, value) },
+                |found: &Vec<SubjectId>, ev| ev.reason = format!("{} subjects found", found.len()),
+            )
+            .await
     }
 
     fn lookup(
@@ -82,7 +87,7 @@ impl Vault {
         field: &FieldName,
         value: &FieldValue,
     ) -> Result<Vec<SubjectId>, ServiceError> {
-        self.tenant(tenant)?;
+        self.tenant_record(tenant)?;
         let text = index_text(value)
             .ok_or_else(|| InvalidInput::new("bytes values cannot be looked up"))?;
         let mut found = Vec::new();
@@ -105,19 +110,18 @@ impl Vault {
         call: &Call,
         tenant: &TenantId,
     ) -> Result<u64, ServiceError> {
-        let mut ev = self.draft(call, Operation::RotateIndexKey);
-        ev.tenant = tenant.to_string();
-        let result = self
-            .authorize(call, &mut ev, Action::KeyAdmin, Some(tenant), None)
-            .and_then(|_| self.reindex(tenant));
-        if let Ok(n) = &result {
-            ev.reason = format!("{n} fields re-indexed");
-        }
-        self.record(ev, result).await
+        self.use_case(call, Operation::RotateIndexKey)
+            .tenant(tenant)
+            .run(
+                Check::action(Action::KeyAdmin, Some(tenant)),
+                |_| async move { self.reindex(tenant) },
+                |n, ev| ev.reason = format!("{n} fields re-indexed"),
+            )
+            .await
     }
 
     fn reindex(&self, tenant: &TenantId) -> Result<u64, ServiceError> {
-        self.tenant(tenant)?;
+        self.tenant_record(tenant)?;
         let version = self.keys.rotate_index_key(tenant)?;
         let keys = self.keys.index_keys(tenant)?;
         let current = keys

@@ -5,7 +5,8 @@ use crate::audit::Operation;
 use crate::authz::Action;
 use crate::domain::{Consent, InvalidInput, Purpose, SubjectId, SubjectState, TenantId};
 
-use super::{Call, ServiceError, Vault};
+use super::super::usecase::{no_detail, Check};
+use super::super::{Call, ServiceError, Vault};
 
 /// A change to a subject's state.
 #[derive(Clone, Debug)]
@@ -34,20 +35,21 @@ impl Vault {
             Some(StateChange::Lift) => (Operation::LiftRestriction, Action::Restrict),
             Some(StateChange::Consent { .. }) => (Operation::SetConsent, Action::Consent),
         };
-        let mut ev = self.draft(call, op);
-        ev.tenant = tenant.to_string();
-        ev.subject = subject.to_string();
+        let mut case = self.use_case(call, op).tenant(tenant).subject(subject);
         if let Some(StateChange::Consent {
             purpose, granted, ..
         }) = &change
         {
-            ev.purpose = purpose.to_string();
-            ev.reason = if *granted { "granted" } else { "withdrawn" }.into();
+            case = case
+                .purpose(purpose)
+                .reason(if *granted { "granted" } else { "withdrawn" });
         }
-        let result = self
-            .authorize(call, &mut ev, action, Some(tenant), None)
-            .and_then(|_| self.change_state(tenant, subject, change));
-        self.record(ev, result).await
+        case.run(
+            Check::action(action, Some(tenant)),
+            |_| async move { self.change_state(tenant, subject, change) },
+            no_detail,
+        )
+        .await
     }
 
     fn change_state(
@@ -56,7 +58,7 @@ impl Vault {
         subject: &SubjectId,
         change: Option<StateChange>,
     ) -> Result<SubjectState, ServiceError> {
-        self.tenant(tenant)?;
+        self.tenant_record(tenant)?;
         self.live_subject(tenant, subject)?;
         let mut state = self.store.subject_state(tenant, subject)?;
         let now = self.clock.now();

@@ -15,7 +15,9 @@ use crate::authz::Action;
 use crate::domain::{Category, SubjectId, TenantId, Timestamp};
 use crate::storage::{categories_in, Erasure, Store, SubjectRecord, Tombstone};
 
-use super::{Call, ServiceError, Vault};
+use super::super::blocking;
+use super::super::usecase::Check;
+use super::super::{Call, ServiceError, Vault};
 
 /// Payment transaction records are kept 7 years (and two leap days) after erasure.
 const LEGAL_RETENTION_MICROS: u64 = (7 * 365 + 2) * 86_400 * 1_000_000;
@@ -43,14 +45,13 @@ pub struct ErasureReceipt {
 }
 
 fn receipt_id() -> String {
-    let mut bytes = [0u8; 16];
-    // Receipt ids only need to be unique; a failing CSPRNG is caught at key generation.
-    let _ = crate::crypto::fill_random(&mut bytes);
-    format!("er-{}", hex::encode(bytes))
+    format!("er-{}", super::super::random_id(16))
 }
 
 /// Starts the background purger; returns its queue.
-pub(super) fn start_purger(store: Arc<dyn Store>) -> mpsc::UnboundedSender<(TenantId, SubjectId)> {
+pub(in crate::service) fn start_purger(
+    store: Arc<dyn Store>,
+) -> mpsc::UnboundedSender<(TenantId, SubjectId)> {
     let (tx, mut rx) = mpsc::unbounded_channel::<(TenantId, SubjectId)>();
     // Erasures whose purge a restart interrupted are picked up again.
     match store.unpurged() {
@@ -62,7 +63,7 @@ pub(super) fn start_purger(store: Arc<dyn Store>) -> mpsc::UnboundedSender<(Tena
     tokio::spawn(async move {
         while let Some((tenant, subject)) = rx.recv().await {
             let store = store.clone();
-            let done = tokio::task::spawn_blocking(move || loop {
+            let done = blocking::run(move || loop {
                 match store.purge_fields(&tenant, &subject, PURGE_BATCH) {
                     Ok(0) => return Ok(()),
                     Ok(_) => continue,
@@ -80,7 +81,7 @@ pub(super) fn start_purger(store: Arc<dyn Store>) -> mpsc::UnboundedSender<(Tena
 
 impl Vault {
     /// A subject's record, or why there is none (never existed, or erased).
-    pub(super) fn live_subject(
+    pub(in crate::service) fn live_subject(
         &self,
         tenant: &TenantId,
         subject: &SubjectId,
@@ -101,21 +102,23 @@ impl Vault {
         tenant: &TenantId,
         subject: &SubjectId,
     ) -> Result<ErasureReceipt, ServiceError> {
-        let mut ev = self.draft(call, Operation::EraseSubject);
-        ev.tenant = tenant.to_string();
-        ev.subject = subject.to_string();
-        let result = self
-            .authorize(call, &mut ev, Action::Erase, Some(tenant), None)
-            .and_then(|_| self.erase(call, tenant, subject));
-        if let Ok(r) = &result {
-            ev.fields = r
-                .categories_erased
-                .iter()
-                .map(|c| c.name().to_owned())
-                .collect();
-            ev.reason = format!("receipt {}", r.receipt_id);
-        }
-        let receipt = self.record(ev, result).await?;
+        let receipt = self
+            .use_case(call, Operation::EraseSubject)
+            .tenant(tenant)
+            .subject(subject)
+            .run(
+                Check::action(Action::Erase, Some(tenant)),
+                |_| async move { self.erase(call, tenant, subject) },
+                |r: &ErasureReceipt, ev| {
+                    ev.fields = r
+                        .categories_erased
+                        .iter()
+                        .map(|c| c.name().to_owned())
+                        .collect();
+                    ev.reason = format!("receipt {}", r.receipt_id);
+                },
+            )
+            .await?;
         if !receipt.already_erased {
             // A store rolled back past this erasure must be refused at start, not serve
             // the subject again: the high-water mark moves past its event before the
@@ -133,7 +136,7 @@ impl Vault {
         tenant: &TenantId,
         subject: &SubjectId,
     ) -> Result<ErasureReceipt, ServiceError> {
-        self.tenant(tenant)?;
+        self.tenant_record(tenant)?;
         let now = self.clock.now();
         let tombstone = Tombstone {
             erased_at: now,

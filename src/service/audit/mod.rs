@@ -1,4 +1,14 @@
-//! Audit use cases for operators: query (itself audited), verify, prune.
+//! The audit log (`log`: the writer task, query, verify, prune), its SIEM mirror (`sink`),
+//! its high-water mark against a rolled-back store (`high_water`), and the operators' use
+//! cases on it: query (itself audited), verify, prune.
+
+mod high_water;
+mod log;
+mod sink;
+
+pub use high_water::{HighWater, HighWaterError, HIGH_WATER_FILE};
+pub use log::{verify_store, AuditError, AuditLog, PruneReport};
+pub use sink::{JsonlSink, SinkConfig};
 
 use std::time::Duration;
 
@@ -6,7 +16,8 @@ use crate::audit::{AuditEvent, AuditFilter, Operation, VerifyReport};
 use crate::authz::Action;
 use crate::domain::Timestamp;
 
-use super::{Call, PruneReport, ServiceError, Vault};
+use super::usecase::{no_detail, Check};
+use super::{Call, ServiceError, Vault};
 
 /// Longest page one query returns.
 pub const MAX_QUERY_PAGE: usize = 1000;
@@ -29,19 +40,16 @@ impl Vault {
         after: u64,
         limit: usize,
     ) -> Result<AuditPage, ServiceError> {
-        let mut ev = self.draft(call, Operation::QueryAudit);
-        ev.tenant = filter.tenant.clone().unwrap_or_default();
-        ev.subject = filter.subject.clone().unwrap_or_default();
-        ev.reason = format!("after seq {after}");
-        let result = self
-            .authorize(call, &mut ev, Action::AuditRead, None, None)
-            .and_then(|_| {
-                Ok(self
-                    .audit
-                    .query(filter, after, limit.clamp(1, MAX_QUERY_PAGE))?)
-            })
-            .map(|(events, cursor)| AuditPage { events, cursor });
-        self.record(ev, result).await
+        self.use_case(call, Operation::QueryAudit)
+            .tenant(filter.tenant.clone().unwrap_or_default())
+            .subject(filter.subject.clone().unwrap_or_default())
+            .reason(format!("after seq {after}"))
+            .run(
+                Check::action(Action::AuditRead, None),
+                |_| async move { self.query_audit_more(filter, after, limit) },
+                no_detail,
+            )
+            .await
     }
 
     /// Continues a query that is already recorded (later pages of one streamed query).
@@ -59,17 +67,18 @@ impl Vault {
 
     /// Walks the whole chain.
     pub async fn verify_audit(&self, call: &Call) -> Result<VerifyReport, ServiceError> {
-        let mut ev = self.draft(call, Operation::VerifyAudit);
-        let result = self
-            .authorize(call, &mut ev, Action::AuditRead, None, None)
-            .and_then(|_| Ok(self.audit.verify()?));
-        if let Ok(report) = &result {
-            ev.reason = match report.first_bad {
-                None => format!("verified {} events", report.checked),
-                Some(seq) => format!("chain broken at seq {seq}"),
-            };
-        }
-        self.record(ev, result).await
+        self.use_case(call, Operation::VerifyAudit)
+            .run(
+                Check::action(Action::AuditRead, None),
+                |_| async move { Ok(self.audit.verify()?) },
+                |report: &VerifyReport, ev| {
+                    ev.reason = match report.first_bad {
+                        None => format!("verified {} events", report.checked),
+                        Some(seq) => format!("chain broken at seq {seq}"),
+                    };
+                },
+            )
+            .await
     }
 
     /// Deletes events older than `older_than_days` (0: the configured retention), keeping
@@ -79,20 +88,19 @@ impl Vault {
         call: &Call,
         older_than_days: u32,
     ) -> Result<PruneReport, ServiceError> {
-        let mut ev = self.draft(call, Operation::PruneAudit);
+        let case = self.use_case(call, Operation::PruneAudit);
         let age = match older_than_days {
             0 => self.audit_retention,
             days => Duration::from_secs(u64::from(days) * 86_400),
         };
         let age_micros = u64::try_from(age.as_micros()).unwrap_or(u64::MAX);
         let before = Timestamp(self.clock.now().0.saturating_sub(age_micros));
-        let result = self
-            .authorize(call, &mut ev, Action::KeyAdmin, None, None)
-            .and_then(|_| Ok(self.audit.prune(before)?));
-        if let Ok(report) = &result {
-            ev.reason = format!("pruned {} events", report.deleted);
-        }
-        self.record(ev, result).await
+        case.run(
+            Check::action(Action::KeyAdmin, None),
+            |_| async move { Ok(self.audit.prune(before)?) },
+            |report: &PruneReport, ev| ev.reason = format!("pruned {} events", report.deleted),
+        )
+        .await
     }
 
     /// The current time of the vault's clock.

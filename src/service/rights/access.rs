@@ -10,12 +10,13 @@ use crate::domain::{
     FieldMeta, FieldName, FieldValue, SubjectId, SubjectState, TenantId, Timestamp,
 };
 
-use super::{Call, ServiceError, Vault};
+use super::super::usecase::Check;
+use super::super::{Call, ServiceError, Vault};
 
 /// Field records read from the store, opened and rendered at a time.
-pub(super) const FIELD_PAGE: usize = 128;
+pub(in crate::service) const FIELD_PAGE: usize = 128;
 /// Recipients gathered from the audit log at a time.
-pub(super) const RECIPIENT_PAGE: usize = 256;
+pub(in crate::service) const RECIPIENT_PAGE: usize = 256;
 
 /// Operations whose successful events handed a subject's values to their caller.
 const DISCLOSURES: [Operation; 3] = [
@@ -95,21 +96,22 @@ impl Vault {
         tenant: &TenantId,
         subject: &SubjectId,
     ) -> Result<AccessReport, ServiceError> {
-        let mut ev = self.draft(call, Operation::AccessSubject);
-        ev.tenant = tenant.to_string();
-        ev.subject = subject.to_string();
-        let result = self
-            .authorize(call, &mut ev, Action::AccessReport, Some(tenant), None)
-            .and_then(|grant| self.access_report(&grant, tenant, subject));
-        if let Ok(report) = &result {
-            ev.fields = report
-                .fields
-                .iter()
-                .filter(|f| f.value.is_some())
-                .map(|f| f.meta.name.to_string())
-                .collect();
-        }
-        self.record(ev, result).await
+        self.use_case(call, Operation::AccessSubject)
+            .tenant(tenant)
+            .subject(subject)
+            .run(
+                Check::action(Action::AccessReport, Some(tenant)),
+                |grant| async move { self.access_report(&grant, tenant, subject) },
+                |report: &AccessReport, ev| {
+                    ev.fields = report
+                        .fields
+                        .iter()
+                        .filter(|f| f.value.is_some())
+                        .map(|f| f.meta.name.to_string())
+                        .collect();
+                },
+            )
+            .await
     }
 
     fn access_report(
@@ -154,7 +156,7 @@ impl Vault {
         tenant: &TenantId,
         subject: &SubjectId,
     ) -> Result<(Timestamp, SubjectState), ServiceError> {
-        self.tenant(tenant)?;
+        self.tenant_record(tenant)?;
         let record = self.live_subject(tenant, subject)?;
         let state = self.store.subject_state(tenant, subject)?;
         Ok((record.created_at, state))

@@ -11,7 +11,8 @@ use crate::domain::retention::retention_rule;
 use crate::domain::{Category, Timestamp};
 use crate::storage::{Erasure, Tombstone};
 
-use super::{Call, ServiceError, Vault};
+use super::super::usecase::no_detail;
+use super::super::{Call, ServiceError, Vault};
 
 /// How long each category is kept after its last write, when no TTL is given.
 #[derive(Clone, Debug)]
@@ -66,11 +67,12 @@ impl Vault {
             let erased = self.store.erase_subject(&tenant, &shadow, &tombstone)?;
             // The shadow's record is gone; its cached key goes too.
             self.keys.forget_subject_keys(&tenant, &shadow);
-            let mut ev = self.draft(call, Operation::RetentionDelete);
-            ev.tenant = tenant.to_string();
-            ev.subject = shadow.to_string();
-            ev.reason = "legal retention duty ended; records' key destroyed".into();
-            self.record(ev, Ok(())).await?;
+            self.use_case(call, Operation::RetentionDelete)
+                .tenant(&tenant)
+                .subject(&shadow)
+                .reason("legal retention duty ended; records' key destroyed")
+                .run_system(async { Ok(()) }, no_detail)
+                .await?;
             self.store.clear_legal_hold(&tenant, &shadow, until)?;
             if matches!(erased, Erasure::Erased(_)) {
                 let _ = self.purger.send((tenant, shadow));
@@ -106,12 +108,13 @@ impl Vault {
                             .store
                             .delete_expired(&tenant.id, &subject, &field, at)?;
                         if removed {
-                            let mut ev = self.draft(&call, Operation::RetentionDelete);
-                            ev.tenant = tenant.id.to_string();
-                            ev.subject = subject.to_string();
-                            ev.fields = vec![field.to_string()];
-                            ev.reason = "retention period ended".into();
-                            self.record(ev, Ok(())).await?;
+                            self.use_case(&call, Operation::RetentionDelete)
+                                .tenant(&tenant.id)
+                                .subject(&subject)
+                                .fields([&field])
+                                .reason("retention period ended")
+                                .run_system(async { Ok(()) }, no_detail)
+                                .await?;
                             self.metrics.retention_deletions(1);
                             deleted += 1;
                         }

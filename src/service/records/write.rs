@@ -1,0 +1,180 @@
+//! The write path: seal each value under the subject's current DEK, bound (AAD) to where it
+//! lives, and store the sealed fields with a check that the key did not change meanwhile.
+//! One loop (`retry::WRITE`) retries the whole attempt (key, seal, store) when another
+//! write or a key job won the race; nothing below it in the service retries.
+
+use crate::authz::Grant;
+use crate::crypto::Aad;
+use crate::domain::{Category, FieldName, InvalidInput, NewField, SubjectId, TenantId};
+use crate::storage::{SealedField, StoreError, SubjectWrite, Written};
+
+use super::super::retry::{self, Attempt};
+use super::super::{Call, ServiceError, Vault};
+use super::lookup;
+
+/// The context a field ciphertext is bound to: moving it to another tenant, subject or
+/// field, or relabelling its category or kind, makes it fail to open. The DEK version is
+/// bound by the envelope itself.
+pub(super) fn field_aad(
+    tenant: &TenantId,
+    subject: &SubjectId,
+    name: &FieldName,
+    category: Category,
+    kind: u8,
+) -> Aad {
+    Aad::new("field")
+        .with(tenant.as_str().as_bytes())
+        .with(subject.as_str().as_bytes())
+        .with(name.as_str().as_bytes())
+        .with(&[category.code(), kind])
+}
+
+/// Rectification trail of a write, for its audit event: what each replaced version was,
+/// when and by whom it was written; never the value.
+pub(super) fn rectification_trail(written: &[Written]) -> String {
+    written
+        .iter()
+        .filter_map(|w| {
+            let p = w.previous.as_ref()?;
+            let (secs, _) = p.updated_at.seconds_nanos();
+            Some(format!(
+                "{} v{} (written at {secs} by {}) -> v{}",
+                p.name, p.version, p.updated_by, w.meta.version
+            ))
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// The error once every attempt of the write lost its race.
+fn contended() -> ServiceError {
+    ServiceError::Internal("too many concurrent writes to one subject".into())
+}
+
+impl Vault {
+    /// Writes `fields` to the subject, or, when they are payment transaction records, to its
+    /// legal shadow (creating the subject itself first, so its erasure covers the shadow).
+    pub(super) async fn write_to_subject(
+        &self,
+        grant: &Grant,
+        call: &Call,
+        tenant: &TenantId,
+        subject: &SubjectId,
+        fields: &[NewField],
+    ) -> Result<Vec<Written>, ServiceError> {
+        let records = fields.iter().filter(|f| f.transaction_record).count();
+        if records == 0 {
+            return self
+                .write_fields(grant, call.caller.as_str(), tenant, subject, fields)
+                .await;
+        }
+        if records != fields.len() {
+            return Err(InvalidInput::new(
+                "transaction records are written in a request of their own (they live under a separate key)",
+            )
+            .into());
+        }
+        self.ensure_subject(call, tenant, subject).await?;
+        self.write_fields(
+            grant,
+            call.caller.as_str(),
+            tenant,
+            &subject.legal_shadow(),
+            fields,
+        )
+        .await
+    }
+
+    /// Creates the subject (its record and key) if it does not exist; refuses erased ones.
+    async fn ensure_subject(
+        &self,
+        call: &Call,
+        tenant: &TenantId,
+        subject: &SubjectId,
+    ) -> Result<(), ServiceError> {
+        let by = call.caller.to_string();
+        retry::WRITE
+            .run(
+                || self.store_attempt(tenant, subject, &[], None, &by),
+                contended,
+            )
+            .await
+            .map(drop)
+    }
+
+    /// Seals and stores `fields` (checked against the limits and `grant` first), retrying
+    /// per `retry::WRITE`.
+    pub(super) async fn write_fields(
+        &self,
+        grant: &Grant,
+        by: &str,
+        tenant: &TenantId,
+        subject: &SubjectId,
+        fields: &[NewField],
+    ) -> Result<Vec<Written>, ServiceError> {
+        self.check_put(fields)?;
+        for f in fields {
+            grant.category(f.category)?;
+        }
+        let index_key = match fields.iter().any(NewField::is_indexed) {
+            true => self.keys.index_keys(tenant)?.first().cloned(),
+            false => None,
+        };
+        retry::WRITE
+            .run(
+                || self.store_attempt(tenant, subject, fields, index_key.as_deref(), by),
+                contended,
+            )
+            .await
+    }
+
+    /// One attempt of a write: the sealing key, the sealed fields, the store's
+    /// compare-and-write. `Again` when the key changed or another write stored first.
+    async fn store_attempt(
+        &self,
+        tenant: &TenantId,
+        subject: &SubjectId,
+        fields: &[NewField],
+        index_key: Option<&crate::crypto::Key<crate::crypto::Index>>,
+        by: &str,
+    ) -> Result<Attempt<Vec<Written>>, ServiceError> {
+        let Attempt::Done((record, dek)) = self.sealing_key(tenant, subject, fields.len()).await?
+        else {
+            return Ok(Attempt::Again);
+        };
+        let sealed = fields
+            .iter()
+            .map(|f| {
+                let kind = f.value.kind_code();
+                let aad = field_aad(tenant, subject, &f.name, f.category, kind);
+                Ok(SealedField {
+                    name: f.name.clone(),
+                    category: f.category,
+                    kind,
+                    sealed: dek
+                        .seal(f.value.as_bytes(), &aad)
+                        .map_err(|_| ServiceError::Internal("sealing a field failed".into()))?,
+                    expires_at: self.retention.expiry(f.category, f.ttl, self.clock.now()),
+                    index_entry: match (index_key, f.is_indexed()) {
+                        (Some(key), true) => lookup::index_text(&f.value)
+                            .map(|text| lookup::entry(key, &f.name, &text, subject))
+                            .unwrap_or_default(),
+                        _ => Vec::new(),
+                    },
+                })
+            })
+            .collect::<Result<Vec<_>, ServiceError>>()?;
+        let write = SubjectWrite {
+            subject: record,
+            fields: sealed,
+            now: self.clock.now(),
+            by: by.to_owned(),
+        };
+        match self.store.put_fields(tenant, subject, &write) {
+            Ok(written) => Ok(Attempt::Done(written)),
+            // Another write created or re-keyed the subject first: seal again.
+            Err(StoreError::Conflict) => Ok(Attempt::Again),
+            Err(e) => Err(e.into()),
+        }
+    }
+}

@@ -1,0 +1,239 @@
+//! The one sequence every request runs, written once: draft its audit event (who, what,
+//! about which tenant and subject), ask the policy (`Check`), run the use case with the
+//! grant it returned, add what the outcome says to the event, record the event, and only
+//! then hand the result back. A refusal is recorded as denied, a failure with its outcome;
+//! if the event cannot be made durable, the result is withheld (`AuditUnavailable`).
+//!
+//! Use cases build a `UseCase` with `Vault::use_case` and end it with `run` (a caller's
+//! request), `run_system` / `run_job` (the vault's own jobs, which no policy rule covers),
+//! `admit` (authorize here, record in the job that does the work) or `reject` (malformed
+//! input, refused before any use case ran). `record` is private to this module: a use case
+//! cannot record without the sequence, nor run without recording.
+
+use std::future::Future;
+
+use crate::audit::{EventDraft, Operation, Outcome};
+use crate::authz::{Action, Grant};
+use crate::domain::{Purpose, SubjectId, TenantId};
+
+use super::{Call, ServiceError, Vault};
+
+/// What the policy is asked before a use case runs.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Check<'a> {
+    /// May the caller do `action` (in `tenant`, for `purpose`, where given)?
+    Policy {
+        action: Action,
+        tenant: Option<&'a TenantId>,
+        purpose: Option<&'a Purpose>,
+    },
+    /// `Policy` for an action on one subject's data: the subject's restriction and consents
+    /// are decided in the same check.
+    Subject {
+        action: Action,
+        tenant: &'a TenantId,
+        subject: &'a SubjectId,
+        purpose: Option<&'a Purpose>,
+    },
+}
+
+impl<'a> Check<'a> {
+    /// `Policy` without a purpose.
+    pub(super) fn action(action: Action, tenant: Option<&'a TenantId>) -> Self {
+        Check::Policy {
+            action,
+            tenant,
+            purpose: None,
+        }
+    }
+}
+
+/// For use cases whose event needs nothing from their outcome.
+pub(super) fn no_detail<T>(_: &T, _: &mut EventDraft) {}
+
+/// One request on its way through the sequence; holds its audit event until it is recorded.
+#[must_use = "a use case records nothing until it is run"]
+pub(super) struct UseCase<'v> {
+    vault: &'v Vault,
+    call: &'v Call,
+    event: EventDraft,
+}
+
+impl Vault {
+    /// Starts the sequence for `call` doing `operation`: the event is drafted now (its time
+    /// is the request's), not yet about any tenant or subject.
+    pub(super) fn use_case<'v>(&'v self, call: &'v Call, operation: Operation) -> UseCase<'v> {
+        UseCase {
+            vault: self,
+            call,
+            event: EventDraft {
+                time: self.clock.now(),
+                request_id: call.request_id.clone(),
+                caller: call.caller.as_str().to_owned(),
+                operation,
+                tenant: String::new(),
+                subject: String::new(),
+                fields: Vec::new(),
+                purpose: String::new(),
+                outcome: Outcome::Ok,
+                reason: String::new(),
+                rule: String::new(),
+            },
+        }
+    }
+}
+
+impl UseCase<'_> {
+    /// The tenant the event is about.
+    pub(super) fn tenant(mut self, tenant: impl ToString) -> Self {
+        self.event.tenant = tenant.to_string();
+        self
+    }
+
+    /// The subject the event is about.
+    pub(super) fn subject(mut self, subject: impl ToString) -> Self {
+        self.event.subject = subject.to_string();
+        self
+    }
+
+    /// The purpose the request declared.
+    pub(super) fn purpose(mut self, purpose: impl ToString) -> Self {
+        self.event.purpose = purpose.to_string();
+        self
+    }
+
+    /// The field names the request named (the outcome may replace them).
+    pub(super) fn fields<S: ToString>(mut self, names: impl IntoIterator<Item = S>) -> Self {
+        self.event.fields = names.into_iter().map(|n| n.to_string()).collect();
+        self
+    }
+
+    /// A reason known before the use case runs (its outcome may replace it).
+    pub(super) fn reason(mut self, reason: impl Into<String>) -> Self {
+        self.event.reason = reason.into();
+        self
+    }
+
+    /// Asks the policy; the deciding rule goes into the event.
+    fn authorize(&mut self, check: Check<'_>) -> Result<Grant, ServiceError> {
+        let (vault, caller) = (self.vault, &self.call.caller);
+        let grant = match check {
+            Check::Policy {
+                action,
+                tenant,
+                purpose,
+            } => vault.authz.decide(caller, action, tenant, purpose)?,
+            Check::Subject {
+                action,
+                tenant,
+                subject,
+                purpose,
+            } => {
+                let state = vault.store.subject_state(tenant, subject)?;
+                vault
+                    .authz
+                    .decide_for_subject(caller, action, tenant, purpose, &state)?
+            }
+        };
+        self.event.rule = grant.rule().to_owned();
+        Ok(grant)
+    }
+
+    /// The whole sequence for a caller's request: authorize per `check`, run `body` with the
+    /// grant, let `describe` add what a success says to the event (names read, a receipt),
+    /// record, return.
+    pub(super) async fn run<T, Fut>(
+        mut self,
+        check: Check<'_>,
+        body: impl FnOnce(Grant) -> Fut,
+        describe: impl FnOnce(&T, &mut EventDraft),
+    ) -> Result<T, ServiceError>
+    where
+        Fut: Future<Output = Result<T, ServiceError>>,
+    {
+        let result = match self.authorize(check) {
+            Ok(grant) => body(grant).await,
+            Err(refused) => Err(refused),
+        };
+        if let Ok(value) = &result {
+            describe(value, &mut self.event);
+        }
+        self.record(result).await
+    }
+
+    /// The sequence for the vault's own jobs (retention sweep, key jobs), which act as
+    /// identities no certificate can carry and no policy rule names: nothing to authorize,
+    /// the rest as in `run`.
+    pub(super) async fn run_system<T>(
+        mut self,
+        body: impl Future<Output = Result<T, ServiceError>>,
+        describe: impl FnOnce(&T, &mut EventDraft),
+    ) -> Result<T, ServiceError> {
+        let result = body.await;
+        if let Ok(value) = &result {
+            describe(value, &mut self.event);
+        }
+        self.record(result).await
+    }
+
+    /// `run_system` for a job step that may find nothing to do (`Ok(None)`): such a step
+    /// records no event.
+    pub(super) async fn run_job<T>(
+        self,
+        body: impl Future<Output = Result<Option<T>, ServiceError>>,
+        describe: impl FnOnce(&T, &mut EventDraft),
+    ) -> Result<Option<T>, ServiceError> {
+        match body.await {
+            Ok(None) => Ok(None),
+            done => {
+                self.run_system(async { done }, |v, ev| {
+                    if let Some(v) = v {
+                        describe(v, ev);
+                    }
+                })
+                .await
+            }
+        }
+    }
+
+    /// Authorizes a request whose work (and its event) is done elsewhere, by a job that
+    /// records it under its own use case: a refusal is recorded here; a grant is returned
+    /// and this event is not recorded.
+    pub(super) async fn admit(mut self, check: Check<'_>) -> Result<Grant, ServiceError> {
+        match self.authorize(check) {
+            Ok(grant) => Ok(grant),
+            Err(refused) => self.record(Err(refused)).await,
+        }
+    }
+
+    /// Records a request refused before it reached a use case (malformed input), and
+    /// returns the error to answer with.
+    pub(super) async fn reject(self, error: ServiceError) -> ServiceError {
+        match self.record::<()>(Err(error)).await {
+            Err(e) => e,
+            Ok(()) => ServiceError::Internal("a rejection was recorded as a success".into()),
+        }
+    }
+
+    /// Records how the request ended, then hands back its result: only once the event is
+    /// durable. If it cannot be recorded, the result is withheld and the call fails closed.
+    async fn record<T>(self, result: Result<T, ServiceError>) -> Result<T, ServiceError> {
+        let mut draft = self.event;
+        #[cfg(feature = "testing")]
+        if !self.vault.audit_enabled {
+            // Benchmark baseline: no event, but writes are still flushed before success.
+            if result.is_ok() && draft.operation.is_write() {
+                self.vault.commit.durable().await?;
+            }
+            return result;
+        }
+        if let Err(e) = &result {
+            draft.outcome = e.outcome();
+            draft.reason = e.audit_reason();
+        }
+        match self.vault.audit.append(draft).await {
+            Ok(_) => result,
+            Err(e) => Err(ServiceError::AuditUnavailable(e)),
+        }
+    }
+}
