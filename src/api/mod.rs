@@ -41,32 +41,16 @@ const MAX_PAGE: u32 = 1000;
 /// Request-id header, accepted from clients and always sent back.
 pub const REQUEST_ID: &str = "x-request-id";
 
-fn well_formed_request_id(id: &str) -> bool {
-    (1..=64).contains(&id.len())
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-}
-
-fn new_request_id() -> String {
-    // A failing CSPRNG only makes ids less unique; the request can still be traced by time.
-    crate::service::random_id(12)
-}
-
 /// The request id of a call, settled before any handler runs: the client's `x-request-id`
 /// if it is well-formed, else a new random one, written into `headers` so that the
 /// server's span, the handler (`call`) and the audit event all use the same id.
 pub fn ensure_request_id(headers: &mut http::HeaderMap) -> String {
-    if let Some(id) = headers
-        .get(REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .filter(|id| well_formed_request_id(id))
-    {
-        return id.to_owned();
-    }
-    let id = new_request_id();
-    if let Ok(v) = http::HeaderValue::from_str(&id) {
-        headers.insert(REQUEST_ID, v);
+    let client = headers.get(REQUEST_ID).and_then(|v| v.to_str().ok());
+    let id = crate::service::request_id(client);
+    if client != Some(id.as_str()) {
+        if let Ok(v) = http::HeaderValue::from_str(&id) {
+            headers.insert(REQUEST_ID, v);
+        }
     }
     id
 }
@@ -79,12 +63,8 @@ fn call<T>(req: &Request<T>) -> Result<Call, Status> {
         .get::<Caller>()
         .cloned()
         .ok_or_else(|| Status::unauthenticated("no verified client certificate"))?;
-    let request_id = req
-        .metadata()
-        .get(REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .filter(|id| well_formed_request_id(id))
-        .map_or_else(new_request_id, ToOwned::to_owned);
+    let client = req.metadata().get(REQUEST_ID).and_then(|v| v.to_str().ok());
+    let request_id = crate::service::request_id(client);
     Ok(Call {
         caller: caller.identity,
         request_id,

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use crate::authz::{Authz, PeerIdentity};
+use crate::authz::Authz;
 use crate::metrics::Metrics;
 use crate::service::{Call, Vault};
 use crate::storage::Store;
@@ -33,7 +34,11 @@ impl Tasks {
             tokio::spawn(reload_policy_on_sighup(authz)),
             tokio::spawn(prune_audit_daily(vault.clone())),
             tokio::spawn(sweep_retention_hourly(vault.clone())),
-            tokio::spawn(sample_store(Arc::downgrade(store), metrics.clone())),
+            tokio::spawn(sample_store(
+                Arc::downgrade(store),
+                metrics.clone(),
+                vault.tasks(),
+            )),
             tokio::spawn(crate::service::run_key_jobs(vault.clone())),
         ];
         tasks.extend(extra);
@@ -108,10 +113,7 @@ pub(super) async fn cut_after_grace(
 
 /// Prunes audit events past their retention once a day (and once shortly after start).
 async fn prune_audit_daily(vault: Arc<Vault>) {
-    let call = Call {
-        caller: PeerIdentity::new("pii-vault/retention"),
-        request_id: "audit-retention".into(),
-    };
+    let call = Call::job("pii-vault/retention", "audit-retention");
     let mut tick = tokio::time::interval_at(
         tokio::time::Instant::now() + Duration::from_secs(60),
         Duration::from_secs(86_400),
@@ -133,7 +135,7 @@ async fn prune_audit_daily(vault: Arc<Vault>) {
 
 /// Samples the store's size on disk now and then, and records every tenant's key version
 /// once at start (afterwards the use cases keep it current).
-async fn sample_store(store: Weak<dyn Store>, metrics: Metrics) {
+async fn sample_store(store: Weak<dyn Store>, metrics: Metrics, jobs: TaskTracker) {
     let mut tick = tokio::time::interval(STORE_SAMPLE_INTERVAL);
     let mut first = true;
     loop {
@@ -144,17 +146,19 @@ async fn sample_store(store: Weak<dyn Store>, metrics: Metrics) {
         };
         let metrics = metrics.clone();
         let key_versions = std::mem::take(&mut first);
-        let _ = tokio::task::spawn_blocking(move || {
-            match store.disk_bytes() {
-                Ok(Some(bytes)) => metrics.store_size(bytes),
-                Ok(None) => {}
-                Err(e) => tracing::warn!(error = %e, "cannot read the store size"),
-            }
-            if key_versions {
-                record_key_versions(store.as_ref(), &metrics);
-            }
-        })
-        .await;
+        // Tracked with the vault's jobs: shutdown waits for a sample under way.
+        let _ = jobs
+            .spawn_blocking(move || {
+                match store.disk_bytes() {
+                    Ok(Some(bytes)) => metrics.store_size(bytes),
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(error = %e, "cannot read the store size"),
+                }
+                if key_versions {
+                    record_key_versions(store.as_ref(), &metrics);
+                }
+            })
+            .await;
     }
 }
 

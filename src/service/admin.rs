@@ -7,7 +7,6 @@ use crate::audit::Operation;
 use crate::authz::Action;
 use crate::domain::InvalidInput;
 
-use super::blocking;
 use super::usecase::{no_detail, Check};
 use super::{Call, ServiceError, Vault};
 
@@ -33,7 +32,7 @@ impl Vault {
         let store = self.store.clone();
         let created_unix = self.clock.now().0 / 1_000_000;
         // The request's span (method, request id) follows the work into its thread.
-        blocking::detach(move || {
+        self.background.detach(move || {
             // A closed receiver (the caller went away) stops the backup.
             let mut emit = |chunk: Vec<u8>| tx.blocking_send(Ok(chunk)).is_ok();
             match store.backup(created_unix, &mut emit) {

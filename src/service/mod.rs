@@ -53,6 +53,8 @@ use crate::domain::{Clock, SubjectId, TenantId};
 use crate::keyring::Keyring;
 use crate::metrics::Metrics;
 use crate::storage::{GroupCommit, Store};
+use blocking::Background;
+use tokio_util::task::task_tracker::{TaskTracker, TaskTrackerToken};
 
 /// Limits on what one request may carry.
 #[derive(Clone, Debug)]
@@ -126,6 +128,34 @@ pub struct Call {
     pub request_id: String,
 }
 
+impl Call {
+    /// A call of one of the vault's own jobs: its identity and a fixed request id naming the
+    /// job, so its audit events are easy to find.
+    pub fn job(identity: &str, job: &str) -> Self {
+        Self {
+            caller: PeerIdentity::new(identity),
+            request_id: job.to_owned(),
+        }
+    }
+}
+
+/// The request id of a call, made here and nowhere else: the client's id if it is
+/// well-formed (1 to 64 of `A-Za-z0-9-_.`), else a new random one.
+pub fn request_id(client: Option<&str>) -> String {
+    match client {
+        Some(id) if well_formed_request_id(id) => id.to_owned(),
+        _ => random_id(12),
+    }
+}
+
+/// Whether a client-chosen request id may be used as it is (logged and audited verbatim).
+pub fn well_formed_request_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
 /// The vault's use cases, shared by every handler.
 pub struct Vault {
     store: Arc<dyn Store>,
@@ -149,6 +179,11 @@ pub struct Vault {
     metrics: Metrics,
     /// Background key work: one job (re-wrap, root rotation, epoch) at a time.
     key_jobs: keys::KeyJobs,
+    /// Tracks every task and blocking job the vault starts (`blocking::Background`).
+    background: Background,
+    /// Counts this vault as a running task until it is dropped; declared last, so it goes
+    /// after the store and keyring handles above (shutdown waits for it).
+    _alive: TaskTrackerToken,
 }
 
 impl std::fmt::Debug for Vault {
@@ -175,7 +210,12 @@ impl Vault {
             Some(path) => Some(HighWater::check(path, store.as_ref(), &audit_key)?),
             None => None,
         };
-        let commit = GroupCommit::start(store.clone(), settings.metrics.clone());
+        let background = Background::default();
+        let commit = GroupCommit::start(
+            store.clone(),
+            settings.metrics.clone(),
+            background.tracker(),
+        );
         let sink = settings
             .audit_sink
             .map(JsonlSink::open)
@@ -197,10 +237,11 @@ impl Vault {
             settings.audit_timeout,
             settings.metrics.clone(),
             high_water,
+            &background,
         )
         .map_err(OpenError::AuditLog)?;
         Ok(Self {
-            purger: rights::start_purger(store.clone()),
+            purger: rights::start_purger(store.clone(), &background),
             store,
             keys: Arc::new(keys),
             authz,
@@ -215,7 +256,15 @@ impl Vault {
             retention: settings.retention,
             metrics: settings.metrics,
             key_jobs: keys::KeyJobs::new(settings.keys),
+            _alive: background.token(),
+            background,
         })
+    }
+
+    /// What shutdown waits for: every task and blocking job of the vault, and every handle
+    /// of the vault itself. Take it, drop the handle, then `closed(tracker).await`.
+    pub fn tasks(&self) -> TaskTracker {
+        self.background.tracker().clone()
     }
 
     /// Whether this node runs the background job `job` now (see `Store::job_lease`); a
@@ -260,6 +309,14 @@ impl Vault {
     ) -> ServiceError {
         self.use_case(call, operation).reject(error).await
     }
+}
+
+/// Waits until every task and blocking job tracked by `tasks` (from `Vault::tasks`) has
+/// ended and every handle of its vault was dropped: then nothing of the vault holds the
+/// store any more.
+pub async fn closed(tasks: TaskTracker) {
+    tasks.close();
+    tasks.wait().await;
 }
 
 /// A random id of `bytes` bytes, in hex: request ids, receipt ids. Ids only need to be

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::task::TaskTracker;
 
 use super::{Store, StoreError, StoreResult};
 use crate::metrics::Metrics;
@@ -22,10 +23,11 @@ pub struct GroupCommit {
 }
 
 impl GroupCommit {
-    /// Starts the flush task on the current tokio runtime; flush times go to `metrics`.
-    pub fn start(store: Arc<dyn Store>, metrics: Metrics) -> Self {
+    /// Starts the flush task on the current tokio runtime, tracked by `tasks` (shutdown
+    /// waits for it to let go of the store); flush times go to `metrics`.
+    pub fn start(store: Arc<dyn Store>, metrics: Metrics, tasks: &TaskTracker) -> Self {
         let (queue, rx) = mpsc::unbounded_channel();
-        tokio::spawn(flush_loop(store, metrics, rx));
+        drop(tasks.spawn(flush_loop(store, metrics, rx)));
         Self { queue }
     }
 

@@ -18,7 +18,7 @@ use crate::domain::Timestamp;
 use crate::metrics::Metrics;
 use crate::storage::{GroupCommit, Store, StoreError};
 
-use super::super::blocking;
+use super::super::blocking::Background;
 use super::high_water::HighWater;
 use super::sink::JsonlSink;
 
@@ -60,6 +60,8 @@ pub struct AuditLog {
     key: Arc<Key<Audit>>,
     timeout: Duration,
     high_water: Option<Arc<HighWater>>,
+    /// Where the mark's fsyncs run (tracked, so shutdown waits for them).
+    background: Background,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -102,7 +104,7 @@ fn chain_state(store: &dyn Store) -> Result<ChainState, StoreError> {
 
 impl AuditLog {
     /// Starts the writer task, continuing the chain found in `store`.
-    pub fn start(
+    pub(in crate::service) fn start(
         store: Arc<dyn Store>,
         commit: GroupCommit,
         key: Key<Audit>,
@@ -110,18 +112,20 @@ impl AuditLog {
         timeout: Duration,
         metrics: Metrics,
         high_water: Option<HighWater>,
+        background: &Background,
     ) -> Result<Self, StoreError> {
         let state = chain_state(store.as_ref())?;
         let key = Arc::new(key);
         let high_water = high_water.map(Arc::new);
         let (queue, rx) = mpsc::channel(4 * MAX_BATCH);
-        tokio::spawn(write_loop(
+        background.spawn(write_loop(
             Writer {
                 store: store.clone(),
                 commit,
                 key: key.clone(),
                 metrics,
                 high_water: high_water.clone(),
+                background: background.clone(),
             },
             sink,
             state,
@@ -133,6 +137,7 @@ impl AuditLog {
             key,
             timeout,
             high_water,
+            background: background.clone(),
         })
     }
 
@@ -144,7 +149,7 @@ impl AuditLog {
             return;
         };
         let key = self.key.clone();
-        let written = blocking::run(move || hw.persist(&key)).await;
+        let written = self.background.run(move || hw.persist(&key)).await;
         if !matches!(written, Ok(Ok(()))) {
             tracing::warn!("could not write the audit high-water mark");
         }
@@ -294,6 +299,8 @@ struct Writer {
     key: Arc<Key<Audit>>,
     metrics: Metrics,
     high_water: Option<Arc<HighWater>>,
+    /// Where the batch appends, the mark's fsyncs and the SIEM mirror run.
+    background: Background,
 }
 
 async fn write_loop(
@@ -308,6 +315,7 @@ async fn write_loop(
         key,
         metrics,
         high_water,
+        background,
     } = writer;
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.recv().await {
@@ -326,7 +334,7 @@ async fn write_loop(
             continue;
         }
         let started = Instant::now();
-        let (events, stored) = store_batch(&store, &key, &mut state, &batch).await;
+        let (events, stored) = store_batch(&background, &store, &key, &mut state, &batch).await;
         let result = match stored {
             Ok(()) => commit.durable().await,
             Err(e) => Err(e),
@@ -350,7 +358,7 @@ async fn write_loop(
                 // Off the writer's path: the next batch does not wait for this file's fsyncs
                 // (writes of the mark are serialized inside `persist`).
                 let (hw, key) = (hw.clone(), key.clone());
-                blocking::detach(move || {
+                background.detach(move || {
                     if hw.persist(&key).is_err() {
                         tracing::warn!("could not write the audit high-water mark");
                     }
@@ -360,12 +368,13 @@ async fn write_loop(
         // The SIEM mirror is written after the callers were answered; its failures are
         // logged by the sink and never fail a request.
         if let (Some(mut s), true) = (sink.take(), result.is_ok()) {
-            sink = blocking::run(move || {
-                s.write(&events);
-                s
-            })
-            .await
-            .ok();
+            sink = background
+                .run(move || {
+                    s.write(&events);
+                    s
+                })
+                .await
+                .ok();
         }
     }
 }
@@ -374,6 +383,7 @@ async fn write_loop(
 /// writers of a shared store that appended first. Returns the chained events and whether
 /// they were stored; `state` moves past them only if they were.
 async fn store_batch(
+    background: &Background,
     store: &Arc<dyn Store>,
     key: &Key<Audit>,
     state: &mut ChainState,
@@ -389,7 +399,8 @@ async fn store_batch(
             last_mac,
         } = chain_batch(key, state, batch);
         let writer = store.clone();
-        let stored = blocking::run(move || writer.audit_append(&rows, &head))
+        let stored = background
+            .run(move || writer.audit_append(&rows, &head))
             .await
             .unwrap_or_else(|_| Err(StoreError::Backend("audit append panicked".into())));
         match stored {
@@ -404,7 +415,7 @@ async fn store_batch(
             Err(StoreError::Conflict) if attempts < MAX_RECHAIN => {
                 tracing::debug!(attempts, "audit batch re-chained after another writer");
                 let reread = store.clone();
-                match blocking::run(move || chain_state(reread.as_ref())).await {
+                match background.run(move || chain_state(reread.as_ref())).await {
                     Ok(Ok(now)) => *state = now,
                     Ok(Err(e)) => break (events, Err(e)),
                     Err(_) => {

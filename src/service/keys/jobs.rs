@@ -18,13 +18,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::audit::Operation;
-use crate::authz::PeerIdentity;
 use crate::domain::{SubjectId, TenantId, Timestamp};
 use crate::keyring::{Keyring, KeyringError, RewrapBatch, RootRotation};
 use crate::storage::StoreError;
 
 use super::super::{Call, ServiceError, Vault};
-use super::{key_op, versions, EpochReport};
+use super::{versions, EpochReport};
 
 /// How often the worker looks for work when nobody woke it.
 const POLL: Duration = Duration::from_secs(1);
@@ -47,14 +46,8 @@ struct RewrapDone {
 
 /// The background worker; runs until its task is aborted.
 pub async fn run_key_jobs(vault: Arc<Vault>) {
-    let call = Call {
-        caller: PeerIdentity::new("pii-vault/keys"),
-        request_id: "key-jobs".into(),
-    };
-    let scheduled = Call {
-        caller: PeerIdentity::new("pii-vault/key-epoch"),
-        request_id: "key-epoch".into(),
-    };
+    let call = Call::job("pii-vault/keys", "key-jobs");
+    let scheduled = Call::job("pii-vault/key-epoch", "key-epoch");
     let taken = vault
         .key_jobs
         .epoch_queue
@@ -72,7 +65,10 @@ pub async fn run_key_jobs(vault: Arc<Vault>) {
         if vault.store.shared() {
             vault.keys.forget_deks_cached_before(SHARED_DEK_CACHE_AGE);
         }
-        match key_op(&vault.keys, |k| k.sync_root().and_then(|_| k.sync_caches())).await {
+        match vault
+            .key_op(|k| k.sync_root().and_then(|_| k.sync_caches()))
+            .await
+        {
             Ok(_) => unsynced = false,
             Err(e) if !unsynced => {
                 tracing::error!(error = %e, "cannot follow the other nodes' key changes");
@@ -131,7 +127,7 @@ impl Vault {
         if self.keys.root_rotation_pending() {
             self.use_case(call, Operation::RotateRootKey)
                 .run_system(
-                    key_op(&self.keys, Keyring::finish_root_rotation),
+                    self.key_op(Keyring::finish_root_rotation),
                     |r: &Option<RootRotation>, ev| {
                         if let Some(r) = r {
                             ev.reason = format!(
@@ -196,15 +192,14 @@ impl Vault {
             }
             if job.total == 0 && job.cursor.is_none() {
                 let id = tenant.clone();
-                job.total = key_op(&self.keys, move |k| k.count_wraps(&id))
-                    .await?
-                    .subjects;
+                job.total = self.key_op(move |k| k.count_wraps(&id)).await?.subjects;
             }
             let (id, target, cursor) = (tenant.clone(), job.target, job.cursor.clone());
-            let batch = key_op(&self.keys, move |k| {
-                rewrap_or_rotate(k, &id, target, cursor.as_ref(), settings.rewrap_batch)
-            })
-            .await?;
+            let batch = self
+                .key_op(move |k| {
+                    rewrap_or_rotate(k, &id, target, cursor.as_ref(), settings.rewrap_batch)
+                })
+                .await?;
             let Some(batch) = batch else {
                 // The target reached its usage limit and the tenant key was rotated again.
                 continue;
@@ -216,7 +211,7 @@ impl Vault {
             job.cursor = batch.last.clone();
             if batch.end_of_pass {
                 let id = tenant.clone();
-                let counts = key_op(&self.keys, move |k| k.count_wraps(&id)).await?;
+                let counts = self.key_op(move |k| k.count_wraps(&id)).await?;
                 let left: u64 = counts
                     .by_kek
                     .iter()
@@ -226,7 +221,7 @@ impl Vault {
                 if left == 0 {
                     let id = tenant.clone();
                     let target = job.target;
-                    match key_op(&self.keys, move |k| k.finish_rewrap(&id, target)).await? {
+                    match self.key_op(move |k| k.finish_rewrap(&id, target)).await? {
                         Some(destroyed) => {
                             self.metrics.rewrap_progress(tenant, 1, 1);
                             self.metrics.tenant_key_version(tenant, target);
@@ -267,7 +262,7 @@ impl Vault {
                 shredded_tenants.push(tenant.clone());
             } else {
                 let id = tenant.clone();
-                key_op(&self.keys, move |k| k.rotate_tenant(&id)).await?;
+                self.key_op(move |k| k.rotate_tenant(&id)).await?;
                 match self.rewrap_to_completion(&tenant).await? {
                     Some(done) => {
                         deks_rewrapped += done.rewrapped;
@@ -279,7 +274,7 @@ impl Vault {
             // Only if no erasure happened since `seen`: a later one needs the next epoch.
             self.store.clear_epoch_pending(&tenant, seen)?;
         }
-        let root = key_op(&self.keys, Keyring::rotate_root).await?;
+        let root = self.key_op(Keyring::rotate_root).await?;
         self.keys.record_epoch()?;
         self.commit.durable().await?;
         Ok(EpochReport {

@@ -10,7 +10,6 @@ mod jobs;
 mod sealing;
 mod status;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, Mutex, Notify};
@@ -23,7 +22,6 @@ use crate::authz::Action;
 use crate::domain::{TenantId, Timestamp};
 use crate::keyring::{KeyLimits, Keyring, KeyringError, RootRotation};
 
-use super::blocking;
 use super::usecase::Check;
 use super::{Call, ServiceError, Vault};
 
@@ -112,15 +110,18 @@ pub struct ShredReport {
 
 /// Runs a keyring operation on a blocking thread (`service::blocking`): it reads, writes
 /// and flushes the store.
-async fn key_op<T: Send + 'static>(
-    keys: &Arc<Keyring>,
-    op: impl FnOnce(&Keyring) -> Result<T, KeyringError> + Send + 'static,
-) -> Result<T, ServiceError> {
-    let keys = keys.clone();
-    blocking::run(move || op(&keys))
-        .await
-        .map_err(|_| ServiceError::Internal("a key operation panicked".into()))?
-        .map_err(ServiceError::from)
+impl Vault {
+    async fn key_op<T: Send + 'static>(
+        &self,
+        op: impl FnOnce(&Keyring) -> Result<T, KeyringError> + Send + 'static,
+    ) -> Result<T, ServiceError> {
+        let keys = self.keys.clone();
+        self.background
+            .run(move || op(&keys))
+            .await
+            .map_err(|_| ServiceError::Internal("a key operation panicked".into()))?
+            .map_err(ServiceError::from)
+    }
 }
 
 fn versions(v: &[u32]) -> String {
@@ -170,8 +171,7 @@ impl Vault {
             )));
         }
         let id = tenant.clone();
-        let (previous_version, new_version) =
-            key_op(&self.keys, move |k| k.rotate_tenant(&id)).await?;
+        let (previous_version, new_version) = self.key_op(move |k| k.rotate_tenant(&id)).await?;
         Ok(TenantRotation {
             tenant: tenant.clone(),
             previous_version,
@@ -185,7 +185,7 @@ impl Vault {
         self.use_case(call, Operation::RotateRootKey)
             .run(
                 Check::action(Action::KeyAdmin, None),
-                |_| key_op(&self.keys, Keyring::rotate_root),
+                |_| self.key_op(Keyring::rotate_root),
                 |r: &RootRotation, ev| {
                     ev.reason = format!(
                         "root v{}; destroyed {}; re-wrapped {}",
@@ -255,7 +255,7 @@ impl Vault {
     async fn shred(&self, tenant: &TenantId) -> Result<ShredReport, ServiceError> {
         self.tenant_record(tenant)?;
         let id = tenant.clone();
-        let destroyed_versions = key_op(&self.keys, move |k| k.shred_tenant(&id)).await?;
+        let destroyed_versions = self.key_op(move |k| k.shred_tenant(&id)).await?;
         let (record, _) = self.keys.tenant_keys(tenant)?;
         Ok(ShredReport {
             tenant: tenant.clone(),

@@ -13,7 +13,6 @@ use crate::storage::{KeyVersionInfo, RewrapJob};
 
 use super::super::usecase::{no_detail, Check};
 use super::super::{Call, ServiceError, Vault};
-use super::key_op;
 
 /// Tenants listed per store page.
 const PAGE: usize = 256;
@@ -127,7 +126,7 @@ impl Vault {
             );
         }
         // On a shared store, show the root key file as the last rotation left it, on any node.
-        key_op(&self.keys, Keyring::sync_root).await?;
+        self.key_op(Keyring::sync_root).await?;
         let (current, in_file) = self.keys.root_versions()?;
         let state = self.keys.root_state()?;
         let mut root_versions: Vec<VersionStatus> = in_file
@@ -187,7 +186,7 @@ impl Vault {
         let (record, state) = self.keys.tenant_keys(&id)?;
         let counts = if count_deks {
             let t = id.clone();
-            Some(key_op(&self.keys, move |k| k.count_wraps(&t)).await?)
+            Some(self.key_op(move |k| k.count_wraps(&t)).await?)
         } else {
             None
         };

@@ -15,7 +15,7 @@ use crate::authz::Action;
 use crate::domain::{Category, SubjectId, TenantId, Timestamp};
 use crate::storage::{categories_in, Erasure, Store, SubjectRecord, Tombstone};
 
-use super::super::blocking;
+use super::super::blocking::Background;
 use super::super::usecase::Check;
 use super::super::{Call, ServiceError, Vault};
 
@@ -51,6 +51,7 @@ fn receipt_id() -> String {
 /// Starts the background purger; returns its queue.
 pub(in crate::service) fn start_purger(
     store: Arc<dyn Store>,
+    background: &Background,
 ) -> mpsc::UnboundedSender<(TenantId, SubjectId)> {
     let (tx, mut rx) = mpsc::unbounded_channel::<(TenantId, SubjectId)>();
     // Erasures whose purge a restart interrupted are picked up again.
@@ -60,10 +61,11 @@ pub(in crate::service) fn start_purger(
         }),
         Err(e) => tracing::warn!(error = %e, "cannot list unpurged erasures"),
     }
-    tokio::spawn(async move {
+    let jobs = background.clone();
+    background.spawn(async move {
         while let Some((tenant, subject)) = rx.recv().await {
             let store = store.clone();
-            let done = blocking::run(move || loop {
+            let done = jobs.run(move || loop {
                 match store.purge_fields(&tenant, &subject, PURGE_BATCH) {
                     Ok(0) => return Ok(()),
                     Ok(_) => continue,

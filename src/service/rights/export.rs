@@ -13,7 +13,6 @@ use crate::audit::Operation;
 use crate::authz::{Action, Grant, Render};
 use crate::domain::{FieldName, FieldValue, Purpose, SubjectId, TenantId, Timestamp};
 
-use super::super::blocking;
 use super::super::usecase::Check;
 use super::super::{Call, ServiceError, Vault};
 use super::access::{HeldField, Recipient, FIELD_PAGE};
@@ -219,10 +218,11 @@ impl Vault {
         mut export: Export,
     ) -> Result<Option<(Export, Vec<u8>)>, ServiceError> {
         let vault = self.clone();
-        blocking::run_service("export step", move || {
-            Ok(vault.export_next(&mut export)?.map(|chunk| (export, chunk)))
-        })
-        .await
+        self.background
+            .run_service("export step", move || {
+                Ok(vault.export_next(&mut export)?.map(|chunk| (export, chunk)))
+            })
+            .await
     }
 
     fn start_export(

@@ -6,7 +6,6 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::audit::Operation;
-use crate::authz::PeerIdentity;
 use crate::domain::retention::retention_rule;
 use crate::domain::{Category, Timestamp};
 use crate::storage::{Erasure, Tombstone};
@@ -85,10 +84,7 @@ impl Vault {
     /// Deletes every field whose expiry has passed; returns how many. Each deletion is one
     /// audit event by the `pii-vault/retention` identity.
     pub async fn sweep_retention(&self) -> Result<u64, ServiceError> {
-        let call = Call {
-            caller: PeerIdentity::new("pii-vault/retention"),
-            request_id: "retention-sweep".into(),
-        };
+        let call = Call::job("pii-vault/retention", "retention-sweep");
         let now = self.clock.now();
         let mut deleted = self.end_legal_holds(&call, now).await?;
         let mut after = None;
