@@ -229,17 +229,16 @@ impl Vault {
             .with_limits(settings.keys.limits)
             .with_dek_cache(settings.keys.dek_cache_entries, Some(observer))
             .with_clock(clock.clone());
-        let audit = AuditLog::start(
-            store.clone(),
-            commit.clone(),
-            audit_key,
-            sink,
-            settings.audit_timeout,
-            settings.metrics.clone(),
-            high_water,
-            &background,
-        )
-        .map_err(OpenError::AuditLog)?;
+        let writer = audit::Writer {
+            store: store.clone(),
+            commit: commit.clone(),
+            key: Arc::new(audit_key),
+            metrics: settings.metrics.clone(),
+            high_water: high_water.map(Arc::new),
+            background: background.clone(),
+        };
+        let audit =
+            AuditLog::start(writer, sink, settings.audit_timeout).map_err(OpenError::AuditLog)?;
         Ok(Self {
             purger: rights::start_purger(store.clone(), &background),
             store,

@@ -103,42 +103,28 @@ fn chain_state(store: &dyn Store) -> Result<ChainState, StoreError> {
 }
 
 impl AuditLog {
-    /// Starts the writer task, continuing the chain found in `store`.
+    /// Starts the writer task, continuing the chain found in the writer's store; a request
+    /// waits at most `timeout` for its event.
     pub(in crate::service) fn start(
-        store: Arc<dyn Store>,
-        commit: GroupCommit,
-        key: Key<Audit>,
+        writer: Writer,
         sink: Option<JsonlSink>,
         timeout: Duration,
-        metrics: Metrics,
-        high_water: Option<HighWater>,
-        background: &Background,
     ) -> Result<Self, StoreError> {
-        let state = chain_state(store.as_ref())?;
-        let key = Arc::new(key);
-        let high_water = high_water.map(Arc::new);
+        let state = chain_state(writer.store.as_ref())?;
         let (queue, rx) = mpsc::channel(4 * MAX_BATCH);
-        background.spawn(write_loop(
-            Writer {
-                store: store.clone(),
-                commit,
-                key: key.clone(),
-                metrics,
-                high_water: high_water.clone(),
-                background: background.clone(),
-            },
-            sink,
-            state,
-            rx,
-        ));
-        Ok(Self {
+        let log = Self {
             queue,
-            store,
-            key,
+            store: writer.store.clone(),
+            key: writer.key.clone(),
             timeout,
-            high_water,
-            background: background.clone(),
-        })
+            high_water: writer.high_water.clone(),
+            background: writer.background.clone(),
+        };
+        writer
+            .background
+            .clone()
+            .spawn(write_loop(writer, sink, state, rx));
+        Ok(log)
     }
 
     /// Writes the high-water mark of the store's newest durable event now (after an
@@ -293,14 +279,16 @@ fn chain_batch(key: &Key<Audit>, state: &ChainState, batch: &[Append]) -> Chaine
 }
 
 /// What the writer task writes with.
-struct Writer {
-    store: Arc<dyn Store>,
-    commit: GroupCommit,
-    key: Arc<Key<Audit>>,
-    metrics: Metrics,
-    high_water: Option<Arc<HighWater>>,
+/// What the audit writer task works with.
+pub(in crate::service) struct Writer {
+    pub store: Arc<dyn Store>,
+    /// Shared with data writes, so a batch of events and the writes before it share a flush.
+    pub commit: GroupCommit,
+    pub key: Arc<Key<Audit>>,
+    pub metrics: Metrics,
+    pub high_water: Option<Arc<HighWater>>,
     /// Where the batch appends, the mark's fsyncs and the SIEM mirror run.
-    background: Background,
+    pub background: Background,
 }
 
 async fn write_loop(

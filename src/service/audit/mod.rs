@@ -7,6 +7,7 @@ mod log;
 mod sink;
 
 pub use high_water::{HighWater, HighWaterError, HIGH_WATER_FILE};
+pub(super) use log::Writer;
 pub use log::{verify_store, AuditError, AuditLog, PruneReport};
 pub use sink::{JsonlSink, SinkConfig};
 
