@@ -6,6 +6,7 @@ mod postgres;
 mod process;
 mod util;
 
+mod abuse;
 mod access;
 mod at_rest;
 mod audit;
@@ -15,6 +16,7 @@ mod bad_input;
 mod corruption;
 mod disk_faults;
 mod erasure;
+mod hygiene;
 mod input_matrix;
 mod keys;
 mod logs;
