@@ -21,9 +21,9 @@ impl From<ServiceError> for Status {
             ServiceError::Refused(r @ Refusal::NotGranted(_)) => {
                 Status::permission_denied(r.to_string())
             }
-            ServiceError::Refused(r @ (Refusal::Restricted | Refusal::NoConsent(_))) => {
-                Status::failed_precondition(r.to_string())
-            }
+            ServiceError::Refused(
+                r @ (Refusal::Restricted | Refusal::NoConsent(_) | Refusal::ConsentUncheckable(_)),
+            ) => Status::failed_precondition(r.to_string()),
             ServiceError::TenantShredded => Status::not_found("tenant not found: it was shredded"),
             ServiceError::KeyPrecondition(why) => Status::failed_precondition(why),
             ServiceError::AuditUnavailable(cause) => {

@@ -2,32 +2,42 @@
 //! (`identity`); the policy file (`policy`) grants identities and roles actions on tenants,
 //! categories and purposes; `Authz::decide` answers with a `Grant` or a `Refusal`.
 //!
-//! A `Grant` can only be made here: use cases require one before they touch data, so
-//! forgetting the check does not compile. Restriction of processing and consent are decided
-//! in the same call as the grant, from the subject's state.
+//! A `Grant<A>` can only be made here, and only for the action `A` it was decided for (one
+//! zero-sized marker type per action, in `act`): use cases require the grant of their own
+//! action before they touch data, so forgetting the check, or passing a grant decided for
+//! another action, does not compile. Restriction of processing and consent are decided in
+//! the same call as the grant, from the subject's state; a purpose that needs consent is
+//! never granted without it, whatever purposes a rule lists.
+//!
+//! The vault's own jobs (`job:` identities) are not decided here at all: no policy can name
+//! them, and their use cases run without a grant (`service::usecase`, `run_system`).
 
+pub mod act;
 mod identity;
 mod policy;
 
+use std::marker::PhantomData;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
 pub use crate::domain::Render;
-pub use identity::{Caller, PeerIdentity};
+pub use act::Act;
+pub use identity::{Caller, IdentityError, IdentityKind, PeerIdentity};
 pub use policy::{Action, Policy, PolicyError};
 
 use crate::domain::{Category, Purpose, SubjectState, TenantId};
 
-/// Proof that a caller may perform `action`: the rules that allowed it.
+/// Proof that a caller may perform the action `A`: the rules that allowed it. Only `Authz`
+/// makes one, and only for the action it decided.
 #[derive(Debug, Clone)]
-pub struct Grant {
-    action: Action,
+pub struct Grant<A: Act> {
     rules: Vec<policy::Rule>,
+    action: PhantomData<A>,
 }
 
-impl Grant {
+impl<A: Act> Grant<A> {
     pub fn action(&self) -> Action {
-        self.action
+        A::ACTION
     }
 
     /// Name of the rule that decided (the first that matched).
@@ -46,7 +56,7 @@ impl Grant {
             .ok_or_else(|| {
                 Refusal::NotGranted(format!(
                     "no rule grants {} of {} fields",
-                    self.action.name(),
+                    A::ACTION.name(),
                     c.name()
                 ))
             })
@@ -64,6 +74,11 @@ pub enum Refusal {
     Restricted,
     #[error("the subject has not consented to purpose {0} (or withdrew consent)")]
     NoConsent(Purpose),
+    #[error(
+        "purpose {0} needs each subject's consent, which this request cannot check; \
+         ask for the subject's data by subject"
+    )]
+    ConsentUncheckable(Purpose),
 }
 
 /// Purpose rules of the privacy policy, from configuration.
@@ -138,17 +153,41 @@ impl Authz {
             .unwrap_or_else(|poisoned| poisoned.into_inner().clone())
     }
 
-    /// May `who` do `action` on `tenant` (for `purpose`)?
-    pub fn decide(
+    /// May `who` do `A` on `tenant` (for `purpose`)? Without a tenant the request is about
+    /// all of them, granted only by a rule for all tenants. A purpose that needs consent is
+    /// refused here (no subject's consent to check): see `decide_for_subject`.
+    pub fn decide<A: Act>(
         &self,
         who: &PeerIdentity,
-        action: Action,
+        action: A,
         tenant: Option<&TenantId>,
         purpose: Option<&Purpose>,
-    ) -> Result<Grant, Refusal> {
-        let rules = self
-            .policy()
-            .matching(who.as_str(), action, tenant, purpose);
+    ) -> Result<Grant<A>, Refusal> {
+        let grant = self.decide_rules(who, action, tenant, purpose)?;
+        match purpose {
+            Some(p) if A::ACTION.needs_purpose() && self.purposes.need_consent.contains(p) => {
+                Err(Refusal::ConsentUncheckable(p.clone()))
+            }
+            _ => Ok(grant),
+        }
+    }
+
+    /// The policy alone: the rules that let `who` do `A`.
+    fn decide_rules<A: Act>(
+        &self,
+        who: &PeerIdentity,
+        _action: A,
+        tenant: Option<&TenantId>,
+        purpose: Option<&Purpose>,
+    ) -> Result<Grant<A>, Refusal> {
+        let action = A::ACTION;
+        // The vault's own jobs never go through the policy (and no policy can name them).
+        let rules = if who.is_job() {
+            Vec::new()
+        } else {
+            self.policy()
+                .matching(who.as_str(), action, tenant, purpose)
+        };
         if rules.is_empty() {
             let mut missing = format!("no rule grants {}", action.name());
             if let Some(t) = tenant {
@@ -159,20 +198,23 @@ impl Authz {
             }
             return Err(Refusal::NotGranted(missing));
         }
-        Ok(Grant { action, rules })
+        Ok(Grant {
+            rules,
+            action: PhantomData,
+        })
     }
 
     /// `decide`, plus the subject's restriction and consents for reads of its data.
-    pub fn decide_for_subject(
+    pub fn decide_for_subject<A: Act>(
         &self,
         who: &PeerIdentity,
-        action: Action,
+        action: A,
         tenant: &TenantId,
         purpose: Option<&Purpose>,
         state: &SubjectState,
-    ) -> Result<Grant, Refusal> {
-        let grant = self.decide(who, action, Some(tenant), purpose)?;
-        if let (Some(p), true) = (purpose, action.needs_purpose()) {
+    ) -> Result<Grant<A>, Refusal> {
+        let grant = self.decide_rules(who, action, Some(tenant), purpose)?;
+        if let (Some(p), true) = (purpose, A::ACTION.needs_purpose()) {
             if state.restricted_since.is_some() && !self.purposes.legal_obligation.contains(p) {
                 return Err(Refusal::Restricted);
             }

@@ -3,13 +3,13 @@
 //!
 //! ```toml
 //! [roles]
-//! billing = ["spiffe://acme/billing"]
+//! billing = ["uri:spiffe://acme/billing"]   # uri:, dns: or cn: (see `identity`)
 //!
 //! [[rules]]
 //! name = "billing-reads-payment"
-//! who = ["role:billing"]            # roles as role:NAME, or identities
+//! who = ["role:billing"]            # roles as role:NAME, or typed identities
 //! actions = ["read", "write"]
-//! tenants = ["*"]                   # or tenant ids
+//! tenants = ["*"]                   # or tenant ids; only "*" grants tenant-less actions
 //! categories = ["payment"]          # or ["*"]
 //! purposes = ["billing"]            # or ["*"]; checked for reads, exports, lookups
 //! render = "masked"                 # redacted | masked | whole | reveal (default whole)
@@ -20,6 +20,8 @@ use std::collections::HashMap;
 use serde::Deserialize;
 
 use crate::domain::{Category, Purpose, Render, TenantId};
+
+use super::identity::{IdentityKind, PeerIdentity};
 
 /// What a caller may ask for. Every RPC needs one action.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -145,6 +147,34 @@ impl<T: PartialEq> Scope<T> {
             Scope::Only(list) => list.contains(x),
         }
     }
+
+    /// `x` if given, else only `*`: a request that names no tenant (or purpose) is about
+    /// all of them, so only a rule for all of them grants it.
+    fn allows_maybe(&self, x: Option<&T>) -> bool {
+        match x {
+            Some(x) => self.allows(x),
+            None => matches!(self, Scope::Any),
+        }
+    }
+}
+
+/// A policy entry naming a caller: it must be typed (`uri:`, `dns:`, `cn:`), so an old
+/// untyped policy fails to load instead of matching nothing (or the wrong kind).
+fn identity_entry(entry: &str, rule: &str) -> Result<String, PolicyError> {
+    match PeerIdentity::kind_of(entry) {
+        Some(IdentityKind::Job) => Err(PolicyError::Invalid(format!(
+            "{rule}: identity {entry:?} is one of the vault's own jobs, which the policy \
+             cannot grant (they do not go through it)"
+        ))),
+        Some(_) if PeerIdentity::parse(entry).is_some() => Ok(entry.to_owned()),
+        Some(_) => Err(PolicyError::Invalid(format!(
+            "{rule}: identity {entry:?} names nobody after its type"
+        ))),
+        None => Err(PolicyError::Invalid(format!(
+            "{rule}: identity {entry:?} has no type; write uri:, dns: or cn: before it \
+             (or role: for a role)"
+        ))),
+    }
 }
 
 fn scope<T>(
@@ -203,6 +233,11 @@ impl Policy {
     pub fn parse(text: &str) -> Result<Self, PolicyError> {
         let raw: RawPolicy =
             toml::from_str(text).map_err(|e| PolicyError::Invalid(e.message().to_owned()))?;
+        for (role, members) in &raw.roles {
+            for m in members {
+                identity_entry(m, &format!("role {role}"))?;
+            }
+        }
         let mut rules = Vec::new();
         for r in raw.rules {
             let mut identities = Vec::new();
@@ -220,7 +255,7 @@ impl Policy {
                             .iter()
                             .cloned(),
                     ),
-                    None => identities.push(who.clone()),
+                    None => identities.push(identity_entry(who, &format!("rule {}", r.name))?),
                 }
             }
             let actions = r
@@ -263,14 +298,16 @@ impl Policy {
             .iter()
             .filter(|r| r.identities.iter().any(|i| i == who))
             .filter(|r| r.actions.contains(&action))
-            .filter(|r| tenant.is_none_or(|t| r.tenants.allows(t)))
+            .filter(|r| r.tenants.allows_maybe(tenant))
             .filter(|r| purpose.is_none_or(|p| r.purposes.allows(p)))
             .cloned()
             .collect()
     }
 
-    /// A policy granting `identity` every action everywhere: the dev default.
-    pub fn dev_default_text(identity: &str) -> String {
+    /// A policy granting the client whose certificate's URI SAN is `uri` every action
+    /// everywhere: the dev default.
+    pub fn dev_default_text(uri: &str) -> String {
+        let identity = format!("{}{uri}", IdentityKind::Uri.prefix());
         let actions: Vec<String> = Action::ALL
             .iter()
             .map(|a| format!("{:?}", a.name()))

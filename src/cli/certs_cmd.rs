@@ -162,8 +162,8 @@ fn client(args: ClientArgs) -> anyhow::Result<()> {
     };
     let der = issue(&args.ca, &args.output, "client", &spec)?;
     match PeerIdentity::from_certificate(&der) {
-        Some(id) => println!("  caller identity seen by the vault: {id}"),
-        None => bail!("the issued certificate names no identity"),
+        Ok(id) => println!("  caller identity seen by the vault: {id}"),
+        Err(e) => bail!("the vault would refuse the issued certificate: {e}"),
     }
     Ok(())
 }

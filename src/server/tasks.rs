@@ -11,7 +11,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::authz::Authz;
 use crate::metrics::Metrics;
-use crate::service::{Call, Vault};
+use crate::service::Vault;
 use crate::storage::Store;
 
 /// How often the store's size on disk is sampled for the metrics.
@@ -111,9 +111,9 @@ pub(super) async fn cut_after_grace(
     cut.cancel();
 }
 
-/// Prunes audit events past their retention once a day (and once shortly after start).
+/// Prunes audit events past their retention once a day (and once shortly after start), as
+/// the vault's own retention job: no policy grant is needed (`Vault::prune_expired_audit`).
 async fn prune_audit_daily(vault: Arc<Vault>) {
-    let call = Call::job("pii-vault/retention", "audit-retention");
     let mut tick = tokio::time::interval_at(
         tokio::time::Instant::now() + Duration::from_secs(60),
         Duration::from_secs(86_400),
@@ -123,7 +123,7 @@ async fn prune_audit_daily(vault: Arc<Vault>) {
         if !vault.holds_job("audit-prune") {
             continue;
         }
-        match vault.prune_audit(&call, 0).await {
+        match vault.prune_expired_audit().await {
             Ok(r) if r.deleted > 0 => {
                 tracing::info!(deleted = r.deleted, "pruned expired audit events")
             }

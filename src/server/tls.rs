@@ -25,7 +25,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::transport::server::Connected;
 
-use crate::authz::{Caller, PeerIdentity};
+use crate::authz::{Caller, IdentityError, PeerIdentity};
 use crate::config::TlsPaths;
 
 use super::ServerError;
@@ -203,15 +203,18 @@ pub fn incoming(
                         return;
                     }
                 };
-                let identity = tls
-                    .get_ref()
-                    .1
-                    .peer_certificates()
-                    .and_then(|chain| chain.first())
-                    .and_then(|leaf| PeerIdentity::from_certificate(leaf));
-                let Some(identity) = identity else {
-                    tracing::warn!(%remote, "client certificate names no identity; closing");
-                    return;
+                // Typed by where it came from (`uri:`, `dns:`, `cn:` only without any SAN);
+                // a SAN that does not parse is refused, never replaced by the CN.
+                let identity = match tls.get_ref().1.peer_certificates().and_then(|c| c.first()) {
+                    Some(leaf) => PeerIdentity::from_certificate(leaf),
+                    None => Err(IdentityError::Nameless),
+                };
+                let identity = match identity {
+                    Ok(identity) => identity,
+                    Err(e) => {
+                        tracing::warn!(%remote, error = %e, "client certificate refused; closing");
+                        return;
+                    }
                 };
                 tracing::debug!(%remote, %identity, "client connected");
                 let caller = Caller {

@@ -4,7 +4,7 @@
 use tokio::sync::mpsc;
 
 use crate::audit::Operation;
-use crate::authz::Action;
+use crate::authz::act;
 use crate::domain::InvalidInput;
 
 use super::usecase::{no_detail, Check};
@@ -23,7 +23,7 @@ impl Vault {
         // A backup holds every tenant's sealed data: only the security team's key_admin.
         self.use_case(call, Operation::Backup)
             .run(
-                Check::action(Action::KeyAdmin, None),
+                Check::action(act::KeyAdmin, None),
                 |_| async { Ok(()) },
                 no_detail,
             )
@@ -54,7 +54,7 @@ impl Vault {
     pub async fn reload_policy(&self, call: &Call) -> Result<(), ServiceError> {
         self.use_case(call, Operation::ReloadPolicy)
             .run(
-                Check::action(Action::PolicyAdmin, None),
+                Check::action(act::PolicyAdmin, None),
                 |_| async move {
                     self.authz
                         .reload()

@@ -129,11 +129,11 @@ pub struct Call {
 }
 
 impl Call {
-    /// A call of one of the vault's own jobs: its identity and a fixed request id naming the
-    /// job, so its audit events are easy to find.
+    /// A call of one of the vault's own jobs: its `job:` identity (which no certificate can
+    /// carry) and a fixed request id naming the job, so its audit events are easy to find.
     pub fn job(identity: &str, job: &str) -> Self {
         Self {
-            caller: PeerIdentity::new(identity),
+            caller: PeerIdentity::job(identity),
             request_id: job.to_owned(),
         }
     }

@@ -2,7 +2,7 @@
 //! callers get a domain `Tenant`.
 
 use crate::audit::Operation;
-use crate::authz::Action;
+use crate::authz::act;
 use crate::domain::{Tenant, TenantId};
 use crate::storage::TenantRecord;
 
@@ -48,7 +48,7 @@ impl Vault {
         self.use_case(call, Operation::CreateTenant)
             .tenant(id)
             .run(
-                Check::action(Action::TenantAdmin, Some(id)),
+                Check::action(act::TenantAdmin, Some(id)),
                 |_| async move {
                     match self.keys.create_tenant(id, self.clock.now()) {
                         Ok(Some(record)) => {
@@ -70,7 +70,7 @@ impl Vault {
         self.use_case(call, Operation::GetTenant)
             .tenant(id)
             .run(
-                Check::action(Action::TenantAdmin, Some(id)),
+                Check::action(act::TenantAdmin, Some(id)),
                 |_| async move { self.tenant_record(id).map(tenant) },
                 no_detail,
             )
@@ -97,7 +97,7 @@ impl Vault {
     ) -> Result<TenantPage, ServiceError> {
         self.use_case(call, Operation::ListTenants)
             .run(
-                Check::action(Action::TenantAdmin, None),
+                Check::action(act::TenantAdmin, None),
                 |_| async move {
                     let all = self.store.tenants(after, limit + 1)?;
                     let (records, next) = paged(all, limit, |t: &TenantRecord| &t.id);

@@ -13,33 +13,35 @@
 use std::future::Future;
 
 use crate::audit::{EventDraft, Operation, Outcome};
-use crate::authz::{Action, Grant};
+use crate::authz::{Act, Grant};
 use crate::domain::{Purpose, SubjectId, TenantId};
 
 use super::{Call, ServiceError, Vault};
 
-/// What the policy is asked before a use case runs.
+/// What the policy is asked before a use case runs; `A` is the action's marker type
+/// (`authz::act`), so the grant it yields is a `Grant<A>`.
 #[derive(Clone, Copy, Debug)]
-pub(super) enum Check<'a> {
-    /// May the caller do `action` (in `tenant`, for `purpose`, where given)?
+pub(super) enum Check<'a, A> {
+    /// May the caller do `action` (in `tenant`, for `purpose`, where given)? Without a
+    /// tenant, only a rule for all tenants grants it.
     Policy {
-        action: Action,
+        action: A,
         tenant: Option<&'a TenantId>,
         purpose: Option<&'a Purpose>,
     },
     /// `Policy` for an action on one subject's data: the subject's restriction and consents
     /// are decided in the same check.
     Subject {
-        action: Action,
+        action: A,
         tenant: &'a TenantId,
         subject: &'a SubjectId,
         purpose: Option<&'a Purpose>,
     },
 }
 
-impl<'a> Check<'a> {
+impl<'a, A: Act> Check<'a, A> {
     /// `Policy` without a purpose.
-    pub(super) fn action(action: Action, tenant: Option<&'a TenantId>) -> Self {
+    pub(super) fn action(action: A, tenant: Option<&'a TenantId>) -> Self {
         Check::Policy {
             action,
             tenant,
@@ -115,7 +117,7 @@ impl UseCase<'_> {
     }
 
     /// Asks the policy; the deciding rule goes into the event.
-    fn authorize(&mut self, check: Check<'_>) -> Result<Grant, ServiceError> {
+    fn authorize<A: Act>(&mut self, check: Check<'_, A>) -> Result<Grant<A>, ServiceError> {
         let (vault, caller) = (self.vault, &self.call.caller);
         let grant = match check {
             Check::Policy {
@@ -142,10 +144,10 @@ impl UseCase<'_> {
     /// The whole sequence for a caller's request: authorize per `check`, run `body` with the
     /// grant, let `describe` add what a success says to the event (names read, a receipt),
     /// record, return.
-    pub(super) async fn run<T, Fut>(
+    pub(super) async fn run<A: Act, T, Fut>(
         mut self,
-        check: Check<'_>,
-        body: impl FnOnce(Grant) -> Fut,
+        check: Check<'_, A>,
+        body: impl FnOnce(Grant<A>) -> Fut,
         describe: impl FnOnce(&T, &mut EventDraft),
     ) -> Result<T, ServiceError>
     where
@@ -161,9 +163,10 @@ impl UseCase<'_> {
         self.record(result).await
     }
 
-    /// The sequence for the vault's own jobs (retention sweep, key jobs), which act as
-    /// identities no certificate can carry and no policy rule names: nothing to authorize,
-    /// the rest as in `run`.
+    /// The sequence for the vault's own jobs (retention sweep, audit prune, key jobs), which
+    /// act as `job:` identities no certificate can carry and no policy rule may name:
+    /// nothing to authorize, the rest as in `run`. (A key epoch asked for over the API is
+    /// admitted first, `admit`, then recorded by the worker through this path.)
     pub(super) async fn run_system<T>(
         mut self,
         body: impl Future<Output = Result<T, ServiceError>>,
@@ -199,7 +202,10 @@ impl UseCase<'_> {
     /// Authorizes a request whose work (and its event) is done elsewhere, by a job that
     /// records it under its own use case: a refusal is recorded here; a grant is returned
     /// and this event is not recorded.
-    pub(super) async fn admit(mut self, check: Check<'_>) -> Result<Grant, ServiceError> {
+    pub(super) async fn admit<A: Act>(
+        mut self,
+        check: Check<'_, A>,
+    ) -> Result<Grant<A>, ServiceError> {
         match self.authorize(check) {
             Ok(grant) => Ok(grant),
             Err(refused) => self.record(Err(refused)).await,

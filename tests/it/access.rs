@@ -20,11 +20,11 @@ mod export;
 
 const POLICY: &str = r#"
 [roles]
-app = ["spiffe://test/app"]
-support = ["spiffe://test/support"]
-billing = ["spiffe://test/billing"]
-dsr = ["spiffe://test/dsr"]
-security = ["spiffe://test/security"]
+app = ["uri:spiffe://test/app"]
+support = ["uri:spiffe://test/support"]
+billing = ["uri:spiffe://test/billing"]
+dsr = ["uri:spiffe://test/dsr"]
+security = ["uri:spiffe://test/security"]
 
 [[rules]]
 name = "app-writes"
@@ -335,13 +335,13 @@ async fn the_access_report_lists_every_field_and_the_recipients_of_earlier_reads
         recipients,
         [
             (
-                "spiffe://test/support",
+                "uri:spiffe://test/support",
                 "get_fields",
                 "support",
                 vec!["chat".to_owned(), "email".to_owned()]
             ),
             (
-                "spiffe://test/billing",
+                "uri:spiffe://test/billing",
                 "get_fields",
                 "billing",
                 vec!["card".to_owned()]
@@ -415,9 +415,9 @@ async fn the_access_report_lists_every_field_and_the_recipients_of_earlier_reads
     assert_eq!(
         ops,
         [
-            ("spiffe://test/support", "get_fields"),
-            ("spiffe://test/billing", "get_fields"),
-            ("spiffe://test/dsr", "access_subject"),
+            ("uri:spiffe://test/support", "get_fields"),
+            ("uri:spiffe://test/billing", "get_fields"),
+            ("uri:spiffe://test/dsr", "access_subject"),
         ],
         "the export's own event is not among its recipients"
     );

@@ -13,11 +13,11 @@ use crate::util::{
 
 const POLICY: &str = r#"
 [roles]
-billing = ["spiffe://test/billing"]
-support = ["spiffe://test/support"]
-analyst = ["spiffe://test/analyst"]
-eraser = ["spiffe://test/eraser"]
-security = ["spiffe://test/security"]
+billing = ["uri:spiffe://test/billing"]
+support = ["uri:spiffe://test/support"]
+analyst = ["uri:spiffe://test/analyst"]
+eraser = ["uri:spiffe://test/eraser"]
+security = ["uri:spiffe://test/security"]
 
 [[rules]]
 name = "billing"
@@ -301,9 +301,12 @@ async fn every_role_gets_exactly_its_grants_and_denials_are_audited() {
         .filter(|e| e.outcome == pb::Outcome::Denied as i32)
         .collect();
     assert_eq!(denials.len(), denied, "one denied event per refused call");
-    assert!(denials
-        .iter()
-        .all(|e| e.caller.starts_with("spiffe://test/") && e.reason.contains("no rule grants")));
+    assert!(
+        denials
+            .iter()
+            .all(|e| e.caller.starts_with("uri:spiffe://test/")
+                && e.reason.contains("no rule grants"))
+    );
     // Allowed events record the rule that decided.
     let ok = audit_events(&security, by_operation("tokenize")).await;
     assert!(ok

@@ -129,9 +129,9 @@ async fn fields_past_their_retention_are_swept_and_audited() {
     assert_eq!(
         sweeps,
         [
-            ("pii-vault/retention", "session".to_owned()),
-            ("pii-vault/retention", "chat".to_owned()),
-            ("pii-vault/retention", "access_log".to_owned())
+            ("job:pii-vault/retention", "session".to_owned()),
+            ("job:pii-vault/retention", "chat".to_owned()),
+            ("job:pii-vault/retention", "access_log".to_owned())
         ]
     );
 }

@@ -361,7 +361,7 @@ pub fn clocked_vault(
         pii_vault::service::Vault::open(store.clone(), keys, authz, clock.clone(), settings)
             .expect("vault");
     let call = pii_vault::service::Call {
-        caller: PeerIdentity::new("spiffe://test/admin"),
+        caller: PeerIdentity::parse("uri:spiffe://test/admin").expect("typed identity"),
         request_id: "r".into(),
     };
     (vault, clock, store, call)

@@ -14,11 +14,18 @@ pub use sink::{JsonlSink, SinkConfig};
 use std::time::Duration;
 
 use crate::audit::{AuditEvent, AuditFilter, Operation, VerifyReport};
-use crate::authz::Action;
-use crate::domain::Timestamp;
+use crate::authz::act;
+use crate::domain::{InvalidInput, TenantId, Timestamp};
 
 use super::usecase::{no_detail, Check};
 use super::{Call, ServiceError, Vault};
+
+/// The identity of the vault's retention jobs (the field sweep and the audit prune).
+pub(super) const RETENTION_JOB: &str = "pii-vault/retention";
+
+fn describe_prune(report: &PruneReport, ev: &mut crate::audit::EventDraft) {
+    ev.reason = format!("pruned {} events", report.deleted);
+}
 
 /// Longest page one query returns.
 pub const MAX_QUERY_PAGE: usize = 1000;
@@ -41,16 +48,25 @@ impl Vault {
         after: u64,
         limit: usize,
     ) -> Result<AuditPage, ServiceError> {
-        self.use_case(call, Operation::QueryAudit)
+        let case = self
+            .use_case(call, Operation::QueryAudit)
             .tenant(filter.tenant.clone().unwrap_or_default())
             .subject(filter.subject.clone().unwrap_or_default())
-            .reason(format!("after seq {after}"))
-            .run(
-                Check::action(Action::AuditRead, None),
-                |_| async move { self.query_audit_more(filter, after, limit) },
-                no_detail,
-            )
-            .await
+            .reason(format!("after seq {after}"));
+        // A query with a tenant filter is decided for that tenant (and returns only its
+        // events, the filter being exact); without one it is about every tenant, which
+        // only a rule for all tenants grants. A filter that names no valid tenant (an
+        // empty one, say) is refused rather than widened.
+        let tenant = match filter.tenant.as_deref().map(TenantId::parse).transpose() {
+            Ok(tenant) => tenant,
+            Err(e) => return Err(case.reject(e.context("tenant filter").into()).await),
+        };
+        case.run(
+            Check::action(act::AuditRead, tenant.as_ref()),
+            |_| async move { self.query_audit_more(filter, after, limit) },
+            no_detail,
+        )
+        .await
     }
 
     /// Continues a query that is already recorded (later pages of one streamed query).
@@ -70,7 +86,7 @@ impl Vault {
     pub async fn verify_audit(&self, call: &Call) -> Result<VerifyReport, ServiceError> {
         self.use_case(call, Operation::VerifyAudit)
             .run(
-                Check::action(Action::AuditRead, None),
+                Check::action(act::AuditRead, None),
                 |_| async move { Ok(self.audit.verify()?) },
                 |report: &VerifyReport, ev| {
                     ev.reason = match report.first_bad {
@@ -83,25 +99,51 @@ impl Vault {
     }
 
     /// Deletes events older than `older_than_days` (0: the configured retention), keeping
-    /// verification intact.
+    /// verification intact. The log is the record of who did what for the configured
+    /// retention (section 5 of the privacy policy), so a shorter age is refused, before the
+    /// policy is asked. Needs `key_admin` for all tenants (it prunes every tenant's events).
     pub async fn prune_audit(
         &self,
         call: &Call,
         older_than_days: u32,
     ) -> Result<PruneReport, ServiceError> {
         let case = self.use_case(call, Operation::PruneAudit);
+        let minimum_days = self.audit_retention.as_secs().div_ceil(86_400);
         let age = match older_than_days {
             0 => self.audit_retention,
+            days if u64::from(days) < minimum_days => {
+                let refused = InvalidInput::new(format!(
+                    "older_than_days must be at least {minimum_days} (audit.retention_days), \
+                     or 0 for the configured retention"
+                ));
+                return Err(case.reject(refused.into()).await);
+            }
             days => Duration::from_secs(u64::from(days) * 86_400),
         };
-        let age_micros = u64::try_from(age.as_micros()).unwrap_or(u64::MAX);
-        let before = Timestamp(self.clock.now().0.saturating_sub(age_micros));
+        let before = self.prune_cutoff(age);
         case.run(
-            Check::action(Action::KeyAdmin, None),
+            Check::action(act::KeyAdmin, None),
             |_| async move { Ok(self.audit.prune(before)?) },
-            |report: &PruneReport, ev| ev.reason = format!("pruned {} events", report.deleted),
+            describe_prune,
         )
         .await
+    }
+
+    /// The daily prune of events past the configured retention: one of the vault's own jobs,
+    /// run as `job:pii-vault/retention` without asking the policy (so it runs whatever the
+    /// policy grants), audited like a caller's prune.
+    pub async fn prune_expired_audit(&self) -> Result<PruneReport, ServiceError> {
+        let call = Call::job(RETENTION_JOB, "audit-retention");
+        let before = self.prune_cutoff(self.audit_retention);
+        self.use_case(&call, Operation::PruneAudit)
+            .run_system(async { Ok(self.audit.prune(before)?) }, describe_prune)
+            .await
+    }
+
+    /// Events before this time are older than `age`.
+    fn prune_cutoff(&self, age: Duration) -> Timestamp {
+        let age_micros = u64::try_from(age.as_micros()).unwrap_or(u64::MAX);
+        Timestamp(self.clock.now().0.saturating_sub(age_micros))
     }
 
     /// The current time of the vault's clock.

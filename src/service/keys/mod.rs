@@ -18,7 +18,7 @@ pub use jobs::run_key_jobs;
 pub use status::{KeyStatus, RootStatus, TenantKeyStatus, VersionStatus};
 
 use crate::audit::Operation;
-use crate::authz::Action;
+use crate::authz::act;
 use crate::domain::{TenantId, Timestamp};
 use crate::keyring::{KeyLimits, Keyring, KeyringError, RootRotation};
 
@@ -144,7 +144,7 @@ impl Vault {
             .use_case(call, Operation::RotateTenantKey)
             .tenant(tenant)
             .run(
-                Check::action(Action::KeyAdmin, Some(tenant)),
+                Check::action(act::KeyAdmin, Some(tenant)),
                 |_| self.start_tenant_rotation(tenant),
                 |r: &TenantRotation, ev| {
                     ev.reason = format!(
@@ -184,7 +184,7 @@ impl Vault {
     pub async fn rotate_root_key(&self, call: &Call) -> Result<RootRotation, ServiceError> {
         self.use_case(call, Operation::RotateRootKey)
             .run(
-                Check::action(Action::KeyAdmin, None),
+                Check::action(act::KeyAdmin, None),
                 |_| self.key_op(Keyring::rotate_root),
                 |r: &RootRotation, ev| {
                     ev.reason = format!(
@@ -205,7 +205,7 @@ impl Vault {
         // A refusal is recorded here; the epoch itself is recorded by the worker that runs
         // it (`recorded_key_epoch`), so it is recorded even if this request is cancelled.
         self.use_case(call, Operation::KeyEpoch)
-            .admit(Check::action(Action::KeyAdmin, None))
+            .admit(Check::action(act::KeyAdmin, None))
             .await?;
         let (done, report) = oneshot::channel();
         self.key_jobs
@@ -242,7 +242,7 @@ impl Vault {
         self.use_case(call, Operation::ShredTenant)
             .tenant(tenant)
             .run(
-                Check::action(Action::KeyAdmin, Some(tenant)),
+                Check::action(act::KeyAdmin, Some(tenant)),
                 |_| self.shred(tenant),
                 |r: &ShredReport, ev| {
                     ev.reason =

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use crate::audit::Operation;
-use crate::authz::Action;
+use crate::authz::act;
 use crate::domain::{TenantId, Timestamp};
 use crate::keyring::{KeyLimits, Keyring};
 use crate::storage::{KeyVersionInfo, RewrapJob};
@@ -91,7 +91,7 @@ impl Vault {
         self.use_case(call, Operation::KeyStatus)
             .tenant(tenant.map(ToString::to_string).unwrap_or_default())
             .run(
-                Check::action(Action::KeyAdmin, tenant),
+                Check::action(act::KeyAdmin, tenant),
                 |_| self.gather_status(tenant, count_deks),
                 no_detail,
             )

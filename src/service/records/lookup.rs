@@ -5,7 +5,7 @@
 //! Entry key: `index key version | field name | HMAC tag | subject id`, length-prefixed.
 
 use crate::audit::Operation;
-use crate::authz::Action;
+use crate::authz::act;
 use crate::codec::{Reader, Writer};
 use crate::crypto::{Index, Key};
 use crate::domain::{FieldName, FieldValue, InvalidInput, Purpose, SubjectId, TenantId};
@@ -65,7 +65,7 @@ impl Vault {
         purpose: &Purpose,
     ) -> Result<Vec<SubjectId>, ServiceError> {
         let check = Check::Policy {
-            action: Action::Find,
+            action: act::Find,
             tenant: Some(tenant),
             purpose: Some(purpose),
         };
@@ -113,7 +113,7 @@ impl Vault {
         self.use_case(call, Operation::RotateIndexKey)
             .tenant(tenant)
             .run(
-                Check::action(Action::KeyAdmin, Some(tenant)),
+                Check::action(act::KeyAdmin, Some(tenant)),
                 |_| async move { self.reindex(tenant) },
                 |n, ev| ev.reason = format!("{n} fields re-indexed"),
             )

@@ -12,7 +12,7 @@ use std::collections::HashSet;
 pub use tokens::Tokenized;
 
 use crate::audit::Operation;
-use crate::authz::Action;
+use crate::authz::act;
 use crate::domain::typed::is_card_verification_name;
 use crate::domain::{
     Field, FieldMeta, FieldName, InvalidInput, NewField, Purpose, SubjectId, TenantId,
@@ -93,7 +93,7 @@ impl Vault {
             .subject(subject)
             .fields(fields.iter().map(|f| &f.name))
             .run(
-                Check::action(Action::Write, Some(tenant)),
+                Check::action(act::Write, Some(tenant)),
                 |grant| async move {
                     self.write_to_subject(&grant, call, tenant, subject, fields)
                         .await
@@ -116,7 +116,7 @@ impl Vault {
         purpose: &Purpose,
     ) -> Result<Vec<Field>, ServiceError> {
         let check = Check::Subject {
-            action: Action::Read,
+            action: act::Read,
             tenant,
             subject,
             purpose: Some(purpose),
@@ -149,7 +149,7 @@ impl Vault {
             .subject(subject)
             .fields(names)
             .run(
-                Check::action(Action::Delete, Some(tenant)),
+                Check::action(act::Delete, Some(tenant)),
                 |grant| async move { self.remove_fields(&grant, tenant, subject, names) },
                 no_detail,
             )
@@ -167,7 +167,7 @@ impl Vault {
         self.use_case(call, Operation::ListSubjects)
             .tenant(tenant)
             .run(
-                Check::action(Action::Read, Some(tenant)),
+                Check::action(act::Read, Some(tenant)),
                 |_| async move {
                     // A shredded tenant answers NOT_FOUND here too, like every other call
                     // about it.

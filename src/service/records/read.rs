@@ -2,7 +2,7 @@
 //! the DEK version its envelope names, render it as the grant allows. Deleting named fields
 //! is here too: it checks the same grant per stored category.
 
-use crate::authz::Grant;
+use crate::authz::{act, Grant};
 use crate::domain::{Field, FieldName, FieldValue, InvalidInput, SubjectId, TenantId};
 use crate::keyring::SubjectDeks;
 use crate::storage::FieldRecord;
@@ -27,7 +27,7 @@ impl Vault {
     }
 
     fn open_field(
-        grant: &Grant,
+        grant: &Grant<impl act::ReadsFields>,
         tenant: &TenantId,
         subject: &SubjectId,
         deks: &SubjectDeks,
@@ -46,7 +46,7 @@ impl Vault {
     /// those the grant covers.
     pub(in crate::service) fn read_fields(
         &self,
-        grant: &Grant,
+        grant: &Grant<impl act::ReadsFields>,
         tenant: &TenantId,
         subject: &SubjectId,
         names: &[FieldName],
@@ -110,7 +110,7 @@ impl Vault {
 
     pub(super) fn remove_fields(
         &self,
-        grant: &Grant,
+        grant: &Grant<act::Delete>,
         tenant: &TenantId,
         subject: &SubjectId,
         names: &[FieldName],

@@ -4,7 +4,7 @@
 //! says nothing about the number.
 
 use crate::audit::Operation;
-use crate::authz::{Action, Grant, Refusal};
+use crate::authz::{act, Grant, Refusal};
 use crate::domain::{
     Category, FieldName, FieldValue, NewField, Purpose, Render, SubjectId, TenantId,
 };
@@ -44,7 +44,7 @@ impl Vault {
         self.use_case(call, Operation::Tokenize)
             .tenant(tenant)
             .run(
-                Check::action(Action::Tokenize, Some(tenant)),
+                Check::action(act::Tokenize, Some(tenant)),
                 |grant| async move { self.store_token(&grant, call, tenant, card).await },
                 |t: &Tokenized, ev| ev.fields = vec![t.token.clone()],
             )
@@ -53,7 +53,7 @@ impl Vault {
 
     async fn store_token(
         &self,
-        grant: &Grant,
+        grant: &Grant<act::Tokenize>,
         call: &Call,
         tenant: &TenantId,
         card: &FieldValue,
@@ -99,7 +99,7 @@ impl Vault {
         purpose: &Purpose,
     ) -> Result<FieldValue, ServiceError> {
         let check = Check::Policy {
-            action: Action::Detokenize,
+            action: act::Detokenize,
             tenant: Some(tenant),
             purpose: Some(purpose),
         };
@@ -117,7 +117,7 @@ impl Vault {
 
     fn card_of(
         &self,
-        grant: &Grant,
+        grant: &Grant<act::Detokenize>,
         tenant: &TenantId,
         token: &FieldName,
     ) -> Result<FieldValue, ServiceError> {

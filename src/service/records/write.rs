@@ -3,7 +3,7 @@
 //! One loop (`retry::WRITE`) retries the whole attempt (key, seal, store) when another
 //! write or a key job won the race; nothing below it in the service retries.
 
-use crate::authz::Grant;
+use crate::authz::{act, Grant};
 use crate::crypto::Aad;
 use crate::domain::{Category, FieldName, InvalidInput, NewField, SubjectId, TenantId};
 use crate::storage::{SealedField, StoreError, SubjectWrite, Written};
@@ -56,7 +56,7 @@ impl Vault {
     /// legal shadow (creating the subject itself first, so its erasure covers the shadow).
     pub(super) async fn write_to_subject(
         &self,
-        grant: &Grant,
+        grant: &Grant<act::Write>,
         call: &Call,
         tenant: &TenantId,
         subject: &SubjectId,
@@ -106,7 +106,7 @@ impl Vault {
     /// per `retry::WRITE`.
     pub(super) async fn write_fields(
         &self,
-        grant: &Grant,
+        grant: &Grant<impl act::WritesFields>,
         by: &str,
         tenant: &TenantId,
         subject: &SubjectId,

@@ -4,7 +4,7 @@
 //! both are built from the paged helpers here.
 
 use crate::audit::{AuditFilter, Operation, Outcome};
-use crate::authz::{Action, Grant, Render};
+use crate::authz::{act, Grant, Render};
 use crate::domain::retention::{retention_rule, Rule};
 use crate::domain::{
     FieldMeta, FieldName, FieldValue, SubjectId, SubjectState, TenantId, Timestamp,
@@ -100,7 +100,7 @@ impl Vault {
             .tenant(tenant)
             .subject(subject)
             .run(
-                Check::action(Action::AccessReport, Some(tenant)),
+                Check::action(act::AccessReport, Some(tenant)),
                 |grant| async move { self.access_report(&grant, tenant, subject) },
                 |report: &AccessReport, ev| {
                     ev.fields = report
@@ -116,7 +116,7 @@ impl Vault {
 
     fn access_report(
         &self,
-        grant: &Grant,
+        grant: &Grant<act::AccessReport>,
         tenant: &TenantId,
         subject: &SubjectId,
     ) -> Result<AccessReport, ServiceError> {
@@ -167,7 +167,7 @@ impl Vault {
     /// up again for every page, so an erasure during a long export ends it.
     pub(super) fn held_fields_page(
         &self,
-        grant: &Grant,
+        grant: &Grant<impl act::ListsHeld>,
         tenant: &TenantId,
         subject: &SubjectId,
         after: Option<&FieldName>,

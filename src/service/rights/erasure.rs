@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use crate::audit::Operation;
-use crate::authz::Action;
+use crate::authz::act;
 use crate::domain::{Category, SubjectId, TenantId, Timestamp};
 use crate::storage::{categories_in, Erasure, Store, SubjectRecord, Tombstone};
 
@@ -109,7 +109,7 @@ impl Vault {
             .tenant(tenant)
             .subject(subject)
             .run(
-                Check::action(Action::Erase, Some(tenant)),
+                Check::action(act::Erase, Some(tenant)),
                 |_| async move { self.erase(call, tenant, subject) },
                 |r: &ErasureReceipt, ev| {
                     ev.fields = r

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::audit::Operation;
-use crate::authz::{Action, Grant, Render};
+use crate::authz::{act, Grant, Render};
 use crate::domain::{FieldName, FieldValue, Purpose, SubjectId, TenantId, Timestamp};
 
 use super::super::usecase::Check;
@@ -39,7 +39,7 @@ enum Next {
 pub struct Export {
     tenant: TenantId,
     subject: SubjectId,
-    grant: Grant,
+    grant: Grant<act::Export>,
     /// Recipients are listed from the audit log as it stood when the export began: events
     /// up to this sequence number (the export's own event comes after).
     until: u64,
@@ -192,7 +192,7 @@ impl Vault {
         purpose: &Purpose,
     ) -> Result<Export, ServiceError> {
         let check = Check::Subject {
-            action: Action::Export,
+            action: act::Export,
             tenant,
             subject,
             purpose: Some(purpose),
@@ -227,7 +227,7 @@ impl Vault {
 
     fn start_export(
         &self,
-        grant: Grant,
+        grant: Grant<act::Export>,
         tenant: &TenantId,
         subject: &SubjectId,
     ) -> Result<Export, ServiceError> {

@@ -10,6 +10,7 @@ use crate::domain::retention::retention_rule;
 use crate::domain::{Category, Timestamp};
 use crate::storage::{Erasure, Tombstone};
 
+use super::super::audit::RETENTION_JOB;
 use super::super::usecase::no_detail;
 use super::super::{Call, ServiceError, Vault};
 
@@ -82,9 +83,9 @@ impl Vault {
     }
 
     /// Deletes every field whose expiry has passed; returns how many. Each deletion is one
-    /// audit event by the `pii-vault/retention` identity.
+    /// audit event by the `job:pii-vault/retention` identity (no policy is asked).
     pub async fn sweep_retention(&self) -> Result<u64, ServiceError> {
-        let call = Call::job("pii-vault/retention", "retention-sweep");
+        let call = Call::job(RETENTION_JOB, "retention-sweep");
         let now = self.clock.now();
         let mut deleted = self.end_legal_holds(&call, now).await?;
         let mut after = None;

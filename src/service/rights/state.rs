@@ -2,7 +2,7 @@
 //! (in `authz::Authz::decide_for_subject`).
 
 use crate::audit::Operation;
-use crate::authz::Action;
+use crate::authz::act;
 use crate::domain::{Consent, InvalidInput, Purpose, SubjectId, SubjectState, TenantId};
 
 use super::super::usecase::{no_detail, Check};
@@ -29,11 +29,12 @@ impl Vault {
         subject: &SubjectId,
         change: Option<StateChange>,
     ) -> Result<SubjectState, ServiceError> {
-        let (op, action) = match &change {
-            None => (Operation::ListConsents, Action::Consent),
-            Some(StateChange::Restrict) => (Operation::RestrictSubject, Action::Restrict),
-            Some(StateChange::Lift) => (Operation::LiftRestriction, Action::Restrict),
-            Some(StateChange::Consent { .. }) => (Operation::SetConsent, Action::Consent),
+        // Restriction changes need `restrict`; reading the state and consent need `consent`.
+        let (op, restrict) = match &change {
+            None => (Operation::ListConsents, false),
+            Some(StateChange::Restrict) => (Operation::RestrictSubject, true),
+            Some(StateChange::Lift) => (Operation::LiftRestriction, true),
+            Some(StateChange::Consent { .. }) => (Operation::SetConsent, false),
         };
         let mut case = self.use_case(call, op).tenant(tenant).subject(subject);
         if let Some(StateChange::Consent {
@@ -44,12 +45,14 @@ impl Vault {
                 .purpose(purpose)
                 .reason(if *granted { "granted" } else { "withdrawn" });
         }
-        case.run(
-            Check::action(action, Some(tenant)),
-            |_| async move { self.change_state(tenant, subject, change) },
-            no_detail,
-        )
-        .await
+        let body = || async move { self.change_state(tenant, subject, change) };
+        if restrict {
+            let check = Check::action(act::Restrict, Some(tenant));
+            case.run(check, |_| body(), no_detail).await
+        } else {
+            let check = Check::action(act::Consent, Some(tenant));
+            case.run(check, |_| body(), no_detail).await
+        }
     }
 
     fn change_state(
