@@ -204,6 +204,7 @@ fn hot_subject() -> (Hot, pii_vault::crypto::Sealed) {
         fields: Vec::new(),
         now,
         by: "bench".into(),
+        may_replace: u32::MAX,
     };
     store.put_fields(&tenant, &subject, &write).expect("store");
     let hot = Hot {

@@ -49,6 +49,7 @@ markers!(
     Find,
     Tokenize,
     Detokenize,
+    List,
 );
 
 /// Grants that may open and show field values: a read, a detokenization.

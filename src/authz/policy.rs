@@ -41,10 +41,12 @@ pub enum Action {
     Find,
     Tokenize,
     Detokenize,
+    /// List a tenant's subject ids (which may be email addresses): more than `read`.
+    List,
 }
 
 impl Action {
-    pub const ALL: [Action; 15] = [
+    pub const ALL: [Action; 16] = [
         Action::TenantAdmin,
         Action::Read,
         Action::Write,
@@ -60,6 +62,7 @@ impl Action {
         Action::Find,
         Action::Tokenize,
         Action::Detokenize,
+        Action::List,
     ];
 
     pub fn name(self) -> &'static str {
@@ -79,6 +82,7 @@ impl Action {
             Action::Find => "find",
             Action::Tokenize => "tokenize",
             Action::Detokenize => "detokenize",
+            Action::List => "list",
         }
     }
 

@@ -106,6 +106,12 @@ impl From<StoreError> for ServiceError {
             StoreError::Backend(_) => ServiceError::Unavailable(e),
             StoreError::NoTenant => ServiceError::TenantNotFound,
             StoreError::Erased => ServiceError::SubjectErased,
+            StoreError::NotGranted { field, category } => {
+                ServiceError::Refused(Refusal::NotGranted(format!(
+                    "no rule grants write of {} fields: field {field} is one",
+                    category.name()
+                )))
+            }
             StoreError::Corrupt(_) | StoreError::Conflict => ServiceError::Internal(e.to_string()),
         }
     }

@@ -131,6 +131,9 @@ impl UseCase<'_> {
                 subject,
                 purpose,
             } => {
+                // The policy first: a caller it refuses learns nothing of the tenant's
+                // existence (reading the state of an unknown tenant answers NOT_FOUND).
+                vault.authz.decide(caller, action, Some(tenant), purpose)?;
                 let state = vault.store.subject_state(tenant, subject)?;
                 vault
                     .authz

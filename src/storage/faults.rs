@@ -9,8 +9,9 @@ use crate::crypto::Sealed;
 use crate::domain::{FieldName, SubjectId, SubjectState, TenantId, Timestamp};
 
 use super::{
-    AuditMarks, Erasure, FieldRecord, KeyChange, KeyUpdate, Store, StoreError, StoreResult,
-    SubjectRecord, SubjectUpdate, SubjectWrite, TenantKeyState, TenantRecord, Tombstone, Written,
+    AuditMarks, Erasure, FieldRecord, KeyChange, KeyUpdate, StateUpdate, Store, StoreError,
+    StoreResult, SubjectRecord, SubjectUpdate, SubjectWrite, TenantKeyState, TenantRecord,
+    Tombstone, Written,
 };
 
 /// Switches that make the wrapped store misbehave.
@@ -260,14 +261,14 @@ impl Store for FaultyStore {
     fn subject_state(&self, tenant: &TenantId, subject: &SubjectId) -> StoreResult<SubjectState> {
         self.inner.subject_state(tenant, subject)
     }
-    fn set_subject_state(
+    fn update_subject_state(
         &self,
         tenant: &TenantId,
         subject: &SubjectId,
-        state: &SubjectState,
-    ) -> StoreResult<()> {
+        update: &StateUpdate<'_>,
+    ) -> StoreResult<SubjectState> {
         self.write()?;
-        self.inner.set_subject_state(tenant, subject, state)
+        self.inner.update_subject_state(tenant, subject, update)
     }
     fn erase_subject(
         &self,

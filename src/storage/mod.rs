@@ -28,7 +28,7 @@ pub use records::{
 };
 
 use crate::crypto::Sealed;
-use crate::domain::{FieldName, SubjectId, SubjectState, TenantId, Timestamp};
+use crate::domain::{Category, FieldName, SubjectId, SubjectState, TenantId, Timestamp};
 
 /// What can go wrong in storage. Messages never contain stored bytes.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -48,6 +48,13 @@ pub enum StoreError {
     /// The subject was erased; its id cannot be written again.
     #[error("subject was erased")]
     Erased,
+    /// A write would replace a stored field of a category the writer may not write. Names
+    /// the field and its category, never its value.
+    #[error("no grant to replace field {field} of category {}", category.name())]
+    NotGranted {
+        field: FieldName,
+        category: Category,
+    },
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -65,6 +72,10 @@ pub type KeyUpdate<'a> = dyn Fn(&TenantRecord, &TenantKeyState) -> Option<KeyCha
 /// Computes a subject's new record from its stored one and the tenant's current KEK
 /// version; `None` leaves it as it is. Runs inside a transaction: it must be pure.
 pub type SubjectUpdate<'a> = dyn Fn(&SubjectId, &SubjectRecord, u32) -> Option<SubjectRecord> + 'a;
+
+/// Computes a subject's new consents and restriction from the stored ones; `None` changes
+/// nothing. Runs inside a transaction and may run more than once: it must be pure.
+pub type StateUpdate<'a> = dyn Fn(&SubjectState) -> Option<SubjectState> + 'a;
 
 /// The signed records that bound the audit chain (see `audit::ChainMark`).
 #[derive(Clone, Debug, Default)]
@@ -222,13 +233,16 @@ pub trait Store: Send + Sync + 'static {
 
     /// A subject's consents and restriction (default when never set).
     fn subject_state(&self, tenant: &TenantId, subject: &SubjectId) -> StoreResult<SubjectState>;
-    /// Replaces a subject's consents and restriction.
-    fn set_subject_state(
+    /// Changes a subject's consents and restriction by compare-and-swap: `update` computes
+    /// the new state from the stored one (`None` keeps it), in one transaction with the
+    /// write, so no concurrent change is lost. Returns the state stored afterwards. `Erased`
+    /// if the subject has a tombstone.
+    fn update_subject_state(
         &self,
         tenant: &TenantId,
         subject: &SubjectId,
-        state: &SubjectState,
-    ) -> StoreResult<()>;
+        update: &StateUpdate<'_>,
+    ) -> StoreResult<SubjectState>;
 
     /// Fields of a tenant whose expiry is at or before `now`: (subject, field, expiry).
     fn expired(

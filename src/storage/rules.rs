@@ -9,12 +9,12 @@
 //! transactions are retried on serialization failures: a rule has no side effects, so
 //! running it again with what was read again is always right.
 
-use crate::domain::{FieldName, Timestamp};
+use crate::domain::{FieldName, SubjectState, Timestamp};
 
-#[cfg(test)]
-use super::records::category_bit;
-use super::records::{Erasure, FieldRecord, SubjectRecord, SubjectWrite, Tombstone, Written};
-use super::{StoreError, StoreResult};
+use super::records::{
+    category_bit, Erasure, FieldRecord, SubjectRecord, SubjectWrite, Tombstone, Written,
+};
+use super::{StateUpdate, StoreError, StoreResult};
 
 /// Keys a change adds and removes. A key is never in both lists: the last of an add and a
 /// remove of one key wins, so a backend may apply the removals and the additions in any
@@ -124,10 +124,27 @@ fn put_subject(reads: &mut PutReads, write: &SubjectWrite) -> StoreResult<(Subje
     }
 }
 
+/// Refuses a write that would replace a stored field of a category the writer may not
+/// write (`SubjectWrite::may_replace`): an overwrite changes the old value as much as a
+/// deletion does. Decided on what the transaction read, so no racing write slips between.
+fn check_replace(write: &SubjectWrite, previous: &[Option<FieldRecord>]) -> StoreResult<()> {
+    for old in previous.iter().flatten() {
+        if write.may_replace & category_bit(old.meta.category) == 0 {
+            return Err(StoreError::NotGranted {
+                field: old.meta.name.clone(),
+                category: old.meta.category,
+            });
+        }
+    }
+    Ok(())
+}
+
 /// `Store::put_fields`: stores every field of `write` with its version bumped, moves its
 /// blind-index and expiry entries, and adds the write's categories to the subject's mask.
+/// Refuses (`NotGranted`) to replace a field of a category outside `write.may_replace`.
 pub(crate) fn put(mut reads: PutReads, write: &SubjectWrite) -> StoreResult<PutPlan> {
     let (mut record, mut dirty) = put_subject(&mut reads, write)?;
+    check_replace(write, &reads.previous)?;
     let mask = write.categories();
     if record.categories | mask != record.categories {
         record.categories |= mask;
@@ -236,6 +253,22 @@ pub(crate) fn reindex(
     changes.put_field(field);
     changes.subject = Some(rec);
     changes
+}
+
+/// `Store::update_subject_state`, from whether the subject has a tombstone and its stored
+/// state: the state to write (`None`: nothing changes) and the state stored afterwards.
+pub(crate) fn update_state(
+    erased: bool,
+    stored: SubjectState,
+    update: &StateUpdate<'_>,
+) -> StoreResult<(Option<SubjectState>, SubjectState)> {
+    if erased {
+        return Err(StoreError::Erased);
+    }
+    match update(&stored) {
+        Some(next) if next != stored => Ok((Some(next.clone()), next)),
+        _ => Ok((None, stored)),
+    }
 }
 
 /// What an erasure changes besides deleting the subject record and its consents, and

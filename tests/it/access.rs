@@ -475,7 +475,7 @@ async fn the_access_report_lists_every_field_and_the_recipients_of_earlier_reads
             SubjectId::parse("alice").expect("id"),
         );
         store
-            .set_subject_state(&acme, &alice, &state)
+            .update_subject_state(&acme, &alice, &|_| Some(state.clone()))
             .expect("state");
         store.flush().expect("flush");
     }

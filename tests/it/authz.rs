@@ -22,7 +22,7 @@ security = ["uri:spiffe://test/security"]
 [[rules]]
 name = "billing"
 who = ["role:billing"]
-actions = ["read", "write", "delete", "tokenize", "detokenize"]
+actions = ["read", "write", "delete", "tokenize", "detokenize", "list"]
 categories = ["payment", "account"]
 purposes = ["billing"]
 render = "reveal"
@@ -30,14 +30,14 @@ render = "reveal"
 [[rules]]
 name = "support"
 who = ["role:support"]
-actions = ["read", "find"]
+actions = ["read", "find", "list"]
 purposes = ["support"]
 render = "masked"
 
 [[rules]]
 name = "analyst"
 who = ["role:analyst"]
-actions = ["read", "detokenize"]
+actions = ["read", "detokenize", "list"]
 categories = ["payment"]
 purposes = ["analysis"]
 render = "whole"
@@ -347,7 +347,7 @@ async fn a_reload_that_removes_a_grant_applies_to_the_next_call_on_an_open_conne
         .is_ok());
 
     let without_billing = POLICY.replace(
-        "actions = [\"read\", \"write\", \"delete\", \"tokenize\", \"detokenize\"]",
+        "actions = [\"read\", \"write\", \"delete\", \"tokenize\", \"detokenize\", \"list\"]",
         "actions = [\"write\"]",
     );
     std::fs::write(&vault.config.policy_file, without_billing).expect("write");

@@ -11,9 +11,11 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use pii_vault::crypto::{Aad, Dek, Kek, Key};
-use pii_vault::domain::{Category, FieldName, SubjectId, SubjectState, TenantId, Timestamp};
+use pii_vault::domain::{
+    Category, Consent, FieldName, Purpose, SubjectId, SubjectState, TenantId, Timestamp,
+};
 use pii_vault::storage::{
-    Erasure, KeyChange, SealedField, Store, StoreError, SubjectRecord, SubjectWrite,
+    category_bit, Erasure, KeyChange, SealedField, Store, StoreError, SubjectRecord, SubjectWrite,
     TenantKeyState, TenantRecord, Tombstone,
 };
 
@@ -87,6 +89,7 @@ pub fn write(subject: &SubjectRecord, fields: Vec<SealedField>, now: u64) -> Sub
         fields,
         now: Timestamp(now),
         by: "spiffe://test/writer".into(),
+        may_replace: u32::MAX,
     }
 }
 
@@ -582,8 +585,118 @@ pub fn subject_state_defaults_and_is_replaced(store: Arc<dyn Store>) {
         consents: Vec::new(),
         restricted_since: Some(Timestamp(77)),
     };
-    store.set_subject_state(&t.id, &s, &state).expect("set");
+    let set = |_: &SubjectState| Some(state.clone());
+    assert_eq!(
+        store.update_subject_state(&t.id, &s, &set).expect("set"),
+        state
+    );
     assert_eq!(store.subject_state(&t.id, &s).expect("state"), state);
+    let keep = |_: &SubjectState| None;
+    assert_eq!(
+        store.update_subject_state(&t.id, &s, &keep).expect("keep"),
+        state
+    );
+}
+
+/// A write may replace a stored field only if its `may_replace` mask has the stored
+/// field's category; otherwise nothing of the write is stored.
+pub fn an_overwrite_needs_the_stored_fields_category(store: Arc<dyn Store>) {
+    let t = create_tenant(store.as_ref(), "acme");
+    let s = subject_id("u");
+    let rec = new_subject(&t);
+    store
+        .put_fields(
+            &t.id,
+            &s,
+            &write(&rec, vec![sealed_field("card", Category::Payment, b"p")], 1),
+        )
+        .expect("put");
+    let mut overwrite = write(
+        &rec,
+        vec![
+            sealed_field("nick", Category::Profile, b"n"),
+            sealed_field("card", Category::Profile, b"x"),
+        ],
+        2,
+    );
+    overwrite.may_replace = category_bit(Category::Profile);
+    match store.put_fields(&t.id, &s, &overwrite) {
+        Err(StoreError::NotGranted { field, category }) => {
+            assert_eq!((field.as_str(), category), ("card", Category::Payment));
+        }
+        other => panic!("overwrite of a payment field by a profile writer: {other:?}"),
+    }
+    let card = store
+        .field(&t.id, &s, &name("card"))
+        .expect("get")
+        .expect("kept");
+    assert_eq!(
+        (card.meta.category, card.meta.version),
+        (Category::Payment, 1)
+    );
+    assert_eq!(
+        store.field(&t.id, &s, &name("nick")).expect("get"),
+        None,
+        "all or nothing"
+    );
+    overwrite.may_replace |= category_bit(Category::Payment);
+    store.put_fields(&t.id, &s, &overwrite).expect("granted");
+}
+
+/// `update_subject_state` is a compare-and-swap: concurrent changes of different parts of
+/// one subject's state all survive, and an erased subject's state is never written again.
+pub fn subject_state_changes_are_atomic(store: Arc<dyn Store>) {
+    let t = create_tenant(store.as_ref(), "acme");
+    let s = subject_id("u");
+    let rounds = 50;
+    std::thread::scope(|scope| {
+        for writer in 0..4u64 {
+            let (store, t, s) = (store.clone(), &t, &s);
+            scope.spawn(move || {
+                for i in 0..rounds {
+                    let purpose = Purpose::parse(&format!("p{writer}x{i}")).expect("purpose");
+                    let add = |stored: &SubjectState| {
+                        let mut next = stored.clone();
+                        next.set_consent(Consent {
+                            purpose: purpose.clone(),
+                            granted: true,
+                            at: Timestamp(i),
+                            source: "test".into(),
+                        });
+                        Some(next)
+                    };
+                    store.update_subject_state(&t.id, s, &add).expect("update");
+                }
+            });
+        }
+    });
+    let state = store.subject_state(&t.id, &s).expect("state");
+    assert_eq!(state.consents.len(), 4 * rounds as usize, "no change lost");
+
+    let rec = new_subject(&t);
+    store
+        .put_fields(
+            &t.id,
+            &s,
+            &write(&rec, vec![sealed_field("a", Category::Usage, b"v")], 1),
+        )
+        .expect("put");
+    store
+        .erase_subject(&t.id, &s, &tombstone(5))
+        .expect("erase");
+    let restrict = |stored: &SubjectState| {
+        let mut next = stored.clone();
+        next.restricted_since = Some(Timestamp(9));
+        Some(next)
+    };
+    assert!(matches!(
+        store.update_subject_state(&t.id, &s, &restrict),
+        Err(StoreError::Erased)
+    ));
+    assert_eq!(
+        store.subject_state(&t.id, &s).expect("state"),
+        SubjectState::default()
+    );
 }
 
 pub fn erasure_removes_the_key_once_and_blocks_rewrites(store: Arc<dyn Store>) {
@@ -599,15 +712,14 @@ pub fn erasure_removes_the_key_once_and_blocks_rewrites(store: Arc<dyn Store>) {
     store
         .put_fields(&t.id, &s, &write(&rec, fields, 1))
         .expect("put");
+    let restrict = |_: &SubjectState| {
+        Some(SubjectState {
+            consents: Vec::new(),
+            restricted_since: Some(Timestamp(3)),
+        })
+    };
     store
-        .set_subject_state(
-            &t.id,
-            &s,
-            &SubjectState {
-                consents: Vec::new(),
-                restricted_since: Some(Timestamp(3)),
-            },
-        )
+        .update_subject_state(&t.id, &s, &restrict)
         .expect("state");
 
     let Erasure::Erased(written) = store
@@ -851,6 +963,8 @@ macro_rules! conformance_tests {
             index_entries_follow_rewrites_and_reindexing,
             expired_fields_are_listed_and_deleted_only_if_not_rewritten,
             subject_state_defaults_and_is_replaced,
+            subject_state_changes_are_atomic,
+            an_overwrite_needs_the_stored_fields_category,
             erasure_removes_the_key_once_and_blocks_rewrites,
             erasing_a_subject_with_a_legal_shadow_schedules_the_shadow,
             an_epoch_mark_is_cleared_only_if_no_erasure_came_after,

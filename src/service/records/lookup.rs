@@ -5,7 +5,7 @@
 //! Entry key: `index key version | field name | HMAC tag | subject id`, length-prefixed.
 
 use crate::audit::Operation;
-use crate::authz::act;
+use crate::authz::{act, Grant, Refusal};
 use crate::codec::{Reader, Writer};
 use crate::crypto::{Index, Key};
 use crate::domain::{FieldName, FieldValue, InvalidInput, Purpose, SubjectId, TenantId};
@@ -75,10 +75,55 @@ impl Vault {
             .purpose(purpose)
             .run(
                 check,
-                |_| async move { self.lookup(tenant, field, value) },
+                |grant| async move {
+                    let found = self.lookup(tenant, field, value)?;
+                    self.servable(call, &grant, tenant, field, purpose, found)
+                },
                 |found: &Vec<SubjectId>, ev| ev.reason = format!("{} subjects found", found.len()),
             )
             .await
+    }
+
+    /// The subjects of `found` the caller may learn of: not reserved ids (legal shadows),
+    /// the indexed field of a category the grant covers and not a card number, the subject
+    /// neither restricted (unless the purpose is a legal obligation) nor without consent for
+    /// the purpose. The others are left out silently: a refusal that depends on whether a
+    /// value matched would itself confirm the guess.
+    fn servable(
+        &self,
+        call: &Call,
+        grant: &Grant<act::Find>,
+        tenant: &TenantId,
+        field: &FieldName,
+        purpose: &Purpose,
+        found: Vec<SubjectId>,
+    ) -> Result<Vec<SubjectId>, ServiceError> {
+        let card = FieldValue::CardNumber(String::new()).kind_code();
+        let mut servable = Vec::with_capacity(found.len());
+        for subject in found {
+            if subject.is_reserved() {
+                continue;
+            }
+            let Some(rec) = self.store.field(tenant, &subject, field)? else {
+                continue;
+            };
+            if rec.kind == card || grant.category(rec.meta.category).is_err() {
+                continue;
+            }
+            let state = self.store.subject_state(tenant, &subject)?;
+            match self.authz.decide_for_subject(
+                &call.caller,
+                act::Find,
+                tenant,
+                Some(purpose),
+                &state,
+            ) {
+                Ok(_) => servable.push(subject),
+                Err(Refusal::Restricted | Refusal::NoConsent(_)) => {}
+                Err(refused @ Refusal::NotGranted(_)) => return Err(refused.into()),
+            }
+        }
+        Ok(servable)
     }
 
     fn lookup(
@@ -88,6 +133,11 @@ impl Vault {
         value: &FieldValue,
     ) -> Result<Vec<SubjectId>, ServiceError> {
         self.tenant_record(tenant)?;
+        if matches!(value, FieldValue::CardNumber(_)) {
+            return Err(
+                InvalidInput::new("card numbers are not indexed and cannot be looked up").into(),
+            );
+        }
         let text = index_text(value)
             .ok_or_else(|| InvalidInput::new("bytes values cannot be looked up"))?;
         let mut found = Vec::new();

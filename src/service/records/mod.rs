@@ -167,7 +167,7 @@ impl Vault {
         self.use_case(call, Operation::ListSubjects)
             .tenant(tenant)
             .run(
-                Check::action(act::Read, Some(tenant)),
+                Check::action(act::List, Some(tenant)),
                 |_| async move {
                     // A shredded tenant answers NOT_FOUND here too, like every other call
                     // about it.

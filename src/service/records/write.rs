@@ -5,8 +5,8 @@
 
 use crate::authz::{act, Grant};
 use crate::crypto::Aad;
-use crate::domain::{Category, FieldName, InvalidInput, NewField, SubjectId, TenantId};
-use crate::storage::{SealedField, StoreError, SubjectWrite, Written};
+use crate::domain::{Category, FieldName, FieldValue, InvalidInput, NewField, SubjectId, TenantId};
+use crate::storage::{category_bit, SealedField, StoreError, SubjectWrite, Written};
 
 use super::super::retry::{self, Attempt};
 use super::super::{Call, ServiceError, Vault};
@@ -44,6 +44,15 @@ pub(super) fn rectification_trail(written: &[Written]) -> String {
         })
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+/// The categories (a category mask) whose stored fields `grant` lets a write replace: the
+/// store checks an overwrite against the stored field's category inside its transaction.
+fn replaceable(grant: &Grant) -> u32 {
+    Category::ALL
+        .into_iter()
+        .filter(|c| grant.category(*c).is_ok())
+        .fold(0, |mask, c| mask | category_bit(c))
 }
 
 /// The error once every attempt of the write lost its race.
@@ -95,7 +104,7 @@ impl Vault {
         let by = call.caller.to_string();
         retry::WRITE
             .run(
-                || self.store_attempt(tenant, subject, &[], None, &by),
+                || self.store_attempt(tenant, subject, &[], None, &by, 0),
                 contended,
             )
             .await
@@ -115,21 +124,41 @@ impl Vault {
         self.check_put(fields)?;
         for f in fields {
             grant.category(f.category)?;
+            if f.is_indexed() && matches!(f.value, FieldValue::CardNumber(_)) {
+                // A blind index of a card number is an oracle for guessing it (the masked
+                // and truncated renders leave ~10^5 candidates): never built.
+                return Err(InvalidInput::new(format!(
+                    "field {} is a card number: card numbers cannot be indexed",
+                    f.name
+                ))
+                .into());
+            }
         }
+        let may_replace = replaceable(grant);
         let index_key = match fields.iter().any(NewField::is_indexed) {
             true => self.keys.index_keys(tenant)?.first().cloned(),
             false => None,
         };
         retry::WRITE
             .run(
-                || self.store_attempt(tenant, subject, fields, index_key.as_deref(), by),
+                || {
+                    self.store_attempt(
+                        tenant,
+                        subject,
+                        fields,
+                        index_key.as_deref(),
+                        by,
+                        may_replace,
+                    )
+                },
                 contended,
             )
             .await
     }
 
     /// One attempt of a write: the sealing key, the sealed fields, the store's
-    /// compare-and-write. `Again` when the key changed or another write stored first.
+    /// compare-and-write (which refuses to replace a stored field of a category outside
+    /// `may_replace`). `Again` when the key changed or another write stored first.
     async fn store_attempt(
         &self,
         tenant: &TenantId,
@@ -137,6 +166,7 @@ impl Vault {
         fields: &[NewField],
         index_key: Option<&crate::crypto::Key<crate::crypto::Index>>,
         by: &str,
+        may_replace: u32,
     ) -> Result<Attempt<Vec<Written>>, ServiceError> {
         let Attempt::Done((record, dek)) = self.sealing_key(tenant, subject, fields.len()).await?
         else {
@@ -169,6 +199,7 @@ impl Vault {
             fields: sealed,
             now: self.clock.now(),
             by: by.to_owned(),
+            may_replace,
         };
         match self.store.put_fields(tenant, subject, &write) {
             Ok(written) => Ok(Attempt::Done(written)),

@@ -63,33 +63,39 @@ impl Vault {
     ) -> Result<SubjectState, ServiceError> {
         self.tenant_record(tenant)?;
         self.live_subject(tenant, subject)?;
-        let mut state = self.store.subject_state(tenant, subject)?;
-        let now = self.clock.now();
-        match change {
-            None => return Ok(state),
-            Some(StateChange::Restrict) => {
-                state.restricted_since.get_or_insert(now);
-            }
-            Some(StateChange::Lift) => state.restricted_since = None,
-            Some(StateChange::Consent {
-                purpose,
-                granted,
-                source,
-            }) => {
-                if source.is_empty() || source.len() > 128 || source.chars().any(char::is_control) {
-                    return Err(
-                        InvalidInput::new("source must be 1 to 128 printable characters").into(),
-                    );
-                }
-                state.set_consent(Consent {
-                    purpose,
-                    granted,
-                    at: now,
-                    source,
-                });
+        let Some(change) = change else {
+            return Ok(self.store.subject_state(tenant, subject)?);
+        };
+        if let StateChange::Consent { source, .. } = &change {
+            if source.is_empty() || source.len() > 128 || source.chars().any(char::is_control) {
+                return Err(
+                    InvalidInput::new("source must be 1 to 128 printable characters").into(),
+                );
             }
         }
-        self.store.set_subject_state(tenant, subject, &state)?;
-        Ok(state)
+        let now = self.clock.now();
+        // Compare-and-swap in the store: the change is applied to the state as stored when
+        // the write happens, so a concurrent restriction or consent change is never undone.
+        let apply = |stored: &SubjectState| {
+            let mut state = stored.clone();
+            match &change {
+                StateChange::Restrict => {
+                    state.restricted_since.get_or_insert(now);
+                }
+                StateChange::Lift => state.restricted_since = None,
+                StateChange::Consent {
+                    purpose,
+                    granted,
+                    source,
+                } => state.set_consent(Consent {
+                    purpose: purpose.clone(),
+                    granted: *granted,
+                    at: now,
+                    source: source.clone(),
+                }),
+            }
+            Some(state)
+        };
+        Ok(self.store.update_subject_state(tenant, subject, &apply)?)
     }
 }

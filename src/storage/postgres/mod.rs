@@ -35,6 +35,7 @@ mod lease;
 mod pool;
 mod rows;
 mod schema;
+mod state;
 mod tls;
 
 use std::collections::HashSet;
@@ -49,14 +50,14 @@ use crate::domain::{FieldName, SubjectId, SubjectState, TenantId, Timestamp};
 use self::conn::{exec, one, rows, tenant_one, tenant_rows, Conn};
 use self::lease::LeaseSession;
 use self::pool::open_client;
-use self::rows::{meta_value, prefix_end, require_tenant};
+use self::rows::{meta_value, prefix_end};
 use super::records::{
-    decode_state, encode_state, Erasure, FieldRecord, SubjectRecord, SubjectWrite, TenantRecord,
-    Tombstone, Written,
+    decode_state, Erasure, FieldRecord, SubjectRecord, SubjectWrite, TenantRecord, Tombstone,
+    Written,
 };
 use super::{
-    AuditMarks, Fence, FenceMode, KeyChange, KeyUpdate, Store, StoreError, StoreResult,
-    SubjectUpdate, TenantKeyState,
+    AuditMarks, Fence, FenceMode, KeyChange, KeyUpdate, StateUpdate, Store, StoreError,
+    StoreResult, SubjectUpdate, TenantKeyState,
 };
 
 /// Runs `f`, which blocks its thread on the database, without taking an async worker away
@@ -336,22 +337,13 @@ impl Store for PgStore {
         })
     }
 
-    fn set_subject_state(
+    fn update_subject_state(
         &self,
         t: &TenantId,
         s: &SubjectId,
-        state: &SubjectState,
-    ) -> StoreResult<()> {
-        self.tx(|tx| {
-            require_tenant(tx, t)?;
-            exec(
-                tx,
-                "INSERT INTO pv_state (tenant, subject, state) VALUES ($1, $2, $3)
-                 ON CONFLICT (tenant, subject) DO UPDATE SET state = EXCLUDED.state",
-                &[&t.as_str(), &s.as_str(), &encode_state(state)],
-            )?;
-            Ok(())
-        })
+        update: &StateUpdate<'_>,
+    ) -> StoreResult<SubjectState> {
+        self.tx(|tx| state::update(tx, t, s, update))
     }
 
     fn expired(

@@ -120,6 +120,10 @@ pub struct SubjectWrite {
     pub now: Timestamp,
     /// Identity of the caller writing.
     pub by: String,
+    /// Categories (a category mask) whose stored fields this write may replace: those the
+    /// writer's grant covers. The store refuses, inside the write's transaction, to
+    /// overwrite a field of any other category (`StoreError::NotGranted`).
+    pub may_replace: u32,
 }
 
 impl SubjectWrite {

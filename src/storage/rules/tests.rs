@@ -46,6 +46,7 @@ fn write(fields: Vec<SealedField>) -> SubjectWrite {
         fields,
         now: Timestamp(10),
         by: "cn:test".into(),
+        may_replace: u32::MAX,
     }
 }
 

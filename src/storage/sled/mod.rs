@@ -28,6 +28,7 @@ mod erasure;
 mod fields;
 mod keys;
 mod meta;
+mod state;
 mod trees;
 
 use std::collections::HashMap;
@@ -46,11 +47,12 @@ use crate::domain::{FieldName, SubjectId, SubjectState, TenantId, Timestamp};
 
 use super::backup::Manifest;
 use super::records::{
-    decode_state, encode_state, Erasure, FieldRecord, SubjectRecord, SubjectWrite, TenantRecord,
-    Tombstone, Written,
+    decode_state, Erasure, FieldRecord, SubjectRecord, SubjectWrite, TenantRecord, Tombstone,
+    Written,
 };
 use super::{
-    AuditMarks, KeyChange, KeyUpdate, Store, StoreError, StoreResult, SubjectUpdate, TenantKeyState,
+    AuditMarks, KeyChange, KeyUpdate, StateUpdate, Store, StoreError, StoreResult, SubjectUpdate,
+    TenantKeyState,
 };
 
 type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
@@ -341,15 +343,13 @@ impl Store for SledStore {
             .map_or(Ok(SubjectState::default()), |v| decode_state(&v))
     }
 
-    fn set_subject_state(
+    fn update_subject_state(
         &self,
         t: &TenantId,
         s: &SubjectId,
-        state: &SubjectState,
-    ) -> StoreResult<()> {
-        let trees = self.existing_trees(t)?;
-        let stored = trees.state.insert(subject_key(s), encode_state(state));
-        stored.map(|_| ()).map_err(backend)
+        update: &StateUpdate<'_>,
+    ) -> StoreResult<SubjectState> {
+        state::update(&self.existing_trees(t)?, s, update)
     }
 
     fn expired(

@@ -78,6 +78,7 @@ fn create_subject(keys: &Keyring, s: &Setup, subject: &SubjectId) -> SubjectReco
         fields: Vec::new(),
         now: NOW,
         by: "test".into(),
+        may_replace: u32::MAX,
     };
     s.store
         .put_fields(&s.tenant.id, subject, &write)
