@@ -1,4 +1,5 @@
-//! What a first dev start creates on a fresh machine: the data directory, a root key file
+//! What a first dev start creates on a fresh machine: the data directory and the store
+//! directory (mode 0700), a root key file
 //! (mode 0600) and, when the TLS paths are the dev defaults, the dev PKI and a dev policy
 //! that lets the dev client certificate do everything. Called by `serve` and by the tests'
 //! harness; configuration itself does no file I/O.
@@ -7,7 +8,7 @@ use std::path::Path;
 
 use crate::authz::Policy;
 use crate::certs::DEV_CLIENT_ID;
-use crate::config::{Config, ConfigError};
+use crate::config::{Backend, Config, ConfigError};
 use crate::keyring::RootKeys;
 
 #[derive(Debug, Default)]
@@ -25,7 +26,7 @@ pub fn bootstrap(config: &Config) -> Result<Bootstrapped, ConfigError> {
         let path = path.display().to_string();
         move |source| ConfigError::Io { path, source }
     };
-    std::fs::create_dir_all(&config.data_dir).map_err(io(&config.data_dir))?;
+    private_dir(&config.data_dir).map_err(io(&config.data_dir))?;
     let mut done = Bootstrapped::default();
     if !config.root_key_file.exists() {
         if config.store_dir().exists() {
@@ -37,6 +38,10 @@ pub fn bootstrap(config: &Config) -> Result<Bootstrapped, ConfigError> {
         }
         RootKeys::generate()?.save(&config.root_key_file)?;
         done.root_key = true;
+    }
+    if config.backend == Backend::Sled {
+        let store = config.store_dir();
+        private_dir(&store).map_err(io(&store))?;
     }
     let pki = config.dev_pki();
     if config.dev_tls && !pki.exists() {
@@ -52,4 +57,24 @@ pub fn bootstrap(config: &Config) -> Result<Bootstrapped, ConfigError> {
         done.dev_policy = true;
     }
     Ok(done)
+}
+
+/// Creates `dir` (and missing parents) readable by the owner only, whatever the process
+/// umask; a directory that already exists is left as the operator made it.
+pub fn private_dir(dir: &Path) -> std::io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        builder.mode(0o700);
+        builder.create(dir)?;
+        // The mode passed to mkdir is masked by the umask; set it exactly.
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+    }
+    #[cfg(not(unix))]
+    builder.create(dir)
 }

@@ -44,6 +44,7 @@ fn assert_every_key_set(raw: &RawConfig) {
             cert,
             key,
             client_ca,
+            client_crl,
         },
         keys:
             RawKeys {
@@ -63,6 +64,12 @@ fn assert_every_key_set(raw: &RawConfig) {
                 request_timeout_ms,
                 handshake_timeout_ms,
                 shutdown_grace_ms,
+                requests_per_second,
+                request_burst,
+                denied_per_second,
+                denied_burst,
+                max_connections,
+                max_streams_per_connection,
             },
         storage:
             RawStorage {
@@ -97,6 +104,7 @@ fn assert_every_key_set(raw: &RawConfig) {
         ("tls.cert", cert.is_some()),
         ("tls.key", key.is_some()),
         ("tls.client_ca", client_ca.is_some()),
+        ("tls.client_crl", client_crl.is_some()),
         ("keys.root_key_file", root_key_file.is_some()),
         ("keys.epoch_interval_hours", epoch_interval_hours.is_some()),
         (
@@ -117,6 +125,15 @@ fn assert_every_key_set(raw: &RawConfig) {
             max_fields_per_request.is_some(),
         ),
         ("limits.request_timeout_ms", request_timeout_ms.is_some()),
+        ("limits.requests_per_second", requests_per_second.is_some()),
+        ("limits.request_burst", request_burst.is_some()),
+        ("limits.denied_per_second", denied_per_second.is_some()),
+        ("limits.denied_burst", denied_burst.is_some()),
+        ("limits.max_connections", max_connections.is_some()),
+        (
+            "limits.max_streams_per_connection",
+            max_streams_per_connection.is_some(),
+        ),
         (
             "limits.handshake_timeout_ms",
             handshake_timeout_ms.is_some(),

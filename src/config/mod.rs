@@ -55,6 +55,26 @@ pub struct TlsPaths {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub client_ca: PathBuf,
+    /// Revocation lists of the client CA (PEM), if any.
+    pub client_crl: Option<PathBuf>,
+}
+
+/// What one client may use of the server: its request rate, refused calls, connections
+/// and streams.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AbuseLimits {
+    /// Sustained requests per second per identity.
+    pub requests_per_second: u32,
+    /// Requests per identity in a burst.
+    pub request_burst: u32,
+    /// Sustained refused requests per second per identity.
+    pub denied_per_second: u32,
+    /// Refused requests per identity in a burst.
+    pub denied_burst: u32,
+    /// Open connections, handshakes included.
+    pub max_connections: u32,
+    /// Concurrent streams per HTTP/2 connection.
+    pub max_streams_per_connection: u32,
 }
 
 /// The validated configuration the server runs with.
@@ -78,6 +98,8 @@ pub struct Config {
     /// How long shutdown waits for in-flight calls before dropping their connections.
     pub shutdown_grace: Duration,
     pub cache_capacity_bytes: u64,
+    /// Rate limits and connection caps.
+    pub abuse: AbuseLimits,
     pub backend: Backend,
     /// Where to serve `GET /metrics` (plain HTTP); `None` = no endpoint.
     pub metrics_listen: Option<SocketAddr>,

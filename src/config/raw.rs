@@ -78,6 +78,10 @@ pub struct RawTls {
     pub key: Option<PathBuf>,
     /// CA that client certificates must chain to (PEM). Default: `<data_dir>/tls/ca.pem`.
     pub client_ca: Option<PathBuf>,
+    /// Certificate revocation lists (PEM, one or more) of the client CA: a revoked client
+    /// certificate is refused at the handshake. Read at start and again on SIGHUP.
+    /// Default: none.
+    pub client_crl: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -119,6 +123,22 @@ pub struct RawLimits {
     /// On shutdown, how long in-flight calls may take to finish, in milliseconds; then the
     /// remaining connections are dropped. Default 10000.
     pub shutdown_grace_ms: Option<u64>,
+    /// Requests one client identity may make per second, sustained (a token bucket per
+    /// identity); over it a call answers RESOURCE_EXHAUSTED with a RetryInfo. Default 500.
+    pub requests_per_second: Option<u32>,
+    /// Requests one identity may make in a burst above the sustained rate. Default 1000.
+    pub request_burst: Option<u32>,
+    /// Refused requests (PERMISSION_DENIED, UNAUTHENTICATED) one identity may have per
+    /// second, sustained; past its burst the identity is refused every request until the
+    /// allowance refills. Default 1.
+    pub denied_per_second: Option<u32>,
+    /// Refused requests one identity may have in a burst. Default 20.
+    pub denied_burst: Option<u32>,
+    /// Open client connections (TLS handshakes included); a connection over the cap is
+    /// closed at once. Default 1024.
+    pub max_connections: Option<u32>,
+    /// Concurrent HTTP/2 streams (calls) one connection may have open. Default 128.
+    pub max_streams_per_connection: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]

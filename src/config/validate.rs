@@ -14,7 +14,7 @@ use crate::storage::PgTls;
 
 use super::raw::{RawAudit, RawAuthz, RawKeys, RawLimits, RawStorage, RawTls};
 use super::{
-    bounded, bounded_usize, Backend, Config, ConfigError, RawConfig, TlsPaths, DEFAULT_DATA_DIR,
+    bounded, bounded_usize, AbuseLimits, Backend, Config, ConfigError, RawConfig, TlsPaths, DEFAULT_DATA_DIR,
     DEFAULT_LISTEN, MAX_EPOCH_HOURS,
 };
 
@@ -138,6 +138,7 @@ impl RawConfig {
                 1 << 20,
                 1 << 40,
             )?,
+            abuse: l.abuse()?,
             backend: self.storage.backend()?,
         })
     }
@@ -175,6 +176,7 @@ impl RawTls {
                 .client_ca
                 .clone()
                 .unwrap_or_else(|| dev.ca_cert.clone()),
+            client_crl: self.client_crl.clone(),
         };
         Ok((tls, dev_tls))
     }
@@ -210,6 +212,40 @@ impl RawLimits {
             )?,
         };
         Ok((limits, max_message_bytes))
+    }
+}
+
+impl RawLimits {
+    /// The per-identity rate limits and the connection and stream caps.
+    fn abuse(&self) -> Result<AbuseLimits, ConfigError> {
+        let setting = |name: &str, value: Option<u32>, default: u32, max: u32| {
+            bounded(name, u64::from(value.unwrap_or(default)), 1, u64::from(max))
+                .map(|v| u32::try_from(v).unwrap_or(default))
+        };
+        let limits = AbuseLimits {
+            requests_per_second: setting(
+                "limits.requests_per_second",
+                self.requests_per_second,
+                500,
+                1_000_000,
+            )?,
+            request_burst: setting("limits.request_burst", self.request_burst, 1000, 1_000_000)?,
+            denied_per_second: setting(
+                "limits.denied_per_second",
+                self.denied_per_second,
+                1,
+                1_000_000,
+            )?,
+            denied_burst: setting("limits.denied_burst", self.denied_burst, 20, 1_000_000)?,
+            max_connections: setting("limits.max_connections", self.max_connections, 1024, 1 << 20)?,
+            max_streams_per_connection: setting(
+                "limits.max_streams_per_connection",
+                self.max_streams_per_connection,
+                128,
+                1 << 16,
+            )?,
+        };
+        Ok(limits)
     }
 }
 

@@ -51,6 +51,10 @@ const DESTROYED_SEQ: &str = "keys_destroyed_seq";
 pub enum KeyringError {
     #[error("root key file {path}: {problem}")]
     RootFile { path: String, problem: String },
+    /// The root key file or its directory is unsafe to write (others could read or replace
+    /// the keys): an operator must fix it, nothing was changed.
+    #[error("root key file {path}: {problem}")]
+    UnsafeRootFile { path: String, problem: String },
     #[error(
         "the root key file does not match this data directory (it was created with another root key)"
     )]

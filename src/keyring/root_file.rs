@@ -17,7 +17,8 @@
 //! Rotation rewrites the file atomically twice: once to add the new version (then current),
 //! and, after everything the old version wrapped has been re-wrapped, once without the old
 //! version. A crash in between leaves both versions in the file, and the next start
-//! finishes the rotation. Destroying a version means this file no longer holds it: keep the
+//! finishes the rotation. Each rewrite refuses a key directory that group or others can
+//! write, a symlinked or hard-linked key file and a leftover `root.tmp`. Destroying a version means this file no longer holds it: keep the
 //! file out of backups, or a backup of it brings the version back.
 
 use std::fs;
@@ -185,7 +186,8 @@ impl RootKeys {
         Ok(keys)
     }
 
-    /// Writes the file atomically (temporary file, fsync, rename) with mode 0600.
+    /// Writes the file atomically (a new temporary file, fsync, rename) with mode 0600; see
+    /// `write_private` for what it refuses.
     pub fn save(&self, path: &Path) -> Result<(), KeyringError> {
         let raw = RawFile {
             format: FORMAT,
@@ -210,26 +212,134 @@ impl RootKeys {
         );
         let result = write_private(path, body.as_bytes());
         body.zeroize();
-        result.map_err(|e| KeyringError::RootFile {
-            path: path.display().to_string(),
-            problem: e.to_string(),
-        })
+        result
     }
 }
 
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut opts = fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    let mut file = opts.open(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        fs::File::open(dir)?.sync_all()?;
+/// Writes `bytes` to `path` so that no one but the owner ever sees them: refuses a key
+/// directory that group or others can write, a key file that is a symbolic link or has
+/// other hard links, and a leftover `<name>.tmp` (the fixed temporary name of older
+/// versions, which a planted hard link would have kept readable). The bytes go to a new
+/// file with a random name, created exclusively without following symbolic links, mode
+/// 0600 set on the open file, synced, then renamed over `path`; the directory is synced last.
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), KeyringError> {
+    let unsafe_file = |at: &Path, problem: &str| KeyringError::UnsafeRootFile {
+        path: at.display().to_string(),
+        problem: problem.to_owned(),
+    };
+    let io = |at: &Path, e: std::io::Error| KeyringError::RootFile {
+        path: at.display().to_string(),
+        problem: e.to_string(),
+    };
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    check_directory(&dir)?;
+    match fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_symlink() => {
+            return Err(unsafe_file(
+                path,
+                "it is a symbolic link; the key file must be a regular file",
+            ))
+        }
+        Ok(meta) if hard_links(&meta) > 1 => {
+            return Err(unsafe_file(
+                path,
+                "it has other hard links, which would keep old key versions readable; remove them",
+            ))
+        }
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(path, e)),
     }
+    let stale = path.with_extension("tmp");
+    if fs::symlink_metadata(&stale).is_ok() {
+        return Err(unsafe_file(
+            &stale,
+            "a file with this name exists next to the key file (left over or planted); \
+             remove it before rotating",
+        ));
+    }
+    let tmp = temp_name(&dir, path)?;
+    let written = write_new(&tmp, bytes).and_then(|()| fs::rename(&tmp, path));
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(io(path, e));
+    }
+    fs::File::open(&dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io(&dir, e))
+}
+
+/// A fresh, unpredictable name for the temporary file, in the key file's directory.
+fn temp_name(dir: &Path, path: &Path) -> Result<PathBuf, KeyringError> {
+    let mut random = [0u8; 12];
+    crate::crypto::fill_random(&mut random)
+        .map_err(|_| KeyringError::Missing("randomness for a temporary file name"))?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "root.key".into());
+    Ok(dir.join(format!(".{name}.{}.new", hex::encode(random))))
+}
+
+/// Creates `tmp` (it must not exist, and is never a followed symbolic link), sets mode 0600
+/// on the open file, writes `bytes` and syncs them.
+fn write_new(tmp: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut opts = fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600).custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC);
+    }
+    let mut file = opts.open(tmp)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        file.set_permissions(fs::Permissions::from_mode(0o600))?;
+    }
+    file.write_all(bytes)?;
+    file.sync_all()
+}
+
+#[cfg(unix)]
+fn hard_links(meta: &fs::Metadata) -> u64 {
+    std::os::unix::fs::MetadataExt::nlink(meta)
+}
+
+#[cfg(not(unix))]
+fn hard_links(_: &fs::Metadata) -> u64 {
+    1
+}
+
+/// Refuses a key directory that group or others may write: whoever can write it can plant
+/// links or swap files next to the key.
+fn check_directory(dir: &Path) -> Result<(), KeyringError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(dir)
+            .map_err(|e| KeyringError::RootFile {
+                path: dir.display().to_string(),
+                problem: e.to_string(),
+            })?
+            .permissions()
+            .mode();
+        if mode & 0o022 != 0 {
+            return Err(KeyringError::UnsafeRootFile {
+                path: dir.display().to_string(),
+                problem: format!(
+                    "the key directory's mode is {:o}: group and others must not be able to \
+                     write it (chmod go-w)",
+                    mode & 0o777
+                ),
+            });
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = dir;
     Ok(())
 }
 

@@ -7,6 +7,7 @@
 //! `run` takes an already bound listener and a shutdown future, so tests can bind
 //! `127.0.0.1:0` and stop the server with a oneshot.
 
+mod limits;
 mod metrics_http;
 mod observe;
 mod tasks;
@@ -88,6 +89,10 @@ pub async fn run(
     let store: Arc<dyn Store> = match &config.backend {
         Backend::Sled => {
             let store_dir = config.store_dir();
+            crate::dev::private_dir(&store_dir).map_err(|e| ServerError::Store {
+                path: store_dir.display().to_string(),
+                source: StoreError::Backend(e.to_string()),
+            })?;
             let store =
                 SledStore::open(&store_dir, config.cache_capacity_bytes).map_err(|source| {
                     ServerError::Store {
@@ -137,10 +142,12 @@ pub async fn serve(
 
     let local = listener.local_addr().ok();
     let cut = CancellationToken::new();
+    let abuse = config.abuse;
     let incoming = ReceiverStream::new(tls::incoming(
         listener,
-        tls,
+        tls.clone(),
         config.handshake_timeout,
+        abuse.max_connections as usize,
         cut.clone(),
     ));
     let stopping = CancellationToken::new();
@@ -156,14 +163,18 @@ pub async fn serve(
         &vault,
         &store,
         authz,
+        tls,
         &metrics,
         exporter.into_iter().chain([grace]),
     );
     tracing::info!(listen = ?local, "serving (mTLS required, TLS 1.3)");
     let served = tonic::transport::Server::builder()
         .timeout(config.request_timeout)
+        .max_concurrent_streams(abuse.max_streams_per_connection)
+        .concurrency_limit_per_connection(abuse.max_streams_per_connection as usize)
         .layer(observe::ObserveLayer::new(metrics))
         .layer(MapResponseLayer::new(oversized_is_invalid_argument))
+        .layer(limits::RateLimitLayer(limits::RateLimiter::new(abuse)))
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
@@ -178,10 +189,10 @@ fn open_vault(
     config: &Config,
     store: Arc<dyn Store>,
     metrics: Metrics,
-) -> Result<(Arc<Vault>, Arc<Authz>, rustls::ServerConfig), ServerError> {
+) -> Result<(Arc<Vault>, Arc<Authz>, Arc<tls::ReloadableTls>), ServerError> {
     let root = RootKeys::load(&config.root_key_file)?;
     let keys = Keyring::open(root, store.clone())?;
-    let tls = server_config(&config.tls)?;
+    let tls = tls::ReloadableTls::load(&config.tls)?;
     let authz = Arc::new(Authz::load(
         config.policy_file.clone(),
         config.purposes.clone(),

@@ -1,4 +1,4 @@
-//! The server's background tasks: policy reload on SIGHUP, the hourly retention sweep, the
+//! The server's background tasks: policy and TLS reload on SIGHUP, the hourly retention sweep, the
 //! daily audit prune, key jobs, store sampling for the metrics, and the shutdown grace timer.
 //! `Tasks` starts them with the server and stops them before the store is flushed.
 
@@ -14,6 +14,8 @@ use crate::metrics::Metrics;
 use crate::service::Vault;
 use crate::storage::Store;
 
+use super::tls::ReloadableTls;
+
 /// How often the store's size on disk is sampled for the metrics.
 const STORE_SAMPLE_INTERVAL: Duration = Duration::from_secs(15);
 
@@ -27,11 +29,12 @@ impl Tasks {
         vault: &Arc<Vault>,
         store: &Arc<dyn Store>,
         authz: Arc<Authz>,
+        tls: Arc<ReloadableTls>,
         metrics: &Metrics,
         extra: impl IntoIterator<Item = JoinHandle<()>>,
     ) -> Self {
         let mut tasks = vec![
-            tokio::spawn(reload_policy_on_sighup(authz)),
+            tokio::spawn(reload_on_sighup(authz, tls)),
             tokio::spawn(prune_audit_daily(vault.clone())),
             tokio::spawn(sweep_retention_hourly(vault.clone())),
             tokio::spawn(sample_store(
@@ -54,8 +57,9 @@ impl Tasks {
     }
 }
 
-/// Re-reads the policy file on SIGHUP; a bad file leaves the old policy in force.
-async fn reload_policy_on_sighup(authz: Arc<Authz>) {
+/// Re-reads the policy file and the TLS files (certificate, client CA, revocation lists) on
+/// SIGHUP; a bad file leaves the old policy or TLS configuration in force.
+async fn reload_on_sighup(authz: Arc<Authz>, tls: Arc<ReloadableTls>) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
@@ -69,10 +73,16 @@ async fn reload_policy_on_sighup(authz: Arc<Authz>) {
                     tracing::error!(error = %e, "policy reload failed; the previous policy stays in force")
                 }
             }
+            match tls.reload() {
+                Ok(()) => tracing::info!("TLS configuration reloaded"),
+                Err(e) => {
+                    tracing::error!(error = %e, "TLS reload failed; the previous configuration stays in force")
+                }
+            }
         }
     }
     #[cfg(not(unix))]
-    let _ = authz;
+    let _ = (authz, tls);
 }
 
 /// Deletes expired fields once an hour (and a minute after start).

@@ -4,22 +4,25 @@
 //! required: rustls rejects the handshake otherwise, so no unauthenticated byte reaches
 //! a handler. Failed handshakes are logged with the peer address and the reason.
 //!
+//! The configuration is reloadable (`ReloadableTls`, read again on SIGHUP) and the number
+//! of open connections is capped.
+//!
 //! Every connection can be cut: once the shutdown grace period is over, its reads and
 //! writes fail, so the connection ends even if a call on it never finishes.
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::RootCertStore;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
@@ -56,7 +59,23 @@ fn private_key(path: &std::path::Path) -> Result<PrivateKeyDer<'static>, ServerE
         .ok_or_else(|| ServerError::Tls(format!("{}: no private key in it", path.display())))
 }
 
-/// The server's rustls configuration: TLS 1.3, client certificates required, ALPN h2.
+/// The revocation lists in a PEM file (at least one).
+fn crls(path: &std::path::Path) -> Result<Vec<CertificateRevocationListDer<'static>>, ServerError> {
+    let pem = read_pem(path)?;
+    let crls = rustls_pemfile::crls(&mut pem.as_slice())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ServerError::Tls(format!("{}: {e}", path.display())))?;
+    if crls.is_empty() {
+        return Err(ServerError::Tls(format!(
+            "{}: no certificate revocation list in it",
+            path.display()
+        )));
+    }
+    Ok(crls)
+}
+
+/// The server's rustls configuration: TLS 1.3, client certificates required (and checked
+/// against the revocation lists of `tls.client_crl`, if set), ALPN h2.
 pub fn server_config(paths: &TlsPaths) -> Result<rustls::ServerConfig, ServerError> {
     let provider = crate::crypto::tls_provider();
     let mut roots = RootCertStore::empty();
@@ -65,9 +84,14 @@ pub fn server_config(paths: &TlsPaths) -> Result<rustls::ServerConfig, ServerErr
             .add(ca)
             .map_err(|e| ServerError::Tls(format!("{}: {e}", paths.client_ca.display())))?;
     }
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+    let mut builder =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
+    if let Some(crl) = &paths.client_crl {
+        builder = builder.with_crls(crls(crl)?);
+    }
+    let verifier = builder
         .build()
-        .map_err(|e| ServerError::Tls(format!("client CA: {e}")))?;
+        .map_err(|e| ServerError::Tls(format!("client CA or CRL: {e}")))?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| ServerError::Tls(e.to_string()))?
@@ -78,10 +102,43 @@ pub fn server_config(paths: &TlsPaths) -> Result<rustls::ServerConfig, ServerErr
     Ok(config)
 }
 
+/// The server's TLS configuration, read again on SIGHUP (new revocation lists, a renewed
+/// certificate); each accepted connection is handshaken with the configuration current
+/// then, so a reload never touches a connection already open.
+pub struct ReloadableTls {
+    paths: TlsPaths,
+    current: RwLock<Arc<rustls::ServerConfig>>,
+}
+
+impl ReloadableTls {
+    pub fn load(paths: &TlsPaths) -> Result<Arc<Self>, ServerError> {
+        Ok(Arc::new(Self {
+            current: RwLock::new(Arc::new(server_config(paths)?)),
+            paths: paths.clone(),
+        }))
+    }
+
+    /// Reads the files again; on an error the previous configuration stays in force.
+    pub fn reload(&self) -> Result<(), ServerError> {
+        let fresh = Arc::new(server_config(&self.paths)?);
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+        Ok(())
+    }
+
+    fn current(&self) -> Arc<rustls::ServerConfig> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
 /// A TLS connection whose client certificate was verified, with the caller it names.
 pub struct VerifiedStream {
     inner: TlsStream<TcpStream>,
     caller: Caller,
+    /// Holds one of the server's connection slots until the connection ends.
+    _slot: OwnedSemaphorePermit,
     /// Completes when the server stops waiting for this connection to drain.
     cut: Pin<Box<WaitForCancellationFutureOwned>>,
 }
@@ -164,14 +221,17 @@ impl AsyncWrite for VerifiedStream {
 
 /// Accepts TCP connections, runs each handshake in its own task (bounded by `timeout`), and
 /// yields only connections with a verified client certificate that names an identity.
-/// Cancelling `cut` cuts every connection yielded.
+/// At most `max_connections` are open at once (handshakes included): a connection over
+/// the cap is closed as soon as it is accepted. Cancelling `cut` cuts every connection
+/// yielded.
 pub fn incoming(
     listener: TcpListener,
-    config: rustls::ServerConfig,
+    tls: Arc<ReloadableTls>,
     timeout: Duration,
+    max_connections: usize,
     cut: CancellationToken,
 ) -> mpsc::Receiver<io::Result<VerifiedStream>> {
-    let acceptor = TlsAcceptor::from(Arc::new(config));
+    let slots = Arc::new(Semaphore::new(max_connections));
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
         loop {
@@ -187,7 +247,12 @@ pub fn incoming(
                     continue;
                 }
             };
-            let acceptor = acceptor.clone();
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                tracing::warn!(%remote, max_connections, "too many open connections; closing");
+                drop(tcp);
+                continue;
+            };
+            let acceptor = TlsAcceptor::from(tls.current());
             let tx = tx.clone();
             let cut = cut.clone();
             tokio::spawn(async move {
@@ -224,6 +289,7 @@ pub fn incoming(
                 let stream = VerifiedStream {
                     inner: tls,
                     caller,
+                    _slot: slot,
                     cut: Box::pin(cut.cancelled_owned()),
                 };
                 let _ = tx.send(Ok(stream)).await;

@@ -124,6 +124,7 @@ impl From<KeyringError> for ServiceError {
             KeyringError::Shredded => ServiceError::TenantShredded,
             KeyringError::LimitReached(_)
             | KeyringError::NoRootFile
+            | KeyringError::UnsafeRootFile { .. }
             | KeyringError::RootFileNotShared(_) => ServiceError::KeyPrecondition(e.to_string()),
             KeyringError::Contended(_) | KeyringError::Retired => ServiceError::KeysBusy(e),
             // Damage, tampering or a wrong root key: logged, never sent.
