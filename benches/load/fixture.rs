@@ -59,6 +59,9 @@ impl Fixture {
             ..RawConfig::default()
         };
         let mut config = raw.validate().expect("config");
+        // A load generator is one identity far above any client's rate: no rate limit.
+        config.abuse.requests_per_second = 1_000_000;
+        config.abuse.request_burst = 1_000_000;
         config.vault.audit_enabled = audit;
         bootstrap(&config).expect("bootstrap");
         let listener = tokio::net::TcpListener::bind(config.listen)

@@ -61,7 +61,7 @@ fn start(dir: &Path, cache_bytes: u64) -> (Server, String) {
     std::fs::write(
         &config,
         format!(
-            "listen = \"{addr}\"\ndata_dir = \"{}\"\n\n[storage]\ncache_capacity_bytes = {cache_bytes}\n",
+            "listen = \"{addr}\"\ndata_dir = \"{}\"\n\n[storage]\ncache_capacity_bytes = {cache_bytes}\n\n[limits]\nrequests_per_second = 1000000\nrequest_burst = 1000000\n",
             data.display()
         ),
     )

@@ -124,15 +124,15 @@ pub struct RawLimits {
     /// remaining connections are dropped. Default 10000.
     pub shutdown_grace_ms: Option<u64>,
     /// Requests one client identity may make per second, sustained (a token bucket per
-    /// identity); over it a call answers RESOURCE_EXHAUSTED with a RetryInfo. Default 500.
+    /// identity); over it a call answers RESOURCE_EXHAUSTED with a RetryInfo. Default 2000.
     pub requests_per_second: Option<u32>,
-    /// Requests one identity may make in a burst above the sustained rate. Default 1000.
+    /// Requests one identity may make in a burst above the sustained rate. Default 4000.
     pub request_burst: Option<u32>,
     /// Refused requests (PERMISSION_DENIED, UNAUTHENTICATED) one identity may have per
     /// second, sustained; past its burst the identity is refused every request until the
-    /// allowance refills. Default 1.
+    /// allowance refills. Default 5.
     pub denied_per_second: Option<u32>,
-    /// Refused requests one identity may have in a burst. Default 20.
+    /// Refused requests one identity may have in a burst. Default 50.
     pub denied_burst: Option<u32>,
     /// Open client connections (TLS handshakes included); a connection over the cap is
     /// closed at once. Default 1024.

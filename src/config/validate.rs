@@ -226,17 +226,17 @@ impl RawLimits {
             requests_per_second: setting(
                 "limits.requests_per_second",
                 self.requests_per_second,
-                500,
+                2000,
                 1_000_000,
             )?,
-            request_burst: setting("limits.request_burst", self.request_burst, 1000, 1_000_000)?,
+            request_burst: setting("limits.request_burst", self.request_burst, 4000, 1_000_000)?,
             denied_per_second: setting(
                 "limits.denied_per_second",
                 self.denied_per_second,
-                1,
+                5,
                 1_000_000,
             )?,
-            denied_burst: setting("limits.denied_burst", self.denied_burst, 20, 1_000_000)?,
+            denied_burst: setting("limits.denied_burst", self.denied_burst, 50, 1_000_000)?,
             max_connections: setting("limits.max_connections", self.max_connections, 1024, 1 << 20)?,
             max_streams_per_connection: setting(
                 "limits.max_streams_per_connection",

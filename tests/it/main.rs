@@ -6,6 +6,7 @@ mod postgres;
 mod process;
 mod util;
 
+mod abuse;
 mod access;
 mod at_rest;
 mod audit;
@@ -16,6 +17,7 @@ mod category_paths;
 mod corruption;
 mod disk_faults;
 mod erasure;
+mod hygiene;
 mod input_matrix;
 mod keys;
 mod logs;

@@ -37,6 +37,12 @@ pub fn test_config(dir: &Path, edit: impl FnOnce(&mut RawConfig)) -> Config {
         data_dir: Some(dir.to_path_buf()),
         ..RawConfig::default()
     };
+    // The tests make calls far faster than any client should: the rate limits are set out
+    // of their way here, and tests of the limits set their own.
+    raw.limits.requests_per_second = Some(1_000_000);
+    raw.limits.request_burst = Some(1_000_000);
+    raw.limits.denied_per_second = Some(1_000_000);
+    raw.limits.denied_burst = Some(1_000_000);
     edit(&mut raw);
     let config = raw.validate().expect("test config validates");
     bootstrap(&config).expect("bootstrap");

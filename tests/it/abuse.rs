@@ -1,0 +1,172 @@
+//! Limits on abuse: per-identity rate limits answering RESOURCE_EXHAUSTED with a RetryInfo
+//! (a flood from one identity leaves another served), and the cap on open connections.
+
+use std::time::{Duration, Instant};
+
+use pii_vault::proto::v1 as pb;
+use tonic::Code;
+use tonic_types::StatusExt;
+
+use crate::util::{channel_as, client_for, create_tenant, get, put, text, TestVault};
+
+fn get_request() -> pb::GetFieldsRequest {
+    pb::GetFieldsRequest {
+        tenant_id: "acme".into(),
+        subject_id: "alice".into(),
+        field_names: vec!["email".into()],
+        purpose: "support".into(),
+    }
+}
+
+/// 100,000 calls from an identity with no grant: after a few PERMISSION_DENIED it is
+/// refused with RESOURCE_EXHAUSTED before any handler runs, while the dev client, calling
+/// at an ordinary pace all along, is served every time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flood_from_one_identity_is_exhausted_while_another_is_served() {
+    const FLOOD: usize = 100_000;
+    const WORKERS: usize = 64;
+    let vault = TestVault::start_with(|raw| {
+        raw.limits.requests_per_second = Some(50);
+        raw.limits.request_burst = Some(50);
+        raw.limits.denied_per_second = Some(2);
+        raw.limits.denied_burst = Some(10);
+    })
+    .await;
+    create_tenant(&vault, "acme").await;
+    let mut records = vault.records().await;
+    put(
+        &mut records,
+        "acme",
+        "alice",
+        vec![text("email", pb::Category::Account, "a@example.com")],
+    )
+    .await
+    .expect("put");
+
+    let flooder = channel_as(&vault, &client_for(&vault, "flood", "spiffe://test/flood")).await;
+    let started = Instant::now();
+    let workers: Vec<_> = (0..WORKERS)
+        .map(|_| {
+            let mut client = pb::record_service_client::RecordServiceClient::new(flooder.clone());
+            tokio::spawn(async move {
+                let (mut exhausted, mut denied, mut other) = (0usize, 0usize, Vec::new());
+                for _ in 0..FLOOD / WORKERS {
+                    match client.get_fields(get_request()).await {
+                        Err(s) if s.code() == Code::ResourceExhausted => exhausted += 1,
+                        Err(s) if s.code() == Code::PermissionDenied => denied += 1,
+                        Err(s) => other.push(s.code()),
+                        Ok(_) => other.push(Code::Ok),
+                    }
+                }
+                (exhausted, denied, other)
+            })
+        })
+        .collect();
+
+    // The other identity, meanwhile: one GetFields every 50 ms, each served.
+    let mut served = 0;
+    while !workers.iter().all(|w| w.is_finished()) {
+        let fields = get(&mut records, "acme", "alice", &["email"])
+            .await
+            .expect("the other identity is served during the flood");
+        assert_eq!(fields.len(), 1);
+        served += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (mut exhausted, mut denied) = (0, 0);
+    for w in workers {
+        let (e, d, other) = w.await.expect("flood worker");
+        assert!(other.is_empty(), "unexpected answers: {other:?}");
+        exhausted += e;
+        denied += d;
+    }
+    assert_eq!(exhausted + denied, FLOOD - FLOOD % WORKERS);
+    assert!(
+        exhausted > 99_000,
+        "only {exhausted} RESOURCE_EXHAUSTED ({denied} PERMISSION_DENIED)"
+    );
+    assert!(served > 0);
+    eprintln!(
+        "flood: {exhausted} exhausted, {denied} denied in {:?}; other identity served {served} times",
+        started.elapsed()
+    );
+}
+
+/// An identity over its rate is told when to come back, in a RetryInfo that decodes.
+#[tokio::test]
+async fn resource_exhausted_carries_a_retry_info() {
+    let vault = TestVault::start_with(|raw| {
+        raw.limits.requests_per_second = Some(1);
+        raw.limits.request_burst = Some(3);
+    })
+    .await;
+    let mut records = vault.records().await;
+    let mut refused = None;
+    for _ in 0..10 {
+        if let Err(s) = records.get_fields(get_request()).await {
+            if s.code() == Code::ResourceExhausted {
+                refused = Some(s);
+                break;
+            }
+        }
+    }
+    let status = refused.expect("a call over the burst is refused");
+    assert!(
+        status.message().contains("too many requests"),
+        "{}",
+        status.message()
+    );
+    let retry = status
+        .get_details_retry_info()
+        .expect("a RetryInfo detail");
+    let delay = retry.retry_delay.expect("a retry delay");
+    assert!(
+        delay > Duration::ZERO && delay <= Duration::from_millis(1100),
+        "{delay:?}"
+    );
+    // After the delay, the identity is served again.
+    tokio::time::sleep(delay).await;
+    let again = records.get_fields(get_request()).await;
+    assert_ne!(
+        again.err().map(|s| s.code()),
+        Some(Code::ResourceExhausted)
+    );
+}
+
+/// With `max_connections = 2`, a third connection is closed at once; once one of the
+/// first two goes, a new one is served.
+#[tokio::test]
+async fn connections_over_the_cap_are_closed() {
+    let vault = TestVault::start_with(|raw| raw.limits.max_connections = Some(2)).await;
+    let call = |c: tonic::transport::Channel| async move {
+        pb::tenant_service_client::TenantServiceClient::new(c)
+            .list_tenants(pb::ListTenantsRequest::default())
+            .await
+    };
+    let first = vault.channel().await;
+    let second = vault.channel().await;
+    call(first.clone()).await.expect("first connection served");
+    call(second.clone()).await.expect("second connection served");
+    let third = pii_vault::client::connect(&vault.addr.to_string(), &vault.certs()).await;
+    let third_served = match third {
+        Err(_) => false,
+        Ok(c) => call(c).await.is_ok(),
+    };
+    assert!(!third_served, "a third connection must not be served");
+    drop(first);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(c) = pii_vault::client::connect(&vault.addr.to_string(), &vault.certs()).await
+        {
+            if call(c).await.is_ok() {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a connection slot was never freed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    call(second).await.expect("second connection still served");
+}
