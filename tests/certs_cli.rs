@@ -181,6 +181,7 @@ async fn issued_certificates_name_their_identities_and_work_for_mutual_tls() {
             cert: Some(server.join("server.pem")),
             key: Some(server.join("server.key")),
             client_ca: Some(ca.join("ca.pem")),
+            ..RawTls::default()
         },
         ..RawConfig::default()
     };

@@ -40,12 +40,13 @@ fn assert_every_key_set(raw: &RawConfig) {
     let RawConfig {
         listen,
         data_dir,
-        tls: RawTls {
-            cert,
-            key,
-            client_ca,
-            client_crl,
-        },
+        tls:
+            RawTls {
+                cert,
+                key,
+                client_ca,
+                client_crl,
+            },
         keys:
             RawKeys {
                 root_key_file,

@@ -172,8 +172,10 @@ impl Authz {
         }
     }
 
-    /// The policy alone: the rules that let `who` do `A`.
-    fn decide_rules<A: Act>(
+    /// The policy alone: the rules that let `who` do `A`, with no subject's restriction or
+    /// consent decided. For a decision that comes before a subject's state is read, and for
+    /// a search whose results are then decided subject by subject (`decide_for_subject`).
+    pub fn decide_rules<A: Act>(
         &self,
         who: &PeerIdentity,
         _action: A,

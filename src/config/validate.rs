@@ -14,8 +14,8 @@ use crate::storage::PgTls;
 
 use super::raw::{RawAudit, RawAuthz, RawKeys, RawLimits, RawStorage, RawTls};
 use super::{
-    bounded, bounded_usize, AbuseLimits, Backend, Config, ConfigError, RawConfig, TlsPaths, DEFAULT_DATA_DIR,
-    DEFAULT_LISTEN, MAX_EPOCH_HOURS,
+    bounded, bounded_usize, AbuseLimits, Backend, Config, ConfigError, RawConfig, TlsPaths,
+    DEFAULT_DATA_DIR, DEFAULT_LISTEN, MAX_EPOCH_HOURS,
 };
 
 impl RawKeys {
@@ -237,7 +237,12 @@ impl RawLimits {
                 1_000_000,
             )?,
             denied_burst: setting("limits.denied_burst", self.denied_burst, 50, 1_000_000)?,
-            max_connections: setting("limits.max_connections", self.max_connections, 1024, 1 << 20)?,
+            max_connections: setting(
+                "limits.max_connections",
+                self.max_connections,
+                1024,
+                1 << 20,
+            )?,
             max_streams_per_connection: setting(
                 "limits.max_streams_per_connection",
                 self.max_streams_per_connection,

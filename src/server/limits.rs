@@ -31,6 +31,9 @@ use crate::config::AbuseLimits;
 /// Past this many identities, buckets that are full again are dropped.
 const TRIM_AT: usize = 4096;
 
+/// How long a refused request's body is read (and thrown away) before the answer goes out.
+const DRAIN_FOR: Duration = Duration::from_millis(500);
+
 /// A token bucket: `tokens` refill at `rate` per second up to `burst`.
 #[derive(Clone, Copy, Debug)]
 struct Bucket {
@@ -173,6 +176,21 @@ fn exhausted(wait: Duration) -> http::Response<Body> {
     status.into_http()
 }
 
+/// Reads and drops what is left of a refused request's body, for at most `DRAIN_FOR`.
+///
+/// An answer sent before the request's data has arrived makes HTTP/2 reset the stream, and
+/// the data frames still on their way then count against the connection as frames for a
+/// reset stream: a flood of refusals would get its whole connection closed
+/// (ENHANCE_YOUR_CALM), failing the requests in flight with transport errors instead of
+/// RESOURCE_EXHAUSTED. Nothing of the body is kept.
+async fn drain<B: http_body::Body + Unpin>(mut body: B) {
+    use http_body_util::BodyExt;
+    let _ = tokio::time::timeout(DRAIN_FOR, async {
+        while let Some(Ok(_)) = body.frame().await {}
+    })
+    .await;
+}
+
 /// Whether a response refuses its caller (the final status of an error is in its headers).
 fn is_refusal(headers: &http::HeaderMap) -> bool {
     const DENIED: &[u8] = b"7";
@@ -187,7 +205,8 @@ impl<S, ReqBody> Service<http::Request<ReqBody>> for RateLimit<S>
 where
     S: Service<http::Request<ReqBody>, Response = http::Response<Body>> + Clone + Send + 'static,
     S::Future: Send + 'static,
-    ReqBody: Send + 'static,
+    ReqBody: http_body::Body + Unpin + Send + 'static,
+    ReqBody::Data: Send,
 {
     type Response = http::Response<Body>;
     type Error = S::Error;
@@ -207,7 +226,10 @@ where
             return Box::pin(self.inner.call(req));
         };
         if let Err(wait) = self.limiter.admit(&identity) {
-            return Box::pin(async move { Ok(exhausted(wait)) });
+            return Box::pin(async move {
+                drain(req.into_body()).await;
+                Ok(exhausted(wait))
+            });
         }
         let limiter = self.limiter.clone();
         let clone = self.inner.clone();
@@ -254,7 +276,11 @@ mod tests {
         let limiter = RateLimiter::new(limits(1000, 1000, 1, 2));
         assert_eq!(limiter.admit("uri:probe"), Ok(()));
         limiter.refused("uri:probe");
-        assert_eq!(limiter.admit("uri:probe"), Ok(()), "one refusal costs nothing");
+        assert_eq!(
+            limiter.admit("uri:probe"),
+            Ok(()),
+            "one refusal costs nothing"
+        );
         limiter.refused("uri:probe");
         assert!(limiter.admit("uri:probe").is_err());
         assert_eq!(limiter.admit("uri:other"), Ok(()));

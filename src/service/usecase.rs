@@ -29,6 +29,13 @@ pub(super) enum Check<'a, A> {
         tenant: Option<&'a TenantId>,
         purpose: Option<&'a Purpose>,
     },
+    /// The policy alone, for a search whose results the use case then decides subject by
+    /// subject (restriction, consent), so a purpose that needs consent is not refused here.
+    Candidates {
+        action: A,
+        tenant: &'a TenantId,
+        purpose: &'a Purpose,
+    },
     /// `Policy` for an action on one subject's data: the subject's restriction and consents
     /// are decided in the same check.
     Subject {
@@ -125,6 +132,13 @@ impl UseCase<'_> {
                 tenant,
                 purpose,
             } => vault.authz.decide(caller, action, tenant, purpose)?,
+            Check::Candidates {
+                action,
+                tenant,
+                purpose,
+            } => vault
+                .authz
+                .decide_rules(caller, action, Some(tenant), Some(purpose))?,
             Check::Subject {
                 action,
                 tenant,
@@ -133,7 +147,9 @@ impl UseCase<'_> {
             } => {
                 // The policy first: a caller it refuses learns nothing of the tenant's
                 // existence (reading the state of an unknown tenant answers NOT_FOUND).
-                vault.authz.decide(caller, action, Some(tenant), purpose)?;
+                vault
+                    .authz
+                    .decide_rules(caller, action, Some(tenant), purpose)?;
                 let state = vault.store.subject_state(tenant, subject)?;
                 vault
                     .authz

@@ -54,8 +54,8 @@ async fn a_flood_from_one_identity_is_exhausted_while_another_is_served() {
                     match client.get_fields(get_request()).await {
                         Err(s) if s.code() == Code::ResourceExhausted => exhausted += 1,
                         Err(s) if s.code() == Code::PermissionDenied => denied += 1,
-                        Err(s) => other.push(s.code()),
-                        Ok(_) => other.push(Code::Ok),
+                        Err(s) => other.push((s.code(), s.message().to_owned())),
+                        Ok(_) => other.push((Code::Ok, String::new())),
                     }
                 }
                 (exhausted, denied, other)
@@ -116,9 +116,7 @@ async fn resource_exhausted_carries_a_retry_info() {
         "{}",
         status.message()
     );
-    let retry = status
-        .get_details_retry_info()
-        .expect("a RetryInfo detail");
+    let retry = status.get_details_retry_info().expect("a RetryInfo detail");
     let delay = retry.retry_delay.expect("a retry delay");
     assert!(
         delay > Duration::ZERO && delay <= Duration::from_millis(1100),
@@ -127,10 +125,7 @@ async fn resource_exhausted_carries_a_retry_info() {
     // After the delay, the identity is served again.
     tokio::time::sleep(delay).await;
     let again = records.get_fields(get_request()).await;
-    assert_ne!(
-        again.err().map(|s| s.code()),
-        Some(Code::ResourceExhausted)
-    );
+    assert_ne!(again.err().map(|s| s.code()), Some(Code::ResourceExhausted));
 }
 
 /// With `max_connections = 2`, a third connection is closed at once; once one of the
@@ -146,7 +141,9 @@ async fn connections_over_the_cap_are_closed() {
     let first = vault.channel().await;
     let second = vault.channel().await;
     call(first.clone()).await.expect("first connection served");
-    call(second.clone()).await.expect("second connection served");
+    call(second.clone())
+        .await
+        .expect("second connection served");
     let third = pii_vault::client::connect(&vault.addr.to_string(), &vault.certs()).await;
     let third_served = match third {
         Err(_) => false,
@@ -156,8 +153,7 @@ async fn connections_over_the_cap_are_closed() {
     drop(first);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        if let Ok(c) = pii_vault::client::connect(&vault.addr.to_string(), &vault.certs()).await
-        {
+        if let Ok(c) = pii_vault::client::connect(&vault.addr.to_string(), &vault.certs()).await {
             if call(c).await.is_ok() {
                 break;
             }

@@ -73,7 +73,11 @@ async fn every_read_produces_exactly_one_event_with_caller_fields_and_purpose() 
     let events = query(&vault, by_operation("get_fields")).await;
     assert_eq!(events.len(), 4, "{events:#?}");
     for e in &events {
-        assert_eq!(e.caller, DEV_CLIENT_ID);
+        assert_eq!(
+            e.caller,
+            format!("uri:{DEV_CLIENT_ID}"),
+            "callers are typed"
+        );
         assert_eq!(e.operation, "get_fields");
     }
     let (one, all, missing, invalid) = (&events[0], &events[1], &events[2], &events[3]);

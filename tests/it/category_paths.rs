@@ -11,12 +11,12 @@ use crate::util::{channel_as, client_for, put, start_with_policy, text, TestVaul
 const POLICY: &str = r#"
 [[rules]]
 name = "admin"
-who = ["spiffe://test/admin"]
+who = ["uri:spiffe://test/admin"]
 actions = ["tenant_admin", "restrict", "consent"]
 
 [[rules]]
 name = "billing"
-who = ["spiffe://test/billing"]
+who = ["uri:spiffe://test/billing"]
 actions = ["read", "write", "delete", "find"]
 categories = ["payment", "account"]
 purposes = ["billing"]
@@ -24,33 +24,33 @@ render = "reveal"
 
 [[rules]]
 name = "profile-writer"
-who = ["spiffe://test/profile"]
+who = ["uri:spiffe://test/profile"]
 actions = ["read", "write", "delete"]
 categories = ["profile"]
 purposes = ["support"]
 
 [[rules]]
 name = "profile-finder"
-who = ["spiffe://test/profile-finder"]
+who = ["uri:spiffe://test/profile-finder"]
 actions = ["find"]
 categories = ["profile"]
 purposes = ["support"]
 
 [[rules]]
 name = "finder"
-who = ["spiffe://test/finder"]
+who = ["uri:spiffe://test/finder"]
 actions = ["find"]
 purposes = ["support", "marketing"]
 
 [[rules]]
 name = "reader"
-who = ["spiffe://test/reader"]
+who = ["uri:spiffe://test/reader"]
 actions = ["read"]
 purposes = ["support"]
 
 [[rules]]
 name = "lister"
-who = ["spiffe://test/lister"]
+who = ["uri:spiffe://test/lister"]
 actions = ["list"]
 "#;
 

@@ -61,7 +61,10 @@ async fn an_erased_subject_stays_erased_across_reads_writes_and_restarts() {
         (receipt.tenant_id.as_str(), receipt.subject_id.as_str()),
         ("acme", "alice")
     );
-    assert_eq!(receipt.erased_by, pii_vault::certs::DEV_CLIENT_ID);
+    assert_eq!(
+        receipt.erased_by,
+        format!("uri:{}", pii_vault::certs::DEV_CLIENT_ID)
+    );
     assert!(!receipt.already_erased);
     let mut categories = receipt.categories_erased.clone();
     categories.sort();

@@ -15,7 +15,11 @@ use tonic::Code;
 use crate::util::{test_config, TestVault};
 
 fn mode(path: &Path) -> u32 {
-    std::fs::metadata(path).expect("metadata").permissions().mode() & 0o777
+    std::fs::metadata(path)
+        .expect("metadata")
+        .permissions()
+        .mode()
+        & 0o777
 }
 
 /// Rotates the root key and expects FAILED_PRECONDITION naming `problem` and `path`, with
@@ -52,7 +56,11 @@ async fn a_planted_root_tmp_hard_link_makes_rotation_refuse() {
     let planted = vault.config.root_key_file.with_extension("tmp");
     std::fs::hard_link(&bait, &planted).expect("plant the link");
     rotation_refuses(&vault, &planted, "remove it").await;
-    assert_eq!(std::fs::read(&bait).expect("bait"), b"", "no key reached the link");
+    assert_eq!(
+        std::fs::read(&bait).expect("bait"),
+        b"",
+        "no key reached the link"
+    );
 
     // Once removed, rotation goes through.
     std::fs::remove_file(&planted).expect("remove");
@@ -65,7 +73,9 @@ async fn a_planted_root_tmp_hard_link_makes_rotation_refuse() {
         .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
         .collect();
     assert!(
-        !names.iter().any(|n| n.ends_with(".new") || n.ends_with(".tmp")),
+        !names
+            .iter()
+            .any(|n| n.ends_with(".new") || n.ends_with(".tmp")),
         "no temporary file is left: {names:?}"
     );
     assert_eq!(mode(&vault.config.root_key_file), 0o600);
@@ -91,8 +101,7 @@ async fn a_hard_linked_root_key_file_makes_rotation_refuse() {
 #[tokio::test]
 async fn the_data_directory_and_store_are_created_0700() {
     let parent = TempDir::new().expect("temp dir");
-    std::fs::set_permissions(parent.path(), std::fs::Permissions::from_mode(0o755))
-        .expect("chmod");
+    std::fs::set_permissions(parent.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
     let data = parent.path().join("vault-data");
     let config = test_config(&data, |_| {});
     let vault = TestVault::start_on(parent, config, None).await;

@@ -171,7 +171,10 @@ async fn rectification_keeps_the_previous_versions_metadata_but_never_its_value(
     let trail = &events[1].reason;
     assert!(trail.starts_with("email v1 (written at "), "{trail}");
     assert!(
-        trail.contains(&format!("by {}) -> v2", pii_vault::certs::DEV_CLIENT_ID)),
+        trail.contains(&format!(
+            "by uri:{}) -> v2",
+            pii_vault::certs::DEV_CLIENT_ID
+        )),
         "{trail}"
     );
     assert!(

@@ -116,7 +116,7 @@ impl TestVault {
     }
 
     pub fn certs(&self) -> ClientCerts {
-        ClientCerts::dev(self.dir.path())
+        ClientCerts::dev(&self.config.data_dir)
     }
 
     pub async fn channel(&self) -> Channel {

@@ -64,10 +64,10 @@ impl Vault {
         value: &FieldValue,
         purpose: &Purpose,
     ) -> Result<Vec<SubjectId>, ServiceError> {
-        let check = Check::Policy {
+        let check = Check::Candidates {
             action: act::Find,
-            tenant: Some(tenant),
-            purpose: Some(purpose),
+            tenant,
+            purpose,
         };
         self.use_case(call, Operation::FindSubjects)
             .tenant(tenant)
@@ -120,7 +120,9 @@ impl Vault {
             ) {
                 Ok(_) => servable.push(subject),
                 Err(Refusal::Restricted | Refusal::NoConsent(_)) => {}
-                Err(refused @ Refusal::NotGranted(_)) => return Err(refused.into()),
+                Err(refused @ (Refusal::NotGranted(_) | Refusal::ConsentUncheckable(_))) => {
+                    return Err(refused.into())
+                }
             }
         }
         Ok(servable)

@@ -3,7 +3,7 @@
 //! One loop (`retry::WRITE`) retries the whole attempt (key, seal, store) when another
 //! write or a key job won the race; nothing below it in the service retries.
 
-use crate::authz::{act, Grant};
+use crate::authz::{act, Act, Grant};
 use crate::crypto::Aad;
 use crate::domain::{Category, FieldName, FieldValue, InvalidInput, NewField, SubjectId, TenantId};
 use crate::storage::{category_bit, SealedField, StoreError, SubjectWrite, Written};
@@ -48,7 +48,7 @@ pub(super) fn rectification_trail(written: &[Written]) -> String {
 
 /// The categories (a category mask) whose stored fields `grant` lets a write replace: the
 /// store checks an overwrite against the stored field's category inside its transaction.
-fn replaceable(grant: &Grant) -> u32 {
+fn replaceable<A: Act>(grant: &Grant<A>) -> u32 {
     Category::ALL
         .into_iter()
         .filter(|c| grant.category(*c).is_ok())
