@@ -88,6 +88,8 @@ fn assert_every_key_set(raw: &RawConfig) {
                 jsonl_path,
                 jsonl_max_bytes,
                 jsonl_keep,
+                denial_events_per_window,
+                denial_window_secs,
             },
         metrics: RawMetrics {
             listen: metrics_listen,
@@ -158,6 +160,11 @@ fn assert_every_key_set(raw: &RawConfig) {
         ("audit.jsonl_path", jsonl_path.is_some()),
         ("audit.jsonl_max_bytes", jsonl_max_bytes.is_some()),
         ("audit.jsonl_keep", jsonl_keep.is_some()),
+        (
+            "audit.denial_events_per_window",
+            denial_events_per_window.is_some(),
+        ),
+        ("audit.denial_window_secs", denial_window_secs.is_some()),
         ("authz.policy_file", policy_file.is_some()),
         ("metrics.listen", metrics_listen.is_some()),
         ("limits.shutdown_grace_ms", shutdown_grace_ms.is_some()),

@@ -74,7 +74,7 @@ fn report(r: AccessReport) -> pb::AccessReport {
 }
 
 pub(super) async fn access_subject(
-    vault: &Vault,
+    vault: &Arc<Vault>,
     req: Request<pb::AccessSubjectRequest>,
 ) -> Result<Response<pb::AccessReport>, Status> {
     let call = call(&req)?;

@@ -116,7 +116,7 @@ impl pb::audit_service_server::AuditService for AuditApi {
         tokio::spawn(async move {
             let mut sent = first.events.len();
             let mut cursor = first.cursor;
-            let mut done = first.events.len() < limit.min(CHUNK);
+            let mut done = first.end;
             let message = pb::QueryAuditLogResponse {
                 events: first.events.into_iter().map(event).collect(),
                 cursor,
@@ -124,18 +124,23 @@ impl pb::audit_service_server::AuditService for AuditApi {
             if tx.send(Ok(message)).await.is_err() {
                 return;
             }
+            // Each page examines a bounded part of the log; a page that found nothing is not
+            // sent unless it is the last (its cursor is where the next one resumes).
             while !done && sent < limit {
                 let want = (limit - sent).min(CHUNK);
-                let page = match vault.query_audit_more(&filter, cursor, want) {
+                let page = match vault.query_audit_more(&filter, cursor, want).await {
                     Ok(p) => p,
                     Err(e) => {
                         let _ = tx.send(Err(e.into())).await;
                         return;
                     }
                 };
-                done = page.events.len() < want;
+                done = page.end;
                 sent += page.events.len();
                 cursor = page.cursor;
+                if page.events.is_empty() && !done {
+                    continue;
+                }
                 let message = pb::QueryAuditLogResponse {
                     events: page.events.into_iter().map(event).collect(),
                     cursor,

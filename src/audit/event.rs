@@ -41,10 +41,12 @@ pub enum Operation {
     KeyStatus,
     KeyEpoch,
     ShredTenant,
+    /// Denials of one identity counted in a window instead of recorded one by one.
+    DenialsSummary,
 }
 
 impl Operation {
-    pub const ALL: [Operation; 29] = [
+    pub const ALL: [Operation; 30] = [
         Operation::CreateTenant,
         Operation::GetTenant,
         Operation::ListTenants,
@@ -74,6 +76,7 @@ impl Operation {
         Operation::KeyStatus,
         Operation::KeyEpoch,
         Operation::ShredTenant,
+        Operation::DenialsSummary,
     ];
 
     pub fn name(self) -> &'static str {
@@ -107,6 +110,7 @@ impl Operation {
             Operation::KeyStatus => "key_status",
             Operation::KeyEpoch => "key_epoch",
             Operation::ShredTenant => "shred_tenant",
+            Operation::DenialsSummary => "denials_summary",
         }
     }
 

@@ -67,6 +67,11 @@ pub struct RawAudit {
     pub jsonl_max_bytes: Option<u64>,
     /// Rotated mirror files kept. Default 5.
     pub jsonl_keep: Option<u32>,
+    /// Denials of one identity recorded one by one per window; further ones are counted
+    /// and recorded as one `denials_summary` event when the window ends. Default 10.
+    pub denial_events_per_window: Option<u32>,
+    /// That window, in seconds. Default 60.
+    pub denial_window_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

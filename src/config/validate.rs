@@ -9,7 +9,7 @@ use crate::authz::PurposeRules;
 use crate::certs::DevPki;
 use crate::domain::Purpose;
 use crate::keyring::KeyLimits;
-use crate::service::{KeySettings, Limits, SinkConfig, VaultSettings};
+use crate::service::{DenialSettings, KeySettings, Limits, SinkConfig, VaultSettings};
 use crate::storage::PgTls;
 
 use super::raw::{RawAudit, RawAuthz, RawKeys, RawLimits, RawStorage, RawTls};
@@ -314,6 +314,21 @@ impl RawAudit {
             audit_timeout: millis("audit.timeout_ms", self.timeout_ms, 2000, 10, 600_000)?,
             audit_retention: Duration::from_secs(86_400 * days),
             audit_sink,
+            denials: DenialSettings {
+                window: Duration::from_secs(bounded(
+                    "audit.denial_window_secs",
+                    self.denial_window_secs.unwrap_or(60),
+                    1,
+                    86_400,
+                )?),
+                events_per_window: u32::try_from(bounded(
+                    "audit.denial_events_per_window",
+                    u64::from(self.denial_events_per_window.unwrap_or(10)),
+                    0,
+                    1_000_000,
+                )?)
+                .unwrap_or(10),
+            },
             retention: crate::service::RetentionRules::default(),
             ..VaultSettings::default()
         })

@@ -278,6 +278,8 @@ async fn close(
     store_path: String,
     served: Result<(), tonic::transport::Error>,
 ) -> Result<(), ServerError> {
+    // Every denial counted but not yet summarised is recorded before the log closes.
+    vault.summarise_denials(true).await;
     vault.audit_log().persist_high_water().await;
     // Drained: every connection has ended. The vault's own tasks end once its last handle
     // goes (their queues close); `closed` resolves exactly then, so the store is closed, and

@@ -18,6 +18,8 @@ use super::tls::ReloadableTls;
 
 /// How often the store's size on disk is sampled for the metrics.
 const STORE_SAMPLE_INTERVAL: Duration = Duration::from_secs(15);
+/// How often ended windows of counted denials are summarised.
+const DENIAL_SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The background tasks of a running server, aborted together at shutdown.
 pub(super) struct Tasks(Vec<JoinHandle<()>>);
@@ -36,6 +38,7 @@ impl Tasks {
         let mut tasks = vec![
             tokio::spawn(reload_on_sighup(authz, tls)),
             tokio::spawn(prune_audit_daily(vault.clone())),
+            tokio::spawn(summarise_denials(vault.clone())),
             tokio::spawn(sweep_retention_hourly(vault.clone())),
             tokio::spawn(sample_store(
                 Arc::downgrade(store),
@@ -83,6 +86,15 @@ async fn reload_on_sighup(authz: Arc<Authz>, tls: Arc<ReloadableTls>) {
     }
     #[cfg(not(unix))]
     let _ = (authz, tls);
+}
+
+/// Records the summaries of ended denial windows every ten seconds.
+async fn summarise_denials(vault: Arc<Vault>) {
+    let mut tick = tokio::time::interval(DENIAL_SWEEP_INTERVAL);
+    loop {
+        tick.tick().await;
+        vault.summarise_denials(false).await;
+    }
 }
 
 /// Deletes expired fields once an hour (and a minute after start).

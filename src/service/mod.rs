@@ -33,8 +33,8 @@ use std::time::Duration;
 /// of rejected requests), outcomes, query filters and the events a query returns.
 pub use crate::audit::{AuditEvent, AuditFilter, Operation, Outcome, VerifyReport};
 pub use audit::{
-    verify_store, AuditError, AuditLog, AuditPage, HighWater, HighWaterError, JsonlSink,
-    PruneReport, SinkConfig, HIGH_WATER_FILE,
+    verify_store, AuditError, AuditLog, AuditPage, DenialSettings, HighWater, HighWaterError,
+    JsonlSink, PruneReport, SinkConfig, HIGH_WATER_FILE,
 };
 pub use error::{OpenError, ServiceError};
 pub use keys::{
@@ -98,6 +98,8 @@ pub struct VaultSettings {
     /// The file holding the audit log's high-water mark (see `high_water.rs`), for a store
     /// that can silently lose its tail (sled); `None` for none.
     pub high_water_file: Option<std::path::PathBuf>,
+    /// How repeated denials of one identity are summarised in the audit log.
+    pub denials: DenialSettings,
     /// Where the vault reports what it measures. The server hands in the registry it
     /// exposes; the default is a private one that nobody reads.
     pub metrics: Metrics,
@@ -113,6 +115,7 @@ impl Default for VaultSettings {
             #[cfg(feature = "testing")]
             audit_enabled: true,
             high_water_file: None,
+            denials: DenialSettings::default(),
             key_epoch_interval: DEFAULT_KEY_EPOCH,
             retention: RetentionRules::default(),
             metrics: Metrics::default(),
@@ -166,6 +169,8 @@ pub struct Vault {
     /// Shared flushes; the audit writer uses it too, so data and events share a flush.
     commit: GroupCommit,
     audit: AuditLog,
+    /// Counts of denials not recorded one by one, until their summary.
+    denials: audit::Denials,
     clock: Arc<dyn Clock>,
     limits: Limits,
     audit_retention: Duration,
@@ -246,6 +251,7 @@ impl Vault {
             authz,
             commit,
             audit,
+            denials: audit::Denials::new(settings.denials),
             clock,
             limits: settings.limits,
             audit_retention: settings.audit_retention,

@@ -16,6 +16,7 @@ use crate::audit::{EventDraft, Operation, Outcome};
 use crate::authz::{Act, Grant};
 use crate::domain::{Purpose, SubjectId, TenantId};
 
+use super::audit::Noted;
 use super::{Call, ServiceError, Vault};
 
 /// What the policy is asked before a use case runs; `A` is the action's marker type
@@ -255,6 +256,18 @@ impl UseCase<'_> {
         if let Err(e) = &result {
             draft.outcome = e.outcome();
             draft.reason = e.audit_reason();
+        }
+        if draft.outcome == Outcome::Denied && !self.call.caller.is_job() {
+            // Past its first few in a window, an identity's denials are counted, not
+            // recorded one by one (`audit/denials.rs`).
+            let (noted, closed) =
+                self.vault
+                    .denials
+                    .note(&draft.caller, draft.operation, draft.time);
+            self.vault.record_summaries(closed).await;
+            if noted == Noted::Counted {
+                return result;
+            }
         }
         match self.vault.audit.append(draft).await {
             Ok(_) => result,

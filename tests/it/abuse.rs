@@ -7,7 +7,7 @@ use pii_vault::proto::v1 as pb;
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use crate::util::{channel_as, client_for, create_tenant, get, put, text, TestVault};
+use crate::util::{audit_events, channel_as, client_for, create_tenant, get, put, text, TestVault};
 
 fn get_request() -> pb::GetFieldsRequest {
     pb::GetFieldsRequest {
@@ -165,4 +165,83 @@ async fn connections_over_the_cap_are_closed() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     call(second).await.expect("second connection still served");
+}
+
+/// Denied GetFields calls of `identity`, each answered PERMISSION_DENIED.
+async fn denied_calls(vault: &TestVault, identity: &str, n: usize) {
+    let channel = channel_as(
+        vault,
+        &client_for(vault, identity, &format!("spiffe://test/{identity}")),
+    )
+    .await;
+    let mut client = pb::record_service_client::RecordServiceClient::new(channel);
+    for _ in 0..n {
+        let status = client
+            .get_fields(get_request())
+            .await
+            .expect_err("no grant");
+        assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    }
+}
+
+/// The audit events of `identity`: (denied events recorded one by one, summaries).
+async fn denial_events(vault: &TestVault, identity: &str) -> (usize, Vec<pb::AuditEvent>) {
+    let caller = format!("uri:spiffe://test/{identity}");
+    let events: Vec<_> = audit_events(&vault.channel().await, pb::QueryAuditLogRequest::default())
+        .await
+        .into_iter()
+        .filter(|e| e.caller == caller)
+        .collect();
+    assert!(events
+        .iter()
+        .all(|e| e.outcome == pb::Outcome::Denied as i32));
+    let (summaries, single): (Vec<_>, Vec<_>) = events
+        .into_iter()
+        .partition(|e| e.operation == "denials_summary");
+    (single.len(), summaries)
+}
+
+/// Postmortem: a certificate holder with no grant wrote 100,000 durable "denied" events.
+/// Past the first few in a window its denials are counted, and the count is recorded when
+/// the window ends: by the next denial after it, or at shutdown; none is lost.
+#[tokio::test]
+async fn repeated_denials_are_summarised_without_losing_the_count() {
+    let vault = TestVault::start_with(|raw| {
+        raw.audit.denial_events_per_window = Some(3);
+        raw.audit.denial_window_secs = Some(5);
+        // Below the refusal bucket's burst, so every call reaches the handler.
+        raw.limits.denied_burst = Some(100);
+    })
+    .await;
+    create_tenant(&vault, "acme").await;
+    denied_calls(&vault, "probe", 40).await;
+    let (single, summaries) = denial_events(&vault, "probe").await;
+    assert_eq!(single, 3, "the first three of the window, one event each");
+    assert!(summaries.is_empty(), "the window is still open");
+
+    // The next denial after the window closes it: 37 counted, in one summary.
+    tokio::time::sleep(Duration::from_millis(5500)).await;
+    denied_calls(&vault, "probe", 1).await;
+    let (single, summaries) = denial_events(&vault, "probe").await;
+    assert_eq!(single, 4, "a new window records its first denial again");
+    assert_eq!(summaries.len(), 1, "{summaries:#?}");
+    assert!(
+        summaries[0].reason.starts_with("37 further denials")
+            && summaries[0].reason.ends_with("get_fields 37"),
+        "{}",
+        summaries[0].reason
+    );
+
+    // Counted denials of a window still open at shutdown are recorded before the log
+    // closes.
+    denied_calls(&vault, "other", 12).await;
+    let vault = vault.restart().await;
+    let (single, summaries) = denial_events(&vault, "other").await;
+    assert_eq!(single, 3);
+    assert_eq!(summaries.len(), 1, "{summaries:#?}");
+    assert!(
+        summaries[0].reason.starts_with("9 further denials"),
+        "{}",
+        summaries[0].reason
+    );
 }

@@ -461,7 +461,7 @@ async fn pruning_keeps_the_chain_verifiable() {
         .audit_log()
         .query(&AuditFilter::default(), 0, 1000)
         .expect("query")
-        .0;
+        .events;
     assert_eq!(remaining.first().map(|e| e.seq), Some(42));
     assert!(remaining
         .iter()

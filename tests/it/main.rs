@@ -11,6 +11,7 @@ mod access;
 mod at_rest;
 mod audit;
 mod authz;
+mod authz_matrix;
 mod backup;
 mod bad_input;
 mod category_paths;

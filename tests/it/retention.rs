@@ -120,7 +120,7 @@ async fn fields_past_their_retention_are_swept_and_audited() {
         .audit_log()
         .query(&AuditFilter::default(), 0, 10_000)
         .expect("query")
-        .0;
+        .events;
     let sweeps: Vec<_> = events
         .iter()
         .filter(|e| e.draft.operation == Operation::RetentionDelete)
@@ -219,7 +219,7 @@ async fn transaction_records_outlive_erasure_under_their_own_key_for_seven_years
         .audit_log()
         .query(&AuditFilter::default(), 0, 10_000)
         .expect("query")
-        .0;
+        .events;
     assert!(ended.iter().any(|e| e.draft.subject == shadow.as_str()
         && e.draft.reason.contains("legal retention duty ended")));
 }

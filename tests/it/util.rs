@@ -281,15 +281,26 @@ pub fn bytes_occur_below(dir: &Path, needle: &[u8]) -> bool {
 
 /// Client certificates for chosen identities, issued by a test vault's own dev CA.
 pub fn client_for(vault: &TestVault, name: &str, spiffe_id: &str) -> ClientCerts {
+    client_with(vault, name, name, vec![spiffe_id.into()])
+}
+
+/// A client certificate with common name `common_name` and URI SANs `uris` (none for a
+/// CN-only certificate), saved as `<name>.pem` / `<name>.key`.
+pub fn client_with(
+    vault: &TestVault,
+    name: &str,
+    common_name: &str,
+    uris: Vec<String>,
+) -> ClientCerts {
     use pii_vault::certs::{Authority, LeafSpec, Usage};
     let tls = vault.dir.path().join("tls");
     let read = |f: &str| std::fs::read_to_string(tls.join(f)).expect("dev CA file");
     let ca = Authority::from_pem(&read("ca.pem"), &read("ca.key")).expect("dev CA");
     let leaf = ca
         .issue(&LeafSpec {
-            common_name: name.into(),
+            common_name: common_name.into(),
             names: vec![],
-            uris: vec![spiffe_id.into()],
+            uris,
             usage: Usage::Client,
             lifetime: std::time::Duration::from_secs(3600),
             not_before_offset_secs: 0,
@@ -308,8 +319,13 @@ pub fn client_for(vault: &TestVault, name: &str, spiffe_id: &str) -> ClientCerts
 
 /// Starts a vault whose policy file holds `policy` (instead of the dev policy).
 pub async fn start_with_policy(policy: &str) -> TestVault {
+    start_with_policy_and(policy, |_| {}).await
+}
+
+/// `start_with_policy`, with `edit` applied to the configuration.
+pub async fn start_with_policy_and(policy: &str, edit: impl FnOnce(&mut RawConfig)) -> TestVault {
     let dir = TempDir::new().expect("temp dir");
-    let config = test_config(dir.path(), |_| {});
+    let config = test_config(dir.path(), edit);
     std::fs::write(&config.policy_file, policy).expect("write policy");
     TestVault::start_on(dir, config, None).await
 }

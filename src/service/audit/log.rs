@@ -26,6 +26,9 @@ use super::sink::JsonlSink;
 const MAX_BATCH: usize = 1024;
 /// Events read per storage scan.
 const SCAN_PAGE: usize = 1024;
+/// Most events one query call examines before it returns what it found and where to
+/// resume: a filter that matches little never holds a thread for a whole scan.
+const SCAN_BUDGET: usize = 32 * SCAN_PAGE;
 /// How often a batch is re-chained after other writers of a shared store appended first.
 const MAX_RECHAIN: u32 = 100;
 
@@ -53,7 +56,18 @@ pub struct PruneReport {
     pub through: Option<u64>,
 }
 
-/// Handle to the audit log.
+/// What one `AuditLog::query` call found.
+#[derive(Debug)]
+pub struct AuditPage {
+    pub events: Vec<AuditEvent>,
+    /// Pass as `after` to continue; the last sequence number examined.
+    pub cursor: u64,
+    /// True when the scan reached the newest event (nothing more can match, for now).
+    pub end: bool,
+}
+
+/// Handle to the audit log (clones share the writer).
+#[derive(Clone)]
 pub struct AuditLog {
     queue: mpsc::Sender<Append>,
     store: Arc<dyn Store>,
@@ -156,33 +170,41 @@ impl AuditLog {
             .map_err(|_| AuditError::Timeout(self.timeout))?
     }
 
-    /// Events after sequence number `after` that match `filter`, at most `limit`, and the
-    /// sequence number to resume after (the last event examined, matching or not).
+    /// Events after sequence number `after` that match `filter`: at most `limit`, from at
+    /// most `SCAN_BUDGET` events examined. Returns them, the sequence number to resume after
+    /// (the last event examined, matching or not), and whether the log's end was reached.
+    /// Blocking: call it off the async workers.
     pub fn query(
         &self,
         filter: &AuditFilter,
         after: u64,
         limit: usize,
-    ) -> Result<(Vec<AuditEvent>, u64), StoreError> {
-        let mut out = Vec::new();
-        let mut cursor = after;
-        loop {
-            let page = self.store.audit_scan(cursor, SCAN_PAGE)?;
-            let Some(&(last, _)) = page.last() else {
-                return Ok((out, cursor));
-            };
-            for (seq, bytes) in page {
-                cursor = seq;
+    ) -> Result<AuditPage, StoreError> {
+        let mut page = AuditPage {
+            events: Vec::new(),
+            cursor: after,
+            end: false,
+        };
+        let mut examined = 0;
+        while examined < SCAN_BUDGET {
+            let scanned = self.store.audit_scan(page.cursor, SCAN_PAGE)?;
+            if scanned.is_empty() {
+                page.end = true;
+                return Ok(page);
+            }
+            for (seq, bytes) in scanned {
+                page.cursor = seq;
+                examined += 1;
                 let event = AuditEvent::decode(&bytes)?;
                 if filter.matches(&event.draft) {
-                    out.push(event);
-                    if out.len() == limit {
-                        return Ok((out, cursor));
+                    page.events.push(event);
+                    if page.events.len() == limit {
+                        return Ok(page);
                     }
                 }
             }
-            cursor = last;
         }
+        Ok(page)
     }
 
     /// Walks the whole chain.

@@ -2,18 +2,21 @@
 //! its high-water mark against a rolled-back store (`high_water`), and the operators' use
 //! cases on it: query (itself audited), verify, prune.
 
+mod denials;
 mod high_water;
 mod log;
 mod sink;
 
+pub use denials::DenialSettings;
+pub(super) use denials::{Denials, Noted};
 pub use high_water::{HighWater, HighWaterError, HIGH_WATER_FILE};
 pub(super) use log::Writer;
-pub use log::{verify_store, AuditError, AuditLog, PruneReport};
+pub use log::{verify_store, AuditError, AuditLog, AuditPage, PruneReport};
 pub use sink::{JsonlSink, SinkConfig};
 
 use std::time::Duration;
 
-use crate::audit::{AuditEvent, AuditFilter, Operation, VerifyReport};
+use crate::audit::{AuditFilter, Operation, VerifyReport};
 use crate::authz::act;
 use crate::domain::{InvalidInput, TenantId, Timestamp};
 
@@ -30,15 +33,29 @@ fn describe_prune(report: &PruneReport, ev: &mut crate::audit::EventDraft) {
 /// Longest page one query returns.
 pub const MAX_QUERY_PAGE: usize = 1000;
 
-/// One page of audit events and where to resume.
-#[derive(Debug)]
-pub struct AuditPage {
-    pub events: Vec<AuditEvent>,
-    /// Pass as `after` to continue; the last sequence number examined.
-    pub cursor: u64,
-}
-
 impl Vault {
+    /// Records the summaries of the denial windows that have ended (of every open window
+    /// with `all`, at shutdown), so no counted denial goes unrecorded.
+    pub async fn summarise_denials(&self, all: bool) {
+        let now = self.clock.now();
+        let due = self.denials.take_due((!all).then_some(now));
+        self.record_summaries(due).await;
+    }
+
+    pub(super) async fn record_summaries(&self, summaries: Vec<denials::Summary>) {
+        for summary in summaries {
+            let event = summary.event(self.clock.now(), super::request_id(None));
+            if let Err(e) = self.audit.append(event).await {
+                tracing::error!(
+                    caller = %summary.caller,
+                    denials = summary.total(),
+                    error = %e,
+                    "a summary of denials could not be recorded"
+                );
+            }
+        }
+    }
+
     /// Events matching `filter` after sequence number `after`. The query's own event is
     /// durable before any event is returned.
     pub async fn query_audit(
@@ -63,23 +80,38 @@ impl Vault {
         };
         case.run(
             Check::action(act::AuditRead, tenant.as_ref()),
-            |_| async move { self.query_audit_more(filter, after, limit) },
+            |_| self.query_audit_more(filter, after, limit),
             no_detail,
         )
         .await
     }
 
-    /// Continues a query that is already recorded (later pages of one streamed query).
-    pub fn query_audit_more(
+    /// Continues a query that is already recorded (later pages of one streamed query). The
+    /// scan runs on the blocking pool, a bounded number of events per call (`AuditPage`
+    /// says where to resume and whether the end was reached).
+    pub async fn query_audit_more(
         &self,
         filter: &AuditFilter,
         after: u64,
         limit: usize,
     ) -> Result<AuditPage, ServiceError> {
-        let (events, cursor) = self
-            .audit
-            .query(filter, after, limit.clamp(1, MAX_QUERY_PAGE))?;
-        Ok(AuditPage { events, cursor })
+        let (log, filter) = (self.audit.clone(), filter.clone());
+        let limit = limit.clamp(1, MAX_QUERY_PAGE);
+        self.background
+            .run_service("audit query", move || Ok(log.query(&filter, after, limit)?))
+            .await
+    }
+
+    /// Runs `work` on the audit log off the async workers (a whole-log walk).
+    async fn on_log<T: Send + 'static>(
+        &self,
+        what: &'static str,
+        work: impl FnOnce(&AuditLog) -> Result<T, crate::storage::StoreError> + Send + 'static,
+    ) -> Result<T, ServiceError> {
+        let log = self.audit.clone();
+        self.background
+            .run_service(what, move || Ok(work(&log)?))
+            .await
     }
 
     /// Walks the whole chain.
@@ -87,7 +119,7 @@ impl Vault {
         self.use_case(call, Operation::VerifyAudit)
             .run(
                 Check::action(act::AuditRead, None),
-                |_| async move { Ok(self.audit.verify()?) },
+                |_| self.on_log("audit verify", AuditLog::verify),
                 |report: &VerifyReport, ev| {
                     ev.reason = match report.first_bad {
                         None => format!("verified {} events", report.checked),
@@ -123,7 +155,7 @@ impl Vault {
         let before = self.prune_cutoff(age);
         case.run(
             Check::action(act::KeyAdmin, None),
-            |_| async move { Ok(self.audit.prune(before)?) },
+            |_| self.on_log("audit prune", move |log| log.prune(before)),
             describe_prune,
         )
         .await
@@ -136,7 +168,10 @@ impl Vault {
         let call = Call::job(RETENTION_JOB, "audit-retention");
         let before = self.prune_cutoff(self.audit_retention);
         self.use_case(&call, Operation::PruneAudit)
-            .run_system(async { Ok(self.audit.prune(before)?) }, describe_prune)
+            .run_system(
+                self.on_log("audit prune", move |log| log.prune(before)),
+                describe_prune,
+            )
             .await
     }
 

@@ -3,6 +3,8 @@
 //! audit log. The portable export (`export`) streams the same content page by page, so
 //! both are built from the paged helpers here.
 
+use std::sync::Arc;
+
 use crate::audit::{AuditFilter, Operation, Outcome};
 use crate::authz::{act, Grant, Render};
 use crate::domain::retention::{retention_rule, Rule};
@@ -91,7 +93,7 @@ impl Vault {
     /// The report of everything held on a subject. The report is returned only after its
     /// own audit event (with the names of the fields whose values it shows) is durable.
     pub async fn access_subject(
-        &self,
+        self: &Arc<Self>,
         call: &Call,
         tenant: &TenantId,
         subject: &SubjectId,
@@ -101,7 +103,13 @@ impl Vault {
             .subject(subject)
             .run(
                 Check::action(act::AccessReport, Some(tenant)),
-                |grant| async move { self.access_report(&grant, tenant, subject) },
+                |grant| {
+                    // A whole-log walk (the recipients): on the blocking pool.
+                    let (vault, tenant, subject) = (self.clone(), tenant.clone(), subject.clone());
+                    self.background.run_service("access report", move || {
+                        vault.access_report(&grant, &tenant, &subject)
+                    })
+                },
                 |report: &AccessReport, ev| {
                     ev.fields = report
                         .fields
@@ -216,8 +224,9 @@ impl Vault {
             subject: Some(subject.to_string()),
             ..AuditFilter::default()
         };
-        let (events, cursor) = self.audit.query(&filter, after, RECIPIENT_PAGE)?;
-        let exhausted = events.len() < RECIPIENT_PAGE || cursor >= until;
+        let page = self.audit.query(&filter, after, RECIPIENT_PAGE)?;
+        let (events, cursor) = (page.events, page.cursor);
+        let exhausted = page.end || cursor >= until;
         let recipients = events
             .into_iter()
             .filter(|e| e.seq <= until)
