@@ -175,7 +175,7 @@ fn settings(server: &Postgres, url: &str) -> String {
     }
 }
 
-/// The scenarios to compare: those asked for (not erasure), else Get and Put of one field.
+/// The scenarios to compare: those asked for (not erasure or the flood), else Get and Put of one field.
 fn scenarios(args: &Args) -> Vec<Scenario> {
     if !args.scenarios_given {
         return vec![Scenario::Get1, Scenario::Put1];
@@ -183,7 +183,7 @@ fn scenarios(args: &Args) -> Vec<Scenario> {
     args.scenarios
         .iter()
         .copied()
-        .filter(|s| *s != Scenario::Erase)
+        .filter(|s| s.is_throughput())
         .collect()
 }
 

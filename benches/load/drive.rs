@@ -68,7 +68,8 @@ impl Stats {
         self.latency_us.value_at_quantile(q) as f64 / 1000.0
     }
 
-    fn count(&mut self, outcome: Outcome, latency: Duration) {
+    /// Counts one request: its latency if it succeeded.
+    pub fn count(&mut self, outcome: Outcome, latency: Duration) {
         match outcome {
             Outcome::Ok => {
                 self.ops += 1;

@@ -3,8 +3,9 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use pii_vault::certs::{Authority, LeafSpec, Usage};
 use pii_vault::client::{connect, ClientCerts};
-use pii_vault::config::{RawConfig, TlsPaths};
+use pii_vault::config::{Config, RawConfig, TlsPaths};
 use pii_vault::dev::bootstrap;
 use pii_vault::proto::v1 as pb;
 use pii_vault::storage::SledStore;
@@ -20,7 +21,7 @@ pub const FIELDS_PER_SUBJECT: usize = 10;
 pub const VALUE_BYTES: usize = 256;
 
 pub struct Fixture {
-    _dir: TempDir,
+    dir: TempDir,
     pub addr: SocketAddr,
     /// The vault's TLS files, which the echo baseline serves with too.
     pub tls: TlsPaths,
@@ -52,6 +53,12 @@ pub fn field_input(name: &str, i: usize) -> pb::FieldInput {
 impl Fixture {
     /// Starts a vault (auditing on or off) and preloads `subjects` subjects.
     pub async fn start(audit: bool, subjects: usize) -> Self {
+        Self::start_with(audit, subjects, |_| {}).await
+    }
+
+    /// As `start`, with `tweak` applied to the configuration first (before the dev PKI and
+    /// policy are made, so a policy file it writes is kept).
+    pub async fn start_with(audit: bool, subjects: usize, tweak: impl FnOnce(&mut Config)) -> Self {
         let dir = TempDir::new().expect("temp dir");
         let raw = RawConfig {
             listen: Some("127.0.0.1:0".into()),
@@ -63,6 +70,7 @@ impl Fixture {
         config.abuse.requests_per_second = 1_000_000;
         config.abuse.request_burst = 1_000_000;
         config.vault.audit_enabled = audit;
+        tweak(&mut config);
         bootstrap(&config).expect("bootstrap");
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
@@ -82,7 +90,7 @@ impl Fixture {
         ));
         let fixture = Self {
             certs: ClientCerts::dev(dir.path()),
-            _dir: dir,
+            dir,
             addr,
             tls,
             stop: Some(stop),
@@ -95,6 +103,39 @@ impl Fixture {
 
     pub async fn channel(&self) -> Channel {
         connect(&self.addr.to_string(), &self.certs)
+            .await
+            .expect("connect")
+    }
+
+    /// A client certificate for the SPIFFE identity `spiffe_id`, issued by the vault's dev CA
+    /// (which the vault trusts for clients), written as `{name}.pem` and `{name}.key`.
+    pub fn issue_client(&self, name: &str, spiffe_id: &str) -> ClientCerts {
+        let tls = self.dir.path().join("tls");
+        let read = |f: &str| std::fs::read_to_string(tls.join(f)).expect("dev CA file");
+        let ca = Authority::from_pem(&read("ca.pem"), &read("ca.key")).expect("dev CA");
+        let leaf = ca
+            .issue(&LeafSpec {
+                common_name: name.into(),
+                names: vec![],
+                uris: vec![spiffe_id.into()],
+                usage: Usage::Client,
+                lifetime: std::time::Duration::from_secs(3600),
+                not_before_offset_secs: 0,
+            })
+            .expect("issue a client certificate");
+        let certs = ClientCerts {
+            ca: tls.join("ca.pem"),
+            cert: tls.join(format!("{name}.pem")),
+            key: tls.join(format!("{name}.key")),
+        };
+        std::fs::write(&certs.cert, leaf.cert_pem).expect("write cert");
+        std::fs::write(&certs.key, leaf.key_pem).expect("write key");
+        certs
+    }
+
+    /// A connection presenting `certs` instead of the dev client's.
+    pub async fn channel_as(&self, certs: &ClientCerts) -> Channel {
+        connect(&self.addr.to_string(), certs)
             .await
             .expect("connect")
     }

@@ -10,6 +10,10 @@
 //! unaudited one and its baseline, interleaved in one-second slices; then open loop at 50%
 //! and 80% of the audited peak (latency from each request's scheduled time).
 //!
+//! The `flood` scenario runs last, on a vault of its own with a per-identity rate limit: one
+//! identity sends 100,000 `GetFields` while another's read latency is measured idle and
+//! under the flood (`flood.rs`).
+//!
 //! ```sh
 //! cargo bench --bench load                       # full run (about five minutes)
 //! cargo bench --bench load -- --smoke            # a few seconds: checks it works
@@ -17,6 +21,7 @@
 //! cargo bench --bench load -- --duration 10 --concurrency 1,8,64 --scenarios get1,put1
 //! cargo bench --bench load -- --rss --fields 1000000 --cache-mib 256
 //! cargo bench --bench load -- --backends --duration 10 --concurrency 8,64
+//! cargo bench --bench load -- --scenarios flood  # the flood alone (--flood-requests, --idle-reads)
 //! ```
 //!
 //! `--backends` compares one node on sled, one on PostgreSQL and two on one PostgreSQL
@@ -33,6 +38,7 @@ mod drive;
 mod echo;
 mod erase;
 mod fixture;
+mod flood;
 mod floor;
 #[path = "../../tests/support/postgres.rs"]
 mod postgres;
@@ -47,6 +53,7 @@ use std::time::Duration;
 use drive::{closed_loop, fixed_rate, Stats};
 use echo::{EchoBaseline, EchoTarget};
 use fixture::Fixture;
+use flood::FloodSize;
 use floor::{FloorTarget, Probe, StoreFloor};
 use pii_vault::proto::v1 as pb;
 use prost::Message;
@@ -71,6 +78,8 @@ struct Args {
     cache_mib: u64,
     /// Compare the storage backends instead (`backends.rs`).
     backends: bool,
+    /// The flood scenario's requests and idle reads (`flood.rs`).
+    flood: FloodSize,
 }
 
 fn list<T>(s: &str, parse: impl Fn(&str) -> Option<T>) -> Vec<T> {
@@ -82,6 +91,10 @@ fn smoke(a: &mut Args) {
     a.concurrency = vec![8];
     a.subjects = 50;
     a.fields = 2_000;
+    a.flood = FloodSize {
+        requests: 5_000,
+        idle_calls: 50,
+    };
     a.smoke = true;
 }
 
@@ -98,6 +111,10 @@ fn args() -> Args {
         fields: 1_000_000,
         cache_mib: 256,
         backends: false,
+        flood: FloodSize {
+            requests: 100_000,
+            idle_calls: 1_000,
+        },
     };
     // `cargo bench` passes --bench; `cargo test` does not, and gets the smoke run.
     if !std::env::args().any(|a| a == "--bench") {
@@ -120,6 +137,8 @@ fn args() -> Args {
             "--backends" => a.backends = true,
             "--fields" => a.fields = value().parse().unwrap_or(1_000_000),
             "--cache-mib" => a.cache_mib = value().parse().unwrap_or(256),
+            "--flood-requests" => a.flood.requests = value().parse().unwrap_or(100_000),
+            "--idle-reads" => a.flood.idle_calls = value().parse().unwrap_or(1_000),
             // `cargo bench` passes --bench; other flags are cargo's business.
             _ => {}
         }
@@ -141,20 +160,25 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    let failures = runtime.block_on(async {
+    let (failures, flood_failures) = runtime.block_on(async {
         if args.backends {
-            return backends::run(&args).await.unwrap_or_else(|why| {
+            let failures = backends::run(&args).await.unwrap_or_else(|why| {
                 eprintln!("--backends: no PostgreSQL server: {why}");
                 std::process::exit(2)
             });
+            return (failures, 0);
         }
         let mut failures = 0;
+        let mut flood_failures = 0;
         if args.rss || args.smoke {
             let within = rss::measure(args.fields, args.cache_mib).await;
             failures += u64::from(args.smoke && !within);
         }
         if !args.rss {
             failures += run(&args).await;
+        }
+        if !args.rss && args.scenarios.contains(&Scenario::Flood) {
+            flood_failures = flood::run(args.flood).await;
         }
         if args.smoke && !args.rss {
             failures += match backends::run(&args).await {
@@ -171,10 +195,16 @@ fn main() {
                 }
             };
         }
-        failures
+        (failures, flood_failures)
     });
     if let Some(code) = drive::first_failure() {
         println!("first failed request: {code}");
+    }
+    if flood_failures > 0 {
+        eprintln!(
+            "flood: {flood_failures} answers to the flooder were neither OK nor RESOURCE_EXHAUSTED"
+        );
+        std::process::exit(1);
     }
     if args.smoke && failures > 0 {
         eprintln!("smoke run failed: {failures} failed requests or empty runs");
@@ -187,6 +217,13 @@ fn main() {
 
 /// The throughput and latency runs; returns the number of failed requests and empty runs.
 async fn run(args: &Args) -> u64 {
+    if !args
+        .scenarios
+        .iter()
+        .any(|s| s.is_throughput() || *s == Scenario::Erase)
+    {
+        return 0;
+    }
     println!(
         "# pii-vault load generator: {} s per run, {} subjects x 10 fields of 256 B, {} cores",
         args.duration.as_secs_f64(),
@@ -227,7 +264,7 @@ async fn run(args: &Args) -> u64 {
     let mut failures = 0;
     let mut count = |s: &Stats| failures += s.errors + u64::from(s.ops == 0);
 
-    for &scenario in args.scenarios.iter().filter(|s| **s != Scenario::Erase) {
+    for &scenario in args.scenarios.iter().filter(|s| s.is_throughput()) {
         let name = scenario.name();
         // The echo baseline answers with as many bytes as this scenario's reads get back.
         let sizes = if scenario.is_get() {

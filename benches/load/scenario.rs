@@ -27,16 +27,19 @@ pub enum Scenario {
     Mixed,
     /// `EraseSubject` of a subject with one field, each request a different subject.
     Erase,
+    /// One identity floods `GetFields` past its rate limit while another reads (`flood.rs`).
+    Flood,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 6] = [
+    pub const ALL: [Scenario; 7] = [
         Scenario::Get1,
         Scenario::Get10,
         Scenario::Put1,
         Scenario::Put10,
         Scenario::Mixed,
         Scenario::Erase,
+        Scenario::Flood,
     ];
 
     pub fn name(self) -> &'static str {
@@ -47,6 +50,7 @@ impl Scenario {
             Scenario::Put10 => "put10",
             Scenario::Mixed => "mixed90/10",
             Scenario::Erase => "erase",
+            Scenario::Flood => "flood",
         }
     }
 
@@ -68,6 +72,12 @@ impl Scenario {
 
     pub fn is_get(self) -> bool {
         matches!(self, Scenario::Get1 | Scenario::Get10)
+    }
+
+    /// Whether the scenario runs against the shared, preloaded vaults in the throughput table
+    /// (erasure and the flood have runs of their own).
+    pub fn is_throughput(self) -> bool {
+        !matches!(self, Scenario::Erase | Scenario::Flood)
     }
 }
 
@@ -118,8 +128,9 @@ impl Target for VaultTarget {
                 outcome(client.put_fields(put_request(n, subjects, 1)).await)
             }
             Scenario::Mixed => outcome(client.get_fields(get_request(n, subjects, 1)).await),
-            // Erasure has its own target, with a pool of subjects to erase.
-            Scenario::Erase => Outcome::Failed,
+            // Erasure has its own target, with a pool of subjects to erase; the flood its own
+            // vault and clients.
+            Scenario::Erase | Scenario::Flood => Outcome::Failed,
         }
     }
 }

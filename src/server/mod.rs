@@ -183,13 +183,16 @@ pub async fn serve(
     close(vault, store, store_path, served).await
 }
 
+/// What `open_vault` opens: the vault, its policy and the server's TLS configuration.
+type Opened = (Arc<Vault>, Arc<Authz>, Arc<tls::ReloadableTls>);
+
 /// Loads the root key, the keyring, the TLS configuration and the policy, and opens the
 /// vault over `store`, in that order (a start fails on the first that is wrong).
 fn open_vault(
     config: &Config,
     store: Arc<dyn Store>,
     metrics: Metrics,
-) -> Result<(Arc<Vault>, Arc<Authz>, Arc<tls::ReloadableTls>), ServerError> {
+) -> Result<Opened, ServerError> {
     let root = RootKeys::load(&config.root_key_file)?;
     let keys = Keyring::open(root, store.clone())?;
     let tls = tls::ReloadableTls::load(&config.tls)?;
