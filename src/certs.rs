@@ -8,8 +8,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
+    RevocationReason, RevokedCertParams, SanType, SerialNumber,
 };
 
 /// Something went wrong issuing or writing certificates.
@@ -173,6 +174,43 @@ impl Authority {
             cert_der: cert.der().to_vec(),
             key_pem: key.serialize_pem(),
         })
+    }
+}
+
+impl Authority {
+    /// A certificate revocation list (PEM) signed by this CA, numbered `number` (a later list
+    /// has a higher number), revoking the certificates `revoked` (DER, as issued), valid for
+    /// `lifetime` from now. For `tls.client_crl`.
+    pub fn revocation_list(
+        &self,
+        revoked: &[&[u8]],
+        number: u64,
+        lifetime: Duration,
+    ) -> Result<String, CertError> {
+        let now = time::OffsetDateTime::now_utc();
+        let revoked_certs = revoked
+            .iter()
+            .map(|der| {
+                let (_, cert) = x509_parser::parse_x509_certificate(der)
+                    .map_err(|_| CertError::BadCa("a certificate to revoke cannot be parsed"))?;
+                Ok(RevokedCertParams {
+                    serial_number: SerialNumber::from_slice(cert.raw_serial()),
+                    revocation_time: now,
+                    reason_code: Some(RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+            })
+            .collect::<Result<Vec<_>, CertError>>()?;
+        let params = CertificateRevocationListParams {
+            this_update: now - time::Duration::minutes(5),
+            next_update: now
+                + time::Duration::try_from(lifetime).unwrap_or(time::Duration::days(7)),
+            crl_number: SerialNumber::from(number),
+            issuing_distribution_point: None,
+            revoked_certs,
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        Ok(params.signed_by(&self.issuer)?.pem()?)
     }
 }
 

@@ -50,7 +50,7 @@ async fn a_thousand_rounds_of_restrict_racing_set_consent_lose_no_acknowledged_c
                 tenant_id: ids().0,
                 subject_id: ids().1,
                 purpose: purpose.into(),
-                granted: (round + k) % 2 == 0,
+                granted: (round + k).is_multiple_of(2),
                 source: format!("round-{round}"),
             };
             async move { r.set_consent(req).await.map(drop) }
