@@ -184,7 +184,7 @@ mod tests {
     use crate::domain::{Consent, Purpose, Timestamp};
 
     fn sealer(tenant: &str, legacy: bool) -> RecordSealer {
-        let audit: Key<Audit> = Key::from_secret_bytes(1, zeroize::Zeroizing::new([7u8; 32]));
+        let audit: Key<Audit> = Key::from_secret_bytes(1, crate::crypto::Zeroizing::new([7u8; 32]));
         let tenant = TenantId::parse(tenant).expect("tenant");
         RecordSealer {
             key: Arc::new(derive_record_key(&audit, &tenant).expect("derive")),
