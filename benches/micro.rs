@@ -83,6 +83,7 @@ fn records(c: &mut Criterion) {
         index_entries: vec![vec![7u8; 60]],
         older_deks: Vec::new(),
         dek_reserved: 64,
+        state_seq: 0,
     };
     let field = FieldRecord {
         meta: FieldMeta {

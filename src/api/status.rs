@@ -38,6 +38,15 @@ impl From<ServiceError> for Status {
                 tracing::warn!(%cause, "keys changing concurrently");
                 Status::unavailable("keys busy; retry later")
             }
+            ServiceError::Integrity(why) => {
+                // Rolled back or tampered with: DATA_LOSS, "unrecoverable data loss or
+                // corruption" in tonic's codes. The cause names no field of the record.
+                tracing::error!(
+                    cause = why,
+                    "subject state record failed its integrity check"
+                );
+                Status::data_loss("subject state record failed its integrity check")
+            }
             ServiceError::Internal(cause) => {
                 // The cause stays in the server log; the client learns nothing that could leak.
                 tracing::error!(%cause, "internal error");

@@ -67,6 +67,12 @@ role!(
     Audit,
     "audit"
 );
+role!(
+    /// A tenant's record integrity key: MACs the subjects' state records and tombstones.
+    /// Derived, never stored (`Key::derive`, `keyring::RecordSealer`).
+    RecordMac,
+    "record-mac"
+);
 
 /// A secret key of role `R`.
 pub struct Key<R: KeyRole> {

@@ -1,9 +1,21 @@
 //! Keyed hashes (HMAC-SHA-256) for values that must be checked but not hidden: the root key
-//! check value today, the audit chain later.
+//! check value, the audit chain, record seals; and HKDF-SHA-256 for keys derived for one
+//! purpose from another key.
 
-use ring::hmac;
+use ring::{hkdf, hmac};
+use zeroize::Zeroizing;
 
-use super::key::{Key, KeyRole};
+use super::key::{Key, KeyRole, KEY_LEN};
+use super::CryptoError;
+
+/// The output length ring's HKDF is asked for: one key.
+struct KeyLen;
+
+impl hkdf::KeyType for KeyLen {
+    fn len(&self) -> usize {
+        KEY_LEN
+    }
+}
 
 /// Length of an HMAC-SHA-256 tag.
 pub const MAC_LEN: usize = 32;
@@ -23,6 +35,28 @@ impl<R: KeyRole> Key<R> {
         let mut out = [0u8; MAC_LEN];
         out.copy_from_slice(ctx.sign().as_ref());
         out
+    }
+
+    /// A key of role `C` derived from this one with HKDF-SHA-256 (RFC 5869): `label` is the
+    /// salt, `context` (each part length-prefixed) the info. Different labels or contexts
+    /// give independent keys; the derived key is version 1.
+    pub fn derive<C: KeyRole>(
+        &self,
+        label: &str,
+        context: &[&[u8]],
+    ) -> Result<Key<C>, CryptoError> {
+        let salt = hkdf::Salt::new(hkdf::HKDF_SHA256, label.as_bytes());
+        let prk = salt.extract(self.secret_bytes());
+        let mut info = Vec::new();
+        for part in context {
+            info.extend_from_slice(&u32::try_from(part.len()).unwrap_or(u32::MAX).to_be_bytes());
+            info.extend_from_slice(part);
+        }
+        let info = [info.as_slice()];
+        let okm = prk.expand(&info, KeyLen).map_err(|_| CryptoError)?;
+        let mut bytes = Zeroizing::new([0u8; KEY_LEN]);
+        okm.fill(bytes.as_mut()).map_err(|_| CryptoError)?;
+        Ok(Key::from_secret_bytes(1, bytes))
     }
 
     /// A public fingerprint of this key (a MAC of a fixed label): lets a data directory

@@ -19,7 +19,7 @@ mod mac;
 pub use aead::{aead_open, aead_seal, AeadKey, NONCE_LEN, TAG_LEN};
 pub use digest::{certificate_hash, sha256, CertificateHash, Sha256, SHA256_LEN};
 pub use envelope::{Aad, Sealed};
-pub use key::{fill_random, Audit, Dek, Index, Kek, Key, KeyRole, Root, KEY_LEN};
+pub use key::{fill_random, Audit, Dek, Index, Kek, Key, KeyRole, RecordMac, Root, KEY_LEN};
 pub use mac::{mac_eq, MAC_LEN};
 pub use zeroize::{Zeroize, Zeroizing};
 

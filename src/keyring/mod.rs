@@ -18,6 +18,7 @@
 
 mod dek_cache;
 mod index_keys;
+mod record_keys;
 mod root_file;
 mod root_keys;
 mod subject_keys;
@@ -30,12 +31,15 @@ use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use index_keys::{index_aad, parse_index_key_name, INDEX_KEY_PREFIX};
 
 pub use dek_cache::{DekCacheStats, LookupObserver};
+pub use record_keys::RecordSealer;
 pub use root_file::RootKeys;
 pub use root_keys::RootRotation;
 pub use tenant_keys::{RewrapBatch, SubjectDeks};
 pub use usage::{KeyLimits, SealGrant};
 
-use crate::crypto::{mac_eq, Aad, Audit, CryptoError, Index, Kek, Key, Root, Sealed, MAC_LEN};
+use crate::crypto::{
+    mac_eq, Aad, Audit, CryptoError, Index, Kek, Key, RecordMac, Root, Sealed, MAC_LEN,
+};
 use crate::domain::{Clock, SubjectId, SystemClock, TenantId, Timestamp};
 use crate::storage::{Fence, FenceMode, Store, StoreError, TenantRecord};
 
@@ -133,6 +137,11 @@ pub struct Keyring {
     /// root-key operation on the hot path. Destroyed versions are evicted.
     keks: RwLock<KekCache>,
     index_keys: RwLock<IndexCache>,
+    /// Record integrity keys by tenant, derived once (`record_keys.rs`).
+    record_keys: RwLock<HashMap<TenantId, Arc<Key<RecordMac>>>>,
+    /// True on a store created before records were sealed (`record_keys.rs`): unsealed
+    /// records are still accepted there.
+    legacy_records: bool,
     /// Unwrapped subject DEKs, so a hot read does no unwrap and no key schedule.
     dek_cache: dek_cache::DekCache,
     /// Usage limits and counters of every key.
@@ -172,11 +181,18 @@ impl Keyring {
         }
         // Read before any key is cached, so a destruction after this point is noticed.
         let destroyed_seen = store.meta(DESTROYED_SEQ)?;
+        // A store without tenants holds no record written before seals existed.
+        if store.tenants(None, 1)?.is_empty() {
+            store.meta_init(record_keys::RECORD_SEALS, b"required")?;
+        }
+        let legacy_records = store.meta(record_keys::RECORD_SEALS)?.is_none();
         Ok(Self {
             root: RwLock::new(root),
             store,
             keks: RwLock::new(HashMap::new()),
             index_keys: RwLock::new(HashMap::new()),
+            record_keys: RwLock::new(HashMap::new()),
+            legacy_records,
             dek_cache: dek_cache::DekCache::new(DEFAULT_DEK_CACHE_ENTRIES, None),
             usage: usage::Usage::new(KeyLimits::default()),
             root_rotation: Mutex::new(()),

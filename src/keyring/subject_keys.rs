@@ -84,6 +84,7 @@ impl Keyring {
             index_entries: Vec::new(),
             older_deks: Vec::new(),
             dek_reserved: seals,
+            state_seq: 0,
         };
         Ok((dek, record))
     }

@@ -47,6 +47,11 @@ pub enum ServiceError {
     /// The audit event could not be made durable: the request fails closed.
     #[error("audit log unavailable")]
     AuditUnavailable(#[source] AuditError),
+    /// A subject's state record or tombstone is not the one last written for it (rolled
+    /// back, forged, swapped, damaged): refused rather than acted on. The cause (a few fixed
+    /// words) is logged where it was found, never a field of the record.
+    #[error("subject state record failed its integrity check")]
+    Integrity(&'static str),
     /// Something that should not happen (damaged data, a key that does not open). The
     /// cause is logged, never sent.
     #[error("internal error: {0}")]
@@ -84,6 +89,7 @@ impl ServiceError {
             | ServiceError::TokenNotFound => Outcome::NotFound,
             ServiceError::Refused(_) => Outcome::Denied,
             ServiceError::Unavailable(_)
+            | ServiceError::Integrity(_)
             | ServiceError::KeysBusy(_)
             | ServiceError::AuditUnavailable(_)
             | ServiceError::Internal(_) => Outcome::Error,
@@ -112,6 +118,7 @@ impl From<StoreError> for ServiceError {
                     category.name()
                 )))
             }
+            StoreError::Integrity(why) => ServiceError::Integrity(why),
             StoreError::Corrupt(_) | StoreError::Conflict => ServiceError::Internal(e.to_string()),
         }
     }

@@ -151,7 +151,7 @@ impl UseCase<'_> {
                 vault
                     .authz
                     .decide_rules(caller, action, Some(tenant), purpose)?;
-                let state = vault.store.subject_state(tenant, subject)?;
+                let state = vault.checked_state(tenant, subject)?;
                 vault
                     .authz
                     .decide_for_subject(caller, action, tenant, purpose, &state)?

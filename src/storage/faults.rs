@@ -6,12 +6,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::crypto::Sealed;
-use crate::domain::{FieldName, SubjectId, SubjectState, TenantId, Timestamp};
+use crate::domain::{FieldName, SubjectId, TenantId, Timestamp};
 
 use super::{
-    AuditMarks, Erasure, FieldRecord, KeyChange, KeyUpdate, StateUpdate, Store, StoreError,
-    StoreResult, SubjectRecord, SubjectUpdate, SubjectWrite, TenantKeyState, TenantRecord,
-    Tombstone, Written,
+    AuditMarks, Erasure, FieldRecord, KeyChange, KeyUpdate, StateRecord, StateUpdate, Store,
+    StoreError, StoreResult, SubjectRecord, SubjectUpdate, SubjectWrite, TenantKeyState,
+    TenantRecord, Tombstone, TombstoneSeal, Written,
 };
 
 /// Switches that make the wrapped store misbehave.
@@ -258,7 +258,7 @@ impl Store for FaultyStore {
         self.write()?;
         self.inner.delete_fields(tenant, subject, names)
     }
-    fn subject_state(&self, tenant: &TenantId, subject: &SubjectId) -> StoreResult<SubjectState> {
+    fn subject_state(&self, tenant: &TenantId, subject: &SubjectId) -> StoreResult<StateRecord> {
         self.inner.subject_state(tenant, subject)
     }
     fn update_subject_state(
@@ -266,7 +266,7 @@ impl Store for FaultyStore {
         tenant: &TenantId,
         subject: &SubjectId,
         update: &StateUpdate<'_>,
-    ) -> StoreResult<SubjectState> {
+    ) -> StoreResult<StateRecord> {
         self.write()?;
         self.inner.update_subject_state(tenant, subject, update)
     }
@@ -275,9 +275,10 @@ impl Store for FaultyStore {
         tenant: &TenantId,
         subject: &SubjectId,
         tombstone: &Tombstone,
+        seal: &TombstoneSeal<'_>,
     ) -> StoreResult<Erasure> {
         self.write()?;
-        self.inner.erase_subject(tenant, subject, tombstone)
+        self.inner.erase_subject(tenant, subject, tombstone, seal)
     }
     fn tombstone(&self, tenant: &TenantId, subject: &SubjectId) -> StoreResult<Option<Tombstone>> {
         self.inner.tombstone(tenant, subject)

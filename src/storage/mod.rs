@@ -23,12 +23,12 @@ pub use self::sled::{open_waiting_for_lock, SledStore};
 pub use group_commit::GroupCommit;
 pub use key_records::{KeyChange, KeyVersionInfo, RewrapJob, RootKeyState, TenantKeyState};
 pub use records::{
-    categories_in, category_bit, Erasure, FieldRecord, OlderDek, SealedField, SubjectRecord,
-    SubjectWrite, TenantRecord, Tombstone, Written,
+    categories_in, category_bit, Erasure, FieldRecord, OlderDek, RecordKind, Seal, SealedField,
+    StateRecord, SubjectRecord, SubjectWrite, TenantRecord, Tombstone, Written,
 };
 
 use crate::crypto::Sealed;
-use crate::domain::{Category, FieldName, SubjectId, SubjectState, TenantId, Timestamp};
+use crate::domain::{Category, FieldName, SubjectId, TenantId, Timestamp};
 
 /// What can go wrong in storage. Messages never contain stored bytes.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -39,6 +39,11 @@ pub enum StoreError {
     /// A stored record did not decode: the data directory is damaged.
     #[error("stored {0} is corrupt")]
     Corrupt(&'static str),
+    /// A subject's state record or tombstone decoded but is not the one last written for
+    /// it: a bad seal, or a sequence number behind its anchor (`records::sealed`). Says
+    /// why in a few fixed words, never what the record holds.
+    #[error("subject state record failed its integrity check ({0})")]
+    Integrity(&'static str),
     /// The subject changed between sealing and writing; the caller retries.
     #[error("concurrent update of the same subject")]
     Conflict,
@@ -73,9 +78,14 @@ pub type KeyUpdate<'a> = dyn Fn(&TenantRecord, &TenantKeyState) -> Option<KeyCha
 /// version; `None` leaves it as it is. Runs inside a transaction: it must be pure.
 pub type SubjectUpdate<'a> = dyn Fn(&SubjectId, &SubjectRecord, u32) -> Option<SubjectRecord> + 'a;
 
-/// Computes a subject's new consents and restriction from the stored ones; `None` changes
-/// nothing. Runs inside a transaction and may run more than once: it must be pure.
-pub type StateUpdate<'a> = dyn Fn(&SubjectState) -> Option<SubjectState> + 'a;
+/// Computes a subject's new state record (consents, restriction, seal) from the stored one;
+/// `None` changes nothing, an error (the stored record failed its check) aborts. Runs
+/// inside a transaction and may run more than once: it must be pure.
+pub type StateUpdate<'a> = dyn Fn(&StateRecord) -> StoreResult<Option<StateRecord>> + 'a;
+
+/// Seals the tombstone an erasure writes, given the sequence number it takes (one past the
+/// subject's state record). Runs inside a transaction: it must be pure.
+pub type TombstoneSeal<'a> = dyn Fn(Tombstone, u64) -> Tombstone + 'a;
 
 /// The signed records that bound the audit chain (see `audit::ChainMark`).
 #[derive(Clone, Debug, Default)]
@@ -231,18 +241,21 @@ pub trait Store: Send + Sync + 'static {
         names: &[FieldName],
     ) -> StoreResult<u32>;
 
-    /// A subject's consents and restriction (default when never set).
-    fn subject_state(&self, tenant: &TenantId, subject: &SubjectId) -> StoreResult<SubjectState>;
-    /// Changes a subject's consents and restriction by compare-and-swap: `update` computes
-    /// the new state from the stored one (`None` keeps it), in one transaction with the
-    /// write, so no concurrent change is lost. Returns the state stored afterwards. `Erased`
-    /// if the subject has a tombstone.
+    /// A subject's state record (default when never set), read together with its subject
+    /// record: `Integrity` if its sequence number is not the one the subject record anchors
+    /// (`records::sealed`). The seal's tag is the caller's to check.
+    fn subject_state(&self, tenant: &TenantId, subject: &SubjectId) -> StoreResult<StateRecord>;
+    /// Changes a subject's state record by compare-and-swap: `update` computes the new
+    /// record from the stored one (`None` keeps it), in one transaction with the write, so
+    /// no concurrent change is lost; the subject record's anchor (`state_seq`) moves with it.
+    /// Returns the record stored afterwards. `Erased` if the subject has a tombstone,
+    /// `Integrity` as for `subject_state`.
     fn update_subject_state(
         &self,
         tenant: &TenantId,
         subject: &SubjectId,
         update: &StateUpdate<'_>,
-    ) -> StoreResult<SubjectState>;
+    ) -> StoreResult<StateRecord>;
 
     /// Fields of a tenant whose expiry is at or before `now`: (subject, field, expiry).
     fn expired(
@@ -271,15 +284,17 @@ pub trait Store: Send + Sync + 'static {
         entry: &[u8],
     ) -> StoreResult<()>;
 
-    /// Erases a subject atomically: deletes its record (and so its wrapped DEK), writes
-    /// `tombstone`, and marks the tenant for the next key epoch. If the subject has a legal
-    /// shadow (records under a retention duty), the shadow's erasure is scheduled for
-    /// `tombstone.retained_until` in the same transaction. Idempotent.
+    /// Erases a subject atomically: deletes its record (and so its wrapped DEK) and state,
+    /// writes `tombstone` (completed from the record, then sealed by `seal`), and marks the
+    /// tenant for the next key epoch. If the subject has a legal shadow (records under a
+    /// retention duty), the shadow's erasure is scheduled for `tombstone.retained_until` in
+    /// the same transaction. Idempotent.
     fn erase_subject(
         &self,
         tenant: &TenantId,
         subject: &SubjectId,
         tombstone: &Tombstone,
+        seal: &TombstoneSeal<'_>,
     ) -> StoreResult<Erasure>;
     fn tombstone(&self, tenant: &TenantId, subject: &SubjectId) -> StoreResult<Option<Tombstone>>;
     /// Deletes up to `limit` field records of an erased subject; returns how many. When none

@@ -9,12 +9,13 @@
 //! transactions are retried on serialization failures: a rule has no side effects, so
 //! running it again with what was read again is always right.
 
-use crate::domain::{FieldName, SubjectState, Timestamp};
+use crate::domain::{FieldName, Timestamp};
 
 use super::records::{
-    category_bit, Erasure, FieldRecord, SubjectRecord, SubjectWrite, Tombstone, Written,
+    category_bit, Erasure, FieldRecord, StateRecord, SubjectRecord, SubjectWrite, Tombstone,
+    Written,
 };
-use super::{StateUpdate, StoreError, StoreResult};
+use super::{StateUpdate, StoreError, StoreResult, TombstoneSeal};
 
 /// Keys a change adds and removes. A key is never in both lists: the last of an add and a
 /// remove of one key wins, so a backend may apply the removals and the additions in any
@@ -255,18 +256,59 @@ pub(crate) fn reindex(
     changes
 }
 
-/// `Store::update_subject_state`, from whether the subject has a tombstone and its stored
-/// state: the state to write (`None`: nothing changes) and the state stored afterwards.
+/// Refuses a state record whose sequence number is not the one its subject record anchors
+/// (`records::sealed`): an older copy, or a deleted record (sequence number 0). A subject
+/// without a record (never written, or erased) anchors nothing.
+pub(crate) fn check_state_anchor(
+    subject: Option<&SubjectRecord>,
+    stored: &StateRecord,
+) -> StoreResult<()> {
+    match subject {
+        Some(rec) if rec.state_seq != stored.seq() => Err(StoreError::Integrity(
+            "sequence number is not the anchored one",
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// What a state change writes: the new state record, and the subject record with its
+/// anchor moved (when the subject has one).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct StateWrite {
+    pub state: StateRecord,
+    pub subject: Option<SubjectRecord>,
+}
+
+/// `Store::update_subject_state`, from whether the subject has a tombstone, its subject
+/// record and its stored state record: what to write (`None`: nothing changes) and the
+/// state record stored afterwards. A sealed record must move the sequence number forward.
 pub(crate) fn update_state(
     erased: bool,
-    stored: SubjectState,
+    subject: Option<SubjectRecord>,
+    stored: StateRecord,
     update: &StateUpdate<'_>,
-) -> StoreResult<(Option<SubjectState>, SubjectState)> {
+) -> StoreResult<(Option<StateWrite>, StateRecord)> {
     if erased {
         return Err(StoreError::Erased);
     }
-    match update(&stored) {
-        Some(next) if next != stored => Ok((Some(next.clone()), next)),
+    check_state_anchor(subject.as_ref(), &stored)?;
+    match update(&stored)? {
+        Some(next) if next != stored => {
+            if next.seal.is_some() && next.seq() <= stored.seq() {
+                return Err(StoreError::Integrity(
+                    "sequence number did not move forward",
+                ));
+            }
+            let subject = subject.map(|rec| SubjectRecord {
+                state_seq: next.seq(),
+                ..rec
+            });
+            let write = StateWrite {
+                state: next.clone(),
+                subject,
+            };
+            Ok((Some(write), next))
+        }
         _ => Ok((None, stored)),
     }
 }
@@ -291,6 +333,7 @@ pub(crate) fn erase(
     record: Option<SubjectRecord>,
     shadow: Option<&SubjectRecord>,
     tombstone: &Tombstone,
+    seal: &TombstoneSeal<'_>,
 ) -> (Erasure, Option<Erase>) {
     if let Some(earlier) = earlier {
         return (Erasure::AlreadyErased(earlier), None);
@@ -312,6 +355,8 @@ pub(crate) fn erase(
             None
         }
     };
+    // Sealed last, over what is stored; the erasure is the subject's last state change.
+    let written = seal(written, record.state_seq.saturating_add(1));
     let plan = Erase {
         tombstone: written.clone(),
         hold_until,

@@ -3,13 +3,15 @@
 //! JSON document. Scale and erasure are in `export`.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use pb::subject_rights_service_client::SubjectRightsServiceClient;
 use pii_vault::domain::{Consent, Purpose, SubjectId, SubjectState, TenantId, Timestamp};
+use pii_vault::keyring::{Keyring, RootKeys};
 use pii_vault::proto::v1 as pb;
 use pii_vault::service::EXPORT_SCHEMA;
-use pii_vault::storage::{SledStore, Store};
+use pii_vault::storage::{SledStore, StateRecord, Store};
 use serde_json::Value as Json;
 use tonic::transport::Channel;
 use tonic::Code;
@@ -474,8 +476,22 @@ async fn the_access_report_lists_every_field_and_the_recipients_of_earlier_reads
             TenantId::parse("acme").expect("id"),
             SubjectId::parse("alice").expect("id"),
         );
+        // Sealed as the vault seals it, or the vault refuses the record.
+        let store: Arc<dyn Store> = Arc::new(store);
+        let root = RootKeys::load(&dir.path().join("root.key")).expect("root key");
+        let sealer = Keyring::open(root, store.clone())
+            .expect("keyring")
+            .record_sealer(&acme)
+            .expect("sealer");
+        let seal = |stored: &StateRecord| {
+            Ok(Some(sealer.seal_state(
+                &alice,
+                state.clone(),
+                stored.seq() + 1,
+            )))
+        };
         store
-            .update_subject_state(&acme, &alice, &|_| Some(state.clone()))
+            .update_subject_state(&acme, &alice, &seal)
             .expect("state");
         store.flush().expect("flush");
     }

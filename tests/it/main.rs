@@ -30,6 +30,7 @@ mod rights;
 mod rollback;
 mod scale_out;
 mod shutdown;
+mod state_integrity;
 mod state_race;
 mod tenants;
 mod tls;

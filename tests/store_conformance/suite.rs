@@ -15,9 +15,12 @@ use pii_vault::domain::{
     Category, Consent, FieldName, Purpose, SubjectId, SubjectState, TenantId, Timestamp,
 };
 use pii_vault::storage::{
-    category_bit, Erasure, KeyChange, SealedField, Store, StoreError, SubjectRecord, SubjectWrite,
-    TenantKeyState, TenantRecord, Tombstone,
+    category_bit, Erasure, KeyChange, SealedField, StateRecord, Store, StoreError, SubjectRecord,
+    SubjectWrite, TenantKeyState, TenantRecord, Tombstone,
 };
+
+mod sealed;
+pub use sealed::*;
 
 /// A tenant created in the store under test, with its KEK to wrap DEKs.
 pub struct Tenant {
@@ -68,6 +71,7 @@ pub fn new_subject(tenant: &Tenant) -> SubjectRecord {
         index_entries: Vec::new(),
         older_deks: Vec::new(),
         dek_reserved: 0,
+        state_seq: 0,
     }
 }
 
@@ -102,7 +106,18 @@ fn tombstone(now: u64) -> Tombstone {
         purged: false,
         retained_categories: 0,
         retained_until: Timestamp(now + 1_000_000),
+        seal: None,
     }
+}
+
+/// Stores the tombstone as the rules completed it (a store never sees a sealing key).
+pub fn unsealed(t: Tombstone, _seq: u64) -> Tombstone {
+    t
+}
+
+/// An unsealed state record (the store does not check seals; the keyring does).
+pub fn record(state: SubjectState) -> StateRecord {
+    StateRecord { state, seal: None }
 }
 
 fn field_names(store: &dyn Store, t: &Tenant, s: &SubjectId) -> Vec<String> {
@@ -579,19 +594,19 @@ pub fn subject_state_defaults_and_is_replaced(store: Arc<dyn Store>) {
     let s = subject_id("u");
     assert_eq!(
         store.subject_state(&t.id, &s).expect("state"),
-        SubjectState::default()
+        StateRecord::default()
     );
-    let state = SubjectState {
+    let state = record(SubjectState {
         consents: Vec::new(),
         restricted_since: Some(Timestamp(77)),
-    };
-    let set = |_: &SubjectState| Some(state.clone());
+    });
+    let set = |_: &StateRecord| Ok(Some(state.clone()));
     assert_eq!(
         store.update_subject_state(&t.id, &s, &set).expect("set"),
         state
     );
     assert_eq!(store.subject_state(&t.id, &s).expect("state"), state);
-    let keep = |_: &SubjectState| None;
+    let keep = |_: &StateRecord| Ok(None);
     assert_eq!(
         store.update_subject_state(&t.id, &s, &keep).expect("keep"),
         state
@@ -655,22 +670,22 @@ pub fn subject_state_changes_are_atomic(store: Arc<dyn Store>) {
             scope.spawn(move || {
                 for i in 0..rounds {
                     let purpose = Purpose::parse(&format!("p{writer}x{i}")).expect("purpose");
-                    let add = |stored: &SubjectState| {
-                        let mut next = stored.clone();
+                    let add = |stored: &StateRecord| {
+                        let mut next = stored.state.clone();
                         next.set_consent(Consent {
                             purpose: purpose.clone(),
                             granted: true,
                             at: Timestamp(i),
                             source: "test".into(),
                         });
-                        Some(next)
+                        Ok(Some(record(next)))
                     };
                     store.update_subject_state(&t.id, s, &add).expect("update");
                 }
             });
         }
     });
-    let state = store.subject_state(&t.id, &s).expect("state");
+    let state = store.subject_state(&t.id, &s).expect("state").state;
     assert_eq!(state.consents.len(), 4 * rounds as usize, "no change lost");
 
     let rec = new_subject(&t);
@@ -682,12 +697,12 @@ pub fn subject_state_changes_are_atomic(store: Arc<dyn Store>) {
         )
         .expect("put");
     store
-        .erase_subject(&t.id, &s, &tombstone(5))
+        .erase_subject(&t.id, &s, &tombstone(5), &unsealed)
         .expect("erase");
-    let restrict = |stored: &SubjectState| {
-        let mut next = stored.clone();
+    let restrict = |stored: &StateRecord| {
+        let mut next = stored.state.clone();
         next.restricted_since = Some(Timestamp(9));
-        Some(next)
+        Ok(Some(record(next)))
     };
     assert!(matches!(
         store.update_subject_state(&t.id, &s, &restrict),
@@ -695,7 +710,7 @@ pub fn subject_state_changes_are_atomic(store: Arc<dyn Store>) {
     ));
     assert_eq!(
         store.subject_state(&t.id, &s).expect("state"),
-        SubjectState::default()
+        StateRecord::default()
     );
 }
 
@@ -712,18 +727,18 @@ pub fn erasure_removes_the_key_once_and_blocks_rewrites(store: Arc<dyn Store>) {
     store
         .put_fields(&t.id, &s, &write(&rec, fields, 1))
         .expect("put");
-    let restrict = |_: &SubjectState| {
-        Some(SubjectState {
+    let restrict = |_: &StateRecord| {
+        Ok(Some(record(SubjectState {
             consents: Vec::new(),
             restricted_since: Some(Timestamp(3)),
-        })
+        })))
     };
     store
         .update_subject_state(&t.id, &s, &restrict)
         .expect("state");
 
     let Erasure::Erased(written) = store
-        .erase_subject(&t.id, &s, &tombstone(50))
+        .erase_subject(&t.id, &s, &tombstone(50), &unsealed)
         .expect("erase")
     else {
         panic!("first erasure erases");
@@ -745,7 +760,7 @@ pub fn erasure_removes_the_key_once_and_blocks_rewrites(store: Arc<dyn Store>) {
     assert!(store.index_scan(&t.id, b"idx/").expect("scan").is_empty());
     assert_eq!(
         store.subject_state(&t.id, &s).expect("state"),
-        SubjectState::default()
+        StateRecord::default()
     );
     assert_eq!(
         store.tombstone(&t.id, &s).expect("tombstone"),
@@ -759,14 +774,14 @@ pub fn erasure_removes_the_key_once_and_blocks_rewrites(store: Arc<dyn Store>) {
 
     assert_eq!(
         store
-            .erase_subject(&t.id, &s, &tombstone(60))
+            .erase_subject(&t.id, &s, &tombstone(60), &unsealed)
             .expect("again"),
         Erasure::AlreadyErased(written),
         "idempotent: the earlier tombstone"
     );
     assert_eq!(
         store
-            .erase_subject(&t.id, &subject_id("never"), &tombstone(60))
+            .erase_subject(&t.id, &subject_id("never"), &tombstone(60), &unsealed)
             .expect("absent"),
         Erasure::NotFound
     );
@@ -818,7 +833,7 @@ pub fn erasing_a_subject_with_a_legal_shadow_schedules_the_shadow(store: Arc<dyn
     }
     let until = tombstone(50).retained_until;
     let Erasure::Erased(written) = store
-        .erase_subject(&t.id, &s, &tombstone(50))
+        .erase_subject(&t.id, &s, &tombstone(50), &unsealed)
         .expect("erase")
     else {
         panic!("erased");
@@ -857,11 +872,11 @@ pub fn an_epoch_mark_is_cleared_only_if_no_erasure_came_after(store: Arc<dyn Sto
             .expect("put");
     }
     store
-        .erase_subject(&t.id, &subject_id("a"), &tombstone(5))
+        .erase_subject(&t.id, &subject_id("a"), &tombstone(5), &unsealed)
         .expect("erase a");
     let seen = store.epoch_pending().expect("pending")[0].1;
     store
-        .erase_subject(&t.id, &subject_id("b"), &tombstone(6))
+        .erase_subject(&t.id, &subject_id("b"), &tombstone(6), &unsealed)
         .expect("erase b");
     store.clear_epoch_pending(&t.id, seen).expect("clear stale");
     let now = store.epoch_pending().expect("pending");
@@ -926,7 +941,7 @@ pub fn tenants_are_isolated(store: Arc<dyn Store>) {
         )
         .expect("put b");
     store
-        .erase_subject(&a.id, &s, &tombstone(9))
+        .erase_subject(&a.id, &s, &tombstone(9), &unsealed)
         .expect("erase in a");
     assert_eq!(field_names(store.as_ref(), &b, &s), ["y"], "b untouched");
     assert!(store.tombstone(&b.id, &s).expect("b").is_none());
@@ -964,6 +979,7 @@ macro_rules! conformance_tests {
             expired_fields_are_listed_and_deleted_only_if_not_rewritten,
             subject_state_defaults_and_is_replaced,
             subject_state_changes_are_atomic,
+            the_state_anchor_moves_with_the_state_and_seals_the_tombstone,
             an_overwrite_needs_the_stored_fields_category,
             erasure_removes_the_key_once_and_blocks_rewrites,
             erasing_a_subject_with_a_legal_shadow_schedules_the_shadow,

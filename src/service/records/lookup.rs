@@ -110,7 +110,7 @@ impl Vault {
             if rec.kind == card || grant.category(rec.meta.category).is_err() {
                 continue;
             }
-            let state = self.store.subject_state(tenant, &subject)?;
+            let state = self.checked_state(tenant, &subject)?;
             match self.authz.decide_for_subject(
                 &call.caller,
                 act::Find,

@@ -166,7 +166,7 @@ impl Vault {
     ) -> Result<(Timestamp, SubjectState), ServiceError> {
         self.tenant_record(tenant)?;
         let record = self.live_subject(tenant, subject)?;
-        let state = self.store.subject_state(tenant, subject)?;
+        let state = self.checked_state(tenant, subject)?;
         Ok((record.created_at, state))
     }
 

@@ -92,7 +92,12 @@ impl Vault {
             return Ok(rec);
         }
         match self.store.tombstone(tenant, subject)? {
-            Some(_) => Err(ServiceError::SubjectErased),
+            Some(t) => {
+                self.keys
+                    .record_sealer(tenant)?
+                    .check_tombstone(subject, &t)?;
+                Err(ServiceError::SubjectErased)
+            }
             None => Err(ServiceError::SubjectNotFound),
         }
     }
@@ -148,10 +153,20 @@ impl Vault {
             purged: false,
             retained_categories: 0,
             retained_until: Timestamp(now.0.saturating_add(LEGAL_RETENTION_MICROS)),
+            seal: None,
         };
-        let (t, already_erased) = match self.store.erase_subject(tenant, subject, &tombstone)? {
+        let sealer = self.keys.record_sealer(tenant)?;
+        let seal = |t: Tombstone, seq: u64| sealer.seal_tombstone(subject, t, seq);
+        let (t, already_erased) = match self
+            .store
+            .erase_subject(tenant, subject, &tombstone, &seal)?
+        {
             Erasure::Erased(t) => (t, false),
-            Erasure::AlreadyErased(t) => (t, true),
+            Erasure::AlreadyErased(t) => {
+                // The first receipt is answered again only if its tombstone checks.
+                sealer.check_tombstone(subject, &t)?;
+                (t, true)
+            }
             Erasure::NotFound => return Err(ServiceError::SubjectNotFound),
         };
         // The record is gone, so no read reaches the cached DEK any more; drop it now.

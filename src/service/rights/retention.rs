@@ -63,8 +63,13 @@ impl Vault {
                 purged: false,
                 retained_categories: 0,
                 retained_until: Timestamp(0),
+                seal: None,
             };
-            let erased = self.store.erase_subject(&tenant, &shadow, &tombstone)?;
+            let sealer = self.keys.record_sealer(&tenant)?;
+            let seal = |t: Tombstone, seq: u64| sealer.seal_tombstone(&shadow, t, seq);
+            let erased = self
+                .store
+                .erase_subject(&tenant, &shadow, &tombstone, &seal)?;
             // The shadow's record is gone; its cached key goes too.
             self.keys.forget_subject_keys(&tenant, &shadow);
             self.use_case(call, Operation::RetentionDelete)

@@ -4,6 +4,7 @@
 use crate::audit::Operation;
 use crate::authz::act;
 use crate::domain::{Consent, InvalidInput, Purpose, SubjectId, SubjectState, TenantId};
+use crate::storage::StateRecord;
 
 use super::super::usecase::{no_detail, Check};
 use super::super::{Call, ServiceError, Vault};
@@ -64,7 +65,7 @@ impl Vault {
         self.tenant_record(tenant)?;
         self.live_subject(tenant, subject)?;
         let Some(change) = change else {
-            return Ok(self.store.subject_state(tenant, subject)?);
+            return self.checked_state(tenant, subject);
         };
         if let StateChange::Consent { source, .. } = &change {
             if source.is_empty() || source.len() > 128 || source.chars().any(char::is_control) {
@@ -74,10 +75,14 @@ impl Vault {
             }
         }
         let now = self.clock.now();
+        let sealer = self.keys.record_sealer(tenant)?;
         // Compare-and-swap in the store: the change is applied to the state as stored when
         // the write happens, so a concurrent restriction or consent change is never undone.
-        let apply = |stored: &SubjectState| {
-            let mut state = stored.clone();
+        // The stored record is checked first, so a forged one is never carried forward
+        // under a fresh seal; the new one takes the next sequence number.
+        let apply = |stored: &StateRecord| {
+            sealer.check_state(subject, stored)?;
+            let mut state = stored.state.clone();
             match &change {
                 StateChange::Restrict => {
                     state.restricted_since.get_or_insert(now);
@@ -94,8 +99,29 @@ impl Vault {
                     source: source.clone(),
                 }),
             }
-            Some(state)
+            if state == stored.state {
+                return Ok(None);
+            }
+            Ok(Some(sealer.seal_state(subject, state, stored.seq() + 1)))
         };
-        Ok(self.store.update_subject_state(tenant, subject, &apply)?)
+        Ok(self
+            .store
+            .update_subject_state(tenant, subject, &apply)?
+            .state)
+    }
+
+    /// A subject's consents and restriction, refused (`Integrity`) unless the stored record
+    /// is the one last written for it: its sequence number is the anchored one (checked by
+    /// the store) and its seal checks (here).
+    pub(in crate::service) fn checked_state(
+        &self,
+        tenant: &TenantId,
+        subject: &SubjectId,
+    ) -> Result<SubjectState, ServiceError> {
+        let record = self.store.subject_state(tenant, subject)?;
+        self.keys
+            .record_sealer(tenant)?
+            .check_state(subject, &record)?;
+        Ok(record.state)
     }
 }

@@ -6,7 +6,7 @@ use tokio_postgres::{Client, Transaction};
 
 use crate::domain::{SubjectId, TenantId, Timestamp};
 use crate::storage::records::{Erasure, SubjectRecord, Tombstone};
-use crate::storage::{rules, StoreError};
+use crate::storage::{rules, StoreError, TombstoneSeal};
 
 use super::conn::{exec, one, rows, tenant_one, Db};
 use super::error::R;
@@ -64,6 +64,7 @@ pub(super) fn erase(
     tenant: &TenantId,
     subject: &SubjectId,
     tombstone: &Tombstone,
+    seal: &TombstoneSeal<'_>,
 ) -> R<Erasure> {
     let shadow = subject.legal_shadow();
     // The tenant, the earlier tombstone, the subject and its shadow: one statement.
@@ -82,7 +83,7 @@ pub(super) fn erase(
     let earlier = column(0).map(Tombstone::decode).transpose()?;
     let record = column(1).map(SubjectRecord::decode).transpose()?;
     let shadow_record = column(2).map(SubjectRecord::decode).transpose()?;
-    let (answer, plan) = rules::erase(earlier, record, shadow_record.as_ref(), tombstone);
+    let (answer, plan) = rules::erase(earlier, record, shadow_record.as_ref(), tombstone, seal);
     if let Some(plan) = plan {
         apply(t, tenant, subject, &plan)?;
     }

@@ -45,19 +45,19 @@ pub use tls::PgTls;
 use tls::{Connector, Session};
 
 use crate::crypto::Sealed;
-use crate::domain::{FieldName, SubjectId, SubjectState, TenantId, Timestamp};
+use crate::domain::{FieldName, SubjectId, TenantId, Timestamp};
 
 use self::conn::{exec, one, rows, tenant_one, tenant_rows, Conn};
 use self::lease::LeaseSession;
 use self::pool::open_client;
 use self::rows::{meta_value, prefix_end};
 use super::records::{
-    decode_state, Erasure, FieldRecord, SubjectRecord, SubjectWrite, TenantRecord, Tombstone,
+    Erasure, FieldRecord, StateRecord, SubjectRecord, SubjectWrite, TenantRecord, Tombstone,
     Written,
 };
 use super::{
     AuditMarks, Fence, FenceMode, KeyChange, KeyUpdate, StateUpdate, Store, StoreError,
-    StoreResult, SubjectUpdate, TenantKeyState,
+    StoreResult, SubjectUpdate, TenantKeyState, TombstoneSeal,
 };
 
 /// Runs `f`, which blocks its thread on the database, without taking an async worker away
@@ -323,18 +323,8 @@ impl Store for PgStore {
         self.tx(|tx| fields::delete(tx, t, s, names))
     }
 
-    fn subject_state(&self, tenant: &TenantId, subject: &SubjectId) -> StoreResult<SubjectState> {
-        self.read(|c| {
-            match tenant_one(
-                c,
-                tenant,
-                "SELECT state FROM pv_state WHERE tenant = $1 AND subject = $2",
-                &[&tenant.as_str(), &subject.as_str()],
-            )? {
-                Some(r) => Ok(decode_state(r.get(0))?),
-                None => Ok(SubjectState::default()),
-            }
-        })
+    fn subject_state(&self, tenant: &TenantId, subject: &SubjectId) -> StoreResult<StateRecord> {
+        self.read(|c| state::read(c, tenant, subject))
     }
 
     fn update_subject_state(
@@ -342,7 +332,7 @@ impl Store for PgStore {
         t: &TenantId,
         s: &SubjectId,
         update: &StateUpdate<'_>,
-    ) -> StoreResult<SubjectState> {
+    ) -> StoreResult<StateRecord> {
         self.tx(|tx| state::update(tx, t, s, update))
     }
 
@@ -395,8 +385,9 @@ impl Store for PgStore {
         t: &TenantId,
         s: &SubjectId,
         stone: &Tombstone,
+        seal: &TombstoneSeal<'_>,
     ) -> StoreResult<Erasure> {
-        self.tx(|tx| erasure::erase(tx, t, s, stone))
+        self.tx(|tx| erasure::erase(tx, t, s, stone, seal))
     }
 
     fn tombstone(&self, tenant: &TenantId, subject: &SubjectId) -> StoreResult<Option<Tombstone>> {

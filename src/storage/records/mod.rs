@@ -9,8 +9,11 @@ use crate::codec::{Reader, Writer};
 
 const RECORD_V1: u8 = 1;
 /// Second format of tenant and subject records (key management: shredding, DEK versions and
-/// usage counts). Version 1 records are still read.
+/// usage counts), and of tombstones (integrity seals). Version 1 records are still read.
 const RECORD_V2: u8 = 2;
+/// Third format of subject records: the state sequence number anchor. Older ones are read
+/// with `state_seq` 0.
+const RECORD_V3: u8 = 3;
 
 fn sealed(r: &mut Reader<'_>, what: &'static str) -> Result<Sealed, StoreError> {
     Sealed::decode(r.bytes()?).map_err(|_| StoreError::Corrupt(what))
@@ -115,6 +118,10 @@ pub struct SubjectRecord {
     /// an upper bound on how many values the DEK ever sealed, and never goes back after a
     /// crash. (0 for records written before usage counting existed.)
     pub dek_reserved: u64,
+    /// The sequence number of the subject's current state record (`StateRecord::seq`),
+    /// rewritten with it in one transaction: the anchor that makes an older copy of the
+    /// state record detectable (`sealed`). 0 before the first sealed state change.
+    pub state_seq: u64,
 }
 
 /// An older DEK version of a subject, wrapped like the current one.
@@ -129,7 +136,7 @@ impl SubjectRecord {
 
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer::new()
-            .u8(RECORD_V2)
+            .u8(RECORD_V3)
             .u64(self.created_at.0)
             .u32(self.dek_version)
             .bytes(&self.wrapped_dek.encode())
@@ -140,13 +147,13 @@ impl SubjectRecord {
         for d in &self.older_deks {
             w = w.u32(d.version).bytes(&d.wrapped.encode());
         }
-        w.finish()
+        w.u64(self.state_seq).finish()
     }
 
     pub fn decode(buf: &[u8]) -> Result<Self, StoreError> {
         let mut r = Reader::new(buf, Self::WHAT);
         let format = r.u8()?;
-        if format != RECORD_V1 && format != RECORD_V2 {
+        if !(RECORD_V1..=RECORD_V3).contains(&format) {
             return Err(StoreError::Corrupt(Self::WHAT));
         }
         let mut rec = Self {
@@ -157,8 +164,9 @@ impl SubjectRecord {
             index_entries: r.list()?,
             older_deks: Vec::new(),
             dek_reserved: 0,
+            state_seq: 0,
         };
-        if format == RECORD_V2 {
+        if format >= RECORD_V2 {
             rec.dek_reserved = r.u64()?;
             for _ in 0..r.u32()? {
                 rec.older_deks.push(OlderDek {
@@ -166,6 +174,9 @@ impl SubjectRecord {
                     wrapped: sealed(&mut r, Self::WHAT)?,
                 });
             }
+        }
+        if format == RECORD_V3 {
+            rec.state_seq = r.u64()?;
         }
         r.finish()?;
         Ok(rec)
@@ -215,6 +226,7 @@ pub fn categories_in(mask: u32) -> Vec<Category> {
 
 /// What stays of an erased subject: when, by whom, the receipt, and whether its field
 /// ciphertexts were purged yet (they are noise without the DEK; purging is housekeeping).
+/// Sealed like the state record (`sealed`); `purged` is outside the seal.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Tombstone {
     pub erased_at: Timestamp,
@@ -226,19 +238,34 @@ pub struct Tombstone {
     /// Categories kept under a legal retention duty (a category mask), and until when.
     pub retained_categories: u32,
     pub retained_until: Timestamp,
+    /// The integrity seal; `None` for a tombstone written before seals existed (and for
+    /// one not sealed yet: `Store::erase_subject` seals it).
+    pub seal: Option<Seal>,
 }
 
 impl Tombstone {
     const WHAT: &'static str = "tombstone";
 
     pub fn encode(&self) -> Vec<u8> {
-        Writer::new()
-            .u8(RECORD_V1)
+        let w = Writer::new()
+            .u8(RECORD_V2)
             .u64(self.erased_at.0)
             .str(&self.caller)
             .str(&self.receipt_id)
             .u32(self.categories)
             .u8(u8::from(self.purged))
+            .u32(self.retained_categories)
+            .u64(self.retained_until.0);
+        write_optional_seal(w, self.seal.as_ref()).finish()
+    }
+
+    /// The bytes the seal's tag covers: everything but `purged` and the seal.
+    pub fn content(&self) -> Vec<u8> {
+        Writer::new()
+            .u64(self.erased_at.0)
+            .str(&self.caller)
+            .str(&self.receipt_id)
+            .u32(self.categories)
             .u32(self.retained_categories)
             .u64(self.retained_until.0)
             .finish()
@@ -246,8 +273,11 @@ impl Tombstone {
 
     pub fn decode(buf: &[u8]) -> Result<Self, StoreError> {
         let mut r = Reader::new(buf, Self::WHAT);
-        version(&mut r, Self::WHAT)?;
-        let rec = Self {
+        let format = r.u8()?;
+        if format != RECORD_V1 && format != RECORD_V2 {
+            return Err(StoreError::Corrupt(Self::WHAT));
+        }
+        let mut rec = Self {
             erased_at: Timestamp(r.u64()?),
             caller: r.str()?.to_owned(),
             receipt_id: r.str()?.to_owned(),
@@ -255,7 +285,11 @@ impl Tombstone {
             purged: r.u8()? != 0,
             retained_categories: r.u32()?,
             retained_until: Timestamp(r.u64()?),
+            seal: None,
         };
+        if format == RECORD_V2 {
+            rec.seal = read_optional_seal(&mut r, Self::WHAT)?;
+        }
         r.finish()?;
         Ok(rec)
     }
@@ -273,7 +307,10 @@ pub enum Erasure {
 }
 
 mod field;
+mod sealed;
 #[cfg(test)]
 mod tests;
 
-pub use field::{decode_state, encode_state, FieldRecord, SealedField, SubjectWrite, Written};
+pub use field::{FieldRecord, SealedField, SubjectWrite, Written};
+use sealed::{read_optional_seal, write_optional_seal};
+pub use sealed::{RecordKind, Seal, StateRecord};

@@ -48,6 +48,7 @@ fn subject_records_with_older_deks_round_trip() {
             },
         ],
         dek_reserved: 64,
+        state_seq: 7,
     };
     assert_eq!(SubjectRecord::decode(&rec.encode()).ok(), Some(rec.clone()));
     let versions: Vec<u32> = rec.wrapped_deks().map(|(v, _)| v).collect();
@@ -61,4 +62,71 @@ fn subject_records_with_older_deks_round_trip() {
     );
     moved.older_deks.pop();
     assert!(moved.same_key(&rec) && !moved.same_deks(&rec));
+}
+
+#[test]
+fn unsealed_state_records_and_tombstones_of_the_first_format_still_decode() {
+    use crate::domain::{Consent, Purpose, SubjectState};
+
+    let mut state = SubjectState::default();
+    state.set_consent(Consent {
+        purpose: Purpose::parse("marketing").expect("purpose"),
+        granted: true,
+        at: Timestamp(3),
+        source: "form".into(),
+    });
+    state.restricted_since = Some(Timestamp(4));
+    // The first format is the state alone, which is also what a seal covers.
+    let v1 = StateRecord {
+        state: state.clone(),
+        seal: None,
+    }
+    .content();
+    let read = StateRecord::decode(&v1).expect("first format");
+    assert_eq!(read.seq(), 0);
+    assert_eq!((read.state, read.seal), (state.clone(), None));
+    let sealed = StateRecord {
+        state,
+        seal: Some(Seal {
+            seq: 9,
+            tag: [5; 32],
+        }),
+    };
+    assert_eq!(
+        StateRecord::decode(&sealed.encode()).ok(),
+        Some(sealed.clone())
+    );
+    let mut cut = sealed.encode();
+    cut.pop();
+    assert!(StateRecord::decode(&cut).is_err(), "a short tag is corrupt");
+
+    let stone = Tombstone {
+        erased_at: Timestamp(1),
+        caller: "cn:e".into(),
+        receipt_id: "r".into(),
+        categories: 2,
+        purged: true,
+        retained_categories: 0,
+        retained_until: Timestamp(0),
+        seal: None,
+    };
+    let v1 = crate::codec::Writer::new()
+        .u8(1)
+        .u64(1)
+        .str("cn:e")
+        .str("r")
+        .u32(2)
+        .u8(1)
+        .u32(0)
+        .u64(0)
+        .finish();
+    assert_eq!(Tombstone::decode(&v1).ok(), Some(stone.clone()));
+    let sealed = Tombstone {
+        seal: Some(Seal {
+            seq: 2,
+            tag: [1; 32],
+        }),
+        ..stone
+    };
+    assert_eq!(Tombstone::decode(&sealed.encode()).ok(), Some(sealed));
 }

@@ -2,8 +2,8 @@
 
 use super::*;
 use crate::crypto::Sealed;
-use crate::domain::Category;
-use crate::storage::records::SealedField;
+use crate::domain::{Category, SubjectState};
+use crate::storage::records::{Seal, SealedField};
 
 /// A sealed envelope under key version `version`.
 fn sealed(version: u32) -> Sealed {
@@ -22,6 +22,7 @@ fn subject(kek: u32) -> SubjectRecord {
         index_entries: Vec::new(),
         older_deks: Vec::new(),
         dek_reserved: 0,
+        state_seq: 0,
     }
 }
 
@@ -181,7 +182,10 @@ fn an_erasure_is_idempotent_and_holds_the_legal_shadow() {
         purged: false,
         retained_categories: 0,
         retained_until: Timestamp(99),
+        seal: None,
     };
+    let unsealed = |t: Tombstone, _| t;
+    let erase = |earlier, rec, shadow, t: &Tombstone| erase(earlier, rec, shadow, t, &unsealed);
     let (answer, plan) = erase(Some(template.clone()), Some(subject(3)), None, &template);
     assert_eq!(
         (answer, plan),
@@ -204,5 +208,89 @@ fn an_erasure_is_idempotent_and_holds_the_legal_shadow() {
     let plan = plan.expect("an erasure");
     assert_eq!(plan.hold_until, Some(Timestamp(99)));
     assert_eq!(plan.tombstone.retained_categories, 0b1000);
+    assert_eq!(answer, Erasure::Erased(plan.tombstone));
+}
+
+fn sealed_state(seq: u64, restricted: u64) -> StateRecord {
+    StateRecord {
+        state: SubjectState {
+            consents: Vec::new(),
+            restricted_since: Some(Timestamp(restricted)),
+        },
+        seal: Some(Seal { seq, tag: [0; 32] }),
+    }
+}
+
+#[test]
+fn a_state_record_behind_its_anchor_is_refused_and_a_change_moves_the_anchor() {
+    let mut rec = subject(1);
+    rec.state_seq = 2;
+    let integrity = |r: StoreResult<_>| matches!(r, Err(StoreError::Integrity(_)));
+    assert!(check_state_anchor(Some(&rec), &sealed_state(2, 1)).is_ok());
+    assert!(
+        integrity(check_state_anchor(Some(&rec), &sealed_state(1, 1))),
+        "older copy"
+    );
+    assert!(
+        integrity(check_state_anchor(Some(&rec), &StateRecord::default())),
+        "deleted"
+    );
+    assert!(
+        check_state_anchor(None, &sealed_state(1, 1)).is_ok(),
+        "nothing anchors"
+    );
+
+    let next = |_: &StateRecord| Ok(Some(sealed_state(3, 7)));
+    let (write, now) =
+        update_state(false, Some(rec.clone()), sealed_state(2, 1), &next).expect("update");
+    let write = write.expect("a write");
+    assert_eq!(write.subject.map(|r| r.state_seq), Some(3));
+    assert_eq!((write.state.seq(), now.seq()), (3, 3));
+    // An older copy is refused before the update runs.
+    let never = |_: &StateRecord| -> StoreResult<Option<StateRecord>> { panic!("not run") };
+    assert!(integrity(
+        update_state(false, Some(rec.clone()), sealed_state(1, 1), &never).map(|_| ())
+    ));
+    // A sealed record must move the sequence number forward.
+    let same = |_: &StateRecord| Ok(Some(sealed_state(2, 8)));
+    assert!(integrity(
+        update_state(false, Some(rec.clone()), sealed_state(2, 1), &same).map(|_| ())
+    ));
+    // Nothing to change writes nothing; an erased subject is not written.
+    let keep = |_: &StateRecord| Ok(None);
+    let (write, now) =
+        update_state(false, Some(rec.clone()), sealed_state(2, 1), &keep).expect("keep");
+    assert_eq!((write, now), (None, sealed_state(2, 1)));
+    assert!(matches!(
+        update_state(true, Some(rec), sealed_state(2, 1), &keep),
+        Err(StoreError::Erased)
+    ));
+}
+
+#[test]
+fn an_erasure_seals_its_tombstone_one_past_the_state_sequence() {
+    let template = Tombstone {
+        erased_at: Timestamp(5),
+        caller: "cn:eraser".into(),
+        receipt_id: "r1".into(),
+        categories: 0,
+        purged: false,
+        retained_categories: 0,
+        retained_until: Timestamp(99),
+        seal: None,
+    };
+    let mut rec = subject(3);
+    rec.state_seq = 4;
+    rec.categories = 0b10;
+    let seal = |t: Tombstone, seq: u64| {
+        assert_eq!(t.categories, 0b10, "sealed after it is completed");
+        Tombstone {
+            seal: Some(Seal { seq, tag: [9; 32] }),
+            ..t
+        }
+    };
+    let (answer, plan) = erase(None, Some(rec), None, &template, &seal);
+    let plan = plan.expect("an erasure");
+    assert_eq!(plan.tombstone.seal.map(|s| s.seq), Some(5));
     assert_eq!(answer, Erasure::Erased(plan.tombstone));
 }

@@ -5,7 +5,7 @@ use sled::transaction::{Transactional, TransactionalTree};
 
 use crate::domain::{SubjectId, TenantId, Timestamp};
 use crate::storage::records::{Erasure, SubjectRecord, Tombstone};
-use crate::storage::{rules, StoreError, StoreResult};
+use crate::storage::{rules, StoreError, StoreResult, TombstoneSeal};
 
 use super::{
     backend, decode_subject_key, decode_tenant_key, get, legal_hold_key, subject_key, tx_error,
@@ -29,6 +29,7 @@ impl SledStore {
         tenant: &TenantId,
         subject: &SubjectId,
         tombstone: &Tombstone,
+        seal: &TombstoneSeal<'_>,
     ) -> StoreResult<Erasure> {
         let trees = self.existing_trees(tenant)?;
         let skey = subject_key(subject);
@@ -48,7 +49,7 @@ impl SledStore {
                 let record = get(subjects, &skey, SubjectRecord::decode)?;
                 let shadow_record = get(subjects, &shadow_key, SubjectRecord::decode)?;
                 let (answer, plan) =
-                    rules::erase(earlier, record, shadow_record.as_ref(), tombstone);
+                    rules::erase(earlier, record, shadow_record.as_ref(), tombstone, seal);
                 let Some(plan) = plan else {
                     return Ok(answer);
                 };

@@ -43,16 +43,16 @@ use self::trees::{
     subject_key, TenantTrees,
 };
 use crate::crypto::Sealed;
-use crate::domain::{FieldName, SubjectId, SubjectState, TenantId, Timestamp};
+use crate::domain::{FieldName, SubjectId, TenantId, Timestamp};
 
 use super::backup::Manifest;
 use super::records::{
-    decode_state, Erasure, FieldRecord, SubjectRecord, SubjectWrite, TenantRecord, Tombstone,
+    Erasure, FieldRecord, StateRecord, SubjectRecord, SubjectWrite, TenantRecord, Tombstone,
     Written,
 };
 use super::{
     AuditMarks, KeyChange, KeyUpdate, StateUpdate, Store, StoreError, StoreResult, SubjectUpdate,
-    TenantKeyState,
+    TenantKeyState, TombstoneSeal,
 };
 
 type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
@@ -335,12 +335,8 @@ impl Store for SledStore {
         self.field_tx(t, |tx| fields::delete(tx, s, names))
     }
 
-    fn subject_state(&self, tenant: &TenantId, subject: &SubjectId) -> StoreResult<SubjectState> {
-        self.existing_trees(tenant)?
-            .state
-            .get(subject_key(subject))
-            .map_err(backend)?
-            .map_or(Ok(SubjectState::default()), |v| decode_state(&v))
+    fn subject_state(&self, tenant: &TenantId, subject: &SubjectId) -> StoreResult<StateRecord> {
+        state::read(&self.existing_trees(tenant)?, subject)
     }
 
     fn update_subject_state(
@@ -348,7 +344,7 @@ impl Store for SledStore {
         t: &TenantId,
         s: &SubjectId,
         update: &StateUpdate<'_>,
-    ) -> StoreResult<SubjectState> {
+    ) -> StoreResult<StateRecord> {
         state::update(&self.existing_trees(t)?, s, update)
     }
 
@@ -395,8 +391,9 @@ impl Store for SledStore {
         t: &TenantId,
         s: &SubjectId,
         stone: &Tombstone,
+        seal: &TombstoneSeal<'_>,
     ) -> StoreResult<Erasure> {
-        self.erase(t, s, stone)
+        self.erase(t, s, stone, seal)
     }
 
     fn tombstone(&self, tenant: &TenantId, subject: &SubjectId) -> StoreResult<Option<Tombstone>> {

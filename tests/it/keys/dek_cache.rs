@@ -151,10 +151,11 @@ fn an_erased_subject_is_never_served_and_its_key_leaves_the_cache() {
         purged: false,
         retained_categories: 0,
         retained_until: NOW,
+        seal: None,
     };
     let erased = s
         .store
-        .erase_subject(&s.tenant.id, &alice, &tombstone)
+        .erase_subject(&s.tenant.id, &alice, &tombstone, &|t, _| t)
         .expect("erase");
     assert!(matches!(erased, Erasure::Erased(_)));
     a.forget_subject_keys(&s.tenant.id, &alice);
