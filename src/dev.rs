@@ -26,7 +26,7 @@ pub fn bootstrap(config: &Config) -> Result<Bootstrapped, ConfigError> {
         let path = path.display().to_string();
         move |source| ConfigError::Io { path, source }
     };
-    private_dir(&config.data_dir).map_err(io(&config.data_dir))?;
+    crate::storage::private_dir(&config.data_dir).map_err(io(&config.data_dir))?;
     let mut done = Bootstrapped::default();
     if !config.root_key_file.exists() {
         if config.store_dir().exists() {
@@ -41,7 +41,7 @@ pub fn bootstrap(config: &Config) -> Result<Bootstrapped, ConfigError> {
     }
     if config.backend == Backend::Sled {
         let store = config.store_dir();
-        private_dir(&store).map_err(io(&store))?;
+        crate::storage::private_dir(&store).map_err(io(&store))?;
     }
     let pki = config.dev_pki();
     if config.dev_tls && !pki.exists() {
@@ -59,22 +59,3 @@ pub fn bootstrap(config: &Config) -> Result<Bootstrapped, ConfigError> {
     Ok(done)
 }
 
-/// Creates `dir` (and missing parents) readable by the owner only, whatever the process
-/// umask; a directory that already exists is left as the operator made it.
-pub fn private_dir(dir: &Path) -> std::io::Result<()> {
-    if dir.is_dir() {
-        return Ok(());
-    }
-    let mut builder = std::fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-        builder.mode(0o700);
-        builder.create(dir)?;
-        // The mode passed to mkdir is masked by the umask; set it exactly.
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-    }
-    #[cfg(not(unix))]
-    builder.create(dir)
-}

@@ -89,7 +89,7 @@ pub async fn run(
     let store: Arc<dyn Store> = match &config.backend {
         Backend::Sled => {
             let store_dir = config.store_dir();
-            crate::dev::private_dir(&store_dir).map_err(|e| ServerError::Store {
+            crate::storage::private_dir(&store_dir).map_err(|e| ServerError::Store {
                 path: store_dir.display().to_string(),
                 source: StoreError::Backend(e.to_string()),
             })?;

@@ -377,3 +377,23 @@ pub trait Store: Send + Sync + 'static {
         Err(StoreError::Backend("this store cannot make backups".into()))
     }
 }
+
+/// Creates `dir` (and missing parents) readable by the owner only, whatever the process
+/// umask; a directory that already exists is left as the operator made it.
+pub fn private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        builder.mode(0o700);
+        builder.create(dir)?;
+        // The mode passed to mkdir is masked by the umask; set it exactly.
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+    }
+    #[cfg(not(unix))]
+    builder.create(dir)
+}
