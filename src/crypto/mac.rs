@@ -41,9 +41,7 @@ impl<R: KeyRole> Key<R> {
     /// salt, `context` (each part length-prefixed) the info. Different labels or contexts
     /// give independent keys; the derived key is version 1.
     pub fn derive<C: KeyRole>(
-        &self,
-        label: &str,
-        context: &[&[u8]],
+        &self, label: &str, context: &[&[u8]],
     ) -> Result<Key<C>, CryptoError> {
         let salt = hkdf::Salt::new(hkdf::HKDF_SHA256, label.as_bytes());
         let prk = salt.extract(self.secret_bytes());
