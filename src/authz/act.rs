@@ -5,8 +5,6 @@
 //! (`ReadsFields`), writing them (`WritesFields`), listing what a subject holds
 //! (`ListsHeld`). A path accepts nothing else.
 
-use super::Action;
-
 mod sealed {
     pub trait Sealed {}
 }
@@ -16,10 +14,29 @@ pub trait Act: sealed::Sealed + Copy + Send + Sync + std::fmt::Debug + 'static {
     const ACTION: Action;
 }
 
-macro_rules! markers {
-    ($($name:ident),* $(,)?) => {
+/// Declares `Action` (with `ALL` and the names the policy file uses) and one marker type
+/// per action, from one list, so the two cannot drift apart.
+macro_rules! actions {
+    ($($(#[$doc:meta])* $name:ident => $text:literal,)*) => {
+        /// What a caller may ask for. Every RPC needs one action.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum Action {
+            $($(#[$doc])* $name,)*
+        }
+
+        impl Action {
+            pub const ALL: [Action; [$($text),*].len()] = [$(Action::$name),*];
+
+            /// The action's name in the policy file.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(Action::$name => $text,)*
+                }
+            }
+        }
+
         $(
-            #[doc = concat!("The `", stringify!($name), "` action as a type.")]
+            #[doc = concat!("The `", $text, "` action as a type.")]
             #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
             pub struct $name;
             impl sealed::Sealed for $name {}
@@ -27,30 +44,28 @@ macro_rules! markers {
                 const ACTION: Action = Action::$name;
             }
         )*
-        /// Every marker's action, in `Action::ALL` order (checked in the tests).
-        #[cfg(test)]
-        pub(super) const MARKED: &[Action] = &[$(Action::$name),*];
     };
 }
 
-markers!(
-    TenantAdmin,
-    Read,
-    Write,
-    Delete,
-    Erase,
-    Export,
-    AccessReport,
-    Restrict,
-    Consent,
-    KeyAdmin,
-    AuditRead,
-    PolicyAdmin,
-    Find,
-    Tokenize,
-    Detokenize,
-    List,
-);
+actions! {
+    TenantAdmin => "tenant_admin",
+    Read => "read",
+    Write => "write",
+    Delete => "delete",
+    Erase => "erase",
+    Export => "export",
+    AccessReport => "access_report",
+    Restrict => "restrict",
+    Consent => "consent",
+    KeyAdmin => "key_admin",
+    AuditRead => "audit_read",
+    PolicyAdmin => "policy_admin",
+    Find => "find",
+    Tokenize => "tokenize",
+    Detokenize => "detokenize",
+    /// List a tenant's subject ids (which may be email addresses): more than `read`.
+    List => "list",
+}
 
 /// Grants that may open and show field values: a read, a detokenization.
 pub trait ReadsFields: Act {}

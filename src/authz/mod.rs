@@ -21,9 +21,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
 pub use crate::domain::Render;
-pub use act::Act;
+pub use act::{Act, Action};
 pub use identity::{Caller, IdentityError, IdentityKind, PeerIdentity};
-pub use policy::{Action, Policy, PolicyError};
+pub use policy::{Policy, PolicyError};
 
 use crate::domain::{Category, Purpose, SubjectState, TenantId};
 

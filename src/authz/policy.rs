@@ -21,71 +21,10 @@ use serde::Deserialize;
 
 use crate::domain::{Category, Purpose, Render, TenantId};
 
+use super::act::Action;
 use super::identity::{IdentityKind, PeerIdentity};
 
-/// What a caller may ask for. Every RPC needs one action.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Action {
-    TenantAdmin,
-    Read,
-    Write,
-    Delete,
-    Erase,
-    Export,
-    AccessReport,
-    Restrict,
-    Consent,
-    KeyAdmin,
-    AuditRead,
-    PolicyAdmin,
-    Find,
-    Tokenize,
-    Detokenize,
-    /// List a tenant's subject ids (which may be email addresses): more than `read`.
-    List,
-}
-
 impl Action {
-    pub const ALL: [Action; 16] = [
-        Action::TenantAdmin,
-        Action::Read,
-        Action::Write,
-        Action::Delete,
-        Action::Erase,
-        Action::Export,
-        Action::AccessReport,
-        Action::Restrict,
-        Action::Consent,
-        Action::KeyAdmin,
-        Action::AuditRead,
-        Action::PolicyAdmin,
-        Action::Find,
-        Action::Tokenize,
-        Action::Detokenize,
-        Action::List,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Action::TenantAdmin => "tenant_admin",
-            Action::Read => "read",
-            Action::Write => "write",
-            Action::Delete => "delete",
-            Action::Erase => "erase",
-            Action::Export => "export",
-            Action::AccessReport => "access_report",
-            Action::Restrict => "restrict",
-            Action::Consent => "consent",
-            Action::KeyAdmin => "key_admin",
-            Action::AuditRead => "audit_read",
-            Action::PolicyAdmin => "policy_admin",
-            Action::Find => "find",
-            Action::Tokenize => "tokenize",
-            Action::Detokenize => "detokenize",
-            Action::List => "list",
-        }
-    }
-
     fn from_name(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|a| a.name() == name)
     }

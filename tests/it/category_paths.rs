@@ -133,24 +133,23 @@ async fn billing_card_field(billing: &Channel) -> pb::Field {
     fields.into_iter().next().expect("the field is there")
 }
 
+/// The setup, the billing and profile-writer channels, and alice's payment field `iban`
+/// written by billing.
+async fn with_payment_field() -> (Setup, Channel, Channel) {
+    let s = Setup::new().await;
+    let (billing, profile) = (s.as_("billing").await, s.as_("profile").await);
+    let iban = text("iban", pb::Category::Payment, "DE89370400440532013000");
+    put(&mut records(&billing), "acme", "alice", vec![iban])
+        .await
+        .expect("billing writes");
+    (s, billing, profile)
+}
+
 /// Postmortem: `PutFields` checked only the new value's category, so a profile-only writer
 /// replaced a payment field by writing a profile field of the same name.
 #[tokio::test]
 async fn overwrite_of_a_payment_field_by_a_profile_only_writer_is_refused() {
-    let s = Setup::new().await;
-    let (billing, profile) = (s.as_("billing").await, s.as_("profile").await);
-    put(
-        &mut records(&billing),
-        "acme",
-        "alice",
-        vec![text(
-            "iban",
-            pb::Category::Payment,
-            "DE89370400440532013000",
-        )],
-    )
-    .await
-    .expect("billing writes");
+    let (_s, billing, profile) = with_payment_field().await;
     let err = put(
         &mut records(&profile),
         "acme",
@@ -172,20 +171,7 @@ async fn overwrite_of_a_payment_field_by_a_profile_only_writer_is_refused() {
 /// must refuse a payment field to a profile-only writer.
 #[tokio::test]
 async fn delete_of_a_payment_field_by_a_profile_only_writer_is_refused() {
-    let s = Setup::new().await;
-    let (billing, profile) = (s.as_("billing").await, s.as_("profile").await);
-    put(
-        &mut records(&billing),
-        "acme",
-        "alice",
-        vec![text(
-            "iban",
-            pb::Category::Payment,
-            "DE89370400440532013000",
-        )],
-    )
-    .await
-    .expect("billing writes");
+    let (_s, billing, profile) = with_payment_field().await;
     let err = records(&profile)
         .delete_fields(pb::DeleteFieldsRequest {
             tenant_id: "acme".into(),
