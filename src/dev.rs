@@ -58,4 +58,3 @@ pub fn bootstrap(config: &Config) -> Result<Bootstrapped, ConfigError> {
     }
     Ok(done)
 }
-

@@ -8,7 +8,13 @@
 //! [[versions]]
 //! version = 1
 //! key = "<64 hex digits>"
+//! derivation = "hkdf-sha256-v1"
 //! ```
+//!
+//! `derivation` says how the version keys what it wraps and MACs: every version this code
+//! generates uses purpose subkeys (`hkdf-sha256-v1`, `crypto::Derivation`); an entry without
+//! the field was written before those existed and keeps its legacy derivation until a root
+//! rotation replaces it with a new version (`crypto/subkey.rs`).
 //!
 //! The file is a list of versions so that rotation can add one and destroy another; a
 //! future `source = "kms"` entry can name an external key instead of holding bytes.
@@ -27,7 +33,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::crypto::{Key, Root, Zeroize};
+use crate::crypto::{Derivation, Key, Root, Zeroize};
 
 use super::KeyringError;
 
@@ -46,6 +52,9 @@ struct RawFile {
 struct RawVersion {
     version: u32,
     key: String,
+    /// Absent on entries written before purpose subkeys: those are legacy keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    derivation: Option<String>,
 }
 
 impl Drop for RawVersion {
@@ -172,9 +181,14 @@ impl RootKeys {
         let versions = raw
             .versions
             .iter()
-            .map(|v| Key::from_secret_hex(v.version, &v.key))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|_| bad("a key is not 64 hex digits"))?;
+            .map(|v| {
+                let derivation = Derivation::from_file_name(v.derivation.as_deref())
+                    .map_err(|_| bad("a version names an unknown key derivation"))?;
+                Key::from_secret_hex(v.version, &v.key)
+                    .map(|k| k.with_derivation(derivation))
+                    .map_err(|_| bad("a key is not 64 hex digits"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let keys = Self {
             current: raw.current,
             versions,
@@ -198,6 +212,7 @@ impl RootKeys {
                 .map(|k| RawVersion {
                     version: k.version(),
                     key: k.secret_hex().to_string(),
+                    derivation: k.derivation().file_name().map(str::to_owned),
                 })
                 .collect(),
         };
