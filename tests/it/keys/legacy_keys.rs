@@ -2,6 +2,7 @@
 //! `derivation`, 32-byte wraps, ciphertexts and MACs under the key bytes themselves) still
 //! opens and reads after the change, and rotation moves it to HKDF subkeys: the new root
 //! version's check value is not the legacy computation, a new tenant KEK is an HKDF key.
+//! On sled and on PostgreSQL (which each phase connects to afresh).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -13,7 +14,7 @@ use pii_vault::domain::{
 };
 use pii_vault::keyring::{kek_aad, Keyring, RootKeys};
 use pii_vault::service::{Call, StateChange, Vault, VaultSettings};
-use pii_vault::storage::{SledStore, Store};
+use pii_vault::storage::{PgStore, PgTls, SledStore, Store};
 
 use super::{sid, tid};
 
@@ -123,18 +124,38 @@ fn legacy_check_value(root: &Key<Root>) -> Vec<u8> {
 }
 
 #[tokio::test]
-async fn a_store_written_with_legacy_keys_reads_and_rotation_moves_it_to_hkdf_subkeys() {
+async fn a_sled_store_written_with_legacy_keys_reads_and_rotation_moves_it_to_hkdf_subkeys() {
     let dir = tempfile::TempDir::new().expect("dir");
-    let root_file = dir.path().join("root.key");
+    let store: Arc<dyn Store> =
+        Arc::new(SledStore::open(&dir.path().join("store"), 1 << 22).expect("open"));
+    legacy_round_trip(dir.path(), || store.clone()).await;
+}
+
+#[tokio::test]
+async fn a_postgres_store_written_with_legacy_keys_reads_and_rotation_moves_it_to_hkdf_subkeys() {
+    let Some(server) = crate::postgres::server_or_skip("keys::legacy_keys (PostgreSQL)") else {
+        return;
+    };
+    let url = server.fresh_database();
+    let dir = tempfile::TempDir::new().expect("dir");
+    legacy_round_trip(dir.path(), || -> Arc<dyn Store> {
+        Arc::new(PgStore::connect(&url, 4, &PgTls::Disable).expect("connect"))
+    })
+    .await;
+}
+
+/// Writes a store with legacy keys through `open()`, then opens it again (`open()` once
+/// more) with this code's keyring, reads, rotates and reads.
+async fn legacy_round_trip(dir: &Path, open: impl Fn() -> Arc<dyn Store>) {
+    let root_file = dir.join("root.key");
     let mut raw = [0u8; 32];
     pii_vault::crypto::fill_random(&mut raw).expect("rng");
     write_legacy_root_file(&root_file, &hex::encode(raw));
-    let store: Arc<dyn Store> =
-        Arc::new(SledStore::open(&dir.path().join("store"), 1 << 22).expect("open"));
     let (acme, alice) = (tid("acme"), sid("alice"));
 
     // Written as the code before purpose subkeys wrote it.
     {
+        let store = open();
         let root = RootKeys::load(&root_file).expect("legacy root key file loads");
         assert_eq!(root.current().derivation(), Derivation::Legacy);
         let keys = Keyring::open(root, store.clone())
@@ -156,6 +177,7 @@ async fn a_store_written_with_legacy_keys_reads_and_rotation_moves_it_to_hkdf_su
             .await
             .expect("consent");
     }
+    let store = open();
     assert_eq!(
         kek_derivations(store.as_ref(), &root_file, &acme),
         vec![(1, Derivation::Legacy)]
