@@ -382,3 +382,58 @@ fn check_permissions(path: &Path) -> Result<(), KeyringError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_text(path: &Path, text: &str) {
+        write_new(path, text.as_bytes()).expect("write");
+    }
+
+    #[test]
+    fn each_version_keeps_its_derivation_through_load_and_save() {
+        let dir = tempfile::TempDir::new().expect("dir");
+        let path = dir.path().join("root.key");
+        let key = "11".repeat(32);
+        // As the vault wrote it before purpose subkeys: no derivation field.
+        write_text(
+            &path,
+            &format!("format = 1\ncurrent = 1\n\n[[versions]]\nversion = 1\nkey = \"{key}\"\n"),
+        );
+        let mut keys = RootKeys::load(&path).expect("legacy file loads");
+        assert_eq!(keys.current().derivation(), Derivation::Legacy);
+        let added = keys.add_version().expect("rotation adds a version");
+        let text = fs::read_to_string(&path).expect("read");
+        assert_eq!(text.matches("derivation = \"hkdf-sha256-v1\"").count(), 1);
+        let keys = RootKeys::load(&path).expect("loads");
+        assert_eq!(
+            keys.version(1).map(Key::derivation),
+            Some(Derivation::Legacy)
+        );
+        assert_eq!(
+            keys.version(added).map(Key::derivation),
+            Some(Derivation::HkdfV1)
+        );
+        assert_eq!(
+            RootKeys::generate().expect("rng").current().derivation(),
+            Derivation::HkdfV1
+        );
+    }
+
+    #[test]
+    fn an_unknown_derivation_is_refused() {
+        let dir = tempfile::TempDir::new().expect("dir");
+        let path = dir.path().join("root.key");
+        let key = "22".repeat(32);
+        write_text(
+            &path,
+            &format!(
+                "format = 1\ncurrent = 1\n\n[[versions]]\nversion = 1\nkey = \"{key}\"\n\
+                 derivation = \"hkdf-sha256-v9\"\n"
+            ),
+        );
+        let err = RootKeys::load(&path).expect_err("refused");
+        assert!(err.to_string().contains("unknown key derivation"), "{err}");
+    }
+}
