@@ -1,13 +1,13 @@
 //! Secret keys, typed by the role they play in the hierarchy.
 //!
-//! A `Key<R>` holds 32 bytes of AES-256 key material and the version it was issued as.
-//! It has no `Clone`, `PartialEq` or `Serialize`; its `Debug` prints `[secret]`; its bytes
-//! leave only through `secret_*` methods, so every exposure can be found with a grep; and
-//! it is zeroized on drop.
+//! A `Key<R>` holds 32 bytes of key material (the input of its purpose subkeys) and the
+//! version it was issued as. It has no `Clone`, `PartialEq` or `Serialize`; its `Debug`
+//! prints `[secret]`; its bytes leave only through `secret_*` methods, so every exposure can
+//! be found with a grep; and it is zeroized on drop.
 //!
-//! A key prepares its AES-GCM key schedule (`AeadKey`) on first use and keeps it, so a key
-//! that seals or opens many times (a cached KEK or DEK) pays for the schedule once. The
-//! schedule is cleared when the key is dropped, like the bytes.
+//! A key prepares its AES-GCM key schedule (`AeadKey`, from its `"seal"` subkey) on first
+//! use and keeps it, so a key that seals or opens many times (a cached KEK or DEK) pays for
+//! the schedule once. The schedule is cleared when the key is dropped, like the bytes.
 //!
 //! Each key version also carries its `Derivation`: whether its operations run under
 //! purpose subkeys (every key generated now) or, for keys written before those existed,
