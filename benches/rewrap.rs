@@ -215,10 +215,7 @@ async fn preload(vault: &Vault, subjects: usize) {
 
 /// Readers in a closed loop until `stop`; returns (ops, errors, latency histogram).
 async fn readers(
-    channels: Vec<Channel>,
-    concurrency: usize,
-    subjects: usize,
-    stop: Arc<AtomicBool>,
+    channels: Vec<Channel>, concurrency: usize, subjects: usize, stop: Arc<AtomicBool>,
 ) -> (u64, u64, Histogram<u64>) {
     let ops = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));

@@ -182,10 +182,7 @@ impl Authority {
     /// has a higher number), revoking the certificates `revoked` (DER, as issued), valid for
     /// `lifetime` from now. For `tls.client_crl`.
     pub fn revocation_list(
-        &self,
-        revoked: &[&[u8]],
-        number: u64,
-        lifetime: Duration,
+        &self, revoked: &[&[u8]], number: u64, lifetime: Duration,
     ) -> Result<String, CertError> {
         let now = time::OffsetDateTime::now_utc();
         let revoked_certs = revoked

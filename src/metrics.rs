@@ -51,11 +51,7 @@ fn latency_histogram() -> Histogram {
 /// Registers `metric` under `name` (with the registry's `piivault` prefix) and hands it back,
 /// so that the registry and the vault record into the same series.
 fn register<M: Metric + Clone>(
-    registry: &mut Registry,
-    name: &str,
-    help: &str,
-    unit: Option<Unit>,
-    metric: M,
+    registry: &mut Registry, name: &str, help: &str, unit: Option<Unit>, metric: M,
 ) -> M {
     match unit {
         Some(unit) => registry.register_with_unit(name, help, unit, metric.clone()),

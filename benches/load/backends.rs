@@ -275,10 +275,7 @@ pub async fn run(args: &Args) -> Result<u64, String> {
 /// `c` streams over `nodes`, stream `w` on node `w % nodes.len()`, over about 4 HTTP/2
 /// connections in all (at least one per node).
 async fn targets(
-    nodes: &[&Node],
-    scenario: Scenario,
-    c: usize,
-    subjects: usize,
+    nodes: &[&Node], scenario: Scenario, c: usize, subjects: usize,
 ) -> Vec<VaultTarget> {
     let per_node = (c.clamp(1, 4) / nodes.len()).max(1);
     let mut channels = Vec::new();

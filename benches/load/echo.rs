@@ -29,8 +29,7 @@ struct Service;
 #[tonic::async_trait]
 impl Echo for Service {
     async fn echo(
-        &self,
-        request: Request<pb::EchoRequest>,
+        &self, request: Request<pb::EchoRequest>,
     ) -> Result<Response<pb::EchoReply>, Status> {
         let bytes = request.into_inner().reply_bytes as usize;
         Ok(Response::new(pb::EchoReply {

@@ -430,10 +430,7 @@ async fn get_sizes(channel: &Channel, fields: usize, subjects: usize) -> (usize,
 }
 
 fn vault_targets(
-    channels: &[Channel],
-    scenario: Scenario,
-    streams: usize,
-    subjects: usize,
+    channels: &[Channel], scenario: Scenario, streams: usize, subjects: usize,
 ) -> Vec<VaultTarget> {
     (0..streams)
         .map(|w| VaultTarget {

@@ -74,8 +74,7 @@ fn report(r: AccessReport) -> pb::AccessReport {
 }
 
 pub(super) async fn access_subject(
-    vault: &Arc<Vault>,
-    req: Request<pb::AccessSubjectRequest>,
+    vault: &Arc<Vault>, req: Request<pb::AccessSubjectRequest>,
 ) -> Result<Response<pb::AccessReport>, Status> {
     let call = call(&req)?;
     let r = req.get_ref();
@@ -91,8 +90,7 @@ pub(super) async fn access_subject(
 }
 
 pub(super) async fn export_subject(
-    vault: &Arc<Vault>,
-    req: Request<pb::ExportSubjectRequest>,
+    vault: &Arc<Vault>, req: Request<pb::ExportSubjectRequest>,
 ) -> Result<Response<ExportStream>, Status> {
     let call = call(&req)?;
     let r = req.get_ref();

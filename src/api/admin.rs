@@ -24,8 +24,7 @@ impl AdminApi {
 #[tonic::async_trait]
 impl pb::admin_service_server::AdminService for AdminApi {
     async fn reload_policy(
-        &self,
-        req: Request<pb::ReloadPolicyRequest>,
+        &self, req: Request<pb::ReloadPolicyRequest>,
     ) -> Result<Response<pb::ReloadPolicyResponse>, Status> {
         let call = call(&req)?;
         self.vault.reload_policy(&call).await?;

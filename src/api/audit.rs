@@ -99,8 +99,7 @@ impl pb::audit_service_server::AuditService for AuditApi {
     type QueryAuditLogStream = EventStream;
 
     async fn query_audit_log(
-        &self,
-        req: Request<pb::QueryAuditLogRequest>,
+        &self, req: Request<pb::QueryAuditLogRequest>,
     ) -> Result<Response<EventStream>, Status> {
         let call = call(&req)?;
         let r = req.get_ref();
@@ -155,8 +154,7 @@ impl pb::audit_service_server::AuditService for AuditApi {
     }
 
     async fn verify_audit_log(
-        &self,
-        req: Request<pb::VerifyAuditLogRequest>,
+        &self, req: Request<pb::VerifyAuditLogRequest>,
     ) -> Result<Response<pb::VerifyAuditLogResponse>, Status> {
         let call = call(&req)?;
         let report = self.vault.verify_audit(&call).await?;
@@ -173,8 +171,7 @@ impl pb::audit_service_server::AuditService for AuditApi {
     }
 
     async fn prune_audit_log(
-        &self,
-        req: Request<pb::PruneAuditLogRequest>,
+        &self, req: Request<pb::PruneAuditLogRequest>,
     ) -> Result<Response<pb::PruneAuditLogResponse>, Status> {
         let call = call(&req)?;
         let days = req.get_ref().older_than_days;

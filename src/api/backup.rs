@@ -30,8 +30,7 @@ impl pb::backup_service_server::BackupService for BackupApi {
     type BackupStream = ChunkStream;
 
     async fn backup(
-        &self,
-        req: Request<pb::BackupRequest>,
+        &self, req: Request<pb::BackupRequest>,
     ) -> Result<Response<ChunkStream>, Status> {
         let call = call(&req)?;
         let chunks = self.vault.backup(&call).await?;

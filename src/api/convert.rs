@@ -138,8 +138,7 @@ pub fn tenant(t: Tenant) -> pb::Tenant {
 /// Page tokens are the hex of the last id of the previous page: opaque to callers, and
 /// never a place where a raw id is echoed back in an error.
 pub fn page_token<T>(
-    token: &str,
-    parse: fn(&str) -> Result<T, InvalidInput>,
+    token: &str, parse: fn(&str) -> Result<T, InvalidInput>,
 ) -> Result<Option<T>, InvalidInput> {
     if token.is_empty() {
         return Ok(None);

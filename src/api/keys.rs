@@ -92,8 +92,7 @@ fn confirmed_tenant(r: &pb::ShredTenantRequest) -> Result<TenantId, InvalidInput
 #[tonic::async_trait]
 impl pb::key_service_server::KeyService for KeyApi {
     async fn rotate_tenant_key(
-        &self,
-        req: Request<pb::RotateTenantKeyRequest>,
+        &self, req: Request<pb::RotateTenantKeyRequest>,
     ) -> Result<Response<pb::RotateTenantKeyResponse>, Status> {
         let call = call(&req)?;
         let op = Operation::RotateTenantKey;
@@ -117,8 +116,7 @@ impl pb::key_service_server::KeyService for KeyApi {
     }
 
     async fn rotate_root_key(
-        &self,
-        req: Request<pb::RotateRootKeyRequest>,
+        &self, req: Request<pb::RotateRootKeyRequest>,
     ) -> Result<Response<pb::RotateRootKeyResponse>, Status> {
         let call = call(&req)?;
         let r = self.vault.rotate_root_key(&call).await?;
@@ -134,8 +132,7 @@ impl pb::key_service_server::KeyService for KeyApi {
     }
 
     async fn get_key_status(
-        &self,
-        req: Request<pb::GetKeyStatusRequest>,
+        &self, req: Request<pb::GetKeyStatusRequest>,
     ) -> Result<Response<pb::KeyStatus>, Status> {
         let call = call(&req)?;
         let r = req.get_ref();
@@ -154,8 +151,7 @@ impl pb::key_service_server::KeyService for KeyApi {
     }
 
     async fn run_key_epoch(
-        &self,
-        req: Request<pb::RunKeyEpochRequest>,
+        &self, req: Request<pb::RunKeyEpochRequest>,
     ) -> Result<Response<pb::RunKeyEpochResponse>, Status> {
         let call = call(&req)?;
         let r = self.vault.run_key_epoch(&call).await?;
@@ -182,8 +178,7 @@ impl pb::key_service_server::KeyService for KeyApi {
     }
 
     async fn shred_tenant(
-        &self,
-        req: Request<pb::ShredTenantRequest>,
+        &self, req: Request<pb::ShredTenantRequest>,
     ) -> Result<Response<pb::ShredTenantResponse>, Status> {
         let call = call(&req)?;
         let tenant = parsed(

@@ -82,10 +82,7 @@ fn respond<T>(call: &Call, message: T) -> Response<T> {
 
 /// Passes parsed input through; malformed input is audited as such and refused.
 async fn parsed<T>(
-    vault: &Vault,
-    call: &Call,
-    op: Operation,
-    input: Result<T, InvalidInput>,
+    vault: &Vault, call: &Call, op: Operation, input: Result<T, InvalidInput>,
 ) -> Result<T, Status> {
     match input {
         Ok(v) => Ok(v),

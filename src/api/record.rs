@@ -24,8 +24,7 @@ impl RecordApi {
 
 /// Parses the (tenant, subject) pair every record call starts with.
 pub(super) fn ids(
-    tenant: &str,
-    subject: &str,
+    tenant: &str, subject: &str,
 ) -> Result<(TenantId, SubjectId), crate::domain::InvalidInput> {
     Ok((
         TenantId::parse(tenant)?,
@@ -36,8 +35,7 @@ pub(super) fn ids(
 #[tonic::async_trait]
 impl pb::record_service_server::RecordService for RecordApi {
     async fn put_fields(
-        &self,
-        req: Request<pb::PutFieldsRequest>,
+        &self, req: Request<pb::PutFieldsRequest>,
     ) -> Result<Response<pb::PutFieldsResponse>, Status> {
         let call = call(&req)?;
         let r = req.into_inner();
@@ -58,8 +56,7 @@ impl pb::record_service_server::RecordService for RecordApi {
     }
 
     async fn get_fields(
-        &self,
-        req: Request<pb::GetFieldsRequest>,
+        &self, req: Request<pb::GetFieldsRequest>,
     ) -> Result<Response<pb::GetFieldsResponse>, Status> {
         let call = call(&req)?;
         let r = req.get_ref();
@@ -86,8 +83,7 @@ impl pb::record_service_server::RecordService for RecordApi {
     }
 
     async fn delete_fields(
-        &self,
-        req: Request<pb::DeleteFieldsRequest>,
+        &self, req: Request<pb::DeleteFieldsRequest>,
     ) -> Result<Response<pb::DeleteFieldsResponse>, Status> {
         let call = call(&req)?;
         let r = req.get_ref();
@@ -103,8 +99,7 @@ impl pb::record_service_server::RecordService for RecordApi {
     }
 
     async fn find_subjects(
-        &self,
-        req: Request<pb::FindSubjectsRequest>,
+        &self, req: Request<pb::FindSubjectsRequest>,
     ) -> Result<Response<pb::FindSubjectsResponse>, Status> {
         let call = call(&req)?;
         let r = req.into_inner();
@@ -132,8 +127,7 @@ impl pb::record_service_server::RecordService for RecordApi {
     }
 
     async fn rotate_index_key(
-        &self,
-        req: Request<pb::RotateIndexKeyRequest>,
+        &self, req: Request<pb::RotateIndexKeyRequest>,
     ) -> Result<Response<pb::RotateIndexKeyResponse>, Status> {
         let call = call(&req)?;
         let input = TenantId::parse(&req.get_ref().tenant_id);
@@ -143,8 +137,7 @@ impl pb::record_service_server::RecordService for RecordApi {
     }
 
     async fn list_subjects(
-        &self,
-        req: Request<pb::ListSubjectsRequest>,
+        &self, req: Request<pb::ListSubjectsRequest>,
     ) -> Result<Response<pb::ListSubjectsResponse>, Status> {
         let call = call(&req)?;
         let r = req.get_ref();

@@ -68,11 +68,7 @@ fn status(tenant: &str, subject: &str, s: SubjectState) -> pb::SubjectStatus {
 
 impl RightsApi {
     async fn state(
-        &self,
-        call: &Call,
-        op: Operation,
-        tenant: &str,
-        subject: &str,
+        &self, call: &Call, op: Operation, tenant: &str, subject: &str,
         change: Result<Option<StateChange>, InvalidInput>,
     ) -> Result<Response<pb::SubjectStatus>, Status> {
         let input = ids(tenant, subject).and_then(|ids| Ok((ids, change?)));
@@ -85,8 +81,7 @@ impl RightsApi {
 #[tonic::async_trait]
 impl pb::subject_rights_service_server::SubjectRightsService for RightsApi {
     async fn restrict_subject(
-        &self,
-        req: Request<pb::RestrictSubjectRequest>,
+        &self, req: Request<pb::RestrictSubjectRequest>,
     ) -> Result<Response<pb::SubjectStatus>, Status> {
         let call = call(&req)?;
         let r = req.get_ref();
@@ -101,8 +96,7 @@ impl pb::subject_rights_service_server::SubjectRightsService for RightsApi {
     }
 
     async fn lift_restriction(
-        &self,
-        req: Request<pb::LiftRestrictionRequest>,
+        &self, req: Request<pb::LiftRestrictionRequest>,
     ) -> Result<Response<pb::SubjectStatus>, Status> {
         let call = call(&req)?;
         let r = req.get_ref();
@@ -117,8 +111,7 @@ impl pb::subject_rights_service_server::SubjectRightsService for RightsApi {
     }
 
     async fn set_consent(
-        &self,
-        req: Request<pb::SetConsentRequest>,
+        &self, req: Request<pb::SetConsentRequest>,
     ) -> Result<Response<pb::SubjectStatus>, Status> {
         let call = call(&req)?;
         let r = req.get_ref();
@@ -140,8 +133,7 @@ impl pb::subject_rights_service_server::SubjectRightsService for RightsApi {
     }
 
     async fn list_consents(
-        &self,
-        req: Request<pb::ListConsentsRequest>,
+        &self, req: Request<pb::ListConsentsRequest>,
     ) -> Result<Response<pb::SubjectStatus>, Status> {
         let call = call(&req)?;
         let r = req.get_ref();
@@ -156,8 +148,7 @@ impl pb::subject_rights_service_server::SubjectRightsService for RightsApi {
     }
 
     async fn erase_subject(
-        &self,
-        req: Request<pb::EraseSubjectRequest>,
+        &self, req: Request<pb::EraseSubjectRequest>,
     ) -> Result<Response<pb::ErasureReceipt>, Status> {
         let call = call(&req)?;
         let r = req.get_ref();
@@ -173,8 +164,7 @@ impl pb::subject_rights_service_server::SubjectRightsService for RightsApi {
     }
 
     async fn access_subject(
-        &self,
-        req: Request<pb::AccessSubjectRequest>,
+        &self, req: Request<pb::AccessSubjectRequest>,
     ) -> Result<Response<pb::AccessReport>, Status> {
         super::access::access_subject(&self.vault, req).await
     }
@@ -182,8 +172,7 @@ impl pb::subject_rights_service_server::SubjectRightsService for RightsApi {
     type ExportSubjectStream = super::access::ExportStream;
 
     async fn export_subject(
-        &self,
-        req: Request<pb::ExportSubjectRequest>,
+        &self, req: Request<pb::ExportSubjectRequest>,
     ) -> Result<Response<Self::ExportSubjectStream>, Status> {
         super::access::export_subject(&self.vault, req).await
     }

@@ -25,8 +25,7 @@ impl TenantApi {
 #[tonic::async_trait]
 impl pb::tenant_service_server::TenantService for TenantApi {
     async fn create_tenant(
-        &self,
-        req: Request<pb::CreateTenantRequest>,
+        &self, req: Request<pb::CreateTenantRequest>,
     ) -> Result<Response<pb::Tenant>, Status> {
         let call = call(&req)?;
         let op = Operation::CreateTenant;
@@ -43,8 +42,7 @@ impl pb::tenant_service_server::TenantService for TenantApi {
     }
 
     async fn get_tenant(
-        &self,
-        req: Request<pb::GetTenantRequest>,
+        &self, req: Request<pb::GetTenantRequest>,
     ) -> Result<Response<pb::Tenant>, Status> {
         let call = call(&req)?;
         let op = Operation::GetTenant;
@@ -60,8 +58,7 @@ impl pb::tenant_service_server::TenantService for TenantApi {
     }
 
     async fn list_tenants(
-        &self,
-        req: Request<pb::ListTenantsRequest>,
+        &self, req: Request<pb::ListTenantsRequest>,
     ) -> Result<Response<pb::ListTenantsResponse>, Status> {
         let call = call(&req)?;
         let r = req.get_ref();

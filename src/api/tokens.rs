@@ -25,8 +25,7 @@ impl TokenApi {
 #[tonic::async_trait]
 impl pb::token_service_server::TokenService for TokenApi {
     async fn tokenize(
-        &self,
-        req: Request<pb::TokenizeRequest>,
+        &self, req: Request<pb::TokenizeRequest>,
     ) -> Result<Response<pb::TokenizeResponse>, Status> {
         let call = call(&req)?;
         let r = req.get_ref();
@@ -44,8 +43,7 @@ impl pb::token_service_server::TokenService for TokenApi {
     }
 
     async fn detokenize(
-        &self,
-        req: Request<pb::DetokenizeRequest>,
+        &self, req: Request<pb::DetokenizeRequest>,
     ) -> Result<Response<pb::DetokenizeResponse>, Status> {
         let call = call(&req)?;
         let r = req.get_ref();

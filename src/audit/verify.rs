@@ -79,9 +79,7 @@ impl VerifyReport {
 
 /// Walks the chain. `events` yields `(key sequence number, stored bytes)` in order.
 pub fn verify<E>(
-    key: &Key<Audit>,
-    checkpoint: Option<&[u8]>,
-    head: Option<&[u8]>,
+    key: &Key<Audit>, checkpoint: Option<&[u8]>, head: Option<&[u8]>,
     events: impl IntoIterator<Item = Result<(u64, Vec<u8>), E>>,
 ) -> Result<VerifyReport, E> {
     let mut report = VerifyReport {

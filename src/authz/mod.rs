@@ -157,11 +157,7 @@ impl Authz {
     /// all of them, granted only by a rule for all tenants. A purpose that needs consent is
     /// refused here (no subject's consent to check): see `decide_for_subject`.
     pub fn decide<A: Act>(
-        &self,
-        who: &PeerIdentity,
-        action: A,
-        tenant: Option<&TenantId>,
-        purpose: Option<&Purpose>,
+        &self, who: &PeerIdentity, action: A, tenant: Option<&TenantId>, purpose: Option<&Purpose>,
     ) -> Result<Grant<A>, Refusal> {
         let grant = self.decide_rules(who, action, tenant, purpose)?;
         match purpose {
@@ -176,11 +172,7 @@ impl Authz {
     /// consent decided. For a decision that comes before a subject's state is read, and for
     /// a search whose results are then decided subject by subject (`decide_for_subject`).
     pub fn decide_rules<A: Act>(
-        &self,
-        who: &PeerIdentity,
-        _action: A,
-        tenant: Option<&TenantId>,
-        purpose: Option<&Purpose>,
+        &self, who: &PeerIdentity, _action: A, tenant: Option<&TenantId>, purpose: Option<&Purpose>,
     ) -> Result<Grant<A>, Refusal> {
         let action = A::ACTION;
         // The vault's own jobs never go through the policy (and no policy can name them).
@@ -208,11 +200,7 @@ impl Authz {
 
     /// `decide`, plus the subject's restriction and consents for reads of its data.
     pub fn decide_for_subject<A: Act>(
-        &self,
-        who: &PeerIdentity,
-        action: A,
-        tenant: &TenantId,
-        purpose: Option<&Purpose>,
+        &self, who: &PeerIdentity, action: A, tenant: &TenantId, purpose: Option<&Purpose>,
         state: &SubjectState,
     ) -> Result<Grant<A>, Refusal> {
         let grant = self.decide_rules(who, action, Some(tenant), purpose)?;

@@ -182,10 +182,7 @@ fn identity_entry(entry: &str, rule: &str) -> Result<String, PolicyError> {
 }
 
 fn scope<T>(
-    items: &[String],
-    what: &str,
-    rule: &str,
-    parse: impl Fn(&str) -> Option<T>,
+    items: &[String], what: &str, rule: &str, parse: impl Fn(&str) -> Option<T>,
 ) -> Result<Scope<T>, PolicyError> {
     if items.iter().any(|s| s == "*") {
         return Ok(Scope::Any);
@@ -292,11 +289,7 @@ impl Policy {
 
     /// The rules that let `who` do `action` on `tenant` for `purpose`, in file order.
     pub(super) fn matching(
-        &self,
-        who: &str,
-        action: Action,
-        tenant: Option<&TenantId>,
-        purpose: Option<&Purpose>,
+        &self, who: &str, action: Action, tenant: Option<&TenantId>, purpose: Option<&Purpose>,
     ) -> Vec<Rule> {
         self.rules
             .iter()

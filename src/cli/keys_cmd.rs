@@ -199,9 +199,7 @@ fn print_status(s: &pb::KeyStatus) {
 }
 
 async fn status(
-    client: &mut KeyServiceClient<Channel>,
-    tenant: &str,
-    count_deks: bool,
+    client: &mut KeyServiceClient<Channel>, tenant: &str, count_deks: bool,
 ) -> anyhow::Result<pb::KeyStatus> {
     Ok(client
         .get_key_status(pb::GetKeyStatusRequest {
@@ -214,9 +212,7 @@ async fn status(
 
 /// Shows a progress line on stderr until the tenant's re-wrap to `version` is done.
 async fn follow_rewrap(
-    client: &mut KeyServiceClient<Channel>,
-    tenant: &str,
-    version: u32,
+    client: &mut KeyServiceClient<Channel>, tenant: &str, version: u32,
 ) -> anyhow::Result<pb::KeyStatus> {
     loop {
         let s = status(client, tenant, false).await?;

@@ -146,11 +146,7 @@ impl RawConfig {
 
 /// A duration setting in milliseconds: `default` when absent, else within `min..=max`.
 fn millis(
-    name: &str,
-    value: Option<u64>,
-    default: u64,
-    min: u64,
-    max: u64,
+    name: &str, value: Option<u64>, default: u64, min: u64, max: u64,
 ) -> Result<Duration, ConfigError> {
     Ok(Duration::from_millis(bounded(
         name,

@@ -48,10 +48,7 @@ impl AeadKey {
     /// Returns the ciphertext followed by the 16-byte tag. The caller must never reuse a
     /// `(key, nonce)` pair; the vault draws nonces at random and bounds encryptions per key.
     pub fn seal(
-        &self,
-        nonce: &[u8; NONCE_LEN],
-        aad: &[u8],
-        plaintext: &[u8],
+        &self, nonce: &[u8; NONCE_LEN], aad: &[u8], plaintext: &[u8],
     ) -> Result<Vec<u8>, CryptoError> {
         let mut out = Vec::with_capacity(plaintext.len() + TAG_LEN);
         out.extend_from_slice(plaintext);
@@ -70,10 +67,7 @@ impl AeadKey {
     /// Any failure (wrong key, nonce or AAD, a modified byte, input shorter than a tag) gives
     /// the same opaque error. The plaintext is returned in memory that is zeroized on drop.
     pub fn open(
-        &self,
-        nonce: &[u8; NONCE_LEN],
-        aad: &[u8],
-        ciphertext_and_tag: &[u8],
+        &self, nonce: &[u8; NONCE_LEN], aad: &[u8], ciphertext_and_tag: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
         let mut buf = Zeroizing::new(ciphertext_and_tag.to_vec());
         let len = self
@@ -118,10 +112,7 @@ impl fmt::Debug for AeadKey {
 /// Encrypts `plaintext` under `key` and `nonce`, authenticating `aad` too: [`AeadKey::seal`]
 /// with the key prepared for this one call.
 pub fn aead_seal(
-    key: &[u8; KEY_LEN],
-    nonce: &[u8; NONCE_LEN],
-    aad: &[u8],
-    plaintext: &[u8],
+    key: &[u8; KEY_LEN], nonce: &[u8; NONCE_LEN], aad: &[u8], plaintext: &[u8],
 ) -> Result<Vec<u8>, CryptoError> {
     AeadKey::new(key)?.seal(nonce, aad, plaintext)
 }
@@ -129,10 +120,7 @@ pub fn aead_seal(
 /// Checks and decrypts `ciphertext_and_tag` under `key`, `nonce` and `aad`: [`AeadKey::open`]
 /// with the key prepared for this one call.
 pub fn aead_open(
-    key: &[u8; KEY_LEN],
-    nonce: &[u8; NONCE_LEN],
-    aad: &[u8],
-    ciphertext_and_tag: &[u8],
+    key: &[u8; KEY_LEN], nonce: &[u8; NONCE_LEN], aad: &[u8], ciphertext_and_tag: &[u8],
 ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
     AeadKey::new(key)?.open(nonce, aad, ciphertext_and_tag)
 }

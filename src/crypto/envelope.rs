@@ -149,10 +149,7 @@ impl<R: KeyRole> Key<R> {
 
     /// Unwraps a child key of version `child_version`, with the derivation its wrap names.
     pub fn unwrap_key<C: KeyRole>(
-        &self,
-        sealed: &Sealed,
-        child_version: u32,
-        aad: &Aad,
+        &self, sealed: &Sealed, child_version: u32, aad: &Aad,
     ) -> Result<Key<C>, CryptoError> {
         let aad = wrap_aad::<C>(aad, child_version);
         let opened = self.open(sealed, &aad)?;

@@ -50,9 +50,7 @@ impl<R: KeyRole> Key<R> {
     /// length-prefixed). Different labels or contexts give independent keys; the derived
     /// key is version 1 and has this key's derivation.
     pub fn derive<C: KeyRole>(
-        &self,
-        label: &str,
-        context: &[&[u8]],
+        &self, label: &str, context: &[&[u8]],
     ) -> Result<Key<C>, CryptoError> {
         let bytes = match self.derivation() {
             Derivation::HkdfV1 => {

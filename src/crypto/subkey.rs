@@ -154,10 +154,7 @@ impl hkdf::KeyType for OutLen {
 
 /// RFC 5869 HKDF-SHA-256: extract with `salt`, expand with `info` to fill `out`.
 pub(super) fn hkdf_sha256(
-    salt: &[u8],
-    ikm: &[u8],
-    info: &[u8],
-    out: &mut [u8],
+    salt: &[u8], ikm: &[u8], info: &[u8], out: &mut [u8],
 ) -> Result<(), CryptoError> {
     let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, salt).extract(ikm);
     let info = [info];

@@ -70,11 +70,7 @@ fn name_char(c: char) -> bool {
 }
 
 fn check_id(
-    s: &str,
-    what: &'static str,
-    max: usize,
-    first: fn(char) -> bool,
-    rest: fn(char) -> bool,
+    s: &str, what: &'static str, max: usize, first: fn(char) -> bool, rest: fn(char) -> bool,
     charset: &'static str,
 ) -> Result<(), InvalidInput> {
     if s.is_empty() {

@@ -118,11 +118,7 @@ impl DekCache {
     /// The DEK of `dek_version` unwrapped from exactly `wrapped`, if cached. On a miss,
     /// returns the ticket to insert it with once unwrapped.
     pub fn get(
-        &self,
-        tenant: &TenantId,
-        subject: &SubjectId,
-        dek_version: u32,
-        wrapped: &Sealed,
+        &self, tenant: &TenantId, subject: &SubjectId, dek_version: u32, wrapped: &Sealed,
     ) -> Result<Arc<Key<Dek>>, Ticket> {
         if self.capacity == 0 {
             self.count(false);
@@ -152,11 +148,7 @@ impl DekCache {
     /// Caches `key`, unwrapped from `wrapped`, unless an invalidation happened since `ticket`
     /// was taken. Replaces an entry for the same DEK version (its wrap is obsolete).
     pub fn insert(
-        &self,
-        ticket: Ticket,
-        tenant: &TenantId,
-        subject: &SubjectId,
-        wrapped: &Sealed,
+        &self, ticket: Ticket, tenant: &TenantId, subject: &SubjectId, wrapped: &Sealed,
         key: Arc<Key<Dek>>,
     ) {
         if self.capacity == 0 {

@@ -268,9 +268,7 @@ impl Keyring {
     /// Creates a tenant and its first KEK, wrapped by the current root key, in the store.
     /// Returns `None` if the tenant already exists.
     pub fn create_tenant(
-        &self,
-        id: &TenantId,
-        now: Timestamp,
+        &self, id: &TenantId, now: Timestamp,
     ) -> Result<Option<TenantRecord>, KeyringError> {
         let kek: Key<Kek> = self.generate(1)?;
         let record = TenantRecord {
@@ -317,8 +315,7 @@ impl Keyring {
     /// store the version may also be one another node added: the root key file is read
     /// again first.
     fn open_under_root<T>(
-        &self,
-        fetch: impl Fn() -> Result<Sealed, KeyringError>,
+        &self, fetch: impl Fn() -> Result<Sealed, KeyringError>,
         open: impl Fn(&Key<Root>, &Sealed) -> Result<T, KeyringError>,
     ) -> Result<T, KeyringError> {
         let mut wrapped = fetch()?;
@@ -341,10 +338,7 @@ impl Keyring {
     }
 
     fn wrap_under_root<C: KeyRole>(
-        &self,
-        root: &RootKeys,
-        child: &Key<C>,
-        aad: &Aad,
+        &self, root: &RootKeys, child: &Key<C>, aad: &Aad,
     ) -> Result<Sealed, KeyringError> {
         let current = root.current();
         self.usage
@@ -383,9 +377,7 @@ impl Keyring {
     /// compare-and-swap, again while another writer wins (at most 10 times: then
     /// `Contended(what)`). Returns the value written.
     fn edit_meta(
-        &self,
-        key: &str,
-        what: &'static str,
+        &self, key: &str, what: &'static str,
         edit: impl Fn(Option<&[u8]>) -> Result<Vec<u8>, KeyringError>,
     ) -> Result<Vec<u8>, KeyringError> {
         for _ in 0..10 {

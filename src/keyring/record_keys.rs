@@ -36,8 +36,7 @@ pub(super) const RECORD_SEALS: &str = "record_seals";
 
 /// The tenant's record integrity key, from the audit key.
 pub(super) fn derive_record_key(
-    audit: &Key<Audit>,
-    tenant: &TenantId,
+    audit: &Key<Audit>, tenant: &TenantId,
 ) -> Result<Key<RecordMac>, KeyringError> {
     Ok(audit.derive(RECORD_KEY_LABEL, &[tenant.as_str().as_bytes()])?)
 }
@@ -62,11 +61,7 @@ impl std::fmt::Debug for RecordSealer {
 
 impl RecordSealer {
     fn tag(
-        &self,
-        subject: &SubjectId,
-        kind: RecordKind,
-        seq: u64,
-        content: &[u8],
+        &self, subject: &SubjectId, kind: RecordKind, seq: u64, content: &[u8],
     ) -> [u8; MAC_LEN] {
         self.key.mac(
             SEAL_LABEL,
@@ -81,11 +76,7 @@ impl RecordSealer {
     }
 
     fn check(
-        &self,
-        subject: &SubjectId,
-        kind: RecordKind,
-        seal: Option<&Seal>,
-        content: &[u8],
+        &self, subject: &SubjectId, kind: RecordKind, seal: Option<&Seal>, content: &[u8],
         harmless: bool,
     ) -> Result<(), StoreError> {
         let why = match seal {
@@ -137,9 +128,7 @@ impl RecordSealer {
 
     /// Checks a stored tombstone's seal.
     pub fn check_tombstone(
-        &self,
-        subject: &SubjectId,
-        tombstone: &Tombstone,
+        &self, subject: &SubjectId, tombstone: &Tombstone,
     ) -> Result<(), StoreError> {
         let content = tombstone.content();
         self.check(

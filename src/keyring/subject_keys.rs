@@ -37,11 +37,7 @@ impl Keyring {
     /// version reached its limit the tenant KEK is rotated first and the DEK is wrapped
     /// under the new version (the returned wrap names it).
     pub(super) fn wrap_dek(
-        &self,
-        tenant: &TenantId,
-        version: u32,
-        subject: &SubjectId,
-        dek: &Key<Dek>,
+        &self, tenant: &TenantId, version: u32, subject: &SubjectId, dek: &Key<Dek>,
     ) -> Result<Sealed, KeyringError> {
         let mut version = version;
         for _ in 0..3 {
@@ -67,11 +63,7 @@ impl Keyring {
     /// encryptions reserved (the record and the values it seals are stored together, so
     /// the reservation is durable exactly when they are).
     pub fn new_subject(
-        &self,
-        tenant: &TenantRecord,
-        subject: &SubjectId,
-        now: Timestamp,
-        seals: usize,
+        &self, tenant: &TenantRecord, subject: &SubjectId, now: Timestamp, seals: usize,
     ) -> Result<(Key<Dek>, SubjectRecord), KeyringError> {
         let seals = self.usage.check_request(seals)?;
         let dek: Key<Dek> = self.generate(1)?;
@@ -92,10 +84,7 @@ impl Keyring {
     /// A subject's current DEK, from the cache or unwrapped. `record` must be the subject
     /// record just read from the store: the cache only saves the unwrap of its wrap.
     pub fn subject_dek(
-        &self,
-        tenant: &TenantId,
-        subject: &SubjectId,
-        record: &SubjectRecord,
+        &self, tenant: &TenantId, subject: &SubjectId, record: &SubjectRecord,
     ) -> Result<Arc<Key<Dek>>, KeyringError> {
         self.cached_dek(tenant, subject, record.dek_version, &record.wrapped_dek)
     }
@@ -103,11 +92,7 @@ impl Keyring {
     /// The DEK of `dek_version` unwrapped from `wrapped`, from the cache if it holds exactly
     /// that wrap; otherwise unwrapped, and cached if the store still holds the wrap.
     pub(super) fn cached_dek(
-        &self,
-        tenant: &TenantId,
-        subject: &SubjectId,
-        dek_version: u32,
-        wrapped: &Sealed,
+        &self, tenant: &TenantId, subject: &SubjectId, dek_version: u32, wrapped: &Sealed,
     ) -> Result<Arc<Key<Dek>>, KeyringError> {
         let ticket = match self.dek_cache.get(tenant, subject, dek_version, wrapped) {
             Ok(key) => return Ok(key),
@@ -133,11 +118,7 @@ impl Keyring {
     }
 
     pub(super) fn unwrap_dek(
-        &self,
-        tenant: &TenantId,
-        subject: &SubjectId,
-        dek_version: u32,
-        wrapped: &Sealed,
+        &self, tenant: &TenantId, subject: &SubjectId, dek_version: u32, wrapped: &Sealed,
     ) -> Result<Key<Dek>, KeyringError> {
         let kek = self.kek(tenant, wrapped.key_version())?;
         Ok(kek.unwrap_key(wrapped, dek_version, &dek_aad(tenant, subject))?)

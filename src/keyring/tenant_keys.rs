@@ -93,10 +93,7 @@ impl Keyring {
     /// Every DEK version of a subject, from the cache or unwrapped. `record` must be the
     /// subject record just read from the store.
     pub fn subject_deks(
-        &self,
-        tenant: &TenantId,
-        subject: &SubjectId,
-        record: &SubjectRecord,
+        &self, tenant: &TenantId, subject: &SubjectId, record: &SubjectRecord,
     ) -> Result<SubjectDeks, KeyringError> {
         let deks = record
             .wrapped_deks()
@@ -107,11 +104,7 @@ impl Keyring {
 
     /// Asks for `n` seals under the subject's current DEK (see `SealGrant`).
     pub fn reserve_seals(
-        &self,
-        tenant: &TenantId,
-        subject: &SubjectId,
-        record: &SubjectRecord,
-        n: usize,
+        &self, tenant: &TenantId, subject: &SubjectId, record: &SubjectRecord, n: usize,
     ) -> Result<SealGrant, KeyringError> {
         self.usage
             .reserve_seals(tenant, subject, record, n, self.store.as_ref())
@@ -119,11 +112,7 @@ impl Keyring {
 
     /// Tells the counters that the reservation `token` of `SealGrant::Granted` is durable.
     pub fn seals_durable(
-        &self,
-        tenant: &TenantId,
-        subject: &SubjectId,
-        dek_version: u32,
-        token: u64,
+        &self, tenant: &TenantId, subject: &SubjectId, dek_version: u32, token: u64,
     ) {
         self.usage
             .seals_durable(tenant, subject, dek_version, token);
@@ -131,10 +120,7 @@ impl Keyring {
 
     /// Seals counted under a subject's current DEK.
     pub fn dek_encryptions(
-        &self,
-        tenant: &TenantId,
-        subject: &SubjectId,
-        rec: &SubjectRecord,
+        &self, tenant: &TenantId, subject: &SubjectId, rec: &SubjectRecord,
     ) -> u64 {
         self.usage.dek_count(tenant, subject, rec)
     }
@@ -144,10 +130,7 @@ impl Keyring {
     /// stored field uses any more are dropped (no write can use them again). Returns false
     /// if the record changed meanwhile (read it again).
     pub fn rotate_dek(
-        &self,
-        tenant: &TenantRecord,
-        subject: &SubjectId,
-        record: &SubjectRecord,
+        &self, tenant: &TenantRecord, subject: &SubjectId, record: &SubjectRecord,
     ) -> Result<bool, KeyringError> {
         let in_use: BTreeSet<u32> = self
             .store
@@ -201,8 +184,7 @@ impl Keyring {
 
     /// The tenant's record and key state (its initial state if none was stored yet).
     pub fn tenant_keys(
-        &self,
-        tenant: &TenantId,
+        &self, tenant: &TenantId,
     ) -> Result<(TenantRecord, TenantKeyState), KeyringError> {
         let record = self
             .store
@@ -290,11 +272,7 @@ impl Keyring {
     /// `target`. Subjects already under it are skipped; subjects that change meanwhile are
     /// left for a later pass. If `target` is no longer current nothing is written.
     pub fn rewrap_batch(
-        &self,
-        tenant: &TenantId,
-        target: u32,
-        after: Option<&SubjectId>,
-        limit: usize,
+        &self, tenant: &TenantId, target: u32, after: Option<&SubjectId>, limit: usize,
     ) -> Result<RewrapBatch, KeyringError> {
         let page = self.store.subject_records(tenant, after, limit)?;
         let mut batch = RewrapBatch {
@@ -372,9 +350,7 @@ impl Keyring {
 
     /// Saves a job's progress, if the job is still the tenant's current one.
     pub fn save_rewrap_progress(
-        &self,
-        tenant: &TenantId,
-        job: &RewrapJob,
+        &self, tenant: &TenantId, job: &RewrapJob,
     ) -> Result<bool, KeyringError> {
         let change = self.store.update_tenant_keys(tenant, &|rec, st| {
             if st.rewrap.as_ref().map(|j| j.target) != Some(job.target) {
@@ -392,9 +368,7 @@ impl Keyring {
     /// (after the rotation to `target` committed). Returns the versions destroyed, or
     /// `None` if `target` is no longer current (a newer rotation took over).
     pub fn finish_rewrap(
-        &self,
-        tenant: &TenantId,
-        target: u32,
+        &self, tenant: &TenantId, target: u32,
     ) -> Result<Option<Vec<u32>>, KeyringError> {
         let now = self.clock.now();
         let stored = self.stored_kek_versions(tenant)?;

@@ -172,10 +172,7 @@ impl Usage {
     /// Counts one wrap under a tenant KEK version, reserving (durably) a new block first
     /// when needed. `LimitReached` when the version may wrap no more.
     pub(super) fn count_kek_wrap(
-        &self,
-        tenant: &TenantId,
-        version: u32,
-        store: &dyn Store,
+        &self, tenant: &TenantId, version: u32, store: &dyn Store,
     ) -> Result<(), KeyringError> {
         let key = (tenant.clone(), version);
         if self.keks.take(&key, 1).is_some() {
@@ -226,9 +223,7 @@ impl Usage {
 
     /// True if the current root version may wrap at least one more key.
     pub(super) fn root_has_room(
-        &self,
-        root: &RootKeys,
-        store: &dyn Store,
+        &self, root: &RootKeys, store: &dyn Store,
     ) -> Result<bool, KeyringError> {
         let version = root.current_version();
         if let Ok(map) = self.roots.blocks.lock() {
@@ -244,9 +239,7 @@ impl Usage {
 
     /// Counts one wrap under root key version `version`, reserving a block when needed.
     pub(super) fn count_root_wrap(
-        &self,
-        version: u32,
-        store: &dyn Store,
+        &self, version: u32, store: &dyn Store,
     ) -> Result<(), KeyringError> {
         if self.roots.take(&version, 1).is_some() {
             return Ok(());
@@ -288,11 +281,7 @@ impl Usage {
     /// Grants `n` seals under the subject's current DEK, reserving a block in its record
     /// when the in-memory one has no room. See `SealGrant`.
     pub(super) fn reserve_seals(
-        &self,
-        tenant: &TenantId,
-        subject: &SubjectId,
-        record: &SubjectRecord,
-        n: usize,
+        &self, tenant: &TenantId, subject: &SubjectId, record: &SubjectRecord, n: usize,
         store: &dyn Store,
     ) -> Result<SealGrant, KeyringError> {
         let n = self.check_request(n)?;
@@ -329,11 +318,7 @@ impl Usage {
     }
 
     pub(super) fn seals_durable(
-        &self,
-        tenant: &TenantId,
-        subject: &SubjectId,
-        dek_version: u32,
-        token: u64,
+        &self, tenant: &TenantId, subject: &SubjectId, dek_version: u32, token: u64,
     ) {
         self.deks
             .mark_durable(&(tenant.clone(), subject.clone(), dek_version), token);
@@ -352,10 +337,7 @@ impl Usage {
     }
 
     pub(super) fn dek_count(
-        &self,
-        tenant: &TenantId,
-        subject: &SubjectId,
-        rec: &SubjectRecord,
+        &self, tenant: &TenantId, subject: &SubjectId, rec: &SubjectRecord,
     ) -> u64 {
         self.deks
             .used(&(tenant.clone(), subject.clone(), rec.dek_version))

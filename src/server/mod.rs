@@ -82,9 +82,7 @@ const LAST_HANDLE_BOUND: Duration = Duration::from_secs(60);
 /// Opens the store of `config` (sled, or PostgreSQL) and serves until `shutdown` completes, then drains
 /// in-flight calls and flushes the store.
 pub async fn run(
-    listener: TcpListener,
-    config: Config,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    listener: TcpListener, config: Config, shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let store: Arc<dyn Store> = match &config.backend {
         Backend::Sled => {
@@ -127,9 +125,7 @@ pub async fn run(
 
 /// Serves over an already opened store (tests wrap it to inject faults).
 pub async fn serve(
-    listener: TcpListener,
-    config: Config,
-    store: Arc<dyn Store>,
+    listener: TcpListener, config: Config, store: Arc<dyn Store>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let metrics = Metrics::new();
@@ -189,9 +185,7 @@ type Opened = (Arc<Vault>, Arc<Authz>, Arc<tls::ReloadableTls>);
 /// Loads the root key, the keyring, the TLS configuration and the policy, and opens the
 /// vault over `store`, in that order (a start fails on the first that is wrong).
 fn open_vault(
-    config: &Config,
-    store: Arc<dyn Store>,
-    metrics: Metrics,
+    config: &Config, store: Arc<dyn Store>, metrics: Metrics,
 ) -> Result<Opened, ServerError> {
     let root = RootKeys::load(&config.root_key_file)?;
     let keys = Keyring::open(root, store.clone())?;
@@ -276,9 +270,7 @@ fn service_name<S: NamedService>(_: &S) -> &'static str {
 /// After the drain: makes the high-water mark cover everything answered, waits until the
 /// store is closed (its lock released) and flushes it last.
 async fn close(
-    vault: Arc<Vault>,
-    store: Arc<dyn Store>,
-    store_path: String,
+    vault: Arc<Vault>, store: Arc<dyn Store>, store_path: String,
     served: Result<(), tonic::transport::Error>,
 ) -> Result<(), ServerError> {
     // Every denial counted but not yet summarised is recorded before the log closes.

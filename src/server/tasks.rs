@@ -28,12 +28,8 @@ impl Tasks {
     /// Starts every background task of a server over `vault` and `store`; `extra` are tasks
     /// started elsewhere (the metrics endpoint, the grace timer) stopped with them.
     pub(super) fn start(
-        vault: &Arc<Vault>,
-        store: &Arc<dyn Store>,
-        authz: Arc<Authz>,
-        tls: Arc<ReloadableTls>,
-        metrics: &Metrics,
-        extra: impl IntoIterator<Item = JoinHandle<()>>,
+        vault: &Arc<Vault>, store: &Arc<dyn Store>, authz: Arc<Authz>, tls: Arc<ReloadableTls>,
+        metrics: &Metrics, extra: impl IntoIterator<Item = JoinHandle<()>>,
     ) -> Self {
         let mut tasks = vec![
             tokio::spawn(reload_on_sighup(authz, tls)),
@@ -119,9 +115,7 @@ async fn sweep_retention_hourly(vault: Arc<Vault>) {
 /// Once shutdown starts, gives in-flight calls `grace` to finish, then cuts every
 /// connection still open so the drain ends.
 pub(super) async fn cut_after_grace(
-    stopping: CancellationToken,
-    cut: CancellationToken,
-    grace: Duration,
+    stopping: CancellationToken, cut: CancellationToken, grace: Duration,
 ) {
     stopping.cancelled().await;
     tracing::info!(

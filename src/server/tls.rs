@@ -165,9 +165,7 @@ impl Connected for VerifiedStream {
 
 impl AsyncRead for VerifiedStream {
     fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
+        self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if let Some(e) = this.cut(cx) {
@@ -179,9 +177,7 @@ impl AsyncRead for VerifiedStream {
 
 impl AsyncWrite for VerifiedStream {
     fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
+        self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         if let Some(e) = this.cut(cx) {
@@ -203,9 +199,7 @@ impl AsyncWrite for VerifiedStream {
     }
 
     fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
+        self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         if let Some(e) = this.cut(cx) {
@@ -225,10 +219,7 @@ impl AsyncWrite for VerifiedStream {
 /// the cap is closed as soon as it is accepted. Cancelling `cut` cuts every connection
 /// yielded.
 pub fn incoming(
-    listener: TcpListener,
-    tls: Arc<ReloadableTls>,
-    timeout: Duration,
-    max_connections: usize,
+    listener: TcpListener, tls: Arc<ReloadableTls>, timeout: Duration, max_connections: usize,
     cut: CancellationToken,
 ) -> mpsc::Receiver<io::Result<VerifiedStream>> {
     let slots = Arc::new(Semaphore::new(max_connections));

@@ -17,8 +17,7 @@ impl Vault {
     /// Starts a backup. The returned receiver yields the file's bytes in order; an error
     /// ends it early. The audit event is durable before the first byte is produced.
     pub async fn backup(
-        &self,
-        call: &Call,
+        &self, call: &Call,
     ) -> Result<mpsc::Receiver<Result<Vec<u8>, ServiceError>>, ServiceError> {
         // A backup holds every tenant's sealed data: only the security team's key_admin.
         self.use_case(call, Operation::Backup)

@@ -50,8 +50,7 @@ impl Background {
     /// Runs `work` on tokio's blocking pool, inside the caller's tracing span (method,
     /// request id), and waits for it.
     pub(super) async fn run<T: Send + 'static>(
-        &self,
-        work: impl FnOnce() -> T + Send + 'static,
+        &self, work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, Panicked> {
         let span = tracing::Span::current();
         self.0
@@ -63,9 +62,7 @@ impl Background {
     /// `run` for work that fails as a use case does; a panic is an internal error naming
     /// `what`.
     pub(super) async fn run_service<T: Send + 'static>(
-        &self,
-        what: &'static str,
-        work: impl FnOnce() -> Result<T, ServiceError> + Send + 'static,
+        &self, what: &'static str, work: impl FnOnce() -> Result<T, ServiceError> + Send + 'static,
     ) -> Result<T, ServiceError> {
         self.run(work)
             .await

@@ -203,10 +203,7 @@ impl Vault {
     /// Assembles the vault and starts its background tasks (flusher, audit writer). Must be
     /// called inside a tokio runtime.
     pub fn open(
-        store: Arc<dyn Store>,
-        keys: Keyring,
-        authz: Arc<Authz>,
-        clock: Arc<dyn Clock>,
+        store: Arc<dyn Store>, keys: Keyring, authz: Arc<Authz>, clock: Arc<dyn Clock>,
         settings: VaultSettings,
     ) -> Result<Self, OpenError> {
         // First, before any task holds the store: a refused store is released at once.
@@ -307,10 +304,7 @@ impl Vault {
     /// Records a request refused before it reached a use case (malformed input), and
     /// returns the error to answer with.
     pub async fn reject(
-        &self,
-        call: &Call,
-        operation: Operation,
-        error: ServiceError,
+        &self, call: &Call, operation: Operation, error: ServiceError,
     ) -> ServiceError {
         self.use_case(call, operation).reject(error).await
     }

@@ -36,9 +36,7 @@ impl RetryPolicy {
     /// Runs `attempt` until it is done or fails, at most `attempts` times; `exhausted` is
     /// the error once every attempt lost its race.
     pub(super) async fn run<T, E, Fut>(
-        &self,
-        mut attempt: impl FnMut() -> Fut,
-        exhausted: impl FnOnce() -> E,
+        &self, mut attempt: impl FnMut() -> Fut, exhausted: impl FnOnce() -> E,
     ) -> Result<T, E>
     where
         Fut: std::future::Future<Output = Result<Attempt<T>, E>>,

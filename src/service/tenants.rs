@@ -20,9 +20,7 @@ pub struct TenantPage {
 /// Cuts a listing fetched with one extra item into a page and the id the next page starts
 /// after.
 pub(super) fn paged<T, K: Clone>(
-    mut items: Vec<T>,
-    limit: usize,
-    key: impl Fn(&T) -> &K,
+    mut items: Vec<T>, limit: usize, key: impl Fn(&T) -> &K,
 ) -> (Vec<T>, Option<K>) {
     if items.len() > limit {
         items.truncate(limit);
@@ -90,10 +88,7 @@ impl Vault {
 
     /// Tenants in id order, `limit` at a time, after `after`.
     pub async fn list_tenants(
-        &self,
-        call: &Call,
-        after: Option<&TenantId>,
-        limit: usize,
+        &self, call: &Call, after: Option<&TenantId>, limit: usize,
     ) -> Result<TenantPage, ServiceError> {
         self.use_case(call, Operation::ListTenants)
             .run(

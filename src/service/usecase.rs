@@ -165,9 +165,7 @@ impl UseCase<'_> {
     /// grant, let `describe` add what a success says to the event (names read, a receipt),
     /// record, return.
     pub(super) async fn run<A: Act, T, Fut>(
-        mut self,
-        check: Check<'_, A>,
-        body: impl FnOnce(Grant<A>) -> Fut,
+        mut self, check: Check<'_, A>, body: impl FnOnce(Grant<A>) -> Fut,
         describe: impl FnOnce(&T, &mut EventDraft),
     ) -> Result<T, ServiceError>
     where
@@ -188,8 +186,7 @@ impl UseCase<'_> {
     /// nothing to authorize, the rest as in `run`. (A key epoch asked for over the API is
     /// admitted first, `admit`, then recorded by the worker through this path.)
     pub(super) async fn run_system<T>(
-        mut self,
-        body: impl Future<Output = Result<T, ServiceError>>,
+        mut self, body: impl Future<Output = Result<T, ServiceError>>,
         describe: impl FnOnce(&T, &mut EventDraft),
     ) -> Result<T, ServiceError> {
         let result = body.await;
@@ -202,8 +199,7 @@ impl UseCase<'_> {
     /// `run_system` for a job step that may find nothing to do (`Ok(None)`): such a step
     /// records no event.
     pub(super) async fn run_job<T>(
-        self,
-        body: impl Future<Output = Result<Option<T>, ServiceError>>,
+        self, body: impl Future<Output = Result<Option<T>, ServiceError>>,
         describe: impl FnOnce(&T, &mut EventDraft),
     ) -> Result<Option<T>, ServiceError> {
         match body.await {
@@ -223,8 +219,7 @@ impl UseCase<'_> {
     /// records it under its own use case: a refusal is recorded here; a grant is returned
     /// and this event is not recorded.
     pub(super) async fn admit<A: Act>(
-        mut self,
-        check: Check<'_, A>,
+        mut self, check: Check<'_, A>,
     ) -> Result<Grant<A>, ServiceError> {
         match self.authorize(check) {
             Ok(grant) => Ok(grant),

@@ -103,19 +103,12 @@ impl Store for FaultyStore {
         self.inner.meta_remove(key)
     }
     fn expired(
-        &self,
-        tenant: &TenantId,
-        now: Timestamp,
-        limit: usize,
+        &self, tenant: &TenantId, now: Timestamp, limit: usize,
     ) -> StoreResult<Vec<(SubjectId, FieldName, Timestamp)>> {
         self.inner.expired(tenant, now, limit)
     }
     fn delete_expired(
-        &self,
-        tenant: &TenantId,
-        subject: &SubjectId,
-        name: &FieldName,
-        expires_at: Timestamp,
+        &self, tenant: &TenantId, subject: &SubjectId, name: &FieldName, expires_at: Timestamp,
     ) -> StoreResult<bool> {
         self.write()?;
         self.inner.delete_expired(tenant, subject, name, expires_at)
@@ -124,11 +117,7 @@ impl Store for FaultyStore {
         self.inner.index_scan(tenant, prefix)
     }
     fn reindex_field(
-        &self,
-        tenant: &TenantId,
-        subject: &SubjectId,
-        name: &FieldName,
-        entry: &[u8],
+        &self, tenant: &TenantId, subject: &SubjectId, name: &FieldName, entry: &[u8],
     ) -> StoreResult<()> {
         self.write()?;
         self.inner.reindex_field(tenant, subject, name, entry)
@@ -153,11 +142,7 @@ impl Store for FaultyStore {
         self.inner.keks(tenant)
     }
     fn replace_kek(
-        &self,
-        tenant: &TenantId,
-        version: u32,
-        expected: &Sealed,
-        new: &Sealed,
+        &self, tenant: &TenantId, version: u32, expected: &Sealed, new: &Sealed,
     ) -> StoreResult<bool> {
         self.inner.replace_kek(tenant, version, expected, new)
     }
@@ -168,48 +153,32 @@ impl Store for FaultyStore {
         self.inner.all_tenant_keys()
     }
     fn update_tenant_keys(
-        &self,
-        tenant: &TenantId,
-        update: &KeyUpdate<'_>,
+        &self, tenant: &TenantId, update: &KeyUpdate<'_>,
     ) -> StoreResult<Option<KeyChange>> {
         self.inner.update_tenant_keys(tenant, update)
     }
     fn subject_records(
-        &self,
-        tenant: &TenantId,
-        after: Option<&SubjectId>,
-        limit: usize,
+        &self, tenant: &TenantId, after: Option<&SubjectId>, limit: usize,
     ) -> StoreResult<Vec<(SubjectId, SubjectRecord)>> {
         self.inner.subject_records(tenant, after, limit)
     }
     fn update_subjects(
-        &self,
-        tenant: &TenantId,
-        subjects: &[SubjectId],
-        update: &SubjectUpdate<'_>,
+        &self, tenant: &TenantId, subjects: &[SubjectId], update: &SubjectUpdate<'_>,
     ) -> StoreResult<Vec<bool>> {
         self.inner.update_subjects(tenant, subjects, update)
     }
     fn subject(
-        &self,
-        tenant: &TenantId,
-        subject: &SubjectId,
+        &self, tenant: &TenantId, subject: &SubjectId,
     ) -> StoreResult<Option<SubjectRecord>> {
         self.inner.subject(tenant, subject)
     }
     fn subjects(
-        &self,
-        tenant: &TenantId,
-        after: Option<&SubjectId>,
-        limit: usize,
+        &self, tenant: &TenantId, after: Option<&SubjectId>, limit: usize,
     ) -> StoreResult<Vec<SubjectId>> {
         self.inner.subjects(tenant, after, limit)
     }
     fn put_fields(
-        &self,
-        tenant: &TenantId,
-        subject: &SubjectId,
-        write: &SubjectWrite,
+        &self, tenant: &TenantId, subject: &SubjectId, write: &SubjectWrite,
     ) -> StoreResult<Vec<Written>> {
         if let Some(hook) = self
             .put_hook
@@ -228,11 +197,7 @@ impl Store for FaultyStore {
         self.inner.fields(tenant, subject)
     }
     fn fields_page(
-        &self,
-        tenant: &TenantId,
-        subject: &SubjectId,
-        after: Option<&FieldName>,
-        limit: usize,
+        &self, tenant: &TenantId, subject: &SubjectId, after: Option<&FieldName>, limit: usize,
     ) -> StoreResult<Vec<FieldRecord>> {
         let page = self.inner.fields_page(tenant, subject, after, limit)?;
         let len = u64::try_from(page.len()).unwrap_or(u64::MAX);
@@ -242,18 +207,12 @@ impl Store for FaultyStore {
         Ok(page)
     }
     fn field(
-        &self,
-        tenant: &TenantId,
-        subject: &SubjectId,
-        name: &FieldName,
+        &self, tenant: &TenantId, subject: &SubjectId, name: &FieldName,
     ) -> StoreResult<Option<FieldRecord>> {
         self.inner.field(tenant, subject, name)
     }
     fn delete_fields(
-        &self,
-        tenant: &TenantId,
-        subject: &SubjectId,
-        names: &[FieldName],
+        &self, tenant: &TenantId, subject: &SubjectId, names: &[FieldName],
     ) -> StoreResult<u32> {
         self.write()?;
         self.inner.delete_fields(tenant, subject, names)
@@ -262,19 +221,13 @@ impl Store for FaultyStore {
         self.inner.subject_state(tenant, subject)
     }
     fn update_subject_state(
-        &self,
-        tenant: &TenantId,
-        subject: &SubjectId,
-        update: &StateUpdate<'_>,
+        &self, tenant: &TenantId, subject: &SubjectId, update: &StateUpdate<'_>,
     ) -> StoreResult<StateRecord> {
         self.write()?;
         self.inner.update_subject_state(tenant, subject, update)
     }
     fn erase_subject(
-        &self,
-        tenant: &TenantId,
-        subject: &SubjectId,
-        tombstone: &Tombstone,
+        &self, tenant: &TenantId, subject: &SubjectId, tombstone: &Tombstone,
         seal: &TombstoneSeal<'_>,
     ) -> StoreResult<Erasure> {
         self.write()?;
@@ -284,10 +237,7 @@ impl Store for FaultyStore {
         self.inner.tombstone(tenant, subject)
     }
     fn purge_fields(
-        &self,
-        tenant: &TenantId,
-        subject: &SubjectId,
-        limit: usize,
+        &self, tenant: &TenantId, subject: &SubjectId, limit: usize,
     ) -> StoreResult<usize> {
         self.write()?;
         self.inner.purge_fields(tenant, subject, limit)
@@ -296,16 +246,12 @@ impl Store for FaultyStore {
         self.inner.unpurged()
     }
     fn legal_holds_due(
-        &self,
-        now: Timestamp,
+        &self, now: Timestamp,
     ) -> StoreResult<Vec<(TenantId, SubjectId, Timestamp)>> {
         self.inner.legal_holds_due(now)
     }
     fn clear_legal_hold(
-        &self,
-        tenant: &TenantId,
-        shadow: &SubjectId,
-        until: Timestamp,
+        &self, tenant: &TenantId, shadow: &SubjectId, until: Timestamp,
     ) -> StoreResult<()> {
         self.inner.clear_legal_hold(tenant, shadow, until)
     }

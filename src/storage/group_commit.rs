@@ -43,9 +43,7 @@ impl GroupCommit {
 }
 
 async fn flush_loop(
-    store: Arc<dyn Store>,
-    metrics: Metrics,
-    mut rx: mpsc::UnboundedReceiver<Waiter>,
+    store: Arc<dyn Store>, metrics: Metrics, mut rx: mpsc::UnboundedReceiver<Waiter>,
 ) {
     let mut batch = Vec::new();
     while let Some(first) = rx.recv().await {

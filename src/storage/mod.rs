@@ -161,11 +161,7 @@ pub trait Store: Send + Sync + 'static {
     /// Replaces a wrapped KEK if it is still stored as `expected` (root key re-wrap);
     /// returns whether it did. A destroyed version is never brought back.
     fn replace_kek(
-        &self,
-        tenant: &TenantId,
-        version: u32,
-        expected: &Sealed,
-        new: &Sealed,
+        &self, tenant: &TenantId, version: u32, expected: &Sealed, new: &Sealed,
     ) -> StoreResult<bool>;
     /// A tenant's key state as stored; `None` if it never had one written.
     fn tenant_keys(&self, tenant: &TenantId) -> StoreResult<Option<TenantKeyState>>;
@@ -174,45 +170,31 @@ pub trait Store: Send + Sync + 'static {
     /// Applies `update` to a tenant's records atomically (tenant record, key state, wrapped
     /// KEKs, epoch mark). Returns the change applied, if any. `NoTenant` if it does not exist.
     fn update_tenant_keys(
-        &self,
-        tenant: &TenantId,
-        update: &KeyUpdate<'_>,
+        &self, tenant: &TenantId, update: &KeyUpdate<'_>,
     ) -> StoreResult<Option<KeyChange>>;
 
     fn subject(&self, tenant: &TenantId, subject: &SubjectId)
         -> StoreResult<Option<SubjectRecord>>;
     /// Subjects of a tenant in id order, starting after `after`.
     fn subjects(
-        &self,
-        tenant: &TenantId,
-        after: Option<&SubjectId>,
-        limit: usize,
+        &self, tenant: &TenantId, after: Option<&SubjectId>, limit: usize,
     ) -> StoreResult<Vec<SubjectId>>;
 
     /// Subject records of a tenant in id order, starting after `after` (re-wrap, key status).
     fn subject_records(
-        &self,
-        tenant: &TenantId,
-        after: Option<&SubjectId>,
-        limit: usize,
+        &self, tenant: &TenantId, after: Option<&SubjectId>, limit: usize,
     ) -> StoreResult<Vec<(SubjectId, SubjectRecord)>>;
     /// Applies `update` to each named subject that exists, in one transaction that also
     /// reads the tenant's current KEK version. Returns, per subject, whether it changed.
     fn update_subjects(
-        &self,
-        tenant: &TenantId,
-        subjects: &[SubjectId],
-        update: &SubjectUpdate<'_>,
+        &self, tenant: &TenantId, subjects: &[SubjectId], update: &SubjectUpdate<'_>,
     ) -> StoreResult<Vec<bool>>;
 
     /// Writes all fields of `write` or none, creating the subject if needed; bumps versions.
     /// Creating the subject requires its DEK to be wrapped under the tenant's current KEK
     /// version (else `Conflict`: the caller wraps again).
     fn put_fields(
-        &self,
-        tenant: &TenantId,
-        subject: &SubjectId,
-        write: &SubjectWrite,
+        &self, tenant: &TenantId, subject: &SubjectId, write: &SubjectWrite,
     ) -> StoreResult<Vec<Written>>;
     /// Every field of a subject, in name order.
     fn fields(&self, tenant: &TenantId, subject: &SubjectId) -> StoreResult<Vec<FieldRecord>>;
@@ -220,25 +202,15 @@ pub trait Store: Send + Sync + 'static {
     /// field named `after` (from the first when `None`): scans a subject of any size in
     /// bounded memory. An empty page means there are no more.
     fn fields_page(
-        &self,
-        tenant: &TenantId,
-        subject: &SubjectId,
-        after: Option<&FieldName>,
-        limit: usize,
+        &self, tenant: &TenantId, subject: &SubjectId, after: Option<&FieldName>, limit: usize,
     ) -> StoreResult<Vec<FieldRecord>>;
     /// One field of a subject.
     fn field(
-        &self,
-        tenant: &TenantId,
-        subject: &SubjectId,
-        name: &FieldName,
+        &self, tenant: &TenantId, subject: &SubjectId, name: &FieldName,
     ) -> StoreResult<Option<FieldRecord>>;
     /// Deletes the named fields atomically; returns how many existed.
     fn delete_fields(
-        &self,
-        tenant: &TenantId,
-        subject: &SubjectId,
-        names: &[FieldName],
+        &self, tenant: &TenantId, subject: &SubjectId, names: &[FieldName],
     ) -> StoreResult<u32>;
 
     /// A subject's state record (default when never set), read together with its subject
@@ -251,37 +223,23 @@ pub trait Store: Send + Sync + 'static {
     /// Returns the record stored afterwards. `Erased` if the subject has a tombstone,
     /// `Integrity` as for `subject_state`.
     fn update_subject_state(
-        &self,
-        tenant: &TenantId,
-        subject: &SubjectId,
-        update: &StateUpdate<'_>,
+        &self, tenant: &TenantId, subject: &SubjectId, update: &StateUpdate<'_>,
     ) -> StoreResult<StateRecord>;
 
     /// Fields of a tenant whose expiry is at or before `now`: (subject, field, expiry).
     fn expired(
-        &self,
-        tenant: &TenantId,
-        now: Timestamp,
-        limit: usize,
+        &self, tenant: &TenantId, now: Timestamp, limit: usize,
     ) -> StoreResult<Vec<(SubjectId, FieldName, Timestamp)>>;
     /// Deletes a field if it still expires at `expires_at` (not rewritten since); true if deleted.
     fn delete_expired(
-        &self,
-        tenant: &TenantId,
-        subject: &SubjectId,
-        name: &FieldName,
-        expires_at: Timestamp,
+        &self, tenant: &TenantId, subject: &SubjectId, name: &FieldName, expires_at: Timestamp,
     ) -> StoreResult<bool>;
 
     /// Blind-index entry keys of a tenant that start with `prefix`.
     fn index_scan(&self, tenant: &TenantId, prefix: &[u8]) -> StoreResult<Vec<Vec<u8>>>;
     /// Replaces the blind-index entry of one field (after an index key rotation).
     fn reindex_field(
-        &self,
-        tenant: &TenantId,
-        subject: &SubjectId,
-        name: &FieldName,
-        entry: &[u8],
+        &self, tenant: &TenantId, subject: &SubjectId, name: &FieldName, entry: &[u8],
     ) -> StoreResult<()>;
 
     /// Erases a subject atomically: deletes its record (and so its wrapped DEK) and state,
@@ -290,20 +248,14 @@ pub trait Store: Send + Sync + 'static {
     /// retention duty), the shadow's erasure is scheduled for `tombstone.retained_until` in
     /// the same transaction. Idempotent.
     fn erase_subject(
-        &self,
-        tenant: &TenantId,
-        subject: &SubjectId,
-        tombstone: &Tombstone,
+        &self, tenant: &TenantId, subject: &SubjectId, tombstone: &Tombstone,
         seal: &TombstoneSeal<'_>,
     ) -> StoreResult<Erasure>;
     fn tombstone(&self, tenant: &TenantId, subject: &SubjectId) -> StoreResult<Option<Tombstone>>;
     /// Deletes up to `limit` field records of an erased subject; returns how many. When none
     /// are left, marks the tombstone purged.
     fn purge_fields(
-        &self,
-        tenant: &TenantId,
-        subject: &SubjectId,
-        limit: usize,
+        &self, tenant: &TenantId, subject: &SubjectId, limit: usize,
     ) -> StoreResult<usize>;
     /// Erased subjects whose field ciphertexts are not purged yet (resumed after a restart).
     fn unpurged(&self) -> StoreResult<Vec<(TenantId, SubjectId)>>;
@@ -312,10 +264,7 @@ pub trait Store: Send + Sync + 'static {
         -> StoreResult<Vec<(TenantId, SubjectId, Timestamp)>>;
     /// Removes a legal hold entry (after its shadow subject was erased).
     fn clear_legal_hold(
-        &self,
-        tenant: &TenantId,
-        shadow: &SubjectId,
-        until: Timestamp,
+        &self, tenant: &TenantId, shadow: &SubjectId, until: Timestamp,
     ) -> StoreResult<()>;
 
     /// Tenants with erasures since their last key epoch, with an erasure counter.
@@ -370,9 +319,7 @@ pub trait Store: Send + Sync + 'static {
     /// Writes a backup of the whole store (format and consistency: `backup`), handing the
     /// file's bytes to `emit` in order; stops when `emit` returns false. Blocking.
     fn backup(
-        &self,
-        _created_unix: u64,
-        _emit: &mut dyn FnMut(Vec<u8>) -> bool,
+        &self, _created_unix: u64, _emit: &mut dyn FnMut(Vec<u8>) -> bool,
     ) -> StoreResult<backup::Manifest> {
         Err(StoreError::Backend("this store cannot make backups".into()))
     }

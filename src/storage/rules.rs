@@ -189,9 +189,7 @@ pub(crate) fn put(mut reads: PutReads, write: &SubjectWrite) -> StoreResult<PutP
 /// `Store::delete_fields`: deletes the named fields that exist (`stored`, in the order of
 /// `names`) and their blind-index entries. Returns the changes and how many existed.
 pub(crate) fn delete_fields(
-    record: Option<SubjectRecord>,
-    names: &[FieldName],
-    stored: Vec<Option<FieldRecord>>,
+    record: Option<SubjectRecord>, names: &[FieldName], stored: Vec<Option<FieldRecord>>,
 ) -> (Changes, u32) {
     let mut changes = Changes::default();
     let mut record = record;
@@ -216,9 +214,7 @@ pub(crate) fn delete_fields(
 /// `Store::delete_expired`: the expiry entry goes in any case; the field goes with its
 /// blind-index entry if it still expires at `expires_at`. True if the field is deleted.
 pub(crate) fn delete_expired(
-    name: &FieldName,
-    expires_at: Timestamp,
-    field: Option<FieldRecord>,
+    name: &FieldName, expires_at: Timestamp, field: Option<FieldRecord>,
     record: Option<SubjectRecord>,
 ) -> (Changes, bool) {
     let mut changes = Changes::default();
@@ -239,9 +235,7 @@ pub(crate) fn delete_expired(
 /// `Store::reindex_field`: replaces a field's blind-index entry with `entry`. A subject or
 /// field erased or deleted meanwhile has nothing to re-index.
 pub(crate) fn reindex(
-    record: Option<SubjectRecord>,
-    field: Option<FieldRecord>,
-    entry: &[u8],
+    record: Option<SubjectRecord>, field: Option<FieldRecord>, entry: &[u8],
 ) -> Changes {
     let mut changes = Changes::default();
     let (Some(mut rec), Some(mut field)) = (record, field) else {
@@ -260,8 +254,7 @@ pub(crate) fn reindex(
 /// (`records::sealed`): an older copy, or a deleted record (sequence number 0). A subject
 /// without a record (never written, or erased) anchors nothing.
 pub(crate) fn check_state_anchor(
-    subject: Option<&SubjectRecord>,
-    stored: &StateRecord,
+    subject: Option<&SubjectRecord>, stored: &StateRecord,
 ) -> StoreResult<()> {
     match subject {
         Some(rec) if rec.state_seq != stored.seq() => Err(StoreError::Integrity(
@@ -283,10 +276,7 @@ pub(crate) struct StateWrite {
 /// record and its stored state record: what to write (`None`: nothing changes) and the
 /// state record stored afterwards. A sealed record must move the sequence number forward.
 pub(crate) fn update_state(
-    erased: bool,
-    subject: Option<SubjectRecord>,
-    stored: StateRecord,
-    update: &StateUpdate<'_>,
+    erased: bool, subject: Option<SubjectRecord>, stored: StateRecord, update: &StateUpdate<'_>,
 ) -> StoreResult<(Option<StateWrite>, StateRecord)> {
     if erased {
         return Err(StoreError::Erased);
@@ -329,11 +319,8 @@ pub(crate) struct Erase {
 /// shadow's record: the answer, and what to change when there is an erasure to make
 /// (none when the subject was erased before or never existed: erasure is idempotent).
 pub(crate) fn erase(
-    earlier: Option<Tombstone>,
-    record: Option<SubjectRecord>,
-    shadow: Option<&SubjectRecord>,
-    tombstone: &Tombstone,
-    seal: &TombstoneSeal<'_>,
+    earlier: Option<Tombstone>, record: Option<SubjectRecord>, shadow: Option<&SubjectRecord>,
+    tombstone: &Tombstone, seal: &TombstoneSeal<'_>,
 ) -> (Erasure, Option<Erase>) {
     if let Some(earlier) = earlier {
         return (Erasure::AlreadyErased(earlier), None);

@@ -51,10 +51,7 @@ pub fn request<T>(message: T, id: &str) -> tonic::Request<T> {
 
 /// Writes `fields` (name, value) of `subject` as text in one atomic PutFields.
 pub async fn put(
-    c: &mut Clients,
-    id: &str,
-    subject: &str,
-    fields: &[(String, String)],
+    c: &mut Clients, id: &str, subject: &str, fields: &[(String, String)],
 ) -> Result<(), Status> {
     let msg = pb::PutFieldsRequest {
         tenant_id: TENANT.into(),
@@ -69,10 +66,7 @@ pub async fn put(
 
 /// Reads `names` of `subject` (every field when empty): (name, text value) in name order.
 pub async fn get(
-    c: &mut Clients,
-    id: &str,
-    subject: &str,
-    names: &[String],
+    c: &mut Clients, id: &str, subject: &str, names: &[String],
 ) -> Result<Vec<(String, String)>, Status> {
     let msg = pb::GetFieldsRequest {
         tenant_id: TENANT.into(),
@@ -152,9 +146,7 @@ pub async fn key_status(c: &mut Clients, id: &str) -> Result<(u32, bool), Status
 
 /// `get_fields` events after `after_seq`.
 pub async fn read_events(
-    c: &mut Clients,
-    id: &str,
-    after_seq: u64,
+    c: &mut Clients, id: &str, after_seq: u64,
 ) -> Result<Vec<pb::AuditEvent>, Status> {
     let msg = pb::QueryAuditLogRequest {
         tenant_id: TENANT.into(),

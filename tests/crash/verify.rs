@@ -21,11 +21,7 @@ const ERASED_SAMPLE: usize = 16;
 /// the rest, or all when `full`), settling the model. The reads it received are returned
 /// for the audit check.
 pub async fn settle_all(
-    c: &mut Clients,
-    subjects: &mut [Subject],
-    rng: &mut Rng,
-    full: bool,
-    id_prefix: &str,
+    c: &mut Clients, subjects: &mut [Subject], rng: &mut Rng, full: bool, id_prefix: &str,
 ) -> (Settled, Vec<ReadSeen>) {
     let mut out = Settled::default();
     let mut seen = Vec::new();

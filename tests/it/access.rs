@@ -96,9 +96,7 @@ fn typed(name: &str, category: pb::Category, kind: pb::value::Kind) -> pb::Field
 }
 
 async fn access(
-    c: &Channel,
-    tenant: &str,
-    subject: &str,
+    c: &Channel, tenant: &str, subject: &str,
 ) -> Result<pb::AccessReport, tonic::Status> {
     rights(c)
         .access_subject(pb::AccessSubjectRequest {
@@ -111,10 +109,7 @@ async fn access(
 
 /// The export document's chunks, in order.
 async fn export_chunks(
-    c: &Channel,
-    tenant: &str,
-    subject: &str,
-    purpose: &str,
+    c: &Channel, tenant: &str, subject: &str, purpose: &str,
 ) -> Result<Vec<Vec<u8>>, tonic::Status> {
     let mut stream = rights(c)
         .export_subject(pb::ExportSubjectRequest {
@@ -132,10 +127,7 @@ async fn export_chunks(
 }
 
 async fn export_json(
-    c: &Channel,
-    tenant: &str,
-    subject: &str,
-    purpose: &str,
+    c: &Channel, tenant: &str, subject: &str, purpose: &str,
 ) -> Result<Json, tonic::Status> {
     let doc: Vec<u8> = export_chunks(c, tenant, subject, purpose).await?.concat();
     Ok(serde_json::from_slice(&doc).expect("the export is one JSON document"))

@@ -103,10 +103,7 @@ fn email_field(email: &str) -> pb::FieldInput {
 }
 
 async fn get_as(
-    c: &Channel,
-    subject: &str,
-    names: &[&str],
-    purpose: &str,
+    c: &Channel, subject: &str, names: &[&str], purpose: &str,
 ) -> Result<Vec<pb::Field>, tonic::Status> {
     records(c)
         .get_fields(pb::GetFieldsRequest {

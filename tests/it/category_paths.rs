@@ -83,10 +83,7 @@ fn records(c: &Channel) -> pb::record_service_client::RecordServiceClient<Channe
 }
 
 fn typed(
-    name: &str,
-    category: pb::Category,
-    kind: pb::value::Kind,
-    indexed: bool,
+    name: &str, category: pb::Category, kind: pb::value::Kind, indexed: bool,
 ) -> pb::FieldInput {
     pb::FieldInput {
         indexed,
@@ -108,10 +105,7 @@ fn email(category: pb::Category, address: &str) -> pb::FieldInput {
 }
 
 async fn find(
-    c: &Channel,
-    field: &str,
-    kind: pb::value::Kind,
-    purpose: &str,
+    c: &Channel, field: &str, kind: pb::value::Kind, purpose: &str,
 ) -> Result<Vec<String>, tonic::Status> {
     records(c)
         .find_subjects(pb::FindSubjectsRequest {

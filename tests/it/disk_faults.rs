@@ -154,11 +154,8 @@ struct Row {
 /// Turns `flag` on, runs `ops` (each must answer UNAVAILABLE, with no value of the model in
 /// its message), turns it off, and checks that the vault serves again and lost nothing.
 async fn under_fault(
-    channel: &Channel,
-    model: &mut Model,
-    rows: &mut Vec<Row>,
-    (fault, flag): (&'static str, &AtomicBool),
-    ops: &[Op],
+    channel: &Channel, model: &mut Model, rows: &mut Vec<Row>,
+    (fault, flag): (&'static str, &AtomicBool), ops: &[Op],
 ) -> usize {
     Faults::set(flag, true);
     for op in ops {

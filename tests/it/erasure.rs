@@ -10,9 +10,7 @@ use tonic::Code;
 use crate::util::{audit_events, by_operation, create_tenant, get, put, text, TestVault};
 
 pub async fn erase(
-    channel: Channel,
-    tenant: &str,
-    subject: &str,
+    channel: Channel, tenant: &str, subject: &str,
 ) -> Result<pb::ErasureReceipt, tonic::Status> {
     pb::subject_rights_service_client::SubjectRightsServiceClient::new(channel)
         .erase_subject(pb::EraseSubjectRequest {

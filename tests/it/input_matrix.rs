@@ -205,9 +205,7 @@ struct Row {
 /// fields must be fully old or fully new, a new state must have its audit event, and the
 /// vault must keep serving.
 async fn deadline_mid_write(
-    vault: &TestVault,
-    faults: &Arc<Faults>,
-    client: &mut RecordServiceClient<Channel>,
+    vault: &TestVault, faults: &Arc<Faults>, client: &mut RecordServiceClient<Channel>,
     behind_another_batch: bool,
 ) -> Row {
     let tag = if behind_another_batch { "b" } else { "a" };

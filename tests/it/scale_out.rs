@@ -31,9 +31,7 @@ enum RootFile {
 /// the policy (as nodes of one deployment do), the root key file as `root` says, and
 /// nothing else; `settings` edits both nodes' configs.
 async fn two_nodes_with(
-    test: &str,
-    root: RootFile,
-    settings: impl Fn(&mut pii_vault::config::RawConfig),
+    test: &str, root: RootFile, settings: impl Fn(&mut pii_vault::config::RawConfig),
 ) -> Option<(TestVault, TestVault, String)> {
     let server = postgres::server_or_skip(test)?;
     let url = server.fresh_database();

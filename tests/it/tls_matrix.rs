@@ -97,9 +97,7 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
 
 /// A rustls client that trusts the vault's CA and speaks only `versions`.
 fn client_config(
-    vault: &TestVault,
-    versions: &[&'static SupportedProtocolVersion],
-    cert: Option<&IssuedCert>,
+    vault: &TestVault, versions: &[&'static SupportedProtocolVersion], cert: Option<&IssuedCert>,
 ) -> ClientConfig {
     let ca = std::fs::read(vault.certs().ca).expect("vault CA");
     let mut roots = RootCertStore::empty();
@@ -129,9 +127,7 @@ fn client_config(
 /// Opens a channel to the vault through `client`, recording in `peers` the local address
 /// of every TCP connection made for it (the address the server logs).
 async fn open(
-    vault: &TestVault,
-    client: &Client,
-    peers: Arc<Mutex<Vec<SocketAddr>>>,
+    vault: &TestVault, client: &Client, peers: Arc<Mutex<Vec<SocketAddr>>>,
 ) -> Result<Channel, tonic::transport::Error> {
     let tls = match client {
         Client::Tls { versions, cert } => Some(TlsConnector::from(Arc::new(client_config(
@@ -190,9 +186,7 @@ enum Attempt {
 }
 
 async fn attempt(
-    vault: &TestVault,
-    client: &Client,
-    peers: Arc<Mutex<Vec<SocketAddr>>>,
+    vault: &TestVault, client: &Client, peers: Arc<Mutex<Vec<SocketAddr>>>,
 ) -> Attempt {
     match open(vault, client, peers).await {
         Err(e) => Attempt::RefusedAtHandshake(innermost(&e)),

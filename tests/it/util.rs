@@ -205,9 +205,7 @@ pub fn text(name: &str, category: pb::Category, value: &str) -> pb::FieldInput {
 }
 
 pub async fn put(
-    client: &mut RecordServiceClient<Channel>,
-    tenant: &str,
-    subject: &str,
+    client: &mut RecordServiceClient<Channel>, tenant: &str, subject: &str,
     fields: Vec<pb::FieldInput>,
 ) -> Result<pb::PutFieldsResponse, tonic::Status> {
     client
@@ -221,10 +219,7 @@ pub async fn put(
 }
 
 pub async fn get(
-    client: &mut RecordServiceClient<Channel>,
-    tenant: &str,
-    subject: &str,
-    names: &[&str],
+    client: &mut RecordServiceClient<Channel>, tenant: &str, subject: &str, names: &[&str],
 ) -> Result<Vec<pb::Field>, tonic::Status> {
     client
         .get_fields(pb::GetFieldsRequest {
@@ -287,10 +282,7 @@ pub fn client_for(vault: &TestVault, name: &str, spiffe_id: &str) -> ClientCerts
 /// A client certificate with common name `common_name` and URI SANs `uris` (none for a
 /// CN-only certificate), saved as `<name>.pem` / `<name>.key`.
 pub fn client_with(
-    vault: &TestVault,
-    name: &str,
-    common_name: &str,
-    uris: Vec<String>,
+    vault: &TestVault, name: &str, common_name: &str, uris: Vec<String>,
 ) -> ClientCerts {
     use pii_vault::certs::{Authority, LeafSpec, Usage};
     let tls = vault.dir.path().join("tls");

@@ -126,10 +126,7 @@ impl Denials {
     /// and the summaries of windows it closed (this identity's ended one; every open window
     /// if the table is full).
     pub fn note(
-        &self,
-        caller: &str,
-        operation: Operation,
-        now: Timestamp,
+        &self, caller: &str, operation: Operation, now: Timestamp,
     ) -> (Noted, Vec<Summary>) {
         let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
         let mut closed = Vec::new();

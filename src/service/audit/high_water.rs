@@ -75,9 +75,7 @@ pub struct HighWater {
 impl HighWater {
     /// Checks `store` against the mark in `path` (if there is one) and returns the keeper.
     pub fn check(
-        path: PathBuf,
-        store: &dyn Store,
-        key: &Key<Audit>,
+        path: PathBuf, store: &dyn Store, key: &Key<Audit>,
     ) -> Result<Self, HighWaterError> {
         let shown = path.display().to_string();
         let mut persisted = 0;

@@ -120,9 +120,7 @@ impl AuditLog {
     /// Starts the writer task, continuing the chain found in the writer's store; a request
     /// waits at most `timeout` for its event.
     pub(in crate::service) fn start(
-        writer: Writer,
-        sink: Option<JsonlSink>,
-        timeout: Duration,
+        writer: Writer, sink: Option<JsonlSink>, timeout: Duration,
     ) -> Result<Self, StoreError> {
         let state = chain_state(writer.store.as_ref())?;
         let (queue, rx) = mpsc::channel(4 * MAX_BATCH);
@@ -175,10 +173,7 @@ impl AuditLog {
     /// (the last event examined, matching or not), and whether the log's end was reached.
     /// Blocking: call it off the async workers.
     pub fn query(
-        &self,
-        filter: &AuditFilter,
-        after: u64,
-        limit: usize,
+        &self, filter: &AuditFilter, after: u64, limit: usize,
     ) -> Result<AuditPage, StoreError> {
         let mut page = AuditPage {
             events: Vec::new(),
@@ -314,9 +309,7 @@ pub(in crate::service) struct Writer {
 }
 
 async fn write_loop(
-    writer: Writer,
-    mut sink: Option<JsonlSink>,
-    mut state: ChainState,
+    writer: Writer, mut sink: Option<JsonlSink>, mut state: ChainState,
     mut rx: mpsc::Receiver<Append>,
 ) {
     let Writer {
@@ -393,10 +386,7 @@ async fn write_loop(
 /// writers of a shared store that appended first. Returns the chained events and whether
 /// they were stored; `state` moves past them only if they were.
 async fn store_batch(
-    background: &Background,
-    store: &Arc<dyn Store>,
-    key: &Key<Audit>,
-    state: &mut ChainState,
+    background: &Background, store: &Arc<dyn Store>, key: &Key<Audit>, state: &mut ChainState,
     batch: &[Append],
 ) -> (Vec<AuditEvent>, Result<(), StoreError>) {
     let mut attempts = 0;

@@ -59,11 +59,7 @@ impl Vault {
     /// Events matching `filter` after sequence number `after`. The query's own event is
     /// durable before any event is returned.
     pub async fn query_audit(
-        &self,
-        call: &Call,
-        filter: &AuditFilter,
-        after: u64,
-        limit: usize,
+        &self, call: &Call, filter: &AuditFilter, after: u64, limit: usize,
     ) -> Result<AuditPage, ServiceError> {
         let case = self
             .use_case(call, Operation::QueryAudit)
@@ -90,10 +86,7 @@ impl Vault {
     /// scan runs on the blocking pool, a bounded number of events per call (`AuditPage`
     /// says where to resume and whether the end was reached).
     pub async fn query_audit_more(
-        &self,
-        filter: &AuditFilter,
-        after: u64,
-        limit: usize,
+        &self, filter: &AuditFilter, after: u64, limit: usize,
     ) -> Result<AuditPage, ServiceError> {
         let (log, filter) = (self.audit.clone(), filter.clone());
         let limit = limit.clamp(1, MAX_QUERY_PAGE);
@@ -104,8 +97,7 @@ impl Vault {
 
     /// Runs `work` on the audit log off the async workers (a whole-log walk).
     async fn on_log<T: Send + 'static>(
-        &self,
-        what: &'static str,
+        &self, what: &'static str,
         work: impl FnOnce(&AuditLog) -> Result<T, crate::storage::StoreError> + Send + 'static,
     ) -> Result<T, ServiceError> {
         let log = self.audit.clone();
@@ -135,9 +127,7 @@ impl Vault {
     /// retention (section 5 of the privacy policy), so a shorter age is refused, before the
     /// policy is asked. Needs `key_admin` for all tenants (it prunes every tenant's events).
     pub async fn prune_audit(
-        &self,
-        call: &Call,
-        older_than_days: u32,
+        &self, call: &Call, older_than_days: u32,
     ) -> Result<PruneReport, ServiceError> {
         let case = self.use_case(call, Operation::PruneAudit);
         let minimum_days = self.audit_retention.as_secs().div_ceil(86_400);

@@ -163,8 +163,7 @@ impl Vault {
     /// Runs the tenant's re-wrap job until its old versions are destroyed. `None` if there
     /// is no job (or the tenant was shredded).
     async fn rewrap_to_completion(
-        &self,
-        tenant: &TenantId,
+        &self, tenant: &TenantId,
     ) -> Result<Option<RewrapDone>, ServiceError> {
         let settings = self.key_jobs.settings;
         let mut rewrapped_here = 0u64;
@@ -313,11 +312,7 @@ impl Vault {
 /// One batch; if the target KEK version reached its usage limit, rotates the tenant key
 /// (the job follows the new version) and returns `None`.
 fn rewrap_or_rotate(
-    keys: &Keyring,
-    tenant: &TenantId,
-    target: u32,
-    after: Option<&SubjectId>,
-    limit: usize,
+    keys: &Keyring, tenant: &TenantId, target: u32, after: Option<&SubjectId>, limit: usize,
 ) -> Result<Option<RewrapBatch>, KeyringError> {
     match keys.rewrap_batch(tenant, target, after, limit) {
         Ok(batch) => Ok(Some(batch)),

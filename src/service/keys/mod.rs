@@ -112,8 +112,7 @@ pub struct ShredReport {
 /// and flushes the store.
 impl Vault {
     async fn key_op<T: Send + 'static>(
-        &self,
-        op: impl FnOnce(&Keyring) -> Result<T, KeyringError> + Send + 'static,
+        &self, op: impl FnOnce(&Keyring) -> Result<T, KeyringError> + Send + 'static,
     ) -> Result<T, ServiceError> {
         let keys = self.keys.clone();
         self.background
@@ -136,9 +135,7 @@ impl Vault {
     /// existing DEKs are re-wrapped in the background; the old version is destroyed when no
     /// DEK uses it any more. Refused while a re-wrap of the tenant is still running.
     pub async fn rotate_tenant_key(
-        &self,
-        call: &Call,
-        tenant: &TenantId,
+        &self, call: &Call, tenant: &TenantId,
     ) -> Result<TenantRotation, ServiceError> {
         let result = self
             .use_case(call, Operation::RotateTenantKey)
@@ -159,8 +156,7 @@ impl Vault {
     }
 
     async fn start_tenant_rotation(
-        &self,
-        tenant: &TenantId,
+        &self, tenant: &TenantId,
     ) -> Result<TenantRotation, ServiceError> {
         self.tenant_record(tenant)?;
         let (_, state) = self.keys.tenant_keys(tenant)?;
@@ -235,9 +231,7 @@ impl Vault {
     /// Destroys every KEK version of a tenant: all its subjects become unreadable at once,
     /// and every later request for the tenant answers NOT_FOUND ("shredded"). Irreversible.
     pub async fn shred_tenant(
-        &self,
-        call: &Call,
-        tenant: &TenantId,
+        &self, call: &Call, tenant: &TenantId,
     ) -> Result<ShredReport, ServiceError> {
         self.use_case(call, Operation::ShredTenant)
             .tenant(tenant)

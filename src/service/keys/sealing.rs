@@ -19,10 +19,7 @@ impl Vault {
     /// DEK reached its limit and was replaced, the record was stale, its KEK version was
     /// retired by a re-wrap): the caller's retry loop (`retry::WRITE`) starts over.
     pub(in crate::service) async fn sealing_key(
-        &self,
-        tenant: &TenantId,
-        subject: &SubjectId,
-        seals: usize,
+        &self, tenant: &TenantId, subject: &SubjectId, seals: usize,
     ) -> Result<Attempt<(SubjectRecord, Arc<Key<Dek>>)>, ServiceError> {
         let tenant_rec = self.tenant_record(tenant)?;
         let Some(record) = self.store.subject(tenant, subject)? else {
@@ -61,10 +58,7 @@ impl Vault {
     /// KEK version the record names in the meantime, the record is read again (the DEKs
     /// themselves are the same, only their wraps changed).
     pub(in crate::service) fn subject_deks(
-        &self,
-        tenant: &TenantId,
-        subject: &SubjectId,
-        record: &SubjectRecord,
+        &self, tenant: &TenantId, subject: &SubjectId, record: &SubjectRecord,
     ) -> Result<SubjectDeks, ServiceError> {
         match self.keys.subject_deks(tenant, subject, record) {
             Err(KeyringError::Retired) => {

@@ -83,10 +83,7 @@ impl Vault {
     /// `count_deks`, every subject record of those tenants is read to count how many DEKs
     /// each KEK version still wraps (O(subjects)); without, the counts are left out.
     pub async fn key_status(
-        &self,
-        call: &Call,
-        tenant: Option<&TenantId>,
-        count_deks: bool,
+        &self, call: &Call, tenant: Option<&TenantId>, count_deks: bool,
     ) -> Result<KeyStatus, ServiceError> {
         self.use_case(call, Operation::KeyStatus)
             .tenant(tenant.map(ToString::to_string).unwrap_or_default())
@@ -99,9 +96,7 @@ impl Vault {
     }
 
     async fn gather_status(
-        &self,
-        only: Option<&TenantId>,
-        count_deks: bool,
+        &self, only: Option<&TenantId>, count_deks: bool,
     ) -> Result<KeyStatus, ServiceError> {
         let tenant_ids: Vec<TenantId> = match only {
             Some(t) => {
@@ -177,10 +172,7 @@ impl Vault {
     /// One tenant's keys; counts the root versions its KEK versions are wrapped under into
     /// `root_wraps`.
     async fn tenant_status(
-        &self,
-        id: TenantId,
-        count_deks: bool,
-        epoch_pending: bool,
+        &self, id: TenantId, count_deks: bool, epoch_pending: bool,
         root_wraps: &mut BTreeMap<u32, u64>,
     ) -> Result<TenantKeyStatus, ServiceError> {
         let (record, state) = self.keys.tenant_keys(&id)?;

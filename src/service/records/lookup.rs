@@ -36,10 +36,7 @@ fn prefix(key: &Key<Index>, field: &FieldName, text: &str) -> Writer {
 
 /// The entry key of `subject`'s value `text` in field `field`.
 pub(super) fn entry(
-    key: &Key<Index>,
-    field: &FieldName,
-    text: &str,
-    subject: &SubjectId,
+    key: &Key<Index>, field: &FieldName, text: &str, subject: &SubjectId,
 ) -> Vec<u8> {
     prefix(key, field, text).str(subject.as_str()).finish()
 }
@@ -57,11 +54,7 @@ fn subject_of(entry: &[u8]) -> Option<SubjectId> {
 impl Vault {
     /// Subjects whose indexed field `field` holds `value` (normalised first).
     pub async fn find_subjects(
-        &self,
-        call: &Call,
-        tenant: &TenantId,
-        field: &FieldName,
-        value: &FieldValue,
+        &self, call: &Call, tenant: &TenantId, field: &FieldName, value: &FieldValue,
         purpose: &Purpose,
     ) -> Result<Vec<SubjectId>, ServiceError> {
         let check = Check::Candidates {
@@ -90,13 +83,8 @@ impl Vault {
     /// the purpose. The others are left out silently: a refusal that depends on whether a
     /// value matched would itself confirm the guess.
     fn servable(
-        &self,
-        call: &Call,
-        grant: &Grant<act::Find>,
-        tenant: &TenantId,
-        field: &FieldName,
-        purpose: &Purpose,
-        found: Vec<SubjectId>,
+        &self, call: &Call, grant: &Grant<act::Find>, tenant: &TenantId, field: &FieldName,
+        purpose: &Purpose, found: Vec<SubjectId>,
     ) -> Result<Vec<SubjectId>, ServiceError> {
         let card = FieldValue::CardNumber(String::new()).kind_code();
         let mut servable = Vec::with_capacity(found.len());
@@ -129,10 +117,7 @@ impl Vault {
     }
 
     fn lookup(
-        &self,
-        tenant: &TenantId,
-        field: &FieldName,
-        value: &FieldValue,
+        &self, tenant: &TenantId, field: &FieldName, value: &FieldValue,
     ) -> Result<Vec<SubjectId>, ServiceError> {
         self.tenant_record(tenant)?;
         if matches!(value, FieldValue::CardNumber(_)) {
@@ -158,9 +143,7 @@ impl Vault {
     /// Starts a new index key version, re-indexes every indexed field under it (decrypting
     /// each value once), then destroys the older versions. Returns the fields re-indexed.
     pub async fn rotate_index_key(
-        &self,
-        call: &Call,
-        tenant: &TenantId,
+        &self, call: &Call, tenant: &TenantId,
     ) -> Result<u64, ServiceError> {
         self.use_case(call, Operation::RotateIndexKey)
             .tenant(tenant)

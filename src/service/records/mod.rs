@@ -32,8 +32,7 @@ pub struct SubjectPage {
 
 impl Vault {
     fn check_names<'a>(
-        &self,
-        names: impl ExactSizeIterator<Item = &'a FieldName>,
+        &self, names: impl ExactSizeIterator<Item = &'a FieldName>,
     ) -> Result<(), ServiceError> {
         let max = self.limits.max_fields_per_request;
         if names.len() > max {
@@ -81,11 +80,7 @@ impl Vault {
     /// Upserts `fields` atomically, creating the subject (and its DEK) on first write.
     /// Returns once the write and its audit event are on disk.
     pub async fn put_fields(
-        &self,
-        call: &Call,
-        tenant: &TenantId,
-        subject: &SubjectId,
-        fields: &[NewField],
+        &self, call: &Call, tenant: &TenantId, subject: &SubjectId, fields: &[NewField],
     ) -> Result<Vec<FieldMeta>, ServiceError> {
         let written = self
             .use_case(call, Operation::PutFields)
@@ -108,11 +103,7 @@ impl Vault {
     /// Reads the named fields of a subject, or all of them when `names` is empty, for a
     /// declared purpose. The values are returned only after the read's audit event is durable.
     pub async fn get_fields(
-        &self,
-        call: &Call,
-        tenant: &TenantId,
-        subject: &SubjectId,
-        names: &[FieldName],
+        &self, call: &Call, tenant: &TenantId, subject: &SubjectId, names: &[FieldName],
         purpose: &Purpose,
     ) -> Result<Vec<Field>, ServiceError> {
         let check = Check::Subject {
@@ -138,11 +129,7 @@ impl Vault {
 
     /// Deletes the named fields; returns how many existed. Durable before it returns.
     pub async fn delete_fields(
-        &self,
-        call: &Call,
-        tenant: &TenantId,
-        subject: &SubjectId,
-        names: &[FieldName],
+        &self, call: &Call, tenant: &TenantId, subject: &SubjectId, names: &[FieldName],
     ) -> Result<u32, ServiceError> {
         self.use_case(call, Operation::DeleteFields)
             .tenant(tenant)
@@ -158,11 +145,7 @@ impl Vault {
 
     /// Subjects of a tenant, `limit` at a time, after `after`.
     pub async fn list_subjects(
-        &self,
-        call: &Call,
-        tenant: &TenantId,
-        after: Option<&SubjectId>,
-        limit: usize,
+        &self, call: &Call, tenant: &TenantId, after: Option<&SubjectId>, limit: usize,
     ) -> Result<SubjectPage, ServiceError> {
         self.use_case(call, Operation::ListSubjects)
             .tenant(tenant)

@@ -13,10 +13,7 @@ use super::write::field_aad;
 impl Vault {
     /// Opens a stored field's value.
     pub(in crate::service) fn open_value(
-        tenant: &TenantId,
-        subject: &SubjectId,
-        deks: &SubjectDeks,
-        rec: &FieldRecord,
+        tenant: &TenantId, subject: &SubjectId, deks: &SubjectDeks, rec: &FieldRecord,
     ) -> Result<FieldValue, ServiceError> {
         let aad = field_aad(tenant, subject, &rec.meta.name, rec.meta.category, rec.kind);
         let damaged = || ServiceError::Internal(format!("field {} does not open", rec.meta.name));
@@ -27,11 +24,8 @@ impl Vault {
     }
 
     fn open_field(
-        grant: &Grant<impl act::ReadsFields>,
-        tenant: &TenantId,
-        subject: &SubjectId,
-        deks: &SubjectDeks,
-        rec: FieldRecord,
+        grant: &Grant<impl act::ReadsFields>, tenant: &TenantId, subject: &SubjectId,
+        deks: &SubjectDeks, rec: FieldRecord,
     ) -> Result<Field, ServiceError> {
         let (render, _rule) = grant.category(rec.meta.category)?;
         let value = Self::open_value(tenant, subject, deks, &rec)?;
@@ -45,10 +39,7 @@ impl Vault {
     /// Named fields must all be of categories the grant covers; reading every field returns
     /// those the grant covers.
     pub(in crate::service) fn read_fields(
-        &self,
-        grant: &Grant<impl act::ReadsFields>,
-        tenant: &TenantId,
-        subject: &SubjectId,
+        &self, grant: &Grant<impl act::ReadsFields>, tenant: &TenantId, subject: &SubjectId,
         names: &[FieldName],
     ) -> Result<Vec<Field>, ServiceError> {
         self.check_names(names.iter())?;
@@ -109,10 +100,7 @@ impl Vault {
     }
 
     pub(super) fn remove_fields(
-        &self,
-        grant: &Grant<act::Delete>,
-        tenant: &TenantId,
-        subject: &SubjectId,
+        &self, grant: &Grant<act::Delete>, tenant: &TenantId, subject: &SubjectId,
         names: &[FieldName],
     ) -> Result<u32, ServiceError> {
         if names.is_empty() {

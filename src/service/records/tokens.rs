@@ -36,10 +36,7 @@ pub struct Tokenized {
 impl Vault {
     /// Stores a (Luhn-checked) card number and returns a random token for it.
     pub async fn tokenize(
-        &self,
-        call: &Call,
-        tenant: &TenantId,
-        card: &FieldValue,
+        &self, call: &Call, tenant: &TenantId, card: &FieldValue,
     ) -> Result<Tokenized, ServiceError> {
         self.use_case(call, Operation::Tokenize)
             .tenant(tenant)
@@ -52,11 +49,7 @@ impl Vault {
     }
 
     async fn store_token(
-        &self,
-        grant: &Grant<act::Tokenize>,
-        call: &Call,
-        tenant: &TenantId,
-        card: &FieldValue,
+        &self, grant: &Grant<act::Tokenize>, call: &Call, tenant: &TenantId, card: &FieldValue,
     ) -> Result<Tokenized, ServiceError> {
         let FieldValue::CardNumber(_) = card else {
             return Err(
@@ -92,11 +85,7 @@ impl Vault {
 
     /// The card number behind a token; needs a grant that reveals payment fields.
     pub async fn detokenize(
-        &self,
-        call: &Call,
-        tenant: &TenantId,
-        token: &FieldName,
-        purpose: &Purpose,
+        &self, call: &Call, tenant: &TenantId, token: &FieldName, purpose: &Purpose,
     ) -> Result<FieldValue, ServiceError> {
         let check = Check::Policy {
             action: act::Detokenize,
@@ -116,10 +105,7 @@ impl Vault {
     }
 
     fn card_of(
-        &self,
-        grant: &Grant<act::Detokenize>,
-        tenant: &TenantId,
-        token: &FieldName,
+        &self, grant: &Grant<act::Detokenize>, tenant: &TenantId, token: &FieldName,
     ) -> Result<FieldValue, ServiceError> {
         if grant.category(Category::Payment)?.0 != Render::Reveal {
             return Err(Refusal::NotGranted(

@@ -16,11 +16,7 @@ use super::lookup;
 /// field, or relabelling its category or kind, makes it fail to open. The DEK version is
 /// bound by the envelope itself.
 pub(super) fn field_aad(
-    tenant: &TenantId,
-    subject: &SubjectId,
-    name: &FieldName,
-    category: Category,
-    kind: u8,
+    tenant: &TenantId, subject: &SubjectId, name: &FieldName, category: Category, kind: u8,
 ) -> Aad {
     Aad::new("field")
         .with(tenant.as_str().as_bytes())
@@ -64,11 +60,7 @@ impl Vault {
     /// Writes `fields` to the subject, or, when they are payment transaction records, to its
     /// legal shadow (creating the subject itself first, so its erasure covers the shadow).
     pub(super) async fn write_to_subject(
-        &self,
-        grant: &Grant<act::Write>,
-        call: &Call,
-        tenant: &TenantId,
-        subject: &SubjectId,
+        &self, grant: &Grant<act::Write>, call: &Call, tenant: &TenantId, subject: &SubjectId,
         fields: &[NewField],
     ) -> Result<Vec<Written>, ServiceError> {
         let records = fields.iter().filter(|f| f.transaction_record).count();
@@ -96,10 +88,7 @@ impl Vault {
 
     /// Creates the subject (its record and key) if it does not exist; refuses erased ones.
     async fn ensure_subject(
-        &self,
-        call: &Call,
-        tenant: &TenantId,
-        subject: &SubjectId,
+        &self, call: &Call, tenant: &TenantId, subject: &SubjectId,
     ) -> Result<(), ServiceError> {
         let by = call.caller.to_string();
         retry::WRITE
@@ -114,12 +103,8 @@ impl Vault {
     /// Seals and stores `fields` (checked against the limits and `grant` first), retrying
     /// per `retry::WRITE`.
     pub(super) async fn write_fields(
-        &self,
-        grant: &Grant<impl act::WritesFields>,
-        by: &str,
-        tenant: &TenantId,
-        subject: &SubjectId,
-        fields: &[NewField],
+        &self, grant: &Grant<impl act::WritesFields>, by: &str, tenant: &TenantId,
+        subject: &SubjectId, fields: &[NewField],
     ) -> Result<Vec<Written>, ServiceError> {
         self.check_put(fields)?;
         for f in fields {
@@ -160,13 +145,8 @@ impl Vault {
     /// compare-and-write (which refuses to replace a stored field of a category outside
     /// `may_replace`). `Again` when the key changed or another write stored first.
     async fn store_attempt(
-        &self,
-        tenant: &TenantId,
-        subject: &SubjectId,
-        fields: &[NewField],
-        index_key: Option<&crate::crypto::Key<crate::crypto::Index>>,
-        by: &str,
-        may_replace: u32,
+        &self, tenant: &TenantId, subject: &SubjectId, fields: &[NewField],
+        index_key: Option<&crate::crypto::Key<crate::crypto::Index>>, by: &str, may_replace: u32,
     ) -> Result<Attempt<Vec<Written>>, ServiceError> {
         let Attempt::Done((record, dek)) = self.sealing_key(tenant, subject, fields.len()).await?
         else {

@@ -93,10 +93,7 @@ impl Vault {
     /// The report of everything held on a subject. The report is returned only after its
     /// own audit event (with the names of the fields whose values it shows) is durable.
     pub async fn access_subject(
-        self: &Arc<Self>,
-        call: &Call,
-        tenant: &TenantId,
-        subject: &SubjectId,
+        self: &Arc<Self>, call: &Call, tenant: &TenantId, subject: &SubjectId,
     ) -> Result<AccessReport, ServiceError> {
         self.use_case(call, Operation::AccessSubject)
             .tenant(tenant)
@@ -123,10 +120,7 @@ impl Vault {
     }
 
     fn access_report(
-        &self,
-        grant: &Grant<act::AccessReport>,
-        tenant: &TenantId,
-        subject: &SubjectId,
+        &self, grant: &Grant<act::AccessReport>, tenant: &TenantId, subject: &SubjectId,
     ) -> Result<AccessReport, ServiceError> {
         let (created, state) = self.report_subject(tenant, subject)?;
         let mut fields = Vec::new();
@@ -160,9 +154,7 @@ impl Vault {
     /// When the subject was created and its consents and restriction; NOT_FOUND (erased
     /// or never known) when there is no live subject.
     pub(super) fn report_subject(
-        &self,
-        tenant: &TenantId,
-        subject: &SubjectId,
+        &self, tenant: &TenantId, subject: &SubjectId,
     ) -> Result<(Timestamp, SubjectState), ServiceError> {
         self.tenant_record(tenant)?;
         let record = self.live_subject(tenant, subject)?;
@@ -174,10 +166,7 @@ impl Vault {
     /// `grant`; fewer than `FIELD_PAGE` means this is the last page. The subject is looked
     /// up again for every page, so an erasure during a long export ends it.
     pub(super) fn held_fields_page(
-        &self,
-        grant: &Grant<impl act::ListsHeld>,
-        tenant: &TenantId,
-        subject: &SubjectId,
+        &self, grant: &Grant<impl act::ListsHeld>, tenant: &TenantId, subject: &SubjectId,
         after: Option<&FieldName>,
     ) -> Result<Vec<HeldField>, ServiceError> {
         let record = self.live_subject(tenant, subject)?;
@@ -213,11 +202,7 @@ impl Vault {
     /// and up to `until`, at most about `RECIPIENT_PAGE`, and where to resume (`None` when
     /// the log up to `until` is exhausted).
     pub(super) fn recipients_page(
-        &self,
-        tenant: &TenantId,
-        subject: &SubjectId,
-        after: u64,
-        until: u64,
+        &self, tenant: &TenantId, subject: &SubjectId, after: u64, until: u64,
     ) -> Result<(Vec<Recipient>, Option<u64>), ServiceError> {
         let filter = AuditFilter {
             tenant: Some(tenant.to_string()),

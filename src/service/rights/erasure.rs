@@ -50,8 +50,7 @@ fn receipt_id() -> String {
 
 /// Starts the background purger; returns its queue.
 pub(in crate::service) fn start_purger(
-    store: Arc<dyn Store>,
-    background: &Background,
+    store: Arc<dyn Store>, background: &Background,
 ) -> mpsc::UnboundedSender<(TenantId, SubjectId)> {
     let (tx, mut rx) = mpsc::unbounded_channel::<(TenantId, SubjectId)>();
     // Erasures whose purge a restart interrupted are picked up again.
@@ -84,9 +83,7 @@ pub(in crate::service) fn start_purger(
 impl Vault {
     /// A subject's record, or why there is none (never existed, or erased).
     pub(in crate::service) fn live_subject(
-        &self,
-        tenant: &TenantId,
-        subject: &SubjectId,
+        &self, tenant: &TenantId, subject: &SubjectId,
     ) -> Result<SubjectRecord, ServiceError> {
         if let Some(rec) = self.store.subject(tenant, subject)? {
             return Ok(rec);
@@ -104,10 +101,7 @@ impl Vault {
 
     /// Erases a subject. Idempotent: erasing again returns the first receipt.
     pub async fn erase_subject(
-        &self,
-        call: &Call,
-        tenant: &TenantId,
-        subject: &SubjectId,
+        &self, call: &Call, tenant: &TenantId, subject: &SubjectId,
     ) -> Result<ErasureReceipt, ServiceError> {
         let receipt = self
             .use_case(call, Operation::EraseSubject)
@@ -138,10 +132,7 @@ impl Vault {
     }
 
     fn erase(
-        &self,
-        call: &Call,
-        tenant: &TenantId,
-        subject: &SubjectId,
+        &self, call: &Call, tenant: &TenantId, subject: &SubjectId,
     ) -> Result<ErasureReceipt, ServiceError> {
         self.tenant_record(tenant)?;
         let now = self.clock.now();

@@ -168,10 +168,7 @@ struct RestrictionJson {
 
 /// Writes `"name":` followed by `value`, after a comma unless it is the first member.
 fn member(
-    out: &mut Vec<u8>,
-    first: bool,
-    name: &str,
-    value: &impl Serialize,
+    out: &mut Vec<u8>, first: bool, name: &str, value: &impl Serialize,
 ) -> Result<(), ServiceError> {
     if !first {
         out.push(b',');
@@ -185,11 +182,7 @@ impl Vault {
     /// Starts a portable export for a declared purpose. The export's audit event is durable
     /// before this returns; the document is then taken chunk by chunk with `export_chunk`.
     pub async fn export_subject(
-        &self,
-        call: &Call,
-        tenant: &TenantId,
-        subject: &SubjectId,
-        purpose: &Purpose,
+        &self, call: &Call, tenant: &TenantId, subject: &SubjectId, purpose: &Purpose,
     ) -> Result<Export, ServiceError> {
         let check = Check::Subject {
             action: act::Export,
@@ -214,8 +207,7 @@ impl Vault {
     /// (`blocking`): it reads the store and opens a page of fields. An error, or a panic
     /// (as an internal error), ends the export: it is never ended as if it were complete.
     pub async fn export_chunk(
-        self: &Arc<Self>,
-        mut export: Export,
+        self: &Arc<Self>, mut export: Export,
     ) -> Result<Option<(Export, Vec<u8>)>, ServiceError> {
         let vault = self.clone();
         self.background
@@ -226,10 +218,7 @@ impl Vault {
     }
 
     fn start_export(
-        &self,
-        grant: Grant<act::Export>,
-        tenant: &TenantId,
-        subject: &SubjectId,
+        &self, grant: Grant<act::Export>, tenant: &TenantId, subject: &SubjectId,
     ) -> Result<Export, ServiceError> {
         let (created, state) = self.report_subject(tenant, subject)?;
         let until = self.store.audit_last()?.map_or(0, |(seq, _)| seq);

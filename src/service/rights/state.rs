@@ -24,11 +24,7 @@ pub enum StateChange {
 impl Vault {
     /// Applies `change` (or, with `None`, only reads the state).
     pub async fn subject_state(
-        &self,
-        call: &Call,
-        tenant: &TenantId,
-        subject: &SubjectId,
-        change: Option<StateChange>,
+        &self, call: &Call, tenant: &TenantId, subject: &SubjectId, change: Option<StateChange>,
     ) -> Result<SubjectState, ServiceError> {
         // Restriction changes need `restrict`; reading the state and consent need `consent`.
         let (op, restrict) = match &change {
@@ -57,10 +53,7 @@ impl Vault {
     }
 
     fn change_state(
-        &self,
-        tenant: &TenantId,
-        subject: &SubjectId,
-        change: Option<StateChange>,
+        &self, tenant: &TenantId, subject: &SubjectId, change: Option<StateChange>,
     ) -> Result<SubjectState, ServiceError> {
         self.tenant_record(tenant)?;
         self.live_subject(tenant, subject)?;
@@ -114,9 +107,7 @@ impl Vault {
     /// is the one last written for it: its sequence number is the anchored one (checked by
     /// the store) and its seal checks (here).
     pub(in crate::service) fn checked_state(
-        &self,
-        tenant: &TenantId,
-        subject: &SubjectId,
+        &self, tenant: &TenantId, subject: &SubjectId,
     ) -> Result<SubjectState, ServiceError> {
         let record = self.store.subject_state(tenant, subject)?;
         self.keys

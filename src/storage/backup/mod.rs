@@ -161,9 +161,7 @@ fn backend(e: sled::Error) -> StoreError {
 /// Writes a backup of every tree of `db`, handing the file's bytes to `emit` in order;
 /// stops when `emit` returns false.
 pub(super) fn write(
-    db: &sled::Db,
-    created_unix: u64,
-    emit: &mut dyn FnMut(Vec<u8>) -> bool,
+    db: &sled::Db, created_unix: u64, emit: &mut dyn FnMut(Vec<u8>) -> bool,
 ) -> Result<Manifest, StoreError> {
     let mut names = db
         .tree_names()

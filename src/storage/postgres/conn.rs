@@ -87,18 +87,14 @@ impl<C: GenericClient> Db<'_, C> {
 
 /// The row `sql` returns, if any (an error if it returns several).
 pub(super) fn one<C: GenericClient>(
-    c: &Db<'_, C>,
-    sql: &'static str,
-    params: &Params<'_>,
+    c: &Db<'_, C>, sql: &'static str, params: &Params<'_>,
 ) -> R<Option<Row>> {
     let s = c.statement(sql)?;
     block(c.on.query_opt(&s, params))
 }
 
 pub(super) fn rows<C: GenericClient>(
-    c: &Db<'_, C>,
-    sql: &'static str,
-    params: &Params<'_>,
+    c: &Db<'_, C>, sql: &'static str, params: &Params<'_>,
 ) -> R<Vec<Row>> {
     let s = c.statement(sql)?;
     block(c.on.query(&s, params))
@@ -106,9 +102,7 @@ pub(super) fn rows<C: GenericClient>(
 
 /// Runs `sql`; how many rows it changed.
 pub(super) fn exec<C: GenericClient>(
-    c: &Db<'_, C>,
-    sql: &'static str,
-    params: &Params<'_>,
+    c: &Db<'_, C>, sql: &'static str, params: &Params<'_>,
 ) -> R<u64> {
     let s = c.statement(sql)?;
     block(c.on.execute(&s, params))
@@ -121,9 +115,7 @@ const TENANT_EXISTS: &str = "SELECT 1 FROM pv_tenants WHERE id = $1";
 /// that are waited for together). `NoTenant` if it does not exist (the query then found
 /// nothing of it).
 fn of_tenant<C: GenericClient, T>(
-    c: &Db<'_, C>,
-    tenant: &TenantId,
-    query: impl Future<Output = Result<T, tokio_postgres::Error>>,
+    c: &Db<'_, C>, tenant: &TenantId, query: impl Future<Output = Result<T, tokio_postgres::Error>>,
 ) -> R<T> {
     let check = c.statement(TENANT_EXISTS)?;
     let id = tenant.as_str();
@@ -139,10 +131,7 @@ fn of_tenant<C: GenericClient, T>(
 
 /// `one(c, sql, params)` of a tenant that must exist (see `of_tenant`).
 pub(super) fn tenant_one<C: GenericClient>(
-    c: &Db<'_, C>,
-    tenant: &TenantId,
-    sql: &'static str,
-    params: &Params<'_>,
+    c: &Db<'_, C>, tenant: &TenantId, sql: &'static str, params: &Params<'_>,
 ) -> R<Option<Row>> {
     let s = c.statement(sql)?;
     of_tenant(c, tenant, c.on.query_opt(&s, params))
@@ -150,10 +139,7 @@ pub(super) fn tenant_one<C: GenericClient>(
 
 /// `rows(c, sql, params)` of a tenant that must exist (see `of_tenant`).
 pub(super) fn tenant_rows<C: GenericClient>(
-    c: &Db<'_, C>,
-    tenant: &TenantId,
-    sql: &'static str,
-    params: &Params<'_>,
+    c: &Db<'_, C>, tenant: &TenantId, sql: &'static str, params: &Params<'_>,
 ) -> R<Vec<Row>> {
     let s = c.statement(sql)?;
     of_tenant(c, tenant, c.on.query(&s, params))

@@ -16,10 +16,7 @@ use super::rows::{limit, mark_epoch, require_tenant, seq, subject_id, tenant_id,
 /// tombstone and its shadow's legal hold are stored, and the tenant is marked for the next
 /// key epoch.
 fn apply(
-    t: &Db<'_, Transaction<'_>>,
-    tenant: &TenantId,
-    subject: &SubjectId,
-    plan: &rules::Erase,
+    t: &Db<'_, Transaction<'_>>, tenant: &TenantId, subject: &SubjectId, plan: &rules::Erase,
 ) -> R<()> {
     let (tid, sid) = (tenant.as_str(), subject.as_str());
     exec(
@@ -60,10 +57,7 @@ fn apply(
 
 /// `Store::erase_subject`, in a transaction.
 pub(super) fn erase(
-    t: &Db<'_, Transaction<'_>>,
-    tenant: &TenantId,
-    subject: &SubjectId,
-    tombstone: &Tombstone,
+    t: &Db<'_, Transaction<'_>>, tenant: &TenantId, subject: &SubjectId, tombstone: &Tombstone,
     seal: &TombstoneSeal<'_>,
 ) -> R<Erasure> {
     let shadow = subject.legal_shadow();
@@ -91,9 +85,7 @@ pub(super) fn erase(
 }
 
 pub(super) fn tombstone(
-    c: &Db<'_, Client>,
-    tenant: &TenantId,
-    subject: &SubjectId,
+    c: &Db<'_, Client>, tenant: &TenantId, subject: &SubjectId,
 ) -> R<Option<Tombstone>> {
     tenant_one(
         c,
@@ -106,10 +98,7 @@ pub(super) fn tombstone(
 }
 
 pub(super) fn purge(
-    t: &Db<'_, Transaction<'_>>,
-    tenant: &TenantId,
-    subject: &SubjectId,
-    n: usize,
+    t: &Db<'_, Transaction<'_>>, tenant: &TenantId, subject: &SubjectId, n: usize,
 ) -> R<usize> {
     require_tenant(t, tenant)?;
     let (tid, sid) = (tenant.as_str(), subject.as_str());
@@ -153,8 +142,7 @@ pub(super) fn unpurged(c: &Db<'_, Client>) -> R<Vec<(TenantId, SubjectId)>> {
 }
 
 pub(super) fn holds_due(
-    c: &Db<'_, Client>,
-    now: Timestamp,
+    c: &Db<'_, Client>, now: Timestamp,
 ) -> R<Vec<(TenantId, SubjectId, Timestamp)>> {
     rows(
         c,
@@ -174,10 +162,7 @@ pub(super) fn holds_due(
 }
 
 pub(super) fn clear_hold(
-    c: &Db<'_, Client>,
-    tenant: &TenantId,
-    shadow: &SubjectId,
-    until: Timestamp,
+    c: &Db<'_, Client>, tenant: &TenantId, shadow: &SubjectId, until: Timestamp,
 ) -> R<()> {
     exec(
         c,

@@ -17,10 +17,7 @@ use super::rows::{
 
 /// The stored records of the named fields of a subject, in the order of `names`.
 fn fields_named<C: GenericClient>(
-    c: &Db<'_, C>,
-    tenant: &TenantId,
-    subject: &SubjectId,
-    names: &[&FieldName],
+    c: &Db<'_, C>, tenant: &TenantId, subject: &SubjectId, names: &[&FieldName],
 ) -> R<Vec<Option<FieldRecord>>> {
     let wanted: Vec<&str> = names.iter().map(|n| n.as_str()).collect();
     let found = rows(
@@ -51,10 +48,7 @@ fn expiry(list: &[(Timestamp, FieldName)]) -> (Vec<i64>, Vec<&str>) {
 
 /// Applies a rule's changes of `subject`'s records: one statement per kind of change.
 fn apply(
-    t: &Db<'_, Transaction<'_>>,
-    tenant: &TenantId,
-    subject: &SubjectId,
-    changes: &Changes,
+    t: &Db<'_, Transaction<'_>>, tenant: &TenantId, subject: &SubjectId, changes: &Changes,
 ) -> R<()> {
     let (tid, sid) = (tenant.as_str(), subject.as_str());
     if !changes.index.removed.is_empty() {
@@ -123,10 +117,7 @@ fn apply(
 /// What a put reads: the tenant, whether the subject was erased, and its record, in one
 /// statement; then the previous versions of the fields, in another.
 fn put_reads(
-    t: &Db<'_, Transaction<'_>>,
-    tenant: &TenantId,
-    subject: &SubjectId,
-    write: &SubjectWrite,
+    t: &Db<'_, Transaction<'_>>, tenant: &TenantId, subject: &SubjectId, write: &SubjectWrite,
 ) -> R<PutReads> {
     let Some(found) = one(
         t,
@@ -158,10 +149,7 @@ fn put_reads(
 
 /// `Store::put_fields`, in a transaction.
 pub(super) fn put(
-    t: &Db<'_, Transaction<'_>>,
-    tenant: &TenantId,
-    subject: &SubjectId,
-    write: &SubjectWrite,
+    t: &Db<'_, Transaction<'_>>, tenant: &TenantId, subject: &SubjectId, write: &SubjectWrite,
 ) -> R<Vec<Written>> {
     let plan = rules::put(put_reads(t, tenant, subject, write)?, write)?;
     apply(t, tenant, subject, &plan.changes)?;
@@ -170,10 +158,7 @@ pub(super) fn put(
 
 /// `Store::delete_fields`, in a transaction.
 pub(super) fn delete(
-    t: &Db<'_, Transaction<'_>>,
-    tenant: &TenantId,
-    subject: &SubjectId,
-    names: &[FieldName],
+    t: &Db<'_, Transaction<'_>>, tenant: &TenantId, subject: &SubjectId, names: &[FieldName],
 ) -> R<u32> {
     require_tenant(t, tenant)?;
     let record = subject_row(t, tenant, subject)?;
@@ -186,10 +171,7 @@ pub(super) fn delete(
 
 /// `Store::delete_expired`, in a transaction.
 pub(super) fn expire(
-    t: &Db<'_, Transaction<'_>>,
-    tenant: &TenantId,
-    subject: &SubjectId,
-    name: &FieldName,
+    t: &Db<'_, Transaction<'_>>, tenant: &TenantId, subject: &SubjectId, name: &FieldName,
     expires_at: Timestamp,
 ) -> R<bool> {
     require_tenant(t, tenant)?;
@@ -202,10 +184,7 @@ pub(super) fn expire(
 
 /// `Store::reindex_field`, in a transaction.
 pub(super) fn reindex(
-    t: &Db<'_, Transaction<'_>>,
-    tenant: &TenantId,
-    subject: &SubjectId,
-    name: &FieldName,
+    t: &Db<'_, Transaction<'_>>, tenant: &TenantId, subject: &SubjectId, name: &FieldName,
     entry: &[u8],
 ) -> R<()> {
     require_tenant(t, tenant)?;
@@ -215,11 +194,7 @@ pub(super) fn reindex(
 }
 
 pub(super) fn field_page(
-    c: &Db<'_, Client>,
-    tenant: &TenantId,
-    subject: &SubjectId,
-    after: Option<&FieldName>,
-    n: usize,
+    c: &Db<'_, Client>, tenant: &TenantId, subject: &SubjectId, after: Option<&FieldName>, n: usize,
 ) -> R<Vec<FieldRecord>> {
     tenant_rows(
         c,
@@ -240,10 +215,7 @@ pub(super) fn field_page(
 }
 
 pub(super) fn expiry_page(
-    c: &Db<'_, Client>,
-    tenant: &TenantId,
-    now: Timestamp,
-    n: usize,
+    c: &Db<'_, Client>, tenant: &TenantId, now: Timestamp, n: usize,
 ) -> R<Vec<(SubjectId, FieldName, Timestamp)>> {
     tenant_rows(
         c,

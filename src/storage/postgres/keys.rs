@@ -16,9 +16,7 @@ use super::rows::{
 };
 
 pub(super) fn add_tenant(
-    t: &Db<'_, Transaction<'_>>,
-    tenant: &TenantRecord,
-    wrapped_kek: &Sealed,
+    t: &Db<'_, Transaction<'_>>, tenant: &TenantRecord, wrapped_kek: &Sealed,
 ) -> R<bool> {
     let id = tenant.id.as_str();
     if one(t, "SELECT 1 FROM pv_tenants WHERE id = $1", &[&id])?.is_some() {
@@ -46,9 +44,7 @@ pub(super) fn find_tenant(c: &Db<'_, Client>, id: &TenantId) -> R<Option<TenantR
 }
 
 pub(super) fn tenant_page(
-    c: &Db<'_, Client>,
-    after: Option<&TenantId>,
-    n: usize,
+    c: &Db<'_, Client>, after: Option<&TenantId>, n: usize,
 ) -> R<Vec<TenantRecord>> {
     rows(
         c,
@@ -83,11 +79,7 @@ pub(super) fn tenant_keks(c: &Db<'_, Client>, tenant: &TenantId) -> R<Vec<(u32, 
 }
 
 pub(super) fn swap_kek(
-    c: &Db<'_, Client>,
-    tenant: &TenantId,
-    version: u32,
-    expected: &Sealed,
-    new: &Sealed,
+    c: &Db<'_, Client>, tenant: &TenantId, version: u32, expected: &Sealed, new: &Sealed,
 ) -> R<bool> {
     let n = exec(
         c,
@@ -125,9 +117,7 @@ pub(super) fn every_tenant_keys(c: &Db<'_, Client>) -> R<Vec<(TenantId, TenantKe
 }
 
 pub(super) fn apply_key_update(
-    t: &Db<'_, Transaction<'_>>,
-    tenant: &TenantId,
-    update: &KeyUpdate<'_>,
+    t: &Db<'_, Transaction<'_>>, tenant: &TenantId, update: &KeyUpdate<'_>,
 ) -> R<Option<KeyChange>> {
     let id = tenant.as_str();
     let Some(row) = one(
@@ -183,9 +173,7 @@ pub(super) fn apply_key_update(
 }
 
 pub(super) fn find_subject(
-    c: &Db<'_, Client>,
-    tenant: &TenantId,
-    subject: &SubjectId,
+    c: &Db<'_, Client>, tenant: &TenantId, subject: &SubjectId,
 ) -> R<Option<SubjectRecord>> {
     let found = tenant_one(
         c,
@@ -197,10 +185,7 @@ pub(super) fn find_subject(
 }
 
 pub(super) fn subject_ids(
-    c: &Db<'_, Client>,
-    tenant: &TenantId,
-    after: Option<&SubjectId>,
-    n: usize,
+    c: &Db<'_, Client>, tenant: &TenantId, after: Option<&SubjectId>, n: usize,
 ) -> R<Vec<SubjectId>> {
     tenant_rows(
         c,
@@ -216,10 +201,7 @@ pub(super) fn subject_ids(
 }
 
 pub(super) fn subject_page(
-    c: &Db<'_, Client>,
-    tenant: &TenantId,
-    after: Option<&SubjectId>,
-    n: usize,
+    c: &Db<'_, Client>, tenant: &TenantId, after: Option<&SubjectId>, n: usize,
 ) -> R<Vec<(SubjectId, SubjectRecord)>> {
     tenant_rows(
         c,
@@ -236,9 +218,7 @@ pub(super) fn subject_page(
 
 /// `Store::update_subjects`, in a transaction.
 pub(super) fn update_subjects(
-    t: &Db<'_, Transaction<'_>>,
-    tenant: &TenantId,
-    subjects: &[SubjectId],
+    t: &Db<'_, Transaction<'_>>, tenant: &TenantId, subjects: &[SubjectId],
     update: &SubjectUpdate<'_>,
 ) -> R<Vec<bool>> {
     let Some(current) = current_kek(t, tenant)? else {

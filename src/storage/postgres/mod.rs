@@ -241,9 +241,7 @@ impl Store for PgStore {
     }
 
     fn update_tenant_keys(
-        &self,
-        t: &TenantId,
-        f: &KeyUpdate<'_>,
+        &self, t: &TenantId, f: &KeyUpdate<'_>,
     ) -> StoreResult<Option<KeyChange>> {
         self.tx(|tx| keys::apply_key_update(tx, t, f))
     }
@@ -253,37 +251,25 @@ impl Store for PgStore {
     }
 
     fn subjects(
-        &self,
-        t: &TenantId,
-        after: Option<&SubjectId>,
-        n: usize,
+        &self, t: &TenantId, after: Option<&SubjectId>, n: usize,
     ) -> StoreResult<Vec<SubjectId>> {
         self.read(|c| keys::subject_ids(c, t, after, n))
     }
 
     fn subject_records(
-        &self,
-        t: &TenantId,
-        after: Option<&SubjectId>,
-        n: usize,
+        &self, t: &TenantId, after: Option<&SubjectId>, n: usize,
     ) -> StoreResult<Vec<(SubjectId, SubjectRecord)>> {
         self.read(|c| keys::subject_page(c, t, after, n))
     }
 
     fn update_subjects(
-        &self,
-        t: &TenantId,
-        ids: &[SubjectId],
-        f: &SubjectUpdate<'_>,
+        &self, t: &TenantId, ids: &[SubjectId], f: &SubjectUpdate<'_>,
     ) -> StoreResult<Vec<bool>> {
         self.tx(|tx| keys::update_subjects(tx, t, ids, f))
     }
 
     fn put_fields(
-        &self,
-        t: &TenantId,
-        s: &SubjectId,
-        w: &SubjectWrite,
+        &self, t: &TenantId, s: &SubjectId, w: &SubjectWrite,
     ) -> StoreResult<Vec<Written>> {
         self.tx(|tx| fields::put(tx, t, s, w))
     }
@@ -293,20 +279,13 @@ impl Store for PgStore {
     }
 
     fn fields_page(
-        &self,
-        t: &TenantId,
-        s: &SubjectId,
-        after: Option<&FieldName>,
-        n: usize,
+        &self, t: &TenantId, s: &SubjectId, after: Option<&FieldName>, n: usize,
     ) -> StoreResult<Vec<FieldRecord>> {
         self.read(|c| fields::field_page(c, t, s, after, n))
     }
 
     fn field(
-        &self,
-        t: &TenantId,
-        s: &SubjectId,
-        n: &FieldName,
+        &self, t: &TenantId, s: &SubjectId, n: &FieldName,
     ) -> StoreResult<Option<FieldRecord>> {
         self.read(|c| {
             let found = tenant_one(
@@ -328,29 +307,19 @@ impl Store for PgStore {
     }
 
     fn update_subject_state(
-        &self,
-        t: &TenantId,
-        s: &SubjectId,
-        update: &StateUpdate<'_>,
+        &self, t: &TenantId, s: &SubjectId, update: &StateUpdate<'_>,
     ) -> StoreResult<StateRecord> {
         self.tx(|tx| state::update(tx, t, s, update))
     }
 
     fn expired(
-        &self,
-        t: &TenantId,
-        now: Timestamp,
-        n: usize,
+        &self, t: &TenantId, now: Timestamp, n: usize,
     ) -> StoreResult<Vec<(SubjectId, FieldName, Timestamp)>> {
         self.read(|c| fields::expiry_page(c, t, now, n))
     }
 
     fn delete_expired(
-        &self,
-        t: &TenantId,
-        s: &SubjectId,
-        name: &FieldName,
-        at: Timestamp,
+        &self, t: &TenantId, s: &SubjectId, name: &FieldName, at: Timestamp,
     ) -> StoreResult<bool> {
         self.tx(|tx| fields::expire(tx, t, s, name, at))
     }
@@ -371,21 +340,13 @@ impl Store for PgStore {
     }
 
     fn reindex_field(
-        &self,
-        t: &TenantId,
-        s: &SubjectId,
-        n: &FieldName,
-        e: &[u8],
+        &self, t: &TenantId, s: &SubjectId, n: &FieldName, e: &[u8],
     ) -> StoreResult<()> {
         self.tx(|tx| fields::reindex(tx, t, s, n, e))
     }
 
     fn erase_subject(
-        &self,
-        t: &TenantId,
-        s: &SubjectId,
-        stone: &Tombstone,
-        seal: &TombstoneSeal<'_>,
+        &self, t: &TenantId, s: &SubjectId, stone: &Tombstone, seal: &TombstoneSeal<'_>,
     ) -> StoreResult<Erasure> {
         self.tx(|tx| erasure::erase(tx, t, s, stone, seal))
     }
@@ -403,17 +364,13 @@ impl Store for PgStore {
     }
 
     fn legal_holds_due(
-        &self,
-        now: Timestamp,
+        &self, now: Timestamp,
     ) -> StoreResult<Vec<(TenantId, SubjectId, Timestamp)>> {
         self.read(|c| erasure::holds_due(c, now))
     }
 
     fn clear_legal_hold(
-        &self,
-        t: &TenantId,
-        shadow: &SubjectId,
-        until: Timestamp,
+        &self, t: &TenantId, shadow: &SubjectId, until: Timestamp,
     ) -> StoreResult<()> {
         self.read(|c| erasure::clear_hold(c, t, shadow, until))
     }

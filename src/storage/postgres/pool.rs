@@ -103,8 +103,7 @@ impl PgStore {
 
 /// Opens one connection, driven by `runtime`.
 pub(super) fn open_client(
-    runtime: &tokio::runtime::Runtime,
-    session: &Session,
+    runtime: &tokio::runtime::Runtime, session: &Session,
 ) -> StoreResult<Client> {
     let Session { config, connector } = session.clone();
     let connected = runtime.spawn(async move {

@@ -81,9 +81,7 @@ pub(super) fn require_tenant<C: GenericClient>(c: &Db<'_, C>, tenant: &TenantId)
 }
 
 pub(super) fn subject_row<C: GenericClient>(
-    c: &Db<'_, C>,
-    tenant: &TenantId,
-    subject: &SubjectId,
+    c: &Db<'_, C>, tenant: &TenantId, subject: &SubjectId,
 ) -> R<Option<SubjectRecord>> {
     one(c, SUBJECT_RECORD, &[&tenant.as_str(), &subject.as_str()])?
         .map(|r| decode_subject(&r))
@@ -98,10 +96,7 @@ pub(super) fn decode_subject(row: &Row) -> R<SubjectRecord> {
 }
 
 pub(super) fn put_subject<C: GenericClient>(
-    c: &Db<'_, C>,
-    tenant: &TenantId,
-    subject: &SubjectId,
-    record: &SubjectRecord,
+    c: &Db<'_, C>, tenant: &TenantId, subject: &SubjectId, record: &SubjectRecord,
 ) -> R<()> {
     exec(
         c,
@@ -113,10 +108,7 @@ pub(super) fn put_subject<C: GenericClient>(
 }
 
 pub(super) fn field_row<C: GenericClient>(
-    c: &Db<'_, C>,
-    tenant: &TenantId,
-    subject: &SubjectId,
-    name: &FieldName,
+    c: &Db<'_, C>, tenant: &TenantId, subject: &SubjectId, name: &FieldName,
 ) -> R<Option<FieldRecord>> {
     one(
         c,

@@ -51,9 +51,7 @@ fn read_all<C: GenericClient>(c: &Db<'_, C>, tenant: &TenantId, subject: &Subjec
 
 /// `Store::subject_state`: the state record, checked against its anchor.
 pub(super) fn read<C: GenericClient>(
-    c: &Db<'_, C>,
-    tenant: &TenantId,
-    subject: &SubjectId,
+    c: &Db<'_, C>, tenant: &TenantId, subject: &SubjectId,
 ) -> R<StateRecord> {
     let read = read_all(c, tenant, subject)?;
     rules::check_state_anchor(read.record.as_ref(), &read.stored)?;
@@ -62,10 +60,7 @@ pub(super) fn read<C: GenericClient>(
 
 /// `Store::update_subject_state`, inside the transaction `t`.
 pub(super) fn update(
-    t: &Db<'_, Transaction<'_>>,
-    tenant: &TenantId,
-    subject: &SubjectId,
-    update: &StateUpdate<'_>,
+    t: &Db<'_, Transaction<'_>>, tenant: &TenantId, subject: &SubjectId, update: &StateUpdate<'_>,
 ) -> R<StateRecord> {
     let read = read_all(t, tenant, subject)?;
     let (write, now) = rules::update_state(read.erased, read.record, read.stored, update)?;

@@ -77,8 +77,7 @@ pub(super) fn write_optional_seal(w: Writer, seal: Option<&Seal>) -> Writer {
 }
 
 pub(super) fn read_optional_seal(
-    r: &mut Reader<'_>,
-    what: &'static str,
+    r: &mut Reader<'_>, what: &'static str,
 ) -> Result<Option<Seal>, StoreError> {
     match r.u8()? {
         0 => Ok(None),

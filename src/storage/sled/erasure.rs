@@ -25,10 +25,7 @@ pub(super) fn mark_epoch(pending: &TransactionalTree, tenant: &[u8]) -> TxResult
 
 impl SledStore {
     pub(super) fn erase(
-        &self,
-        tenant: &TenantId,
-        subject: &SubjectId,
-        tombstone: &Tombstone,
+        &self, tenant: &TenantId, subject: &SubjectId, tombstone: &Tombstone,
         seal: &TombstoneSeal<'_>,
     ) -> StoreResult<Erasure> {
         let trees = self.existing_trees(tenant)?;
@@ -69,10 +66,7 @@ impl SledStore {
     }
 
     pub(super) fn purge(
-        &self,
-        tenant: &TenantId,
-        subject: &SubjectId,
-        limit: usize,
+        &self, tenant: &TenantId, subject: &SubjectId, limit: usize,
     ) -> StoreResult<usize> {
         let trees = self.existing_trees(tenant)?;
         let prefix = subject_key(subject);
@@ -118,8 +112,7 @@ impl SledStore {
     }
 
     pub(super) fn holds_due(
-        &self,
-        now: Timestamp,
+        &self, now: Timestamp,
     ) -> StoreResult<Vec<(TenantId, SubjectId, Timestamp)>> {
         let end = now.0.saturating_add(1).to_be_bytes();
         self.legal_holds

@@ -66,10 +66,7 @@ impl FieldTrees<'_> {
 /// `Store::put_fields` on the trees of the subject's tenant (`tenants`: the tenants tree,
 /// for the current KEK version).
 pub(super) fn put(
-    tenants: &sled::Tree,
-    trees: &TenantTrees,
-    tenant: &TenantId,
-    subject: &SubjectId,
+    tenants: &sled::Tree, trees: &TenantTrees, tenant: &TenantId, subject: &SubjectId,
     write: &SubjectWrite,
 ) -> StoreResult<Vec<Written>> {
     let tkey = tenant.as_str().as_bytes();
@@ -117,9 +114,7 @@ pub(super) fn put(
 
 /// `Store::delete_fields`, in a transaction.
 pub(super) fn delete(
-    tx: &FieldTrees<'_>,
-    subject: &SubjectId,
-    names: &[FieldName],
+    tx: &FieldTrees<'_>, subject: &SubjectId, names: &[FieldName],
 ) -> TxResult<u32> {
     let record = tx.subject(subject)?;
     let stored = names
@@ -133,10 +128,7 @@ pub(super) fn delete(
 
 /// `Store::delete_expired`, in a transaction.
 pub(super) fn expire(
-    tx: &FieldTrees<'_>,
-    subject: &SubjectId,
-    name: &FieldName,
-    at: Timestamp,
+    tx: &FieldTrees<'_>, subject: &SubjectId, name: &FieldName, at: Timestamp,
 ) -> TxResult<bool> {
     let field = tx.field(subject, name)?;
     let record = tx.subject(subject)?;
@@ -147,10 +139,7 @@ pub(super) fn expire(
 
 /// `Store::reindex_field`, in a transaction.
 pub(super) fn reindex(
-    tx: &FieldTrees<'_>,
-    subject: &SubjectId,
-    name: &FieldName,
-    entry: &[u8],
+    tx: &FieldTrees<'_>, subject: &SubjectId, name: &FieldName, entry: &[u8],
 ) -> TxResult<()> {
     let changes = rules::reindex(tx.subject(subject)?, tx.field(subject, name)?, entry);
     tx.apply(subject, &changes)
@@ -159,9 +148,7 @@ pub(super) fn reindex(
 impl SledStore {
     /// Runs `body` in a transaction over the tenant's field trees.
     pub(super) fn field_tx<T>(
-        &self,
-        tenant: &TenantId,
-        body: impl Fn(&FieldTrees<'_>) -> TxResult<T>,
+        &self, tenant: &TenantId, body: impl Fn(&FieldTrees<'_>) -> TxResult<T>,
     ) -> StoreResult<T> {
         let trees = self.existing_trees(tenant)?;
         (&trees.subjects, &trees.fields, &trees.index, &trees.expiry)
@@ -177,11 +164,7 @@ impl SledStore {
     }
 
     pub(super) fn field_page(
-        &self,
-        tenant: &TenantId,
-        subject: &SubjectId,
-        after: Option<&FieldName>,
-        limit: usize,
+        &self, tenant: &TenantId, subject: &SubjectId, after: Option<&FieldName>, limit: usize,
     ) -> StoreResult<Vec<FieldRecord>> {
         let fields = self.existing_trees(tenant)?.fields;
         let prefix = subject_key(subject);
@@ -203,10 +186,7 @@ impl SledStore {
     }
 
     pub(super) fn expiry_page(
-        &self,
-        tenant: &TenantId,
-        now: Timestamp,
-        limit: usize,
+        &self, tenant: &TenantId, now: Timestamp, limit: usize,
     ) -> StoreResult<Vec<(SubjectId, FieldName, Timestamp)>> {
         let end = now.0.saturating_add(1).to_be_bytes();
         self.existing_trees(tenant)?

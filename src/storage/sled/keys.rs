@@ -56,9 +56,7 @@ impl SledStore {
     }
 
     pub(super) fn apply_key_update(
-        &self,
-        tenant: &TenantId,
-        update: &KeyUpdate<'_>,
+        &self, tenant: &TenantId, update: &KeyUpdate<'_>,
     ) -> StoreResult<Option<KeyChange>> {
         let tkey = tenant.as_str().as_bytes();
         (
@@ -97,10 +95,7 @@ impl SledStore {
     }
 
     pub(super) fn subject_page(
-        &self,
-        tenant: &TenantId,
-        after: Option<&SubjectId>,
-        limit: usize,
+        &self, tenant: &TenantId, after: Option<&SubjectId>, limit: usize,
     ) -> StoreResult<Vec<(SubjectId, SubjectRecord)>> {
         let trees = self.existing_trees(tenant)?;
         let iter = match after {
@@ -119,10 +114,7 @@ impl SledStore {
     }
 
     pub(super) fn apply_subject_update(
-        &self,
-        tenant: &TenantId,
-        subjects: &[SubjectId],
-        update: &SubjectUpdate<'_>,
+        &self, tenant: &TenantId, subjects: &[SubjectId], update: &SubjectUpdate<'_>,
     ) -> StoreResult<Vec<bool>> {
         let trees = self.existing_trees(tenant)?;
         let tkey = tenant.as_str().as_bytes();

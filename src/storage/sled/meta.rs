@@ -36,9 +36,7 @@ impl SledStore {
     }
 
     pub(super) fn add_tenant(
-        &self,
-        tenant: &TenantRecord,
-        wrapped_kek: &Sealed,
+        &self, tenant: &TenantRecord, wrapped_kek: &Sealed,
     ) -> StoreResult<bool> {
         let id = tenant.id.as_str().as_bytes();
         let kek_key = kek_key(&tenant.id, tenant.kek_version);
@@ -59,9 +57,7 @@ impl SledStore {
     }
 
     pub(super) fn tenant_page(
-        &self,
-        after: Option<&TenantId>,
-        limit: usize,
+        &self, after: Option<&TenantId>, limit: usize,
     ) -> StoreResult<Vec<TenantRecord>> {
         let iter = match after {
             Some(a) => self
@@ -75,10 +71,7 @@ impl SledStore {
     }
 
     pub(super) fn subject_ids(
-        &self,
-        tenant: &TenantId,
-        after: Option<&SubjectId>,
-        limit: usize,
+        &self, tenant: &TenantId, after: Option<&SubjectId>, limit: usize,
     ) -> StoreResult<Vec<SubjectId>> {
         let trees = self.existing_trees(tenant)?;
         // Keys are length-prefixed, so key order is (length, id) order; pages follow it.

@@ -118,9 +118,7 @@ impl SledStore {
     /// Opens the store with sled's background flush every `flush_every_ms` (`None`: only
     /// explicit flushes make writes durable; tests use it to take crash images).
     pub fn open_with_flush_interval(
-        dir: &Path,
-        cache_bytes: u64,
-        flush_every_ms: Option<u64>,
+        dir: &Path, cache_bytes: u64, flush_every_ms: Option<u64>,
     ) -> StoreResult<Self> {
         let db = open_waiting_for_lock(
             &sled::Config::new()
@@ -153,9 +151,7 @@ impl SledStore {
 
 /// Inside a transaction: the record stored under `key`, decoded.
 fn get<T>(
-    tree: &TransactionalTree,
-    key: &[u8],
-    decode: fn(&[u8]) -> StoreResult<T>,
+    tree: &TransactionalTree, key: &[u8], decode: fn(&[u8]) -> StoreResult<T>,
 ) -> TxResult<Option<T>> {
     tree.get(key)?
         .map(|v| decode(&v))
@@ -249,9 +245,7 @@ impl Store for SledStore {
     }
 
     fn update_tenant_keys(
-        &self,
-        t: &TenantId,
-        f: &KeyUpdate<'_>,
+        &self, t: &TenantId, f: &KeyUpdate<'_>,
     ) -> StoreResult<Option<KeyChange>> {
         self.apply_key_update(t, f)
     }
@@ -265,37 +259,25 @@ impl Store for SledStore {
     }
 
     fn subjects(
-        &self,
-        t: &TenantId,
-        after: Option<&SubjectId>,
-        n: usize,
+        &self, t: &TenantId, after: Option<&SubjectId>, n: usize,
     ) -> StoreResult<Vec<SubjectId>> {
         self.subject_ids(t, after, n)
     }
 
     fn subject_records(
-        &self,
-        tenant: &TenantId,
-        after: Option<&SubjectId>,
-        limit: usize,
+        &self, tenant: &TenantId, after: Option<&SubjectId>, limit: usize,
     ) -> StoreResult<Vec<(SubjectId, SubjectRecord)>> {
         self.subject_page(tenant, after, limit)
     }
 
     fn update_subjects(
-        &self,
-        tenant: &TenantId,
-        subjects: &[SubjectId],
-        update: &SubjectUpdate<'_>,
+        &self, tenant: &TenantId, subjects: &[SubjectId], update: &SubjectUpdate<'_>,
     ) -> StoreResult<Vec<bool>> {
         self.apply_subject_update(tenant, subjects, update)
     }
 
     fn put_fields(
-        &self,
-        t: &TenantId,
-        s: &SubjectId,
-        w: &SubjectWrite,
+        &self, t: &TenantId, s: &SubjectId, w: &SubjectWrite,
     ) -> StoreResult<Vec<Written>> {
         fields::put(&self.tenants, &self.existing_trees(t)?, t, s, w)
     }
@@ -309,20 +291,13 @@ impl Store for SledStore {
     }
 
     fn fields_page(
-        &self,
-        tenant: &TenantId,
-        subject: &SubjectId,
-        after: Option<&FieldName>,
-        limit: usize,
+        &self, tenant: &TenantId, subject: &SubjectId, after: Option<&FieldName>, limit: usize,
     ) -> StoreResult<Vec<FieldRecord>> {
         self.field_page(tenant, subject, after, limit)
     }
 
     fn field(
-        &self,
-        t: &TenantId,
-        s: &SubjectId,
-        n: &FieldName,
+        &self, t: &TenantId, s: &SubjectId, n: &FieldName,
     ) -> StoreResult<Option<FieldRecord>> {
         let stored = self.existing_trees(t)?.fields.get(field_key(s, n));
         stored
@@ -340,29 +315,19 @@ impl Store for SledStore {
     }
 
     fn update_subject_state(
-        &self,
-        t: &TenantId,
-        s: &SubjectId,
-        update: &StateUpdate<'_>,
+        &self, t: &TenantId, s: &SubjectId, update: &StateUpdate<'_>,
     ) -> StoreResult<StateRecord> {
         state::update(&self.existing_trees(t)?, s, update)
     }
 
     fn expired(
-        &self,
-        tenant: &TenantId,
-        now: Timestamp,
-        limit: usize,
+        &self, tenant: &TenantId, now: Timestamp, limit: usize,
     ) -> StoreResult<Vec<(SubjectId, FieldName, Timestamp)>> {
         self.expiry_page(tenant, now, limit)
     }
 
     fn delete_expired(
-        &self,
-        tenant: &TenantId,
-        subject: &SubjectId,
-        name: &FieldName,
-        expires_at: Timestamp,
+        &self, tenant: &TenantId, subject: &SubjectId, name: &FieldName, expires_at: Timestamp,
     ) -> StoreResult<bool> {
         self.field_tx(tenant, |tx| fields::expire(tx, subject, name, expires_at))
     }
@@ -377,21 +342,13 @@ impl Store for SledStore {
     }
 
     fn reindex_field(
-        &self,
-        t: &TenantId,
-        s: &SubjectId,
-        n: &FieldName,
-        e: &[u8],
+        &self, t: &TenantId, s: &SubjectId, n: &FieldName, e: &[u8],
     ) -> StoreResult<()> {
         self.field_tx(t, |tx| fields::reindex(tx, s, n, e))
     }
 
     fn erase_subject(
-        &self,
-        t: &TenantId,
-        s: &SubjectId,
-        stone: &Tombstone,
-        seal: &TombstoneSeal<'_>,
+        &self, t: &TenantId, s: &SubjectId, stone: &Tombstone, seal: &TombstoneSeal<'_>,
     ) -> StoreResult<Erasure> {
         self.erase(t, s, stone, seal)
     }
@@ -414,17 +371,13 @@ impl Store for SledStore {
     }
 
     fn legal_holds_due(
-        &self,
-        now: Timestamp,
+        &self, now: Timestamp,
     ) -> StoreResult<Vec<(TenantId, SubjectId, Timestamp)>> {
         self.holds_due(now)
     }
 
     fn clear_legal_hold(
-        &self,
-        t: &TenantId,
-        shadow: &SubjectId,
-        until: Timestamp,
+        &self, t: &TenantId, shadow: &SubjectId, until: Timestamp,
     ) -> StoreResult<()> {
         let key = legal_hold_key(until, t, shadow);
         self.legal_holds.remove(key).map(|_| ()).map_err(backend)
@@ -470,9 +423,7 @@ impl Store for SledStore {
     }
 
     fn backup(
-        &self,
-        created_unix: u64,
-        emit: &mut dyn FnMut(Vec<u8>) -> bool,
+        &self, created_unix: u64, emit: &mut dyn FnMut(Vec<u8>) -> bool,
     ) -> StoreResult<Manifest> {
         self.flush()?;
         super::backup::write(&self.db, created_unix, emit)

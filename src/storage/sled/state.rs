@@ -27,9 +27,7 @@ pub(super) fn read(trees: &TenantTrees, subject: &SubjectId) -> StoreResult<Stat
 
 /// `Store::update_subject_state` on the subject's tenant's trees.
 pub(super) fn update(
-    trees: &TenantTrees,
-    subject: &SubjectId,
-    update: &StateUpdate<'_>,
+    trees: &TenantTrees, subject: &SubjectId, update: &StateUpdate<'_>,
 ) -> StoreResult<StateRecord> {
     let key = subject_key(subject);
     (&trees.state, &trees.tombstones, &trees.subjects)

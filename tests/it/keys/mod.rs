@@ -36,9 +36,7 @@ pub async fn keys_client(vault: &TestVault) -> KeyServiceClient<Channel> {
 }
 
 pub async fn status(
-    client: &mut KeyServiceClient<Channel>,
-    tenant: &str,
-    count_deks: bool,
+    client: &mut KeyServiceClient<Channel>, tenant: &str, count_deks: bool,
 ) -> pb::KeyStatus {
     client
         .get_key_status(pb::GetKeyStatusRequest {
@@ -52,9 +50,7 @@ pub async fn status(
 
 /// Polls until the tenant has no re-wrap running; returns its counted status.
 pub async fn wait_for_rewrap(
-    client: &mut KeyServiceClient<Channel>,
-    tenant: &str,
-    within: Duration,
+    client: &mut KeyServiceClient<Channel>, tenant: &str, within: Duration,
 ) -> pb::TenantKeyStatus {
     let deadline = Instant::now() + within;
     loop {
