@@ -162,7 +162,7 @@ async fn issued_certificates_name_their_identities_and_work_for_mutual_tls() {
         "client certificate valid for {secs} s"
     );
     let identity = PeerIdentity::from_certificate(&der).expect("names an identity");
-    assert_eq!(identity.as_str(), SPIFFE_ID);
+    assert_eq!(identity.as_str(), format!("uri:{SPIFFE_ID}"), "typed");
 
     // The server certificate names both the DNS name and the IP address.
     let der = der_of(&server.join("server.pem"));
@@ -191,7 +191,9 @@ async fn issued_certificates_name_their_identities_and_work_for_mutual_tls() {
     // Outside dev mode nothing writes a policy: without one the vault refuses to start.
     std::fs::write(
         &config.policy_file,
-        format!("[[rules]]\nname = \"ops\"\nwho = [{SPIFFE_ID:?}]\nactions = [\"tenant_admin\"]\n"),
+        format!(
+            "[[rules]]\nname = \"ops\"\nwho = [\"uri:{SPIFFE_ID}\"]\nactions = [\"tenant_admin\"]\n"
+        ),
     )
     .expect("policy");
     let listener = TcpListener::bind(config.listen).await.expect("bind");

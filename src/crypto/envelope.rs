@@ -6,11 +6,16 @@
 //!
 //! The format byte and key version are bound into the AEAD's associated data together with
 //! the caller's context (`Aad`), so editing either makes the envelope fail to open.
+//!
+//! The AEAD key is the sealing key's `"seal"` subkey (or, for a legacy key, its bytes:
+//! `subkey.rs`). A wrapped key's plaintext says the child's derivation: `WRAP_HKDF_V1` then
+//! the 32 key bytes for a key with purpose subkeys, the 32 bytes alone for a legacy key.
 
 use zeroize::Zeroizing;
 
 use super::aead::{NONCE_LEN, TAG_LEN};
-use super::key::{fill_random, Key, KeyRole};
+use super::key::{fill_random, Key, KeyRole, KEY_LEN};
+use super::subkey::{Derivation, WRAP_HKDF_V1};
 use super::CryptoError;
 
 /// Current envelope format.
@@ -130,25 +135,40 @@ impl<R: KeyRole> Key<R> {
     }
 
     /// Wraps a child key under this one. The child's version is bound into the context,
-    /// so a wrapped key cannot be replayed as another version.
+    /// so a wrapped key cannot be replayed as another version; its derivation travels in
+    /// the plaintext (module comment), so a re-wrap keeps it.
     pub fn wrap<C: KeyRole>(&self, child: &Key<C>, aad: &Aad) -> Result<Sealed, CryptoError> {
         let aad = wrap_aad::<C>(aad, child.version());
-        self.seal(child.secret_bytes(), &aad)
+        let mut plain = Zeroizing::new(Vec::with_capacity(1 + KEY_LEN));
+        if child.derivation() == Derivation::HkdfV1 {
+            plain.push(WRAP_HKDF_V1);
+        }
+        plain.extend_from_slice(child.secret_bytes());
+        self.seal(&plain, &aad)
     }
 
-    /// Unwraps a child key of version `child_version`.
+    /// Unwraps a child key of version `child_version`, with the derivation its wrap names.
     pub fn unwrap_key<C: KeyRole>(
         &self, sealed: &Sealed, child_version: u32, aad: &Aad,
     ) -> Result<Key<C>, CryptoError> {
         let aad = wrap_aad::<C>(aad, child_version);
         let opened = self.open(sealed, &aad)?;
-        let mut bytes = Zeroizing::new([0u8; super::KEY_LEN]);
-        if opened.len() != bytes.len() {
-            return Err(CryptoError);
-        }
-        bytes.copy_from_slice(&opened);
-        Ok(Key::from_secret_bytes(child_version, bytes))
+        let (derivation, key_bytes) = match opened.len() {
+            KEY_LEN => (Derivation::Legacy, &opened[..]),
+            n if n == 1 + KEY_LEN && opened[0] == WRAP_HKDF_V1 => {
+                (Derivation::HkdfV1, &opened[1..])
+            }
+            _ => return Err(CryptoError),
+        };
+        let mut bytes = Zeroizing::new([0u8; KEY_LEN]);
+        bytes.copy_from_slice(key_bytes);
+        Ok(Key::from_secret_bytes(child_version, bytes).with_derivation(derivation))
     }
+}
+
+#[cfg(test)]
+pub(super) fn test_wrap_aad<C: KeyRole>(aad: &Aad, child_version: u32) -> Aad {
+    wrap_aad::<C>(aad, child_version)
 }
 
 fn wrap_aad<C: KeyRole>(aad: &Aad, child_version: u32) -> Aad {

@@ -1,13 +1,17 @@
 //! Secret keys, typed by the role they play in the hierarchy.
 //!
-//! A `Key<R>` holds 32 bytes of AES-256 key material and the version it was issued as.
-//! It has no `Clone`, `PartialEq` or `Serialize`; its `Debug` prints `[secret]`; its bytes
-//! leave only through `secret_*` methods, so every exposure can be found with a grep; and
-//! it is zeroized on drop.
+//! A `Key<R>` holds 32 bytes of key material (the input of its purpose subkeys) and the
+//! version it was issued as. It has no `Clone`, `PartialEq` or `Serialize`; its `Debug`
+//! prints `[secret]`; its bytes leave only through `secret_*` methods, so every exposure can
+//! be found with a grep; and it is zeroized on drop.
 //!
-//! A key prepares its AES-GCM key schedule (`AeadKey`) on first use and keeps it, so a key
-//! that seals or opens many times (a cached KEK or DEK) pays for the schedule once. The
-//! schedule is cleared when the key is dropped, like the bytes.
+//! A key prepares its AES-GCM key schedule (`AeadKey`, from its `"seal"` subkey) on first
+//! use and keeps it, so a key that seals or opens many times (a cached KEK or DEK) pays for
+//! the schedule once. The schedule is cleared when the key is dropped, like the bytes.
+//!
+//! Each key version also carries its `Derivation`: whether its operations run under
+//! purpose subkeys (every key generated now) or, for keys written before those existed,
+//! under the bytes themselves (`subkey.rs` says which keys stay legacy, and until when).
 
 use std::fmt;
 use std::marker::PhantomData;
@@ -17,10 +21,14 @@ use ring::rand::{SecureRandom, SystemRandom};
 use zeroize::{Zeroize, Zeroizing};
 
 use super::aead::AeadKey;
+use super::subkey::{Derivation, Subkey};
 use super::CryptoError;
 
 /// Length of every symmetric key in the vault: AES-256.
 pub const KEY_LEN: usize = 32;
+
+/// The subkey purpose of every AEAD operation under a key (`seal`, `open`, wraps).
+const SEAL_PURPOSE: &str = "seal";
 
 /// The role a key plays. Each role has its own domain-separation label, so a key of one
 /// role can never open what was sealed for another.
@@ -78,24 +86,30 @@ role!(
 pub struct Key<R: KeyRole> {
     bytes: Zeroizing<[u8; KEY_LEN]>,
     version: u32,
-    /// The prepared cipher, built from `bytes` on the first seal or open.
+    /// How this version's operations key themselves: kept with the key (root key file,
+    /// wrap plaintext) because data on disk was written one way or the other.
+    derivation: Derivation,
+    /// The prepared cipher, built on the first seal or open (from the `"seal"` subkey, or
+    /// from `bytes` for a legacy key).
     aead: OnceLock<AeadKey>,
     _role: PhantomData<R>,
 }
 
 impl<R: KeyRole> Key<R> {
-    /// A fresh random key.
+    /// A fresh random key (purpose subkeys, `Derivation::HkdfV1`).
     pub fn generate(version: u32) -> Result<Self, CryptoError> {
         let mut bytes = Zeroizing::new([0u8; KEY_LEN]);
         fill_random(bytes.as_mut())?;
         Ok(Self::from_secret_bytes(version, bytes))
     }
 
-    /// Takes ownership of raw key bytes (already in zeroizing memory).
+    /// Takes ownership of raw key bytes (already in zeroizing memory), as a key with purpose
+    /// subkeys; `with_derivation` marks a legacy one.
     pub fn from_secret_bytes(version: u32, bytes: Zeroizing<[u8; KEY_LEN]>) -> Self {
         Self {
             bytes,
             version,
+            derivation: Derivation::HkdfV1,
             aead: OnceLock::new(),
             _role: PhantomData,
         }
@@ -121,6 +135,36 @@ impl<R: KeyRole> Key<R> {
     /// An explicit copy: keys are not `Clone`, so every duplicate is visible in the code.
     pub fn duplicate(&self) -> Self {
         Self::from_secret_bytes(self.version, Zeroizing::new(*self.bytes))
+            .with_derivation(self.derivation)
+    }
+
+    /// The same key with derivation `derivation` (what its file entry or wrap says).
+    pub fn with_derivation(mut self, derivation: Derivation) -> Self {
+        if derivation != self.derivation {
+            self.derivation = derivation;
+            self.aead = OnceLock::new();
+        }
+        self
+    }
+
+    /// How this key version derives the keys its operations use.
+    pub fn derivation(&self) -> Derivation {
+        self.derivation
+    }
+
+    /// The subkey of this key for `purpose` (HKDF-SHA-256, `subkey.rs`). Independent of the
+    /// key's own derivation: a legacy key has subkeys too, it just does not use them for
+    /// what it wrote before.
+    pub fn subkey(&self, purpose: &'static str) -> Result<Subkey, CryptoError> {
+        self.subkey_for(&[purpose.as_bytes()])
+    }
+
+    /// The subkey for the use named by `parts` (after the role name).
+    pub(super) fn subkey_for(&self, parts: &[&[u8]]) -> Result<Subkey, CryptoError> {
+        let mut info: Vec<&[u8]> = Vec::with_capacity(parts.len() + 1);
+        info.push(R::NAME.as_bytes());
+        info.extend_from_slice(parts);
+        Subkey::derive(&self.bytes, &info)
     }
 
     /// The prepared cipher of this key, built on first use.
@@ -128,7 +172,10 @@ impl<R: KeyRole> Key<R> {
         if let Some(ready) = self.aead.get() {
             return Ok(ready);
         }
-        let fresh = AeadKey::new(&self.bytes)?;
+        let fresh = match self.derivation {
+            Derivation::HkdfV1 => AeadKey::new(self.subkey(SEAL_PURPOSE)?.secret_bytes())?,
+            Derivation::Legacy => AeadKey::new(&self.bytes)?,
+        };
         // If another thread won the race, its schedule is kept and `fresh` is dropped
         // (and cleared).
         Ok(self.aead.get_or_init(|| fresh))
@@ -142,7 +189,11 @@ impl<R: KeyRole> Key<R> {
 
 impl<R: KeyRole> fmt::Debug for Key<R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Key<{}>(v{}, [secret])", R::NAME, self.version)
+        write!(f, "Key<{}>(v{}, [secret])", R::NAME, self.version)?;
+        match self.derivation {
+            Derivation::HkdfV1 => Ok(()),
+            Derivation::Legacy => f.write_str(" legacy"),
+        }
     }
 }
 

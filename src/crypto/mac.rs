@@ -1,29 +1,38 @@
 //! Keyed hashes (HMAC-SHA-256) for values that must be checked but not hidden: the root key
-//! check value, the audit chain, record seals; and HKDF-SHA-256 for keys derived for one
-//! purpose from another key.
+//! check value, the audit chain, blind indexes, record seals; and keys derived for one
+//! purpose from another key (HKDF-SHA-256).
+//!
+//! A key with purpose subkeys (`Derivation::HkdfV1`) MACs under its `"mac"` subkey for the
+//! label and derives under its `"derive"` subkey info; a legacy key keeps what it did before
+//! (the label as a message prefix under the key itself, the label as HKDF salt), so that
+//! what it MACed or derived then still checks (`subkey.rs`).
 
-use ring::{hkdf, hmac};
+use ring::hmac;
 use zeroize::Zeroizing;
 
 use super::key::{Key, KeyRole, KEY_LEN};
+use super::subkey::{hkdf_sha256, length_prefixed, Derivation};
 use super::CryptoError;
-
-/// The output length ring's HKDF is asked for: one key.
-struct KeyLen;
-
-impl hkdf::KeyType for KeyLen {
-    fn len(&self) -> usize {
-        KEY_LEN
-    }
-}
 
 /// Length of an HMAC-SHA-256 tag.
 pub const MAC_LEN: usize = 32;
 
 impl<R: KeyRole> Key<R> {
-    /// HMAC-SHA-256 of `parts` (each length-prefixed) under a subkey of this key derived for
-    /// `label`, so the same key never MACs two kinds of message the same way.
+    /// HMAC-SHA-256 of `parts` (each length-prefixed) under this key's subkey for `label`,
+    /// so the same key never MACs two kinds of message under the same bytes.
     pub fn mac(&self, label: &str, parts: &[&[u8]]) -> [u8; MAC_LEN] {
+        match self.derivation() {
+            Derivation::HkdfV1 => match self.subkey_for(&[b"mac", label.as_bytes()]) {
+                Ok(subkey) => subkey.mac(parts),
+                // ring's HKDF fails only for outputs over 255 hash lengths.
+                Err(CryptoError) => unreachable!("HKDF-SHA-256 always yields a 32-byte subkey"),
+            },
+            Derivation::Legacy => self.legacy_mac(label, parts),
+        }
+    }
+
+    /// The MAC a legacy key computes: HMAC under the key bytes, the label as a prefix.
+    fn legacy_mac(&self, label: &str, parts: &[&[u8]]) -> [u8; MAC_LEN] {
         let key = hmac::Key::new(hmac::HMAC_SHA256, self.secret_bytes());
         let mut ctx = hmac::Context::with_key(&key);
         ctx.update(&u32::try_from(label.len()).unwrap_or(u32::MAX).to_be_bytes());
@@ -37,24 +46,27 @@ impl<R: KeyRole> Key<R> {
         out
     }
 
-    /// A key of role `C` derived from this one with HKDF-SHA-256 (RFC 5869): `label` is the
-    /// salt, `context` (each part length-prefixed) the info. Different labels or contexts
-    /// give independent keys; the derived key is version 1.
+    /// A key of role `C` derived from this one for `label` and `context` (each part
+    /// length-prefixed). Different labels or contexts give independent keys; the derived
+    /// key is version 1 and has this key's derivation.
     pub fn derive<C: KeyRole>(
         &self, label: &str, context: &[&[u8]],
     ) -> Result<Key<C>, CryptoError> {
-        let salt = hkdf::Salt::new(hkdf::HKDF_SHA256, label.as_bytes());
-        let prk = salt.extract(self.secret_bytes());
-        let mut info = Vec::new();
-        for part in context {
-            info.extend_from_slice(&u32::try_from(part.len()).unwrap_or(u32::MAX).to_be_bytes());
-            info.extend_from_slice(part);
-        }
-        let info = [info.as_slice()];
-        let okm = prk.expand(&info, KeyLen).map_err(|_| CryptoError)?;
-        let mut bytes = Zeroizing::new([0u8; KEY_LEN]);
-        okm.fill(bytes.as_mut()).map_err(|_| CryptoError)?;
-        Ok(Key::from_secret_bytes(1, bytes))
+        let bytes = match self.derivation() {
+            Derivation::HkdfV1 => {
+                let mut info: Vec<&[u8]> = vec![b"derive", label.as_bytes()];
+                info.extend_from_slice(context);
+                self.subkey_for(&info)?.into_secret_bytes()
+            }
+            Derivation::Legacy => {
+                // RFC 5869 with `label` as the salt and the context as the info.
+                let mut bytes = Zeroizing::new([0u8; KEY_LEN]);
+                let info = length_prefixed(context);
+                hkdf_sha256(label.as_bytes(), self.secret_bytes(), &info, bytes.as_mut())?;
+                bytes
+            }
+        };
+        Ok(Key::from_secret_bytes(1, bytes).with_derivation(self.derivation()))
     }
 
     /// A public fingerprint of this key (a MAC of a fixed label): lets a data directory

@@ -4,7 +4,9 @@
 //!
 //! Every encryption and decryption goes through one AEAD primitive, `AeadKey` (AES-256-GCM
 //! from ring); `Key::seal`, `Key::open`, key wrapping and `aead_seal` / `aead_open` are
-//! built on it.
+//! built on it, under the key's purpose subkey for sealing (`subkey.rs`: every use of a
+//! key runs under an HKDF-SHA-256 subkey for that use; keys written before keep their
+//! legacy derivation until rotation replaces them).
 //!
 //! Errors are deliberately opaque: a failed open never says whether the key, the nonce,
 //! the context or the ciphertext was wrong.
@@ -14,6 +16,7 @@ mod digest;
 mod envelope;
 mod key;
 mod mac;
+mod subkey;
 
 /// The single AEAD primitive (AES-256-GCM) under every seal and open in the vault.
 pub use aead::{aead_open, aead_seal, AeadKey, NONCE_LEN, TAG_LEN};
@@ -21,6 +24,7 @@ pub use digest::{certificate_hash, sha256, CertificateHash, Sha256, SHA256_LEN};
 pub use envelope::{Aad, Sealed};
 pub use key::{fill_random, Audit, Dek, Index, Kek, Key, KeyRole, RecordMac, Root, KEY_LEN};
 pub use mac::{mac_eq, MAC_LEN};
+pub use subkey::{Derivation, Subkey};
 pub use zeroize::{Zeroize, Zeroizing};
 
 /// Something cryptographic failed. Deliberately says nothing more.

@@ -76,7 +76,7 @@ impl Keyring {
     }
 
     fn add_index_key(&self, tenant: &TenantId, version: u32) -> Result<(), KeyringError> {
-        let key: Key<Index> = Key::generate(version)?;
+        let key: Key<Index> = self.generate(version)?;
         let (_fence, root) = self.root_for_wrap()?;
         let wrapped = self.wrap_under_root(&root, &key, &index_aad(tenant))?;
         // Zero-padded so the store's key order is version order.

@@ -38,7 +38,8 @@ pub use tenant_keys::{RewrapBatch, SubjectDeks};
 pub use usage::{KeyLimits, SealGrant};
 
 use crate::crypto::{
-    mac_eq, Aad, Audit, CryptoError, Index, Kek, Key, RecordMac, Root, Sealed, MAC_LEN,
+    mac_eq, Aad, Audit, CryptoError, Derivation, Index, Kek, Key, KeyRole, RecordMac, Root, Sealed,
+    MAC_LEN,
 };
 use crate::domain::{Clock, SubjectId, SystemClock, TenantId, Timestamp};
 use crate::storage::{Fence, FenceMode, Store, StoreError, TenantRecord};
@@ -152,6 +153,9 @@ pub struct Keyring {
     destroyed_seen: Mutex<Option<Vec<u8>>>,
     /// Creation and destruction times of key versions.
     clock: Arc<dyn Clock>,
+    /// The derivation of every key this keyring generates: purpose subkeys, except in tests
+    /// that write a store the way the code before them did (`with_legacy_keys`).
+    new_keys: Derivation,
 }
 
 impl std::fmt::Debug for Keyring {
@@ -198,7 +202,22 @@ impl Keyring {
             root_rotation: Mutex::new(()),
             destroyed_seen: Mutex::new(destroyed_seen),
             clock: Arc::new(SystemClock),
+            new_keys: Derivation::HkdfV1,
         })
+    }
+
+    /// Test only: every key this keyring generates (KEKs, DEKs, index and audit keys) is a
+    /// legacy key, as the code before purpose subkeys wrote them, so that tests can build
+    /// the stores that code left behind and check that they still open.
+    #[cfg(any(test, feature = "testing"))]
+    pub fn with_legacy_keys(mut self) -> Self {
+        self.new_keys = Derivation::Legacy;
+        self
+    }
+
+    /// A fresh random key of version `version`, with the derivation new keys get.
+    fn generate<R: KeyRole>(&self, version: u32) -> Result<Key<R>, KeyringError> {
+        Ok(Key::generate(version)?.with_derivation(self.new_keys))
     }
 
     /// Sets the clock that dates key versions (default: the system clock).
@@ -228,7 +247,7 @@ impl Keyring {
     /// first use, unwrapped on every later start.
     pub fn audit_key(&self) -> Result<Key<Audit>, KeyringError> {
         if self.store.meta(AUDIT_KEY)?.is_none() {
-            let fresh: Key<Audit> = Key::generate(1)?;
+            let fresh: Key<Audit> = self.generate(1)?;
             let (_fence, root) = self.root_for_wrap()?;
             let candidate = self.wrap_under_root(&root, &fresh, &audit_aad())?.encode();
             // Another node may have stored its own first: every node uses the stored one.
@@ -251,7 +270,7 @@ impl Keyring {
     pub fn create_tenant(
         &self, id: &TenantId, now: Timestamp,
     ) -> Result<Option<TenantRecord>, KeyringError> {
-        let kek: Key<Kek> = Key::generate(1)?;
+        let kek: Key<Kek> = self.generate(1)?;
         let record = TenantRecord {
             id: id.clone(),
             created_at: now,
@@ -318,7 +337,7 @@ impl Keyring {
         })
     }
 
-    fn wrap_under_root<C: crate::crypto::KeyRole>(
+    fn wrap_under_root<C: KeyRole>(
         &self, root: &RootKeys, child: &Key<C>, aad: &Aad,
     ) -> Result<Sealed, KeyringError> {
         let current = root.current();

@@ -8,7 +8,13 @@
 //! [[versions]]
 //! version = 1
 //! key = "<64 hex digits>"
+//! derivation = "hkdf-sha256-v1"
 //! ```
+//!
+//! `derivation` says how the version keys what it wraps and MACs: every version this code
+//! generates uses purpose subkeys (`hkdf-sha256-v1`, `crypto::Derivation`); an entry without
+//! the field was written before those existed and keeps its legacy derivation until a root
+//! rotation replaces it with a new version (`crypto/subkey.rs`).
 //!
 //! The file is a list of versions so that rotation can add one and destroy another; a
 //! future `source = "kms"` entry can name an external key instead of holding bytes.
@@ -27,7 +33,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::crypto::{Key, Root, Zeroize};
+use crate::crypto::{Derivation, Key, Root, Zeroize};
 
 use super::KeyringError;
 
@@ -46,6 +52,9 @@ struct RawFile {
 struct RawVersion {
     version: u32,
     key: String,
+    /// Absent on entries written before purpose subkeys: those are legacy keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    derivation: Option<String>,
 }
 
 impl Drop for RawVersion {
@@ -172,9 +181,14 @@ impl RootKeys {
         let versions = raw
             .versions
             .iter()
-            .map(|v| Key::from_secret_hex(v.version, &v.key))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|_| bad("a key is not 64 hex digits"))?;
+            .map(|v| {
+                let derivation = Derivation::from_file_name(v.derivation.as_deref())
+                    .map_err(|_| bad("a version names an unknown key derivation"))?;
+                Key::from_secret_hex(v.version, &v.key)
+                    .map(|k| k.with_derivation(derivation))
+                    .map_err(|_| bad("a key is not 64 hex digits"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let keys = Self {
             current: raw.current,
             versions,
@@ -198,6 +212,7 @@ impl RootKeys {
                 .map(|k| RawVersion {
                     version: k.version(),
                     key: k.secret_hex().to_string(),
+                    derivation: k.derivation().file_name().map(str::to_owned),
                 })
                 .collect(),
         };
@@ -366,4 +381,59 @@ fn check_permissions(path: &Path) -> Result<(), KeyringError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_text(path: &Path, text: &str) {
+        write_new(path, text.as_bytes()).expect("write");
+    }
+
+    #[test]
+    fn each_version_keeps_its_derivation_through_load_and_save() {
+        let dir = tempfile::TempDir::new().expect("dir");
+        let path = dir.path().join("root.key");
+        let key = "11".repeat(32);
+        // As the vault wrote it before purpose subkeys: no derivation field.
+        write_text(
+            &path,
+            &format!("format = 1\ncurrent = 1\n\n[[versions]]\nversion = 1\nkey = \"{key}\"\n"),
+        );
+        let mut keys = RootKeys::load(&path).expect("legacy file loads");
+        assert_eq!(keys.current().derivation(), Derivation::Legacy);
+        let added = keys.add_version().expect("rotation adds a version");
+        let text = fs::read_to_string(&path).expect("read");
+        assert_eq!(text.matches("derivation = \"hkdf-sha256-v1\"").count(), 1);
+        let keys = RootKeys::load(&path).expect("loads");
+        assert_eq!(
+            keys.version(1).map(Key::derivation),
+            Some(Derivation::Legacy)
+        );
+        assert_eq!(
+            keys.version(added).map(Key::derivation),
+            Some(Derivation::HkdfV1)
+        );
+        assert_eq!(
+            RootKeys::generate().expect("rng").current().derivation(),
+            Derivation::HkdfV1
+        );
+    }
+
+    #[test]
+    fn an_unknown_derivation_is_refused() {
+        let dir = tempfile::TempDir::new().expect("dir");
+        let path = dir.path().join("root.key");
+        let key = "22".repeat(32);
+        write_text(
+            &path,
+            &format!(
+                "format = 1\ncurrent = 1\n\n[[versions]]\nversion = 1\nkey = \"{key}\"\n\
+                 derivation = \"hkdf-sha256-v9\"\n"
+            ),
+        );
+        let err = RootKeys::load(&path).expect_err("refused");
+        assert!(err.to_string().contains("unknown key derivation"), "{err}");
+    }
 }

@@ -66,7 +66,7 @@ impl Keyring {
         &self, tenant: &TenantRecord, subject: &SubjectId, now: Timestamp, seals: usize,
     ) -> Result<(Key<Dek>, SubjectRecord), KeyringError> {
         let seals = self.usage.check_request(seals)?;
-        let dek: Key<Dek> = Key::generate(1)?;
+        let dek: Key<Dek> = self.generate(1)?;
         let wrapped_dek = self.wrap_dek(&tenant.id, tenant.kek_version, subject, &dek)?;
         let record = SubjectRecord {
             created_at: now,

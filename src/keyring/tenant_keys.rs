@@ -145,7 +145,7 @@ impl Keyring {
             .unwrap_or(0)
             .checked_add(1)
             .ok_or(KeyringError::LimitReached("no DEK version left".into()))?;
-        let dek: Key<Dek> = Key::generate(next)?;
+        let dek: Key<Dek> = self.generate(next)?;
         let wrapped = self.wrap_dek(&tenant.id, tenant.kek_version, subject, &dek)?;
         let kek_version = wrapped.key_version();
         let retired = record.dek_version;
@@ -219,7 +219,7 @@ impl Keyring {
                 .unwrap_or(0)
                 .checked_add(1)
                 .ok_or(KeyringError::LimitReached("no KEK version left".into()))?;
-            let kek: Key<Kek> = Key::generate(next)?;
+            let kek: Key<Kek> = self.generate(next)?;
             let now = self.clock.now();
             let (fence, root) = self.root_for_wrap()?;
             let wrapped = self.wrap_under_root(&root, &kek, &kek_aad(tenant))?;

@@ -4,6 +4,7 @@
 
 mod dek_cache;
 mod forensic;
+mod legacy_keys;
 mod limits;
 mod process_kill;
 mod rotation;
