@@ -65,32 +65,47 @@ impl Keyring {
     /// root key state says another node changed it (a newer version, or a version this node
     /// holds destroyed). Returns whether it did. Errors if the file lacks the newest
     /// version: this node does not share the other nodes' file.
+    ///
+    /// The state is read again before that conclusion: the shared fence does not exclude
+    /// this node's own rotation (one database session holds both), so the state read first
+    /// may predate a rotation that has since added a version and destroyed the one it named,
+    /// rewriting the file. Only a file that lacks the newest version of a state read twice
+    /// alike is not shared.
     pub fn sync_root(&self) -> Result<bool, KeyringError> {
         if !self.store.shared() {
             return Ok(false);
         }
-        let state = self.root_state()?;
-        let newest = state
-            .versions
-            .iter()
-            .filter(|v| v.destroyed_at.is_none())
-            .map(|v| v.version)
-            .max();
-        let stale = |root: &RootKeys| {
-            newest.is_some_and(|n| root.version(n).is_none())
-                || root
-                    .version_numbers()
-                    .iter()
-                    .any(|v| state.version(*v).is_some_and(|i| i.destroyed_at.is_some()))
-        };
-        if !stale(&*self.root()?) {
-            return Ok(false);
+        let mut missing = None;
+        for _ in 0..3 {
+            let state = self.root_state()?;
+            let newest = state
+                .versions
+                .iter()
+                .filter(|v| v.destroyed_at.is_none())
+                .map(|v| v.version)
+                .max();
+            let stale = |root: &RootKeys| {
+                newest.is_some_and(|n| root.version(n).is_none())
+                    || root
+                        .version_numbers()
+                        .iter()
+                        .any(|v| state.version(*v).is_some_and(|i| i.destroyed_at.is_some()))
+            };
+            if !stale(&*self.root()?) {
+                return Ok(missing.is_some());
+            }
+            self.reload_root()?;
+            match newest {
+                Some(n) if self.root()?.version(n).is_none() => {
+                    if missing == Some(n) {
+                        return Err(KeyringError::RootFileNotShared(n));
+                    }
+                    missing = Some(n);
+                }
+                _ => return Ok(true),
+            }
         }
-        self.reload_root()?;
-        match newest {
-            Some(n) if self.root()?.version(n).is_none() => Err(KeyringError::RootFileNotShared(n)),
-            _ => Ok(true),
-        }
+        Err(KeyringError::RootFileNotShared(missing.unwrap_or_default()))
     }
 
     /// Reads the root key file again, replacing the versions in memory; versions the file
