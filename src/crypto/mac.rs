@@ -7,11 +7,10 @@
 //! (the label as a message prefix under the key itself, the label as HKDF salt), so that
 //! what it MACed or derived then still checks (`subkey.rs`).
 
-use ring::hmac;
 use zeroize::Zeroizing;
 
 use super::key::{Key, KeyRole, KEY_LEN};
-use super::subkey::{hkdf_sha256, length_prefixed, Derivation};
+use super::subkey::{hkdf_sha256, hmac_parts, length_prefixed, Derivation};
 use super::CryptoError;
 
 /// Length of an HMAC-SHA-256 tag.
@@ -31,19 +30,13 @@ impl<R: KeyRole> Key<R> {
         }
     }
 
-    /// The MAC a legacy key computes: HMAC under the key bytes, the label as a prefix.
+    /// The MAC a legacy key computes: HMAC under the key bytes, the label as a prefix
+    /// (length-prefixed like every part).
     fn legacy_mac(&self, label: &str, parts: &[&[u8]]) -> [u8; MAC_LEN] {
-        let key = hmac::Key::new(hmac::HMAC_SHA256, self.secret_bytes());
-        let mut ctx = hmac::Context::with_key(&key);
-        ctx.update(&u32::try_from(label.len()).unwrap_or(u32::MAX).to_be_bytes());
-        ctx.update(label.as_bytes());
-        for part in parts {
-            ctx.update(&u32::try_from(part.len()).unwrap_or(u32::MAX).to_be_bytes());
-            ctx.update(part);
-        }
-        let mut out = [0u8; MAC_LEN];
-        out.copy_from_slice(ctx.sign().as_ref());
-        out
+        let mut all: Vec<&[u8]> = Vec::with_capacity(parts.len() + 1);
+        all.push(label.as_bytes());
+        all.extend_from_slice(parts);
+        hmac_parts(self.secret_bytes(), &all)
     }
 
     /// A key of role `C` derived from this one for `label` and `context` (each part

@@ -89,6 +89,19 @@ impl Derivation {
     }
 }
 
+/// HMAC-SHA-256 under `key` of `parts`, each prefixed by its length (a u32, big-endian).
+pub(super) fn hmac_parts(key: &[u8], parts: &[&[u8]]) -> [u8; MAC_LEN] {
+    let key = hmac::Key::new(hmac::HMAC_SHA256, key);
+    let mut ctx = hmac::Context::with_key(&key);
+    for part in parts {
+        ctx.update(&u32::try_from(part.len()).unwrap_or(u32::MAX).to_be_bytes());
+        ctx.update(part);
+    }
+    let mut out = [0u8; MAC_LEN];
+    out.copy_from_slice(ctx.sign().as_ref());
+    out
+}
+
 /// A key derived for one purpose. No `Clone`; `Debug` prints `[secret]`; zeroized on drop.
 pub struct Subkey {
     bytes: Zeroizing<[u8; KEY_LEN]>,
@@ -111,15 +124,7 @@ impl Subkey {
 
     /// HMAC-SHA-256 of `parts` (each length-prefixed) under this subkey.
     pub fn mac(&self, parts: &[&[u8]]) -> [u8; MAC_LEN] {
-        let key = hmac::Key::new(hmac::HMAC_SHA256, self.bytes.as_ref());
-        let mut ctx = hmac::Context::with_key(&key);
-        for part in parts {
-            ctx.update(&u32::try_from(part.len()).unwrap_or(u32::MAX).to_be_bytes());
-            ctx.update(part);
-        }
-        let mut out = [0u8; MAC_LEN];
-        out.copy_from_slice(ctx.sign().as_ref());
-        out
+        hmac_parts(self.bytes.as_ref(), parts)
     }
 
     /// The subkey bytes. Every caller is an exposure; keep them few.
