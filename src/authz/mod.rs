@@ -204,6 +204,15 @@ impl Authz {
         state: &SubjectState,
     ) -> Result<Grant<A>, Refusal> {
         let grant = self.decide_rules(who, action, Some(tenant), purpose)?;
+        self.subject_allows(&grant, purpose, state)?;
+        Ok(grant)
+    }
+
+    /// The subject's part of a decision the policy already granted (`grant`): its
+    /// restriction and its consents, for an action that reads its data for `purpose`.
+    pub fn subject_allows<A: Act>(
+        &self, _grant: &Grant<A>, purpose: Option<&Purpose>, state: &SubjectState,
+    ) -> Result<(), Refusal> {
         if let (Some(p), true) = (purpose, A::ACTION.needs_purpose()) {
             if state.restricted_since.is_some() && !self.purposes.legal_obligation.contains(p) {
                 return Err(Refusal::Restricted);
@@ -214,7 +223,7 @@ impl Authz {
                 return Err(Refusal::NoConsent(p.clone()));
             }
         }
-        Ok(grant)
+        Ok(())
     }
 }
 

@@ -148,13 +148,12 @@ impl UseCase<'_> {
             } => {
                 // The policy first: a caller it refuses learns nothing of the tenant's
                 // existence (reading the state of an unknown tenant answers NOT_FOUND).
-                vault
+                let grant = vault
                     .authz
                     .decide_rules(caller, action, Some(tenant), purpose)?;
                 let state = vault.checked_state(tenant, subject)?;
-                vault
-                    .authz
-                    .decide_for_subject(caller, action, tenant, purpose, &state)?
+                vault.authz.subject_allows(&grant, purpose, &state)?;
+                grant
             }
         };
         self.event.rule = grant.rule().to_owned();

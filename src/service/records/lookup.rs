@@ -70,7 +70,7 @@ impl Vault {
                 check,
                 |grant| async move {
                     let found = self.lookup(tenant, field, value)?;
-                    self.servable(call, &grant, tenant, field, purpose, found)
+                    self.servable(&grant, tenant, field, purpose, found)
                 },
                 |found: &Vec<SubjectId>, ev| ev.reason = format!("{} subjects found", found.len()),
             )
@@ -83,8 +83,8 @@ impl Vault {
     /// the purpose. The others are left out silently: a refusal that depends on whether a
     /// value matched would itself confirm the guess.
     fn servable(
-        &self, call: &Call, grant: &Grant<act::Find>, tenant: &TenantId, field: &FieldName,
-        purpose: &Purpose, found: Vec<SubjectId>,
+        &self, grant: &Grant<act::Find>, tenant: &TenantId, field: &FieldName, purpose: &Purpose,
+        found: Vec<SubjectId>,
     ) -> Result<Vec<SubjectId>, ServiceError> {
         let card = FieldValue::CardNumber(String::new()).kind_code();
         let mut servable = Vec::with_capacity(found.len());
@@ -99,18 +99,10 @@ impl Vault {
                 continue;
             }
             let state = self.checked_state(tenant, &subject)?;
-            match self.authz.decide_for_subject(
-                &call.caller,
-                act::Find,
-                tenant,
-                Some(purpose),
-                &state,
-            ) {
-                Ok(_) => servable.push(subject),
+            match self.authz.subject_allows(grant, Some(purpose), &state) {
+                Ok(()) => servable.push(subject),
                 Err(Refusal::Restricted | Refusal::NoConsent(_)) => {}
-                Err(refused @ (Refusal::NotGranted(_) | Refusal::ConsentUncheckable(_))) => {
-                    return Err(refused.into())
-                }
+                Err(refused) => return Err(refused.into()),
             }
         }
         Ok(servable)
