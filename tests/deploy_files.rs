@@ -71,6 +71,7 @@ fn assert_every_key_set(raw: &RawConfig) {
                 denied_burst,
                 max_connections,
                 max_streams_per_connection,
+                refusal_delay_ms,
             },
         storage:
             RawStorage {
@@ -137,6 +138,7 @@ fn assert_every_key_set(raw: &RawConfig) {
             "limits.max_streams_per_connection",
             max_streams_per_connection.is_some(),
         ),
+        ("limits.refusal_delay_ms", refusal_delay_ms.is_some()),
         (
             "limits.handshake_timeout_ms",
             handshake_timeout_ms.is_some(),

@@ -10,6 +10,10 @@
 //! through is served (and audited). The other identity, the dev client, sends one read every
 //! `VICTIM_EVERY`, below the same limit, and each read is timed from its send.
 //!
+//! The vault holds each refusal for `limits.refusal_delay_ms` (its default, 50 ms) before
+//! answering, so the flood's rate is bounded by its streams per delay, not by the CPU the
+//! flooder can spend; the header line says the delay and the flooder's line its rate.
+//!
 //! Timing is reported, not checked. The scenario fails only when the flooder got an answer
 //! other than OK or RESOURCE_EXHAUSTED.
 
@@ -38,9 +42,6 @@ const BURST: u32 = 200;
 const FLOODER: &str = "spiffe://pii-vault.local/bench-flood";
 /// The other identity's pace: 125 reads per second, below its own limit of `RATE`.
 const VICTIM_EVERY: Duration = Duration::from_millis(8);
-/// The flood's concurrent streams, spread over this many connections.
-const FLOOD_STREAMS: usize = 64;
-const FLOOD_CONNECTIONS: usize = 2;
 
 /// The size of one flood run.
 #[derive(Clone, Copy, Debug)]
@@ -49,6 +50,9 @@ pub struct FloodSize {
     pub requests: usize,
     /// Reads the other identity times while the vault is idle.
     pub idle_calls: usize,
+    /// The flood's concurrent streams (64 by default), spread over this many connections (2).
+    pub streams: usize,
+    pub connections: usize,
 }
 
 /// What the flooder got back.
@@ -88,7 +92,9 @@ fn policy() -> String {
 /// Runs the scenario and prints its figures; returns how many of the flooder's requests got
 /// an answer other than OK or RESOURCE_EXHAUSTED.
 pub async fn run(size: FloodSize) -> u64 {
+    let mut held = Duration::ZERO;
     let vault = Fixture::start_with(true, 1, |config| {
+        held = config.abuse.refusal_delay;
         config.abuse.requests_per_second = RATE;
         config.abuse.request_burst = BURST;
         std::fs::write(&config.policy_file, policy()).expect("write the policy");
@@ -96,22 +102,24 @@ pub async fn run(size: FloodSize) -> u64 {
     .await;
     println!();
     println!(
-        "# flood: one identity sends {} GetFields over {FLOOD_STREAMS} streams on \
-         {FLOOD_CONNECTIONS} connections, limited to {RATE}/s (burst {BURST}); another reads \
-         1 field every {} ms, timed from its send",
+        "# flood: one identity sends {} GetFields over {} streams on {} connections, limited to {RATE}/s (burst {BURST}), refusals held \
+         {} ms; another reads 1 field every {} ms, timed from its send",
         size.requests,
+        size.streams,
+        size.connections,
+        held.as_millis(),
         VICTIM_EVERY.as_millis()
     );
     let victim = RecordServiceClient::new(vault.channel().await);
     let flooder = vault.issue_client("bench-flood", FLOODER);
     let mut flood_channels = Vec::new();
-    for _ in 0..FLOOD_CONNECTIONS {
+    for _ in 0..size.connections.max(1) {
         flood_channels.push(vault.channel_as(&flooder).await);
     }
 
     let idle = read_paced(victim.clone(), Until::Calls(size.idle_calls)).await;
     let done = Arc::new(AtomicBool::new(false));
-    let flood = tokio::spawn(flood(flood_channels, size.requests, done.clone()));
+    let flood = tokio::spawn(flood(flood_channels, size, done.clone()));
     let under = read_paced(victim, Until::Set(done)).await;
     let flooded = flood.await.expect("the flood");
     vault.stop().await;
@@ -147,12 +155,13 @@ async fn read_paced(mut client: RecordServiceClient<Channel>, until: Until) -> S
     stats
 }
 
-/// Sends `requests` reads from `FLOOD_STREAMS` streams as fast as they are answered, then
-/// sets `done`.
-async fn flood(channels: Vec<Channel>, requests: usize, done: Arc<AtomicBool>) -> Flooded {
+/// Sends `size.requests` reads from `size.streams` streams as fast as they are answered,
+/// then sets `done`.
+async fn flood(channels: Vec<Channel>, size: FloodSize, done: Arc<AtomicBool>) -> Flooded {
+    let requests = size.requests;
     let next = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
-    let streams: Vec<_> = (0..FLOOD_STREAMS)
+    let streams: Vec<_> = (0..size.streams.max(1))
         .map(|w| {
             let mut client = RecordServiceClient::new(channels[w % channels.len()].clone());
             let next = next.clone();

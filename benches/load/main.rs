@@ -21,7 +21,8 @@
 //! cargo bench --bench load -- --duration 10 --concurrency 1,8,64 --scenarios get1,put1
 //! cargo bench --bench load -- --rss --fields 1000000 --cache-mib 256
 //! cargo bench --bench load -- --backends --duration 10 --concurrency 8,64
-//! cargo bench --bench load -- --scenarios flood  # the flood alone (--flood-requests, --idle-reads)
+//! cargo bench --bench load -- --scenarios flood  # the flood alone (--flood-requests, --idle-reads,
+//!                                                #   --flood-streams, --flood-connections)
 //! ```
 //!
 //! `--backends` compares one node on sled, one on PostgreSQL and two on one PostgreSQL
@@ -94,6 +95,7 @@ fn smoke(a: &mut Args) {
     a.flood = FloodSize {
         requests: 5_000,
         idle_calls: 50,
+        ..a.flood
     };
     a.smoke = true;
 }
@@ -114,6 +116,8 @@ fn args() -> Args {
         flood: FloodSize {
             requests: 100_000,
             idle_calls: 1_000,
+            streams: 64,
+            connections: 2,
         },
     };
     // `cargo bench` passes --bench; `cargo test` does not, and gets the smoke run.
@@ -139,6 +143,8 @@ fn args() -> Args {
             "--cache-mib" => a.cache_mib = value().parse().unwrap_or(256),
             "--flood-requests" => a.flood.requests = value().parse().unwrap_or(100_000),
             "--idle-reads" => a.flood.idle_calls = value().parse().unwrap_or(1_000),
+            "--flood-streams" => a.flood.streams = value().parse().unwrap_or(64),
+            "--flood-connections" => a.flood.connections = value().parse().unwrap_or(2),
             // `cargo bench` passes --bench; other flags are cargo's business.
             _ => {}
         }

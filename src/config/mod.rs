@@ -75,6 +75,9 @@ pub struct AbuseLimits {
     pub max_connections: u32,
     /// Concurrent streams per HTTP/2 connection.
     pub max_streams_per_connection: u32,
+    /// How long a request refused for its rate is held before RESOURCE_EXHAUSTED goes out
+    /// (zero: answered at once).
+    pub refusal_delay: Duration,
 }
 
 /// The validated configuration the server runs with.

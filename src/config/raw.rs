@@ -144,6 +144,10 @@ pub struct RawLimits {
     pub max_connections: Option<u32>,
     /// Concurrent HTTP/2 streams (calls) one connection may have open. Default 128.
     pub max_streams_per_connection: Option<u32>,
+    /// How long a call refused for its identity's rate is held, in milliseconds, before it
+    /// is answered RESOURCE_EXHAUSTED: a client that ignores RetryInfo and retries at once
+    /// is paced by its open streams instead of spinning. 0 answers at once. Default 50.
+    pub refusal_delay_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

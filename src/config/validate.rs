@@ -245,6 +245,12 @@ impl RawLimits {
                 128,
                 1 << 16,
             )?,
+            refusal_delay: Duration::from_millis(bounded(
+                "limits.refusal_delay_ms",
+                self.refusal_delay_ms.unwrap_or(50),
+                0,
+                10_000,
+            )?),
         };
         Ok(limits)
     }

@@ -10,6 +10,13 @@
 //! RESOURCE_EXHAUSTED with a `google.rpc.RetryInfo` saying when a token is back; it never
 //! reaches a handler and writes no audit event.
 //!
+//! A refused request is held for `refusal_delay` before its answer goes out (a tarpit). A
+//! client that ignores RetryInfo and retries at once then makes at most one request per
+//! open stream per delay, and the streams of a connection are capped: its flood costs the
+//! vault a few thousand cheap refusals a second instead of as many as its CPU can send,
+//! which is what kept other identities' latency from holding under a flood. Held
+//! refusals are capped too (`MAX_HELD`); past the cap they are answered at once.
+//!
 //! Buckets live in memory, one per identity seen recently; full buckets idle for a while
 //! are dropped when the table grows, so its size follows the identities in use.
 
@@ -20,6 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::body::Body;
 use tonic::Code;
 use tonic_types::{ErrorDetails, StatusExt};
@@ -33,6 +41,9 @@ const TRIM_AT: usize = 4096;
 
 /// How long a refused request's body is read (and thrown away) before the answer goes out.
 const DRAIN_FOR: Duration = Duration::from_millis(500);
+
+/// Most refused requests held at once; each holds a stream and a timer, nothing more.
+const MAX_HELD: usize = 16 * 1024;
 
 /// A token bucket: `tokens` refill at `rate` per second up to `burst`.
 #[derive(Clone, Copy, Debug)]
@@ -82,6 +93,8 @@ struct Allowance {
 pub(super) struct RateLimiter {
     limits: AbuseLimits,
     table: Mutex<HashMap<String, Allowance>>,
+    /// One permit per refusal that may be held (`MAX_HELD`).
+    held: Arc<Semaphore>,
 }
 
 impl RateLimiter {
@@ -89,7 +102,22 @@ impl RateLimiter {
         Arc::new(Self {
             limits,
             table: Mutex::new(HashMap::new()),
+            held: Arc::new(Semaphore::new(MAX_HELD)),
         })
+    }
+
+    /// How long a refusal is held, and the permit it is held under; none (answer at once)
+    /// when holding is off or `MAX_HELD` refusals are held already.
+    fn hold(&self) -> Option<(Duration, OwnedSemaphorePermit)> {
+        let delay = self.limits.refusal_delay;
+        if delay.is_zero() {
+            return None;
+        }
+        self.held
+            .clone()
+            .try_acquire_owned()
+            .ok()
+            .map(|p| (delay, p))
     }
 
     fn with<T>(&self, identity: &str, f: impl FnOnce(&mut Allowance) -> T) -> T {
@@ -226,9 +254,14 @@ where
             return Box::pin(self.inner.call(req));
         };
         if let Err(wait) = self.limiter.admit(&identity) {
+            let hold = self.limiter.hold();
             return Box::pin(async move {
+                let refused = Instant::now();
                 drain(req.into_body()).await;
-                Ok(exhausted(wait))
+                if let Some((delay, _permit)) = hold {
+                    tokio::time::sleep_until((refused + delay).into()).await;
+                }
+                Ok(exhausted(wait.saturating_sub(refused.elapsed())))
             });
         }
         let limiter = self.limiter.clone();
@@ -256,6 +289,7 @@ mod tests {
             denied_burst,
             max_connections: 1,
             max_streams_per_connection: 1,
+            refusal_delay: Duration::ZERO,
         }
     }
 
@@ -269,6 +303,23 @@ mod tests {
         assert!(wait > Duration::ZERO && wait <= Duration::from_secs(1));
         // Another identity has its own bucket.
         assert_eq!(limiter.admit("uri:b"), Ok(()));
+    }
+
+    #[test]
+    fn refusals_are_held_up_to_the_cap_then_answered_at_once() {
+        let mut l = limits(1, 1, 1, 1);
+        assert!(
+            RateLimiter::new(l).hold().is_none(),
+            "a zero delay holds nothing"
+        );
+        l.refusal_delay = Duration::from_millis(50);
+        let limiter = RateLimiter::new(l);
+        let held: Vec<_> = (0..MAX_HELD).map_while(|_| limiter.hold()).collect();
+        assert_eq!(held.len(), MAX_HELD);
+        assert!(limiter.hold().is_none(), "past the cap: answered at once");
+        drop(held);
+        let (delay, _permit) = limiter.hold().expect("permits come back");
+        assert_eq!(delay, Duration::from_millis(50));
     }
 
     #[test]

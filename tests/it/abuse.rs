@@ -30,6 +30,9 @@ async fn a_flood_from_one_identity_is_exhausted_while_another_is_served() {
         raw.limits.request_burst = Some(50);
         raw.limits.denied_per_second = Some(2);
         raw.limits.denied_burst = Some(10);
+        // Held refusals pace a flood to its streams per delay; at 1 ms the 100,000 calls
+        // finish in seconds (the hold itself is `a_refusal_is_held_before_it_is_answered`).
+        raw.limits.refusal_delay_ms = Some(1);
     })
     .await;
     create_tenant(&vault, "acme").await;
@@ -126,6 +129,44 @@ async fn resource_exhausted_carries_a_retry_info() {
     tokio::time::sleep(delay).await;
     let again = records.get_fields(get_request()).await;
     assert_ne!(again.err().map(|s| s.code()), Some(Code::ResourceExhausted));
+}
+
+/// A call refused for its rate is answered only after `refusal_delay_ms`, so a client that
+/// retries at once cannot make the vault refuse as fast as it can send; its RetryInfo says
+/// what is left of the wait after the hold. An admitted call is not held.
+#[tokio::test]
+async fn a_refusal_is_held_before_it_is_answered() {
+    const DELAY: Duration = Duration::from_millis(300);
+    let vault = TestVault::start_with(|raw| {
+        raw.limits.requests_per_second = Some(1);
+        raw.limits.request_burst = Some(1);
+        raw.limits.refusal_delay_ms = Some(300);
+    })
+    .await;
+    let mut records = vault.records().await;
+    let sent = Instant::now();
+    let admitted = records.get_fields(get_request()).await;
+    assert_ne!(
+        admitted.err().map(|s| s.code()),
+        Some(Code::ResourceExhausted)
+    );
+    assert!(sent.elapsed() < DELAY, "an admitted call is not held");
+    let sent = Instant::now();
+    let status = records
+        .get_fields(get_request())
+        .await
+        .expect_err("over the burst");
+    let held = sent.elapsed();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(held >= DELAY, "answered after {held:?}");
+    let delay = status
+        .get_details_retry_info()
+        .and_then(|r| r.retry_delay)
+        .expect("a retry delay");
+    assert!(
+        delay <= Duration::from_millis(1000) - DELAY + Duration::from_millis(10),
+        "the hold counts against the wait: {delay:?}"
+    );
 }
 
 /// With `max_connections = 2`, a third connection is closed at once; once one of the
