@@ -10,6 +10,12 @@
 //! through is served (and audited). The other identity, the dev client, sends one read every
 //! `VICTIM_EVERY`, below the same limit, and each read is timed from its send.
 //!
+//! The flood runs in phases of `PHASE`, on and off in turns, until all its requests are
+//! sent; the other identity reads all along. A read counts as idle only if the flood was off
+//! with none of its requests in flight from the read's send to its answer; every other read
+//! counts as under the flood. The idle figure is therefore taken over the same minutes as
+//! the flooded one, not before it.
+//!
 //! The vault holds each refusal for `limits.refusal_delay_ms` (its default, 50 ms) before
 //! answering, so the flood's rate is bounded by its streams per delay, not by the CPU the
 //! flooder can spend; the header line says the delay and the flooder's line its rate.
@@ -26,6 +32,7 @@ use pb::record_service_client::RecordServiceClient;
 use pii_vault::authz::Policy;
 use pii_vault::certs::DEV_CLIENT_ID;
 use pii_vault::proto::v1 as pb;
+use tokio::sync::watch;
 use tokio::time::MissedTickBehavior;
 use tonic::transport::Channel;
 use tonic::Code;
@@ -37,18 +44,22 @@ use crate::scenario::get_request;
 
 /// Requests per second per identity, sustained, and in a burst.
 const RATE: u32 = 200;
-const BURST: u32 = 200;
+const BURST: u32 = 50;
 /// The flooder's identity, granted `read` of the field.
 const FLOODER: &str = "spiffe://pii-vault.local/bench-flood";
 /// The other identity's pace: 125 reads per second, below its own limit of `RATE`.
 const VICTIM_EVERY: Duration = Duration::from_millis(8);
+/// The flood is on for one phase, then off for one, and so on: idle and flooded reads are
+/// taken in turns, so the machine's own drift (it is shared) hits both alike.
+const PHASE: Duration = Duration::from_secs(1);
 
 /// The size of one flood run.
 #[derive(Clone, Copy, Debug)]
 pub struct FloodSize {
     /// Requests the flooder sends.
     pub requests: usize,
-    /// Reads the other identity times while the vault is idle.
+    /// Reads the other identity times while the flood is off, at least (it reads on after
+    /// the flood until it has them).
     pub idle_calls: usize,
     /// The flood's concurrent streams (64 by default), spread over this many connections (2).
     pub streams: usize,
@@ -103,11 +114,12 @@ pub async fn run(size: FloodSize) -> u64 {
     println!();
     println!(
         "# flood: one identity sends {} GetFields over {} streams on {} connections, limited to {RATE}/s (burst {BURST}), refusals held \
-         {} ms; another reads 1 field every {} ms, timed from its send",
+         {} ms, in phases of {} ms on and off; another reads 1 field every {} ms, timed from its send",
         size.requests,
         size.streams,
         size.connections,
         held.as_millis(),
+        PHASE.as_millis(),
         VICTIM_EVERY.as_millis()
     );
     let victim = RecordServiceClient::new(vault.channel().await);
@@ -117,62 +129,117 @@ pub async fn run(size: FloodSize) -> u64 {
         flood_channels.push(vault.channel_as(&flooder).await);
     }
 
-    let idle = read_paced(victim.clone(), Until::Calls(size.idle_calls)).await;
-    let done = Arc::new(AtomicBool::new(false));
-    let flood = tokio::spawn(flood(flood_channels, size, done.clone()));
-    let under = read_paced(victim, Until::Set(done)).await;
-    let flooded = flood.await.expect("the flood");
+    let (phase, gate) = watch::channel(false);
+    let phases = Phases {
+        gate,
+        in_flight: Arc::new(AtomicUsize::new(0)),
+        done: Arc::new(AtomicBool::new(false)),
+    };
+    let flood = tokio::spawn(flood(
+        flood_channels,
+        size.requests,
+        size.streams,
+        phases.clone(),
+    ));
+    let conduct = tokio::spawn(conduct(phase, phases.done.clone()));
+    let (idle, under) = read_paced(victim, &phases, size.idle_calls).await;
+    let mut flooded = flood.await.expect("the flood");
+    flooded.wall = conduct.await.expect("the phases");
     vault.stop().await;
 
     print_figures(&idle, &under, &flooded, size.requests);
     flooded.others()
 }
 
-/// When the other identity stops reading.
-enum Until {
-    Calls(usize),
-    Set(Arc<AtomicBool>),
+/// How the flood is switched on and off, and what the other identity's reads look at.
+#[derive(Clone)]
+struct Phases {
+    /// True while the flood phase is on.
+    gate: watch::Receiver<bool>,
+    /// The flooder's requests sent and not yet answered.
+    in_flight: Arc<AtomicUsize>,
+    /// Set when the flooder has sent every request.
+    done: Arc<AtomicBool>,
 }
 
-/// One read of the field every `VICTIM_EVERY`, one at a time, each timed from its send.
-async fn read_paced(mut client: RecordServiceClient<Channel>, until: Until) -> Stats {
-    let mut stats = Stats::new();
+impl Phases {
+    /// Idle: the flood is off and none of its requests is still in flight.
+    fn quiet(&self) -> bool {
+        !*self.gate.borrow() && self.in_flight.load(Ordering::Acquire) == 0
+    }
+}
+
+/// Switches the flood on for `PHASE`, then off for `PHASE`, until it is done; returns how
+/// long it was on.
+async fn conduct(phase: watch::Sender<bool>, done: Arc<AtomicBool>) -> Duration {
+    let mut flooding = Duration::ZERO;
+    while !done.load(Ordering::Acquire) {
+        tokio::time::sleep(PHASE).await;
+        let on = Instant::now();
+        phase.send_replace(true);
+        while on.elapsed() < PHASE && !done.load(Ordering::Acquire) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        phase.send_replace(false);
+        flooding += on.elapsed();
+    }
+    flooding
+}
+
+/// One read of the field every `VICTIM_EVERY`, one at a time, each timed from its send and
+/// counted as idle when the flood was quiet from its send to its answer, else as under the
+/// flood. Reads until the flood is done and at least `idle_calls` idle reads are counted.
+async fn read_paced(
+    mut client: RecordServiceClient<Channel>, phases: &Phases, idle_calls: usize,
+) -> (Stats, Stats) {
+    let (mut idle, mut under) = (Stats::new(), Stats::new());
     let mut tick = tokio::time::interval(VICTIM_EVERY);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let start = Instant::now();
     for n in 0.. {
-        match &until {
-            Until::Calls(calls) if n >= *calls as u64 => break,
-            Until::Set(done) if done.load(Ordering::Acquire) => break,
-            _ => {}
+        let idle_reads = (idle.ops + idle.errors) as usize;
+        if phases.done.load(Ordering::Acquire) && idle_reads >= idle_calls {
+            break;
         }
         tick.tick().await;
+        let quiet = phases.quiet();
         let t0 = Instant::now();
         let answer = client.get_fields(get_request(n, 1, 1)).await;
-        stats.count(outcome(answer), t0.elapsed());
+        let took = t0.elapsed();
+        if quiet && phases.quiet() {
+            idle.count(outcome(answer), took);
+        } else {
+            under.count(outcome(answer), took);
+        }
     }
-    stats.elapsed = start.elapsed();
-    stats
+    idle.elapsed = start.elapsed();
+    under.elapsed = idle.elapsed;
+    (idle, under)
 }
 
-/// Sends `size.requests` reads from `size.streams` streams as fast as they are answered,
-/// then sets `done`.
-async fn flood(channels: Vec<Channel>, size: FloodSize, done: Arc<AtomicBool>) -> Flooded {
-    let requests = size.requests;
+/// Sends `requests` reads from `streams` streams as fast as they are answered while the
+/// flood phase is on, then sets `phases.done`.
+async fn flood(channels: Vec<Channel>, requests: usize, streams: usize, phases: Phases) -> Flooded {
     let next = Arc::new(AtomicUsize::new(0));
-    let start = Instant::now();
-    let streams: Vec<_> = (0..size.streams.max(1))
+    let streams: Vec<_> = (0..streams.max(1))
         .map(|w| {
             let mut client = RecordServiceClient::new(channels[w % channels.len()].clone());
             let next = next.clone();
+            let mut phases = phases.clone();
             tokio::spawn(async move {
                 let mut got = Flooded::default();
                 loop {
+                    if phases.gate.wait_for(|on| *on).await.is_err() {
+                        break got;
+                    }
                     let n = next.fetch_add(1, Ordering::Relaxed);
                     if n >= requests {
                         break got;
                     }
-                    match client.get_fields(get_request(n as u64, 1, 1)).await {
+                    phases.in_flight.fetch_add(1, Ordering::AcqRel);
+                    let answer = client.get_fields(get_request(n as u64, 1, 1)).await;
+                    phases.in_flight.fetch_sub(1, Ordering::AcqRel);
+                    match answer {
                         Ok(_) => got.ok += 1,
                         Err(s) if s.code() == Code::ResourceExhausted => got.exhausted += 1,
                         Err(s) => *got.other.entry(format!("{:?}", s.code())).or_default() += 1,
@@ -185,8 +252,7 @@ async fn flood(channels: Vec<Channel>, size: FloodSize, done: Arc<AtomicBool>) -
     for s in streams {
         total.merge(s.await.expect("flood stream"));
     }
-    total.wall = start.elapsed();
-    done.store(true, Ordering::Release);
+    phases.done.store(true, Ordering::Release);
     total
 }
 
@@ -194,6 +260,7 @@ fn print_figures(idle: &Stats, under: &Stats, f: &Flooded, requests: usize) {
     let calls = |s: &Stats| format!("{} reads", s.ops + s.errors);
     row("flood", "other idle", Some(1), idle, &calls(idle));
     row("flood", "other flood", Some(1), under, &calls(under));
+    // The flood's own time: its phases on.
     let wall = f.wall.as_secs_f64();
     let others = if f.other.is_empty() {
         "0".to_owned()
