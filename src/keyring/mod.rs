@@ -26,12 +26,13 @@ mod tenant_keys;
 mod usage;
 
 use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 
 use index_keys::{index_aad, parse_index_key_name, INDEX_KEY_PREFIX};
 
 pub use dek_cache::{DekCacheStats, LookupObserver};
-pub use record_keys::RecordSealer;
+pub use record_keys::{LegacySeals, RecordSealer};
 pub use root_file::RootKeys;
 pub use root_keys::RootRotation;
 pub use tenant_keys::{RewrapBatch, SubjectDeks};
@@ -140,9 +141,9 @@ pub struct Keyring {
     index_keys: RwLock<IndexCache>,
     /// Record integrity keys by tenant, derived once (`record_keys.rs`).
     record_keys: RwLock<HashMap<TenantId, Arc<Key<RecordMac>>>>,
-    /// True on a store created before records were sealed (`record_keys.rs`): unsealed
-    /// records are still accepted there.
-    legacy_records: bool,
+    /// True on a store created before records were sealed, until `seal_legacy_records` has
+    /// sealed them (`record_keys.rs`): unsealed records are still accepted meanwhile.
+    legacy_records: AtomicBool,
     /// Unwrapped subject DEKs, so a hot read does no unwrap and no key schedule.
     dek_cache: dek_cache::DekCache,
     /// Usage limits and counters of every key.
@@ -196,7 +197,7 @@ impl Keyring {
             keks: RwLock::new(HashMap::new()),
             index_keys: RwLock::new(HashMap::new()),
             record_keys: RwLock::new(HashMap::new()),
-            legacy_records,
+            legacy_records: AtomicBool::new(legacy_records),
             dek_cache: dek_cache::DekCache::new(DEFAULT_DEK_CACHE_ENTRIES, None),
             usage: usage::Usage::new(KeyLimits::default()),
             root_rotation: Mutex::new(()),

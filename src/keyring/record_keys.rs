@@ -16,14 +16,22 @@
 //! version has no such entry: there an unsealed state record is accepted as sequence
 //! number 0 while its subject record anchors 0 (the first change seals it and moves the
 //! anchor, after which an unsealed copy is refused too), and an unsealed tombstone is
-//! accepted. A migration that seals every legacy record and then records `RECORD_SEALS`
-//! would close that window; it is not written yet.
+//! accepted. `Keyring::seal_legacy_records`, run by every start before the vault serves,
+//! closes that window: it seals every unsealed state record and tombstone, records
+//! `RECORD_SEALS`, and from then on unsealed records are refused there too. A node of a
+//! shared store that opened it before another node finished the migration keeps accepting
+//! unsealed records until it restarts or migrates itself (no node writes one).
 
+use std::cell::Cell;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use crate::crypto::{mac_eq, Audit, Key, RecordMac, MAC_LEN};
 use crate::domain::{SubjectId, SubjectState, TenantId};
 use crate::storage::{RecordKind, Seal, StateRecord, StoreError, Tombstone};
+
+/// Subjects, tombstones or tenants read per page by the migration.
+const MIGRATION_PAGE: usize = 512;
 
 use super::{Keyring, KeyringError};
 
@@ -141,7 +149,94 @@ impl RecordSealer {
     }
 }
 
+/// What `Keyring::seal_legacy_records` did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct LegacySeals {
+    /// State records and tombstones sealed.
+    pub states: u64,
+    pub tombstones: u64,
+    /// State records left unsealed because they failed the anchor check already (they stay
+    /// refused, as they were before the migration).
+    pub refused: u64,
+}
+
 impl Keyring {
+    /// Seals every state record and tombstone that a store written by an earlier version
+    /// holds without a seal, then records that seals are required (module comment). Does
+    /// nothing (`None`) on a store that requires them already. Safe to run while the store
+    /// is in use and on several nodes at once: each state record is sealed by
+    /// compare-and-swap and each tombstone in a transaction, and a sealed record is left
+    /// as it is.
+    pub fn seal_legacy_records(&self) -> Result<Option<LegacySeals>, KeyringError> {
+        if !self.legacy_records.load(Ordering::Acquire) {
+            return Ok(None);
+        }
+        let mut done = LegacySeals::default();
+        let mut after = None;
+        loop {
+            let tenants = self.store.tenants(after.as_ref(), MIGRATION_PAGE)?;
+            let Some(last) = tenants.last() else { break };
+            after = Some(last.id.clone());
+            for tenant in &tenants {
+                self.seal_tenant(&tenant.id, &mut done)?;
+            }
+        }
+        self.store.meta_init(RECORD_SEALS, b"required")?;
+        self.legacy_records.store(false, Ordering::Release);
+        tracing::info!(
+            states = done.states,
+            tombstones = done.tombstones,
+            refused = done.refused,
+            "sealed the state records and tombstones an earlier version wrote; seals are required from now on"
+        );
+        Ok(Some(done))
+    }
+
+    fn seal_tenant(&self, tenant: &TenantId, done: &mut LegacySeals) -> Result<(), KeyringError> {
+        let sealer = self.record_sealer(tenant)?;
+        let mut after = None;
+        loop {
+            let subjects = self
+                .store
+                .subjects(tenant, after.as_ref(), MIGRATION_PAGE)?;
+            let Some(last) = subjects.last().cloned() else {
+                break;
+            };
+            for subject in &subjects {
+                let sealed = Cell::new(false);
+                let seal = |stored: &StateRecord| {
+                    let legacy = stored.seal.is_none() && stored.state != SubjectState::default();
+                    sealed.set(legacy);
+                    Ok(legacy.then(|| {
+                        sealer.seal_state(subject, stored.state.clone(), stored.seq() + 1)
+                    }))
+                };
+                match self.store.update_subject_state(tenant, subject, &seal) {
+                    Ok(_) => done.states += u64::from(sealed.get()),
+                    // Erased meanwhile: its state went with it.
+                    Err(StoreError::Erased) => {}
+                    Err(StoreError::Integrity(_)) => done.refused += 1,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            after = Some(last);
+        }
+        let mut after = None;
+        loop {
+            let page = self.store.seal_legacy_tombstones(
+                tenant,
+                after.as_ref(),
+                MIGRATION_PAGE,
+                &|subject, stone| sealer.seal_tombstone(subject, stone, 1),
+            )?;
+            done.tombstones += page.sealed as u64;
+            match page.last {
+                Some(last) => after = Some(last),
+                None => return Ok(()),
+            }
+        }
+    }
+
     /// The sealer of `tenant`'s records; its key is derived on first use and cached.
     pub fn record_sealer(&self, tenant: &TenantId) -> Result<RecordSealer, KeyringError> {
         let cached = self
@@ -162,7 +257,7 @@ impl Keyring {
         Ok(RecordSealer {
             tenant: tenant.clone(),
             key,
-            legacy: self.legacy_records,
+            legacy: self.legacy_records.load(Ordering::Acquire),
         })
     }
 }

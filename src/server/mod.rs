@@ -189,6 +189,9 @@ fn open_vault(
 ) -> Result<Opened, ServerError> {
     let root = RootKeys::load(&config.root_key_file)?;
     let keys = Keyring::open(root, store.clone())?;
+    // Once, on a store an earlier version wrote: seal its consent, restriction and
+    // tombstone records before any request can read them.
+    keys.seal_legacy_records()?;
     let tls = tls::ReloadableTls::load(&config.tls)?;
     let authz = Arc::new(Authz::load(
         config.policy_file.clone(),

@@ -9,9 +9,9 @@ use crate::crypto::Sealed;
 use crate::domain::{FieldName, SubjectId, TenantId, Timestamp};
 
 use super::{
-    AuditMarks, Erasure, FieldRecord, KeyChange, KeyUpdate, StateRecord, StateUpdate, Store,
-    StoreError, StoreResult, SubjectRecord, SubjectUpdate, SubjectWrite, TenantKeyState,
-    TenantRecord, Tombstone, TombstoneSeal, Written,
+    AuditMarks, Erasure, FieldRecord, KeyChange, KeyUpdate, LegacyPage, LegacySeal, StateRecord,
+    StateUpdate, Store, StoreError, StoreResult, SubjectRecord, SubjectUpdate, SubjectWrite,
+    TenantKeyState, TenantRecord, Tombstone, TombstoneSeal, Written,
 };
 
 /// Switches that make the wrapped store misbehave.
@@ -235,6 +235,13 @@ impl Store for FaultyStore {
     }
     fn tombstone(&self, tenant: &TenantId, subject: &SubjectId) -> StoreResult<Option<Tombstone>> {
         self.inner.tombstone(tenant, subject)
+    }
+    fn seal_legacy_tombstones(
+        &self, tenant: &TenantId, after: Option<&SubjectId>, limit: usize, seal: &LegacySeal<'_>,
+    ) -> StoreResult<LegacyPage> {
+        self.write()?;
+        self.inner
+            .seal_legacy_tombstones(tenant, after, limit, seal)
     }
     fn purge_fields(
         &self, tenant: &TenantId, subject: &SubjectId, limit: usize,

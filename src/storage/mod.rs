@@ -87,6 +87,18 @@ pub type StateUpdate<'a> = dyn Fn(&StateRecord) -> StoreResult<Option<StateRecor
 /// subject's state record). Runs inside a transaction: it must be pure.
 pub type TombstoneSeal<'a> = dyn Fn(Tombstone, u64) -> Tombstone + 'a;
 
+/// Seals one legacy tombstone of the named subject (`Store::seal_legacy_tombstones`).
+pub type LegacySeal<'a> = dyn Fn(&SubjectId, Tombstone) -> Tombstone + 'a;
+
+/// What one `Store::seal_legacy_tombstones` call did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct LegacyPage {
+    /// Tombstones sealed.
+    pub sealed: usize,
+    /// The last subject examined; `None` when there were none left.
+    pub last: Option<SubjectId>,
+}
+
 /// The signed records that bound the audit chain (see `audit::ChainMark`).
 #[derive(Clone, Debug, Default)]
 pub struct AuditMarks {
@@ -257,6 +269,14 @@ pub trait Store: Send + Sync + 'static {
     fn purge_fields(
         &self, tenant: &TenantId, subject: &SubjectId, limit: usize,
     ) -> StoreResult<usize>;
+    /// The one-time migration of a store an earlier version wrote: seals, with `seal`, each
+    /// tombstone stored without a seal among the next `limit`
+    /// tombstones of `tenant` after `after` (in the backend's id order). A tombstone sealed
+    /// meanwhile is left as it is. Returns how many were sealed and the last subject
+    /// examined; `last` is `None` when there were no more.
+    fn seal_legacy_tombstones(
+        &self, tenant: &TenantId, after: Option<&SubjectId>, limit: usize, seal: &LegacySeal<'_>,
+    ) -> StoreResult<LegacyPage>;
     /// Erased subjects whose field ciphertexts are not purged yet (resumed after a restart).
     fn unpurged(&self) -> StoreResult<Vec<(TenantId, SubjectId)>>;
     /// Legal retention duties that ended by `now`: (tenant, shadow subject, end).

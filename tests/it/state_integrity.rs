@@ -7,7 +7,7 @@
 use std::path::Path;
 
 use pii_vault::proto::v1 as pb;
-use pii_vault::storage::{open_waiting_for_lock, Tombstone};
+use pii_vault::storage::{open_waiting_for_lock, StateRecord, SubjectRecord, Tombstone};
 use tonic::Code;
 
 use crate::erasure::erase;
@@ -264,4 +264,84 @@ async fn a_forged_or_swapped_tombstone_is_refused() {
         .await
         .expect("intact again");
     assert_eq!(again.receipt_id, first.receipt_id);
+}
+
+/// Removes the store's "seals are required" mark, as a store an earlier version wrote
+/// lacks it.
+fn forget_seals_required(dir: &Path) {
+    let db = open_waiting_for_lock(&sled::Config::new().path(dir.join("store"))).expect("sled");
+    let meta = db.open_tree("meta").expect("meta");
+    assert!(meta.remove("record_seals").expect("remove").is_some());
+    db.flush().expect("flush");
+}
+
+/// Makes alice's state record and anchor, and bob's tombstone, what a version before seals
+/// wrote: no seal, anchor 0. Returns alice's unsealed state record.
+fn make_legacy(dir: &Path) -> Vec<u8> {
+    let mut state =
+        StateRecord::decode(&raw(dir, "state", "alice").expect("state")).expect("state");
+    state.seal = None;
+    let legacy = state.encode();
+    set_raw(dir, "state", "alice", Some(&legacy));
+    let mut alice =
+        SubjectRecord::decode(&raw(dir, "subjects", "alice").expect("subject")).expect("subject");
+    alice.state_seq = 0;
+    set_raw(dir, "subjects", "alice", Some(&alice.encode()));
+    let mut bob =
+        Tombstone::decode(&raw(dir, "tombstones", "bob").expect("tombstone")).expect("tombstone");
+    bob.seal = None;
+    set_raw(dir, "tombstones", "bob", Some(&bob.encode()));
+    forget_seals_required(dir);
+    legacy
+}
+
+/// On a store an earlier version wrote, unsealed consent records and tombstones were
+/// accepted, so a rollback to a pre-upgrade copy went unnoticed. The first start seals
+/// them: the data reads as before, and the same unsealed copies put back afterwards are
+/// refused.
+#[tokio::test]
+async fn the_first_start_on_an_older_store_seals_its_records_and_then_refuses_unsealed_ones() {
+    let vault = vault_with_alice().await;
+    let c = vault.channel().await;
+    consent(&c, "marketing", true).await;
+    erase(c.clone(), "acme", "bob").await.expect("erase bob");
+    drop(c);
+    let config = vault.config.clone();
+    let dir = vault.stop().await;
+    let legacy_state = make_legacy(dir.path());
+    let legacy_alice = raw(dir.path(), "subjects", "alice").expect("subject");
+    let legacy_bob = raw(dir.path(), "tombstones", "bob").expect("tombstone");
+
+    // The upgrade: everything reads as it did, and is sealed now.
+    let vault = TestVault::start_on(dir, config.clone(), None).await;
+    let c = vault.channel().await;
+    assert_eq!(read(&c, "marketing").await.expect("consent kept"), 1);
+    let bob = erase(c.clone(), "acme", "bob")
+        .await
+        .expect("erased before");
+    assert!(!bob.receipt_id.is_empty());
+    drop(c);
+    let dir = vault.stop().await;
+    let state =
+        StateRecord::decode(&raw(dir.path(), "state", "alice").expect("state")).expect("state");
+    assert_eq!(
+        state.seal.map(|s| s.seq),
+        Some(1),
+        "sealed as the first record"
+    );
+    let stone = Tombstone::decode(&raw(dir.path(), "tombstones", "bob").expect("tombstone"))
+        .expect("tombstone");
+    assert!(stone.seal.is_some(), "the tombstone is sealed");
+
+    // The pre-upgrade copies, put back: refused now.
+    set_raw(dir.path(), "state", "alice", Some(&legacy_state));
+    set_raw(dir.path(), "subjects", "alice", Some(&legacy_alice));
+    set_raw(dir.path(), "tombstones", "bob", Some(&legacy_bob));
+    let vault = TestVault::start_on(dir, config, None).await;
+    let c = vault.channel().await;
+    assert_integrity_failure(&read(&c, "marketing").await.expect_err("unsealed copy"));
+    let err = erase(c.clone(), "acme", "bob")
+        .await
+        .expect_err("unsealed tombstone");
+    assert_integrity_failure(&err);
 }

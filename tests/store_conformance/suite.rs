@@ -980,6 +980,7 @@ macro_rules! conformance_tests {
             subject_state_defaults_and_is_replaced,
             subject_state_changes_are_atomic,
             the_state_anchor_moves_with_the_state_and_seals_the_tombstone,
+            legacy_tombstones_are_sealed_once_page_by_page,
             an_overwrite_needs_the_stored_fields_category,
             erasure_removes_the_key_once_and_blocks_rewrites,
             erasing_a_subject_with_a_legal_shadow_schedules_the_shadow,

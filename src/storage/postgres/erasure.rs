@@ -6,7 +6,7 @@ use tokio_postgres::{Client, Transaction};
 
 use crate::domain::{SubjectId, TenantId, Timestamp};
 use crate::storage::records::{Erasure, SubjectRecord, Tombstone};
-use crate::storage::{rules, StoreError, TombstoneSeal};
+use crate::storage::{rules, LegacyPage, LegacySeal, StoreError, TombstoneSeal};
 
 use super::conn::{exec, one, rows, tenant_one, Db};
 use super::error::R;
@@ -95,6 +95,37 @@ pub(super) fn tombstone(
     )?
     .map(|r| Ok(Tombstone::decode(r.get(0))?))
     .transpose()
+}
+
+/// `Store::seal_legacy_tombstones`, in a transaction (the page's rows locked).
+pub(super) fn seal_legacy(
+    t: &Db<'_, Transaction<'_>>, tenant: &TenantId, after: Option<&SubjectId>, n: usize,
+    seal: &LegacySeal<'_>,
+) -> R<LegacyPage> {
+    require_tenant(t, tenant)?;
+    let tid = tenant.as_str();
+    let page = rows(
+        t,
+        "SELECT subject, tombstone FROM pv_tombstones WHERE tenant = $1 AND subject > $2
+         ORDER BY subject LIMIT $3 FOR UPDATE",
+        &[&tid, &after.map_or("", SubjectId::as_str), &limit(n)],
+    )?;
+    let mut done = LegacyPage::default();
+    for row in page {
+        let subject = subject_id(row.get(0))?;
+        let stone = Tombstone::decode(row.get(1))?;
+        if stone.seal.is_none() {
+            let sealed = seal(&subject, stone);
+            exec(
+                t,
+                "UPDATE pv_tombstones SET tombstone = $3 WHERE tenant = $1 AND subject = $2",
+                &[&tid, &subject.as_str(), &sealed.encode()],
+            )?;
+            done.sealed += 1;
+        }
+        done.last = Some(subject);
+    }
+    Ok(done)
 }
 
 pub(super) fn purge(

@@ -56,8 +56,8 @@ use super::records::{
     Written,
 };
 use super::{
-    AuditMarks, Fence, FenceMode, KeyChange, KeyUpdate, StateUpdate, Store, StoreError,
-    StoreResult, SubjectUpdate, TenantKeyState, TombstoneSeal,
+    AuditMarks, Fence, FenceMode, KeyChange, KeyUpdate, LegacyPage, LegacySeal, StateUpdate, Store,
+    StoreError, StoreResult, SubjectUpdate, TenantKeyState, TombstoneSeal,
 };
 
 /// Runs `f`, which blocks its thread on the database, without taking an async worker away
@@ -353,6 +353,12 @@ impl Store for PgStore {
 
     fn tombstone(&self, tenant: &TenantId, subject: &SubjectId) -> StoreResult<Option<Tombstone>> {
         self.read(|c| erasure::tombstone(c, tenant, subject))
+    }
+
+    fn seal_legacy_tombstones(
+        &self, t: &TenantId, after: Option<&SubjectId>, n: usize, seal: &LegacySeal<'_>,
+    ) -> StoreResult<LegacyPage> {
+        self.tx(|tx| erasure::seal_legacy(tx, t, after, n, seal))
     }
 
     fn purge_fields(&self, tenant: &TenantId, subject: &SubjectId, n: usize) -> StoreResult<usize> {

@@ -5,7 +5,7 @@ use sled::transaction::{Transactional, TransactionalTree};
 
 use crate::domain::{SubjectId, TenantId, Timestamp};
 use crate::storage::records::{Erasure, SubjectRecord, Tombstone};
-use crate::storage::{rules, StoreError, StoreResult, TombstoneSeal};
+use crate::storage::{rules, LegacyPage, LegacySeal, StoreError, StoreResult, TombstoneSeal};
 
 use super::{
     backend, decode_subject_key, decode_tenant_key, get, legal_hold_key, subject_key, tx_error,
@@ -96,6 +96,45 @@ impl SledStore {
         }
         trees.fields.apply_batch(batch).map_err(backend)?;
         Ok(keys.len())
+    }
+
+    pub(super) fn seal_legacy(
+        &self, tenant: &TenantId, after: Option<&SubjectId>, limit: usize, seal: &LegacySeal<'_>,
+    ) -> StoreResult<LegacyPage> {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let tombstones = &self.existing_trees(tenant)?.tombstones;
+        let page = match after {
+            Some(s) => tombstones.range::<Vec<u8>, _>((Excluded(subject_key(s)), Unbounded)),
+            None => tombstones.iter(),
+        };
+        let mut done = LegacyPage::default();
+        for kv in page.take(limit) {
+            let (key, mut current) = kv.map_err(backend)?;
+            let subject = decode_subject_key(&key)?;
+            // Compare-and-swap: the purger may set `purged` meanwhile; then seal its copy.
+            loop {
+                let stone = Tombstone::decode(&current)?;
+                if stone.seal.is_some() {
+                    break;
+                }
+                let sealed = seal(&subject, stone).encode();
+                match tombstones
+                    .compare_and_swap(&key, Some(&current), Some(sealed))
+                    .map_err(backend)?
+                {
+                    Ok(()) => {
+                        done.sealed += 1;
+                        break;
+                    }
+                    Err(changed) => match changed.current {
+                        Some(now) => current = now,
+                        None => break,
+                    },
+                }
+            }
+            done.last = Some(subject);
+        }
+        Ok(done)
     }
 
     pub(super) fn not_purged(&self) -> StoreResult<Vec<(TenantId, SubjectId)>> {

@@ -51,8 +51,8 @@ use super::records::{
     Written,
 };
 use super::{
-    AuditMarks, KeyChange, KeyUpdate, StateUpdate, Store, StoreError, StoreResult, SubjectUpdate,
-    TenantKeyState, TombstoneSeal,
+    AuditMarks, KeyChange, KeyUpdate, LegacyPage, LegacySeal, StateUpdate, Store, StoreError,
+    StoreResult, SubjectUpdate, TenantKeyState, TombstoneSeal,
 };
 
 type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
@@ -360,6 +360,12 @@ impl Store for SledStore {
             .map_err(backend)?
             .map(|v| Tombstone::decode(&v))
             .transpose()
+    }
+
+    fn seal_legacy_tombstones(
+        &self, t: &TenantId, after: Option<&SubjectId>, limit: usize, seal: &LegacySeal<'_>,
+    ) -> StoreResult<LegacyPage> {
+        self.seal_legacy(t, after, limit, seal)
     }
 
     fn purge_fields(&self, t: &TenantId, s: &SubjectId, limit: usize) -> StoreResult<usize> {
