@@ -144,6 +144,11 @@ impl Metrics {
         counter.inc_by(events as u64);
     }
 
+    /// Audit events whose append failed, since start (what health compares between probes).
+    pub fn audit_failures(&self) -> u64 {
+        self.0.audit_append_failures.get()
+    }
+
     /// One store flush took `elapsed` and succeeded (`ok`) or failed.
     pub fn flush(&self, elapsed: Duration, ok: bool) {
         self.0.flush_duration.observe(elapsed.as_secs_f64());

@@ -1,6 +1,9 @@
 //! The Prometheus endpoint: plain HTTP/1.1 `GET /metrics` on a listener of its own
 //! (`[metrics] listen`), apart from the mTLS gRPC port. It serves counts, latencies, key
 //! versions and sizes, never personal data; bind it to loopback or a monitoring network.
+//! It also answers the probes of an orchestrator: `GET /livez` (200 while the process
+//! answers) and `GET /readyz` (200 while the vault can serve, else 503 with the reason:
+//! `health.rs`).
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -11,13 +14,16 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
+use std::sync::Arc;
+
+use super::health::{Readiness, ReadyState};
 use crate::metrics::{Metrics, CONTENT_TYPE};
 
 /// Longest one scrape connection may stay open.
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves scrapes until the task is aborted.
-pub async fn serve(listener: TcpListener, metrics: Metrics) {
+pub async fn serve(listener: TcpListener, metrics: Metrics, ready: Arc<ReadyState>) {
     loop {
         let tcp = match listener.accept().await {
             Ok((tcp, _)) => tcp,
@@ -27,10 +33,10 @@ pub async fn serve(listener: TcpListener, metrics: Metrics) {
                 continue;
             }
         };
-        let metrics = metrics.clone();
+        let (metrics, ready) = (metrics.clone(), ready.clone());
         tokio::spawn(async move {
             let service = service_fn(move |req| {
-                let resp = respond(&metrics, &req);
+                let resp = respond(&metrics, &ready, &req);
                 async move { Ok::<_, Infallible>(resp) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
@@ -45,10 +51,22 @@ pub async fn serve(listener: TcpListener, metrics: Metrics) {
     }
 }
 
-fn respond<B>(metrics: &Metrics, req: &http::Request<B>) -> http::Response<Full<Bytes>> {
+fn respond<B>(
+    metrics: &Metrics, ready: &ReadyState, req: &http::Request<B>,
+) -> http::Response<Full<Bytes>> {
     let (status, content_type, body) = match (req.method(), req.uri().path()) {
         (&http::Method::GET, "/metrics") => (http::StatusCode::OK, CONTENT_TYPE, metrics.encode()),
-        (_, "/metrics") => (
+        (&http::Method::GET, "/livez") => (http::StatusCode::OK, "text/plain", "ok\n".to_owned()),
+        (&http::Method::GET, "/readyz") => {
+            let now = ready.get();
+            let status = if now == Readiness::Ready {
+                http::StatusCode::OK
+            } else {
+                http::StatusCode::SERVICE_UNAVAILABLE
+            };
+            (status, "text/plain", format!("{}\n", now.reason()))
+        }
+        (_, "/metrics" | "/livez" | "/readyz") => (
             http::StatusCode::METHOD_NOT_ALLOWED,
             "text/plain",
             "only GET\n".to_owned(),
@@ -56,7 +74,7 @@ fn respond<B>(metrics: &Metrics, req: &http::Request<B>) -> http::Response<Full<
         _ => (
             http::StatusCode::NOT_FOUND,
             "text/plain",
-            "metrics are at /metrics\n".to_owned(),
+            "metrics are at /metrics, health at /livez and /readyz\n".to_owned(),
         ),
     };
     let mut resp = http::Response::new(Full::new(Bytes::from(body)));

@@ -7,6 +7,7 @@
 //! `run` takes an already bound listener and a shutdown future, so tests can bind
 //! `127.0.0.1:0` and stop the server with a oneshot.
 
+mod health;
 mod limits;
 mod metrics_http;
 mod observe;
@@ -24,7 +25,6 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::server::NamedService;
 use tonic::service::Routes;
-use tonic_health::ServingStatus;
 use tower::util::MapResponseLayer;
 
 use crate::api;
@@ -130,11 +130,17 @@ pub async fn serve(
 ) -> Result<(), ServerError> {
     let metrics = Metrics::new();
     let (vault, authz, tls) = open_vault(&config, store.clone(), metrics.clone())?;
+    let ready = Arc::new(health::ReadyState::default());
     let exporter = match config.metrics_listen {
-        Some(addr) => Some(serve_metrics(addr, metrics.clone()).await?),
+        Some(addr) => Some(serve_metrics(addr, metrics.clone(), ready.clone()).await?),
         None => None,
     };
-    let routes = routes(&vault, config.max_message_bytes).await?;
+    let (routes, health) = routes(&vault, config.max_message_bytes, ready).await?;
+    let watcher = tokio::spawn(health::watch(
+        health.clone(),
+        store.clone(),
+        metrics.clone(),
+    ));
 
     let local = listener.local_addr().ok();
     let cut = CancellationToken::new();
@@ -151,6 +157,7 @@ pub async fn serve(
         let stopping = stopping.clone();
         async move {
             shutdown.await;
+            health.publish(health::Readiness::Draining).await;
             stopping.cancel();
         }
     };
@@ -161,7 +168,7 @@ pub async fn serve(
         authz,
         tls,
         &metrics,
-        exporter.into_iter().chain([grace]),
+        exporter.into_iter().chain([grace, watcher]),
     );
     tracing::info!(listen = ?local, "serving (mTLS required, TLS 1.3)");
     let served = tonic::transport::Server::builder()
@@ -209,7 +216,9 @@ fn open_vault(
 }
 
 /// Binds the plain-HTTP metrics endpoint and serves it in a task of its own.
-async fn serve_metrics(addr: SocketAddr, metrics: Metrics) -> Result<JoinHandle<()>, ServerError> {
+async fn serve_metrics(
+    addr: SocketAddr, metrics: Metrics, ready: Arc<health::ReadyState>,
+) -> Result<JoinHandle<()>, ServerError> {
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|source| ServerError::MetricsListen {
@@ -220,22 +229,24 @@ async fn serve_metrics(addr: SocketAddr, metrics: Metrics) -> Result<JoinHandle<
     if !addr.ip().is_loopback() {
         tracing::warn!(listen = ?bound, "metrics endpoint is reachable beyond loopback (plain HTTP, no authentication)");
     }
-    tracing::info!(listen = ?bound, "serving metrics at /metrics");
-    Ok(tokio::spawn(metrics_http::serve(listener, metrics)))
+    tracing::info!(listen = ?bound, "serving metrics at /metrics, health at /livez and /readyz");
+    Ok(tokio::spawn(metrics_http::serve(listener, metrics, ready)))
 }
 
-/// Every gRPC service of the vault, with health (each service SERVING) and reflection.
-async fn routes(vault: &Arc<Vault>, max: usize) -> Result<Routes, ServerError> {
+/// Every gRPC service of the vault, with health (`health.rs`: each service SERVING while
+/// `ready` says so) and reflection.
+async fn routes(
+    vault: &Arc<Vault>, max: usize, ready: Arc<health::ReadyState>,
+) -> Result<(Routes, Arc<health::Health>), ServerError> {
     let apis = api::services(vault.clone());
-    let (health_reporter, health) = tonic_health::server::health_reporter();
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
     let mut routes = Routes::builder();
-    routes.add_service(health);
+    routes.add_service(health_service);
+    let mut names = Vec::new();
     macro_rules! serving {
         ($($server:ident($api:expr)),* $(,)?) => {$(
             let service = $server::new($api).max_decoding_message_size(max);
-            health_reporter
-                .set_service_status(service_name(&service), ServingStatus::Serving)
-                .await;
+            names.push(service_name(&service));
             routes.add_service(service);
         )*};
     }
@@ -262,7 +273,9 @@ async fn routes(vault: &Arc<Vault>, max: usize) -> Result<Routes, ServerError> {
             .build_v1alpha()
             .map_err(|e| ServerError::Reflection(e.to_string()))?,
     );
-    Ok(routes.routes())
+    let health = health::Health::new(health_reporter, names, ready);
+    health.publish(health::Readiness::Ready).await;
+    Ok((routes.routes(), health))
 }
 
 /// The gRPC name of a service (what health checks ask about).
