@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
-use tokio::net::TcpListener;
+use tokio::net::TcpSocket;
 
 use pii_vault::config::RawConfig;
 use pii_vault::dev::bootstrap;
@@ -38,12 +38,17 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         raw.data_dir = args.data_dir;
     }
     let config = raw.validate()?;
+    // The port first (bound, not yet listening), then the files, then the store: a busy
+    // port creates nothing, and a store another process holds is refused before anything
+    // accepts a connection.
+    let socket = reserve(config.listen)?;
     let created = bootstrap(&config)?;
     if created.root_key {
         tracing::info!(path = %config.root_key_file.display(), "created a new root key file (mode 0600)");
     }
-    let listener = TcpListener::bind(config.listen)
-        .await
+    let store = pii_vault::server::open_store(&config).await?;
+    let listener = socket
+        .listen(LISTEN_BACKLOG)
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
     if config.dev_tls {
@@ -78,8 +83,25 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             "pii-vault listening on {addr} (mutual TLS 1.3; a client certificate is required)"
         );
     }
-    pii_vault::server::run(listener, config, shutdown_signal()).await?;
+    pii_vault::server::serve(listener, config, store, shutdown_signal()).await?;
     Ok(())
+}
+
+/// Connections the kernel queues before the server accepts them.
+const LISTEN_BACKLOG: u32 = 1024;
+
+/// Binds `addr` without listening yet, so nothing can connect before the vault is open.
+fn reserve(addr: std::net::SocketAddr) -> anyhow::Result<TcpSocket> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }?;
+    socket.set_reuseaddr(true)?;
+    socket
+        .bind(addr)
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    Ok(socket)
 }
 
 /// Completes on SIGTERM or Ctrl-C.

@@ -42,7 +42,7 @@ use crate::proto::v1::subject_rights_service_server::SubjectRightsServiceServer;
 use crate::proto::v1::tenant_service_server::TenantServiceServer;
 use crate::proto::v1::token_service_server::TokenServiceServer;
 use crate::service::{OpenError, Vault};
-use crate::storage::{PgStore, SledStore, Store, StoreError};
+use crate::storage::{PgStore, SledOpenError, SledStore, Store, StoreError};
 
 use tasks::Tasks;
 pub use tls::server_config;
@@ -53,12 +53,15 @@ pub enum ServerError {
     Tls(String),
     #[error(transparent)]
     Keys(#[from] KeyringError),
+    // The store's error is part of this line, not a source: printed with its causes, the
+    // line would otherwise say it twice.
     #[error("store at {path}: {source}")]
-    Store {
-        path: String,
-        #[source]
-        source: StoreError,
-    },
+    Store { path: String, source: StoreError },
+    #[error(
+        "the store at {path} is in use by another pii-vault process; stop that one first, or \
+         give this one another --data-dir"
+    )]
+    StoreInUse { path: String },
     #[error(transparent)]
     Policy(#[from] PolicyError),
     #[error("vault: {0}")]
@@ -84,21 +87,28 @@ const LAST_HANDLE_BOUND: Duration = Duration::from_secs(60);
 pub async fn run(
     listener: TcpListener, config: Config, shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    let store = open_store(&config).await?;
+    serve(listener, config, store, shutdown).await
+}
+
+/// Opens the store of `config`: sled in the data directory (`StoreInUse` at once when
+/// another process has it), or PostgreSQL.
+pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, ServerError> {
     let store: Arc<dyn Store> = match &config.backend {
         Backend::Sled => {
             let store_dir = config.store_dir();
+            let path = store_dir.display().to_string();
             crate::storage::private_dir(&store_dir).map_err(|e| ServerError::Store {
-                path: store_dir.display().to_string(),
+                path: path.clone(),
                 source: StoreError::Backend(e.to_string()),
             })?;
-            let store =
-                SledStore::open(&store_dir, config.cache_capacity_bytes).map_err(|source| {
-                    ServerError::Store {
-                        path: store_dir.display().to_string(),
-                        source,
-                    }
-                })?;
-            Arc::new(store)
+            match SledStore::open_unshared(&store_dir, config.cache_capacity_bytes) {
+                Ok(store) => Arc::new(store),
+                Err(SledOpenError::InUse) => return Err(ServerError::StoreInUse { path }),
+                Err(SledOpenError::Store(source)) => {
+                    return Err(ServerError::Store { path, source })
+                }
+            }
         }
         Backend::Postgres {
             url,
@@ -120,7 +130,7 @@ pub async fn run(
             Arc::new(store)
         }
     };
-    serve(listener, config, store, shutdown).await
+    Ok(store)
 }
 
 /// Serves over an already opened store (tests wrap it to inject faults).

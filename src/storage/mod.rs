@@ -19,7 +19,7 @@ mod rules;
 mod sled;
 
 pub use self::postgres::{PgStore, PgTls};
-pub use self::sled::{open_waiting_for_lock, SledStore};
+pub use self::sled::{open_waiting_for_lock, SledOpenError, SledStore};
 pub use group_commit::GroupCommit;
 pub use key_records::{KeyChange, KeyVersionInfo, RewrapJob, RootKeyState, TenantKeyState};
 pub use records::{

@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use pii_vault::proto::v1 as pb;
@@ -13,7 +14,10 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
+use pb::record_service_client::RecordServiceClient;
+
 use crate::metrics::http_get;
+use crate::process::VaultProcess;
 use crate::util::{create_tenant, faulty_vault, free_port, get, put, text};
 
 const RECORDS: &str = "piivault.v1.RecordService";
@@ -143,4 +147,60 @@ async fn readyz_says_draining_as_soon_as_shutdown_begins() {
     .await;
     let _ = held.await.expect("the held call");
     stopping.await.expect("stopped");
+}
+
+/// A second `serve` on a data directory another vault holds: it refuses with one clear
+/// line and a failure exit code, and never accepts a connection on its own port.
+#[tokio::test]
+async fn a_second_server_on_a_held_data_directory_fails_before_it_listens() {
+    let dir = tempfile::TempDir::new().expect("temp dir");
+    let data = dir.path().join("data");
+    let first = VaultProcess::start(&data, &dir.path().join("first.log"), &[]).await;
+    let port = free_port();
+    let mut second = std::process::Command::new(env!("CARGO_BIN_EXE_pii-vault"))
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+        ])
+        .arg(&data)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start a second server");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = second.try_wait().expect("poll") {
+            break status;
+        }
+        let connected = tokio::net::TcpStream::connect(("127.0.0.1", port)).await;
+        assert!(
+            connected.is_err(),
+            "the second server accepted a connection"
+        );
+        assert!(Instant::now() < deadline, "the second server did not exit");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let output = second.wait_with_output().expect("output");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    assert!(!status.success());
+    assert!(!stdout.contains("listening"), "{stdout}");
+    let errors: Vec<_> = stderr.lines().filter(|l| l.contains("error")).collect();
+    assert_eq!(errors.len(), 1, "one line:\n{stderr}");
+    assert!(
+        errors[0].contains("in use by another pii-vault process"),
+        "{stderr}"
+    );
+    // The first one serves on.
+    let mut records = RecordServiceClient::new(first.channel().await);
+    let err = get(&mut records, "acme", "nobody", &[])
+        .await
+        .expect_err("no tenant");
+    assert_eq!(err.code(), tonic::Code::NotFound);
 }

@@ -92,21 +92,39 @@ fn backend(e: sled::Error) -> StoreError {
 /// restore) would otherwise fail at random on a loaded machine. A second process holding the
 /// directory keeps it for longer and still gets the error, once this has passed.
 const LOCK_WAIT: Duration = Duration::from_secs(20);
+/// How long a server's open waits for the lock (`SledStore::open_unshared`).
+const SERVE_LOCK_WAIT: Duration = Duration::from_secs(5);
 
 /// Opens `config`, retrying while its directory's lock is still held (see [`LOCK_WAIT`]).
 pub fn open_waiting_for_lock(config: &sled::Config) -> sled::Result<sled::Db> {
-    let deadline = Instant::now() + LOCK_WAIT;
+    open_waiting(config, LOCK_WAIT)
+}
+
+fn open_waiting(config: &sled::Config, wait: Duration) -> sled::Result<sled::Db> {
+    let deadline = Instant::now() + wait;
     loop {
         match config.open() {
-            Err(sled::Error::Io(e))
-                if e.to_string().contains("could not acquire lock")
-                    && Instant::now() < deadline =>
-            {
+            Err(e) if is_locked(&e) && Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(20));
             }
             other => return other,
         }
     }
+}
+
+/// Whether sled failed because another process holds the directory's lock.
+fn is_locked(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io) if io.to_string().contains("could not acquire lock"))
+}
+
+/// Why `SledStore::open_unshared` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SledOpenError {
+    /// Another process has the store open.
+    #[error("in use by another process")]
+    InUse,
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 impl SledStore {
@@ -115,19 +133,36 @@ impl SledStore {
         Self::open_with_flush_interval(dir, cache_bytes, Some(500))
     }
 
+    /// Opens the store as a server does, or `InUse` when another process holds it. Waits
+    /// for the lock for `SERVE_LOCK_WAIT` only: enough for a restart inside one process,
+    /// short for a person who started a second server by mistake.
+    pub fn open_unshared(dir: &Path, cache_bytes: u64) -> Result<Self, SledOpenError> {
+        match open_waiting(&Self::config(dir, cache_bytes, Some(500)), SERVE_LOCK_WAIT) {
+            Ok(db) => Ok(Self::over(db, dir)?),
+            Err(e) if is_locked(&e) => Err(SledOpenError::InUse),
+            Err(e) => Err(backend(e).into()),
+        }
+    }
+
     /// Opens the store with sled's background flush every `flush_every_ms` (`None`: only
     /// explicit flushes make writes durable; tests use it to take crash images).
     pub fn open_with_flush_interval(
         dir: &Path, cache_bytes: u64, flush_every_ms: Option<u64>,
     ) -> StoreResult<Self> {
-        let db = open_waiting_for_lock(
-            &sled::Config::new()
-                .path(dir)
-                .cache_capacity(cache_bytes)
-                .mode(sled::Mode::HighThroughput)
-                .flush_every_ms(flush_every_ms),
-        )
-        .map_err(backend)?;
+        let db = open_waiting_for_lock(&Self::config(dir, cache_bytes, flush_every_ms))
+            .map_err(backend)?;
+        Self::over(db, dir)
+    }
+
+    fn config(dir: &Path, cache_bytes: u64, flush_every_ms: Option<u64>) -> sled::Config {
+        sled::Config::new()
+            .path(dir)
+            .cache_capacity(cache_bytes)
+            .mode(sled::Mode::HighThroughput)
+            .flush_every_ms(flush_every_ms)
+    }
+
+    fn over(db: sled::Db, dir: &Path) -> StoreResult<Self> {
         Ok(Self {
             meta: db.open_tree("meta").map_err(backend)?,
             tenants: db.open_tree("tenants").map_err(backend)?,
