@@ -476,6 +476,17 @@ fn the_statefulset_is_hardened() {
         !lines.contains(&"grpc:"),
         "a grpc probe cannot pass the server's mTLS"
     );
+    // The probes ask the vault's own health endpoints on the metrics port.
+    for probe in ["readinessProbe:", "livenessProbe:"] {
+        let at = sts.find(probe).unwrap_or_else(|| panic!("no {probe}"));
+        let block: Vec<&str> = sts[at..].lines().skip(1).take(3).map(str::trim).collect();
+        let path = if probe.starts_with("readiness") {
+            "path: /readyz"
+        } else {
+            "path: /livez"
+        };
+        assert_eq!(block, ["httpGet:", path, "port: metrics"], "{probe}");
+    }
 }
 
 #[test]

@@ -9,6 +9,7 @@ mod certs_cmd;
 mod client_cmds;
 mod erase_cmd;
 mod export_cmd;
+mod health_cmd;
 mod keys_cmd;
 mod serve;
 
@@ -63,7 +64,14 @@ enum Command {
     /// Key management: status, rotate-tenant, rotate-root, epoch, shred-tenant.
     #[command(subcommand)]
     Keys(keys_cmd::KeysCmd),
+    /// Ask whether the vault serves (gRPC health): exit 0 SERVING, 2 not serving, 1 no answer.
+    Health(health_cmd::HealthArgs),
 }
+
+/// The vault answered, and the answer is a refusal: the command exits 2, not 1.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Refused(pub String);
 
 /// How a client subcommand reaches the vault.
 #[derive(Debug, Args)]
@@ -124,13 +132,18 @@ pub fn main() -> ExitCode {
             Command::Backup(args) => backup_cmd::backup(args).await,
             Command::Restore(args) => backup_cmd::restore(args).await,
             Command::Keys(cmd) => keys_cmd::keys(cmd).await,
+            Command::Health(args) => health_cmd::health(args).await,
         }
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            if e.downcast_ref::<Refused>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

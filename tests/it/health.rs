@@ -204,3 +204,49 @@ async fn a_second_server_on_a_held_data_directory_fails_before_it_listens() {
         .expect_err("no tenant");
     assert_eq!(err.code(), tonic::Code::NotFound);
 }
+
+/// `pii-vault health` against `addr`, with the dev certificates of `data_dir`: its exit
+/// code and its output.
+fn health_cli(addr: &str, data_dir: &std::path::Path) -> (Option<i32>, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pii-vault"))
+        .args(["health", "--timeout", "3", "--addr", addr, "--data-dir"])
+        .arg(data_dir)
+        .output()
+        .expect("run pii-vault health");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), text)
+}
+
+/// For scripts: exit 0 while the vault serves, 2 while it answers NOT_SERVING, 1 when it
+/// cannot be asked. (Two workers: the command blocks one while the vault runs on the other.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_health_command_exits_by_what_the_vault_answers() {
+    let (vault, faults) = faulty_vault(|_| {}).await;
+    let addr = vault.addr.to_string();
+    let data = vault.config.data_dir.clone();
+    let (code, text) = health_cli(&addr, &data);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("vault: SERVING"), "{text}");
+
+    Faults::set(&faults.fail_flush, true);
+    let c = vault.channel().await;
+    eventually("not serving", || async {
+        grpc_health(&c, "").await == ServingStatus::NotServing
+    })
+    .await;
+    let (code, text) = health_cli(&addr, &data);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("NOT_SERVING"), "{text}");
+    drop(c);
+
+    // Stopped (its certificates kept; the flush at shutdown must work): nothing answers.
+    Faults::set(&faults.fail_flush, false);
+    let _dir = vault.stop().await;
+    let (code, text) = health_cli(&addr, &data);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.starts_with("error: "), "{text}");
+}
