@@ -71,3 +71,37 @@ pub async fn connect(addr: &str, certs: &ClientCerts) -> Result<Channel, ClientE
         .await
         .map_err(err)
 }
+
+/// What the vault's gRPC health service says of a service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    Serving,
+    NotServing,
+    /// Any other answer (unknown service, or a status this version does not know).
+    Unknown,
+}
+
+impl Health {
+    pub fn name(self) -> &'static str {
+        match self {
+            Health::Serving => "SERVING",
+            Health::NotServing => "NOT_SERVING",
+            Health::Unknown => "UNKNOWN",
+        }
+    }
+}
+
+/// Asks the vault's gRPC health service about `service` (`""`: the vault as a whole).
+pub async fn health(channel: Channel, service: &str) -> Result<Health, tonic::Status> {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let answer = tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: service.to_owned(),
+        })
+        .await?;
+    Ok(match ServingStatus::try_from(answer.into_inner().status) {
+        Ok(ServingStatus::Serving) => Health::Serving,
+        Ok(ServingStatus::NotServing) => Health::NotServing,
+        _ => Health::Unknown,
+    })
+}

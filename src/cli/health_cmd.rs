@@ -6,9 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
-use tonic_health::pb::HealthCheckRequest;
+use pii_vault::client::Health;
 
 use super::{Connection, Refused};
 
@@ -28,28 +26,22 @@ pub struct HealthArgs {
 pub async fn health(args: HealthArgs) -> anyhow::Result<()> {
     let limit = Duration::from_secs(args.timeout.max(1));
     let ask = async {
-        let mut client = HealthClient::new(args.conn.channel().await?);
-        let answer = client
-            .check(HealthCheckRequest {
-                service: args.service.clone(),
-            })
-            .await?;
-        anyhow::Ok(answer.into_inner().status)
+        let channel = args.conn.channel().await?;
+        anyhow::Ok(pii_vault::client::health(channel, &args.service).await?)
     };
     let status = tokio::time::timeout(limit, ask)
         .await
         .with_context(|| format!("no answer from the vault within {} s", limit.as_secs()))??;
-    let status = ServingStatus::try_from(status).unwrap_or(ServingStatus::Unknown);
     let what = if args.service.is_empty() {
         "vault"
     } else {
         &args.service
     };
     match status {
-        ServingStatus::Serving => {
+        Health::Serving => {
             println!("{what}: SERVING");
             Ok(())
         }
-        other => Err(Refused(format!("{what}: {}", other.as_str_name())).into()),
+        other => Err(Refused(format!("{what}: {}", other.name())).into()),
     }
 }
