@@ -65,8 +65,16 @@ impl ReadyState {
         Readiness::from_u8(self.0.load(Ordering::Acquire))
     }
 
-    fn set(&self, r: Readiness) -> Readiness {
-        Readiness::from_u8(self.0.swap(r as u8, Ordering::AcqRel))
+    /// Moves to `now` unless it is there already or draining (never undone). Returns the
+    /// readiness it left, or `None` when nothing changed.
+    fn change(&self, now: Readiness) -> Option<Readiness> {
+        let draining = Readiness::Draining as u8;
+        self.0
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |was| {
+                (was != draining && was != now as u8).then_some(now as u8)
+            })
+            .ok()
+            .map(Readiness::from_u8)
     }
 }
 
@@ -75,37 +83,48 @@ pub(super) struct Health {
     reporter: HealthReporter,
     services: Vec<&'static str>,
     state: Arc<ReadyState>,
+    /// Held while the services are told: the last to tell says the latest state.
+    telling: tokio::sync::Mutex<()>,
 }
 
 impl Health {
-    pub(super) fn new(
+    /// Starts with every service reporting `state` as it is now.
+    pub(super) async fn new(
         reporter: HealthReporter, services: Vec<&'static str>, state: Arc<ReadyState>,
     ) -> Arc<Self> {
-        Arc::new(Self {
+        let health = Arc::new(Self {
             reporter,
             services,
             state,
-        })
+            telling: tokio::sync::Mutex::new(()),
+        });
+        health.tell().await;
+        health
     }
 
-    /// Sets every service SERVING or NOT_SERVING after `now`; draining is never undone.
+    /// Sets every service SERVING or NOT_SERVING after `now`, if that changes anything;
+    /// draining is never undone.
     pub(super) async fn publish(&self, now: Readiness) {
-        if self.state.get() == Readiness::Draining {
+        if self.state.change(now).is_none() {
             return;
         }
-        let before = self.state.set(now);
-        let status = match now {
+        match now {
+            Readiness::Ready => tracing::info!("health: serving"),
+            other => tracing::warn!(reason = other.reason(), "health: not serving"),
+        }
+        self.tell().await;
+    }
+
+    /// Tells every service the current state (read under the lock, so two changes told at
+    /// once end on the later one).
+    async fn tell(&self) {
+        let _one_at_a_time = self.telling.lock().await;
+        let status = match self.state.get() {
             Readiness::Ready => ServingStatus::Serving,
             _ => ServingStatus::NotServing,
         };
         for name in std::iter::once("").chain(self.services.iter().copied()) {
             self.reporter.set_service_status(name, status).await;
-        }
-        if before != now {
-            match now {
-                Readiness::Ready => tracing::info!("health: serving"),
-                other => tracing::warn!(reason = other.reason(), "health: not serving"),
-            }
         }
     }
 }

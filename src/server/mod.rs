@@ -283,8 +283,7 @@ async fn routes(
             .build_v1alpha()
             .map_err(|e| ServerError::Reflection(e.to_string()))?,
     );
-    let health = health::Health::new(health_reporter, names, ready);
-    health.publish(health::Readiness::Ready).await;
+    let health = health::Health::new(health_reporter, names, ready).await;
     Ok((routes.routes(), health))
 }
 
