@@ -30,10 +30,10 @@ use crate::crypto::{mac_eq, Audit, Key, RecordMac, MAC_LEN};
 use crate::domain::{SubjectId, SubjectState, TenantId};
 use crate::storage::{RecordKind, Seal, StateRecord, StoreError, Tombstone};
 
+use super::{Keyring, KeyringError};
+
 /// Subjects, tombstones or tenants read per page by the migration.
 const MIGRATION_PAGE: usize = 512;
-
-use super::{Keyring, KeyringError};
 
 /// HKDF salt of record integrity keys.
 const RECORD_KEY_LABEL: &str = "pii-vault record integrity key v1";
@@ -152,8 +152,9 @@ impl RecordSealer {
 /// What `Keyring::seal_legacy_records` did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct LegacySeals {
-    /// State records and tombstones sealed.
+    /// State records sealed.
     pub states: u64,
+    /// Tombstones sealed.
     pub tombstones: u64,
     /// State records left unsealed because they failed the anchor check already (they stay
     /// refused, as they were before the migration).

@@ -6,6 +6,7 @@
 //! `health.rs`).
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -13,8 +14,6 @@ use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
-
-use std::sync::Arc;
 
 use super::health::{Readiness, ReadyState};
 use crate::metrics::{Metrics, CONTENT_TYPE};

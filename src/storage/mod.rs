@@ -270,9 +270,8 @@ pub trait Store: Send + Sync + 'static {
         &self, tenant: &TenantId, subject: &SubjectId, limit: usize,
     ) -> StoreResult<usize>;
     /// The one-time migration of a store an earlier version wrote: seals, with `seal`, each
-    /// tombstone stored without a seal among the next `limit`
-    /// tombstones of `tenant` after `after` (in the backend's id order). A tombstone sealed
-    /// meanwhile is left as it is. Returns how many were sealed and the last subject
+    /// tombstone stored without a seal among the next `limit` tombstones of `tenant` after
+    /// `after` (in the backend's id order). A tombstone sealed meanwhile is left as it is. Returns how many were sealed and the last subject
     /// examined; `last` is `None` when there were no more.
     fn seal_legacy_tombstones(
         &self, tenant: &TenantId, after: Option<&SubjectId>, limit: usize, seal: &LegacySeal<'_>,
