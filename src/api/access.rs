@@ -11,7 +11,7 @@ use crate::domain::Purpose;
 use crate::proto::v1 as pb;
 use crate::service::{AccessReport, HeldField, Operation, Recipient, Vault};
 
-use super::{call, convert, parsed, record::ids, respond};
+use super::{call, convert, field, parsed, record::ids, respond};
 
 /// The stream of export chunks.
 pub type ExportStream = Pin<Box<dyn Stream<Item = Result<pb::ExportChunk, Status>> + Send>>;
@@ -94,8 +94,8 @@ pub(super) async fn export_subject(
 ) -> Result<Response<ExportStream>, Status> {
     let call = call(&req)?;
     let r = req.get_ref();
-    let input =
-        ids(&r.tenant_id, &r.subject_id).and_then(|(t, s)| Ok((t, s, Purpose::parse(&r.purpose)?)));
+    let input = ids(&r.tenant_id, &r.subject_id)
+        .and_then(|(t, s)| Ok((t, s, Purpose::parse(&r.purpose).map_err(field("purpose"))?)));
     let (tenant, subject, purpose) = parsed(vault, &call, Operation::ExportSubject, input).await?;
     // Recorded before anything is sent: an export that cannot be audited never starts.
     let mut export = vault

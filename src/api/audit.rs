@@ -10,7 +10,7 @@ use crate::domain::InvalidInput;
 use crate::proto::v1 as pb;
 use crate::service::{AuditEvent, AuditFilter, Operation, Outcome, Vault};
 
-use super::{call, convert, parsed, respond};
+use super::{call, convert, field, parsed, respond};
 
 /// Default and largest number of events one query returns.
 const DEFAULT_LIMIT: u32 = 1000;
@@ -67,18 +67,18 @@ fn non_empty(s: &str) -> Option<String> {
 fn filter(r: &pb::QueryAuditLogRequest) -> Result<(AuditFilter, usize), InvalidInput> {
     let operation = match r.operation.as_str() {
         "" => None,
-        name => Some(
-            Operation::from_name(name)
-                .ok_or_else(|| InvalidInput::new("operation is not a known operation name"))?,
-        ),
+        name => Some(Operation::from_name(name).ok_or_else(|| {
+            InvalidInput::new("operation is not a known operation name").in_field("operation")
+        })?),
     };
     let limit = match r.limit {
         0 => DEFAULT_LIMIT,
         n if n <= MAX_LIMIT => n,
         n => {
-            return Err(InvalidInput::new(format!(
-                "limit is {n}; the most is {MAX_LIMIT}"
-            )))
+            return Err(
+                InvalidInput::new(format!("limit is {n}; the most is {MAX_LIMIT}"))
+                    .in_field("limit"),
+            )
         }
     };
     let filter = AuditFilter {
@@ -86,8 +86,18 @@ fn filter(r: &pb::QueryAuditLogRequest) -> Result<(AuditFilter, usize), InvalidI
         subject: non_empty(&r.subject_id),
         caller: non_empty(&r.caller),
         operation,
-        since: r.since.as_ref().map(convert::from_timestamp).transpose()?,
-        until: r.until.as_ref().map(convert::from_timestamp).transpose()?,
+        since: r
+            .since
+            .as_ref()
+            .map(convert::from_timestamp)
+            .transpose()
+            .map_err(field("since"))?,
+        until: r
+            .until
+            .as_ref()
+            .map(convert::from_timestamp)
+            .transpose()
+            .map_err(field("until"))?,
     };
     Ok((filter, limit as usize))
 }

@@ -45,16 +45,18 @@ pub fn field_value(v: Option<pb::Value>) -> Result<FieldValue, InvalidInput> {
 }
 
 fn new_field(f: pb::FieldInput) -> Result<NewField, InvalidInput> {
-    let name = FieldName::parse(&f.name)?;
+    let name = FieldName::parse(&f.name).map_err(|e| e.in_field("name"))?;
     if f.category == pb::Category::Unspecified as i32 {
-        return Err(InvalidInput::new("category is missing"));
+        return Err(InvalidInput::new("category is missing").in_field("category"));
     }
-    let category = Category::from_code(i64::from(f.category))?;
-    let value = field_value(f.value)?;
+    let category =
+        Category::from_code(i64::from(f.category)).map_err(|e| e.in_field("category"))?;
+    let value = field_value(f.value).map_err(|e| e.in_field("value"))?;
     if f.transaction_record && category != Category::Payment {
-        return Err(InvalidInput::new(
-            "only payment fields can be transaction records",
-        ));
+        return Err(
+            InvalidInput::new("only payment fields can be transaction records")
+                .in_field("transaction_record"),
+        );
     }
     Ok(NewField {
         name,
@@ -143,7 +145,8 @@ pub fn page_token<T>(
     if token.is_empty() {
         return Ok(None);
     }
-    let bad = || InvalidInput::new("page_token is not a token this server issued");
+    let bad =
+        || InvalidInput::new("page_token is not a token this server issued").in_field("page_token");
     let bytes = hex::decode(token).map_err(|_| bad())?;
     let text = String::from_utf8(bytes).map_err(|_| bad())?;
     parse(&text).map(Some).map_err(|_| bad())

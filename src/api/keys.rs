@@ -9,7 +9,7 @@ use crate::domain::{InvalidInput, TenantId};
 use crate::proto::v1 as pb;
 use crate::service::{KeyStatus, Operation, TenantKeyStatus, Vault, VersionStatus};
 
-use super::{call, convert, parsed, respond};
+use super::{call, convert, field, parsed, respond};
 
 /// Serves `piivault.v1.KeyService`.
 #[derive(Debug, Clone)]
@@ -74,17 +74,18 @@ fn optional_tenant(id: &str) -> Result<Option<TenantId>, InvalidInput> {
     if id.is_empty() {
         Ok(None)
     } else {
-        TenantId::parse(id).map(Some)
+        TenantId::parse(id).map(Some).map_err(field("tenant_id"))
     }
 }
 
 /// The tenant of a shred request, which must be confirmed by repeating its id.
 fn confirmed_tenant(r: &pb::ShredTenantRequest) -> Result<TenantId, InvalidInput> {
-    let id = TenantId::parse(&r.tenant_id)?;
+    let id = TenantId::parse(&r.tenant_id).map_err(field("tenant_id"))?;
     if r.confirm_tenant_id != r.tenant_id {
-        return Err(InvalidInput::new(
-            "confirm_tenant_id must repeat tenant_id to shred a tenant",
-        ));
+        return Err(
+            InvalidInput::new("confirm_tenant_id must repeat tenant_id to shred a tenant")
+                .in_field("confirm_tenant_id"),
+        );
     }
     Ok(id)
 }
@@ -100,7 +101,7 @@ impl pb::key_service_server::KeyService for KeyApi {
             &self.vault,
             &call,
             op,
-            TenantId::parse(&req.get_ref().tenant_id),
+            TenantId::parse(&req.get_ref().tenant_id).map_err(field("tenant_id")),
         )
         .await?;
         let r = self.vault.rotate_tenant_key(&call, &tenant).await?;

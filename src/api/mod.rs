@@ -58,11 +58,14 @@ pub fn ensure_request_id(headers: &mut http::HeaderMap) -> String {
 /// The `Call` of a request: its verified caller and its request id. A request without a
 /// caller never came through the mTLS listener and is refused.
 fn call<T>(req: &Request<T>) -> Result<Call, Status> {
-    let caller = req
-        .extensions()
-        .get::<Caller>()
-        .cloned()
-        .ok_or_else(|| Status::unauthenticated("no verified client certificate"))?;
+    let caller = req.extensions().get::<Caller>().cloned().ok_or_else(|| {
+        status::with_reason(
+            tonic::Code::Unauthenticated,
+            "no verified client certificate",
+            crate::proto::v1::ErrorReason::ClientUnverified,
+            &[],
+        )
+    })?;
     let client = req.metadata().get(REQUEST_ID).and_then(|v| v.to_str().ok());
     let request_id = crate::service::request_id(client);
     Ok(Call {
@@ -90,13 +93,19 @@ async fn parsed<T>(
     }
 }
 
+/// Tags a parse error with the request field it came from, for the BadRequest detail.
+fn field(name: &'static str) -> impl FnOnce(InvalidInput) -> InvalidInput {
+    move |e| e.in_field(name)
+}
+
 fn page_size(requested: u32) -> Result<usize, InvalidInput> {
     match requested {
         0 => Ok(DEFAULT_PAGE as usize),
         n if n <= MAX_PAGE => Ok(n as usize),
-        n => Err(InvalidInput::new(format!(
-            "page_size is {n}; the limit is {MAX_PAGE}"
-        ))),
+        n => Err(
+            InvalidInput::new(format!("page_size is {n}; the limit is {MAX_PAGE}"))
+                .in_field("page_size"),
+        ),
     }
 }
 
@@ -123,4 +132,28 @@ pub struct Services {
     pub rights: RightsApi,
     pub admin: AdminApi,
     pub tokens: TokenApi,
+}
+
+#[cfg(test)]
+mod tests {
+    use tonic::Code;
+    use tonic_types::StatusExt;
+
+    use super::*;
+
+    fn assert_reason(status: &Status, code: Code, reason: &str) {
+        assert_eq!(status.code(), code, "{status:?}");
+        let details = status.get_error_details();
+        let info = details.error_info().expect("an ErrorInfo");
+        assert_eq!(info.domain, crate::proto::ERROR_DOMAIN);
+        assert_eq!(info.reason, reason);
+    }
+
+    /// Only the mTLS listener puts a verified caller on a request: one without is refused
+    /// before any handler runs, and says why.
+    #[test]
+    fn a_request_without_a_verified_caller_is_unauthenticated() {
+        let status = call(&Request::new(())).expect_err("no caller");
+        assert_reason(&status, Code::Unauthenticated, "CLIENT_UNVERIFIED");
+    }
 }

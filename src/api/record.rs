@@ -8,7 +8,7 @@ use crate::domain::{FieldName, Purpose, SubjectId, TenantId};
 use crate::proto::v1 as pb;
 use crate::service::{Operation, Vault};
 
-use super::{call, convert, page_size, parsed, respond};
+use super::{call, convert, field, page_size, parsed, respond};
 
 /// Serves `piivault.v1.RecordService`.
 #[derive(Debug, Clone)]
@@ -27,8 +27,8 @@ pub(super) fn ids(
     tenant: &str, subject: &str,
 ) -> Result<(TenantId, SubjectId), crate::domain::InvalidInput> {
     Ok((
-        TenantId::parse(tenant)?,
-        SubjectId::parse_external(subject)?,
+        TenantId::parse(tenant).map_err(field("tenant_id"))?,
+        SubjectId::parse_external(subject).map_err(field("subject_id"))?,
     ))
 }
 
@@ -65,7 +65,7 @@ impl pb::record_service_server::RecordService for RecordApi {
                 t,
                 s,
                 convert::field_names(&r.field_names)?,
-                Purpose::parse(&r.purpose)?,
+                Purpose::parse(&r.purpose).map_err(field("purpose"))?,
             ))
         });
         let (tenant, subject, names, purpose) =
@@ -103,15 +103,17 @@ impl pb::record_service_server::RecordService for RecordApi {
     ) -> Result<Response<pb::FindSubjectsResponse>, Status> {
         let call = call(&req)?;
         let r = req.into_inner();
-        let input = TenantId::parse(&r.tenant_id).and_then(|t| {
-            let value = convert::field_value(r.value)?;
-            Ok((
-                t,
-                FieldName::parse(&r.field_name)?,
-                value,
-                Purpose::parse(&r.purpose)?,
-            ))
-        });
+        let input = TenantId::parse(&r.tenant_id)
+            .map_err(field("tenant_id"))
+            .and_then(|t| {
+                let value = convert::field_value(r.value)?;
+                Ok((
+                    t,
+                    FieldName::parse(&r.field_name).map_err(field("field_name"))?,
+                    value,
+                    Purpose::parse(&r.purpose).map_err(field("purpose"))?,
+                ))
+            });
         let (tenant, field, value, purpose) =
             parsed(&self.vault, &call, Operation::FindSubjects, input).await?;
         let found = self
@@ -130,7 +132,7 @@ impl pb::record_service_server::RecordService for RecordApi {
         &self, req: Request<pb::RotateIndexKeyRequest>,
     ) -> Result<Response<pb::RotateIndexKeyResponse>, Status> {
         let call = call(&req)?;
-        let input = TenantId::parse(&req.get_ref().tenant_id);
+        let input = TenantId::parse(&req.get_ref().tenant_id).map_err(field("tenant_id"));
         let tenant = parsed(&self.vault, &call, Operation::RotateIndexKey, input).await?;
         let reindexed = self.vault.rotate_index_key(&call, &tenant).await?;
         Ok(respond(&call, pb::RotateIndexKeyResponse { reindexed }))
@@ -141,13 +143,15 @@ impl pb::record_service_server::RecordService for RecordApi {
     ) -> Result<Response<pb::ListSubjectsResponse>, Status> {
         let call = call(&req)?;
         let r = req.get_ref();
-        let input = TenantId::parse(&r.tenant_id).and_then(|t| {
-            Ok((
-                t,
-                page_size(r.page_size)?,
-                convert::page_token(&r.page_token, SubjectId::parse)?,
-            ))
-        });
+        let input = TenantId::parse(&r.tenant_id)
+            .map_err(field("tenant_id"))
+            .and_then(|t| {
+                Ok((
+                    t,
+                    page_size(r.page_size)?,
+                    convert::page_token(&r.page_token, SubjectId::parse)?,
+                ))
+            });
         let (tenant, limit, after) =
             parsed(&self.vault, &call, Operation::ListSubjects, input).await?;
         let page = self

@@ -8,7 +8,7 @@ use crate::domain::{InvalidInput, Purpose, SubjectState};
 use crate::proto::v1 as pb;
 use crate::service::{Call, ErasureReceipt, Operation, StateChange, Vault};
 
-use super::{call, convert, parsed, record::ids, respond};
+use super::{call, convert, field, parsed, record::ids, respond};
 
 /// Serves `piivault.v1.SubjectRightsService`.
 #[derive(Debug, Clone)]
@@ -115,13 +115,15 @@ impl pb::subject_rights_service_server::SubjectRightsService for RightsApi {
     ) -> Result<Response<pb::SubjectStatus>, Status> {
         let call = call(&req)?;
         let r = req.get_ref();
-        let change = Purpose::parse(&r.purpose).map(|purpose| {
-            Some(StateChange::Consent {
-                purpose,
-                granted: r.granted,
-                source: r.source.clone(),
-            })
-        });
+        let change = Purpose::parse(&r.purpose)
+            .map_err(field("purpose"))
+            .map(|purpose| {
+                Some(StateChange::Consent {
+                    purpose,
+                    granted: r.granted,
+                    source: r.source.clone(),
+                })
+            });
         self.state(
             &call,
             Operation::SetConsent,

@@ -8,7 +8,7 @@ use crate::domain::TenantId;
 use crate::proto::v1 as pb;
 use crate::service::{Operation, Vault};
 
-use super::{call, convert, page_size, parsed, respond};
+use super::{call, convert, field, page_size, parsed, respond};
 
 /// Serves `piivault.v1.TenantService`.
 #[derive(Debug, Clone)]
@@ -33,7 +33,7 @@ impl pb::tenant_service_server::TenantService for TenantApi {
             &self.vault,
             &call,
             op,
-            TenantId::parse(&req.get_ref().tenant_id),
+            TenantId::parse(&req.get_ref().tenant_id).map_err(field("tenant_id")),
         )
         .await?;
         let tenant = self.vault.create_tenant(&call, &id).await?;
@@ -50,7 +50,7 @@ impl pb::tenant_service_server::TenantService for TenantApi {
             &self.vault,
             &call,
             op,
-            TenantId::parse(&req.get_ref().tenant_id),
+            TenantId::parse(&req.get_ref().tenant_id).map_err(field("tenant_id")),
         )
         .await?;
         let tenant = self.vault.get_tenant(&call, &id).await?;

@@ -8,7 +8,7 @@ use crate::domain::{FieldName, FieldValue, Purpose, TenantId};
 use crate::proto::v1 as pb;
 use crate::service::{Operation, Vault};
 
-use super::{call, parsed, respond};
+use super::{call, field, parsed, respond};
 
 /// Serves `piivault.v1.TokenService`.
 #[derive(Debug, Clone)]
@@ -30,6 +30,7 @@ impl pb::token_service_server::TokenService for TokenApi {
         let call = call(&req)?;
         let r = req.get_ref();
         let input = TenantId::parse(&r.tenant_id)
+            .map_err(field("tenant_id"))
             .and_then(|t| Ok((t, FieldValue::typed(5, &r.card_number)?)));
         let (tenant, card) = parsed(&self.vault, &call, Operation::Tokenize, input).await?;
         let t = self.vault.tokenize(&call, &tenant, &card).await?;
@@ -48,7 +49,14 @@ impl pb::token_service_server::TokenService for TokenApi {
         let call = call(&req)?;
         let r = req.get_ref();
         let input = TenantId::parse(&r.tenant_id)
-            .and_then(|t| Ok((t, FieldName::parse(&r.token)?, Purpose::parse(&r.purpose)?)));
+            .map_err(field("tenant_id"))
+            .and_then(|t| {
+                Ok((
+                    t,
+                    FieldName::parse(&r.token).map_err(field("token"))?,
+                    Purpose::parse(&r.purpose).map_err(field("purpose"))?,
+                ))
+            });
         let (tenant, token, purpose) =
             parsed(&self.vault, &call, Operation::Detokenize, input).await?;
         let card = self

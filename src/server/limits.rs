@@ -36,6 +36,7 @@ use tower::{Layer, Service};
 
 use crate::authz::Caller;
 use crate::config::AbuseLimits;
+use crate::proto::v1::ErrorReason;
 
 /// Past this many identities, buckets that are full again are dropped.
 const TRIM_AT: usize = 4096;
@@ -197,10 +198,16 @@ fn exhausted(wait: Duration) -> http::Response<Body> {
     // Round up to whole milliseconds, at least one, so a client never retries at once.
     let wait = Duration::from_millis(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1))
         + Duration::from_millis(1);
+    let mut details = ErrorDetails::with_retry_info(Some(wait));
+    details.set_error_info(
+        ErrorReason::RateLimited.as_str_name(),
+        crate::proto::ERROR_DOMAIN,
+        HashMap::new(),
+    );
     let status = tonic::Status::with_error_details(
         Code::ResourceExhausted,
         "too many requests from this client identity; retry later",
-        ErrorDetails::with_retry_info(Some(wait)),
+        details,
     );
     status.into_http()
 }

@@ -20,9 +20,10 @@ pub enum ServiceError {
     TenantExists,
     #[error("subject not found")]
     SubjectNotFound,
-    /// The subject was erased: every read answers NOT_FOUND with this reason.
+    /// The subject was erased: every read answers NOT_FOUND with this reason, and with the
+    /// erasure receipt's id when the tombstone was read (a write racing the erasure has none).
     #[error("subject not found: it was erased")]
-    SubjectErased,
+    SubjectErased { receipt: Option<String> },
     #[error("field {0} not found")]
     FieldNotFound(FieldName),
     #[error("token not found")]
@@ -33,8 +34,12 @@ pub enum ServiceError {
     /// The tenant was shredded: every read and write of it answers NOT_FOUND with this reason.
     #[error("tenant not found: it was shredded")]
     TenantShredded,
-    /// A key operation cannot proceed in the current state (a usage limit, a re-wrap still
-    /// running, no root key file to rewrite). The message names the condition, never a key.
+    /// A key reached its usage limit and must be rotated first. The message names the
+    /// key's kind and version, never the key.
+    #[error("{0}")]
+    KeyLimit(String),
+    /// A key operation cannot proceed in the current state (a re-wrap still running, no
+    /// root key file to rewrite). The message names the condition, never a key.
     #[error("{0}")]
     KeyPrecondition(String),
     /// The store cannot be read or written right now; the request may be retried.
@@ -80,11 +85,11 @@ impl ServiceError {
     pub fn outcome(&self) -> Outcome {
         match self {
             ServiceError::InvalidArgument(_) | ServiceError::TenantExists => Outcome::Invalid,
-            ServiceError::KeyPrecondition(_) => Outcome::Denied,
+            ServiceError::KeyLimit(_) | ServiceError::KeyPrecondition(_) => Outcome::Denied,
             ServiceError::TenantNotFound
             | ServiceError::TenantShredded
             | ServiceError::SubjectNotFound
-            | ServiceError::SubjectErased
+            | ServiceError::SubjectErased { .. }
             | ServiceError::FieldNotFound(_)
             | ServiceError::TokenNotFound => Outcome::NotFound,
             ServiceError::Refused(_) => Outcome::Denied,
@@ -111,7 +116,7 @@ impl From<StoreError> for ServiceError {
         match e {
             StoreError::Backend(_) => ServiceError::Unavailable(e),
             StoreError::NoTenant => ServiceError::TenantNotFound,
-            StoreError::Erased => ServiceError::SubjectErased,
+            StoreError::Erased => ServiceError::SubjectErased { receipt: None },
             StoreError::NotGranted { field, category } => {
                 ServiceError::Refused(Refusal::NotGranted(format!(
                     "no rule grants write of {} fields: field {field} is one",
@@ -129,8 +134,8 @@ impl From<KeyringError> for ServiceError {
         match e {
             KeyringError::Store(e) => e.into(),
             KeyringError::Shredded => ServiceError::TenantShredded,
-            KeyringError::LimitReached(_)
-            | KeyringError::NoRootFile
+            KeyringError::LimitReached(_) => ServiceError::KeyLimit(e.to_string()),
+            KeyringError::NoRootFile
             | KeyringError::UnsafeRootFile { .. }
             | KeyringError::RootFileNotShared(_) => ServiceError::KeyPrecondition(e.to_string()),
             KeyringError::Contended(_) | KeyringError::Retired => ServiceError::KeysBusy(e),

@@ -26,6 +26,9 @@ pub struct Faults {
     pub fail_writes: AtomicBool,
     /// Flushes fail.
     pub fail_flush: AtomicBool,
+    /// Every tenant key update finds the keys changed by another writer first and is not
+    /// applied, so the keyring runs out of retries (keys busy).
+    pub lose_key_races: AtomicBool,
     /// How many flushes ran (group commit makes this far lower than the writes).
     pub flushes: AtomicU64,
     /// How many times all fields of a subject were loaded at once (`Store::fields`).
@@ -155,6 +158,9 @@ impl Store for FaultyStore {
     fn update_tenant_keys(
         &self, tenant: &TenantId, update: &KeyUpdate<'_>,
     ) -> StoreResult<Option<KeyChange>> {
+        if self.faults.lose_key_races.load(Ordering::SeqCst) {
+            return Ok(None);
+        }
         self.inner.update_tenant_keys(tenant, update)
     }
     fn subject_records(

@@ -7,7 +7,9 @@ use pii_vault::proto::v1 as pb;
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use crate::util::{audit_events, channel_as, client_for, create_tenant, get, put, text, TestVault};
+use crate::util::{
+    assert_reason, audit_events, channel_as, client_for, create_tenant, get, put, text, TestVault,
+};
 
 fn get_request() -> pb::GetFieldsRequest {
     pb::GetFieldsRequest {
@@ -157,7 +159,7 @@ async fn a_refusal_is_held_before_it_is_answered() {
         .await
         .expect_err("over the burst");
     let held = sent.elapsed();
-    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert_reason(&status, Code::ResourceExhausted, "RATE_LIMITED");
     assert!(held >= DELAY, "answered after {held:?}");
     let delay = status
         .get_details_retry_info()

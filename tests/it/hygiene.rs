@@ -16,7 +16,7 @@ use pii_vault::proto::v1 as pb;
 use tempfile::TempDir;
 use tonic::Code;
 
-use crate::util::{channel_as, client_for, test_config, TestVault};
+use crate::util::{assert_reason, channel_as, client_for, test_config, TestVault};
 
 fn mode(path: &Path) -> u32 {
     std::fs::metadata(path)
@@ -35,7 +35,7 @@ async fn rotation_refuses(vault: &TestVault, path: &Path, problem: &str) {
         .rotate_root_key(pb::RotateRootKeyRequest {})
         .await
         .expect_err("rotation must refuse");
-    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert_reason(&status, Code::FailedPrecondition, "KEY_OPERATION_BLOCKED");
     let message = status.message();
     assert!(message.contains(problem), "{message}");
     assert!(message.contains(&path.display().to_string()), "{message}");

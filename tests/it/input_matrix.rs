@@ -16,7 +16,9 @@ use pii_vault::storage::faults::Faults;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
-use crate::util::{all_audit_events, create_tenant, faulty_vault, get, put, text, TestVault};
+use crate::util::{
+    all_audit_events, assert_reason, create_tenant, faulty_vault, get, put, text, TestVault,
+};
 
 /// Put into bad inputs, to check that no message echoes them.
 const MARK: &str = "Zq9Marker";
@@ -547,6 +549,14 @@ async fn each_hostile_input_answers_its_status_and_leaves_the_data_intact() {
         rows.len() - failed.len()
     );
     assert!(failed.is_empty(), "{failed:#?}");
+    // A message that does not decode says so to programs too.
+    let undecodable = send(
+        &channel,
+        raw_put(&not_utf8("acme"), SEED.as_bytes(), b"n", b"x"),
+    )
+    .await
+    .expect_err("undecodable");
+    assert_reason(&undecodable, Code::InvalidArgument, "MALFORMED_REQUEST");
 
     // The vault still serves writes, and the audit chain is whole.
     put(&mut client, TENANT, SEED, vec![change("after@example.com")])

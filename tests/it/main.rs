@@ -18,6 +18,7 @@ mod category_paths;
 mod corruption;
 mod disk_faults;
 mod erasure;
+mod error_reasons;
 mod health;
 mod hygiene;
 mod input_matrix;

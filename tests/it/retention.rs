@@ -190,7 +190,7 @@ async fn transaction_records_outlive_erasure_under_their_own_key_for_seven_years
     );
     assert!(matches!(
         vault.get_fields(&call, &acme, &alice, &[], &purpose).await,
-        Err(ServiceError::SubjectErased)
+        Err(ServiceError::SubjectErased { .. })
     ));
     // Held, under its own key, until the duty ends.
     let shadow = alice.legal_shadow();

@@ -12,7 +12,7 @@ use tonic::Code;
 
 use crate::erasure::erase;
 use crate::rights::{consent, read, rights};
-use crate::util::{create_tenant, put, text, TestVault};
+use crate::util::{assert_reason, create_tenant, put, text, TestVault};
 
 /// The raw value of `subject`'s entry in the tenant tree `tree` ("state", "tombstones") of
 /// a stopped vault's store.
@@ -45,7 +45,7 @@ fn subject_key(subject: &str) -> Vec<u8> {
 }
 
 fn assert_integrity_failure(err: &tonic::Status) {
-    assert_eq!(err.code(), Code::DataLoss, "{err:?}");
+    assert_reason(err, Code::DataLoss, "INTEGRITY_CHECK_FAILED");
     assert!(
         err.message()
             .contains("subject state record failed its integrity check"),

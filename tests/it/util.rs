@@ -395,3 +395,23 @@ pub fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// Asserts that `status` has `code` and an ErrorInfo of the vault's domain whose reason is
+/// `reason` (an `ErrorReason` name); returns its details for further checks.
+pub fn assert_reason(
+    status: &tonic::Status, code: tonic::Code, reason: &str,
+) -> tonic_types::ErrorDetails {
+    use tonic_types::StatusExt;
+    assert_eq!(status.code(), code, "{status:?}");
+    assert!(
+        pb::ErrorReason::from_str_name(reason).is_some(),
+        "{reason} is not an ErrorReason"
+    );
+    let details = status.get_error_details();
+    let info = details
+        .error_info()
+        .unwrap_or_else(|| panic!("no ErrorInfo in {status:?}"));
+    assert_eq!(info.domain, pii_vault::proto::ERROR_DOMAIN, "{status:?}");
+    assert_eq!(info.reason, reason, "{status:?}");
+    details
+}

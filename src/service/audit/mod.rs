@@ -72,7 +72,10 @@ impl Vault {
         // empty one, say) is refused rather than widened.
         let tenant = match filter.tenant.as_deref().map(TenantId::parse).transpose() {
             Ok(tenant) => tenant,
-            Err(e) => return Err(case.reject(e.context("tenant filter").into()).await),
+            Err(e) => {
+                let e = InvalidInput::new(format!("tenant filter: {e}")).in_field("tenant_id");
+                return Err(case.reject(e.into()).await);
+            }
         };
         case.run(
             Check::action(act::AuditRead, tenant.as_ref()),

@@ -93,7 +93,9 @@ impl Vault {
                 self.keys
                     .record_sealer(tenant)?
                     .check_tombstone(subject, &t)?;
-                Err(ServiceError::SubjectErased)
+                Err(ServiceError::SubjectErased {
+                    receipt: Some(t.receipt_id),
+                })
             }
             None => Err(ServiceError::SubjectNotFound),
         }

@@ -14,7 +14,7 @@ use tonic::Code;
 
 use super::*;
 use crate::erasure::erase;
-use crate::util::{create_tenant, get, put, test_config, text, text_of, TestVault};
+use crate::util::{assert_reason, create_tenant, get, put, test_config, text, text_of, TestVault};
 
 #[tokio::test]
 async fn a_dek_at_its_usage_limit_is_replaced_not_reused() {
@@ -45,7 +45,7 @@ async fn a_dek_at_its_usage_limit_is_replaced_not_reused() {
     let err = put(&mut client, "acme", "alice", four)
         .await
         .expect_err("more seals than one DEK may do");
-    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert_reason(&err, Code::FailedPrecondition, "KEY_LIMIT_REACHED");
     assert!(err.message().contains("max_encryptions_per_dek"), "{err:?}");
     let read = get(&mut client, "acme", "alice", &[]).await.expect("read");
     assert_eq!(read.len(), 10);
