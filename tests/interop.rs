@@ -1,6 +1,6 @@
 //! Interop: the Python client in `tests/interop/` (stubs generated from `proto/` by
 //! grpcio-tools) talks to a vault over mutual TLS: health, create tenant, put, get, audit
-//! query. The Python packages go into a venv under the target directory, reused across
+//! query, and the google.rpc error details of failed calls. The Python packages go into a venv under the target directory, reused across
 //! runs. Without network to install them the test is skipped loudly, unless `CI` is set,
 //! where that is a failure.
 
@@ -141,6 +141,8 @@ async fn python_client_interoperates_over_mutual_tls() {
         "create tenant: ok",
         "put: ok",
         "get: ok",
+        "get missing: NOT_FOUND, reason SUBJECT_NOT_FOUND",
+        "put invalid: INVALID_ARGUMENT, reason INVALID_INPUT",
         "audit query:",
         "access report:",
         "export:",

@@ -3,7 +3,9 @@
 
 Generates stubs from proto/ with grpc_tools.protoc into a temporary directory, connects
 with mutual TLS using the certificates given, and runs: health check, create tenant,
-put, get (values compared), audit query (the get is recorded with its purpose).
+put, get (values compared), failed calls (their google.rpc ErrorInfo and BadRequest
+decoded, reasons checked against the generated ErrorReason enum), audit query (the get is
+recorded with its purpose), access report, export and erasure.
 Exits 0 and prints "INTEROP OK" on success; any failure raises and exits non-zero.
 
     python interop.py --addr 127.0.0.1:7443 --proto-dir proto \
@@ -20,7 +22,9 @@ import sys
 import tempfile
 
 import grpc
+from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_status import rpc_status
 from grpc_tools import protoc
 
 
@@ -48,6 +52,40 @@ def check(condition, message):
         raise AssertionError(message)
 
 
+def error_details(error, errors):
+    """The ErrorInfo (reason, metadata) and BadRequest field paths of a failed call.
+
+    The reason must be a name of the generated ErrorReason enum and the domain the vault's.
+    """
+    status = rpc_status.from_call(error)
+    check(status is not None, f"{error.code()} carries no google.rpc.Status details")
+    info, fields = None, []
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            fields = [v.field for v in bad.field_violations]
+    check(info is not None, f"{error.code()} carries no ErrorInfo")
+    check(info.domain == "piivault.v1", f"ErrorInfo domain {info.domain!r}")
+    check(info.reason in errors.ErrorReason.keys(), f"reason {info.reason!r} is not an ErrorReason")
+    return info.reason, dict(info.metadata), fields
+
+
+def expect_error(call, code, reason, errors):
+    """Runs call(), which must fail with code and ErrorInfo reason; returns the details."""
+    try:
+        call()
+    except grpc.RpcError as e:
+        check(e.code() == code, f"expected {code}, got {e.code()}: {e.details()}")
+        got, metadata, fields = error_details(e, errors)
+        check(got == reason, f"expected reason {reason}, got {got}")
+        return metadata, fields
+    raise AssertionError(f"expected {code} {reason}, the call succeeded")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--addr", required=True, help="host:port of the vault")
@@ -69,6 +107,7 @@ def main():
         audit_grpc = importlib.import_module("piivault.v1.audit_pb2_grpc")
         rights = importlib.import_module("piivault.v1.rights_pb2")
         rights_grpc = importlib.import_module("piivault.v1.rights_pb2_grpc")
+        errors = importlib.import_module("piivault.v1.errors_pb2")
 
         def read(path):
             with open(path, "rb") as f:
@@ -132,15 +171,29 @@ def main():
                 check(by_name[name].category == category, f"{name} category {by_name[name].category}")
             print("get: ok")
 
-            try:
-                records.GetFields(
-                    record.GetFieldsRequest(tenant_id="interop", subject_id="nobody", purpose="support"),
+            missing = record.GetFieldsRequest(tenant_id="interop", subject_id="nobody", purpose="support")
+            expect_error(
+                lambda: records.GetFields(missing, timeout=10),
+                grpc.StatusCode.NOT_FOUND,
+                "SUBJECT_NOT_FOUND",
+                errors,
+            )
+            print("get missing: NOT_FOUND, reason SUBJECT_NOT_FOUND")
+
+            bad_email = record.FieldInput(
+                name="email", category=common.CATEGORY_ACCOUNT, value=common.Value(email="no-at-sign")
+            )
+            _, fields = expect_error(
+                lambda: records.PutFields(
+                    record.PutFieldsRequest(tenant_id="interop", subject_id="user-py-1", fields=[bad_email]),
                     timeout=10,
-                )
-                raise AssertionError("reading a missing subject succeeded")
-            except grpc.RpcError as e:
-                check(e.code() == grpc.StatusCode.NOT_FOUND, f"missing subject: {e.code()}")
-            print("get missing: NOT_FOUND")
+                ),
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "INVALID_INPUT",
+                errors,
+            )
+            check(fields == ["fields[0].value"], f"field violations {fields}")
+            print("put invalid: INVALID_ARGUMENT, reason INVALID_INPUT, field fields[0].value")
 
             events = [
                 event
@@ -189,15 +242,19 @@ def main():
 
             receipt = subject_rights.EraseSubject(rights.EraseSubjectRequest(**ids), timeout=10)
             check(receipt.receipt_id != "" and not receipt.already_erased, f"receipt {receipt}")
-            try:
-                records.GetFields(record.GetFieldsRequest(purpose="support", **ids), timeout=10)
-                raise AssertionError("reading an erased subject succeeded")
-            except grpc.RpcError as e:
-                check(e.code() == grpc.StatusCode.NOT_FOUND, f"erased subject: {e.code()}")
-                check("erased" in e.details(), f"erased subject details {e.details()!r}")
+            metadata, _ = expect_error(
+                lambda: records.GetFields(record.GetFieldsRequest(purpose="support", **ids), timeout=10),
+                grpc.StatusCode.NOT_FOUND,
+                "SUBJECT_ERASED",
+                errors,
+            )
+            check(metadata.get("receipt_id") == receipt.receipt_id, f"erased metadata {metadata}")
             again = subject_rights.EraseSubject(rights.EraseSubjectRequest(**ids), timeout=10)
             check(again.already_erased and again.receipt_id == receipt.receipt_id, "erase is idempotent")
-            print("erase: NOT_FOUND (erased) afterwards; a second erase returns the first receipt")
+            print(
+                "erase: NOT_FOUND (SUBJECT_ERASED with the receipt id) afterwards; "
+                "a second erase returns the first receipt"
+            )
 
     print("INTEROP OK")
 
