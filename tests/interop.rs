@@ -1,8 +1,8 @@
 //! Interop: the Python client in `tests/interop/` (stubs generated from `proto/` by
 //! grpcio-tools) talks to a vault over mutual TLS: health, create tenant, put, get, audit
 //! query, and the google.rpc error details of failed calls. The Python packages go into a
-//! venv under the target directory, reused across runs. Without network to install them the test is skipped loudly, unless `CI` is set,
-//! where that is a failure.
+//! venv under the target directory, reused across runs. Without network to install them
+//! the test is skipped loudly, unless `CI` is set, where that is a failure.
 
 #[path = "it/util.rs"]
 mod util;
