@@ -13,6 +13,9 @@ use pii_vault::config::RawConfig;
 use pii_vault::proto::v1 as pb;
 use pii_vault::storage::backup::{self, Manifest};
 
+use serde_json::{json, Value};
+
+use super::output::{unix_time, Out};
 use super::Connection;
 
 #[derive(Debug, Args)]
@@ -46,15 +49,25 @@ fn create_private(path: &Path) -> std::io::Result<File> {
 
 fn describe(manifest: &Manifest) -> String {
     format!(
-        "{} records in {} trees, format {}, created at Unix time {}",
+        "{} records in {} trees, format {}, created {}",
         manifest.records(),
         manifest.trees.len(),
         manifest.format,
-        manifest.created_unix
+        unix_time(manifest.created_unix)
     )
 }
 
-pub async fn backup(args: BackupArgs) -> anyhow::Result<()> {
+fn manifest_json(file: &Path, manifest: &Manifest) -> Value {
+    json!({
+        "file": file.display().to_string(),
+        "records": manifest.records(),
+        "trees": manifest.trees.len(),
+        "format": manifest.format,
+        "created_at": unix_time(manifest.created_unix),
+    })
+}
+
+pub async fn backup(args: BackupArgs, out: Out) -> anyhow::Result<()> {
     if args.out.exists() {
         bail!("{} already exists; choose a new file", args.out.display());
     }
@@ -62,15 +75,11 @@ pub async fn backup(args: BackupArgs) -> anyhow::Result<()> {
     partial.push(".partial");
     let partial = PathBuf::from(partial);
     let mut client = BackupServiceClient::new(args.conn.channel().await?);
-    let mut stream = client
-        .backup(pb::BackupRequest {})
-        .await
-        .context("backup refused")?
-        .into_inner();
+    let mut stream = client.backup(pb::BackupRequest {}).await?.into_inner();
     let mut file =
         create_private(&partial).with_context(|| format!("cannot create {}", partial.display()))?;
     let received = async {
-        while let Some(chunk) = stream.message().await.context("backup stream failed")? {
+        while let Some(chunk) = stream.message().await? {
             file.write_all(&chunk.data)
                 .with_context(|| format!("cannot write {}", partial.display()))?;
         }
@@ -89,16 +98,17 @@ pub async fn backup(args: BackupArgs) -> anyhow::Result<()> {
     };
     std::fs::rename(&partial, &args.out)
         .with_context(|| format!("cannot move the backup to {}", args.out.display()))?;
-    println!(
-        "backup written to {}: {}",
-        args.out.display(),
-        describe(&manifest)
-    );
-    println!("  it does not contain the root key: keep the root key file safe separately");
+    out.one(&manifest_json(&args.out, &manifest), || {
+        format!(
+            "backup written to {}: {}\n  it does not contain the root key: keep the root key file safe separately",
+            args.out.display(),
+            describe(&manifest)
+        )
+    });
     Ok(())
 }
 
-pub async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
+pub async fn restore(args: RestoreArgs, out: Out) -> anyhow::Result<()> {
     let config = RawConfig {
         data_dir: Some(args.data_dir.clone()),
         ..RawConfig::default()
@@ -111,15 +121,19 @@ pub async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
     let manifest = tokio::task::spawn_blocking(move || backup::restore(&input, &store_dir))
         .await
         .context("restore task failed")??;
-    println!(
-        "restored {} into {}: {}",
-        args.input.display(),
-        config.store_dir().display(),
-        describe(&manifest)
-    );
+    let mut value = manifest_json(&args.input, &manifest);
+    value["store"] = json!(config.store_dir().display().to_string());
+    out.one(&value, || {
+        format!(
+            "restored {} into {}: {}",
+            args.input.display(),
+            config.store_dir().display(),
+            describe(&manifest)
+        )
+    });
     if !config.root_key_file.exists() {
-        println!(
-            "  next: put the vault's root key file at {} (mode 0600); backups never contain it",
+        eprintln!(
+            "next: put the vault's root key file at {} (mode 0600); backups never contain it",
             config.root_key_file.display()
         );
     }

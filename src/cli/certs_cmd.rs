@@ -12,8 +12,12 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 
+use serde_json::json;
+
 use pii_vault::authz::PeerIdentity;
 use pii_vault::certs::{write_file, Authority, LeafSpec, Usage};
+
+use super::output::Out;
 
 /// Longest validity accepted by `--days` (100 years): a guard against typos.
 const MAX_DAYS: u32 = 36_500;
@@ -99,16 +103,43 @@ pub struct ClientArgs {
     days: u32,
 }
 
+/// What a subcommand wrote, and what its operator should know about it.
+struct Written {
+    cert: PathBuf,
+    key: PathBuf,
+    /// The caller identity the vault sees in a client certificate.
+    identity: Option<String>,
+    note: String,
+}
+
 /// Runs `pii-vault certs ...`.
-pub fn run(cmd: CertsCmd) -> anyhow::Result<()> {
-    match cmd {
+pub fn run(cmd: CertsCmd, out: Out) -> anyhow::Result<()> {
+    let written = match cmd {
         CertsCmd::Ca(args) => ca(args),
         CertsCmd::Server(args) => server(args),
         CertsCmd::Client(args) => client(args),
-    }
+    }?;
+    let value = json!({
+        "certificate": written.cert.display().to_string(),
+        "key": written.key.display().to_string(),
+        "identity": written.identity,
+    });
+    out.one(&value, || {
+        let mut text = format!(
+            "wrote {}\nwrote {} (private key, mode 0600)\n  {}",
+            written.cert.display(),
+            written.key.display(),
+            written.note
+        );
+        if let Some(id) = &written.identity {
+            text.push_str(&format!("\n  caller identity seen by the vault: {id}"));
+        }
+        text
+    });
+    Ok(())
 }
 
-fn ca(args: CaArgs) -> anyhow::Result<()> {
+fn ca(args: CaArgs) -> anyhow::Result<Written> {
     let lifetime = lifetime(args.days)?;
     check_text("--name", &args.name)?;
     let cert = args.output.out.join("ca.pem");
@@ -116,13 +147,16 @@ fn ca(args: CaArgs) -> anyhow::Result<()> {
     refuse_existing(&[&cert, &key], args.output.force)?;
     let ca = Authority::generate(&args.name, lifetime).context("cannot create the CA")?;
     write_pair(&cert, ca.cert_pem.as_bytes(), &key, ca.key_pem.as_bytes())?;
-    println!(
-        "  keep ca.key offline or in your secret manager: whoever holds it can mint identities"
-    );
-    Ok(())
+    Ok(Written {
+        cert,
+        key,
+        identity: None,
+        note: "keep ca.key offline or in your secret manager: whoever holds it can mint identities"
+            .to_owned(),
+    })
 }
 
-fn server(args: ServerArgs) -> anyhow::Result<()> {
+fn server(args: ServerArgs) -> anyhow::Result<Written> {
     let lifetime = lifetime(args.days)?;
     check_text("--name", &args.name)?;
     for san in &args.san {
@@ -136,11 +170,10 @@ fn server(args: ServerArgs) -> anyhow::Result<()> {
         lifetime,
         not_before_offset_secs: 0,
     };
-    issue(&args.ca, &args.output, "server", &spec)?;
-    Ok(())
+    Ok(issue(&args.ca, &args.output, "server", &spec)?.1)
 }
 
-fn client(args: ClientArgs) -> anyhow::Result<()> {
+fn client(args: ClientArgs) -> anyhow::Result<Written> {
     let lifetime = lifetime(args.days)?;
     check_text("--name", &args.name)?;
     for uri in &args.uri {
@@ -160,17 +193,19 @@ fn client(args: ClientArgs) -> anyhow::Result<()> {
         lifetime,
         not_before_offset_secs: 0,
     };
-    let der = issue(&args.ca, &args.output, "client", &spec)?;
+    let (der, mut written) = issue(&args.ca, &args.output, "client", &spec)?;
     match PeerIdentity::from_certificate(&der) {
-        Ok(id) => println!("  caller identity seen by the vault: {id}"),
+        Ok(id) => written.identity = Some(id.to_string()),
         Err(e) => bail!("the vault would refuse the issued certificate: {e}"),
     }
-    Ok(())
+    Ok(written)
 }
 
 /// Loads the CA, signs `spec` and writes `<stem>.pem` and `<stem>.key`; returns the
-/// certificate's DER.
-fn issue(ca_dir: &CaDir, output: &Output, stem: &str, spec: &LeafSpec) -> anyhow::Result<Vec<u8>> {
+/// certificate's DER and what was written.
+fn issue(
+    ca_dir: &CaDir, output: &Output, stem: &str, spec: &LeafSpec,
+) -> anyhow::Result<(Vec<u8>, Written)> {
     let cert = output.out.join(format!("{stem}.pem"));
     let key = output.out.join(format!("{stem}.key"));
     refuse_existing(&[&cert, &key], output.force)?;
@@ -193,11 +228,19 @@ fn issue(ca_dir: &CaDir, output: &Output, stem: &str, spec: &LeafSpec) -> anyhow
         &key,
         issued.key_pem.as_bytes(),
     )?;
-    println!(
-        "  signed by {} (give it to peers that must trust this certificate)",
+    let note = format!(
+        "signed by {} (give it to peers that must trust this certificate)",
         ca_dir.ca_dir.join("ca.pem").display()
     );
-    Ok(issued.cert_der)
+    Ok((
+        issued.cert_der,
+        Written {
+            cert,
+            key,
+            identity: None,
+            note,
+        },
+    ))
 }
 
 fn load_ca(dir: &Path) -> anyhow::Result<Authority> {
@@ -218,9 +261,7 @@ fn load_ca(dir: &Path) -> anyhow::Result<Authority> {
 
 fn write_pair(cert: &Path, cert_pem: &[u8], key: &Path, key_pem: &[u8]) -> anyhow::Result<()> {
     write_file(cert, cert_pem, false)?;
-    println!("wrote {}", cert.display());
     write_file(key, key_pem, true)?;
-    println!("wrote {} (private key, mode 0600)", key.display());
     Ok(())
 }
 

@@ -1,20 +1,26 @@
 //! `pii-vault erase`: the erasure job's tool. Reads subject ids from the arguments, a file or
-//! stdin (one per line), erases each, prints one JSON receipt per line, and reports progress
-//! on stderr.
+//! stdin (one per line), erases each and prints its receipt (a JSON line with `--format
+//! json`). A progress bar shows on a terminal only; failures are reported per subject, and
+//! any failure makes the command exit 2 once every id was tried.
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use clap::Args;
+use serde_json::{json, Value};
 
 use pb::subject_rights_service_client::SubjectRightsServiceClient;
+use pii_vault::domain::Category;
 use pii_vault::proto::v1 as pb;
 
-use super::Connection;
+use super::output::{progress_bar, time, Out};
+use super::report::{describe, Target};
+use super::{about, Connection, Refused};
 
 #[derive(Debug, Args)]
 pub struct EraseArgs {
+    /// Tenant id.
     tenant: String,
     /// Subject ids to erase (in addition to `--from`).
     subjects: Vec<String>,
@@ -44,15 +50,71 @@ fn read_ids(from: &PathBuf) -> anyhow::Result<Vec<String>> {
     Ok(ids)
 }
 
-pub async fn erase(args: EraseArgs) -> anyhow::Result<()> {
+/// A receipt as JSON: everything the vault answered, times in RFC 3339.
+fn receipt_json(r: &pb::ErasureReceipt) -> Value {
+    let category = |c: i32| Category::from_code(i64::from(c)).map_or("?", Category::name);
+    json!({
+        "receipt_id": r.receipt_id,
+        "tenant": r.tenant_id,
+        "subject": r.subject_id,
+        "erased_at": time(r.erased_at.as_ref()),
+        "erased_by": r.erased_by,
+        "categories_erased": r.categories_erased.iter().map(|c| category(*c)).collect::<Vec<_>>(),
+        "retained": r.retained.iter().map(|k| json!({
+            "category": category(k.category),
+            "retained_until": time(k.retained_until.as_ref()),
+        })).collect::<Vec<_>>(),
+        "final_after": time(r.final_after.as_ref()),
+        "already_erased": r.already_erased,
+    })
+}
+
+fn receipt_text(v: &Value) -> String {
+    let s = |k: &str| v[k].as_str().unwrap_or("-").to_owned();
+    let categories: Vec<&str> = v["categories_erased"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let mut text = format!(
+        "{} erased: receipt {}, at {} by {}, categories {}, no copy after {}",
+        s("subject"),
+        s("receipt_id"),
+        s("erased_at"),
+        s("erased_by"),
+        if categories.is_empty() {
+            "-".to_owned()
+        } else {
+            categories.join(",")
+        },
+        s("final_after"),
+    );
+    for kept in v["retained"].as_array().into_iter().flatten() {
+        text.push_str(&format!(
+            "; {} records kept until {}",
+            kept["category"].as_str().unwrap_or("?"),
+            kept["retained_until"].as_str().unwrap_or("?")
+        ));
+    }
+    if v["already_erased"] == Value::Bool(true) {
+        text.push_str(" (erased before: the first receipt)");
+    }
+    text
+}
+
+pub async fn erase(args: EraseArgs, out: Out) -> anyhow::Result<()> {
+    about(Some(&args.tenant), None);
     let mut ids = args.subjects;
     if let Some(from) = &args.from {
         ids.extend(read_ids(from)?);
     }
+    if ids.is_empty() {
+        bail!("no subject ids given: pass them as arguments, or one per line with --from FILE (- for stdin)");
+    }
     let mut client = SubjectRightsServiceClient::new(args.conn.channel().await?);
     let total = ids.len();
+    let bar = progress_bar(total as u64, "erasing");
     let mut failed = 0usize;
-    for (i, subject) in ids.into_iter().enumerate() {
+    for subject in ids {
         let result = client
             .erase_subject(pb::EraseSubjectRequest {
                 tenant_id: args.tenant.clone(),
@@ -61,29 +123,27 @@ pub async fn erase(args: EraseArgs) -> anyhow::Result<()> {
             .await;
         match result {
             Ok(r) => {
-                let r = r.into_inner();
-                let line = serde_json::json!({
-                    "receipt_id": r.receipt_id,
-                    "tenant": r.tenant_id,
-                    "subject": r.subject_id,
-                    "erased_at": r.erased_at.map(|t| t.seconds),
-                    "final_after": r.final_after.map(|t| t.seconds),
-                    "already_erased": r.already_erased,
-                });
-                println!("{line}");
+                let receipt = receipt_json(&r.into_inner());
+                bar.suspend(|| out.item(&receipt, || receipt_text(&receipt)));
             }
             Err(status) => {
                 failed += 1;
                 // The id is the job's own input; echoing it to its operator is fine.
-                eprintln!("{subject}: {:?}: {}", status.code(), status.message());
+                let target = Target {
+                    tenant: Some(args.tenant.clone()),
+                    subject: Some(subject),
+                    ..Target::default()
+                };
+                bar.suspend(|| eprintln!("error: {}", describe(&status, &target)));
+                bar.set_message(format!("{failed} failed"));
             }
         }
-        if (i + 1) % 100 == 0 || i + 1 == total {
-            eprintln!("erased {}/{total} ({failed} failed)", i + 1 - failed);
-        }
+        bar.inc(1);
     }
+    bar.finish_and_clear();
+    eprintln!("erased {}/{total} ({failed} failed)", total - failed);
     if failed > 0 {
-        anyhow::bail!("{failed} of {total} erasures failed");
+        return Err(Refused(format!("{failed} of {total} erasures failed")).into());
     }
     Ok(())
 }

@@ -13,11 +13,16 @@ use clap::Args;
 use pb::subject_rights_service_client::SubjectRightsServiceClient;
 use pii_vault::proto::v1 as pb;
 
-use super::Connection;
+use serde_json::json;
+
+use super::output::Out;
+use super::{about, Connection};
 
 #[derive(Debug, Args)]
 pub struct ExportArgs {
+    /// Tenant id.
     tenant: String,
+    /// Subject id.
     subject: String,
     /// File to write the JSON document to.
     #[arg(long)]
@@ -38,7 +43,8 @@ fn create_private(path: &Path) -> anyhow::Result<File> {
         .with_context(|| format!("cannot create {}", path.display()))
 }
 
-pub async fn export(args: ExportArgs) -> anyhow::Result<()> {
+pub async fn export(args: ExportArgs, out: Out) -> anyhow::Result<()> {
+    about(Some(&args.tenant), Some(&args.subject));
     let mut partial = args.out.clone().into_os_string();
     partial.push(".partial");
     let partial = PathBuf::from(partial);
@@ -49,8 +55,7 @@ pub async fn export(args: ExportArgs) -> anyhow::Result<()> {
             subject_id: args.subject.clone(),
             purpose: args.purpose.clone(),
         })
-        .await
-        .map_err(|s| anyhow::anyhow!("export refused: {:?}: {}", s.code(), s.message()))?
+        .await?
         .into_inner();
     let mut file = create_private(&partial)?;
     let mut written = 0u64;
@@ -68,12 +73,15 @@ pub async fn export(args: ExportArgs) -> anyhow::Result<()> {
     if let Err(s) = received {
         drop(file);
         let _ = std::fs::remove_file(&partial);
-        anyhow::bail!("export failed: {:?}: {}", s.code(), s.message());
+        return Err(s.into());
     }
     file.sync_all()
         .with_context(|| format!("syncing {}", partial.display()))?;
     std::fs::rename(&partial, &args.out)
         .with_context(|| format!("renaming to {}", args.out.display()))?;
-    eprintln!("exported {written} bytes to {}", args.out.display());
+    let file = args.out.display().to_string();
+    out.one(&json!({"file": file, "bytes": written}), || {
+        format!("exported {written} bytes to {file}")
+    });
     Ok(())
 }

@@ -8,6 +8,9 @@ use anyhow::Context;
 use clap::Args;
 use pii_vault::client::Health;
 
+use serde_json::json;
+
+use super::output::Out;
 use super::{Connection, Refused};
 
 #[derive(Debug, Args)]
@@ -16,32 +19,40 @@ pub struct HealthArgs {
     /// asks about the vault as a whole.
     #[arg(long, default_value = "")]
     service: String,
-    /// Seconds to wait for the answer, connection included.
-    #[arg(long, default_value_t = 5)]
-    timeout: u64,
     #[command(flatten)]
     conn: Connection,
 }
 
-pub async fn health(args: HealthArgs) -> anyhow::Result<()> {
-    let limit = Duration::from_secs(args.timeout.max(1));
+/// How long `health` waits for its answer, connection included, unless `--timeout` says.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub async fn health(args: HealthArgs, out: Out) -> anyhow::Result<()> {
+    let limit = args
+        .conn
+        .timeout
+        .filter(|t| !t.is_zero())
+        .unwrap_or(HEALTH_TIMEOUT);
     let ask = async {
-        let channel = args.conn.channel().await?;
+        let channel = args.conn.open(Some(limit)).await?;
         anyhow::Ok(pii_vault::client::health(channel, &args.service).await?)
     };
     let status = tokio::time::timeout(limit, ask)
         .await
-        .with_context(|| format!("no answer from the vault within {} s", limit.as_secs()))??;
+        .with_context(|| format!("no answer from the vault within {} s", limit.as_secs_f64()))??;
     let what = if args.service.is_empty() {
         "vault"
     } else {
         &args.service
     };
+    let value = json!({"service": args.service, "status": status.name()});
     match status {
         Health::Serving => {
-            println!("{what}: SERVING");
+            out.one(&value, || format!("{what}: SERVING"));
             Ok(())
         }
-        other => Err(Refused(format!("{what}: {}", other.name())).into()),
+        other => {
+            out.one(&value, || format!("{what}: {}", other.name()));
+            Err(Refused(format!("{what}: {}", other.name())).into())
+        }
     }
 }

@@ -1,6 +1,6 @@
 //! `pii-vault keys`: the security team's key tool. Status, tenant and root key rotation, key
-//! epochs and tenant shredding, with a progress line on stderr for long jobs and `--json`
-//! for machines (one JSON document on stdout).
+//! epochs and tenant shredding, with a progress bar on stderr for long jobs (on a terminal
+//! only) and `--format json` for machines (one JSON document on stdout).
 
 use std::time::Duration;
 
@@ -12,7 +12,8 @@ use tonic::transport::Channel;
 use pb::key_service_client::KeyServiceClient;
 use pii_vault::proto::v1 as pb;
 
-use super::Connection;
+use super::output::{progress_bar, spinner, time, Format, Out};
+use super::{about, Connection};
 
 /// How often long jobs are polled for progress.
 const POLL: Duration = Duration::from_millis(500);
@@ -31,6 +32,7 @@ pub enum KeysCmd {
     },
     /// Rotate a tenant's key; waits for the background re-wrap, showing progress.
     RotateTenant {
+        /// Tenant id.
         tenant: String,
         /// Return once the rotation started, without waiting for the re-wrap.
         #[arg(long)]
@@ -50,6 +52,7 @@ pub enum KeysCmd {
     },
     /// Shred a tenant: destroy all its keys, making every subject unreadable. Irreversible.
     ShredTenant {
+        /// Tenant id.
         tenant: String,
         /// The tenant id again, to confirm.
         #[arg(long, required = true)]
@@ -59,18 +62,11 @@ pub enum KeysCmd {
     },
 }
 
-/// Output options shared by every `keys` subcommand.
+/// How every `keys` subcommand reaches the vault.
 #[derive(Debug, Args)]
 pub struct Output {
-    /// Print one JSON document on stdout instead of text.
-    #[arg(long)]
-    json: bool,
     #[command(flatten)]
     conn: Connection,
-}
-
-fn time(t: Option<&prost_types::Timestamp>) -> Value {
-    t.map_or(Value::Null, |t| Value::String(t.to_string()))
 }
 
 fn version_json(v: &pb::KeyVersion) -> Value {
@@ -210,10 +206,11 @@ async fn status(
         .into_inner())
 }
 
-/// Shows a progress line on stderr until the tenant's re-wrap to `version` is done.
+/// Shows a progress bar (on a terminal) until the tenant's re-wrap to `version` is done.
 async fn follow_rewrap(
     client: &mut KeyServiceClient<Channel>, tenant: &str, version: u32,
 ) -> anyhow::Result<pb::KeyStatus> {
+    let bar = progress_bar(0, &format!("re-wrap to v{version}"));
     loop {
         let s = status(client, tenant, false).await?;
         let job = s
@@ -222,9 +219,18 @@ async fn follow_rewrap(
             .and_then(|t| t.rewrap.as_ref())
             .filter(|r| r.target_version == version);
         match job {
-            Some(r) => eprint!("\r{}   ", progress(r)),
+            Some(r) => {
+                bar.set_length(r.subjects_total);
+                bar.set_position(r.subjects_scanned.min(r.subjects_total));
+                bar.set_message(format!(
+                    "{} re-wrapped, pass {}",
+                    r.subjects_rewrapped,
+                    r.passes + 1
+                ));
+            }
             None => {
-                eprintln!("\rre-wrap to v{version} complete{:40}", "");
+                bar.finish_and_clear();
+                eprintln!("re-wrap to v{version} complete");
                 return status(client, tenant, true).await;
             }
         }
@@ -232,17 +238,18 @@ async fn follow_rewrap(
     }
 }
 
-/// Runs the epoch RPC while a progress line shows any re-wrap it is running.
+/// Runs the epoch RPC while a spinner (on a terminal) shows any re-wrap it is running.
 async fn epoch_with_progress(
     client: &KeyServiceClient<Channel>,
 ) -> anyhow::Result<pb::RunKeyEpochResponse> {
     let mut run = client.clone();
     let mut epoch = tokio::spawn(async move { run.run_key_epoch(pb::RunKeyEpochRequest {}).await });
     let mut poll = client.clone();
+    let bar = spinner("key epoch running");
     loop {
         tokio::select! {
             done = &mut epoch => {
-                eprint!("\r{:100}\r", "");
+                bar.finish_and_clear();
                 return Ok(done??.into_inner());
             }
             () = tokio::time::sleep(POLL) => {
@@ -251,49 +258,53 @@ async fn epoch_with_progress(
                         .filter_map(|t| t.rewrap.as_ref().map(|r| format!("{}: {}", t.tenant_id, progress(r))))
                         .next()
                         .unwrap_or_else(|| "key epoch running".to_owned());
-                    eprint!("\r{line}   ");
+                    bar.set_message(line);
                 }
             }
         }
     }
 }
 
-fn emit(json_out: bool, value: &Value, text: impl FnOnce()) {
-    if json_out {
-        println!("{value}");
-    } else {
-        text();
+/// Prints `value` as a JSON line, or runs `text`, which prints the text form.
+fn emit(out: Out, value: &Value, text: impl FnOnce()) {
+    match out.format {
+        Format::Json => println!("{value}"),
+        Format::Table => text(),
     }
 }
 
-pub async fn keys(cmd: KeysCmd) -> anyhow::Result<()> {
+pub async fn keys(cmd: KeysCmd, out_format: Out) -> anyhow::Result<()> {
     match cmd {
         KeysCmd::Status {
             tenant,
             no_count,
             out,
         } => {
+            about(tenant.as_deref(), None);
             let mut client = KeyServiceClient::new(out.conn.channel().await?);
             let s = status(&mut client, tenant.as_deref().unwrap_or(""), !no_count).await?;
-            emit(out.json, &status_json(&s), || print_status(&s));
+            emit(out_format, &status_json(&s), || print_status(&s));
             Ok(())
         }
         KeysCmd::RotateTenant {
             tenant,
             no_wait,
             out,
-        } => rotate_tenant(tenant, no_wait, out).await,
-        KeysCmd::RotateRoot { out } => rotate_root(out).await,
-        KeysCmd::Epoch { out } => epoch(out).await,
+        } => rotate_tenant(tenant, no_wait, out, out_format).await,
+        KeysCmd::RotateRoot { out } => rotate_root(out, out_format).await,
+        KeysCmd::Epoch { out } => epoch(out, out_format).await,
         KeysCmd::ShredTenant {
             tenant,
             confirm,
             out,
-        } => shred_tenant(tenant, confirm, out).await,
+        } => shred_tenant(tenant, confirm, out, out_format).await,
     }
 }
 
-async fn rotate_tenant(tenant: String, no_wait: bool, out: Output) -> anyhow::Result<()> {
+async fn rotate_tenant(
+    tenant: String, no_wait: bool, out: Output, format: Out,
+) -> anyhow::Result<()> {
+    about(Some(&tenant), None);
     let mut client = KeyServiceClient::new(out.conn.channel().await?);
     let r = client
         .rotate_tenant_key(pb::RotateTenantKeyRequest {
@@ -301,7 +312,7 @@ async fn rotate_tenant(tenant: String, no_wait: bool, out: Output) -> anyhow::Re
         })
         .await?
         .into_inner();
-    if !out.json {
+    if format.format == Format::Table {
         println!(
             "tenant {tenant}: key v{} -> v{}",
             r.previous_version, r.new_version
@@ -318,7 +329,7 @@ async fn rotate_tenant(tenant: String, no_wait: bool, out: Output) -> anyhow::Re
         "new_version": r.new_version,
         "status": after.as_ref().map(status_json),
     });
-    emit(out.json, &value, || {
+    emit(format, &value, || {
         if let Some(s) = &after {
             print_status(s);
         }
@@ -326,8 +337,8 @@ async fn rotate_tenant(tenant: String, no_wait: bool, out: Output) -> anyhow::Re
     Ok(())
 }
 
-async fn rotate_root(out: Output) -> anyhow::Result<()> {
-    let mut client = KeyServiceClient::new(out.conn.channel().await?);
+async fn rotate_root(out: Output, format: Out) -> anyhow::Result<()> {
+    let mut client = KeyServiceClient::new(out.conn.long_channel().await?);
     let r = client
         .rotate_root_key(pb::RotateRootKeyRequest {})
         .await?
@@ -337,7 +348,7 @@ async fn rotate_root(out: Output) -> anyhow::Result<()> {
         "destroyed_versions": r.destroyed_versions,
         "keys_rewrapped": r.keys_rewrapped,
     });
-    emit(out.json, &value, || {
+    emit(format, &value, || {
         println!(
             "root key: now v{}; destroyed {:?}; {} keys re-wrapped",
             r.current_version, r.destroyed_versions, r.keys_rewrapped
@@ -346,8 +357,8 @@ async fn rotate_root(out: Output) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn epoch(out: Output) -> anyhow::Result<()> {
-    let client = KeyServiceClient::new(out.conn.channel().await?);
+async fn epoch(out: Output, format: Out) -> anyhow::Result<()> {
+    let client = KeyServiceClient::new(out.conn.long_channel().await?);
     let r = epoch_with_progress(&client).await?;
     let value = json!({
         "tenants": r.tenants.iter().map(|t| json!({
@@ -360,7 +371,7 @@ async fn epoch(out: Output) -> anyhow::Result<()> {
         "root_versions_destroyed": r.root_versions_destroyed,
         "completed_at": time(r.completed_at.as_ref()),
     });
-    emit(out.json, &value, || {
+    emit(format, &value, || {
         for t in &r.tenants {
             println!(
                 "tenant {}: new key; destroyed versions {:?}",
@@ -378,7 +389,10 @@ async fn epoch(out: Output) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn shred_tenant(tenant: String, confirm: String, out: Output) -> anyhow::Result<()> {
+async fn shred_tenant(
+    tenant: String, confirm: String, out: Output, format: Out,
+) -> anyhow::Result<()> {
+    about(Some(&tenant), None);
     if confirm != tenant {
         bail!("--confirm must repeat the tenant id ({tenant}) to shred it");
     }
@@ -395,7 +409,7 @@ async fn shred_tenant(tenant: String, confirm: String, out: Output) -> anyhow::R
         "shredded_at": time(r.shredded_at.as_ref()),
         "destroyed_versions": r.destroyed_versions,
     });
-    emit(out.json, &value, || {
+    emit(format, &value, || {
         println!(
             "tenant {} shredded: key versions {:?} destroyed; its subjects are unreadable",
             r.tenant_id, r.destroyed_versions

@@ -6,8 +6,12 @@ use anyhow::Context;
 use clap::Args;
 use tokio::net::TcpSocket;
 
+use serde_json::json;
+
 use pii_vault::config::RawConfig;
 use pii_vault::dev::bootstrap;
+
+use super::output::Out;
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -18,11 +22,11 @@ pub struct ServeArgs {
     #[arg(long)]
     listen: Option<String>,
     /// Data directory; overrides the file.
-    #[arg(long)]
+    #[arg(long, env = "PIIVAULT_DATA_DIR")]
     data_dir: Option<PathBuf>,
 }
 
-pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+pub async fn serve(args: ServeArgs, out: Out) -> anyhow::Result<()> {
     let mut raw = match &args.config {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -51,6 +55,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .listen(LISTEN_BACKLOG)
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
+    let mut value = json!({"listening": addr.to_string(), "tls": "mutual TLS 1.3"});
+    let mut text =
+        format!("pii-vault listening on {addr} (mutual TLS 1.3; a client certificate is required)");
     if config.dev_tls {
         let pki = config.dev_pki();
         let verb = if created.dev_certs {
@@ -58,31 +65,30 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         } else {
             "using"
         };
-        println!(
-            "pii-vault listening on {addr} (mutual TLS 1.3; a client certificate is required)"
-        );
-        println!(
-            "  {verb} dev certificates in {}",
-            pki.ca_cert
-                .parent()
-                .map(|p| p.display().to_string())
-                .unwrap_or_default()
-        );
-        println!("    CA:     {}", pki.ca_cert.display());
-        println!(
-            "    client: {} (key {})",
+        value["dev_certificates"] = json!({
+            "ca": pki.ca_cert.display().to_string(),
+            "client_certificate": pki.client_cert.display().to_string(),
+            "client_key": pki.client_key.display().to_string(),
+        });
+        let dir = pki
+            .ca_cert
+            .parent()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        // The way this binary was started, so the line works as it is (a path, or the
+        // name on PATH).
+        let me = std::env::args()
+            .next()
+            .unwrap_or_else(|| "pii-vault".to_owned());
+        text.push_str(&format!(
+            "\n  {verb} dev certificates in {dir}\n    CA:     {}\n    client: {} (key {})\n  try:    {me} tenant create demo --addr {addr} --data-dir {}",
+            pki.ca_cert.display(),
             pki.client_cert.display(),
-            pki.client_key.display()
-        );
-        println!(
-            "  try:    cargo run --release -- tenant create demo --addr {addr} --data-dir {}",
+            pki.client_key.display(),
             config.data_dir.display()
-        );
-    } else {
-        println!(
-            "pii-vault listening on {addr} (mutual TLS 1.3; a client certificate is required)"
-        );
+        ));
     }
+    out.one(&value, || text);
     pii_vault::server::serve(listener, config, store, shutdown_signal()).await?;
     Ok(())
 }

@@ -15,6 +15,7 @@ mod authz_matrix;
 mod backup;
 mod bad_input;
 mod category_paths;
+mod cli;
 mod corruption;
 mod disk_faults;
 mod erasure;

@@ -261,7 +261,7 @@ async fn the_keys_command_rotates_reports_and_shreds() {
     create_tenant(&vault, "acme").await;
     create_tenant(&vault, "scratch").await;
     preload(vault.channel().await, "acme", 50, 4).await;
-    let (ok, out, err) = cli(&vault, &["rotate-tenant", "acme", "--json"]).await;
+    let (ok, out, err) = cli(&vault, &["rotate-tenant", "acme", "--format", "json"]).await;
     assert!(ok, "{err}");
     let json: serde_json::Value = serde_json::from_str(out.trim()).expect("json");
     assert_eq!(json["new_version"], 2);
@@ -279,13 +279,20 @@ async fn the_keys_command_rotates_reports_and_shreds() {
     assert!(!ok && err.contains("--confirm"), "{err}");
     let (ok, out, err) = cli(
         &vault,
-        &["shred-tenant", "scratch", "--confirm", "scratch", "--json"],
+        &[
+            "shred-tenant",
+            "scratch",
+            "--confirm",
+            "scratch",
+            "--format",
+            "json",
+        ],
     )
     .await;
     assert!(ok, "{err}");
     assert!(out.contains("\"destroyed_versions\":[1]"), "{out}");
 
-    let (ok, out, err) = cli(&vault, &["epoch", "--json"]).await;
+    let (ok, out, err) = cli(&vault, &["epoch", "--format", "json"]).await;
     assert!(ok, "{err}");
     let json: serde_json::Value = serde_json::from_str(out.trim()).expect("json");
     assert_eq!(json["root_version"], 2);
