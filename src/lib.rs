@@ -11,7 +11,7 @@
 //! | `server`  | `run(listener, config, shutdown)`: rustls mTLS, health, reflection, metrics endpoint, background tasks, drain | api, config, service, keyring, authz, storage, metrics, proto, crypto, domain |
 //! | `dev`     | what a first dev start creates: data directory, root key, dev PKI, dev policy | config, keyring, authz, certs, storage |
 //! | `config`  | raw TOML form validated into the `Config` the server runs with; no file I/O | service, keyring, storage, authz, certs, domain |
-//! | `client`  | connecting to a vault over mutual TLS (the CLI, tests, benchmarks), error details decoded | certs, proto |
+//! | `client`  | connecting to a vault over mutual TLS (the CLI, tests, benchmarks, examples), error details decoded, a typed client with retries | config, certs, proto |
 //! | `api`     | tonic handlers, proto ⇄ domain conversion, the one `ServiceError → Status` mapping | service, authz, domain, proto |
 //! | `proto`   | code generated from `proto/`, and the codec it is generated with | — |
 //! | `service` | use cases (records, rights, erasure, keys, audit, retention), each run through one use-case context | keyring, storage, audit, authz, metrics, codec, crypto, domain |

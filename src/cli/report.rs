@@ -210,6 +210,10 @@ fn client_report(e: &ClientError, target: &Target) -> Report {
                 ),
             )
         }
+        ClientError::BadSetting(why) => (
+            format!("error: {why}"),
+            "the PIIVAULT_* variables are listed in `pii-vault --help`".to_owned(),
+        ),
         ClientError::BadAddress(why) => (
             format!("error: {why}"),
             "--addr (PIIVAULT_ADDR) takes host:port or https://host:port".to_owned(),

@@ -1,5 +1,6 @@
-//! Connecting to a vault as a client over mutual TLS (used by the CLI and the tests), and
-//! decoding the error details its statuses carry.
+//! Connecting to a vault as a client over mutual TLS (used by the CLI, the tests and the
+//! examples), decoding the error details its statuses carry, and a typed client with
+//! deadlines and retries (`VaultClient`).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -7,6 +8,10 @@ use std::time::Duration;
 
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 use tonic_types::StatusExt;
+
+mod vault;
+
+pub use vault::{ClientConfig, FieldRead, FieldWrite, Retry, Value, VaultClient, VaultError};
 
 use crate::certs::DevPki;
 use crate::proto::v1::ErrorReason;
@@ -44,6 +49,9 @@ pub enum ClientError {
     },
     #[error("{0}")]
     BadAddress(String),
+    /// A setting (an environment variable) that does not parse.
+    #[error("{0}")]
+    BadSetting(String),
     #[error("cannot connect to {addr}")]
     Connect {
         addr: String,
