@@ -1,0 +1,67 @@
+//! The security team's key-rotation runbook as a program: show a tenant's key, rotate it,
+//! follow the background re-wrap until every subject key is wrapped by the new version,
+//! then run a key epoch, which destroys the key versions that erasures left behind.
+//!
+//!     PIIVAULT_ADDR=127.0.0.1:7443 cargo run --release --example key_rotation -- demo
+//!
+//! A key epoch can run for long, so this program waits as long as the vault takes for
+//! each answer (no request deadline), while the connection itself is still bounded.
+
+use std::time::{Duration, Instant};
+
+use pii_vault::client::{ClientConfig, VaultClient};
+
+/// How long the re-wrap may take before the runbook stops waiting and says so.
+const REWRAP_PATIENCE: Duration = Duration::from_secs(600);
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let tenant = std::env::args()
+        .nth(1)
+        .ok_or("usage: key_rotation TENANT")?;
+    let mut config = ClientConfig::from_env()?;
+    config.timeouts.request = None;
+    let vault = VaultClient::connect(&config).await?;
+
+    let before = vault.key_status(&tenant).await?;
+    let current = before.tenants.first().map_or(0, |t| t.current_version);
+    println!("tenant {tenant}: key v{current}");
+
+    let rotation = vault.rotate_tenant_key(&tenant).await?;
+    println!(
+        "rotated: v{} -> v{}; re-wrapping subject keys",
+        rotation.previous_version, rotation.new_version
+    );
+    let started = Instant::now();
+    loop {
+        let status = vault.key_status(&tenant).await?;
+        let job = status.tenants.first().and_then(|t| t.rewrap);
+        match job {
+            Some(r) if r.target_version == rotation.new_version => {
+                println!(
+                    "  {}/{} subjects examined",
+                    r.subjects_scanned, r.subjects_total
+                );
+            }
+            _ => break,
+        }
+        if started.elapsed() > REWRAP_PATIENCE {
+            return Err("the re-wrap is still running; check `pii-vault keys status` later".into());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!("re-wrap to v{} complete", rotation.new_version);
+
+    let epoch = vault.run_key_epoch().await?;
+    for t in &epoch.tenants {
+        println!(
+            "epoch: tenant {} destroyed versions {:?}",
+            t.tenant_id, t.destroyed_versions
+        );
+    }
+    println!(
+        "epoch done: root key v{}, {} DEKs re-wrapped",
+        epoch.root_version, epoch.deks_rewrapped
+    );
+    Ok(())
+}
