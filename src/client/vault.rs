@@ -589,15 +589,15 @@ mod tests {
     #[test]
     fn the_environment_names_the_vault_its_certificates_and_timeouts() {
         let vars = |name: &str| {
-            Some(match name {
+            let value = match name {
                 "PIIVAULT_ADDR" => "https://vault.internal:9000",
                 "PIIVAULT_DATA_DIR" => "/srv/vault",
                 "PIIVAULT_CLIENT_CERT" => "/etc/me.pem",
                 "PIIVAULT_CLIENT_KEY" => "/etc/me.key",
                 "PIIVAULT_TIMEOUT" => "2.5",
                 _ => return None,
-            })
-            .map(str::to_owned)
+            };
+            Some(value.to_owned())
         };
         let c = ClientConfig::from_lookup(vars).expect("config");
         assert_eq!(c.addr, "https://vault.internal:9000");
