@@ -64,3 +64,91 @@ pub async fn compare(channel: &Channel, rounds: usize, big: usize) -> (Duration,
     );
     (s, b)
 }
+
+/// Subjects of one field each, `prefix0` .. `prefix{n-1}`, written over 8 streams.
+async fn seed_many(channel: &Channel, prefix: &str, n: usize) {
+    let mut writers = Vec::new();
+    for w in 0..8 {
+        let (channel, prefix) = (channel.clone(), prefix.to_owned());
+        writers.push(tokio::spawn(async move {
+            for i in (w..n).step_by(8) {
+                seed(&channel, &format!("{prefix}{i}"), 1).await;
+            }
+        }));
+    }
+    for w in writers {
+        w.await.expect("seed");
+    }
+}
+
+/// Erases `ids` with one EraseSubject call each, one after the other (what `pii-vault
+/// erase` did before EraseSubjects).
+async fn one_call_each(channel: &Channel, ids: &[String]) -> Duration {
+    let t0 = Instant::now();
+    for id in ids {
+        erase(channel, id).await;
+    }
+    t0.elapsed()
+}
+
+/// Erases `ids` over one EraseSubjects stream; every item must come back with a receipt.
+async fn one_stream(channel: &Channel, ids: &[String]) -> Duration {
+    let mut client =
+        pb::subject_rights_service_client::SubjectRightsServiceClient::new(channel.clone());
+    let requests: Vec<pb::EraseSubjectsRequest> = ids
+        .iter()
+        .map(|s| pb::EraseSubjectsRequest {
+            tenant_id: TENANT.into(),
+            subject_id: s.clone(),
+        })
+        .collect();
+    let t0 = Instant::now();
+    let mut results = client
+        .erase_subjects(tokio_stream::iter(requests))
+        .await
+        .expect("stream")
+        .into_inner();
+    let mut receipts = 0;
+    while let Some(r) = results.message().await.expect("result") {
+        match r.result {
+            Some(pb::erase_subjects_response::Result::Receipt(_)) => receipts += 1,
+            other => panic!("erasure failed: {other:?}"),
+        }
+    }
+    assert_eq!(receipts, ids.len());
+    t0.elapsed()
+}
+
+/// `n` erasures by EraseSubjects against `n` by one call each, in blocks of at most 1,000
+/// that alternate which goes first (so drift on a shared machine falls on both); returns
+/// (one call each, batch) in total.
+pub async fn batch_vs_single(channel: &Channel, n: usize) -> (Duration, Duration) {
+    seed_many(channel, "single-", n).await;
+    seed_many(channel, "batch-", n).await;
+    let ids = |prefix: &str| (0..n).map(|i| format!("{prefix}{i}")).collect::<Vec<_>>();
+    let (single_ids, batch_ids) = (ids("single-"), ids("batch-"));
+    let (mut single, mut batch) = (Duration::ZERO, Duration::ZERO);
+    for (block, (s, b)) in single_ids
+        .chunks(1000)
+        .zip(batch_ids.chunks(1000))
+        .enumerate()
+    {
+        if block % 2 == 0 {
+            single += one_call_each(channel, s).await;
+            batch += one_stream(channel, b).await;
+        } else {
+            batch += one_stream(channel, b).await;
+            single += one_call_each(channel, s).await;
+        }
+    }
+    let rate = |d: Duration| n as f64 / d.as_secs_f64();
+    println!(
+        "erase {n} subjects: one call each {:>7.2} s ({:>6.0}/s)   EraseSubjects {:>7.2} s ({:>6.0}/s)   batch {:.1}x faster",
+        single.as_secs_f64(),
+        rate(single),
+        batch.as_secs_f64(),
+        rate(batch),
+        single.as_secs_f64() / batch.as_secs_f64()
+    );
+    (single, batch)
+}

@@ -21,6 +21,9 @@
 //! cargo bench --bench load -- --duration 10 --concurrency 1,8,64 --scenarios get1,put1
 //! cargo bench --bench load -- --rss --fields 1000000 --cache-mib 256
 //! cargo bench --bench load -- --backends --duration 10 --concurrency 8,64
+//! cargo bench --bench load -- --scenarios erase --concurrency 1 --duration 2
+//!                                                # erasure, with 10,000 by EraseSubjects
+//!                                                #   against 10,000 by one call each
 //! cargo bench --bench load -- --scenarios flood  # the flood alone (--flood-requests, --idle-reads,
 //!                                                #   --flood-streams, --flood-connections)
 //! ```
@@ -385,6 +388,9 @@ async fn run(args: &Args) -> u64 {
         let (rounds, big) = if args.smoke { (1, 2_000) } else { (5, 10_000) };
         let (small_t, big_t) = erase::compare(&channel, rounds, big).await;
         summary.erase_ratio = Some((big, big_t.as_secs_f64() / small_t.as_secs_f64()));
+        let n = if args.smoke { 200 } else { 10_000 };
+        let (single, batch) = erase::batch_vs_single(&channel, n).await;
+        summary.erase_batch = Some((n, single.as_secs_f64() / batch.as_secs_f64()));
     }
 
     summary.print();

@@ -33,6 +33,8 @@ pub struct Summary {
     pub fixed_rate: Vec<(&'static str, u32, f64, f64, f64)>,
     /// (fields of the big subject, its erase latency ÷ that of a 1-field subject).
     pub erase_ratio: Option<(usize, f64)>,
+    /// Erasures compared, and how many times faster EraseSubjects was than one call each.
+    pub erase_batch: Option<(usize, f64)>,
     /// B3: (probe, p50 ms, p99 ms).
     pub fsync_ms: Vec<(&'static str, f64, f64)>,
 }
@@ -89,6 +91,9 @@ impl Summary {
                 "target erase of {big} fields within 2x of 1 field: {r:.2}x -> {}",
                 verdict(r <= 2.0)
             );
+        }
+        if let Some((n, r)) = self.erase_batch {
+            println!("erase  {n} subjects by EraseSubjects: {r:.1}x the rate of one call each");
         }
         for (what, p50, p99) in &self.fsync_ms {
             println!("floor  B3 {what}: p50 {p50:.2} ms, p99 {p99:.2} ms");

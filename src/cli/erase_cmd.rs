@@ -1,7 +1,8 @@
 //! `pii-vault erase`: the erasure job's tool. Reads subject ids from the arguments, a file or
-//! stdin (one per line), erases each and prints its receipt (a JSON line with `--format
-//! json`). A progress bar shows on a terminal only; failures are reported per subject, and
-//! any failure makes the command exit 2 once every id was tried.
+//! stdin (one per line), erases them over one EraseSubjects stream and prints each receipt
+//! as it comes (a JSON line with `--format json`), in the order the vault finished them. A
+//! progress bar shows on a terminal only; failures are reported per subject, and any
+//! failure makes the command exit 2 once every id was tried.
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -15,7 +16,7 @@ use pii_vault::domain::Category;
 use pii_vault::proto::v1 as pb;
 
 use super::output::{progress_bar, time, Out};
-use super::report::{describe, Target};
+use super::report::{item_line, Target};
 use super::{about, Connection, Refused};
 
 #[derive(Debug, Args)]
@@ -110,36 +111,53 @@ pub async fn erase(args: EraseArgs, out: Out) -> anyhow::Result<()> {
     if ids.is_empty() {
         bail!("no subject ids given: pass them as arguments, or one per line with --from FILE (- for stdin)");
     }
-    let mut client = SubjectRightsServiceClient::new(args.conn.channel().await?);
+    let mut client = SubjectRightsServiceClient::new(args.conn.long_channel().await?);
     let total = ids.len();
     let bar = progress_bar(total as u64, "erasing");
+    // One stream for the whole job (EraseSubjects): the vault erases several at once and
+    // answers each as it is done.
+    let requests: Vec<pb::EraseSubjectsRequest> = ids
+        .iter()
+        .map(|subject| pb::EraseSubjectsRequest {
+            tenant_id: args.tenant.clone(),
+            subject_id: subject.clone(),
+        })
+        .collect();
+    let mut results = client
+        .erase_subjects(tokio_stream::iter(requests))
+        .await?
+        .into_inner();
     let mut failed = 0usize;
-    for subject in ids {
-        let result = client
-            .erase_subject(pb::EraseSubjectRequest {
-                tenant_id: args.tenant.clone(),
-                subject_id: subject.clone(),
-            })
-            .await;
-        match result {
-            Ok(r) => {
-                let receipt = receipt_json(&r.into_inner());
+    let mut answered = 0usize;
+    while let Some(r) = results.message().await? {
+        answered += 1;
+        let subject = usize::try_from(r.index)
+            .ok()
+            .and_then(|i| ids.get(i))
+            .cloned();
+        match r.result {
+            Some(pb::erase_subjects_response::Result::Receipt(receipt)) => {
+                let receipt = receipt_json(&receipt);
                 bar.suspend(|| out.item(&receipt, || receipt_text(&receipt)));
             }
-            Err(status) => {
+            Some(pb::erase_subjects_response::Result::Error(e)) => {
                 failed += 1;
                 // The id is the job's own input; echoing it to its operator is fine.
+                let status = tonic::Status::new(tonic::Code::from_i32(e.code), e.message);
                 let target = Target {
                     tenant: Some(args.tenant.clone()),
-                    subject: Some(subject),
+                    subject,
                     ..Target::default()
                 };
-                bar.suspend(|| eprintln!("error: {}", describe(&status, &target)));
+                let line = item_line(&status, &e.reason, &e.metadata, &target);
+                bar.suspend(|| eprintln!("error: {line}"));
                 bar.set_message(format!("{failed} failed"));
             }
+            None => failed += 1,
         }
         bar.inc(1);
     }
+    failed += total.saturating_sub(answered);
     bar.finish_and_clear();
     eprintln!("erased {}/{total} ({failed} failed)", total - failed);
     if failed > 0 {

@@ -10,6 +10,7 @@
 //! command was given. Never a field value: the vault sends none, and the ids are the
 //! operator's own input.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -97,11 +98,38 @@ fn or_unknown(id: &Option<String>) -> &str {
 
 /// One line for a status of the vault, naming the ids the command was given.
 pub fn describe(status: &tonic::Status, target: &Target) -> String {
-    use ErrorReason as R;
     let detail = error_detail(status);
+    line(
+        status,
+        detail.reason,
+        &detail.metadata,
+        detail.retry_after,
+        target,
+    )
+}
+
+/// `describe` for one failed item of a batch call (an `ItemError`: its status, reason name
+/// and metadata).
+pub fn item_line(
+    status: &tonic::Status, reason: &str, metadata: &HashMap<String, String>, target: &Target,
+) -> String {
+    line(
+        status,
+        ErrorReason::from_str_name(reason),
+        metadata,
+        None,
+        target,
+    )
+}
+
+fn line(
+    status: &tonic::Status, reason: Option<ErrorReason>, metadata: &HashMap<String, String>,
+    retry_after: Option<Duration>, target: &Target,
+) -> String {
+    use ErrorReason as R;
     let (tenant, subject) = (or_unknown(&target.tenant), or_unknown(&target.subject));
-    let mut text = match detail.reason {
-        Some(R::SubjectErased) => match detail.metadata.get("receipt_id") {
+    let mut text = match reason {
+        Some(R::SubjectErased) => match metadata.get("receipt_id") {
             Some(receipt) => format!("subject {subject} was erased (receipt {receipt})"),
             None => format!("subject {subject} was erased"),
         },
@@ -110,13 +138,13 @@ pub fn describe(status: &tonic::Status, target: &Target) -> String {
         Some(R::TenantShredded) => {
             format!("tenant {tenant} was shredded: its keys are destroyed and nothing of it can be read")
         }
-        Some(R::FieldNotFound) => match detail.metadata.get("field") {
+        Some(R::FieldNotFound) => match metadata.get("field") {
             Some(field) => format!("field {field} not found on subject {subject}"),
             None => status.message().to_owned(),
         },
         _ => status.message().to_owned(),
     };
-    if let Some(wait) = detail.retry_after {
+    if let Some(wait) = retry_after {
         text.push_str(&format!(" (retry in {:.1} s)", wait.as_secs_f64()));
     }
     format!("{}: {text}", code_name(status.code()))

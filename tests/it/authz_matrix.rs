@@ -79,7 +79,7 @@ async fn first<T>(
 }
 
 /// Every RPC of the API, by name.
-const RPCS: [&str; 29] = [
+const RPCS: [&str; 30] = [
     "CreateTenant",
     "GetTenant",
     "ListTenants",
@@ -105,6 +105,7 @@ const RPCS: [&str; 29] = [
     "AccessSubject",
     "ExportSubject",
     "EraseSubject",
+    "EraseSubjects",
     "RestrictSubject",
     "LiftRestriction",
     "SetConsent",
@@ -293,6 +294,23 @@ async fn call_rights(rpc: &str, c: &Channel, tenant_id: String, subject_id: Stri
         "EraseSubject" => crate::erasure::erase(c.clone(), &tenant_id, &subject_id)
             .await
             .map(|_| true),
+        // A refused item is an ItemError in the stream, the call itself succeeding.
+        "EraseSubjects" => {
+            let one = tokio_stream::iter([EraseSubjectsRequest {
+                tenant_id,
+                subject_id,
+            }]);
+            match first(rights(c).erase_subjects(one).await)
+                .await?
+                .and_then(|r| r.result)
+            {
+                Some(erase_subjects_response::Result::Error(e)) => {
+                    Err(tonic::Status::new(Code::from_i32(e.code), e.message))
+                }
+                Some(erase_subjects_response::Result::Receipt(_)) => Ok(true),
+                None => Ok(false),
+            }
+        }
         "RestrictSubject" => rights(c)
             .restrict_subject(RestrictSubjectRequest {
                 tenant_id,

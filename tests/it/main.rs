@@ -14,6 +14,7 @@ mod authz;
 mod authz_matrix;
 mod backup;
 mod bad_input;
+mod batch_erase;
 mod category_paths;
 mod cli;
 mod corruption;
