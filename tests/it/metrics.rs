@@ -127,6 +127,24 @@ async fn metrics_endpoint_exposes_rpc_audit_flush_key_and_store_series() {
     );
     assert!(sample(&text, "piivault_store_size_bytes") > 0.0);
 
+    // What is running, and what the process uses (read from /proc at the scrape).
+    let build = format!(
+        r#"piivault_build_info{{version="{}",commit="#,
+        env!("CARGO_PKG_VERSION")
+    );
+    assert!(text.contains(&build), "{build} missing from:\n{text}");
+    if cfg!(target_os = "linux") {
+        assert!(sample(&text, "process_resident_memory_bytes") > 1e6);
+        assert!(sample(&text, "process_open_fds") >= 3.0);
+        assert!(sample(&text, "process_cpu_seconds_total") > 0.0);
+        let started = sample(&text, "process_start_time_seconds");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs_f64();
+        assert!(started > now - 3600.0 && started <= now + 1.0, "{started}");
+    }
+
     // A tenant key rotation: the background re-wrap reports its progress and the new version.
     pb::key_service_client::KeyServiceClient::new(vault.channel().await)
         .rotate_tenant_key(pb::RotateTenantKeyRequest {
@@ -134,7 +152,7 @@ async fn metrics_endpoint_exposes_rpc_audit_flush_key_and_store_series() {
         })
         .await
         .expect("rotate");
-    let progress = r#"piivault_rewrap_progress_percent{tenant="acme"}"#;
+    let progress = r#"piivault_rewrap_progress_ratio{tenant="acme"}"#;
     let version = r#"piivault_tenant_key_version{tenant="acme"}"#;
     let mut rotated = String::new();
     for _ in 0..200 {
@@ -144,7 +162,7 @@ async fn metrics_endpoint_exposes_rpc_audit_flush_key_and_store_series() {
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    assert_eq!(sample(&rotated, progress), 100.0, "{rotated}");
+    assert_eq!(sample(&rotated, progress), 1.0, "{rotated}");
     assert_eq!(sample(&rotated, version), 2.0);
 
     // Tenant ids are labels; subject ids and values are not.

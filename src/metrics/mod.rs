@@ -8,19 +8,35 @@
 //! tenant is typed `&TenantId`, so nothing else can end up in it.
 //!
 //! Unlabelled series are exposed from the start (counters at 0); a labelled series appears
-//! with its first label set (an RPC's first call, a tenant's first key version).
+//! with its first label set (an RPC's first call, a tenant's first key version), except
+//! where the label values are a fixed set (TLS handshake failure reasons), which start at 0.
+//!
+//! Names follow the Prometheus conventions: the base unit in the name (`_seconds`,
+//! `_bytes`), `_total` on counters, `_ratio` for a fraction between 0 and 1, timestamps as
+//! `_timestamp_seconds` since the Unix epoch. Besides the vault's own `piivault_*` series,
+//! the registry carries `piivault_build_info` and the standard `process_*` series
+//! (`process.rs`).
 
+mod process;
+
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Metric, Registry, Unit};
 
 use crate::domain::TenantId;
+
+pub use process::ProcessSample;
+
+/// The commit the binary was built from (`build.rs`), or `unknown`.
+const GIT_COMMIT: &str = env!("PIIVAULT_GIT_COMMIT");
 
 /// Content type of the exposition `encode` produces.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -40,12 +56,26 @@ struct TenantLabel {
     tenant: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+    commit: &'static str,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+/// A gauge holding a fraction or a timestamp with sub-second precision.
+type FloatGauge = Gauge<f64, AtomicU64>;
 
 /// Latency buckets from 100 µs to about 26 s (factor 2): covers a cached read and a stuck
 /// fsync alike.
 fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0001, 2.0, 19))
+}
+
+/// The unit of a fraction from 0 to 1: Prometheus' naming guide says `_ratio` (the client's
+/// own `Unit::Ratios` would name it `_ratios`).
+fn ratio() -> Unit {
+    Unit::Other("ratio".to_owned())
 }
 
 /// Registers `metric` under `name` (with the registry's `piivault` prefix) and hands it back,
@@ -78,7 +108,7 @@ struct Inner {
     dek_cache_hits: Counter,
     dek_cache_misses: Counter,
     tenant_key_version: Family<TenantLabel, Gauge>,
-    rewrap_progress: Family<TenantLabel, Gauge>,
+    rewrap_progress: Family<TenantLabel, FloatGauge>,
     store_bytes: Gauge,
 }
 
@@ -98,23 +128,41 @@ impl Default for Metrics {
 impl Metrics {
     /// A fresh registry with every series of the vault defined (counters start at 0).
     pub fn new() -> Self {
-        let mut r = Registry::with_prefix("piivault");
+        let mut root = Registry::default();
+        let r = root.sub_registry_with_prefix("piivault");
+        let build_info = Family::<BuildLabels, Gauge>::default();
+        build_info
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+                commit: GIT_COMMIT,
+            })
+            .set(1);
+        register(
+            r,
+            "build_info",
+            "The version and commit of the running vault (always 1)",
+            None,
+            build_info,
+        );
         let inner = Inner {
-            rpc_requests: register(&mut r, "rpc_requests", "gRPC calls handled, by service, method and status code", None, Family::<RpcLabels, Counter>::default()),
-            rpc_duration: register(&mut r, "rpc_duration", "Time from receiving a gRPC call to its final status, by service, method and status code", Some(Unit::Seconds), Family::new_with_constructor(latency_histogram)),
-            audit_append_duration: register(&mut r, "audit_append_duration", "Time to store and flush one batch of audit events", Some(Unit::Seconds), latency_histogram()),
-            audit_events: register(&mut r, "audit_events", "Audit events made durable", None, Counter::default()),
-            audit_append_failures: register(&mut r, "audit_append_failures", "Audit events that could not be made durable (each failed its request closed)", None, Counter::default()),
-            flush_duration: register(&mut r, "store_flush_duration", "Time of one group-commit flush of the store", Some(Unit::Seconds), latency_histogram()),
-            flush_failures: register(&mut r, "store_flush_failures", "Store flushes that failed", None, Counter::default()),
-            erasures: register(&mut r, "erasures", "Subjects erased", None, Counter::default()),
-            retention_deletions: register(&mut r, "retention_deletions", "Fields deleted because their retention period ended", None, Counter::default()),
-            dek_cache_hits: register(&mut r, "dek_cache_hits", "Subject key lookups answered from the cache", None, Counter::default()),
-            dek_cache_misses: register(&mut r, "dek_cache_misses", "Subject key lookups that had to unwrap the key", None, Counter::default()),
-            tenant_key_version: register(&mut r, "tenant_key_version", "Current KEK version of each tenant", None, Family::<TenantLabel, Gauge>::default()),
-            rewrap_progress: register(&mut r, "rewrap_progress_percent", "Progress of the running subject key re-wrap of each tenant, 0 to 100", None, Family::<TenantLabel, Gauge>::default()),
-            store_bytes: register(&mut r, "store_size", "Bytes the store occupies on disk (sampled)", Some(Unit::Bytes), Gauge::default()),
-            registry: r,
+            rpc_requests: register(r, "rpc_requests", "gRPC calls handled, by service, method and status code", None, Family::<RpcLabels, Counter>::default()),
+            rpc_duration: register(r, "rpc_duration", "Time from receiving a gRPC call to its final status, by service, method and status code", Some(Unit::Seconds), Family::new_with_constructor(latency_histogram)),
+            audit_append_duration: register(r, "audit_append_duration", "Time to store and flush one batch of audit events", Some(Unit::Seconds), latency_histogram()),
+            audit_events: register(r, "audit_events", "Audit events made durable", None, Counter::default()),
+            audit_append_failures: register(r, "audit_append_failures", "Audit events that could not be made durable (each failed its request closed)", None, Counter::default()),
+            flush_duration: register(r, "store_flush_duration", "Time of one group-commit flush of the store", Some(Unit::Seconds), latency_histogram()),
+            flush_failures: register(r, "store_flush_failures", "Store flushes that failed", None, Counter::default()),
+            erasures: register(r, "erasures", "Subjects erased", None, Counter::default()),
+            retention_deletions: register(r, "retention_deletions", "Fields deleted because their retention period ended", None, Counter::default()),
+            dek_cache_hits: register(r, "dek_cache_hits", "Subject key lookups answered from the cache", None, Counter::default()),
+            dek_cache_misses: register(r, "dek_cache_misses", "Subject key lookups that had to unwrap the key", None, Counter::default()),
+            tenant_key_version: register(r, "tenant_key_version", "Current KEK version of each tenant", None, Family::<TenantLabel, Gauge>::default()),
+            rewrap_progress: register(r, "rewrap_progress", "Progress of the latest subject key re-wrap of each tenant, 0 to 1 (1: done)", Some(ratio()), Family::<TenantLabel, FloatGauge>::default()),
+            store_bytes: register(r, "store_size", "Bytes the store occupies on disk (sampled)", Some(Unit::Bytes), Gauge::default()),
+            registry: {
+                root.register_collector(Box::new(ProcessCollector));
+                root
+            },
         };
         Self(Arc::new(inner))
     }
@@ -189,14 +237,15 @@ impl Metrics {
     /// Progress of a re-wrap of `tenant`'s subject keys: `done` of `total`.
     pub fn rewrap_progress(&self, tenant: &TenantId, done: u64, total: u64) {
         // Nothing to re-wrap counts as done.
-        let percent = (done.min(total).saturating_mul(100))
-            .checked_div(total)
-            .unwrap_or(100);
-        let percent = i64::try_from(percent).unwrap_or(100);
+        let ratio = if total == 0 {
+            1.0
+        } else {
+            done.min(total) as f64 / total as f64
+        };
         self.0
             .rewrap_progress
             .get_or_create(&tenant_label(tenant))
-            .set(percent);
+            .set(ratio);
     }
 
     /// The store's size on disk.
@@ -215,6 +264,89 @@ impl Metrics {
             out.clear();
         }
         out
+    }
+}
+
+/// Encodes the `process_*` series from a fresh `ProcessSample` at each scrape.
+#[derive(Debug)]
+struct ProcessCollector;
+
+impl Collector for ProcessCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let s = ProcessSample::read();
+        fn put(
+            encoder: &mut DescriptorEncoder<'_>, name: &str, help: &str, unit: Option<Unit>,
+            metric: &impl EncodeMetric,
+        ) -> Result<(), std::fmt::Error> {
+            let descriptor =
+                encoder.encode_descriptor(name, help, unit.as_ref(), metric.metric_type())?;
+            metric.encode(descriptor)
+        }
+        let e = &mut encoder;
+        if let Some(v) = s.cpu_seconds {
+            put(
+                e,
+                "process_cpu",
+                "Total user and system CPU time spent",
+                Some(Unit::Seconds),
+                &ConstCounter::new(v),
+            )?;
+        }
+        if let Some(v) = s.resident_bytes {
+            put(
+                e,
+                "process_resident_memory",
+                "Resident memory size",
+                Some(Unit::Bytes),
+                &ConstGauge::new(v),
+            )?;
+        }
+        if let Some(v) = s.virtual_bytes {
+            put(
+                e,
+                "process_virtual_memory",
+                "Virtual memory size",
+                Some(Unit::Bytes),
+                &ConstGauge::new(v),
+            )?;
+        }
+        if let Some(v) = s.open_fds {
+            put(
+                e,
+                "process_open_fds",
+                "Open file descriptors",
+                None,
+                &ConstGauge::new(v),
+            )?;
+        }
+        if let Some(v) = s.max_fds {
+            put(
+                e,
+                "process_max_fds",
+                "Limit on open file descriptors",
+                None,
+                &ConstGauge::new(v),
+            )?;
+        }
+        if let Some(v) = s.threads {
+            put(
+                e,
+                "process_threads",
+                "Threads of the process",
+                None,
+                &ConstGauge::new(v),
+            )?;
+        }
+        if let Some(v) = s.start_time_seconds {
+            put(
+                e,
+                "process_start_time",
+                "Start time of the process since the Unix epoch",
+                Some(Unit::Seconds),
+                &ConstGauge::new(v),
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -239,6 +371,7 @@ mod tests {
             "piivault_audit_append_failures_total 0",
             "piivault_audit_append_duration_seconds_count 0",
             "piivault_store_size_bytes 0",
+            "# TYPE piivault_build_info gauge",
         ] {
             assert!(text.contains(name), "{name} missing from:\n{text}");
         }
@@ -247,13 +380,13 @@ mod tests {
     #[test]
     fn labelled_series_appear_with_their_first_label_set() {
         let m = Metrics::new();
-        assert!(!m.encode().contains("piivault_rewrap_progress_percent"));
+        assert!(!m.encode().contains("piivault_rewrap_progress"));
         let acme = TenantId::parse("acme").expect("tenant id");
         m.rewrap_progress(&acme, 1, 4);
         m.tenant_key_version(&acme, 3);
         let text = m.encode();
         assert!(
-            text.contains(r#"piivault_rewrap_progress_percent{tenant="acme"} 25"#),
+            text.contains(r#"piivault_rewrap_progress_ratio{tenant="acme"} 0.25"#),
             "{text}"
         );
         assert!(
@@ -286,5 +419,35 @@ mod tests {
         assert!(text.contains(
             r#"piivault_rpc_duration_seconds_count{service="piivault.v1.RecordService",method="GetFields",code="NOT_FOUND"} 1"#
         ), "{text}");
+    }
+
+    #[test]
+    fn build_info_names_the_version_and_commit() {
+        let text = Metrics::new().encode();
+        let line = format!(
+            r#"piivault_build_info{{version="{}",commit="{GIT_COMMIT}"}} 1"#,
+            env!("CARGO_PKG_VERSION")
+        );
+        assert!(text.contains(&line), "{line} missing from:\n{text}");
+        assert!(!GIT_COMMIT.is_empty());
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn process_series_are_exposed_unprefixed() {
+        let text = Metrics::new().encode();
+        for name in [
+            "# TYPE process_cpu_seconds counter",
+            "process_cpu_seconds_total ",
+            "process_resident_memory_bytes ",
+            "process_virtual_memory_bytes ",
+            "process_open_fds ",
+            "process_max_fds ",
+            "process_threads ",
+            "process_start_time_seconds ",
+        ] {
+            assert!(text.contains(name), "{name} missing from:\n{text}");
+        }
+        assert!(!text.contains("piivault_process"), "{text}");
     }
 }
