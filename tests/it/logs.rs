@@ -118,6 +118,7 @@ async fn debug_logs_carry_request_ids_and_never_values_or_key_bytes() {
         .expect_err("bad purpose");
     assert!(!status.message().contains(PLANTED), "{status:?}");
 
+    let addr = vault.addr.clone();
     vault.terminate();
     let log_text = vault.log_text();
     let status = vault.wait_exit(Duration::from_secs(30)).await;
@@ -133,6 +134,19 @@ async fn debug_logs_carry_request_ids_and_never_values_or_key_bytes() {
         assert!(
             !log_text.contains(&key) && !log_text.contains(&key.to_uppercase()),
             "root key bytes reached the log"
+        );
+    }
+    // Values are logged plain, as an operator would type them: never Rust's Debug form.
+    let serving = log_text
+        .lines()
+        .find(|l| l.contains("serving (mTLS required"))
+        .unwrap_or_else(|| panic!("no serving line:\n{log_text}"));
+    let json: serde_json::Value = serde_json::from_str(serving).expect("a JSON log line");
+    assert_eq!(json["fields"]["listen"], addr.as_str(), "{serving}");
+    for line in log_text.lines() {
+        assert!(
+            !line.contains("Some(") && !line.contains(r#":"None""#),
+            "a Debug-formatted value: {line}"
         );
     }
     // Every request id sent appears, on lines that also name the method.

@@ -19,11 +19,11 @@ use std::time::Duration;
 
 use crate::audit::Operation;
 use crate::domain::{SubjectId, TenantId, Timestamp};
-use crate::keyring::{Keyring, KeyringError, RewrapBatch, RootRotation};
+use crate::keyring::{version_list as versions, Keyring, KeyringError, RewrapBatch, RootRotation};
 use crate::storage::StoreError;
 
 use super::super::{Call, ServiceError, Vault};
-use super::{versions, EpochReport};
+use super::EpochReport;
 
 /// How often the worker looks for work when nobody woke it.
 const POLL: Duration = Duration::from_secs(1);
@@ -224,7 +224,7 @@ impl Vault {
                         Some(destroyed) => {
                             self.metrics.rewrap_progress(tenant, 1, 1);
                             self.metrics.tenant_key_version(tenant, target);
-                            tracing::info!(%tenant, version = target, ?destroyed, "re-wrap complete; old tenant key versions destroyed");
+                            tracing::info!(%tenant, version = target, destroyed = %versions(&destroyed), "re-wrap complete; old tenant key versions destroyed");
                             return Ok(Some(RewrapDone {
                                 target,
                                 destroyed,

@@ -20,7 +20,7 @@ pub use status::{KeyStatus, RootStatus, TenantKeyStatus, VersionStatus};
 use crate::audit::Operation;
 use crate::authz::act;
 use crate::domain::{TenantId, Timestamp};
-use crate::keyring::{KeyLimits, Keyring, KeyringError, RootRotation};
+use crate::keyring::{version_list as versions, KeyLimits, Keyring, KeyringError, RootRotation};
 
 use super::usecase::Check;
 use super::{Call, ServiceError, Vault};
@@ -121,13 +121,6 @@ impl Vault {
             .map_err(|_| ServiceError::Internal("a key operation panicked".into()))?
             .map_err(ServiceError::from)
     }
-}
-
-fn versions(v: &[u32]) -> String {
-    v.iter()
-        .map(|v| format!("v{v}"))
-        .collect::<Vec<_>>()
-        .join(",")
 }
 
 impl Vault {
