@@ -89,7 +89,7 @@ pub async fn audit(cmd: AuditCmd) -> anyhow::Result<()> {
                         "subject": e.subject_id,
                         "fields": e.field_names,
                         "purpose": e.purpose,
-                        "outcome": pb::Outcome::try_from(e.outcome).map(|o| o.as_str_name()).unwrap_or("?"),
+                        "outcome": pii_vault::api::outcome_name(e.outcome),
                         "reason": e.reason,
                         "mac": hex::encode(e.mac),
                     });
