@@ -17,22 +17,24 @@
 //! the registry carries `piivault_build_info` and the standard `process_*` series
 //! (`process.rs`).
 
+mod kinds;
 mod process;
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
-use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
-use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Metric, Registry, Unit};
 
-use crate::domain::TenantId;
+use crate::domain::{TenantId, Timestamp};
 
+pub use kinds::{CertRole, KeyJob, TlsFailure};
+use process::ProcessCollector;
 pub use process::ProcessSample;
 
 /// The commit the binary was built from (`build.rs`), or `unknown`.
@@ -54,6 +56,21 @@ struct RpcLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TenantLabel {
     tenant: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct JobLabel {
+    job: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CertLabel {
+    cert: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -110,6 +127,10 @@ struct Inner {
     tenant_key_version: Family<TenantLabel, Gauge>,
     rewrap_progress: Family<TenantLabel, FloatGauge>,
     store_bytes: Gauge,
+    key_job_success: Family<JobLabel, FloatGauge>,
+    key_job_failure: Family<JobLabel, FloatGauge>,
+    tls_handshake_failures: Family<ReasonLabel, Counter>,
+    certificate_expiry: Family<CertLabel, Gauge>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -159,11 +180,21 @@ impl Metrics {
             tenant_key_version: register(r, "tenant_key_version", "Current KEK version of each tenant", None, Family::<TenantLabel, Gauge>::default()),
             rewrap_progress: register(r, "rewrap_progress", "Progress of the latest subject key re-wrap of each tenant, 0 to 1 (1: done)", Some(ratio()), Family::<TenantLabel, FloatGauge>::default()),
             store_bytes: register(r, "store_size", "Bytes the store occupies on disk (sampled)", Some(Unit::Bytes), Gauge::default()),
+            key_job_success: register(r, "key_job_last_success_timestamp", "When each background key job last succeeded (key_epoch, rewrap, root_rotation)", Some(Unit::Seconds), Family::default()),
+            key_job_failure: register(r, "key_job_last_failure_timestamp", "When each background key job last failed (it is retried)", Some(Unit::Seconds), Family::default()),
+            tls_handshake_failures: register(r, "tls_handshake_failures", "TLS handshakes on the gRPC port that failed, by reason", None, Family::default()),
+            certificate_expiry: register(r, "tls_certificate_expiry_timestamp", "When each certificate the server loaded expires (not after), since the Unix epoch", Some(Unit::Seconds), Family::default()),
             registry: {
                 root.register_collector(Box::new(ProcessCollector));
                 root
             },
         };
+        // The reasons are a fixed set: every one is exposed from the start, at 0.
+        for reason in TlsFailure::ALL {
+            let _ = inner.tls_handshake_failures.get_or_create(&ReasonLabel {
+                reason: reason.label(),
+            });
+        }
         Self(Arc::new(inner))
     }
 
@@ -248,6 +279,37 @@ impl Metrics {
             .set(ratio);
     }
 
+    /// A background key job ended at `at`, successfully (`ok`) or not.
+    pub fn key_job(&self, job: KeyJob, ok: bool, at: Timestamp) {
+        let series = if ok {
+            &self.0.key_job_success
+        } else {
+            &self.0.key_job_failure
+        };
+        series
+            .get_or_create(&JobLabel { job: job.label() })
+            .set(at.0 as f64 / 1e6);
+    }
+
+    /// A TLS handshake on the gRPC port failed for `reason`.
+    pub fn tls_handshake_failure(&self, reason: TlsFailure) {
+        self.0
+            .tls_handshake_failures
+            .get_or_create(&ReasonLabel {
+                reason: reason.label(),
+            })
+            .inc();
+    }
+
+    /// The certificate in `role` expires at `not_after` (seconds since the Unix epoch), as
+    /// loaded at start or by the latest reload.
+    pub fn certificate_expiry(&self, role: CertRole, not_after: i64) {
+        self.0
+            .certificate_expiry
+            .get_or_create(&CertLabel { cert: role.label() })
+            .set(not_after);
+    }
+
     /// The store's size on disk.
     pub fn store_size(&self, bytes: u64) {
         self.0
@@ -264,89 +326,6 @@ impl Metrics {
             out.clear();
         }
         out
-    }
-}
-
-/// Encodes the `process_*` series from a fresh `ProcessSample` at each scrape.
-#[derive(Debug)]
-struct ProcessCollector;
-
-impl Collector for ProcessCollector {
-    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
-        let s = ProcessSample::read();
-        fn put(
-            encoder: &mut DescriptorEncoder<'_>, name: &str, help: &str, unit: Option<Unit>,
-            metric: &impl EncodeMetric,
-        ) -> Result<(), std::fmt::Error> {
-            let descriptor =
-                encoder.encode_descriptor(name, help, unit.as_ref(), metric.metric_type())?;
-            metric.encode(descriptor)
-        }
-        let e = &mut encoder;
-        if let Some(v) = s.cpu_seconds {
-            put(
-                e,
-                "process_cpu",
-                "Total user and system CPU time spent",
-                Some(Unit::Seconds),
-                &ConstCounter::new(v),
-            )?;
-        }
-        if let Some(v) = s.resident_bytes {
-            put(
-                e,
-                "process_resident_memory",
-                "Resident memory size",
-                Some(Unit::Bytes),
-                &ConstGauge::new(v),
-            )?;
-        }
-        if let Some(v) = s.virtual_bytes {
-            put(
-                e,
-                "process_virtual_memory",
-                "Virtual memory size",
-                Some(Unit::Bytes),
-                &ConstGauge::new(v),
-            )?;
-        }
-        if let Some(v) = s.open_fds {
-            put(
-                e,
-                "process_open_fds",
-                "Open file descriptors",
-                None,
-                &ConstGauge::new(v),
-            )?;
-        }
-        if let Some(v) = s.max_fds {
-            put(
-                e,
-                "process_max_fds",
-                "Limit on open file descriptors",
-                None,
-                &ConstGauge::new(v),
-            )?;
-        }
-        if let Some(v) = s.threads {
-            put(
-                e,
-                "process_threads",
-                "Threads of the process",
-                None,
-                &ConstGauge::new(v),
-            )?;
-        }
-        if let Some(v) = s.start_time_seconds {
-            put(
-                e,
-                "process_start_time",
-                "Start time of the process since the Unix epoch",
-                Some(Unit::Seconds),
-                &ConstGauge::new(v),
-            )?;
-        }
-        Ok(())
     }
 }
 
@@ -419,6 +398,32 @@ mod tests {
         assert!(text.contains(
             r#"piivault_rpc_duration_seconds_count{service="piivault.v1.RecordService",method="GetFields",code="NOT_FOUND"} 1"#
         ), "{text}");
+    }
+
+    #[test]
+    fn key_jobs_tls_failures_and_certificates_are_recorded() {
+        let m = Metrics::new();
+        let text = m.encode();
+        assert!(
+            text.contains(r#"piivault_tls_handshake_failures_total{reason="unknown_ca"} 0"#),
+            "{text}"
+        );
+        assert!(!text.contains("piivault_key_job_last"), "{text}");
+        m.key_job(KeyJob::Epoch, true, Timestamp(1_700_000_000_500_000));
+        m.key_job(KeyJob::Rewrap, false, Timestamp(1_700_000_100_000_000));
+        m.tls_handshake_failure(TlsFailure::NoClientCert);
+        m.tls_handshake_failure(TlsFailure::NoClientCert);
+        m.certificate_expiry(CertRole::Server, 1_800_000_000);
+        let text = m.encode();
+        for line in [
+            r#"piivault_key_job_last_success_timestamp_seconds{job="key_epoch"} 1700000000.5"#,
+            r#"piivault_key_job_last_failure_timestamp_seconds{job="rewrap"} 1700000100.0"#,
+            r#"piivault_tls_handshake_failures_total{reason="no_client_cert"} 2"#,
+            r#"piivault_tls_certificate_expiry_timestamp_seconds{cert="server"} 1800000000"#,
+        ] {
+            assert!(text.contains(line), "{line} missing from:\n{text}");
+        }
+        assert!(!text.contains(r#"piivault_key_job_last_success_timestamp_seconds{job="rewrap"}"#));
     }
 
     #[test]

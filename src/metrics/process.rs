@@ -9,6 +9,12 @@
 
 use std::path::Path;
 
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Unit;
+
 /// Clock ticks per second of the times in `/proc/<pid>/stat`: the kernel reports them in
 /// `USER_HZ`, which Linux fixes at 100 on every architecture (it is `sysconf(_SC_CLK_TCK)`,
 /// not the kernel's internal `HZ`).
@@ -65,6 +71,89 @@ impl ProcessSample {
                 _ => None,
             },
         }
+    }
+}
+
+/// Encodes the `process_*` series from a fresh `ProcessSample` at each scrape.
+#[derive(Debug)]
+pub(super) struct ProcessCollector;
+
+impl Collector for ProcessCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let s = ProcessSample::read();
+        fn put(
+            encoder: &mut DescriptorEncoder<'_>, name: &str, help: &str, unit: Option<Unit>,
+            metric: &impl EncodeMetric,
+        ) -> Result<(), std::fmt::Error> {
+            let descriptor =
+                encoder.encode_descriptor(name, help, unit.as_ref(), metric.metric_type())?;
+            metric.encode(descriptor)
+        }
+        let e = &mut encoder;
+        if let Some(v) = s.cpu_seconds {
+            put(
+                e,
+                "process_cpu",
+                "Total user and system CPU time spent",
+                Some(Unit::Seconds),
+                &ConstCounter::new(v),
+            )?;
+        }
+        if let Some(v) = s.resident_bytes {
+            put(
+                e,
+                "process_resident_memory",
+                "Resident memory size",
+                Some(Unit::Bytes),
+                &ConstGauge::new(v),
+            )?;
+        }
+        if let Some(v) = s.virtual_bytes {
+            put(
+                e,
+                "process_virtual_memory",
+                "Virtual memory size",
+                Some(Unit::Bytes),
+                &ConstGauge::new(v),
+            )?;
+        }
+        if let Some(v) = s.open_fds {
+            put(
+                e,
+                "process_open_fds",
+                "Open file descriptors",
+                None,
+                &ConstGauge::new(v),
+            )?;
+        }
+        if let Some(v) = s.max_fds {
+            put(
+                e,
+                "process_max_fds",
+                "Limit on open file descriptors",
+                None,
+                &ConstGauge::new(v),
+            )?;
+        }
+        if let Some(v) = s.threads {
+            put(
+                e,
+                "process_threads",
+                "Threads of the process",
+                None,
+                &ConstGauge::new(v),
+            )?;
+        }
+        if let Some(v) = s.start_time_seconds {
+            put(
+                e,
+                "process_start_time",
+                "Start time of the process since the Unix epoch",
+                Some(Unit::Seconds),
+                &ConstGauge::new(v),
+            )?;
+        }
+        Ok(())
     }
 }
 

@@ -175,3 +175,75 @@ async fn metrics_endpoint_exposes_rpc_audit_flush_key_and_store_series() {
     let (status, _) = http_get(metrics_addr, "/other").await;
     assert!(status.contains("404"), "{status}");
 }
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs_f64()
+}
+
+/// Key epochs and re-wraps expose when they last succeeded and when they last failed, so an
+/// alert can fire when erasures stop becoming final.
+#[tokio::test]
+async fn key_jobs_expose_their_last_success_and_failure() {
+    let port = free_port();
+    let (vault, faults) = crate::util::faulty_vault(|raw| {
+        raw.metrics.listen = Some(format!("127.0.0.1:{port}"));
+    })
+    .await;
+    let metrics_addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let mut keys = pb::key_service_client::KeyServiceClient::new(vault.channel().await);
+    let success =
+        |job: &str| format!(r#"piivault_key_job_last_success_timestamp_seconds{{job="{job}"}}"#);
+    let failure =
+        |job: &str| format!(r#"piivault_key_job_last_failure_timestamp_seconds{{job="{job}"}}"#);
+
+    let before = unix_now();
+    let (_, text) = http_get(metrics_addr, "/metrics").await;
+    assert!(!text.contains(&success("key_epoch")), "{text}");
+
+    // An epoch whose flush fails is a failure.
+    pii_vault::storage::faults::Faults::set(&faults.fail_flush, true);
+    keys.run_key_epoch(pb::RunKeyEpochRequest {})
+        .await
+        .expect_err("an epoch that cannot flush fails");
+    pii_vault::storage::faults::Faults::set(&faults.fail_flush, false);
+    let (_, text) = http_get(metrics_addr, "/metrics").await;
+    let failed_at = sample(&text, &failure("key_epoch"));
+    assert!(
+        failed_at >= before - 1.0 && failed_at <= unix_now() + 1.0,
+        "{failed_at}"
+    );
+    assert!(!text.contains(&success("key_epoch")), "{text}");
+
+    // Then one that succeeds; the failure stays as it was.
+    keys.run_key_epoch(pb::RunKeyEpochRequest {})
+        .await
+        .expect("epoch");
+    let (_, text) = http_get(metrics_addr, "/metrics").await;
+    let succeeded_at = sample(&text, &success("key_epoch"));
+    assert!(
+        succeeded_at >= failed_at && succeeded_at <= unix_now() + 1.0,
+        "{succeeded_at}"
+    );
+    assert_eq!(sample(&text, &failure("key_epoch")), failed_at);
+
+    // A tenant rotation's background re-wrap.
+    create_tenant(&vault, "acme").await;
+    keys.rotate_tenant_key(pb::RotateTenantKeyRequest {
+        tenant_id: "acme".into(),
+    })
+    .await
+    .expect("rotate");
+    let mut text = String::new();
+    for _ in 0..200 {
+        text = http_get(metrics_addr, "/metrics").await.1;
+        if text.contains(&success("rewrap")) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(sample(&text, &success("rewrap")) >= succeeded_at, "{text}");
+    assert!(!text.contains(&failure("rewrap")), "{text}");
+}

@@ -208,7 +208,8 @@ impl Vault {
 
     /// Runs a key epoch and records its audit event.
     async fn recorded_key_epoch(&self, call: &Call) -> Result<EpochReport, ServiceError> {
-        self.use_case(call, Operation::KeyEpoch)
+        let epoch = self
+            .use_case(call, Operation::KeyEpoch)
             .run_system(self.key_epoch(), |r: &EpochReport, ev| {
                 ev.fields = r.tenants.iter().map(|(t, _)| t.to_string()).collect();
                 ev.reason = format!(
@@ -218,7 +219,9 @@ impl Vault {
                     versions(&r.root.destroyed)
                 );
             })
-            .await
+            .await;
+        self.key_job_ended(crate::metrics::KeyJob::Epoch, epoch.is_ok());
+        epoch
     }
 
     /// Destroys every KEK version of a tenant: all its subjects become unreadable at once,
