@@ -210,7 +210,7 @@ fn open_vault(
     // Once, on a store an earlier version wrote: seal its consent, restriction and
     // tombstone records before any request can read them.
     keys.seal_legacy_records()?;
-    let tls = tls::ReloadableTls::load(&config.tls)?;
+    let tls = tls::ReloadableTls::load(&config.tls, metrics.clone())?;
     let authz = Arc::new(Authz::load(
         config.policy_file.clone(),
         config.purposes.clone(),

@@ -8,11 +8,20 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::util::{create_tenant, free_port, get, put, text, TestVault};
 
-/// Status line and body of `GET path` on the metrics port.
+/// Status line and body of `GET path` on the metrics port (waiting up to 10 s for the
+/// server to open it: a test vault starts in a task of its own).
 pub async fn http_get(addr: SocketAddr, path: &str) -> (String, String) {
-    let mut tcp = tokio::net::TcpStream::connect(addr)
-        .await
-        .expect("connect to the metrics port");
+    let mut tries = 0;
+    let mut tcp = loop {
+        match tokio::net::TcpStream::connect(addr).await {
+            Ok(tcp) => break tcp,
+            Err(e) if tries < 200 && e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                tries += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("connect to the metrics port: {e}"),
+        }
+    };
     let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
     tcp.write_all(request.as_bytes()).await.expect("send");
     let mut raw = String::new();
