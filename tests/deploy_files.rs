@@ -18,7 +18,8 @@ use std::process::Command;
 use serde_json::Value;
 
 use pii_vault::config::{
-    Config, RawAudit, RawAuthz, RawConfig, RawKeys, RawLimits, RawMetrics, RawStorage, RawTls,
+    Config, RawAudit, RawAuthz, RawConfig, RawKeys, RawLimits, RawMetrics, RawObservability,
+    RawStorage, RawTls,
 };
 
 fn read(relative: &str) -> String {
@@ -100,6 +101,7 @@ fn assert_every_key_set(raw: &RawConfig) {
         metrics: RawMetrics {
             listen: metrics_listen,
         },
+        observability: RawObservability { trace_propagation },
         authz:
             RawAuthz {
                 policy_file,
@@ -184,6 +186,10 @@ fn assert_every_key_set(raw: &RawConfig) {
         ("audit.denial_window_secs", denial_window_secs.is_some()),
         ("authz.policy_file", policy_file.is_some()),
         ("metrics.listen", metrics_listen.is_some()),
+        (
+            "observability.trace_propagation",
+            trace_propagation.is_some(),
+        ),
         ("limits.shutdown_grace_ms", shutdown_grace_ms.is_some()),
         (
             "authz.legal_obligation_purposes",

@@ -29,6 +29,17 @@ pub struct RawConfig {
     pub authz: RawAuthz,
     #[serde(default)]
     pub metrics: RawMetrics,
+    #[serde(default)]
+    pub observability: RawObservability,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawObservability {
+    /// Read the W3C `traceparent` header of each request and put its trace id and parent
+    /// span id into the request's log span, so the vault's logs join the caller's trace. The
+    /// header is used for nothing else; a malformed one is ignored. Default false.
+    pub trace_propagation: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -98,6 +98,7 @@ impl RawConfig {
             purposes: self.authz.purposes()?,
             listen,
             metrics_listen,
+            trace_propagation: self.observability.trace_propagation.unwrap_or(false),
             root_key_file: self
                 .keys
                 .root_key_file

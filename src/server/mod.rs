@@ -186,7 +186,10 @@ pub async fn serve(
         .timeout(config.request_timeout)
         .max_concurrent_streams(abuse.max_streams_per_connection)
         .concurrency_limit_per_connection(abuse.max_streams_per_connection as usize)
-        .layer(observe::ObserveLayer::new(metrics))
+        .layer(observe::ObserveLayer::new(
+            metrics,
+            config.trace_propagation,
+        ))
         .layer(MapResponseLayer::new(oversized_is_invalid_argument))
         .layer(limits::RateLimitLayer(limits::RateLimiter::new(abuse)))
         .add_routes(routes)
