@@ -18,7 +18,8 @@ use std::process::Command;
 use serde_json::Value;
 
 use pii_vault::config::{
-    Config, RawAudit, RawAuthz, RawConfig, RawKeys, RawLimits, RawMetrics, RawStorage, RawTls,
+    Config, RawAudit, RawAuthz, RawConfig, RawKeys, RawLimits, RawMetrics, RawObservability,
+    RawStorage, RawTls,
 };
 
 fn read(relative: &str) -> String {
@@ -89,12 +90,18 @@ fn assert_every_key_set(raw: &RawConfig) {
                 jsonl_path,
                 jsonl_max_bytes,
                 jsonl_keep,
+                syslog_address,
+                syslog_tls,
+                syslog_ca_file,
+                syslog_facility,
+                syslog_enterprise_number,
                 denial_events_per_window,
                 denial_window_secs,
             },
         metrics: RawMetrics {
             listen: metrics_listen,
         },
+        observability: RawObservability { trace_propagation },
         authz:
             RawAuthz {
                 policy_file,
@@ -162,6 +169,16 @@ fn assert_every_key_set(raw: &RawConfig) {
         ("audit.jsonl_path", jsonl_path.is_some()),
         ("audit.jsonl_max_bytes", jsonl_max_bytes.is_some()),
         ("audit.jsonl_keep", jsonl_keep.is_some()),
+        // The example has no syslog collector: these stay unset and are documented in
+        // comments (checked by `the_example_config_documents_the_syslog_settings`).
+        ("audit.syslog_address", syslog_address.is_none()),
+        ("audit.syslog_tls", syslog_tls.is_none()),
+        ("audit.syslog_ca_file", syslog_ca_file.is_none()),
+        ("audit.syslog_facility", syslog_facility.is_none()),
+        (
+            "audit.syslog_enterprise_number",
+            syslog_enterprise_number.is_none(),
+        ),
         (
             "audit.denial_events_per_window",
             denial_events_per_window.is_some(),
@@ -169,6 +186,10 @@ fn assert_every_key_set(raw: &RawConfig) {
         ("audit.denial_window_secs", denial_window_secs.is_some()),
         ("authz.policy_file", policy_file.is_some()),
         ("metrics.listen", metrics_listen.is_some()),
+        (
+            "observability.trace_propagation",
+            trace_propagation.is_some(),
+        ),
         ("limits.shutdown_grace_ms", shutdown_grace_ms.is_some()),
         (
             "authz.legal_obligation_purposes",
@@ -195,6 +216,32 @@ fn the_example_config_documents_the_postgres_settings() {
             "the example config does not show {key:?}"
         );
     }
+}
+
+/// The syslog settings are shown commented out, and set as shown they validate.
+#[test]
+fn the_example_config_documents_the_syslog_settings() {
+    let text = read("deploy/pii-vault.example.toml");
+    let keys = [
+        "syslog_address",
+        "syslog_tls",
+        "syslog_ca_file",
+        "syslog_facility",
+        "syslog_enterprise_number",
+    ];
+    let mut shown = Vec::new();
+    for key in keys {
+        let line = text
+            .lines()
+            .map(str::trim_start)
+            .find(|l| l.starts_with(&format!("# {key} = ")))
+            .unwrap_or_else(|| panic!("the example config does not show {key:?}"));
+        shown.push(line.trim_start_matches("# ").to_owned());
+    }
+    let audit = format!("[audit]\n{}\n", shown.join("\n"));
+    let config = config_of("the example's syslog lines", &audit);
+    let syslog = config.vault.audit_syslog.expect("a syslog mirror");
+    assert!(syslog.tls_ca_file.is_some(), "the example shows TLS");
 }
 
 #[test]

@@ -40,6 +40,22 @@ fn outcome(o: Outcome) -> pb::Outcome {
     }
 }
 
+/// The text spelling of an outcome sent as `value` (`ok`, `denied`, ...): the one the audit
+/// log stores and its mirrors write, so every text output (CLI, JSON lines, syslog) agrees.
+/// The proto enum keeps its own `OUTCOME_*` names on the wire; a value this build does not
+/// know is `unknown`.
+pub fn outcome_name(value: i32) -> &'static str {
+    let known = match pb::Outcome::try_from(value) {
+        Ok(pb::Outcome::Ok) => Outcome::Ok,
+        Ok(pb::Outcome::Denied) => Outcome::Denied,
+        Ok(pb::Outcome::NotFound) => Outcome::NotFound,
+        Ok(pb::Outcome::Invalid) => Outcome::Invalid,
+        Ok(pb::Outcome::Error) => Outcome::Error,
+        Ok(pb::Outcome::Unspecified) | Err(_) => return "unknown",
+    };
+    known.name()
+}
+
 fn event(e: AuditEvent) -> pb::AuditEvent {
     let d = e.draft;
     pb::AuditEvent {
@@ -193,5 +209,26 @@ impl pb::audit_service_server::AuditService for AuditApi {
                 checkpoint_seq: report.through.unwrap_or(0),
             },
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcomes_are_spelled_as_the_audit_log_spells_them() {
+        for o in [
+            Outcome::Ok,
+            Outcome::Denied,
+            Outcome::NotFound,
+            Outcome::Invalid,
+            Outcome::Error,
+        ] {
+            assert_eq!(outcome_name(outcome(o) as i32), o.name());
+        }
+        assert_eq!(outcome_name(pb::Outcome::Ok as i32), "ok");
+        assert_eq!(outcome_name(0), "unknown");
+        assert_eq!(outcome_name(99), "unknown");
     }
 }

@@ -27,7 +27,7 @@ use crate::domain::InvalidInput;
 use crate::service::{Call, Operation, Vault};
 
 pub use admin::AdminApi;
-pub use audit::AuditApi;
+pub use audit::{outcome_name, AuditApi};
 pub use backup::BackupApi;
 pub use keys::KeyApi;
 pub use record::RecordApi;

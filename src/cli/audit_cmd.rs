@@ -74,18 +74,6 @@ fn rfc3339(s: &str) -> Result<prost_types::Timestamp, String> {
         .map_err(|_| format!("{s:?} is not an RFC 3339 time such as 2026-12-01T00:00:00Z"))
 }
 
-/// An outcome as the audit log's own files spell it (`ok`, `denied`, `not_found`, ...).
-fn outcome_name(code: i32) -> String {
-    pb::Outcome::try_from(code).map_or_else(
-        |_| "?".to_owned(),
-        |o| {
-            o.as_str_name()
-                .trim_start_matches("OUTCOME_")
-                .to_lowercase()
-        },
-    )
-}
-
 fn event_json(e: pb::AuditEvent) -> Value {
     json!({
         "seq": e.seq,
@@ -97,7 +85,7 @@ fn event_json(e: pb::AuditEvent) -> Value {
         "subject": e.subject_id,
         "fields": e.field_names,
         "purpose": e.purpose,
-        "outcome": outcome_name(e.outcome),
+        "outcome": pii_vault::api::outcome_name(e.outcome),
         "reason": e.reason,
         "mac": hex::encode(e.mac),
     })

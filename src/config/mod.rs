@@ -18,7 +18,10 @@ use crate::keyring::KeyringError;
 use crate::service::VaultSettings;
 use crate::storage::PgTls;
 
-pub use raw::{RawAudit, RawAuthz, RawConfig, RawKeys, RawLimits, RawMetrics, RawStorage, RawTls};
+pub use raw::{
+    RawAudit, RawAuthz, RawConfig, RawKeys, RawLimits, RawMetrics, RawObservability, RawStorage,
+    RawTls,
+};
 
 /// Default listen address: loopback only.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7443";
@@ -106,6 +109,8 @@ pub struct Config {
     pub backend: Backend,
     /// Where to serve `GET /metrics` (plain HTTP); `None` = no endpoint.
     pub metrics_listen: Option<SocketAddr>,
+    /// Whether a request's W3C `traceparent` header is read into its log span.
+    pub trace_propagation: bool,
 }
 
 #[derive(Debug, thiserror::Error)]

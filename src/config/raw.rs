@@ -29,6 +29,17 @@ pub struct RawConfig {
     pub authz: RawAuthz,
     #[serde(default)]
     pub metrics: RawMetrics,
+    #[serde(default)]
+    pub observability: RawObservability,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawObservability {
+    /// Read the W3C `traceparent` header of each request and put its trace id and parent
+    /// span id into the request's log span, so the vault's logs join the caller's trace. The
+    /// header is used for nothing else; a malformed one is ignored. Default false.
+    pub trace_propagation: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -67,6 +78,20 @@ pub struct RawAudit {
     pub jsonl_max_bytes: Option<u64>,
     /// Rotated mirror files kept. Default 5.
     pub jsonl_keep: Option<u32>,
+    /// Optional RFC 5424 syslog mirror of every event: the collector's `host:port` (TCP,
+    /// octet-counted frames). Absent: none.
+    pub syslog_address: Option<String>,
+    /// `verify-full` (the default: TLS, the collector's certificate checked against
+    /// `syslog_ca_file` and the host of `syslog_address`) or `disable` (plain TCP, logged as
+    /// a warning at start).
+    pub syslog_tls: Option<String>,
+    /// The CA certificate(s), PEM, the collector's certificate must chain to.
+    pub syslog_ca_file: Option<PathBuf>,
+    /// RFC 5424 facility number, 0 to 23. Default 13 (log audit).
+    pub syslog_facility: Option<u8>,
+    /// The private enterprise number in the structured data id `audit@NUMBER`. Default
+    /// 32473, the number RFC 5612 reserves for examples: set your organisation's.
+    pub syslog_enterprise_number: Option<u32>,
     /// Denials of one identity recorded one by one per window; further ones are counted
     /// and recorded as one `denials_summary` event when the window ends. Default 10.
     pub denial_events_per_window: Option<u32>,

@@ -130,3 +130,64 @@ fn metrics_endpoint_is_off_unless_configured() {
     let addr = raw.validate().expect("validates").metrics_listen;
     assert_eq!(addr, Some("127.0.0.1:9464".parse().expect("addr")));
 }
+
+fn audit(text: &str) -> Result<Config, ConfigError> {
+    toml::from_str::<RawConfig>(&format!("[audit]\n{text}"))
+        .expect("parses")
+        .validate()
+}
+
+#[test]
+fn the_syslog_mirror_is_tls_by_default_and_plain_only_by_name() {
+    assert!(audit("").expect("defaults").vault.audit_syslog.is_none());
+    let tls = audit("syslog_address = \"siem.internal:6514\"\nsyslog_ca_file = \"ca.pem\"")
+        .expect("validates")
+        .vault
+        .audit_syslog
+        .expect("a mirror");
+    assert_eq!(
+        tls,
+        crate::service::SyslogConfig {
+            address: "siem.internal:6514".into(),
+            tls_ca_file: Some("ca.pem".into()),
+            facility: 13,
+            enterprise_number: 32473,
+        }
+    );
+    let plain = audit(
+        "syslog_address = \"[::1]:514\"\nsyslog_tls = \"disable\"\nsyslog_facility = 16\n\
+         syslog_enterprise_number = 99999",
+    )
+    .expect("validates")
+    .vault
+    .audit_syslog
+    .expect("a mirror");
+    assert_eq!(
+        (plain.tls_ca_file, plain.facility, plain.enterprise_number),
+        (None, 16, 99999)
+    );
+
+    for (bad, says) in [
+        ("syslog_address = \"siem:6514\"", "syslog_ca_file"),
+        (
+            "syslog_address = \"siem\"\nsyslog_tls = \"disable\"",
+            "host:port",
+        ),
+        (
+            "syslog_address = \"siem:1\"\nsyslog_tls = \"require\"",
+            "verify-full",
+        ),
+        (
+            "syslog_address = \"siem:1\"\nsyslog_tls = \"disable\"\nsyslog_ca_file = \"c\"",
+            "syslog_ca_file is set",
+        ),
+        (
+            "syslog_address = \"siem:1\"\nsyslog_tls = \"disable\"\nsyslog_facility = 24",
+            "syslog_facility",
+        ),
+        ("syslog_ca_file = \"ca.pem\"", "syslog_address is not"),
+    ] {
+        let e = audit(bad).expect_err(bad).to_string();
+        assert!(e.contains(says), "{bad}: {e}");
+    }
+}

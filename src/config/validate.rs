@@ -9,7 +9,9 @@ use crate::authz::PurposeRules;
 use crate::certs::DevPki;
 use crate::domain::Purpose;
 use crate::keyring::KeyLimits;
-use crate::service::{DenialSettings, KeySettings, Limits, SinkConfig, VaultSettings};
+use crate::service::{
+    syslog_host, DenialSettings, KeySettings, Limits, SinkConfig, SyslogConfig, VaultSettings,
+};
 use crate::storage::PgTls;
 
 use super::raw::{RawAudit, RawAuthz, RawKeys, RawLimits, RawStorage, RawTls};
@@ -96,6 +98,7 @@ impl RawConfig {
             purposes: self.authz.purposes()?,
             listen,
             metrics_listen,
+            trace_propagation: self.observability.trace_propagation.unwrap_or(false),
             root_key_file: self
                 .keys
                 .root_key_file
@@ -316,6 +319,7 @@ impl RawAudit {
             audit_timeout: millis("audit.timeout_ms", self.timeout_ms, 2000, 10, 600_000)?,
             audit_retention: Duration::from_secs(86_400 * days),
             audit_sink,
+            audit_syslog: self.syslog()?,
             denials: DenialSettings {
                 window: Duration::from_secs(bounded(
                     "audit.denial_window_secs",
@@ -334,6 +338,78 @@ impl RawAudit {
             retention: crate::service::RetentionRules::default(),
             ..VaultSettings::default()
         })
+    }
+}
+
+impl RawAudit {
+    /// The syslog mirror: TLS unless turned off by name, as for PostgreSQL.
+    fn syslog(&self) -> Result<Option<SyslogConfig>, ConfigError> {
+        let Some(address) = &self.syslog_address else {
+            let set = [
+                ("syslog_tls", self.syslog_tls.is_some()),
+                ("syslog_ca_file", self.syslog_ca_file.is_some()),
+                ("syslog_facility", self.syslog_facility.is_some()),
+                (
+                    "syslog_enterprise_number",
+                    self.syslog_enterprise_number.is_some(),
+                ),
+            ];
+            return match set.iter().find(|(_, set)| *set) {
+                Some((key, _)) => Err(ConfigError::Invalid(format!(
+                    "audit.{key} is set but audit.syslog_address is not"
+                ))),
+                None => Ok(None),
+            };
+        };
+        if syslog_host(address).is_none() {
+            return Err(ConfigError::Invalid(format!(
+                "audit.syslog_address {address:?} is not host:port"
+            )));
+        }
+        let tls_ca_file = match (
+            self.syslog_tls.as_deref().unwrap_or("verify-full"),
+            &self.syslog_ca_file,
+        ) {
+            ("verify-full", Some(ca)) => Some(ca.clone()),
+            ("verify-full", None) => {
+                return Err(ConfigError::Invalid(
+                    "audit.syslog_tls is \"verify-full\" (the default), which needs \
+                     audit.syslog_ca_file: the PEM file of the CA that signed the collector's \
+                     certificate; only for a collector on a private link, set \
+                     audit.syslog_tls = \"disable\""
+                        .into(),
+                ))
+            }
+            ("disable", None) => None,
+            ("disable", Some(_)) => {
+                return Err(ConfigError::Invalid(
+                    "audit.syslog_ca_file is set but audit.syslog_tls is \"disable\"".into(),
+                ))
+            }
+            (other, _) => {
+                return Err(ConfigError::Invalid(format!(
+                    "audit.syslog_tls is {other:?}; it must be \"verify-full\" or \"disable\""
+                )))
+            }
+        };
+        let facility = bounded(
+            "audit.syslog_facility",
+            u64::from(self.syslog_facility.unwrap_or(13)),
+            0,
+            23,
+        )?;
+        Ok(Some(SyslogConfig {
+            address: address.clone(),
+            tls_ca_file,
+            facility: u8::try_from(facility).unwrap_or(13),
+            enterprise_number: u32::try_from(bounded(
+                "audit.syslog_enterprise_number",
+                u64::from(self.syslog_enterprise_number.unwrap_or(32473)),
+                1,
+                u64::from(u32::MAX),
+            )?)
+            .unwrap_or(32473),
+        }))
     }
 }
 

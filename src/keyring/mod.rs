@@ -103,6 +103,16 @@ impl From<CryptoError> for KeyringError {
     }
 }
 
+/// Key versions as operators read them, `v1,v2` (empty for none): in audit reasons and as
+/// plain values in logs.
+pub fn version_list(versions: &[u32]) -> String {
+    versions
+        .iter()
+        .map(|v| format!("v{v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// The context a tenant KEK is wrapped in (the KEK version is bound by the wrap itself).
 pub fn kek_aad(tenant: &TenantId) -> Aad {
     Aad::new("tenant-kek").with(tenant.as_str().as_bytes())

@@ -132,7 +132,11 @@ impl Keyring {
             self.dek_cache.forget_all();
         }
         if changed {
-            tracing::info!(current, ?dropped, "root key file read again");
+            tracing::info!(
+                current,
+                dropped = %super::version_list(&dropped),
+                "root key file read again"
+            );
         }
         Ok(())
     }
@@ -233,7 +237,12 @@ impl Keyring {
         // Nothing a DEK depends on changed bytes, but a root rotation is when operators
         // expect every key derived from the old root to leave memory.
         self.dek_cache.forget_all();
-        tracing::info!(version, ?destroyed, rewrapped, "root key rotation complete");
+        tracing::info!(
+            version,
+            destroyed = %super::version_list(&destroyed),
+            rewrapped,
+            "root key rotation complete"
+        );
         Ok(RootRotation {
             current: version,
             destroyed,

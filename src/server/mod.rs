@@ -152,7 +152,8 @@ pub async fn serve(
         metrics.clone(),
     ));
 
-    let local = listener.local_addr().ok();
+    // A plain `host:port` in the logs (never `Some(…)`).
+    let local = bound_addr(&listener);
     let cut = CancellationToken::new();
     let abuse = config.abuse;
     let incoming = ReceiverStream::new(tls::incoming(
@@ -180,12 +181,15 @@ pub async fn serve(
         &metrics,
         exporter.into_iter().chain([grace, watcher]),
     );
-    tracing::info!(listen = ?local, "serving (mTLS required, TLS 1.3)");
+    tracing::info!(listen = %local, "serving (mTLS required, TLS 1.3)");
     let served = tonic::transport::Server::builder()
         .timeout(config.request_timeout)
         .max_concurrent_streams(abuse.max_streams_per_connection)
         .concurrency_limit_per_connection(abuse.max_streams_per_connection as usize)
-        .layer(observe::ObserveLayer::new(metrics))
+        .layer(observe::ObserveLayer::new(
+            metrics,
+            config.trace_propagation,
+        ))
         .layer(MapResponseLayer::new(oversized_is_invalid_argument))
         .layer(limits::RateLimitLayer(limits::RateLimiter::new(abuse)))
         .add_routes(routes)
@@ -209,7 +213,7 @@ fn open_vault(
     // Once, on a store an earlier version wrote: seal its consent, restriction and
     // tombstone records before any request can read them.
     keys.seal_legacy_records()?;
-    let tls = tls::ReloadableTls::load(&config.tls)?;
+    let tls = tls::ReloadableTls::load(&config.tls, metrics.clone())?;
     let authz = Arc::new(Authz::load(
         config.policy_file.clone(),
         config.purposes.clone(),
@@ -235,12 +239,19 @@ async fn serve_metrics(
             addr: addr.to_string(),
             source,
         })?;
-    let bound = listener.local_addr().ok();
+    let bound = bound_addr(&listener);
     if !addr.ip().is_loopback() {
-        tracing::warn!(listen = ?bound, "metrics endpoint is reachable beyond loopback (plain HTTP, no authentication)");
+        tracing::warn!(listen = %bound, "metrics endpoint is reachable beyond loopback (plain HTTP, no authentication)");
     }
-    tracing::info!(listen = ?bound, "serving metrics at /metrics, health at /livez and /readyz");
+    tracing::info!(listen = %bound, "serving metrics at /metrics, health at /livez and /readyz");
     Ok(tokio::spawn(metrics_http::serve(listener, metrics, ready)))
+}
+
+/// The address `listener` is bound to, as logs show it (`unknown` if the OS will not say).
+fn bound_addr(listener: &TcpListener) -> String {
+    listener
+        .local_addr()
+        .map_or_else(|_| "unknown".to_owned(), |a| a.to_string())
 }
 
 /// Every gRPC service of the vault, with health (`health.rs`: each service SERVING while

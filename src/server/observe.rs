@@ -4,6 +4,12 @@
 //! so that every log line of the request carries both, and counts the call and its
 //! latency by method and final gRPC status.
 //!
+//! With `[observability] trace_propagation` on, a valid W3C trace context `traceparent`
+//! header adds its trace id and parent span id to the span, so the vault's logs can be
+//! joined to the caller's trace. The header is the client's word: it is used for nothing
+//! else (not the request id, not the audit event, not a metric label), and one that does
+//! not follow the specification exactly is ignored.
+//!
 //! A gRPC response's final status travels in its trailers, or in its headers when the
 //! response is trailers-only (most errors). The response body is wrapped so the trailers
 //! are read as they go by; a response dropped before its trailers (the client went away,
@@ -57,15 +63,66 @@ fn split_path(path: &str) -> (String, String) {
     }
 }
 
+/// The ids of a valid `traceparent` header (W3C Trace Context, level 1).
+#[derive(Debug, PartialEq, Eq)]
+struct TraceParent<'a> {
+    trace_id: &'a str,
+    parent_id: &'a str,
+}
+
+/// Reads the request's `traceparent`: `VERSION-TRACE_ID-PARENT_ID-FLAGS`, lower-case hex of
+/// 2, 32, 16 and 2 digits, ids not all zero, version not `ff`. Version `00` is exactly that;
+/// a later version may append `-...`, which is not read. Absent, repeated or malformed:
+/// `None`.
+fn traceparent(headers: &http::HeaderMap) -> Option<TraceParent<'_>> {
+    let mut all = headers.get_all("traceparent").iter();
+    let value = all.next()?.to_str().ok()?;
+    if all.next().is_some() {
+        return None;
+    }
+    let b = value.as_bytes();
+    let hex = |r: std::ops::Range<usize>| {
+        b[r].iter()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c))
+    };
+    let zeros = |s: &str| s.bytes().all(|c| c == b'0');
+    let shaped = b.len() >= 55
+        && b[2] == b'-'
+        && b[35] == b'-'
+        && b[52] == b'-'
+        && hex(0..2)
+        && hex(3..35)
+        && hex(36..52)
+        && hex(53..55);
+    if !shaped {
+        return None;
+    }
+    let (version, trace_id, parent_id) = (&value[0..2], &value[3..35], &value[36..52]);
+    let length_ok = match version {
+        "ff" => false,
+        "00" => b.len() == 55,
+        _ => b.len() == 55 || b[55] == b'-',
+    };
+    (length_ok && !zeros(trace_id) && !zeros(parent_id)).then_some(TraceParent {
+        trace_id,
+        parent_id,
+    })
+}
+
 /// Adds `Observe` around the gRPC routes.
 #[derive(Clone, Debug)]
 pub struct ObserveLayer {
     metrics: Metrics,
+    /// Whether `traceparent` headers are read into the span.
+    trace_propagation: bool,
 }
 
 impl ObserveLayer {
-    pub fn new(metrics: Metrics) -> Self {
-        Self { metrics }
+    pub fn new(metrics: Metrics, trace_propagation: bool) -> Self {
+        Self {
+            metrics,
+            trace_propagation,
+        }
     }
 }
 
@@ -76,6 +133,7 @@ impl<S> Layer<S> for ObserveLayer {
         Observe {
             inner,
             metrics: self.metrics.clone(),
+            trace_propagation: self.trace_propagation,
         }
     }
 }
@@ -85,6 +143,7 @@ impl<S> Layer<S> for ObserveLayer {
 pub struct Observe<S> {
     inner: S,
     metrics: Metrics,
+    trace_propagation: bool,
 }
 
 impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for Observe<S>
@@ -108,7 +167,15 @@ where
             "rpc",
             method = %format_args!("{service}/{method}"),
             request_id = %request_id,
+            trace_id = tracing::field::Empty,
+            parent_span_id = tracing::field::Empty,
         );
+        if self.trace_propagation {
+            if let Some(trace) = traceparent(req.headers()) {
+                span.record("trace_id", trace.trace_id);
+                span.record("parent_span_id", trace.parent_id);
+            }
+        }
         let mut outcome = Outcome {
             metrics: self.metrics.clone(),
             service,
@@ -238,5 +305,49 @@ mod tests {
         assert_eq!(grpc_status(&h), Some("NOT_FOUND"));
         h.insert("grpc-status", http::HeaderValue::from_static("99"));
         assert_eq!(grpc_status(&h), Some("UNKNOWN"));
+    }
+
+    fn parsed(values: &[&str]) -> Option<(String, String)> {
+        let mut h = http::HeaderMap::new();
+        for v in values {
+            h.append(
+                "traceparent",
+                http::HeaderValue::from_str(v).expect("ascii"),
+            );
+        }
+        traceparent(&h).map(|t| (t.trace_id.to_owned(), t.parent_id.to_owned()))
+    }
+
+    #[test]
+    fn only_a_well_formed_traceparent_is_read() {
+        const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+        const PARENT: &str = "00f067aa0ba902b7";
+        let good = format!("00-{TRACE}-{PARENT}-01");
+        assert_eq!(
+            parsed(&[&good]),
+            Some((TRACE.to_owned(), PARENT.to_owned()))
+        );
+        // A later version may carry more after the four fields.
+        assert!(parsed(&[&format!("cc-{TRACE}-{PARENT}-01-what-comes-next")]).is_some());
+        assert!(parsed(&[&format!("cc-{TRACE}-{PARENT}-01")]).is_some());
+        for bad in [
+            String::new(),
+            format!("00-{}-{PARENT}-01", TRACE.to_uppercase()),
+            format!("00-{}-{PARENT}-01", "0".repeat(32)),
+            format!("00-{TRACE}-{}-01", "0".repeat(16)),
+            format!("ff-{TRACE}-{PARENT}-01"),
+            format!("00-{TRACE}-{PARENT}-01-extra"),
+            format!("cc-{TRACE}-{PARENT}-01x"),
+            format!("00-{TRACE}-{PARENT}-1"),
+            format!("00_{TRACE}-{PARENT}-01"),
+            format!("00-{}-{PARENT}-01", &TRACE[..31]),
+            format!("0x-{TRACE}-{PARENT}-01"),
+            format!(" 00-{TRACE}-{PARENT}-01"),
+        ] {
+            assert_eq!(parsed(&[&bad]), None, "{bad:?}");
+        }
+        // Two headers: which one is meant is unknown.
+        assert_eq!(parsed(&[&good, &good]), None);
+        assert_eq!(parsed(&[]), None);
     }
 }

@@ -2,7 +2,9 @@
 //!
 //! Only TLS 1.3 is offered, and a client certificate chaining to the configured CA is
 //! required: rustls rejects the handshake otherwise, so no unauthenticated byte reaches
-//! a handler. Failed handshakes are logged with the peer address and the reason.
+//! a handler. Failed handshakes are logged with the peer address and the reason, and
+//! counted by a small fixed set of reasons (`failure_reason`). The expiry of every
+//! certificate loaded is exposed in the metrics, at start and after each reload.
 //!
 //! The configuration is reloadable (`ReloadableTls`, read again on SIGHUP) and the number
 //! of open connections is capped.
@@ -30,6 +32,7 @@ use tonic::transport::server::Connected;
 
 use crate::authz::{Caller, IdentityError, PeerIdentity};
 use crate::config::TlsPaths;
+use crate::metrics::{CertRole, Metrics, TlsFailure};
 
 use super::ServerError;
 
@@ -108,21 +111,48 @@ pub fn server_config(paths: &TlsPaths) -> Result<rustls::ServerConfig, ServerErr
 pub struct ReloadableTls {
     paths: TlsPaths,
     current: RwLock<Arc<rustls::ServerConfig>>,
+    /// Where the certificates' expiry goes, each time they are read.
+    metrics: Metrics,
 }
 
 impl ReloadableTls {
-    pub fn load(paths: &TlsPaths) -> Result<Arc<Self>, ServerError> {
-        Ok(Arc::new(Self {
+    pub fn load(paths: &TlsPaths, metrics: Metrics) -> Result<Arc<Self>, ServerError> {
+        let tls = Self {
             current: RwLock::new(Arc::new(server_config(paths)?)),
             paths: paths.clone(),
-        }))
+            metrics,
+        };
+        tls.record_expiry();
+        Ok(Arc::new(tls))
     }
 
     /// Reads the files again; on an error the previous configuration stays in force.
     pub fn reload(&self) -> Result<(), ServerError> {
         let fresh = Arc::new(server_config(&self.paths)?);
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+        self.record_expiry();
         Ok(())
+    }
+
+    /// Exposes when the certificates just loaded expire: the server's own, the earliest
+    /// CA of its chain (if the file has one), the earliest client CA.
+    fn record_expiry(&self) {
+        // Read moments ago by `server_config`; a file changed since is read next reload.
+        let expiries = |path: &std::path::Path| -> Vec<i64> {
+            certs(path)
+                .map(|chain| chain.iter().filter_map(not_after).collect())
+                .unwrap_or_default()
+        };
+        if let Some((leaf, chain)) = expiries(&self.paths.cert).split_first() {
+            self.metrics.certificate_expiry(CertRole::Server, *leaf);
+            if let Some(earliest) = chain.iter().min() {
+                self.metrics.certificate_expiry(CertRole::Ca, *earliest);
+            }
+        }
+        if let Some(earliest) = expiries(&self.paths.client_ca).into_iter().min() {
+            self.metrics
+                .certificate_expiry(CertRole::ClientCa, earliest);
+        }
     }
 
     fn current(&self) -> Arc<rustls::ServerConfig> {
@@ -130,6 +160,48 @@ impl ReloadableTls {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+}
+
+/// When a certificate expires (its `notAfter`), in seconds since the Unix epoch.
+fn not_after(der: &CertificateDer<'_>) -> Option<i64> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+    Some(cert.validity().not_after.timestamp())
+}
+
+/// The class of a failed handshake, from the error tokio-rustls returned (a rustls error
+/// inside an `io::Error`, or the connection's own I/O error).
+fn failure_reason(e: &io::Error) -> TlsFailure {
+    use rustls::{CertificateError as Cert, Error};
+    let Some(tls) = e.get_ref().and_then(|inner| inner.downcast_ref::<Error>()) else {
+        return match e.kind() {
+            io::ErrorKind::UnexpectedEof
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe => TlsFailure::Closed,
+            _ => TlsFailure::Other,
+        };
+    };
+    match tls {
+        Error::NoCertificatesPresented => TlsFailure::NoClientCert,
+        Error::InvalidCertificate(cert) => match cert {
+            Cert::UnknownIssuer => TlsFailure::UnknownCa,
+            Cert::Expired
+            | Cert::ExpiredContext { .. }
+            | Cert::NotValidYet
+            | Cert::NotValidYetContext { .. } => TlsFailure::Expired,
+            Cert::Revoked => TlsFailure::Revoked,
+            // Bad signatures, usages, encodings, unknown revocation status, and whatever
+            // rustls adds later (the enum is non-exhaustive).
+            _ => TlsFailure::BadCertificate,
+        },
+        Error::PeerIncompatible(_) | Error::NoApplicationProtocol => TlsFailure::ProtocolVersion,
+        Error::AlertReceived(_) => TlsFailure::PeerAlert,
+        Error::InvalidMessage(_)
+        | Error::InappropriateMessage { .. }
+        | Error::InappropriateHandshakeMessage { .. }
+        | Error::PeerSentOversizedRecord => TlsFailure::Malformed,
+        _ => TlsFailure::Other,
     }
 }
 
@@ -222,6 +294,7 @@ pub fn incoming(
     listener: TcpListener, tls: Arc<ReloadableTls>, timeout: Duration, max_connections: usize,
     cut: CancellationToken,
 ) -> mpsc::Receiver<io::Result<VerifiedStream>> {
+    let metrics = tls.metrics.clone();
     let slots = Arc::new(Semaphore::new(max_connections));
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
@@ -246,16 +319,20 @@ pub fn incoming(
             let acceptor = TlsAcceptor::from(tls.current());
             let tx = tx.clone();
             let cut = cut.clone();
+            let metrics = metrics.clone();
             tokio::spawn(async move {
                 let _ = tcp.set_nodelay(true);
                 let tls = match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => tls,
                     Ok(Err(e)) => {
-                        tracing::warn!(%remote, error = %e, "TLS handshake failed");
+                        let reason = failure_reason(&e);
+                        metrics.tls_handshake_failure(reason);
+                        tracing::warn!(%remote, reason = reason.label(), error = %e, "TLS handshake failed");
                         return;
                     }
                     Err(_) => {
-                        tracing::warn!(%remote, "TLS handshake timed out");
+                        metrics.tls_handshake_failure(TlsFailure::Timeout);
+                        tracing::warn!(%remote, reason = TlsFailure::Timeout.label(), "TLS handshake timed out");
                         return;
                     }
                 };
@@ -268,6 +345,8 @@ pub fn incoming(
                 let identity = match identity {
                     Ok(identity) => identity,
                     Err(e) => {
+                        // Verified, but it names no identity the vault accepts.
+                        metrics.tls_handshake_failure(TlsFailure::BadCertificate);
                         tracing::warn!(%remote, error = %e, "client certificate refused; closing");
                         return;
                     }

@@ -33,8 +33,8 @@ use std::time::Duration;
 /// of rejected requests), outcomes, query filters and the events a query returns.
 pub use crate::audit::{AuditEvent, AuditFilter, Operation, Outcome, VerifyReport};
 pub use audit::{
-    verify_store, AuditError, AuditLog, AuditPage, DenialSettings, HighWater, HighWaterError,
-    JsonlSink, PruneReport, SinkConfig, HIGH_WATER_FILE,
+    syslog_host, verify_store, AuditError, AuditLog, AuditPage, DenialSettings, HighWater,
+    HighWaterError, JsonlSink, PruneReport, SinkConfig, SyslogConfig, SyslogSink, HIGH_WATER_FILE,
 };
 pub use error::{OpenError, ServiceError};
 pub use keys::{
@@ -82,6 +82,8 @@ pub struct VaultSettings {
     pub audit_timeout: Duration,
     /// Optional JSON-lines mirror of the audit log for a SIEM.
     pub audit_sink: Option<SinkConfig>,
+    /// Optional RFC 5424 syslog mirror of the audit log (TCP, TLS unless disabled).
+    pub audit_syslog: Option<SyslogConfig>,
     /// Audit events older than this may be pruned (the policy keeps logs 12 months).
     pub audit_retention: Duration,
     /// How often key epochs run; an erasure is final (no surviving key copy) after the next.
@@ -111,6 +113,7 @@ impl Default for VaultSettings {
             limits: Limits::default(),
             audit_timeout: Duration::from_secs(2),
             audit_sink: None,
+            audit_syslog: None,
             audit_retention: Duration::from_secs(365 * 86_400),
             #[cfg(feature = "testing")]
             audit_enabled: true,
@@ -223,6 +226,11 @@ impl Vault {
             .map(JsonlSink::open)
             .transpose()
             .map_err(OpenError::AuditSink)?;
+        let syslog = settings
+            .audit_syslog
+            .map(SyslogSink::open)
+            .transpose()
+            .map_err(OpenError::AuditSink)?;
         let observer = {
             let metrics = settings.metrics.clone();
             Box::new(move |hit| metrics.dek_cache(hit)) as crate::keyring::LookupObserver
@@ -238,6 +246,7 @@ impl Vault {
             metrics: settings.metrics.clone(),
             high_water: high_water.map(Arc::new),
             background: background.clone(),
+            syslog,
         };
         let audit =
             AuditLog::start(writer, sink, settings.audit_timeout).map_err(OpenError::AuditLog)?;

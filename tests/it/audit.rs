@@ -467,3 +467,69 @@ async fn pruning_keeps_the_chain_verifiable() {
         .iter()
         .any(|e| e.draft.operation == Operation::PruneAudit && e.draft.outcome == Outcome::Ok));
 }
+
+/// One spelling of outcomes in every text output: what `pii-vault audit query` prints is
+/// what the JSON-lines mirror wrote for the same event (`ok`, `not_found`), never the proto
+/// enum's `OUTCOME_OK`.
+#[tokio::test]
+async fn the_cli_query_and_the_jsonl_mirror_spell_outcomes_alike() {
+    let sink_dir = tempfile::TempDir::new().expect("dir");
+    let sink = sink_dir.path().join("audit.jsonl");
+    let sink_path = sink.clone();
+    let vault = TestVault::start_with(move |raw| raw.audit.jsonl_path = Some(sink_path)).await;
+    create_tenant(&vault, "acme").await;
+    let mut client = vault.records().await;
+    put(
+        &mut client,
+        "acme",
+        "u",
+        vec![text("email", pb::Category::Account, "a@example.invalid")],
+    )
+    .await
+    .expect("put");
+    get(&mut client, "acme", "nobody", &[])
+        .await
+        .expect_err("not found");
+
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_pii-vault"))
+        .args([
+            "audit",
+            "query",
+            "--format",
+            "json",
+            "--addr",
+            &vault.addr.to_string(),
+            "--data-dir",
+        ])
+        .arg(vault.data_dir())
+        .output()
+        .await
+        .expect("run cli");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let outcomes = |text: &str| -> Vec<(u64, String)> {
+        text.lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).expect("a JSON line");
+                let seq = v["seq"].as_u64().expect("seq");
+                (seq, v["outcome"].as_str().expect("outcome").to_owned())
+            })
+            .collect()
+    };
+    let printed = outcomes(&String::from_utf8_lossy(&out.stdout));
+    let spelled: Vec<&str> = printed.iter().map(|(_, o)| o.as_str()).collect();
+    assert!(spelled.contains(&"ok"), "{spelled:?}");
+    assert!(spelled.contains(&"not_found"), "{spelled:?}");
+    vault.stop().await;
+    let mirrored = outcomes(&std::fs::read_to_string(&sink).expect("sink written"));
+    for (seq, outcome) in &printed {
+        let (_, in_sink) = mirrored
+            .iter()
+            .find(|(s, _)| s == seq)
+            .unwrap_or_else(|| panic!("event {seq} not mirrored"));
+        assert_eq!(outcome, in_sink, "event {seq}");
+    }
+}

@@ -10,6 +10,7 @@ mod abuse;
 mod access;
 mod at_rest;
 mod audit;
+mod audit_syslog;
 mod authz;
 mod authz_matrix;
 mod backup;

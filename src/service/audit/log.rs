@@ -21,6 +21,7 @@ use crate::storage::{GroupCommit, Store, StoreError};
 use super::super::blocking::Background;
 use super::high_water::HighWater;
 use super::sink::JsonlSink;
+use super::syslog::SyslogSink;
 
 /// Most events one batch takes.
 const MAX_BATCH: usize = 1024;
@@ -306,6 +307,8 @@ pub(in crate::service) struct Writer {
     pub high_water: Option<Arc<HighWater>>,
     /// Where the batch appends, the mark's fsyncs and the SIEM mirror run.
     pub background: Background,
+    /// The syslog mirror, if configured (it queues to a thread of its own).
+    pub syslog: Option<SyslogSink>,
 }
 
 async fn write_loop(
@@ -319,6 +322,7 @@ async fn write_loop(
         metrics,
         high_water,
         background,
+        syslog,
     } = writer;
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.recv().await {
@@ -368,8 +372,11 @@ async fn write_loop(
                 });
             }
         }
-        // The SIEM mirror is written after the callers were answered; its failures are
-        // logged by the sink and never fail a request.
+        // The SIEM mirrors are written after the callers were answered; their failures are
+        // logged by the sinks and never fail a request.
+        if let (Some(s), true) = (&syslog, result.is_ok()) {
+            s.write(&events);
+        }
         if let (Some(mut s), true) = (sink.take(), result.is_ok()) {
             sink = background
                 .run(move || {

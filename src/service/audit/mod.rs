@@ -1,4 +1,5 @@
-//! The audit log (`log`: the writer task, query, verify, prune), its SIEM mirror (`sink`),
+//! The audit log (`log`: the writer task, query, verify, prune), its SIEM mirrors (`sink`:
+//! JSON lines in a file; `syslog`: RFC 5424 over TCP or TLS),
 //! its high-water mark against a rolled-back store (`high_water`), and the operators' use
 //! cases on it: query (itself audited), verify, prune.
 
@@ -6,6 +7,7 @@ mod denials;
 mod high_water;
 mod log;
 mod sink;
+mod syslog;
 
 pub use denials::DenialSettings;
 pub(super) use denials::{Denials, Noted};
@@ -13,6 +15,7 @@ pub use high_water::{HighWater, HighWaterError, HIGH_WATER_FILE};
 pub(super) use log::Writer;
 pub use log::{verify_store, AuditError, AuditLog, AuditPage, PruneReport};
 pub use sink::{JsonlSink, SinkConfig};
+pub use syslog::{host_of as syslog_host, SyslogConfig, SyslogSink};
 
 use std::time::Duration;
 

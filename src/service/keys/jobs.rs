@@ -19,11 +19,12 @@ use std::time::Duration;
 
 use crate::audit::Operation;
 use crate::domain::{SubjectId, TenantId, Timestamp};
-use crate::keyring::{Keyring, KeyringError, RewrapBatch, RootRotation};
+use crate::keyring::{version_list as versions, Keyring, KeyringError, RewrapBatch, RootRotation};
+use crate::metrics::KeyJob;
 use crate::storage::StoreError;
 
 use super::super::{Call, ServiceError, Vault};
-use super::{versions, EpochReport};
+use super::EpochReport;
 
 /// How often the worker looks for work when nobody woke it.
 const POLL: Duration = Duration::from_secs(1);
@@ -125,7 +126,8 @@ impl Vault {
     async fn run_pending_key_jobs(&self, call: &Call) -> Result<(), ServiceError> {
         let _one = self.key_jobs.running.lock().await;
         if self.keys.root_rotation_pending() {
-            self.use_case(call, Operation::RotateRootKey)
+            let finished = self
+                .use_case(call, Operation::RotateRootKey)
                 .run_system(
                     self.key_op(Keyring::finish_root_rotation),
                     |r: &Option<RootRotation>, ev| {
@@ -138,14 +140,17 @@ impl Vault {
                         }
                     },
                 )
-                .await?;
+                .await;
+            self.key_job_ended(KeyJob::RootRotation, finished.is_ok());
+            finished?;
         }
         for (tenant, state) in self.store.all_tenant_keys()? {
             if state.rewrap.is_none() {
                 continue;
             }
             // Shredded meanwhile (`None`): nothing to record.
-            self.use_case(call, Operation::RotateTenantKey)
+            let rewrapped = self
+                .use_case(call, Operation::RotateTenantKey)
                 .tenant(&tenant)
                 .run_job(self.rewrap_to_completion(&tenant), |done, ev| {
                     ev.reason = format!(
@@ -155,9 +160,17 @@ impl Vault {
                         versions(&done.destroyed)
                     );
                 })
-                .await?;
+                .await;
+            self.key_job_ended(KeyJob::Rewrap, rewrapped.is_ok());
+            rewrapped?;
         }
         Ok(())
+    }
+
+    /// Times the end of a background key job for the metrics (its audit event is written
+    /// by the job itself).
+    pub(super) fn key_job_ended(&self, job: KeyJob, ok: bool) {
+        self.metrics.key_job(job, ok, self.clock.now());
     }
 
     /// Runs the tenant's re-wrap job until its old versions are destroyed. `None` if there
@@ -224,7 +237,7 @@ impl Vault {
                         Some(destroyed) => {
                             self.metrics.rewrap_progress(tenant, 1, 1);
                             self.metrics.tenant_key_version(tenant, target);
-                            tracing::info!(%tenant, version = target, ?destroyed, "re-wrap complete; old tenant key versions destroyed");
+                            tracing::info!(%tenant, version = target, destroyed = %versions(&destroyed), "re-wrap complete; old tenant key versions destroyed");
                             return Ok(Some(RewrapDone {
                                 target,
                                 destroyed,

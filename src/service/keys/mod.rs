@@ -20,7 +20,7 @@ pub use status::{KeyStatus, RootStatus, TenantKeyStatus, VersionStatus};
 use crate::audit::Operation;
 use crate::authz::act;
 use crate::domain::{TenantId, Timestamp};
-use crate::keyring::{KeyLimits, Keyring, KeyringError, RootRotation};
+use crate::keyring::{version_list as versions, KeyLimits, Keyring, KeyringError, RootRotation};
 
 use super::usecase::Check;
 use super::{Call, ServiceError, Vault};
@@ -123,13 +123,6 @@ impl Vault {
     }
 }
 
-fn versions(v: &[u32]) -> String {
-    v.iter()
-        .map(|v| format!("v{v}"))
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
 impl Vault {
     /// Starts a rotation of a tenant's KEK: a new version wraps new DEKs at once, and the
     /// existing DEKs are re-wrapped in the background; the old version is destroyed when no
@@ -215,7 +208,8 @@ impl Vault {
 
     /// Runs a key epoch and records its audit event.
     async fn recorded_key_epoch(&self, call: &Call) -> Result<EpochReport, ServiceError> {
-        self.use_case(call, Operation::KeyEpoch)
+        let epoch = self
+            .use_case(call, Operation::KeyEpoch)
             .run_system(self.key_epoch(), |r: &EpochReport, ev| {
                 ev.fields = r.tenants.iter().map(|(t, _)| t.to_string()).collect();
                 ev.reason = format!(
@@ -225,7 +219,9 @@ impl Vault {
                     versions(&r.root.destroyed)
                 );
             })
-            .await
+            .await;
+        self.key_job_ended(crate::metrics::KeyJob::Epoch, epoch.is_ok());
+        epoch
     }
 
     /// Destroys every KEK version of a tenant: all its subjects become unreadable at once,
