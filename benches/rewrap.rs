@@ -193,6 +193,7 @@ async fn preload(vault: &Vault, subjects: usize) {
                         tenant_id: TENANT.into(),
                         subject_id: format!("s{i}"),
                         fields: vec![pb::FieldInput {
+                            expected_version: None,
                             indexed: false,
                             ttl_seconds: 0,
                             transaction_record: false,

@@ -39,6 +39,7 @@ pub fn value(i: usize) -> String {
 
 pub fn field_input(name: &str, i: usize) -> pb::FieldInput {
     pb::FieldInput {
+        expected_version: None,
         indexed: false,
         ttl_seconds: 0,
         transaction_record: false,

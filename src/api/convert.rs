@@ -64,6 +64,7 @@ fn new_field(f: pb::FieldInput) -> Result<NewField, InvalidInput> {
         value,
         indexed: f.indexed,
         transaction_record: f.transaction_record,
+        expected_version: f.expected_version,
         ttl: (f.ttl_seconds > 0).then(|| std::time::Duration::from_secs(f.ttl_seconds)),
     })
 }

@@ -79,6 +79,15 @@ impl From<ServiceError> for Status {
                 ),
                 None => with_reason(Code::NotFound, message, R::SubjectErased, &[]),
             },
+            ServiceError::VersionMismatch { field, stored } => with_reason(
+                Code::Aborted,
+                message,
+                R::VersionMismatch,
+                &[
+                    ("field", field.as_str()),
+                    ("stored_version", &stored.to_string()),
+                ],
+            ),
             ServiceError::TokenNotFound => {
                 with_reason(Code::NotFound, message, R::TokenNotFound, &[])
             }

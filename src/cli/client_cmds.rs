@@ -257,6 +257,7 @@ pub async fn put(args: PutArgs, out: Out) -> anyhow::Result<()> {
                 typed_value(&args.kind, value.to_owned())?
             };
             Ok(pb::FieldInput {
+                expected_version: None,
                 indexed: args.indexed,
                 ttl_seconds: 0,
                 transaction_record: false,

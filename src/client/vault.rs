@@ -246,6 +246,9 @@ pub struct FieldWrite {
     pub indexed: bool,
     /// Deleted this long after the write, sooner than its category's retention.
     pub ttl: Option<Duration>,
+    /// Written only if the stored version is this one (0: the field must not exist yet);
+    /// otherwise the call fails with VERSION_MISMATCH and writes nothing.
+    pub expected_version: Option<u64>,
 }
 
 impl FieldWrite {
@@ -256,7 +259,14 @@ impl FieldWrite {
             value,
             indexed: false,
             ttl: None,
+            expected_version: None,
         }
+    }
+
+    /// The same field, written only over stored version `version` (0: only if new).
+    pub fn if_version(mut self, version: u64) -> Self {
+        self.expected_version = Some(version);
+        self
     }
 
     /// The same field, indexed for `find`.
@@ -273,6 +283,7 @@ impl FieldWrite {
             indexed: self.indexed,
             ttl_seconds: self.ttl.map_or(0, |t| t.as_secs().max(1)),
             transaction_record: false,
+            expected_version: self.expected_version,
         }
     }
 }

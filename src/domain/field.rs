@@ -235,6 +235,8 @@ pub struct NewField {
     /// A payment transaction record: kept under a separate subject key for the legal
     /// retention duty after the subject is erased.
     pub transaction_record: bool,
+    /// Write only if the stored version is this one (0: the field must not exist yet).
+    pub expected_version: Option<u64>,
 }
 
 impl NewField {

@@ -28,6 +28,9 @@ pub enum ServiceError {
     FieldNotFound(FieldName),
     #[error("token not found")]
     TokenNotFound,
+    /// A field is not at the version the write expected: nothing was written.
+    #[error("field {field} is at version {stored}, not the expected one; nothing was written")]
+    VersionMismatch { field: FieldName, stored: u64 },
     /// The policy, the subject's restriction or its consents refuse the request.
     #[error(transparent)]
     Refused(#[from] Refusal),
@@ -85,7 +88,9 @@ impl ServiceError {
     pub fn outcome(&self) -> Outcome {
         match self {
             ServiceError::InvalidArgument(_) | ServiceError::TenantExists => Outcome::Invalid,
-            ServiceError::KeyLimit(_) | ServiceError::KeyPrecondition(_) => Outcome::Denied,
+            ServiceError::KeyLimit(_)
+            | ServiceError::KeyPrecondition(_)
+            | ServiceError::VersionMismatch { .. } => Outcome::Denied,
             ServiceError::TenantNotFound
             | ServiceError::TenantShredded
             | ServiceError::SubjectNotFound
@@ -124,6 +129,9 @@ impl From<StoreError> for ServiceError {
                 )))
             }
             StoreError::Integrity(why) => ServiceError::Integrity(why),
+            StoreError::VersionMismatch { field, stored } => {
+                ServiceError::VersionMismatch { field, stored }
+            }
             StoreError::Corrupt(_) | StoreError::Conflict => ServiceError::Internal(e.to_string()),
         }
     }

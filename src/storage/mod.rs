@@ -60,6 +60,10 @@ pub enum StoreError {
         field: FieldName,
         category: Category,
     },
+    /// A field's stored version is not the one the write expected (`SealedField::expected`);
+    /// nothing of the write was stored. `stored` is 0 for a field that does not exist.
+    #[error("field {field} is at version {stored}, not the version the write expected")]
+    VersionMismatch { field: FieldName, stored: u64 },
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;

@@ -140,12 +140,32 @@ fn check_replace(write: &SubjectWrite, previous: &[Option<FieldRecord>]) -> Stor
     Ok(())
 }
 
+/// Refuses the whole write (`VersionMismatch`) when a field's stored version is not the
+/// one it expects. Decided on what the backend read inside the write's transaction, so no
+/// other write can slip in between the check and the write.
+fn check_expected(write: &SubjectWrite, previous: &[Option<FieldRecord>]) -> StoreResult<()> {
+    for (f, stored) in write.fields.iter().zip(previous) {
+        let stored = stored.as_ref().map_or(0, |p| p.meta.version);
+        match f.expected {
+            Some(expected) if expected != stored => {
+                return Err(StoreError::VersionMismatch {
+                    field: f.name.clone(),
+                    stored,
+                })
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// `Store::put_fields`: stores every field of `write` with its version bumped, moves its
 /// blind-index and expiry entries, and adds the write's categories to the subject's mask.
 /// Refuses (`NotGranted`) to replace a field of a category outside `write.may_replace`.
 pub(crate) fn put(mut reads: PutReads, write: &SubjectWrite) -> StoreResult<PutPlan> {
     let (mut record, mut dirty) = put_subject(&mut reads, write)?;
     check_replace(write, &reads.previous)?;
+    check_expected(write, &reads.previous)?;
     let mask = write.categories();
     if record.categories | mask != record.categories {
         record.categories |= mask;

@@ -86,6 +86,7 @@ fn micros(t: &Option<prost_types::Timestamp>) -> u64 {
 
 fn typed(name: &str, category: pb::Category, kind: pb::value::Kind) -> pb::FieldInput {
     pb::FieldInput {
+        expected_version: None,
         indexed: false,
         ttl_seconds: 0,
         transaction_record: false,

@@ -421,6 +421,7 @@ async fn pruning_keeps_the_chain_verifiable() {
     let tenant = TenantId::parse("acme").expect("id");
     vault.create_tenant(&call, &tenant).await.expect("tenant");
     let field = |v: &str| NewField {
+        expected_version: None,
         name: FieldName::parse("n").expect("name"),
         category: Category::Usage,
         value: FieldValue::Text(v.into()),

@@ -82,6 +82,7 @@ fn value(kind: pb::value::Kind) -> Option<pb::Value> {
 
 fn card_field() -> pb::FieldInput {
     pb::FieldInput {
+        expected_version: None,
         indexed: false,
         ttl_seconds: 0,
         transaction_record: false,
@@ -93,6 +94,7 @@ fn card_field() -> pb::FieldInput {
 
 fn email_field(email: &str) -> pb::FieldInput {
     pb::FieldInput {
+        expected_version: None,
         indexed: false,
         ttl_seconds: 0,
         transaction_record: false,
@@ -403,6 +405,7 @@ async fn cards_are_masked_by_grant_and_typed_values_are_validated() {
     assert_eq!(by_name("email").as_deref(), Some("a***@example.com"));
 
     let bad = |name: &str, category: pb::Category, kind: pb::value::Kind| pb::FieldInput {
+        expected_version: None,
         indexed: false,
         ttl_seconds: 0,
         transaction_record: false,

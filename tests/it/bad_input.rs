@@ -17,6 +17,7 @@ const MARK: &str = "Zq9Marker";
 
 fn field(name: &str, category: i32, value: Option<pb::value::Kind>) -> pb::FieldInput {
     pb::FieldInput {
+        expected_version: None,
         indexed: false,
         ttl_seconds: 0,
         transaction_record: false,

@@ -86,6 +86,7 @@ fn typed(
     name: &str, category: pb::Category, kind: pb::value::Kind, indexed: bool,
 ) -> pb::FieldInput {
     pb::FieldInput {
+        expected_version: None,
         indexed,
         ttl_seconds: 0,
         transaction_record: false,

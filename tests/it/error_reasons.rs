@@ -122,6 +122,50 @@ async fn invalid_input_names_the_field_that_was_wrong_but_never_its_value() {
 }
 
 #[tokio::test]
+async fn a_stale_expected_version_aborts_the_whole_put() {
+    let vault = TestVault::start().await;
+    create_tenant(&vault, "acme").await;
+    let mut records = vault.records().await;
+    let at = |field: pb::FieldInput, version: u64| pb::FieldInput {
+        expected_version: Some(version),
+        ..field
+    };
+    put(
+        &mut records,
+        "acme",
+        "alice",
+        vec![at(email("email", "a@x.io"), 0)],
+    )
+    .await
+    .expect("expected new");
+    let err = put(
+        &mut records,
+        "acme",
+        "alice",
+        vec![
+            text("nick", pb::Category::Profile, "al"),
+            at(email("email", "b@x.io"), 0),
+        ],
+    )
+    .await
+    .expect_err("email exists at v1");
+    let details = assert_reason(&err, Code::Aborted, "VERSION_MISMATCH");
+    assert_eq!(metadata(&details, "field").as_deref(), Some("email"));
+    assert_eq!(metadata(&details, "stored_version").as_deref(), Some("1"));
+    let fields = get(&mut records, "acme", "alice", &[]).await.expect("read");
+    assert_eq!(fields.len(), 1, "nothing of the aborted put was written");
+    assert_eq!(fields[0].version, 1);
+    put(
+        &mut records,
+        "acme",
+        "alice",
+        vec![at(email("email", "b@x.io"), 1)],
+    )
+    .await
+    .expect("expected the stored version");
+}
+
+#[tokio::test]
 async fn not_found_reasons_tell_tenant_subject_field_token_erased_and_shredded_apart() {
     let vault = TestVault::start().await;
     let c = vault.channel().await;

@@ -107,6 +107,7 @@ async fn send(channel: &Channel, req: Request) -> Result<(), Status> {
 
 fn field(name: &str, category: i32, value: &str) -> pb::FieldInput {
     pb::FieldInput {
+        expected_version: None,
         indexed: false,
         ttl_seconds: 0,
         transaction_record: false,

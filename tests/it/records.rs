@@ -48,6 +48,7 @@ async fn a_field_of_every_category_round_trips() {
 
     // Bytes values round-trip too.
     let bytes = pb::FieldInput {
+        expected_version: None,
         indexed: false,
         ttl_seconds: 0,
         transaction_record: false,

@@ -15,6 +15,7 @@ const DAY: u64 = 86_400_000_000;
 
 fn field(name: &str, category: Category, ttl: Option<Duration>) -> NewField {
     NewField {
+        expected_version: None,
         name: FieldName::parse(name).expect("name"),
         category,
         value: FieldValue::Text(format!("{name} value")),

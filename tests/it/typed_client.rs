@@ -35,6 +35,12 @@ async fn typed_calls_round_trip_and_errors_carry_the_vaults_reason() {
         .await
         .expect("put");
     assert_eq!(versions, [1]);
+    let stale = client
+        .put("acme", "ada", vec![email("ada@example.org").if_version(0)])
+        .await
+        .expect_err("the field exists");
+    assert_eq!(stale.reason(), Some(ErrorReason::VersionMismatch));
+    assert_eq!(stale.code(), Code::Aborted);
     let read = client
         .get("acme", "ada", &[], "support")
         .await

@@ -193,6 +193,7 @@ pub async fn create_tenant(vault: &TestVault, id: &str) {
 /// A text field input.
 pub fn text(name: &str, category: pb::Category, value: &str) -> pb::FieldInput {
     pb::FieldInput {
+        expected_version: None,
         indexed: false,
         ttl_seconds: 0,
         transaction_record: false,

@@ -78,6 +78,7 @@ pub fn new_subject(tenant: &Tenant) -> SubjectRecord {
 pub fn sealed_field(field: &str, category: Category, value: &[u8]) -> SealedField {
     let dek = Key::<Dek>::generate(1).expect("dek");
     SealedField {
+        expected: None,
         name: name(field),
         category,
         kind: 1,
@@ -658,6 +659,59 @@ pub fn an_overwrite_needs_the_stored_fields_category(store: Arc<dyn Store>) {
     store.put_fields(&t.id, &s, &overwrite).expect("granted");
 }
 
+/// A field's expected version is checked inside the put's transaction: a put expecting
+/// another version stores nothing of itself, one expecting the stored version goes through,
+/// and 0 means "not there yet".
+pub fn a_put_expecting_another_version_stores_nothing(store: Arc<dyn Store>) {
+    let t = create_tenant(store.as_ref(), "acme");
+    let s = subject_id("u");
+    let rec = new_subject(&t);
+    let expecting = |field: &str, value: &[u8], version: u64| SealedField {
+        expected: Some(version),
+        ..sealed_field(field, Category::Account, value)
+    };
+    store
+        .put_fields(
+            &t.id,
+            &s,
+            &write(&rec, vec![expecting("email", b"a", 0)], 1),
+        )
+        .expect("new field, expected absent");
+    let stale = write(
+        &rec,
+        vec![expecting("nick", b"n", 0), expecting("email", b"b", 7)],
+        2,
+    );
+    match store.put_fields(&t.id, &s, &stale) {
+        Err(StoreError::VersionMismatch { field, stored }) => {
+            assert_eq!((field.as_str(), stored), ("email", 1));
+        }
+        other => panic!("a put expecting version 7 of a version-1 field: {other:?}"),
+    }
+    assert_eq!(
+        store.field(&t.id, &s, &name("nick")).expect("get"),
+        None,
+        "all or nothing"
+    );
+    let again = write(&rec, vec![expecting("email", b"c", 0)], 3);
+    assert!(matches!(
+        store.put_fields(&t.id, &s, &again),
+        Err(StoreError::VersionMismatch { stored: 1, .. })
+    ));
+    store
+        .put_fields(
+            &t.id,
+            &s,
+            &write(&rec, vec![expecting("email", b"d", 1)], 4),
+        )
+        .expect("expected the stored version");
+    let email = store
+        .field(&t.id, &s, &name("email"))
+        .expect("get")
+        .expect("there");
+    assert_eq!(email.meta.version, 2);
+}
+
 /// `update_subject_state` is a compare-and-swap: concurrent changes of different parts of
 /// one subject's state all survive, and an erased subject's state is never written again.
 pub fn subject_state_changes_are_atomic(store: Arc<dyn Store>) {
@@ -982,6 +1036,7 @@ macro_rules! conformance_tests {
             the_state_anchor_moves_with_the_state_and_seals_the_tombstone,
             legacy_tombstones_are_sealed_once_page_by_page,
             an_overwrite_needs_the_stored_fields_category,
+            a_put_expecting_another_version_stores_nothing,
             erasure_removes_the_key_once_and_blocks_rewrites,
             erasing_a_subject_with_a_legal_shadow_schedules_the_shadow,
             an_epoch_mark_is_cleared_only_if_no_erasure_came_after,

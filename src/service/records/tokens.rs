@@ -63,6 +63,8 @@ impl Vault {
             value: card.clone(),
             indexed: false,
             transaction_record: false,
+            // A new token never replaces one that exists (a collision of random ids).
+            expected_version: Some(0),
             // Tokens live until the token store is erased; not swept by category.
             ttl: Some(std::time::Duration::from_secs(100 * 365 * 86_400)),
         };

@@ -165,6 +165,7 @@ impl Vault {
                         .seal(f.value.as_bytes(), &aad)
                         .map_err(|_| ServiceError::Internal("sealing a field failed".into()))?,
                     expires_at: self.retention.expiry(f.category, f.ttl, self.clock.now()),
+                    expected: f.expected_version,
                     index_entry: match (index_key, f.is_indexed()) {
                         (Some(key), true) => lookup::index_text(&f.value)
                             .map(|text| lookup::entry(key, &f.name, &text, subject))

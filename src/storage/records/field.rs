@@ -82,6 +82,9 @@ pub struct SealedField {
     pub index_entry: Vec<u8>,
     /// When the field expires (0: never).
     pub expires_at: Timestamp,
+    /// The stored version the write requires (0: no such field yet); `None` writes over
+    /// whatever is stored.
+    pub expected: Option<u64>,
 }
 
 impl SealedField {

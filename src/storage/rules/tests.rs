@@ -32,6 +32,7 @@ fn name(s: &str) -> FieldName {
 
 fn field(n: &str, entry: &[u8], expires: u64) -> SealedField {
     SealedField {
+        expected: None,
         name: name(n),
         category: Category::Profile,
         kind: 0,

@@ -50,6 +50,7 @@ fn open_vault(store: &Arc<dyn Store>, keys: Keyring) -> (Vault, Call) {
 
 fn email(value: &str) -> NewField {
     NewField {
+        expected_version: None,
         name: FieldName::parse("email").expect("name"),
         category: Category::Account,
         value: FieldValue::Email(value.into()),
