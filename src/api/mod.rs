@@ -9,6 +9,7 @@ mod access;
 mod admin;
 mod audit;
 mod backup;
+mod batch;
 mod convert;
 mod keys;
 mod record;

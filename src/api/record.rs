@@ -2,13 +2,13 @@
 
 use std::sync::Arc;
 
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::domain::{FieldName, Purpose, SubjectId, TenantId};
 use crate::proto::v1 as pb;
-use crate::service::{Operation, Vault};
+use crate::service::{Call, Operation, Vault};
 
-use super::{call, convert, field, page_size, parsed, respond};
+use super::{batch, call, convert, field, page_size, parsed, respond};
 
 /// Serves `piivault.v1.RecordService`.
 #[derive(Debug, Clone)]
@@ -32,54 +32,111 @@ pub(super) fn ids(
     ))
 }
 
+/// PutFields, for a call of its own or an item of BatchPutFields.
+async fn put_one(
+    vault: &Vault, call: &Call, r: pb::PutFieldsRequest,
+) -> Result<pb::PutFieldsResponse, Status> {
+    let input = ids(&r.tenant_id, &r.subject_id)
+        .and_then(|(t, s)| Ok((t, s, convert::new_fields(r.fields)?)));
+    let (tenant, subject, fields) = parsed(vault, call, Operation::PutFields, input).await?;
+    let written = vault.put_fields(call, &tenant, &subject, &fields).await?;
+    Ok(pb::PutFieldsResponse {
+        fields: written.into_iter().map(convert::written).collect(),
+    })
+}
+
+/// GetFields, for a call of its own or an item of BatchGetFields.
+async fn get_one(
+    vault: &Vault, call: &Call, r: pb::GetFieldsRequest,
+) -> Result<pb::GetFieldsResponse, Status> {
+    let input = ids(&r.tenant_id, &r.subject_id).and_then(|(t, s)| {
+        Ok((
+            t,
+            s,
+            convert::field_names(&r.field_names)?,
+            Purpose::parse(&r.purpose).map_err(field("purpose"))?,
+        ))
+    });
+    let (tenant, subject, names, purpose) =
+        parsed(vault, call, Operation::GetFields, input).await?;
+    let fields = vault
+        .get_fields(call, &tenant, &subject, &names, &purpose)
+        .await?;
+    Ok(pb::GetFieldsResponse {
+        fields: fields.into_iter().map(convert::field).collect(),
+    })
+}
+
 #[tonic::async_trait]
 impl pb::record_service_server::RecordService for RecordApi {
     async fn put_fields(
         &self, req: Request<pb::PutFieldsRequest>,
     ) -> Result<Response<pb::PutFieldsResponse>, Status> {
         let call = call(&req)?;
-        let r = req.into_inner();
-        let input = ids(&r.tenant_id, &r.subject_id)
-            .and_then(|(t, s)| Ok((t, s, convert::new_fields(r.fields)?)));
-        let (tenant, subject, fields) =
-            parsed(&self.vault, &call, Operation::PutFields, input).await?;
-        let written = self
-            .vault
-            .put_fields(&call, &tenant, &subject, &fields)
-            .await?;
-        Ok(respond(
-            &call,
-            pb::PutFieldsResponse {
-                fields: written.into_iter().map(convert::written).collect(),
-            },
-        ))
+        let written = put_one(&self.vault, &call, req.into_inner()).await?;
+        Ok(respond(&call, written))
     }
 
     async fn get_fields(
         &self, req: Request<pb::GetFieldsRequest>,
     ) -> Result<Response<pb::GetFieldsResponse>, Status> {
         let call = call(&req)?;
-        let r = req.get_ref();
-        let input = ids(&r.tenant_id, &r.subject_id).and_then(|(t, s)| {
-            Ok((
-                t,
-                s,
-                convert::field_names(&r.field_names)?,
-                Purpose::parse(&r.purpose).map_err(field("purpose"))?,
-            ))
-        });
-        let (tenant, subject, names, purpose) =
-            parsed(&self.vault, &call, Operation::GetFields, input).await?;
-        let fields = self
-            .vault
-            .get_fields(&call, &tenant, &subject, &names, &purpose)
-            .await?;
-        Ok(respond(
-            &call,
-            pb::GetFieldsResponse {
-                fields: fields.into_iter().map(convert::field).collect(),
+        let read = get_one(&self.vault, &call, req.into_inner()).await?;
+        Ok(respond(&call, read))
+    }
+
+    type BatchPutFieldsStream = batch::Results<pb::BatchPutFieldsResponse>;
+
+    async fn batch_put_fields(
+        &self, req: Request<Streaming<pb::BatchPutFieldsRequest>>,
+    ) -> Result<Response<Self::BatchPutFieldsStream>, Status> {
+        use pb::batch_put_fields_response::Result as Item;
+        let call = call(&req)?;
+        let (vault, each) = (self.vault.clone(), call.clone());
+        let results = batch::run(
+            req.into_inner(),
+            move |index, r: pb::BatchPutFieldsRequest| {
+                let (vault, call) = (vault.clone(), each.clone());
+                async move {
+                    let result = match put_one(&vault, &call, r.put.unwrap_or_default()).await {
+                        Ok(written) => Item::Written(written),
+                        Err(status) => Item::Error(batch::item_error(&status)),
+                    };
+                    pb::BatchPutFieldsResponse {
+                        index,
+                        result: Some(result),
+                    }
+                }
             },
-        ))
+        );
+        Ok(respond(&call, results))
+    }
+
+    type BatchGetFieldsStream = batch::Results<pb::BatchGetFieldsResponse>;
+
+    async fn batch_get_fields(
+        &self, req: Request<Streaming<pb::BatchGetFieldsRequest>>,
+    ) -> Result<Response<Self::BatchGetFieldsStream>, Status> {
+        use pb::batch_get_fields_response::Result as Item;
+        let call = call(&req)?;
+        let (vault, each) = (self.vault.clone(), call.clone());
+        let results = batch::run(
+            req.into_inner(),
+            move |index, r: pb::BatchGetFieldsRequest| {
+                let (vault, call) = (vault.clone(), each.clone());
+                async move {
+                    let result = match get_one(&vault, &call, r.get.unwrap_or_default()).await {
+                        Ok(read) => Item::Read(read),
+                        Err(status) => Item::Error(batch::item_error(&status)),
+                    };
+                    pb::BatchGetFieldsResponse {
+                        index,
+                        result: Some(result),
+                    }
+                }
+            },
+        );
+        Ok(respond(&call, results))
     }
 
     async fn delete_fields(

@@ -1,17 +1,14 @@
 //! `SubjectRightsService` handlers.
 
-use std::pin::Pin;
 use std::sync::Arc;
 
-use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
-use tonic_types::StatusExt;
 
 use crate::domain::{InvalidInput, Purpose, SubjectState};
 use crate::proto::v1 as pb;
 use crate::service::{Call, ErasureReceipt, Operation, StateChange, Vault};
 
-use super::{call, convert, field, parsed, record::ids, respond};
+use super::{batch, call, convert, field, parsed, record::ids, respond};
 
 /// Serves `piivault.v1.SubjectRightsService`.
 #[derive(Debug, Clone)]
@@ -50,25 +47,6 @@ fn receipt(r: ErasureReceipt) -> pb::ErasureReceipt {
     }
 }
 
-/// Erasures of one EraseSubjects stream that run at once: enough for the audit log's group
-/// commit to share its flushes among them, few enough that one stream cannot crowd out
-/// every other caller.
-const ERASURES_IN_FLIGHT: usize = 32;
-
-type ResultStream = Pin<Box<dyn Stream<Item = Result<pb::EraseSubjectsResponse, Status>> + Send>>;
-
-/// One item's failure, as its own call would have failed.
-fn item_error(status: &Status) -> pb::ItemError {
-    let details = status.get_error_details();
-    let info = details.error_info();
-    pb::ItemError {
-        code: status.code() as i32,
-        message: status.message().to_owned(),
-        reason: info.map(|i| i.reason.clone()).unwrap_or_default(),
-        metadata: info.map(|i| i.metadata.clone()).unwrap_or_default(),
-    }
-}
-
 /// Erases one request of an EraseSubjects stream, exactly as EraseSubject would.
 async fn erase_one(
     vault: Arc<Vault>, call: Call, index: u64, r: pb::EraseSubjectsRequest,
@@ -87,57 +65,11 @@ async fn erase_one(
     };
     let result = match erased.await {
         Ok(receipt) => pb::erase_subjects_response::Result::Receipt(receipt),
-        Err(status) => pb::erase_subjects_response::Result::Error(item_error(&status)),
+        Err(status) => pb::erase_subjects_response::Result::Error(batch::item_error(&status)),
     };
     pb::EraseSubjectsResponse {
         index,
         result: Some(result),
-    }
-}
-
-/// Reads the requests of an EraseSubjects stream, runs up to `ERASURES_IN_FLIGHT` at once
-/// and sends each result as it is done. Ends when the client's side ends (after the last
-/// result), when the client goes away, or with the error of a request that does not decode.
-async fn erase_stream(
-    vault: Arc<Vault>, call: Call, mut inbound: Streaming<pb::EraseSubjectsRequest>,
-    tx: tokio::sync::mpsc::Sender<Result<pb::EraseSubjectsResponse, Status>>,
-) {
-    let mut running = tokio::task::JoinSet::new();
-    let mut index = 0u64;
-    let mut reading = true;
-    while reading || !running.is_empty() {
-        let room = reading && running.len() < ERASURES_IN_FLIGHT;
-        tokio::select! {
-            next = inbound.message(), if room => match next {
-                Ok(Some(r)) => {
-                    running.spawn(erase_one(vault.clone(), call.clone(), index, r));
-                    index += 1;
-                }
-                Ok(None) => reading = false,
-                Err(status) => {
-                    // The erasures already running finish; nothing more is read.
-                    reading = false;
-                    if tx.send(Err(status)).await.is_err() {
-                        return;
-                    }
-                }
-            },
-            Some(done) = running.join_next(), if !running.is_empty() => {
-                let sent = match done {
-                    Ok(result) => tx.send(Ok(result)).await,
-                    Err(e) => {
-                        tracing::error!(error = %e, "an erasure task failed");
-                        tx.send(Err(Status::internal("internal error"))).await
-                    }
-                };
-                if sent.is_err() {
-                    // The client is gone: nothing more starts, and what runs is left to
-                    // finish (dropping the set would cancel erasures midway).
-                    running.detach_all();
-                    return;
-                }
-            }
-        }
     }
 }
 
@@ -259,17 +191,17 @@ impl pb::subject_rights_service_server::SubjectRightsService for RightsApi {
         Ok(respond(&call, receipt))
     }
 
-    type EraseSubjectsStream = ResultStream;
+    type EraseSubjectsStream = batch::Results<pb::EraseSubjectsResponse>;
 
     async fn erase_subjects(
         &self, req: Request<Streaming<pb::EraseSubjectsRequest>>,
     ) -> Result<Response<Self::EraseSubjectsStream>, Status> {
         let call = call(&req)?;
-        let inbound = req.into_inner();
-        let (tx, rx) = tokio::sync::mpsc::channel(ERASURES_IN_FLIGHT);
-        tokio::spawn(erase_stream(self.vault.clone(), call.clone(), inbound, tx));
-        let stream: ResultStream = Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx));
-        Ok(respond(&call, stream))
+        let (vault, each) = (self.vault.clone(), call.clone());
+        let results = batch::run(req.into_inner(), move |index, r| {
+            erase_one(vault.clone(), each.clone(), index, r)
+        });
+        Ok(respond(&call, results))
     }
 
     async fn access_subject(

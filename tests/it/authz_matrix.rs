@@ -78,13 +78,20 @@ async fn first<T>(
     call?.into_inner().message().await
 }
 
+/// A batch item's failure as the status its own call would have answered.
+fn item_status(e: pb::ItemError) -> tonic::Status {
+    tonic::Status::new(Code::from_i32(e.code), e.message)
+}
+
 /// Every RPC of the API, by name.
-const RPCS: [&str; 30] = [
+const RPCS: [&str; 32] = [
     "CreateTenant",
     "GetTenant",
     "ListTenants",
     "PutFields",
     "GetFields",
+    "BatchPutFields",
+    "BatchGetFields",
     "DeleteFields",
     "ListSubjects",
     "FindSubjects",
@@ -149,6 +156,42 @@ async fn call(rpc: &str, c: &Channel, token: &str) -> Answer {
             })
             .await
             .map(|r| !r.into_inner().fields.is_empty()),
+        // A refused item is an ItemError in the stream, the call itself succeeding.
+        "BatchPutFields" => {
+            let one = tokio_stream::iter([BatchPutFieldsRequest {
+                put: Some(PutFieldsRequest {
+                    tenant_id,
+                    subject_id,
+                    fields: vec![text("email", Category::Account, "changed@example.com")],
+                }),
+            }]);
+            match first(rec(c).batch_put_fields(one).await)
+                .await?
+                .and_then(|r| r.result)
+            {
+                Some(batch_put_fields_response::Result::Error(e)) => Err(item_status(e)),
+                Some(batch_put_fields_response::Result::Written(_)) => Ok(true),
+                None => Ok(false),
+            }
+        }
+        "BatchGetFields" => {
+            let one = tokio_stream::iter([BatchGetFieldsRequest {
+                get: Some(GetFieldsRequest {
+                    tenant_id,
+                    subject_id,
+                    field_names: vec!["email".into(), "card".into()],
+                    purpose: "support".into(),
+                }),
+            }]);
+            match first(rec(c).batch_get_fields(one).await)
+                .await?
+                .and_then(|r| r.result)
+            {
+                Some(batch_get_fields_response::Result::Error(e)) => Err(item_status(e)),
+                Some(batch_get_fields_response::Result::Read(r)) => Ok(!r.fields.is_empty()),
+                None => Ok(false),
+            }
+        }
         "DeleteFields" => rec(c)
             .delete_fields(DeleteFieldsRequest {
                 tenant_id,
@@ -304,9 +347,7 @@ async fn call_rights(rpc: &str, c: &Channel, tenant_id: String, subject_id: Stri
                 .await?
                 .and_then(|r| r.result)
             {
-                Some(erase_subjects_response::Result::Error(e)) => {
-                    Err(tonic::Status::new(Code::from_i32(e.code), e.message))
-                }
+                Some(erase_subjects_response::Result::Error(e)) => Err(item_status(e)),
                 Some(erase_subjects_response::Result::Receipt(_)) => Ok(true),
                 None => Ok(false),
             }
@@ -443,7 +484,12 @@ async fn seed(admin: &Channel) -> String {
 
 /// The rows answered by omission for the `profile` identity: it may use the RPC, and must
 /// get nothing back from it.
-const BY_OMISSION: [&str; 3] = ["GetFields", "FindSubjects", "ExportSubject"];
+const BY_OMISSION: [&str; 4] = [
+    "GetFields",
+    "BatchGetFields",
+    "FindSubjects",
+    "ExportSubject",
+];
 
 #[tokio::test]
 async fn every_rpc_refuses_other_tenants_wrong_categories_no_grant_and_look_alikes() {

@@ -16,6 +16,7 @@ mod authz_matrix;
 mod backup;
 mod bad_input;
 mod batch_erase;
+mod batch_records;
 mod category_paths;
 mod cli;
 mod corruption;
