@@ -47,23 +47,20 @@ fn receipt(r: ErasureReceipt) -> pb::ErasureReceipt {
     }
 }
 
-/// Erases one request of an EraseSubjects stream, exactly as EraseSubject would.
+/// EraseSubject, for a call of its own or an item of EraseSubjects.
+async fn erase(
+    vault: &Vault, call: &Call, tenant: &str, subject: &str,
+) -> Result<pb::ErasureReceipt, Status> {
+    let (tenant, subject) =
+        parsed(vault, call, Operation::EraseSubject, ids(tenant, subject)).await?;
+    Ok(receipt(vault.erase_subject(call, &tenant, &subject).await?))
+}
+
+/// Erases one request of an EraseSubjects stream.
 async fn erase_one(
     vault: Arc<Vault>, call: Call, index: u64, r: pb::EraseSubjectsRequest,
 ) -> pb::EraseSubjectsResponse {
-    let erased = async {
-        let (tenant, subject) = parsed(
-            &vault,
-            &call,
-            Operation::EraseSubject,
-            ids(&r.tenant_id, &r.subject_id),
-        )
-        .await?;
-        Ok::<_, Status>(receipt(
-            vault.erase_subject(&call, &tenant, &subject).await?,
-        ))
-    };
-    let result = match erased.await {
+    let result = match erase(&vault, &call, &r.tenant_id, &r.subject_id).await {
         Ok(receipt) => pb::erase_subjects_response::Result::Receipt(receipt),
         Err(status) => pb::erase_subjects_response::Result::Error(batch::item_error(&status)),
     };
@@ -180,14 +177,7 @@ impl pb::subject_rights_service_server::SubjectRightsService for RightsApi {
     ) -> Result<Response<pb::ErasureReceipt>, Status> {
         let call = call(&req)?;
         let r = req.get_ref();
-        let (tenant, subject) = parsed(
-            &self.vault,
-            &call,
-            Operation::EraseSubject,
-            ids(&r.tenant_id, &r.subject_id),
-        )
-        .await?;
-        let receipt = receipt(self.vault.erase_subject(&call, &tenant, &subject).await?);
+        let receipt = erase(&self.vault, &call, &r.tenant_id, &r.subject_id).await?;
         Ok(respond(&call, receipt))
     }
 

@@ -70,15 +70,13 @@ impl From<ServiceError> for Status {
             ServiceError::SubjectNotFound => {
                 with_reason(Code::NotFound, message, R::SubjectNotFound, &[])
             }
-            ServiceError::SubjectErased { receipt } => match receipt {
-                Some(id) => with_reason(
-                    Code::NotFound,
-                    message,
-                    R::SubjectErased,
-                    &[("receipt_id", &id)],
-                ),
-                None => with_reason(Code::NotFound, message, R::SubjectErased, &[]),
-            },
+            ServiceError::SubjectErased { receipt } => {
+                let metadata: Vec<(&str, &str)> = receipt
+                    .iter()
+                    .map(|id| ("receipt_id", id.as_str()))
+                    .collect();
+                with_reason(Code::NotFound, message, R::SubjectErased, &metadata)
+            }
             ServiceError::VersionMismatch { field, stored } => with_reason(
                 Code::Aborted,
                 message,

@@ -161,7 +161,7 @@ pub async fn audit(cmd: AuditCmd, out: Out) -> anyhow::Result<()> {
             while let Some(chunk) = stream.message().await? {
                 for e in chunk.events {
                     let v = event_json(e);
-                    out.item(&v, || event_text(&v));
+                    out.one(&v, || event_text(&v));
                 }
             }
             Ok(())

@@ -388,7 +388,7 @@ pub async fn subjects(args: SubjectsArgs, out: Out) -> anyhow::Result<()> {
             .await?
             .into_inner();
         for s in &page.subject_ids {
-            out.item(&json!({ "subject": s }), || s.clone());
+            out.one(&json!({ "subject": s }), || s.clone());
         }
         if page.next_page_token.is_empty() {
             return Ok(());
@@ -411,7 +411,7 @@ pub async fn find(args: FindArgs, out: Out) -> anyhow::Result<()> {
         .await?
         .into_inner();
     for s in &found.subject_ids {
-        out.item(&json!({ "subject": s }), || s.clone());
+        out.one(&json!({ "subject": s }), || s.clone());
     }
     Ok(())
 }

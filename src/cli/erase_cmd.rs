@@ -138,7 +138,7 @@ pub async fn erase(args: EraseArgs, out: Out) -> anyhow::Result<()> {
         match r.result {
             Some(pb::erase_subjects_response::Result::Receipt(receipt)) => {
                 let receipt = receipt_json(&receipt);
-                bar.suspend(|| out.item(&receipt, || receipt_text(&receipt)));
+                bar.suspend(|| out.one(&receipt, || receipt_text(&receipt)));
             }
             Some(pb::erase_subjects_response::Result::Error(e)) => {
                 failed += 1;

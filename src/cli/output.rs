@@ -31,17 +31,12 @@ pub struct Out {
 }
 
 impl Out {
-    /// One result: a JSON line, or `text`.
+    /// One result, or one item of a stream as it arrives: a JSON line, or `text`.
     pub fn one(&self, value: &Value, text: impl FnOnce() -> String) {
         match self.format {
             Format::Json => println!("{value}"),
             Format::Table => println!("{}", text()),
         }
-    }
-
-    /// One item of a stream (printed as it arrives): a JSON line, or `text`.
-    pub fn item(&self, value: &Value, text: impl FnOnce() -> String) {
-        self.one(value, text);
     }
 
     /// A list: JSON lines, or a table of `columns` (JSON keys, shown upper-cased) drawn

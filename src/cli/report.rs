@@ -70,46 +70,16 @@ fn chain(e: &anyhow::Error) -> String {
 }
 
 /// The name gRPC gives a status code (`NOT_FOUND`).
-pub fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
-    }
+fn code_name(code: Code) -> &'static str {
+    pii_vault::proto::code_name(code as i32)
 }
 
 fn or_unknown(id: &Option<String>) -> &str {
     id.as_deref().unwrap_or("(unknown)")
 }
 
-/// One line for a status of the vault, naming the ids the command was given.
-pub fn describe(status: &tonic::Status, target: &Target) -> String {
-    let detail = error_detail(status);
-    line(
-        status,
-        detail.reason,
-        &detail.metadata,
-        detail.retry_after,
-        target,
-    )
-}
-
-/// `describe` for one failed item of a batch call (an `ItemError`: its status, reason name
-/// and metadata).
+/// The error line of one failed item of a batch call (an `ItemError`: its status, reason
+/// name and metadata).
 pub fn item_line(
     status: &tonic::Status, reason: &str, metadata: &HashMap<String, String>, target: &Target,
 ) -> String {
@@ -122,6 +92,7 @@ pub fn item_line(
     )
 }
 
+/// One line for a status of the vault, naming the ids the command was given.
 fn line(
     status: &tonic::Status, reason: Option<ErrorReason>, metadata: &HashMap<String, String>,
     retry_after: Option<Duration>, target: &Target,
@@ -205,7 +176,14 @@ fn status_report(status: &tonic::Status, target: &Target) -> Report {
             };
         }
     }
-    let mut lines = vec![format!("error: {}", describe(status, target))];
+    let text = line(
+        status,
+        detail.reason,
+        &detail.metadata,
+        detail.retry_after,
+        target,
+    );
+    let mut lines = vec![format!("error: {text}")];
     if let Some(hint) = hint_for(detail.reason) {
         lines.push(format!("hint: {hint}"));
     }

@@ -27,31 +27,11 @@ use tracing::Instrument;
 use crate::api;
 use crate::metrics::Metrics;
 
-/// Names of the gRPC status codes, by number.
-const CODES: [&str; 17] = [
-    "OK",
-    "CANCELLED",
-    "UNKNOWN",
-    "INVALID_ARGUMENT",
-    "DEADLINE_EXCEEDED",
-    "NOT_FOUND",
-    "ALREADY_EXISTS",
-    "PERMISSION_DENIED",
-    "RESOURCE_EXHAUSTED",
-    "FAILED_PRECONDITION",
-    "ABORTED",
-    "OUT_OF_RANGE",
-    "UNIMPLEMENTED",
-    "INTERNAL",
-    "UNAVAILABLE",
-    "DATA_LOSS",
-    "UNAUTHENTICATED",
-];
 const UNIMPLEMENTED: &str = "UNIMPLEMENTED";
 
 fn grpc_status(headers: &http::HeaderMap) -> Option<&'static str> {
-    let n: usize = headers.get("grpc-status")?.to_str().ok()?.parse().ok()?;
-    Some(CODES.get(n).copied().unwrap_or("UNKNOWN"))
+    let n: i32 = headers.get("grpc-status")?.to_str().ok()?.parse().ok()?;
+    Some(crate::proto::code_name(n))
 }
 
 /// `/package.Service/Method` → (`package.Service`, `Method`).
