@@ -7,6 +7,8 @@
 //! A key epoch can run for long, so this program waits as long as the vault takes for
 //! each answer (no request deadline), while the connection itself is still bounded.
 
+use std::error::Error;
+use std::io::Write;
 use std::time::{Duration, Instant};
 
 use pii_vault::client::{ClientConfig, VaultClient};
@@ -15,33 +17,41 @@ use pii_vault::client::{ClientConfig, VaultClient};
 const REWRAP_PATIENCE: Duration = Duration::from_secs(600);
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let tenant = std::env::args()
-        .nth(1)
-        .ok_or("usage: key_rotation TENANT")?;
-    let mut config = ClientConfig::from_env()?;
+async fn main() -> Result<(), Box<dyn Error>> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    run(ClientConfig::from_env()?, &args, &mut std::io::stdout()).await
+}
+
+/// The runbook, given its vault, its arguments and where to print (by `main`, the
+/// environment's vault and stdout; by `tests/it/examples.rs`, a test vault and a buffer).
+pub async fn run(
+    mut config: ClientConfig, args: &[String], out: &mut impl Write,
+) -> Result<(), Box<dyn Error>> {
+    let tenant = args.first().ok_or("usage: key_rotation TENANT")?;
     config.timeouts.request = None;
     let vault = VaultClient::connect(&config).await?;
 
-    let before = vault.key_status(&tenant).await?;
+    let before = vault.key_status(tenant).await?;
     let current = before.tenants.first().map_or(0, |t| t.current_version);
-    println!("tenant {tenant}: key v{current}");
+    writeln!(out, "tenant {tenant}: key v{current}")?;
 
-    let rotation = vault.rotate_tenant_key(&tenant).await?;
-    println!(
+    let rotation = vault.rotate_tenant_key(tenant).await?;
+    writeln!(
+        out,
         "rotated: v{} -> v{}; re-wrapping subject keys",
         rotation.previous_version, rotation.new_version
-    );
+    )?;
     let started = Instant::now();
     loop {
-        let status = vault.key_status(&tenant).await?;
+        let status = vault.key_status(tenant).await?;
         let job = status.tenants.first().and_then(|t| t.rewrap);
         match job {
             Some(r) if r.target_version == rotation.new_version => {
-                println!(
+                writeln!(
+                    out,
                     "  {}/{} subjects examined",
                     r.subjects_scanned, r.subjects_total
-                );
+                )?;
             }
             _ => break,
         }
@@ -50,18 +60,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    println!("re-wrap to v{} complete", rotation.new_version);
+    writeln!(out, "re-wrap to v{} complete", rotation.new_version)?;
 
     let epoch = vault.run_key_epoch().await?;
     for t in &epoch.tenants {
-        println!(
+        writeln!(
+            out,
             "epoch: tenant {} destroyed versions {:?}",
             t.tenant_id, t.destroyed_versions
-        );
+        )?;
     }
-    println!(
+    writeln!(
+        out,
         "epoch done: root key v{}, {} DEKs re-wrapped",
         epoch.root_version, epoch.deks_rewrapped
-    );
+    )?;
     Ok(())
 }

@@ -8,27 +8,38 @@
 //! It prints field names, versions and how each value was rendered, never a value: a
 //! service's logs are no place for the personal data it keeps in the vault.
 
+use std::error::Error;
+use std::io::Write;
+
 use pii_vault::client::{ClientConfig, FieldWrite, Value, VaultClient};
 use pii_vault::proto::v1::{Category, ErrorReason};
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let mut args = std::env::args().skip(1);
-    let tenant = args.next().unwrap_or_else(|| "demo".into());
-    let subject = args.next().unwrap_or_else(|| "user-1".into());
-    let vault = VaultClient::connect(&ClientConfig::from_env()?).await?;
+async fn main() -> Result<(), Box<dyn Error>> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    run(ClientConfig::from_env()?, &args, &mut std::io::stdout()).await
+}
+
+/// The service's part, given its vault, its arguments and where to print (by `main`, the
+/// environment's vault and stdout; by `tests/it/examples.rs`, a test vault and a buffer).
+pub async fn run(
+    config: ClientConfig, args: &[String], out: &mut impl Write,
+) -> Result<(), Box<dyn Error>> {
+    let tenant = args.first().map_or("demo", String::as_str);
+    let subject = args.get(1).map_or("user-1", String::as_str);
+    let vault = VaultClient::connect(&config).await?;
 
     // The tenant may exist already: that is fine.
-    match vault.create_tenant(&tenant).await {
-        Ok(_) => println!("created tenant {tenant}"),
+    match vault.create_tenant(tenant).await {
+        Ok(_) => writeln!(out, "created tenant {tenant}")?,
         Err(e) if e.reason() == Some(ErrorReason::TenantExists) => {}
         Err(e) => return Err(e.into()),
     }
 
     let versions = vault
         .put(
-            &tenant,
-            &subject,
+            tenant,
+            subject,
             vec![
                 FieldWrite::new(
                     "email",
@@ -49,10 +60,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             ],
         )
         .await?;
-    println!("wrote 3 fields of {subject}: versions {versions:?}");
+    writeln!(out, "wrote 3 fields of {subject}: versions {versions:?}")?;
 
-    for field in vault.get(&tenant, &subject, &[], "support").await? {
-        println!(
+    for field in vault.get(tenant, subject, &[], "support").await? {
+        writeln!(
+            out,
             "read {} ({:?}) v{}: {:?}, {}",
             field.name,
             field.category,
@@ -63,13 +75,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             } else {
                 "redacted"
             }
-        );
+        )?;
     }
 
     // A subject the vault does not hold: the reason says so, whatever the message says.
-    match vault.get(&tenant, "nobody", &[], "support").await {
+    match vault.get(tenant, "nobody", &[], "support").await {
         Err(e) if e.reason() == Some(ErrorReason::SubjectNotFound) => {
-            println!("nobody: not held (SUBJECT_NOT_FOUND)");
+            writeln!(out, "nobody: not held (SUBJECT_NOT_FOUND)")?;
         }
         Err(e) => return Err(e.into()),
         Ok(_) => return Err("a subject that was never written was found".into()),

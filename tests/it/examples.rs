@@ -1,77 +1,48 @@
-//! The programs in `examples/` (built by `cargo test --all-targets`, or `cargo build
-//! --examples`) run against a vault on loopback, configured by the environment as their
+//! The programs in `examples/` run against a vault on loopback, configured as their
 //! documentation says.
 
-use std::io::Write;
-use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use pii_vault::client::ClientConfig;
 
 use crate::util::TestVault;
 
-/// The example binary `name`, beside this test binary's directory; `None` (skipped, or
-/// failed under CI) when the examples were not built.
-fn example(name: &str) -> Option<PathBuf> {
-    let exe = std::env::current_exe().expect("test binary");
-    let dir = exe.parent()?.parent()?.join("examples");
-    let path = dir.join(name);
-    if path.exists() {
-        return Some(path);
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{} is missing: build the examples (cargo build --release --examples)",
-        path.display()
-    );
-    eprintln!("==== SKIPPED: {name} not built (cargo build --release --examples) ====");
-    None
+// Each example's `run` is the whole program but for reading the environment, stdin and
+// stdout, which `main` hands it; `cargo test --all-targets` builds the examples' own files
+// as test harnesses, not as the programs, so this test compiles their sources in.
+#[allow(dead_code)] // main
+#[path = "../../examples/erasure_job.rs"]
+mod erasure_job;
+#[allow(dead_code)] // main
+#[path = "../../examples/key_rotation.rs"]
+mod key_rotation;
+#[allow(dead_code)] // main
+#[path = "../../examples/store_and_read.rs"]
+mod store_and_read;
+
+/// What the examples' `ClientConfig::from_env` reads, set as their documentation says.
+fn config(vault: &TestVault) -> ClientConfig {
+    let addr = vault.addr.to_string();
+    let data_dir = vault.data_dir().display().to_string();
+    ClientConfig::from_lookup(|name| match name {
+        "PIIVAULT_ADDR" => Some(addr.clone()),
+        "PIIVAULT_DATA_DIR" => Some(data_dir.clone()),
+        _ => None,
+    })
+    .expect("the examples' configuration")
 }
 
-fn run(vault: &TestVault, path: &PathBuf, args: &[&str], stdin: &str) -> Output {
-    let mut child = Command::new(path)
-        .args(args)
-        .env("PIIVAULT_ADDR", vault.addr.to_string())
-        .env("PIIVAULT_DATA_DIR", vault.data_dir())
-        .env_remove("PIIVAULT_CACERT")
-        .env_remove("PIIVAULT_CLIENT_CERT")
-        .env_remove("PIIVAULT_CLIENT_KEY")
-        .env_remove("PIIVAULT_TIMEOUT")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn example");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(stdin.as_bytes())
-        .expect("stdin");
-    let out = child.wait_with_output().expect("wait");
-    assert!(
-        out.status.success(),
-        "{} {args:?}: {}\n--- stdout\n{}--- stderr\n{}",
-        path.display(),
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+fn args(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_three_examples_run_against_a_vault() {
-    let (Some(store), Some(erase), Some(rotate)) = (
-        example("store_and_read"),
-        example("erasure_job"),
-        example("key_rotation"),
-    ) else {
-        return;
-    };
     let vault = TestVault::start().await;
-    let stdout = |o: &Output| String::from_utf8_lossy(&o.stdout).into_owned();
 
-    let out = run(&vault, &store, &["demo", "user-1"], "");
-    let text = stdout(&out);
+    let mut out = Vec::new();
+    store_and_read::run(config(&vault), &args(&["demo", "user-1"]), &mut out)
+        .await
+        .expect("store_and_read");
+    let text = String::from_utf8_lossy(&out);
     assert!(text.contains("created tenant demo"), "{text}");
     assert!(text.contains("read email"), "{text}");
     assert!(text.contains("nobody: not held"), "{text}");
@@ -79,26 +50,52 @@ async fn the_three_examples_run_against_a_vault() {
         !text.contains("ada@example.com"),
         "the example never prints a value"
     );
-    run(&vault, &store, &["demo", "user-2"], "");
+    store_and_read::run(config(&vault), &args(&["demo", "user-2"]), &mut Vec::new())
+        .await
+        .expect("store_and_read for a second subject");
 
-    let out = run(
-        &vault,
-        &erase,
-        &["demo"],
-        "user-1\n# a comment\nuser-2\nnever-held\n",
-    );
-    let receipts: Vec<serde_json::Value> = stdout(&out)
+    let (mut receipts, mut log) = (Vec::new(), Vec::new());
+    let ids = "user-1\n# a comment\nuser-2\nnever-held\n".as_bytes();
+    erasure_job::run(
+        config(&vault),
+        &args(&["demo"]),
+        ids,
+        &mut receipts,
+        &mut log,
+    )
+    .await
+    .expect("erasure_job");
+    let receipts: Vec<serde_json::Value> = String::from_utf8_lossy(&receipts)
         .lines()
         .map(|l| serde_json::from_str(l).expect("a JSON line"))
         .collect();
     assert_eq!(receipts.len(), 2, "{receipts:?}");
     assert_eq!(receipts[0]["subject"], "user-1");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("erased 2, not held 1, failed 0"));
+    assert_eq!(receipts[1]["subject"], "user-2");
+    let log = String::from_utf8_lossy(&log);
+    assert!(log.contains("never-held: not held"), "{log}");
+    assert!(log.contains("erased 2, not held 1, failed 0"), "{log}");
 
-    let out = run(&vault, &rotate, &["demo"], "");
-    let text = stdout(&out);
+    let mut out = Vec::new();
+    key_rotation::run(config(&vault), &args(&["demo"]), &mut out)
+        .await
+        .expect("key_rotation");
+    let text = String::from_utf8_lossy(&out);
     assert!(text.contains("rotated: v1 -> v2"), "{text}");
     assert!(text.contains("re-wrap to v2 complete"), "{text}");
     assert!(text.contains("epoch done"), "{text}");
-    vault.stop().await;
+
+    // An erasure job whose vault is gone fails (its `main` exits 1); it never reports success.
+    let gone = config(&vault);
+    let _data = vault.stop().await;
+    let mut log = Vec::new();
+    let failed = erasure_job::run(
+        gone,
+        &args(&["demo"]),
+        "user-3\n".as_bytes(),
+        &mut Vec::new(),
+        &mut log,
+    )
+    .await;
+    assert!(failed.is_err(), "{}", String::from_utf8_lossy(&log));
 }
