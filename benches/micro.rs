@@ -206,6 +206,7 @@ fn hot_subject() -> (Hot, pii_vault::crypto::Sealed) {
         now,
         by: "bench".into(),
         may_replace: u32::MAX,
+        idempotency: None,
     };
     store.put_fields(&tenant, &subject, &write).expect("store");
     let hot = Hot {

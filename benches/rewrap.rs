@@ -203,6 +203,7 @@ async fn preload(vault: &Vault, subjects: usize) {
                                 kind: Some(pb::value::Kind::Text(value(i))),
                             }),
                         }],
+                        idempotency_key: String::new(),
                     })
                     .await
                     .expect("preload");

@@ -20,6 +20,7 @@ async fn seed(channel: &Channel, subject: &str, fields: usize) {
                     .iter()
                     .map(|i| field_input(&format!("f{i}"), *i))
                     .collect(),
+                idempotency_key: String::new(),
             })
             .await
             .expect("seed");

@@ -182,6 +182,7 @@ pub async fn preload(channel: &Channel, subjects: usize) -> u64 {
                     fields: (0..FIELDS_PER_SUBJECT)
                         .map(|f| field_input(&format!("f{f}"), i))
                         .collect(),
+                    idempotency_key: String::new(),
                 };
                 let mut tries = 0;
                 loop {

@@ -118,6 +118,7 @@ async fn load(channel: &Channel, fields: usize) -> usize {
                             tenant_id: "rss".into(),
                             subject_id: format!("s{s}"),
                             fields,
+                            idempotency_key: String::new(),
                         })
                         .await
                         .expect("store fields");

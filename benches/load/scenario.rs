@@ -98,6 +98,7 @@ fn put_request(n: u64, subjects: usize, fields: usize) -> pb::PutFieldsRequest {
         fields: (0..fields)
             .map(|f| field_input(&format!("f{f}"), n as usize))
             .collect(),
+        idempotency_key: String::new(),
     }
 }
 
@@ -171,6 +172,7 @@ pub async fn seed_erase_pool(channel: &Channel, prefix: &str, pool: u64) {
                             tenant_id: TENANT.into(),
                             subject_id: format!("{prefix}{k}"),
                             fields: vec![field_input("f0", k as usize)],
+                            idempotency_key: String::new(),
                         })
                         .await
                         .expect("seed a subject to erase");

@@ -99,6 +99,16 @@ fn field(name: &'static str) -> impl FnOnce(InvalidInput) -> InvalidInput {
     move |e| e.in_field(name)
 }
 
+/// A request's optional idempotency key (empty: none).
+fn idempotency_key(key: &str) -> Result<Option<crate::domain::IdempotencyKey>, InvalidInput> {
+    match key {
+        "" => Ok(None),
+        key => crate::domain::IdempotencyKey::parse(key)
+            .map(Some)
+            .map_err(field("idempotency_key")),
+    }
+}
+
 fn page_size(requested: u32) -> Result<usize, InvalidInput> {
     match requested {
         0 => Ok(DEFAULT_PAGE as usize),

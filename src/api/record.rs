@@ -8,7 +8,7 @@ use crate::domain::{FieldName, Purpose, SubjectId, TenantId};
 use crate::proto::v1 as pb;
 use crate::service::{Call, Operation, Vault};
 
-use super::{batch, call, convert, field, page_size, parsed, respond};
+use super::{batch, call, convert, field, idempotency_key, page_size, parsed, respond};
 
 /// Serves `piivault.v1.RecordService`.
 #[derive(Debug, Clone)]
@@ -36,10 +36,18 @@ pub(super) fn ids(
 async fn put_one(
     vault: &Vault, call: &Call, r: pb::PutFieldsRequest,
 ) -> Result<pb::PutFieldsResponse, Status> {
-    let input = ids(&r.tenant_id, &r.subject_id)
-        .and_then(|(t, s)| Ok((t, s, convert::new_fields(r.fields)?)));
-    let (tenant, subject, fields) = parsed(vault, call, Operation::PutFields, input).await?;
-    let written = vault.put_fields(call, &tenant, &subject, &fields).await?;
+    let input = ids(&r.tenant_id, &r.subject_id).and_then(|(t, s)| {
+        Ok((
+            t,
+            s,
+            convert::new_fields(r.fields)?,
+            idempotency_key(&r.idempotency_key)?,
+        ))
+    });
+    let (tenant, subject, fields, key) = parsed(vault, call, Operation::PutFields, input).await?;
+    let written = vault
+        .put_fields_once(call, &tenant, &subject, &fields, key.as_ref())
+        .await?;
     Ok(pb::PutFieldsResponse {
         fields: written.into_iter().map(convert::written).collect(),
     })

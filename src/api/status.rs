@@ -86,6 +86,12 @@ impl From<ServiceError> for Status {
                     ("stored_version", &stored.to_string()),
                 ],
             ),
+            ServiceError::IdempotencyKeyReused => with_reason(
+                Code::FailedPrecondition,
+                message,
+                R::IdempotencyKeyReused,
+                &[],
+            ),
             ServiceError::TokenNotFound => {
                 with_reason(Code::NotFound, message, R::TokenNotFound, &[])
             }

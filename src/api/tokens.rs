@@ -8,7 +8,7 @@ use crate::domain::{FieldName, FieldValue, Purpose, TenantId};
 use crate::proto::v1 as pb;
 use crate::service::{Operation, Vault};
 
-use super::{call, field, parsed, respond};
+use super::{call, field, idempotency_key, parsed, respond};
 
 /// Serves `piivault.v1.TokenService`.
 #[derive(Debug, Clone)]
@@ -31,9 +31,18 @@ impl pb::token_service_server::TokenService for TokenApi {
         let r = req.get_ref();
         let input = TenantId::parse(&r.tenant_id)
             .map_err(field("tenant_id"))
-            .and_then(|t| Ok((t, FieldValue::typed(5, &r.card_number)?)));
-        let (tenant, card) = parsed(&self.vault, &call, Operation::Tokenize, input).await?;
-        let t = self.vault.tokenize(&call, &tenant, &card).await?;
+            .and_then(|t| {
+                Ok((
+                    t,
+                    FieldValue::typed(5, &r.card_number)?,
+                    idempotency_key(&r.idempotency_key)?,
+                ))
+            });
+        let (tenant, card, key) = parsed(&self.vault, &call, Operation::Tokenize, input).await?;
+        let t = self
+            .vault
+            .tokenize(&call, &tenant, &card, key.as_ref())
+            .await?;
         Ok(respond(
             &call,
             pb::TokenizeResponse {

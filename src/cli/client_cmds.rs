@@ -61,6 +61,14 @@ pub struct PutArgs {
     /// Index the fields for `find` (email, phone and text only).
     #[arg(long)]
     indexed: bool,
+    /// Write only if every field given is at this stored version (0: only if new);
+    /// otherwise nothing is written and the vault answers VERSION_MISMATCH.
+    #[arg(long, value_name = "VERSION")]
+    expect_version: Option<u64>,
+    /// Idempotency key (1 to 128 of `A-Za-z0-9._:-`): running the same put again with it
+    /// within 24 hours writes nothing and prints the versions first written.
+    #[arg(long, value_name = "KEY")]
+    idempotency_key: Option<String>,
     #[command(flatten)]
     conn: Connection,
 }
@@ -125,6 +133,10 @@ pub struct TokenizeArgs {
     tenant: String,
     /// The card number; `-` or nothing reads it from stdin (keeps it out of shell history).
     card_number: Option<String>,
+    /// Idempotency key (1 to 128 of `A-Za-z0-9._:-`): the same number tokenized again with
+    /// it within 24 hours gets the token first issued.
+    #[arg(long, value_name = "KEY")]
+    idempotency_key: Option<String>,
     #[command(flatten)]
     conn: Connection,
 }
@@ -257,7 +269,7 @@ pub async fn put(args: PutArgs, out: Out) -> anyhow::Result<()> {
                 typed_value(&args.kind, value.to_owned())?
             };
             Ok(pb::FieldInput {
-                expected_version: None,
+                expected_version: args.expect_version,
                 indexed: args.indexed,
                 ttl_seconds: 0,
                 transaction_record: false,
@@ -273,6 +285,7 @@ pub async fn put(args: PutArgs, out: Out) -> anyhow::Result<()> {
             tenant_id: args.tenant,
             subject_id: args.subject,
             fields,
+            idempotency_key: args.idempotency_key.unwrap_or_default(),
         })
         .await?
         .into_inner();
@@ -433,6 +446,7 @@ pub async fn tokenize(args: TokenizeArgs, out: Out) -> anyhow::Result<()> {
         .tokenize(pb::TokenizeRequest {
             tenant_id: args.tenant,
             card_number,
+            idempotency_key: args.idempotency_key.unwrap_or_default(),
         })
         .await?
         .into_inner();

@@ -17,8 +17,10 @@
 //!
 //! Retries: a call is tried again, up to `Retry::attempts` times in all, only when the
 //! vault answered UNAVAILABLE or RESOURCE_EXHAUSTED and trying again cannot do a thing
-//! twice. Reads, erasures and puts (which write the same values again) are retried on any
-//! of those; calls that would act twice (creating a tenant, tokenizing, key rotations) only
+//! twice. Reads, erasures, puts and tokenizations are retried on any of those: each put and
+//! tokenization carries an idempotency key (a fresh one per call, or the caller's, by
+//! `put_with_key` and `tokenize_with_key`), so a try the vault did do is answered, not done
+//! again. Calls that would act twice (creating a tenant, key rotations) are retried only
 //! when the vault's reason says it did nothing (RATE_LIMITED, KEYS_BUSY). The wait doubles
 //! from `first_backoff` up to `max_backoff`, with jitter, and is never shorter than the
 //! vault's RetryInfo. A deadline (`Timeouts::request`) bounds each attempt.
@@ -69,6 +71,25 @@ impl Retry {
         let jitter = doubled / 4 * u32::try_from(spread).unwrap_or(0) / 1000;
         (doubled + jitter).max(asked.unwrap_or(Duration::ZERO))
     }
+}
+
+/// A new idempotency key: 32 hex digits, unique to this call. Only uniqueness matters (a
+/// key is no secret, and a key that met another request would be refused, not misused),
+/// so the process's random hash keys, a counter and the time give it.
+fn fresh_key() -> String {
+    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let half = |salt: u64| {
+        let mut h = RandomState::new().build_hasher();
+        h.write_u64(salt);
+        h.write_u64(n);
+        h.write_u128(nanos);
+        h.finish()
+    };
+    format!("{:016x}{:016x}", half(1), half(2))
 }
 
 /// Where the vault is and how to reach it.
@@ -313,7 +334,7 @@ impl FieldRead {
 /// Whether trying a call again can do its work twice.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Repeat {
-    /// Reads, erasures, puts of the same values: safe to retry on UNAVAILABLE.
+    /// Reads, erasures, and writes under an idempotency key: safe to retry on UNAVAILABLE.
     Safe,
     /// Retried only when the vault's reason says it did nothing.
     OnlyIfUndone,
@@ -403,14 +424,27 @@ impl VaultClient {
         .await
     }
 
-    /// Writes fields of a subject; returns each field's new version, in order.
+    /// Writes fields of a subject; returns each field's new version, in order. Retried
+    /// under a fresh idempotency key, so a lost answer never writes twice.
     pub async fn put(
         &self, tenant: &str, subject: &str, fields: Vec<FieldWrite>,
+    ) -> Result<Vec<u64>, VaultError> {
+        self.put_with_key(tenant, subject, fields, &fresh_key())
+            .await
+    }
+
+    /// `put` under the caller's idempotency key (1 to 128 of `A-Za-z0-9._:-`), for a
+    /// caller that may send the same write again after it restarts: within 24 hours the
+    /// vault answers it with the versions first written; another write under the key fails
+    /// with IDEMPOTENCY_KEY_REUSED.
+    pub async fn put_with_key(
+        &self, tenant: &str, subject: &str, fields: Vec<FieldWrite>, idempotency_key: &str,
     ) -> Result<Vec<u64>, VaultError> {
         let message = pb::PutFieldsRequest {
             tenant_id: tenant.to_owned(),
             subject_id: subject.to_owned(),
             fields: fields.into_iter().map(FieldWrite::into_proto).collect(),
+            idempotency_key: idempotency_key.to_owned(),
         };
         let written = self
             .call(Repeat::Safe, |c| {
@@ -467,14 +501,25 @@ impl VaultClient {
         .await
     }
 
-    /// Tokenizes a card number; returns the token.
+    /// Tokenizes a card number; returns the token. Retried under a fresh idempotency key,
+    /// so a lost answer never issues a second token.
     pub async fn tokenize(&self, tenant: &str, card_number: &str) -> Result<String, VaultError> {
+        self.tokenize_with_key(tenant, card_number, &fresh_key())
+            .await
+    }
+
+    /// `tokenize` under the caller's idempotency key: the same number under the same key
+    /// within 24 hours gets the token first issued.
+    pub async fn tokenize_with_key(
+        &self, tenant: &str, card_number: &str, idempotency_key: &str,
+    ) -> Result<String, VaultError> {
         let message = pb::TokenizeRequest {
             tenant_id: tenant.to_owned(),
             card_number: card_number.to_owned(),
+            idempotency_key: idempotency_key.to_owned(),
         };
         let t = self
-            .call(Repeat::OnlyIfUndone, |c| {
+            .call(Repeat::Safe, |c| {
                 let req = self.request(message.clone());
                 async move {
                     pb::token_service_client::TokenServiceClient::new(c)

@@ -65,6 +65,10 @@ fn subject_char(c: char) -> bool {
     alnum(c) || matches!(c, '.' | '_' | '-' | ':' | '@')
 }
 
+fn idempotency_char(c: char) -> bool {
+    alnum(c) || matches!(c, '.' | '_' | '-' | ':')
+}
+
 fn name_char(c: char) -> bool {
     lower_or_digit(c) || matches!(c, '_' | '-' | '.')
 }
@@ -105,6 +109,11 @@ id_type!(
 id_type!(
     /// A field name: 1 to 64 characters of `a-z0-9_-.`, starting with a letter.
     FieldName, "field name", 64, lower_alpha, name_char, "[a-z0-9_.-] (starting with a letter)"
+);
+id_type!(
+    /// A caller's idempotency key for a write (a UUID, say): 1 to 128 characters of
+    /// `A-Za-z0-9._:-`. The same request sent again under it is answered as the first time.
+    IdempotencyKey, "idempotency key", 128, alnum, idempotency_char, "[A-Za-z0-9._:-] (starting with a letter or digit)"
 );
 id_type!(
     /// The declared purpose of a read, such as `billing` or `support`.

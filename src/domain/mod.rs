@@ -11,7 +11,7 @@ pub mod typed;
 use std::fmt;
 
 pub use field::{Category, Field, FieldMeta, FieldValue, NewField};
-pub use ids::{FieldName, Purpose, SubjectId, TenantId};
+pub use ids::{FieldName, IdempotencyKey, Purpose, SubjectId, TenantId};
 pub use subject_state::{Consent, SubjectState};
 pub use tenant::Tenant;
 pub use time::{Clock, ManualClock, SystemClock, Timestamp};

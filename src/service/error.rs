@@ -31,6 +31,12 @@ pub enum ServiceError {
     /// A field is not at the version the write expected: nothing was written.
     #[error("field {field} is at version {stored}, not the expected one; nothing was written")]
     VersionMismatch { field: FieldName, stored: u64 },
+    /// The idempotency key came with another request before: nothing was done.
+    #[error(
+        "the idempotency key was used for a different request in the last 24 hours; \
+         nothing was written (use a new key for a new request)"
+    )]
+    IdempotencyKeyReused,
     /// The policy, the subject's restriction or its consents refuse the request.
     #[error(transparent)]
     Refused(#[from] Refusal),
@@ -90,7 +96,8 @@ impl ServiceError {
             ServiceError::InvalidArgument(_) | ServiceError::TenantExists => Outcome::Invalid,
             ServiceError::KeyLimit(_)
             | ServiceError::KeyPrecondition(_)
-            | ServiceError::VersionMismatch { .. } => Outcome::Denied,
+            | ServiceError::VersionMismatch { .. }
+            | ServiceError::IdempotencyKeyReused => Outcome::Denied,
             ServiceError::TenantNotFound
             | ServiceError::TenantShredded
             | ServiceError::SubjectNotFound
@@ -132,6 +139,7 @@ impl From<StoreError> for ServiceError {
             StoreError::VersionMismatch { field, stored } => {
                 ServiceError::VersionMismatch { field, stored }
             }
+            StoreError::IdempotencyKeyReused => ServiceError::IdempotencyKeyReused,
             StoreError::Corrupt(_) | StoreError::Conflict => ServiceError::Internal(e.to_string()),
         }
     }

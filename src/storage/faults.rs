@@ -110,6 +110,12 @@ impl Store for FaultyStore {
     ) -> StoreResult<Vec<(SubjectId, FieldName, Timestamp)>> {
         self.inner.expired(tenant, now, limit)
     }
+    fn prune_idempotency(
+        &self, tenant: &TenantId, now: Timestamp, limit: usize,
+    ) -> StoreResult<usize> {
+        self.write()?;
+        self.inner.prune_idempotency(tenant, now, limit)
+    }
     fn delete_expired(
         &self, tenant: &TenantId, subject: &SubjectId, name: &FieldName, expires_at: Timestamp,
     ) -> StoreResult<bool> {

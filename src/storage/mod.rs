@@ -23,8 +23,9 @@ pub use self::sled::{open_waiting_for_lock, SledOpenError, SledStore};
 pub use group_commit::GroupCommit;
 pub use key_records::{KeyChange, KeyVersionInfo, RewrapJob, RootKeyState, TenantKeyState};
 pub use records::{
-    categories_in, category_bit, Erasure, FieldRecord, OlderDek, RecordKind, Seal, SealedField,
-    StateRecord, SubjectRecord, SubjectWrite, TenantRecord, Tombstone, Written,
+    categories_in, category_bit, Erasure, FieldRecord, Idempotency, IdempotencyRecord, OlderDek,
+    RecordKind, Seal, SealedField, StateRecord, SubjectRecord, SubjectWrite, TenantRecord,
+    Tombstone, Written,
 };
 
 use crate::crypto::Sealed;
@@ -64,6 +65,10 @@ pub enum StoreError {
     /// nothing of the write was stored. `stored` is 0 for a field that does not exist.
     #[error("field {field} is at version {stored}, not the version the write expected")]
     VersionMismatch { field: FieldName, stored: u64 },
+    /// The write's idempotency key holds the record of a different request (another
+    /// fingerprint); nothing of the write was stored.
+    #[error("the idempotency key was used for a different request")]
+    IdempotencyKeyReused,
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -208,7 +213,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Writes all fields of `write` or none, creating the subject if needed; bumps versions.
     /// Creating the subject requires its DEK to be wrapped under the tenant's current KEK
-    /// version (else `Conflict`: the caller wraps again).
+    /// version (else `Conflict`: the caller wraps again). With `write.idempotency`, the
+    /// record stored under its scope, while it lasts, answers instead: the same fingerprint
+    /// gets the first answer and nothing is written, another gets `IdempotencyKeyReused`;
+    /// else the write stores the record with the fields, in the same transaction.
     fn put_fields(
         &self, tenant: &TenantId, subject: &SubjectId, write: &SubjectWrite,
     ) -> StoreResult<Vec<Written>>;
@@ -251,6 +259,12 @@ pub trait Store: Send + Sync + 'static {
         &self, tenant: &TenantId, subject: &SubjectId, name: &FieldName, expires_at: Timestamp,
     ) -> StoreResult<bool>;
 
+    /// Deletes up to `limit` idempotency records of a tenant that expired by `now`; returns
+    /// how many.
+    fn prune_idempotency(
+        &self, tenant: &TenantId, now: Timestamp, limit: usize,
+    ) -> StoreResult<usize>;
+
     /// Blind-index entry keys of a tenant that start with `prefix`.
     fn index_scan(&self, tenant: &TenantId, prefix: &[u8]) -> StoreResult<Vec<Vec<u8>>>;
     /// Replaces the blind-index entry of one field (after an index key rotation).
@@ -269,7 +283,7 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Erasure>;
     fn tombstone(&self, tenant: &TenantId, subject: &SubjectId) -> StoreResult<Option<Tombstone>>;
     /// Deletes up to `limit` field records of an erased subject; returns how many. When none
-    /// are left, marks the tombstone purged.
+    /// are left, deletes the subject's idempotency records and marks the tombstone purged.
     fn purge_fields(
         &self, tenant: &TenantId, subject: &SubjectId, limit: usize,
     ) -> StoreResult<usize>;

@@ -12,8 +12,8 @@
 use crate::domain::{FieldName, Timestamp};
 
 use super::records::{
-    category_bit, Erasure, FieldRecord, StateRecord, SubjectRecord, SubjectWrite, Tombstone,
-    Written,
+    category_bit, Erasure, FieldRecord, IdempotencyRecord, StateRecord, SubjectRecord,
+    SubjectWrite, Tombstone, Written, IDEMPOTENCY_HASH_LEN,
 };
 use super::{StateUpdate, StoreError, StoreResult, TombstoneSeal};
 
@@ -98,6 +98,9 @@ pub(crate) struct PutReads {
     pub current_kek: Option<u32>,
     /// The stored record of each field of the write, in the write's order.
     pub previous: Vec<Option<FieldRecord>>,
+    /// The idempotency record stored under the write's key (`SubjectWrite::idempotency`),
+    /// expired or not; `None` without a key.
+    pub replay: Option<IdempotencyRecord>,
 }
 
 /// A put's changes and its answer.
@@ -105,6 +108,58 @@ pub(crate) struct PutReads {
 pub(crate) struct PutPlan {
     pub changes: Changes,
     pub written: Vec<Written>,
+    /// The idempotency record to store with the changes.
+    pub idempotency: Option<IdempotencyChange>,
+}
+
+/// An idempotency record to store under the subject, replacing the expired one of the
+/// same scope whose expiry `replaces` gives (a backend that keeps an expiry index drops
+/// that entry).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct IdempotencyChange {
+    pub scope: [u8; IDEMPOTENCY_HASH_LEN],
+    pub record: IdempotencyRecord,
+    pub replaces: Option<Timestamp>,
+}
+
+/// The answer of a request sent again under its idempotency key: the first answer, with
+/// nothing written, while the stored record lasts and the request is the same (its
+/// fingerprint); `IdempotencyKeyReused` when it is not. `None`: write as usual (no key, no
+/// record or an expired one, or an erased subject, which the write refuses). The
+/// fingerprint is a MAC under the subject's key, so a request sealed for another key (a
+/// racing first write made the subject with its own) is a `Conflict`: sealed again, it
+/// compares under the stored key.
+fn replay(reads: &PutReads, write: &SubjectWrite) -> StoreResult<Option<PutPlan>> {
+    let (Some(claim), Some(stored)) = (&write.idempotency, &reads.replay) else {
+        return Ok(None);
+    };
+    if reads.erased || stored.expires_at <= write.now {
+        return Ok(None);
+    }
+    if !reads
+        .stored
+        .as_ref()
+        .is_some_and(|rec| rec.same_key(&write.subject))
+    {
+        return Err(StoreError::Conflict);
+    }
+    if !crate::crypto::mac_eq(&claim.fingerprint, &stored.fingerprint) {
+        return Err(StoreError::IdempotencyKeyReused);
+    }
+    let written = stored
+        .written
+        .iter()
+        .map(|meta| Written {
+            meta: meta.clone(),
+            previous: None,
+            replayed: true,
+        })
+        .collect();
+    Ok(Some(PutPlan {
+        changes: Changes::default(),
+        written,
+        idempotency: None,
+    }))
 }
 
 /// The subject record a write is stored under: the stored one if it holds the key the
@@ -162,7 +217,12 @@ fn check_expected(write: &SubjectWrite, previous: &[Option<FieldRecord>]) -> Sto
 /// `Store::put_fields`: stores every field of `write` with its version bumped, moves its
 /// blind-index and expiry entries, and adds the write's categories to the subject's mask.
 /// Refuses (`NotGranted`) to replace a field of a category outside `write.may_replace`.
+/// Under an idempotency key, answers a request sent again as the first time (`replay`)
+/// and otherwise stores the key's record with the write.
 pub(crate) fn put(mut reads: PutReads, write: &SubjectWrite) -> StoreResult<PutPlan> {
+    if let Some(plan) = replay(&reads, write)? {
+        return Ok(plan);
+    }
     let (mut record, mut dirty) = put_subject(&mut reads, write)?;
     check_replace(write, &reads.previous)?;
     check_expected(write, &reads.previous)?;
@@ -198,12 +258,26 @@ pub(crate) fn put(mut reads: PutReads, write: &SubjectWrite) -> StoreResult<PutP
         written.push(Written {
             meta,
             previous: previous.map(|p| p.meta),
+            replayed: false,
         });
     }
     if dirty {
         changes.subject = Some(record);
     }
-    Ok(PutPlan { changes, written })
+    let idempotency = write.idempotency.as_ref().map(|claim| IdempotencyChange {
+        scope: claim.scope,
+        record: IdempotencyRecord {
+            fingerprint: claim.fingerprint,
+            expires_at: claim.expires_at,
+            written: written.iter().map(|w| w.meta.clone()).collect(),
+        },
+        replaces: reads.replay.as_ref().map(|r| r.expires_at),
+    });
+    Ok(PutPlan {
+        changes,
+        written,
+        idempotency,
+    })
 }
 
 /// `Store::delete_fields`: deletes the named fields that exist (`stored`, in the order of

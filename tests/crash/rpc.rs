@@ -60,6 +60,7 @@ pub async fn put(
             .iter()
             .map(|(n, v)| text(n, pb::Category::Profile, v))
             .collect(),
+        idempotency_key: String::new(),
     };
     c.records.put_fields(request(msg, id)).await.map(|_| ())
 }

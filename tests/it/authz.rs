@@ -205,6 +205,7 @@ async fn run(call: &str, c: &Channel, n: usize) -> Code {
             .tokenize(TokenizeRequest {
                 tenant_id: t,
                 card_number: "4111 1111 1111 1111".into(),
+                idempotency_key: String::new(),
             })
             .await
             .map(drop),
@@ -627,6 +628,7 @@ async fn tokens_round_trip_and_detokenize_needs_the_reveal_grant() {
         .tokenize(pb::TokenizeRequest {
             tenant_id: "acme".into(),
             card_number: "4111-1111-1111-1111".into(),
+            idempotency_key: String::new(),
         })
         .await
         .expect("tokenize")
@@ -680,6 +682,7 @@ async fn tokens_round_trip_and_detokenize_needs_the_reveal_grant() {
         .tokenize(pb::TokenizeRequest {
             tenant_id: "acme".into(),
             card_number: "4111 1111 1111 1112".into(),
+            idempotency_key: String::new(),
         })
         .await
         .expect_err("luhn");

@@ -163,6 +163,7 @@ async fn call(rpc: &str, c: &Channel, token: &str) -> Answer {
                     tenant_id,
                     subject_id,
                     fields: vec![text("email", Category::Account, "changed@example.com")],
+                    idempotency_key: String::new(),
                 }),
             }]);
             match first(rec(c).batch_put_fields(one).await)
@@ -226,6 +227,7 @@ async fn call(rpc: &str, c: &Channel, token: &str) -> Answer {
             .tokenize(TokenizeRequest {
                 tenant_id,
                 card_number: "4111 1111 1111 1111".into(),
+                idempotency_key: String::new(),
             })
             .await
             .map(|_| true),
@@ -475,6 +477,7 @@ async fn seed(admin: &Channel) -> String {
         .tokenize(TokenizeRequest {
             tenant_id: "acme".into(),
             card_number: "4242 4242 4242 4242".into(),
+            idempotency_key: String::new(),
         })
         .await
         .expect("tokenize")

@@ -32,6 +32,7 @@ fn put_req(tenant: &str, subject: &str, fields: Vec<pb::FieldInput>) -> pb::PutF
         tenant_id: tenant.into(),
         subject_id: subject.into(),
         fields,
+        idempotency_key: String::new(),
     }
 }
 

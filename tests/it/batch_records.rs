@@ -14,6 +14,7 @@ fn put_item(subject: &str, field: pb::FieldInput) -> pb::BatchPutFieldsRequest {
             tenant_id: "acme".into(),
             subject_id: subject.into(),
             fields: vec![field],
+            idempotency_key: String::new(),
         }),
     }
 }

@@ -18,7 +18,8 @@ use crate::util::{
 };
 
 /// Reasons provoked by another module's test, which asserts them there.
-const ELSEWHERE: [(&str, &str); 6] = [
+const ELSEWHERE: [(&str, &str); 7] = [
+    ("IDEMPOTENCY_KEY_REUSED", "idempotency"),
     ("KEY_LIMIT_REACHED", "keys::limits"),
     ("KEY_OPERATION_BLOCKED", "hygiene"),
     ("RATE_LIMITED", "abuse"),

@@ -124,6 +124,7 @@ fn put_req(tenant: &str, subject: &str, fields: Vec<pb::FieldInput>) -> Request 
         tenant_id: tenant.into(),
         subject_id: subject.into(),
         fields,
+        idempotency_key: String::new(),
     })
 }
 
@@ -243,6 +244,7 @@ async fn deadline_mid_write(
                 field(n, category, v)
             })
             .collect(),
+        idempotency_key: String::new(),
     });
     req.set_timeout(Duration::from_millis(300));
     req.metadata_mut()

@@ -36,6 +36,7 @@ fn put_request(subject: &str, fields: Vec<pb::FieldInput>) -> pb::PutFieldsReque
         tenant_id: "acme".into(),
         subject_id: subject.into(),
         fields,
+        idempotency_key: String::new(),
     }
 }
 

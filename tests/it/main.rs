@@ -26,6 +26,7 @@ mod error_reasons;
 mod examples;
 mod health;
 mod hygiene;
+mod idempotency;
 mod input_matrix;
 mod keys;
 mod logs;

@@ -214,6 +214,7 @@ pub async fn put(
             tenant_id: tenant.into(),
             subject_id: subject.into(),
             fields,
+            idempotency_key: String::new(),
         })
         .await
         .map(tonic::Response::into_inner)

@@ -15,8 +15,8 @@ use pii_vault::domain::{
     Category, Consent, FieldName, Purpose, SubjectId, SubjectState, TenantId, Timestamp,
 };
 use pii_vault::storage::{
-    category_bit, Erasure, KeyChange, SealedField, StateRecord, Store, StoreError, SubjectRecord,
-    SubjectWrite, TenantKeyState, TenantRecord, Tombstone,
+    category_bit, Erasure, Idempotency, KeyChange, SealedField, StateRecord, Store, StoreError,
+    SubjectRecord, SubjectWrite, TenantKeyState, TenantRecord, Tombstone,
 };
 
 mod sealed;
@@ -95,6 +95,7 @@ pub fn write(subject: &SubjectRecord, fields: Vec<SealedField>, now: u64) -> Sub
         now: Timestamp(now),
         by: "spiffe://test/writer".into(),
         may_replace: u32::MAX,
+        idempotency: None,
     }
 }
 
@@ -712,6 +713,121 @@ pub fn a_put_expecting_another_version_stores_nothing(store: Arc<dyn Store>) {
     assert_eq!(email.meta.version, 2);
 }
 
+/// A write under an idempotency key, scope `scope` (one byte repeated), fingerprint
+/// `fingerprint`, its record lasting until `expires`.
+fn once(
+    rec: &SubjectRecord, fields: Vec<SealedField>, now: u64, scope: u8, fingerprint: u8,
+    expires: u64,
+) -> SubjectWrite {
+    SubjectWrite {
+        idempotency: Some(Idempotency {
+            scope: [scope; 32],
+            fingerprint: [fingerprint; 32],
+            expires_at: Timestamp(expires),
+        }),
+        ..write(rec, fields, now)
+    }
+}
+
+/// The idempotency record of a put is stored in the put's transaction: the same request
+/// again gets the first answer and writes nothing; another request under the key is
+/// refused and writes nothing; another scope is another key; an expired record answers
+/// nothing, is replaced by the next write, and is pruned; an erased subject's records go
+/// with its purge.
+pub fn an_idempotent_put_answers_a_resend_and_its_record_expires(store: Arc<dyn Store>) {
+    let t = create_tenant(store.as_ref(), "acme");
+    let s = subject_id("u");
+    let rec = new_subject(&t);
+    let email = |v: &[u8]| sealed_field("email", Category::Account, v);
+    let version = |name_: &str| {
+        store
+            .field(&t.id, &s, &name(name_))
+            .expect("get")
+            .map(|f| f.meta.version)
+    };
+
+    let first = store
+        .put_fields(&t.id, &s, &once(&rec, vec![email(b"a")], 1, 1, 9, 100))
+        .expect("first");
+    assert!(!first[0].replayed);
+    let again = store
+        .put_fields(&t.id, &s, &once(&rec, vec![email(b"a")], 2, 1, 9, 100))
+        .expect("sent again");
+    assert!(again[0].replayed, "{again:?}");
+    assert_eq!(again[0].meta, first[0].meta, "the first answer");
+    assert_eq!(version("email"), Some(1), "nothing written again");
+
+    let other = once(
+        &rec,
+        vec![sealed_field("nick", Category::Profile, b"n"), email(b"b")],
+        3,
+        1,
+        8,
+        100,
+    );
+    assert!(matches!(
+        store.put_fields(&t.id, &s, &other),
+        Err(StoreError::IdempotencyKeyReused)
+    ));
+    assert_eq!(version("nick"), None, "a refused request writes nothing");
+    assert_eq!(version("email"), Some(1));
+
+    store
+        .put_fields(&t.id, &s, &once(&rec, vec![email(b"a")], 4, 2, 9, 100))
+        .expect("another scope");
+    assert_eq!(version("email"), Some(2), "another scope is another key");
+
+    // Expired at 100: answers nothing, the write happens, its record replaces the old.
+    let late = store
+        .put_fields(&t.id, &s, &once(&rec, vec![email(b"c")], 150, 1, 7, 400))
+        .expect("after expiry");
+    assert!(!late[0].replayed);
+    assert_eq!(version("email"), Some(3));
+    assert_eq!(
+        store
+            .prune_idempotency(&t.id, Timestamp(99), 10)
+            .expect("prune"),
+        0,
+        "nothing expired yet"
+    );
+    assert_eq!(
+        store
+            .prune_idempotency(&t.id, Timestamp(300), 10)
+            .expect("prune"),
+        1,
+        "scope 2 expired at 100; scope 1 was replaced, lasting until 400"
+    );
+    let replayed = store
+        .put_fields(&t.id, &s, &once(&rec, vec![email(b"c")], 301, 1, 7, 400))
+        .expect("the replacing record answers");
+    assert!(replayed[0].replayed);
+    assert_eq!(version("email"), Some(3));
+    store
+        .put_fields(&t.id, &s, &once(&rec, vec![email(b"a")], 302, 2, 9, 400))
+        .expect("scope 2 was pruned: written again");
+    assert_eq!(version("email"), Some(4));
+
+    // Erasure: the purge drops the subject's records (nothing is left to prune).
+    let Erasure::Erased(_) = store
+        .erase_subject(&t.id, &s, &tombstone(500), &unsealed)
+        .expect("erase")
+    else {
+        panic!("first erasure erases");
+    };
+    assert!(matches!(
+        store.put_fields(&t.id, &s, &once(&rec, vec![email(b"c")], 501, 1, 7, 400)),
+        Err(StoreError::Erased)
+    ));
+    while store.purge_fields(&t.id, &s, 10).expect("purge") > 0 {}
+    assert_eq!(
+        store
+            .prune_idempotency(&t.id, Timestamp(u64::MAX / 2), 10)
+            .expect("prune"),
+        0,
+        "the erased subject's idempotency records went with its purge"
+    );
+}
+
 /// `update_subject_state` is a compare-and-swap: concurrent changes of different parts of
 /// one subject's state all survive, and an erased subject's state is never written again.
 pub fn subject_state_changes_are_atomic(store: Arc<dyn Store>) {
@@ -1037,6 +1153,7 @@ macro_rules! conformance_tests {
             legacy_tombstones_are_sealed_once_page_by_page,
             an_overwrite_needs_the_stored_fields_category,
             a_put_expecting_another_version_stores_nothing,
+            an_idempotent_put_answers_a_resend_and_its_record_expires,
             erasure_removes_the_key_once_and_blocks_rewrites,
             erasing_a_subject_with_a_legal_shadow_schedules_the_shadow,
             an_epoch_mark_is_cleared_only_if_no_erasure_came_after,

@@ -11,11 +11,14 @@ use std::collections::HashSet;
 
 pub use tokens::Tokenized;
 
+use write::Once;
+
 use crate::audit::Operation;
 use crate::authz::act;
 use crate::domain::typed::is_card_verification_name;
 use crate::domain::{
-    Field, FieldMeta, FieldName, InvalidInput, NewField, Purpose, SubjectId, TenantId,
+    Field, FieldMeta, FieldName, IdempotencyKey, InvalidInput, NewField, Purpose, SubjectId,
+    TenantId,
 };
 
 use super::tenants::paged;
@@ -82,6 +85,23 @@ impl Vault {
     pub async fn put_fields(
         &self, call: &Call, tenant: &TenantId, subject: &SubjectId, fields: &[NewField],
     ) -> Result<Vec<FieldMeta>, ServiceError> {
+        self.put_fields_once(call, tenant, subject, fields, None)
+            .await
+    }
+
+    /// `put_fields` under the caller's idempotency key, when it sent one: the same request
+    /// sent again by the same caller within `IDEMPOTENCY_RETENTION` gets the first answer
+    /// and writes nothing (its audit event says so); another request under the key is
+    /// refused (`IdempotencyKeyReused`).
+    pub async fn put_fields_once(
+        &self, call: &Call, tenant: &TenantId, subject: &SubjectId, fields: &[NewField],
+        key: Option<&IdempotencyKey>,
+    ) -> Result<Vec<FieldMeta>, ServiceError> {
+        let once = key.map(|key| Once {
+            operation: "PutFields",
+            key,
+            names_by_vault: false,
+        });
         let written = self
             .use_case(call, Operation::PutFields)
             .tenant(tenant)
@@ -90,7 +110,7 @@ impl Vault {
             .run(
                 Check::action(act::Write, Some(tenant)),
                 |grant| async move {
-                    self.write_to_subject(&grant, call, tenant, subject, fields)
+                    self.write_to_subject(&grant, call, tenant, subject, fields, once)
                         .await
                 },
                 |written, ev| ev.reason = write::rectification_trail(written),

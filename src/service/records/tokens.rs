@@ -6,11 +6,12 @@
 use crate::audit::Operation;
 use crate::authz::{act, Grant, Refusal};
 use crate::domain::{
-    Category, FieldName, FieldValue, NewField, Purpose, Render, SubjectId, TenantId,
+    Category, FieldName, FieldValue, IdempotencyKey, NewField, Purpose, Render, SubjectId, TenantId,
 };
 
 use super::super::usecase::{no_detail, Check};
 use super::super::{Call, ServiceError, Vault};
+use super::Once;
 
 /// The reserved subject that holds a tenant's tokenized card numbers.
 fn token_store() -> Result<SubjectId, ServiceError> {
@@ -34,15 +35,22 @@ pub struct Tokenized {
 }
 
 impl Vault {
-    /// Stores a (Luhn-checked) card number and returns a random token for it.
+    /// Stores a (Luhn-checked) card number and returns a random token for it. Under the
+    /// caller's idempotency key, the same number sent again by the same caller within
+    /// `IDEMPOTENCY_RETENTION` gets the same token; another number under the key is refused.
     pub async fn tokenize(
-        &self, call: &Call, tenant: &TenantId, card: &FieldValue,
+        &self, call: &Call, tenant: &TenantId, card: &FieldValue, key: Option<&IdempotencyKey>,
     ) -> Result<Tokenized, ServiceError> {
+        let once = key.map(|key| Once {
+            operation: "Tokenize",
+            key,
+            names_by_vault: true,
+        });
         self.use_case(call, Operation::Tokenize)
             .tenant(tenant)
             .run(
                 Check::action(act::Tokenize, Some(tenant)),
-                |grant| async move { self.store_token(&grant, call, tenant, card).await },
+                |grant| async move { self.store_token(&grant, call, tenant, card, once).await },
                 |t: &Tokenized, ev| ev.fields = vec![t.token.clone()],
             )
             .await
@@ -50,6 +58,7 @@ impl Vault {
 
     async fn store_token(
         &self, grant: &Grant<act::Tokenize>, call: &Call, tenant: &TenantId, card: &FieldValue,
+        once: Option<Once<'_>>,
     ) -> Result<Tokenized, ServiceError> {
         let FieldValue::CardNumber(_) = card else {
             return Err(
@@ -68,14 +77,18 @@ impl Vault {
             // Tokens live until the token store is erased; not swept by category.
             ttl: Some(std::time::Duration::from_secs(100 * 365 * 86_400)),
         };
-        self.write_fields(
-            grant,
-            call.caller.as_str(),
-            tenant,
-            &token_store()?,
-            &[field],
-        )
-        .await?;
+        let written = self
+            .write_fields(
+                grant,
+                call.caller.as_str(),
+                tenant,
+                &token_store()?,
+                &[field],
+                once,
+            )
+            .await?;
+        // A request sent again under its key answers the token first issued for it.
+        let token = written.first().map_or(token, |w| w.meta.name.clone());
         Ok(Tokenized {
             token: token.to_string(),
             masked: card

@@ -3,10 +3,15 @@
 //! One loop (`retry::WRITE`) retries the whole attempt (key, seal, store) when another
 //! write or a key job won the race; nothing below it in the service retries.
 
+use std::time::Duration;
+
 use crate::authz::{act, Act, Grant};
-use crate::crypto::Aad;
-use crate::domain::{Category, FieldName, FieldValue, InvalidInput, NewField, SubjectId, TenantId};
-use crate::storage::{category_bit, SealedField, StoreError, SubjectWrite, Written};
+use crate::crypto::{Aad, Dek, Index, Key};
+use crate::domain::{
+    Category, FieldName, FieldValue, IdempotencyKey, InvalidInput, NewField, SubjectId, TenantId,
+    Timestamp,
+};
+use crate::storage::{category_bit, Idempotency, SealedField, StoreError, SubjectWrite, Written};
 
 use super::super::retry::{self, Attempt};
 use super::super::{Call, ServiceError, Vault};
@@ -28,6 +33,10 @@ pub(super) fn field_aad(
 /// Rectification trail of a write, for its audit event: what each replaced version was,
 /// when and by whom it was written; never the value.
 pub(super) fn rectification_trail(written: &[Written]) -> String {
+    if written.iter().any(|w| w.replayed) {
+        return "sent again under its idempotency key: answered as the first time, nothing written"
+            .into();
+    }
     written
         .iter()
         .filter_map(|w| {
@@ -51,6 +60,76 @@ fn replaceable<A: Act>(grant: &Grant<A>) -> u32 {
         .fold(0, |mask, c| mask | category_bit(c))
 }
 
+/// How long a write's idempotency record answers the same request again.
+pub const IDEMPOTENCY_RETENTION: Duration = Duration::from_secs(24 * 3600);
+
+/// A write's idempotency key and the operation it came with: a key given to PutFields and
+/// the same key given to Tokenize never meet.
+#[derive(Clone, Copy, Debug)]
+pub struct Once<'a> {
+    pub operation: &'static str,
+    pub key: &'a IdempotencyKey,
+    /// The vault names the fields (a new random token each time): their names are not
+    /// part of the request, so not of its fingerprint.
+    pub names_by_vault: bool,
+}
+
+impl Once<'_> {
+    /// The claim of a write of `fields` by `by` at `now`: the scope hashes who asks, for
+    /// what and under which key; the fingerprint is a MAC of everything the request asks
+    /// under a key derived from the subject's DEK, so it opens nothing once the subject
+    /// is erased.
+    fn claim(&self, by: &str, dek: &Key<Dek>, fields: &[NewField], now: Timestamp) -> Idempotency {
+        let scope = crate::crypto::sha256(
+            &crate::codec::Writer::new()
+                .str(by)
+                .str(self.operation)
+                .str(self.key.as_str())
+                .finish(),
+        );
+        let described: Vec<Vec<u8>> = fields
+            .iter()
+            .map(|f| {
+                let name = if self.names_by_vault {
+                    ""
+                } else {
+                    f.name.as_str()
+                };
+                crate::codec::Writer::new()
+                    .str(name)
+                    .u8(f.category.code())
+                    .u8(f.value.kind_code())
+                    .bytes(f.value.as_bytes())
+                    .u8(u8::from(f.is_indexed()))
+                    .u8(u8::from(f.transaction_record))
+                    .u64(f.expected_version.map_or(u64::MAX, |v| v))
+                    .u64(f.ttl.map_or(u64::MAX, |t| {
+                        u64::try_from(t.as_micros()).unwrap_or(u64::MAX - 1)
+                    }))
+                    .finish()
+            })
+            .collect();
+        let mut parts: Vec<&[u8]> = vec![self.operation.as_bytes()];
+        parts.extend(described.iter().map(Vec::as_slice));
+        let micros = u64::try_from(IDEMPOTENCY_RETENTION.as_micros()).unwrap_or(u64::MAX);
+        Idempotency {
+            scope,
+            fingerprint: dek.mac("pii-vault idempotent request v1", &parts),
+            expires_at: Timestamp(now.0.saturating_add(micros)),
+        }
+    }
+}
+
+/// Who writes and under which terms, the same for every attempt of one write.
+struct Terms<'a> {
+    by: &'a str,
+    /// The categories whose stored fields the write may replace (`replaceable`).
+    may_replace: u32,
+    /// The tenant's current index key, when a field is indexed.
+    index_key: Option<&'a Key<Index>>,
+    once: Option<Once<'a>>,
+}
+
 /// The error once every attempt of the write lost its race.
 fn contended() -> ServiceError {
     ServiceError::Internal("too many concurrent writes to one subject".into())
@@ -61,12 +140,12 @@ impl Vault {
     /// legal shadow (creating the subject itself first, so its erasure covers the shadow).
     pub(super) async fn write_to_subject(
         &self, grant: &Grant<act::Write>, call: &Call, tenant: &TenantId, subject: &SubjectId,
-        fields: &[NewField],
+        fields: &[NewField], once: Option<Once<'_>>,
     ) -> Result<Vec<Written>, ServiceError> {
         let records = fields.iter().filter(|f| f.transaction_record).count();
         if records == 0 {
             return self
-                .write_fields(grant, call.caller.as_str(), tenant, subject, fields)
+                .write_fields(grant, call.caller.as_str(), tenant, subject, fields, once)
                 .await;
         }
         if records != fields.len() {
@@ -82,6 +161,7 @@ impl Vault {
             tenant,
             &subject.legal_shadow(),
             fields,
+            once,
         )
         .await
     }
@@ -90,10 +170,15 @@ impl Vault {
     async fn ensure_subject(
         &self, call: &Call, tenant: &TenantId, subject: &SubjectId,
     ) -> Result<(), ServiceError> {
-        let by = call.caller.to_string();
+        let terms = Terms {
+            by: call.caller.as_str(),
+            may_replace: 0,
+            index_key: None,
+            once: None,
+        };
         retry::WRITE
             .run(
-                || self.store_attempt(tenant, subject, &[], None, &by, 0),
+                || self.store_attempt(tenant, subject, &[], &terms),
                 contended,
             )
             .await
@@ -101,10 +186,10 @@ impl Vault {
     }
 
     /// Seals and stores `fields` (checked against the limits and `grant` first), retrying
-    /// per `retry::WRITE`.
+    /// per `retry::WRITE`; under `once`'s key, a request sent again gets its first answer.
     pub(super) async fn write_fields(
         &self, grant: &Grant<impl act::WritesFields>, by: &str, tenant: &TenantId,
-        subject: &SubjectId, fields: &[NewField],
+        subject: &SubjectId, fields: &[NewField], once: Option<Once<'_>>,
     ) -> Result<Vec<Written>, ServiceError> {
         self.check_put(fields)?;
         for f in fields {
@@ -119,23 +204,19 @@ impl Vault {
                 .into());
             }
         }
-        let may_replace = replaceable(grant);
         let index_key = match fields.iter().any(NewField::is_indexed) {
             true => self.keys.index_keys(tenant)?.first().cloned(),
             false => None,
         };
+        let terms = Terms {
+            by,
+            may_replace: replaceable(grant),
+            index_key: index_key.as_deref(),
+            once,
+        };
         retry::WRITE
             .run(
-                || {
-                    self.store_attempt(
-                        tenant,
-                        subject,
-                        fields,
-                        index_key.as_deref(),
-                        by,
-                        may_replace,
-                    )
-                },
+                || self.store_attempt(tenant, subject, fields, &terms),
                 contended,
             )
             .await
@@ -143,10 +224,9 @@ impl Vault {
 
     /// One attempt of a write: the sealing key, the sealed fields, the store's
     /// compare-and-write (which refuses to replace a stored field of a category outside
-    /// `may_replace`). `Again` when the key changed or another write stored first.
+    /// `terms.may_replace`). `Again` when the key changed or another write stored first.
     async fn store_attempt(
-        &self, tenant: &TenantId, subject: &SubjectId, fields: &[NewField],
-        index_key: Option<&crate::crypto::Key<crate::crypto::Index>>, by: &str, may_replace: u32,
+        &self, tenant: &TenantId, subject: &SubjectId, fields: &[NewField], terms: &Terms<'_>,
     ) -> Result<Attempt<Vec<Written>>, ServiceError> {
         let Attempt::Done((record, dek)) = self.sealing_key(tenant, subject, fields.len()).await?
         else {
@@ -166,7 +246,7 @@ impl Vault {
                         .map_err(|_| ServiceError::Internal("sealing a field failed".into()))?,
                     expires_at: self.retention.expiry(f.category, f.ttl, self.clock.now()),
                     expected: f.expected_version,
-                    index_entry: match (index_key, f.is_indexed()) {
+                    index_entry: match (terms.index_key, f.is_indexed()) {
                         (Some(key), true) => lookup::index_text(&f.value)
                             .map(|text| lookup::entry(key, &f.name, &text, subject))
                             .unwrap_or_default(),
@@ -175,12 +255,14 @@ impl Vault {
                 })
             })
             .collect::<Result<Vec<_>, ServiceError>>()?;
+        let now = self.clock.now();
         let write = SubjectWrite {
             subject: record,
             fields: sealed,
-            now: self.clock.now(),
-            by: by.to_owned(),
-            may_replace,
+            now,
+            by: terms.by.to_owned(),
+            may_replace: terms.may_replace,
+            idempotency: terms.once.map(|o| o.claim(terms.by, &dek, fields, now)),
         };
         match self.store.put_fields(tenant, subject, &write) {
             Ok(written) => Ok(Attempt::Done(written)),

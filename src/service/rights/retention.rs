@@ -88,7 +88,8 @@ impl Vault {
     }
 
     /// Deletes every field whose expiry has passed; returns how many. Each deletion is one
-    /// audit event by the `job:pii-vault/retention` identity (no policy is asked).
+    /// audit event by the `job:pii-vault/retention` identity (no policy is asked). Also
+    /// drops the idempotency records that expired.
     pub async fn sweep_retention(&self) -> Result<u64, ServiceError> {
         let call = Call::job(RETENTION_JOB, "retention-sweep");
         let now = self.clock.now();
@@ -122,6 +123,9 @@ impl Vault {
                         }
                     }
                 }
+                // Idempotency records past their 24 hours answer nothing: dropped, no event
+                // (they hold no personal data, and their write has its own).
+                while self.store.prune_idempotency(&tenant.id, now, SWEEP_BATCH)? == SWEEP_BATCH {}
             }
             after = Some(last);
         }

@@ -141,6 +141,11 @@ pub(super) fn purge(
         &[&tid, &sid, &limit(n)],
     )?;
     if deleted == 0 {
+        exec(
+            t,
+            "DELETE FROM pv_idempotency WHERE tenant = $1 AND subject = $2",
+            &[&tid, &sid],
+        )?;
         if let Some(row) = one(
             t,
             "SELECT tombstone FROM pv_tombstones WHERE tenant = $1 AND subject = $2",

@@ -5,7 +5,9 @@
 use tokio_postgres::{Client, GenericClient, Transaction};
 
 use crate::domain::{FieldName, SubjectId, TenantId, Timestamp};
-use crate::storage::records::{FieldRecord, SubjectRecord, SubjectWrite, TenantRecord, Written};
+use crate::storage::records::{
+    FieldRecord, IdempotencyRecord, SubjectRecord, SubjectWrite, TenantRecord, Written,
+};
 use crate::storage::rules::{self, Changes, PutReads};
 use crate::storage::StoreError;
 
@@ -136,6 +138,16 @@ fn put_reads(
         .map(SubjectRecord::decode)
         .transpose()?;
     let names: Vec<&FieldName> = write.fields.iter().map(|f| &f.name).collect();
+    let replay = match &write.idempotency {
+        Some(claim) => one(
+            t,
+            "SELECT record FROM pv_idempotency WHERE tenant = $1 AND subject = $2 AND scope = $3",
+            &[&tenant.as_str(), &subject.as_str(), &claim.scope.as_slice()],
+        )?
+        .map(|row| IdempotencyRecord::decode(row.get(0)))
+        .transpose()?,
+        None => None,
+    };
     Ok(PutReads {
         erased: found.get::<_, bool>(1),
         stored,
@@ -144,6 +156,7 @@ fn put_reads(
             .is_none()
             .then_some(tenant_rec.kek_version),
         previous: fields_named(t, tenant, subject, &names)?,
+        replay,
     })
 }
 
@@ -153,6 +166,22 @@ pub(super) fn put(
 ) -> R<Vec<Written>> {
     let plan = rules::put(put_reads(t, tenant, subject, write)?, write)?;
     apply(t, tenant, subject, &plan.changes)?;
+    if let Some(change) = &plan.idempotency {
+        exec(
+            t,
+            "INSERT INTO pv_idempotency (tenant, subject, scope, expires_at, record)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (tenant, subject, scope)
+             DO UPDATE SET expires_at = EXCLUDED.expires_at, record = EXCLUDED.record",
+            &[
+                &tenant.as_str(),
+                &subject.as_str(),
+                &change.scope.as_slice(),
+                &ts(change.record.expires_at),
+                &change.record.encode(),
+            ],
+        )?;
+    }
     Ok(plan.written)
 }
 
@@ -233,4 +262,19 @@ pub(super) fn expiry_page(
         ))
     })
     .collect()
+}
+
+/// `Store::prune_idempotency`, in a transaction.
+pub(super) fn prune_idempotency(
+    t: &Db<'_, Transaction<'_>>, tenant: &TenantId, now: Timestamp, n: usize,
+) -> R<usize> {
+    require_tenant(t, tenant)?;
+    let deleted = exec(
+        t,
+        "DELETE FROM pv_idempotency WHERE (tenant, subject, scope) IN (
+             SELECT tenant, subject, scope FROM pv_idempotency
+             WHERE tenant = $1 AND expires_at <= $2 ORDER BY expires_at LIMIT $3)",
+        &[&tenant.as_str(), &ts(now), &limit(n)],
+    )?;
+    Ok(usize::try_from(deleted).unwrap_or(usize::MAX))
 }

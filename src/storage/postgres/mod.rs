@@ -361,6 +361,10 @@ impl Store for PgStore {
         self.tx(|tx| erasure::seal_legacy(tx, t, after, n, seal))
     }
 
+    fn prune_idempotency(&self, tenant: &TenantId, now: Timestamp, n: usize) -> StoreResult<usize> {
+        self.tx(|t| fields::prune_idempotency(t, tenant, now, n))
+    }
+
     fn purge_fields(&self, tenant: &TenantId, subject: &SubjectId, n: usize) -> StoreResult<usize> {
         self.tx(|t| erasure::purge(t, tenant, subject, n))
     }

@@ -12,7 +12,7 @@ use super::error::{block, Failure};
 const MIGRATION_LOCK: i64 = 0x7076_7363_6865_6d61;
 
 /// (version, SQL), in order. Never edit a released one: add the next.
-const MIGRATIONS: &[(i32, &str)] = &[(1, V1)];
+const MIGRATIONS: &[(i32, &str)] = &[(1, V1), (2, V2)];
 
 /// The first layout: one table per sled tree, the same encoded records in `bytea` columns.
 /// Text keys collate as bytes ("C"), so pages come in the order sled gives.
@@ -88,6 +88,20 @@ CREATE TABLE pv_audit (
     seq bigint PRIMARY KEY,
     event bytea NOT NULL
 );
+"#;
+
+/// Idempotency records (`pv_idempotency`), by tenant, subject and scope, with their expiry
+/// indexed for pruning.
+const V2: &str = r#"
+CREATE TABLE pv_idempotency (
+    tenant text COLLATE "C" NOT NULL,
+    subject text COLLATE "C" NOT NULL,
+    scope bytea NOT NULL,
+    expires_at bigint NOT NULL,
+    record bytea NOT NULL,
+    PRIMARY KEY (tenant, subject, scope)
+);
+CREATE INDEX pv_idempotency_expiry ON pv_idempotency (tenant, expires_at);
 "#;
 
 /// The newest schema version this vault knows.

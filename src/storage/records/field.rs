@@ -127,6 +127,9 @@ pub struct SubjectWrite {
     /// writer's grant covers. The store refuses, inside the write's transaction, to
     /// overwrite a field of any other category (`StoreError::NotGranted`).
     pub may_replace: u32,
+    /// The caller's idempotency key, if it sent one: a stored record under it answers
+    /// instead of the write (`Store::put_fields`).
+    pub idempotency: Option<super::Idempotency>,
 }
 
 impl SubjectWrite {
@@ -143,6 +146,9 @@ impl SubjectWrite {
 pub struct Written {
     pub meta: FieldMeta,
     pub previous: Option<FieldMeta>,
+    /// The answer of an earlier write under the same idempotency key: nothing was written
+    /// now (`previous` is then `None`).
+    pub replayed: bool,
 }
 
 /// Encodes a subject's consents and restriction.

@@ -307,10 +307,12 @@ pub enum Erasure {
 }
 
 mod field;
+mod idempotency;
 mod sealed;
 #[cfg(test)]
 mod tests;
 
 pub use field::{FieldRecord, SealedField, SubjectWrite, Written};
+pub use idempotency::{Idempotency, IdempotencyRecord, IDEMPOTENCY_HASH_LEN};
 use sealed::{read_optional_seal, write_optional_seal};
 pub use sealed::{RecordKind, Seal, StateRecord};

@@ -49,6 +49,7 @@ fn write(fields: Vec<SealedField>) -> SubjectWrite {
         now: Timestamp(10),
         by: "cn:test".into(),
         may_replace: u32::MAX,
+        idempotency: None,
     }
 }
 
@@ -58,6 +59,7 @@ fn new_subject(kek: Option<u32>, n: usize) -> PutReads {
         stored: None,
         current_kek: kek,
         previous: vec![None; n],
+        replay: None,
     }
 }
 
@@ -103,6 +105,7 @@ fn a_rewrite_moves_the_index_and_expiry_entries_and_bumps_the_version() {
         stored: Some(stored_subject),
         current_kek: None,
         previous: vec![Some(stored_field)],
+        replay: None,
     };
     let plan = put(reads, &write(vec![field("email", b"e2", 60)])).expect("second");
     assert_eq!(plan.changes.index.removed, [b"e1".to_vec()]);
@@ -294,4 +297,74 @@ fn an_erasure_seals_its_tombstone_one_past_the_state_sequence() {
     let plan = plan.expect("an erasure");
     assert_eq!(plan.tombstone.seal.map(|s| s.seq), Some(5));
     assert_eq!(answer, Erasure::Erased(plan.tombstone));
+}
+
+fn claimed(fields: Vec<SealedField>, fingerprint: u8) -> SubjectWrite {
+    SubjectWrite {
+        idempotency: Some(crate::storage::records::Idempotency {
+            scope: [1; IDEMPOTENCY_HASH_LEN],
+            fingerprint: [fingerprint; IDEMPOTENCY_HASH_LEN],
+            expires_at: Timestamp(100),
+        }),
+        ..write(fields)
+    }
+}
+
+#[test]
+fn a_write_under_an_idempotency_key_stores_its_answer_and_a_resend_gets_it_back() {
+    let first = put(
+        new_subject(Some(3), 1),
+        &claimed(vec![field("email", b"e1", 0)], 9),
+    )
+    .expect("first");
+    let change = first.idempotency.clone().expect("a record to store");
+    assert_eq!(change.scope, [1; IDEMPOTENCY_HASH_LEN]);
+    assert_eq!(change.record.written, [first.written[0].meta.clone()]);
+    assert_eq!(change.replaces, None);
+
+    // Sent again: the stored answer, nothing written, whatever the fields' state now.
+    let mut again = new_subject(None, 1);
+    again.stored = first.changes.subject.clone();
+    again.previous = vec![Some(first.changes.put_fields[0].clone())];
+    again.replay = Some(change.record.clone());
+    let replayed = put(again, &claimed(vec![field("email", b"e1", 0)], 9)).expect("replay");
+    assert_eq!(replayed.changes, Changes::default());
+    assert!(replayed.idempotency.is_none());
+    assert_eq!(replayed.written.len(), 1);
+    assert!(replayed.written[0].replayed);
+    assert_eq!(replayed.written[0].meta, first.written[0].meta);
+
+    // Another request under the key: refused, nothing written.
+    let mut other = new_subject(None, 1);
+    other.stored = first.changes.subject.clone();
+    other.replay = Some(change.record.clone());
+    assert!(matches!(
+        put(other, &claimed(vec![field("email", b"e2", 0)], 8)),
+        Err(StoreError::IdempotencyKeyReused)
+    ));
+
+    // An expired record answers nothing: the write happens and replaces it.
+    let mut late = new_subject(None, 1);
+    late.stored = first.changes.subject.clone();
+    late.previous = vec![Some(first.changes.put_fields[0].clone())];
+    late.replay = Some(IdempotencyRecord {
+        expires_at: Timestamp(10),
+        ..change.record.clone()
+    });
+    let rewritten = put(late, &claimed(vec![field("email", b"e2", 0)], 8)).expect("late");
+    assert_eq!(rewritten.written[0].meta.version, 2);
+    assert!(!rewritten.written[0].replayed);
+    assert_eq!(
+        rewritten.idempotency.expect("a new record").replaces,
+        Some(Timestamp(10))
+    );
+
+    // An erased subject is refused even under a key it once wrote with.
+    let mut erased = new_subject(None, 1);
+    erased.erased = true;
+    erased.replay = Some(change.record);
+    assert!(matches!(
+        put(erased, &claimed(vec![field("email", b"e1", 0)], 9)),
+        Err(StoreError::Erased)
+    ));
 }

@@ -78,6 +78,7 @@ impl SledStore {
             .collect::<Result<_, _>>()
             .map_err(backend)?;
         if keys.is_empty() {
+            super::fields::drop_idempotency(&trees, subject)?;
             if let Some(t) = trees.tombstones.get(&prefix).map_err(backend)? {
                 let mut t = Tombstone::decode(&t)?;
                 if !t.purged {

@@ -5,14 +5,17 @@ use std::ops::Bound::{Excluded, Unbounded};
 
 use sled::transaction::{Transactional, TransactionalTree};
 
+use crate::codec::{Reader, Writer};
 use crate::domain::{FieldName, SubjectId, TenantId, Timestamp};
-use crate::storage::records::{FieldRecord, SubjectRecord, SubjectWrite, Written};
+use crate::storage::records::{
+    FieldRecord, IdempotencyRecord, SubjectRecord, SubjectWrite, Written,
+};
 use crate::storage::rules::{self, Changes, PutReads};
 use crate::storage::{StoreError, StoreResult};
 
 use super::{
-    abort, backend, expiry_key, field_key, get, keys, subject_key, tx_error, SledStore,
-    TenantTrees, TxResult,
+    abort, backend, expiry_key, field_key, get, idempotency_expiry_key, idempotency_key, keys,
+    subject_key, tx_error, SledStore, TenantTrees, TxResult,
 };
 
 /// A tenant's trees that hold a subject's fields and what points at them, inside a
@@ -71,6 +74,10 @@ pub(super) fn put(
 ) -> StoreResult<Vec<Written>> {
     let tkey = tenant.as_str().as_bytes();
     let skey = subject_key(subject);
+    let record_key = write
+        .idempotency
+        .as_ref()
+        .map(|claim| idempotency_key(subject, &claim.scope));
     (
         tenants,
         &trees.subjects,
@@ -78,37 +85,56 @@ pub(super) fn put(
         &trees.tombstones,
         &trees.index,
         &trees.expiry,
+        &trees.idempotency,
+        &trees.idempotency_expiry,
     )
-        .transaction(|(tenants, subjects, fields, tombstones, index, expiry)| {
-            // Pure: this closure may run again on conflict, so it only reads and writes
-            // the transaction's trees.
-            let tx = FieldTrees {
-                subjects,
-                fields,
-                index,
-                expiry,
-            };
-            let erased = tombstones.get(&skey)?.is_some();
-            let stored = tx.subject(subject)?;
-            let current_kek = match (erased, &stored) {
-                (false, None) => keys::current_kek(tenants, tkey)?,
-                _ => None,
-            };
-            let previous = write
-                .fields
-                .iter()
-                .map(|f| tx.field(subject, &f.name))
-                .collect::<TxResult<_>>()?;
-            let reads = PutReads {
-                erased,
-                stored,
-                current_kek,
-                previous,
-            };
-            let plan = rules::put(reads, write).map_err(abort)?;
-            tx.apply(subject, &plan.changes)?;
-            Ok(plan.written)
-        })
+        .transaction(
+            |(tenants, subjects, fields, tombstones, index, expiry, idem, idem_expiry)| {
+                // Pure: this closure may run again on conflict, so it only reads and writes
+                // the transaction's trees.
+                let tx = FieldTrees {
+                    subjects,
+                    fields,
+                    index,
+                    expiry,
+                };
+                let erased = tombstones.get(&skey)?.is_some();
+                let stored = tx.subject(subject)?;
+                let current_kek = match (erased, &stored) {
+                    (false, None) => keys::current_kek(tenants, tkey)?,
+                    _ => None,
+                };
+                let previous = write
+                    .fields
+                    .iter()
+                    .map(|f| tx.field(subject, &f.name))
+                    .collect::<TxResult<_>>()?;
+                let replay = match &record_key {
+                    Some(key) => get(idem, key, IdempotencyRecord::decode)?,
+                    None => None,
+                };
+                let reads = PutReads {
+                    erased,
+                    stored,
+                    current_kek,
+                    previous,
+                    replay,
+                };
+                let plan = rules::put(reads, write).map_err(abort)?;
+                tx.apply(subject, &plan.changes)?;
+                if let (Some(change), Some(key)) = (&plan.idempotency, &record_key) {
+                    if let Some(old) = change.replaces {
+                        idem_expiry.remove(idempotency_expiry_key(old, key))?;
+                    }
+                    idem.insert(key.as_slice(), change.record.encode())?;
+                    idem_expiry.insert(
+                        idempotency_expiry_key(change.record.expires_at, key),
+                        &[] as &[u8],
+                    )?;
+                }
+                Ok(plan.written)
+            },
+        )
         .map_err(tx_error)
 }
 
@@ -207,4 +233,52 @@ impl SledStore {
             })
             .collect()
     }
+}
+
+/// `Store::prune_idempotency`: the records whose expiry entry is due, each removed with its
+/// entry in one transaction unless a write replaced it meanwhile (another expiry).
+pub(super) fn prune_idempotency(
+    trees: &TenantTrees, now: Timestamp, limit: usize,
+) -> StoreResult<usize> {
+    let end = Writer::new().u64(now.0.saturating_add(1)).finish();
+    let due: Vec<sled::IVec> = trees
+        .idempotency_expiry
+        .range(..end)
+        .keys()
+        .take(limit)
+        .collect::<Result<_, _>>()
+        .map_err(backend)?;
+    for entry in &due {
+        let mut r = Reader::new(entry, "idempotency expiry key");
+        let at = Timestamp(r.u64()?);
+        let key = r.bytes()?.to_vec();
+        (&trees.idempotency, &trees.idempotency_expiry)
+            .transaction(|(idem, idem_expiry)| {
+                idem_expiry.remove(entry.as_ref())?;
+                let current = get(idem, &key, IdempotencyRecord::decode)?;
+                if current.is_some_and(|c| c.expires_at == at) {
+                    idem.remove(key.as_slice())?;
+                }
+                Ok(())
+            })
+            .map_err(tx_error)?;
+    }
+    Ok(due.len())
+}
+
+/// Deletes every idempotency record of an (erased) subject, with its expiry entry.
+pub(super) fn drop_idempotency(trees: &TenantTrees, subject: &SubjectId) -> StoreResult<()> {
+    let mut records = sled::Batch::default();
+    let mut expiries = sled::Batch::default();
+    for kv in trees.idempotency.scan_prefix(subject_key(subject)) {
+        let (key, value) = kv.map_err(backend)?;
+        let record = IdempotencyRecord::decode(&value)?;
+        expiries.remove(idempotency_expiry_key(record.expires_at, &key));
+        records.remove(key);
+    }
+    trees
+        .idempotency_expiry
+        .apply_batch(expiries)
+        .map_err(backend)?;
+    trees.idempotency.apply_batch(records).map_err(backend)
 }

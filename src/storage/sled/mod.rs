@@ -39,8 +39,8 @@ use std::time::{Duration, Instant};
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 
 use self::trees::{
-    decode_subject_key, decode_tenant_key, expiry_key, field_key, kek_key, legal_hold_key,
-    subject_key, TenantTrees,
+    decode_subject_key, decode_tenant_key, expiry_key, field_key, idempotency_expiry_key,
+    idempotency_key, kek_key, legal_hold_key, subject_key, TenantTrees,
 };
 use crate::crypto::Sealed;
 use crate::domain::{FieldName, SubjectId, TenantId, Timestamp};
@@ -359,6 +359,12 @@ impl Store for SledStore {
         &self, tenant: &TenantId, now: Timestamp, limit: usize,
     ) -> StoreResult<Vec<(SubjectId, FieldName, Timestamp)>> {
         self.expiry_page(tenant, now, limit)
+    }
+
+    fn prune_idempotency(
+        &self, tenant: &TenantId, now: Timestamp, limit: usize,
+    ) -> StoreResult<usize> {
+        fields::prune_idempotency(&self.existing_trees(tenant)?, now, limit)
     }
 
     fn delete_expired(

@@ -16,6 +16,10 @@ pub(super) struct TenantTrees {
     pub(super) state: sled::Tree,
     pub(super) index: sled::Tree,
     pub(super) expiry: sled::Tree,
+    /// Idempotency records, by subject and scope (`idempotency_key`).
+    pub(super) idempotency: sled::Tree,
+    /// The idempotency records by expiry (`idempotency_expiry_key`), for pruning.
+    pub(super) idempotency_expiry: sled::Tree,
 }
 
 pub(super) fn subject_key(subject: &SubjectId) -> Vec<u8> {
@@ -36,6 +40,16 @@ pub(super) fn expiry_key(at: Timestamp, subject: &SubjectId, name: &FieldName) -
         .str(subject.as_str())
         .str(name.as_str())
         .finish()
+}
+
+/// An idempotency record's key: the subject's key first, so an erasure finds them all.
+pub(super) fn idempotency_key(subject: &SubjectId, scope: &[u8]) -> Vec<u8> {
+    Writer::new().str(subject.as_str()).bytes(scope).finish()
+}
+
+/// An idempotency record's expiry entry: by time first, then the record's key.
+pub(super) fn idempotency_expiry_key(at: Timestamp, record_key: &[u8]) -> Vec<u8> {
+    Writer::new().u64(at.0).bytes(record_key).finish()
 }
 
 /// Legal holds sort by their end, so the sweeper reads only what is due.
@@ -95,6 +109,14 @@ impl SledStore {
             expiry: self
                 .db
                 .open_tree(format!("{base}expiry"))
+                .map_err(backend)?,
+            idempotency: self
+                .db
+                .open_tree(format!("{base}idempotency"))
+                .map_err(backend)?,
+            idempotency_expiry: self
+                .db
+                .open_tree(format!("{base}idempotency_expiry"))
                 .map_err(backend)?,
         };
         if let Ok(mut map) = self.tenant_trees.write() {

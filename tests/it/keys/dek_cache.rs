@@ -79,6 +79,7 @@ fn create_subject(keys: &Keyring, s: &Setup, subject: &SubjectId) -> SubjectReco
         now: NOW,
         by: "test".into(),
         may_replace: u32::MAX,
+        idempotency: None,
     };
     s.store
         .put_fields(&s.tenant.id, subject, &write)
