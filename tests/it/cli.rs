@@ -385,3 +385,51 @@ async fn progress_stays_out_of_pipes() {
     );
     vault.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_and_tokenize_take_an_idempotency_key_and_put_an_expected_version() {
+    let vault = TestVault::start().await;
+    json_lines(&vault, &["tenant", "create", "acme"], "");
+    let put = |value: &str, extra: &[&str]| {
+        let nick = format!("nick={value}");
+        let mut args = vec!["put", "acme", "alice", nick.as_str()];
+        args.extend_from_slice(extra);
+        args.extend(["--category", "profile", "--format", "json"]);
+        let out = run(&vault, &args, "");
+        (out.status.code(), text(&out.stdout), text(&out.stderr))
+    };
+    let keyed = ["--idempotency-key", "cli-1"];
+    let (code, first, _) = put("al", &keyed);
+    assert_eq!(code, Some(0));
+    assert!(first.contains("\"version\":1"), "{first}");
+    let (code, again, _) = put("al", &keyed);
+    assert_eq!((code, again), (Some(0), first), "the first answer again");
+    let (code, _, stderr) = put("allie", &keyed);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("FAILED_PRECONDITION") && stderr.contains("idempotency key was used"),
+        "{stderr}"
+    );
+
+    let (code, _, stderr) = put("al", &["--expect-version", "0"]);
+    assert_eq!(code, Some(2), "the field exists: {stderr}");
+    assert!(
+        stderr.contains("ABORTED") && stderr.contains("is at version 1"),
+        "{stderr}"
+    );
+    let (code, out, stderr) = put("al", &["--expect-version", "1"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(out.contains("\"version\":2"), "{out}");
+
+    let tokenize = |key: &str| {
+        let t = json_lines(
+            &vault,
+            &["tokenize", "acme", "--idempotency-key", key],
+            "4111 1111 1111 1111\n",
+        );
+        t[0]["token"].as_str().expect("a token").to_owned()
+    };
+    assert_eq!(tokenize("card-1"), tokenize("card-1"));
+    assert_ne!(tokenize("card-1"), tokenize("card-2"));
+    vault.stop().await;
+}

@@ -273,3 +273,56 @@ async fn an_erased_subject_is_not_answered_from_its_idempotency_record() {
     assert_reason(&err, Code::NotFound, "SUBJECT_ERASED");
     vault.stop().await;
 }
+
+#[tokio::test]
+async fn the_retention_sweep_prunes_records_past_their_24_hours_only() {
+    use pii_vault::domain::{
+        Category, FieldValue, IdempotencyKey, NewField, SubjectId, TenantId, Timestamp,
+    };
+    const HOUR: u64 = 3_600_000_000;
+    let dir = tempfile::TempDir::new().expect("dir");
+    let (vault, clock, store, call) = crate::util::clocked_vault(&dir);
+    let acme = TenantId::parse("acme").expect("id");
+    vault.create_tenant(&call, &acme).await.expect("tenant");
+    let nick = [NewField {
+        name: pii_vault::domain::FieldName::parse("nick").expect("name"),
+        category: Category::Profile,
+        value: FieldValue::Text("n".into()),
+        indexed: false,
+        ttl: None,
+        transaction_record: false,
+        expected_version: None,
+    }];
+    let put = |subject: &'static str, key: &'static str| {
+        let (vault, call, acme, nick) = (&vault, &call, &acme, &nick);
+        async move {
+            let subject = SubjectId::parse(subject).expect("id");
+            let key = IdempotencyKey::parse(key).expect("key");
+            vault
+                .put_fields_once(call, acme, &subject, nick, Some(&key))
+                .await
+                .expect("put")[0]
+                .version
+        }
+    };
+
+    assert_eq!(put("alice", "k1").await, 1);
+    clock.advance_micros(23 * HOUR);
+    vault.sweep_retention().await.expect("sweep");
+    assert_eq!(put("alice", "k1").await, 1, "still answered after 23 hours");
+    assert_eq!(put("bob", "k2").await, 1);
+    clock.advance_micros(2 * HOUR);
+    vault.sweep_retention().await.expect("sweep");
+    // Alice's record (24 hours old) was pruned by the sweep; Bob's (2 hours) is left.
+    assert_eq!(
+        store
+            .prune_idempotency(&acme, Timestamp(u64::MAX / 2), 10)
+            .expect("prune"),
+        1
+    );
+    assert_eq!(
+        put("alice", "k1").await,
+        2,
+        "past 24 hours the key writes anew"
+    );
+}

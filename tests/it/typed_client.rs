@@ -53,6 +53,55 @@ async fn typed_calls_round_trip_and_errors_carry_the_vaults_reason() {
         "values stay out of Debug"
     );
 
+    // Under the caller's own idempotency key, a write and a tokenization sent again are
+    // answered as the first time; `put` and `tokenize` use a fresh key per call.
+    let keyed = |v: &str| {
+        vec![FieldWrite::new(
+            "nick",
+            Category::Profile,
+            Value::Text(v.into()),
+        )]
+    };
+    let first = client
+        .put_with_key("acme", "ada", keyed("a"), "job-7:ada")
+        .await
+        .expect("keyed put");
+    assert_eq!(
+        client
+            .put_with_key("acme", "ada", keyed("a"), "job-7:ada")
+            .await
+            .expect("sent again"),
+        first
+    );
+    let reused = client
+        .put_with_key("acme", "ada", keyed("b"), "job-7:ada")
+        .await
+        .expect_err("another write under the key");
+    assert_eq!(reused.reason(), Some(ErrorReason::IdempotencyKeyReused));
+    assert_eq!(
+        client.put("acme", "ada", keyed("a")).await.expect("put"),
+        [first[0] + 1],
+        "a fresh key per call"
+    );
+    let token = client
+        .tokenize_with_key("acme", "4242424242424242", "card-9")
+        .await
+        .expect("tokenize");
+    assert_eq!(
+        client
+            .tokenize_with_key("acme", "4242424242424242", "card-9")
+            .await
+            .expect("again"),
+        token
+    );
+    assert_ne!(
+        client
+            .tokenize("acme", "4242424242424242")
+            .await
+            .expect("fresh key"),
+        token
+    );
+
     let receipt = client.erase("acme", "ada").await.expect("erase");
     let gone = client
         .get("acme", "ada", &[], "support")
