@@ -143,6 +143,7 @@ async fn python_client_interoperates_over_mutual_tls() {
         "get: ok",
         "get missing: NOT_FOUND, reason SUBJECT_NOT_FOUND",
         "put invalid: INVALID_ARGUMENT, reason INVALID_INPUT",
+        "put with an idempotency key: answered once",
         "audit query:",
         "access report:",
         "export:",

@@ -195,6 +195,25 @@ def main():
             check(fields == ["fields[0].value"], f"field violations {fields}")
             print("put invalid: INVALID_ARGUMENT, reason INVALID_INPUT, field fields[0].value")
 
+            def nick(value, key):
+                field = record.FieldInput(
+                    name="nick", category=common.CATEGORY_PROFILE, value=common.Value(text=value)
+                )
+                return record.PutFieldsRequest(
+                    tenant_id="interop", subject_id="user-py-2", fields=[field], idempotency_key=key
+                )
+
+            first = records.PutFields(nick("ada", "py-req-1"), timeout=10)
+            again = records.PutFields(nick("ada", "py-req-1"), timeout=10)
+            check(again == first, f"sent again: {again} after {first}")
+            expect_error(
+                lambda: records.PutFields(nick("lovelace", "py-req-1"), timeout=10),
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "IDEMPOTENCY_KEY_REUSED",
+                errors,
+            )
+            print("put with an idempotency key: answered once; another request under it refused")
+
             events = [
                 event
                 for page in audit_grpc.AuditServiceStub(channel).QueryAuditLog(
