@@ -24,7 +24,7 @@ use pb::record_service_client::RecordServiceClient;
 use pii_vault::client::{connect, ClientCerts};
 use pii_vault::config::RawConfig;
 use pii_vault::crypto::{Aad, Dek, Kek, Key};
-use pii_vault::dev::bootstrap;
+use pii_vault::dev::{bootstrap, StartMode};
 use pii_vault::proto::v1 as pb;
 use pii_vault::storage::SledStore;
 use tempfile::TempDir;
@@ -130,7 +130,7 @@ impl Vault {
         // A load generator is one identity far above any client's rate: no rate limit.
         config.abuse.requests_per_second = 1_000_000;
         config.abuse.request_burst = 1_000_000;
-        bootstrap(&config).expect("bootstrap");
+        bootstrap(&config, StartMode::Dev).expect("bootstrap");
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .expect("bind");

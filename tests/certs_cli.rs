@@ -8,7 +8,7 @@ use std::process::{Command, Output};
 use pii_vault::authz::PeerIdentity;
 use pii_vault::client::{connect, ClientCerts};
 use pii_vault::config::{RawConfig, RawTls};
-use pii_vault::dev::bootstrap;
+use pii_vault::dev::{bootstrap, StartMode};
 use pii_vault::proto::v1 as pb;
 use pii_vault::proto::v1::tenant_service_client::TenantServiceClient;
 use tempfile::TempDir;
@@ -187,7 +187,7 @@ async fn issued_certificates_name_their_identities_and_work_for_mutual_tls() {
     };
     let config = raw.validate().expect("config validates");
     assert!(!config.dev_tls);
-    bootstrap(&config).expect("bootstrap");
+    bootstrap(&config, StartMode::Dev).expect("bootstrap");
     // Outside dev mode nothing writes a policy: without one the vault refuses to start.
     std::fs::write(
         &config.policy_file,

@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use pii_vault::client::{connect, ClientCerts};
 use pii_vault::config::{RawConfig, SecretString};
-use pii_vault::dev::bootstrap;
+use pii_vault::dev::{bootstrap, StartMode};
 use pii_vault::proto::v1 as pb;
 use tempfile::TempDir;
 use tokio::sync::oneshot;
@@ -75,7 +75,7 @@ impl Node {
         // A load generator is one identity far above any client's rate: no rate limit.
         config.abuse.requests_per_second = 1_000_000;
         config.abuse.request_burst = 1_000_000;
-        bootstrap(&config).expect("bootstrap");
+        bootstrap(&config, StartMode::Dev).expect("bootstrap");
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .thread_name("vault-node")
             .enable_all()

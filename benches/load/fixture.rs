@@ -6,7 +6,7 @@ use std::sync::Arc;
 use pii_vault::certs::{Authority, LeafSpec, Usage};
 use pii_vault::client::{connect, ClientCerts};
 use pii_vault::config::{Config, RawConfig, TlsPaths};
-use pii_vault::dev::bootstrap;
+use pii_vault::dev::{bootstrap, StartMode};
 use pii_vault::proto::v1 as pb;
 use pii_vault::storage::SledStore;
 use tempfile::TempDir;
@@ -72,7 +72,7 @@ impl Fixture {
         config.abuse.request_burst = 1_000_000;
         config.vault.audit_enabled = audit;
         tweak(&mut config);
-        bootstrap(&config).expect("bootstrap");
+        bootstrap(&config, StartMode::Dev).expect("bootstrap");
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .expect("bind");

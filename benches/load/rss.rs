@@ -69,6 +69,7 @@ fn start(dir: &Path, cache_bytes: u64) -> (Server, String) {
     let log = std::fs::File::create(dir.join("vault.log")).expect("log file");
     let child = Command::new(env!("CARGO_BIN_EXE_pii-vault"))
         .arg("serve")
+        .arg("--dev")
         .arg("--config")
         .arg(&config)
         .env("RUST_LOG", "warn")

@@ -81,8 +81,9 @@ pub struct GetArgs {
     subject: String,
     /// Field names; none reads every field.
     fields: Vec<String>,
-    /// Why you are reading (recorded in the audit log).
-    #[arg(long, default_value = "support")]
+    /// Why you are reading, such as `support` or `billing` (required; recorded in the
+    /// audit log, and the policy's rules name the purposes they allow).
+    #[arg(long)]
     purpose: String,
     #[command(flatten)]
     conn: Connection,

@@ -251,7 +251,7 @@ fn connect_failure(cause: &str) -> (String, &'static str) {
     if has("Connection refused") {
         (
             "connection refused".to_owned(),
-            "is the vault running there? `pii-vault serve` starts one; --addr (PIIVAULT_ADDR) \
+            "is the vault running there? `pii-vault serve --dev` starts one; --addr (PIIVAULT_ADDR) \
              says where to connect",
         )
     } else if has("UnknownIssuer") || has("BadSignature") {

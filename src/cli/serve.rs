@@ -9,15 +9,21 @@ use tokio::net::TcpSocket;
 use serde_json::json;
 
 use pii_vault::config::RawConfig;
-use pii_vault::dev::bootstrap;
+use pii_vault::dev::{bootstrap, StartMode};
 
 use super::output::Out;
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// TOML configuration file (see deploy/pii-vault.example.toml).
+    /// TOML configuration file (see deploy/pii-vault.example.toml). Needed unless --dev.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Development mode, never for real data: on first start, creates in the data
+    /// directory a root key file, dev TLS certificates and a policy that lets the dev
+    /// client certificate do everything, and marks the directory as a dev one (a start
+    /// without --dev refuses it). Warns at every start.
+    #[arg(long)]
+    dev: bool,
     /// Listen address; overrides the file.
     #[arg(long)]
     listen: Option<String>,
@@ -26,7 +32,23 @@ pub struct ServeArgs {
     data_dir: Option<PathBuf>,
 }
 
+/// The warning every dev start prints.
+const DEV_BANNER: &str = "DEVELOPMENT MODE: dev certificates, an allow-all policy and a root key \
+     file beside the data. Never store real personal data in this vault.";
+
 pub async fn serve(args: ServeArgs, out: Out) -> anyhow::Result<()> {
+    if !args.dev && args.config.is_none() {
+        anyhow::bail!(
+            "no configuration: a real deployment starts with `serve --config FILE` (every \
+             setting is in deploy/pii-vault.example.toml); to try the vault, `serve --dev` \
+             creates a dev root key, certificates and an allow-all policy"
+        );
+    }
+    let mode = if args.dev {
+        StartMode::Dev
+    } else {
+        StartMode::Configured
+    };
     let mut raw = match &args.config {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -46,7 +68,10 @@ pub async fn serve(args: ServeArgs, out: Out) -> anyhow::Result<()> {
     // port creates nothing, and a store another process holds is refused before anything
     // accepts a connection.
     let socket = reserve(config.listen)?;
-    let created = bootstrap(&config)?;
+    let created = bootstrap(&config, mode)?;
+    if mode == StartMode::Dev {
+        tracing::warn!(data_dir = %config.data_dir.display(), "{DEV_BANNER}");
+    }
     if created.root_key {
         tracing::info!(path = %config.root_key_file.display(), "created a new root key file (mode 0600)");
     }
@@ -58,7 +83,11 @@ pub async fn serve(args: ServeArgs, out: Out) -> anyhow::Result<()> {
     let mut value = json!({"listening": addr.to_string(), "tls": "mutual TLS 1.3"});
     let mut text =
         format!("pii-vault listening on {addr} (mutual TLS 1.3; a client certificate is required)");
-    if config.dev_tls {
+    if mode == StartMode::Dev {
+        value["warning"] = json!(DEV_BANNER);
+        text = format!("{DEV_BANNER}\n{text}");
+    }
+    if mode == StartMode::Dev && config.dev_tls {
         let pki = config.dev_pki();
         let verb = if created.dev_certs {
             "created"

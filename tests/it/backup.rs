@@ -68,6 +68,12 @@ async fn restored_vault(file: &Path, from: &TestVault) -> TestVault {
         dir.path().join("root.key"),
     )
     .expect("copy the root key file");
+    // A restored dev backup is marked as a dev directory again by hand (see README).
+    std::fs::write(
+        dir.path().join(pii_vault::dev::DEV_MARK),
+        "restored dev backup\n",
+    )
+    .expect("mark the dev directory");
     let config = test_config(dir.path(), |_| {});
     TestVault::start_on(dir, config, None).await
 }

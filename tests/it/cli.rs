@@ -107,7 +107,11 @@ async fn every_command_prints_json_lines_with_format_json() {
         "",
     );
     assert_eq!(put[0]["field"], "email");
-    let got = json_lines(&vault, &["get", "acme", "alice"], "");
+    let got = json_lines(
+        &vault,
+        &["get", "acme", "alice", "--purpose", "support"],
+        "",
+    );
     assert_eq!(got[0]["value"], "alice@example.com");
     let found = json_lines(&vault, &["find", "acme", "email", "alice@example.com"], "");
     assert_eq!(found[0]["subject"], "alice");
@@ -293,7 +297,11 @@ async fn exit_codes_tell_usage_local_problems_and_refusals_apart() {
         .find(|w| w.starts_with("er-"))
         .expect("a receipt id")
         .trim_end_matches(',');
-    let gone = run(&vault, &["get", "acme", "user-42"], "");
+    let gone = run(
+        &vault,
+        &["get", "acme", "user-42", "--purpose", "support"],
+        "",
+    );
     assert_eq!(gone.status.code(), Some(2), "{}", show(&["get"], &gone));
     assert_eq!(
         text(&gone.stderr).trim_end(),

@@ -160,6 +160,7 @@ async fn a_second_server_on_a_held_data_directory_fails_before_it_listens() {
     let mut second = std::process::Command::new(env!("CARGO_BIN_EXE_pii-vault"))
         .args([
             "serve",
+            "--dev",
             "--listen",
             &format!("127.0.0.1:{port}"),
             "--data-dir",

@@ -43,6 +43,7 @@ impl VaultProcess {
                 "--log-format",
                 "json",
                 "serve",
+                "--dev",
                 "--listen",
                 &addr,
                 "--data-dir",

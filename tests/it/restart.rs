@@ -91,7 +91,8 @@ async fn refuses_a_root_key_that_does_not_match_the_data_directory() {
     assert!(err.to_string().contains("does not match"), "{err}");
     // And bootstrap must not invent a key for a data directory that has data.
     std::fs::remove_file(&config.root_key_file).expect("rm");
-    let err = pii_vault::dev::bootstrap(&config).expect_err("must refuse");
+    let err = pii_vault::dev::bootstrap(&config, pii_vault::dev::StartMode::Dev)
+        .expect_err("must refuse");
     assert!(err.to_string().contains("is missing"), "{err}");
     drop(dir);
 }

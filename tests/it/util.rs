@@ -10,7 +10,7 @@ use pb::record_service_client::RecordServiceClient;
 use pb::tenant_service_client::TenantServiceClient;
 use pii_vault::client::{connect, ClientCerts};
 use pii_vault::config::{Config, RawConfig};
-use pii_vault::dev::bootstrap;
+use pii_vault::dev::{bootstrap, StartMode};
 use pii_vault::proto::v1 as pb;
 use pii_vault::server::ServerError;
 use pii_vault::storage::faults::{Faults, FaultyStore};
@@ -45,7 +45,7 @@ pub fn test_config(dir: &Path, edit: impl FnOnce(&mut RawConfig)) -> Config {
     raw.limits.denied_burst = Some(1_000_000);
     edit(&mut raw);
     let config = raw.validate().expect("test config validates");
-    bootstrap(&config).expect("bootstrap");
+    bootstrap(&config, StartMode::Dev).expect("bootstrap");
     config
 }
 

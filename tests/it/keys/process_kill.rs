@@ -34,6 +34,7 @@ impl ServerProcess {
             .expect("log");
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_pii-vault"))
             .arg("serve")
+            .arg("--dev")
             .arg("--config")
             .arg(config)
             .stdout(std::process::Stdio::null())
