@@ -111,6 +111,15 @@ impl Keyring {
         Ok(())
     }
 
+    /// Destroys every index key version of a (shredded) tenant.
+    pub(super) fn destroy_index_keys(&self, tenant: &TenantId) -> Result<(), KeyringError> {
+        for (name, _) in self.store.meta_scan(&index_key_prefix(tenant))? {
+            self.store.meta_remove(&name)?;
+        }
+        self.forget_index_keys(tenant);
+        Ok(())
+    }
+
     fn forget_index_keys(&self, tenant: &TenantId) {
         if let Ok(mut cache) = self.index_keys.write() {
             cache.remove(tenant);

@@ -409,7 +409,8 @@ impl Keyring {
 
     /// Destroys every KEK version of a tenant at once: all its subjects become unreadable.
     /// Marks the tenant for the next key epoch (stale copies of the KEKs, wrapped by the
-    /// root key, die with the root version). Returns the versions destroyed.
+    /// root key, die with the root version). Destroys its index keys and deletes its
+    /// blind-index entries (again if it was shredded before). Returns the versions destroyed.
     pub fn shred_tenant(&self, tenant: &TenantId) -> Result<Vec<u32>, KeyringError> {
         let now = self.clock.now();
         let stored = self.stored_kek_versions(tenant)?;
@@ -439,9 +440,11 @@ impl Keyring {
         self.evict_keks(tenant, |_| true);
         self.dek_cache.forget_tenant(tenant);
         self.usage.forget_tenant(tenant);
-        if change.is_some() {
-            self.announce_destroyed();
-        }
+        // Nothing of the tenant's blind index outlives it: its keys and entries go too, also
+        // when a shred that stopped in between is run again.
+        self.destroy_index_keys(tenant)?;
+        self.store.clear_index(tenant)?;
+        self.announce_destroyed();
         match change {
             Some(c) => Ok(c.delete_keks),
             None => Err(KeyringError::Shredded),

@@ -125,6 +125,10 @@ impl Store for FaultyStore {
     fn index_scan(&self, tenant: &TenantId, prefix: &[u8]) -> StoreResult<Vec<Vec<u8>>> {
         self.inner.index_scan(tenant, prefix)
     }
+    fn clear_index(&self, tenant: &TenantId) -> StoreResult<u64> {
+        self.write()?;
+        self.inner.clear_index(tenant)
+    }
     fn reindex_field(
         &self, tenant: &TenantId, subject: &SubjectId, name: &FieldName, entry: &[u8],
     ) -> StoreResult<()> {

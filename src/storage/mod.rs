@@ -265,6 +265,8 @@ pub trait Store: Send + Sync + 'static {
         &self, tenant: &TenantId, now: Timestamp, limit: usize,
     ) -> StoreResult<usize>;
 
+    /// Deletes every blind-index entry of a tenant (a shredded one); returns how many.
+    fn clear_index(&self, tenant: &TenantId) -> StoreResult<u64>;
     /// Blind-index entry keys of a tenant that start with `prefix`.
     fn index_scan(&self, tenant: &TenantId, prefix: &[u8]) -> StoreResult<Vec<Vec<u8>>>;
     /// Replaces the blind-index entry of one field (after an index key rotation).

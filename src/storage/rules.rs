@@ -335,6 +335,11 @@ pub(crate) fn reindex(
     let (Some(mut rec), Some(mut field)) = (record, field) else {
         return changes;
     };
+    // A field whose entry its subject no longer lists was unindexed (the records of an
+    // erased person's legal shadow): it stays so.
+    if !rec.index_entries.contains(&field.index_entry) {
+        return changes;
+    }
     unindex(&mut changes.index, &mut rec, &field.index_entry);
     changes.index.add(entry.to_vec());
     rec.index_entries.push(entry.to_vec());
@@ -405,8 +410,11 @@ pub(crate) struct Erase {
     pub tombstone: Tombstone,
     /// The end of the legal hold to record for the subject's legal shadow, if it has one.
     pub hold_until: Option<Timestamp>,
-    /// Blind-index entries of the subject, to delete.
+    /// Blind-index entries of the subject and of its legal shadow, to delete: the shadow's
+    /// records stay for their retention duty, but no value of the person finds them.
     pub unindex: Vec<Vec<u8>>,
+    /// The shadow's record without its index entries, to store in place of its own.
+    pub shadow: Option<SubjectRecord>,
 }
 
 /// `Store::erase_subject`, from the subject's earlier tombstone, its record and its legal
@@ -438,10 +446,19 @@ pub(crate) fn erase(
     };
     // Sealed last, over what is stored; the erasure is the subject's last state change.
     let written = seal(written, record.state_seq.saturating_add(1));
+    let mut unindex = record.index_entries;
+    let shadow = shadow.filter(|s| !s.index_entries.is_empty()).map(|s| {
+        unindex.extend(s.index_entries.iter().cloned());
+        SubjectRecord {
+            index_entries: Vec::new(),
+            ..s.clone()
+        }
+    });
     let plan = Erase {
         tombstone: written.clone(),
         hold_until,
-        unindex: record.index_entries,
+        unindex,
+        shadow,
     };
     (Erasure::Erased(written), Some(plan))
 }

@@ -23,6 +23,7 @@ mod corruption;
 mod dev_mode;
 mod disk_faults;
 mod erasure;
+mod erasure_index;
 mod error_reasons;
 mod examples;
 mod health;

@@ -1026,6 +1026,84 @@ pub fn erasing_a_subject_with_a_legal_shadow_schedules_the_shadow(store: Arc<dyn
     assert!(store.legal_holds_due(until).expect("due").is_empty());
 }
 
+/// An erasure drops the blind-index entries of the subject's legal shadow too (its records
+/// stay, findable by no value), and a later re-index leaves them unindexed; clearing a
+/// tenant's index deletes its entries and no other tenant's.
+pub fn erasure_unindexes_the_shadow_and_a_cleared_index_is_empty(store: Arc<dyn Store>) {
+    let t = create_tenant(store.as_ref(), "acme");
+    let other = create_tenant(store.as_ref(), "other");
+    let s = subject_id("u");
+    let shadow = s.legal_shadow();
+    let indexed = |entry: &[u8], category| SealedField {
+        index_entry: entry.to_vec(),
+        ..sealed_field("email", category, b"v")
+    };
+    for (id, entry, category) in [
+        (&s, b"idx/live".as_slice(), Category::Account),
+        (&shadow, b"idx/shadow".as_slice(), Category::Payment),
+    ] {
+        store
+            .put_fields(
+                &t.id,
+                id,
+                &write(&new_subject(&t), vec![indexed(entry, category)], 1),
+            )
+            .expect("put");
+    }
+    store
+        .put_fields(
+            &other.id,
+            &s,
+            &write(
+                &new_subject(&other),
+                vec![indexed(b"idx/o", Category::Account)],
+                1,
+            ),
+        )
+        .expect("put in other");
+    assert_eq!(store.index_scan(&t.id, b"idx/").expect("scan").len(), 2);
+
+    store
+        .erase_subject(&t.id, &s, &tombstone(50), &unsealed)
+        .expect("erase");
+    assert!(
+        store.index_scan(&t.id, b"idx/").expect("scan").is_empty(),
+        "neither the subject's nor its shadow's entries are left"
+    );
+    let kept = store
+        .field(&t.id, &shadow, &name("email"))
+        .expect("get")
+        .expect("the shadow's record stays for its duty");
+    assert_eq!(kept.meta.version, 1);
+    store
+        .reindex_field(&t.id, &shadow, &name("email"), b"idx/shadow-2")
+        .expect("reindex");
+    assert!(
+        store.index_scan(&t.id, b"idx/").expect("scan").is_empty(),
+        "a re-index does not bring the shadow's entry back"
+    );
+
+    let live = subject_id("v");
+    store
+        .put_fields(
+            &t.id,
+            &live,
+            &write(
+                &new_subject(&t),
+                vec![indexed(b"idx/v", Category::Account)],
+                2,
+            ),
+        )
+        .expect("put");
+    assert_eq!(store.clear_index(&t.id).expect("clear"), 1);
+    assert!(store.index_scan(&t.id, b"").expect("scan").is_empty());
+    assert_eq!(
+        store.index_scan(&other.id, b"idx/").expect("scan"),
+        [b"idx/o".to_vec()],
+        "another tenant's index is untouched"
+    );
+}
+
 pub fn an_epoch_mark_is_cleared_only_if_no_erasure_came_after(store: Arc<dyn Store>) {
     let t = create_tenant(store.as_ref(), "acme");
     for id in ["a", "b"] {
@@ -1156,6 +1234,7 @@ macro_rules! conformance_tests {
             an_idempotent_put_answers_a_resend_and_its_record_expires,
             erasure_removes_the_key_once_and_blocks_rewrites,
             erasing_a_subject_with_a_legal_shadow_schedules_the_shadow,
+            erasure_unindexes_the_shadow_and_a_cleared_index_is_empty,
             an_epoch_mark_is_cleared_only_if_no_erasure_came_after,
             audit_events_append_scan_and_prune_in_sequence,
             tenants_are_isolated,

@@ -10,7 +10,9 @@
 //!   (`Keyring::sync_root`) each time round.
 //! - **Key epochs**, every `key_epoch_interval`: every tenant with erasures since the last
 //!   epoch gets a new KEK, its DEKs re-wrapped and the old versions destroyed, so stale
-//!   copies of an erased subject's wrapped DEK (sled's old pages, backups) are useless;
+//!   copies of an erased subject's wrapped DEK (sled's old pages, backups) are useless,
+//!   and a new index key, every indexed field re-indexed under it and the old key
+//!   destroyed, so stale copies of the erased subjects' index entries match nothing;
 //!   then the root key is rotated and its old version destroyed, so stale copies of the
 //!   destroyed KEKs are useless too. Only then are the tenants' epoch marks cleared.
 
@@ -279,6 +281,11 @@ impl Vault {
                     Some(done) => {
                         deks_rewrapped += done.rewrapped;
                         tenants.push((tenant.clone(), done.destroyed));
+                        // The index key that made the erased people's entries goes too, so
+                        // an old copy of the index (a stale page, a backup) cannot be
+                        // matched against values with a key the vault still holds.
+                        let reindexed = self.reindex(&tenant)?;
+                        tracing::info!(%tenant, reindexed, "key epoch rotated the tenant's index key");
                     }
                     None => shredded_tenants.push(tenant.clone()),
                 }

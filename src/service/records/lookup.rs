@@ -147,7 +147,9 @@ impl Vault {
             .await
     }
 
-    fn reindex(&self, tenant: &TenantId) -> Result<u64, ServiceError> {
+    /// Rotates the tenant's index key and re-indexes every indexed field under the new one,
+    /// then destroys the old versions; returns how many fields were re-indexed.
+    pub(in crate::service) fn reindex(&self, tenant: &TenantId) -> Result<u64, ServiceError> {
         self.tenant_record(tenant)?;
         let version = self.keys.rotate_index_key(tenant)?;
         let keys = self.keys.index_keys(tenant)?;

@@ -10,7 +10,9 @@ use crate::storage::{rules, LegacyPage, LegacySeal, StoreError, TombstoneSeal};
 
 use super::conn::{exec, one, rows, tenant_one, Db};
 use super::error::R;
-use super::rows::{limit, mark_epoch, require_tenant, seq, subject_id, tenant_id, to_ts, ts};
+use super::rows::{
+    limit, mark_epoch, put_subject, require_tenant, seq, subject_id, tenant_id, to_ts, ts,
+};
 
 /// Applies an erasure: the subject's record, consents and blind-index entries go, its
 /// tombstone and its shadow's legal hold are stored, and the tenant is marked for the next
@@ -24,6 +26,9 @@ fn apply(
         "DELETE FROM pv_subjects WHERE tenant = $1 AND subject = $2",
         &[&tid, &sid],
     )?;
+    if let Some(rec) = &plan.shadow {
+        put_subject(t, tenant, &subject.legal_shadow(), rec)?;
+    }
     if let Some(until) = plan.hold_until {
         exec(
             t,

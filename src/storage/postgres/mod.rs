@@ -324,6 +324,17 @@ impl Store for PgStore {
         self.tx(|tx| fields::expire(tx, t, s, name, at))
     }
 
+    fn clear_index(&self, tenant: &TenantId) -> StoreResult<u64> {
+        self.tx(|t| {
+            rows::require_tenant(t, tenant)?;
+            conn::exec(
+                t,
+                "DELETE FROM pv_index WHERE tenant = $1",
+                &[&tenant.as_str()],
+            )
+        })
+    }
+
     fn index_scan(&self, tenant: &TenantId, prefix: &[u8]) -> StoreResult<Vec<Vec<u8>>> {
         let end = prefix_end(prefix);
         self.read(|c| {

@@ -51,6 +51,9 @@ impl SledStore {
                     return Ok(answer);
                 };
                 subjects.remove(skey.as_slice())?;
+                if let Some(rec) = &plan.shadow {
+                    subjects.insert(shadow_key.as_slice(), rec.encode())?;
+                }
                 if let Some(until) = plan.hold_until {
                     holds.insert(legal_hold_key(until, tenant, &shadow), &[] as &[u8])?;
                 }

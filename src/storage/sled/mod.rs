@@ -373,6 +373,13 @@ impl Store for SledStore {
         self.field_tx(tenant, |tx| fields::expire(tx, subject, name, expires_at))
     }
 
+    fn clear_index(&self, tenant: &TenantId) -> StoreResult<u64> {
+        let index = self.existing_trees(tenant)?.index;
+        let n = index.len() as u64;
+        index.clear().map_err(backend)?;
+        Ok(n)
+    }
+
     fn index_scan(&self, tenant: &TenantId, prefix: &[u8]) -> StoreResult<Vec<Vec<u8>>> {
         self.existing_trees(tenant)?
             .index
