@@ -54,6 +54,8 @@ fn tenant_status(t: TenantKeyStatus) -> pb::TenantKeyStatus {
 }
 
 fn status(s: KeyStatus) -> pb::KeyStatus {
+    let run = s.epoch_run.as_ref();
+    let failure = run.and_then(|r| r.last_failure.as_ref());
     pb::KeyStatus {
         root: Some(pb::RootKeyStatus {
             current_version: s.root.current,
@@ -64,6 +66,10 @@ fn status(s: KeyStatus) -> pb::KeyStatus {
         last_epoch: s.last_epoch.map(convert::timestamp),
         next_epoch: Some(convert::timestamp(s.next_epoch)),
         epoch_interval_seconds: s.epoch_interval.as_secs(),
+        epoch_started: run.map(|r| convert::timestamp(r.started_at)),
+        epoch_failures: run.map_or(0, |r| r.failures),
+        last_epoch_failure: failure.map(|(at, _)| convert::timestamp(*at)),
+        last_epoch_failure_reason: failure.map(|(_, why)| why.clone()).unwrap_or_default(),
         max_encryptions_per_dek: s.limits.dek,
         max_encryptions_per_wrapping_key: s.limits.wrapping,
     }

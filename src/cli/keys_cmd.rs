@@ -110,6 +110,10 @@ fn status_json(s: &pb::KeyStatus) -> Value {
         "last_epoch": time(s.last_epoch.as_ref()),
         "next_epoch": time(s.next_epoch.as_ref()),
         "epoch_interval_seconds": s.epoch_interval_seconds,
+        "epoch_started": time(s.epoch_started.as_ref()),
+        "epoch_failures": s.epoch_failures,
+        "last_epoch_failure": time(s.last_epoch_failure.as_ref()),
+        "last_epoch_failure_reason": s.last_epoch_failure_reason,
         "max_encryptions_per_dek": s.max_encryptions_per_dek,
         "max_encryptions_per_wrapping_key": s.max_encryptions_per_wrapping_key,
     })
@@ -169,6 +173,18 @@ fn print_status(s: &pb::KeyStatus) {
             .as_ref()
             .map_or_else(String::new, ToString::to_string),
     );
+    if let Some(started) = &s.epoch_started {
+        println!(
+            "key epoch under way since {started}: {} failed attempts{}",
+            s.epoch_failures,
+            s.last_epoch_failure
+                .as_ref()
+                .map_or_else(String::new, |at| format!(
+                    ", last at {at}: {} (retried)",
+                    s.last_epoch_failure_reason
+                )),
+        );
+    }
     println!(
         "limits: {} encryptions per DEK, {} wraps per KEK or root version",
         s.max_encryptions_per_dek, s.max_encryptions_per_wrapping_key

@@ -33,7 +33,7 @@ use index_keys::{index_aad, parse_index_key_name, INDEX_KEY_PREFIX};
 
 pub use dek_cache::{DekCacheStats, LookupObserver};
 pub use record_keys::{LegacySeals, RecordSealer};
-pub use root_file::RootKeys;
+pub use root_file::{check_key_location, on_memory_fs, RootKeys};
 pub use root_keys::RootRotation;
 pub use tenant_keys::{RewrapBatch, SubjectDeks};
 pub use usage::{KeyLimits, SealGrant};
@@ -61,6 +61,10 @@ pub enum KeyringError {
     /// the keys): an operator must fix it, nothing was changed.
     #[error("root key file {path}: {problem}")]
     UnsafeRootFile { path: String, problem: String },
+    /// The root key file cannot be rewritten where it is (or would not survive a restart):
+    /// rotation and key epochs cannot run until an operator moves it.
+    #[error("root key file directory {path}: {problem}")]
+    RootNotWritable { path: String, problem: String },
     #[error(
         "the root key file does not match this data directory (it was created with another root key)"
     )]

@@ -280,11 +280,92 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), KeyringError> {
     let written = write_new(&tmp, bytes).and_then(|()| fs::rename(&tmp, path));
     if let Err(e) = written {
         let _ = fs::remove_file(&tmp);
-        return Err(io(path, e));
+        return Err(not_writable(&dir, &e).unwrap_or_else(|| io(path, e)));
     }
     fs::File::open(&dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| io(&dir, e))
+}
+
+/// What an operator is told when the key file cannot be rewritten where it is.
+const KEEP_THE_KEY_WRITABLE: &str = "rotation and key epochs rewrite the root key file, so keep \
+     it in a directory the vault can write that survives restarts (systemd StateDirectory=, a \
+     Kubernetes PersistentVolumeClaim; see deploy/)";
+
+/// The error for a write that failed because the key directory cannot be written at all
+/// (permissions, a read-only mount); `None` for any other failure.
+fn not_writable(dir: &Path, e: &std::io::Error) -> Option<KeyringError> {
+    let refused = matches!(
+        e.kind(),
+        std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem
+    );
+    refused.then(|| KeyringError::RootNotWritable {
+        path: dir.display().to_string(),
+        problem: format!("the directory cannot be written ({e}); {KEEP_THE_KEY_WRITABLE}"),
+    })
+}
+
+/// Checks, at start-up, that the key file at `path` can be rewritten and that a rewrite
+/// survives a restart: a file can be created, synced and removed in its directory, and the
+/// directory is not on a memory file system (tmpfs, ramfs) unless the data directory
+/// `data` is one too (a scratch vault). Either failure refuses the start, naming the path.
+pub fn check_key_location(path: &Path, data: Option<&Path>) -> Result<(), KeyringError> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let probe = temp_name(&dir, path)?;
+    if let Err(e) = write_new(&probe, b"").and_then(|()| fs::remove_file(&probe)) {
+        let _ = fs::remove_file(&probe);
+        return Err(
+            not_writable(&dir, &e).unwrap_or_else(|| KeyringError::RootNotWritable {
+                path: dir.display().to_string(),
+                problem: format!(
+                    "a test file cannot be written there ({e}); {KEEP_THE_KEY_WRITABLE}"
+                ),
+            }),
+        );
+    }
+    if on_memory_fs(&dir) && !data.is_some_and(on_memory_fs) {
+        return Err(KeyringError::RootNotWritable {
+            path: dir.display().to_string(),
+            problem: format!(
+                "the directory is on a memory file system (tmpfs): a rotated key would be \
+                 lost at the next restart and the store could not be opened again; \
+                 {KEEP_THE_KEY_WRITABLE}"
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// True if `path` is on a file system kept only in memory (tmpfs, ramfs), as the kernel's
+/// mount table (`/proc/self/mountinfo`) says: the mount with the longest mount point that
+/// contains the path decides. False where there is no such table.
+pub fn on_memory_fs(path: &Path) -> bool {
+    let (Ok(path), Ok(table)) = (
+        fs::canonicalize(path),
+        fs::read_to_string("/proc/self/mountinfo"),
+    ) else {
+        return false;
+    };
+    mount_type(&table, &path).is_some_and(|kind| matches!(kind, "tmpfs" | "ramfs"))
+}
+
+/// The file system type of the mount holding `path`, from a mountinfo table: each line is
+/// `id parent dev root mount-point options [optional…] - type source super-options`, with
+/// spaces in the mount point written as `\040`.
+fn mount_type<'t>(table: &'t str, path: &Path) -> Option<&'t str> {
+    table
+        .lines()
+        .filter_map(|line| {
+            let (mount, rest) = line.split_once(" - ")?;
+            let point = mount.split(' ').nth(4)?.replace("\\040", " ");
+            let kind = rest.split(' ').next()?;
+            path.starts_with(&point).then_some((point.len(), kind))
+        })
+        .max_by_key(|(len, _)| *len)
+        .map(|(_, kind)| kind)
 }
 
 /// A fresh, unpredictable name for the temporary file, in the key file's directory.
@@ -418,6 +499,29 @@ mod tests {
         assert_eq!(
             RootKeys::generate().expect("rng").current().derivation(),
             Derivation::HkdfV1
+        );
+    }
+
+    #[test]
+    fn the_longest_mount_point_holding_a_path_gives_its_type() {
+        let table = "22 1 8:1 / / rw - ext4 /dev/vda rw\n\
+                     30 22 0:5 / /dev/shm rw,nosuid - tmpfs tmpfs rw\n\
+                     31 22 0:6 / /srv/key\\040dir rw shared:3 - ramfs none rw\n";
+        assert_eq!(
+            mount_type(table, Path::new("/dev/shm/k/root.key")),
+            Some("tmpfs")
+        );
+        assert_eq!(
+            mount_type(table, Path::new("/dev/shmx/root.key")),
+            Some("ext4")
+        );
+        assert_eq!(
+            mount_type(table, Path::new("/srv/key dir/root.key")),
+            Some("ramfs")
+        );
+        assert_eq!(
+            mount_type(table, Path::new("/etc/pii-vault/root.key")),
+            Some("ext4")
         );
     }
 

@@ -129,6 +129,7 @@ struct Inner {
     store_bytes: Gauge,
     key_job_success: Family<JobLabel, FloatGauge>,
     key_job_failure: Family<JobLabel, FloatGauge>,
+    key_epoch_failures: Counter,
     tls_handshake_failures: Family<ReasonLabel, Counter>,
     certificate_expiry: Family<CertLabel, Gauge>,
 }
@@ -182,6 +183,7 @@ impl Metrics {
             store_bytes: register(r, "store_size", "Bytes the store occupies on disk (sampled)", Some(Unit::Bytes), Gauge::default()),
             key_job_success: register(r, "key_job_last_success_timestamp", "When each background key job last succeeded (key_epoch, rewrap, root_rotation)", Some(Unit::Seconds), Family::default()),
             key_job_failure: register(r, "key_job_last_failure_timestamp", "When each background key job last failed (it is retried)", Some(Unit::Seconds), Family::default()),
+            key_epoch_failures: register(r, "key_epoch_failures", "Key epoch attempts that failed (each is retried until the epoch completes)", None, Counter::default()),
             tls_handshake_failures: register(r, "tls_handshake_failures", "TLS handshakes on the gRPC port that failed, by reason", None, Family::default()),
             certificate_expiry: register(r, "tls_certificate_expiry_timestamp", "When each certificate the server loaded expires (not after), since the Unix epoch", Some(Unit::Seconds), Family::default()),
             registry: {
@@ -284,6 +286,9 @@ impl Metrics {
         let series = if ok {
             &self.0.key_job_success
         } else {
+            if job == KeyJob::Epoch {
+                self.0.key_epoch_failures.inc();
+            }
             &self.0.key_job_failure
         };
         series
@@ -418,6 +423,7 @@ mod tests {
         for line in [
             r#"piivault_key_job_last_success_timestamp_seconds{job="key_epoch"} 1700000000.5"#,
             r#"piivault_key_job_last_failure_timestamp_seconds{job="rewrap"} 1700000100.0"#,
+            "piivault_key_epoch_failures_total 0",
             r#"piivault_tls_handshake_failures_total{reason="no_client_cert"} 2"#,
             r#"piivault_tls_certificate_expiry_timestamp_seconds{cert="server"} 1800000000"#,
         ] {

@@ -209,6 +209,10 @@ fn open_vault(
     config: &Config, store: Arc<dyn Store>, metrics: Metrics,
 ) -> Result<Opened, ServerError> {
     let root = RootKeys::load(&config.root_key_file)?;
+    // Rotation and every key epoch rewrite the file: refuse now, naming the path, rather
+    // than at the first epoch (whose failure would leave erasures unfinished).
+    let data = (!store.shared()).then_some(config.data_dir.as_path());
+    crate::keyring::check_key_location(&config.root_key_file, data)?;
     let keys = Keyring::open(root, store.clone())?;
     // Once, on a store an earlier version wrote: seal its consent, restriction and
     // tombstone records before any request can read them.

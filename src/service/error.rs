@@ -153,6 +153,7 @@ impl From<KeyringError> for ServiceError {
             KeyringError::LimitReached(_) => ServiceError::KeyLimit(e.to_string()),
             KeyringError::NoRootFile
             | KeyringError::UnsafeRootFile { .. }
+            | KeyringError::RootNotWritable { .. }
             | KeyringError::RootFileNotShared(_) => ServiceError::KeyPrecondition(e.to_string()),
             KeyringError::Contended(_) | KeyringError::Retired => ServiceError::KeysBusy(e),
             // Damage, tampering or a wrong root key: logged, never sent.

@@ -29,6 +29,11 @@ pub struct Faults {
     /// Every tenant key update finds the keys changed by another writer first and is not
     /// applied, so the keyring runs out of retries (keys busy).
     pub lose_key_races: AtomicBool,
+    /// One key write (tenant keys, subject re-wraps, metadata, epoch marks, index
+    /// entries) fails once `key_writes_allowed` more have succeeded, and the switch turns
+    /// itself off: a transient fault at each step of a key job in turn.
+    pub fail_key_writes: AtomicBool,
+    pub key_writes_allowed: AtomicU64,
     /// How many flushes ran (group commit makes this far lower than the writes).
     pub flushes: AtomicU64,
     /// How many times all fields of a subject were loaded at once (`Store::fields`).
@@ -90,6 +95,25 @@ impl FaultyStore {
     fn write(&self) -> StoreResult<()> {
         Self::check(&self.faults.fail_writes, "write failed (disk full)")
     }
+
+    fn key_write(&self) -> StoreResult<()> {
+        if !self.faults.fail_key_writes.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let left =
+            self.faults
+                .key_writes_allowed
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        match left {
+            Ok(_) => Ok(()),
+            Err(_) => {
+                Faults::set(&self.faults.fail_key_writes, false);
+                Err(StoreError::Backend(
+                    "injected fault: key write failed (I/O error)".into(),
+                ))
+            }
+        }
+    }
 }
 
 impl Store for FaultyStore {
@@ -97,12 +121,14 @@ impl Store for FaultyStore {
         self.inner.meta(key)
     }
     fn meta_init(&self, key: &str, value: &[u8]) -> StoreResult<Vec<u8>> {
+        self.key_write()?;
         self.inner.meta_init(key, value)
     }
     fn meta_scan(&self, prefix: &str) -> StoreResult<Vec<(String, Vec<u8>)>> {
         self.inner.meta_scan(prefix)
     }
     fn meta_remove(&self, key: &str) -> StoreResult<()> {
+        self.key_write()?;
         self.inner.meta_remove(key)
     }
     fn expired(
@@ -127,15 +153,18 @@ impl Store for FaultyStore {
     }
     fn clear_index(&self, tenant: &TenantId) -> StoreResult<u64> {
         self.write()?;
+        self.key_write()?;
         self.inner.clear_index(tenant)
     }
     fn reindex_field(
         &self, tenant: &TenantId, subject: &SubjectId, name: &FieldName, entry: &[u8],
     ) -> StoreResult<()> {
         self.write()?;
+        self.key_write()?;
         self.inner.reindex_field(tenant, subject, name, entry)
     }
     fn meta_swap(&self, key: &str, expected: Option<&[u8]>, value: &[u8]) -> StoreResult<bool> {
+        self.key_write()?;
         self.inner.meta_swap(key, expected, value)
     }
     fn create_tenant(&self, tenant: &TenantRecord, wrapped_kek: &Sealed) -> StoreResult<bool> {
@@ -157,6 +186,7 @@ impl Store for FaultyStore {
     fn replace_kek(
         &self, tenant: &TenantId, version: u32, expected: &Sealed, new: &Sealed,
     ) -> StoreResult<bool> {
+        self.key_write()?;
         self.inner.replace_kek(tenant, version, expected, new)
     }
     fn tenant_keys(&self, tenant: &TenantId) -> StoreResult<Option<TenantKeyState>> {
@@ -171,6 +201,7 @@ impl Store for FaultyStore {
         if self.faults.lose_key_races.load(Ordering::SeqCst) {
             return Ok(None);
         }
+        self.key_write()?;
         self.inner.update_tenant_keys(tenant, update)
     }
     fn subject_records(
@@ -181,6 +212,7 @@ impl Store for FaultyStore {
     fn update_subjects(
         &self, tenant: &TenantId, subjects: &[SubjectId], update: &SubjectUpdate<'_>,
     ) -> StoreResult<Vec<bool>> {
+        self.key_write()?;
         self.inner.update_subjects(tenant, subjects, update)
     }
     fn subject(
@@ -282,6 +314,7 @@ impl Store for FaultyStore {
         self.inner.epoch_pending()
     }
     fn clear_epoch_pending(&self, tenant: &TenantId, seen: u64) -> StoreResult<()> {
+        self.key_write()?;
         self.inner.clear_epoch_pending(tenant, seen)
     }
     fn audit_append(&self, events: &[(u64, Vec<u8>)], head: &[u8]) -> StoreResult<()> {

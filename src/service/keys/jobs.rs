@@ -8,25 +8,19 @@
 //! - **Root rotations** left half-done (a crash, or a version added at the usage limit) are
 //!   completed. On a shared store every node also follows the shared root key file
 //!   (`Keyring::sync_root`) each time round.
-//! - **Key epochs**, every `key_epoch_interval`: every tenant with erasures since the last
-//!   epoch gets a new KEK, its DEKs re-wrapped and the old versions destroyed, so stale
-//!   copies of an erased subject's wrapped DEK (sled's old pages, backups) are useless,
-//!   and a new index key, every indexed field re-indexed under it and the old key
-//!   destroyed, so stale copies of the erased subjects' index entries match nothing;
-//!   then the root key is rotated and its old version destroyed, so stale copies of the
-//!   destroyed KEKs are useless too. Only then are the tenants' epoch marks cleared.
+//! - **Key epochs** (`epoch.rs`), every `key_epoch_interval`, and resumed until they
+//!   complete once started.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::audit::Operation;
-use crate::domain::{SubjectId, TenantId, Timestamp};
+use crate::domain::{SubjectId, TenantId};
 use crate::keyring::{version_list as versions, Keyring, KeyringError, RewrapBatch, RootRotation};
 use crate::metrics::KeyJob;
 use crate::storage::StoreError;
 
 use super::super::{Call, ServiceError, Vault};
-use super::EpochReport;
 
 /// How often the worker looks for work when nobody woke it.
 const POLL: Duration = Duration::from_secs(1);
@@ -37,14 +31,12 @@ const RETRY_AFTER: Duration = Duration::from_secs(30);
 const SHARED_DEK_CACHE_AGE: Duration = Duration::from_secs(30);
 /// The job lease name of the key worker.
 const KEY_JOBS: &str = "key-jobs";
-/// Store metadata key: when the epoch schedule started (before the first epoch ran).
-const EPOCH_ANCHOR: &str = "key_epoch_anchor";
 
 /// A re-wrap that destroyed its old versions.
-struct RewrapDone {
+pub(super) struct RewrapDone {
     target: u32,
-    destroyed: Vec<u32>,
-    rewrapped: u64,
+    pub(super) destroyed: Vec<u32>,
+    pub(super) rewrapped: u64,
 }
 
 /// The background worker; runs until its task is aborted.
@@ -62,6 +54,8 @@ pub async fn run_key_jobs(vault: Arc<Vault>) {
         return;
     };
     let mut unsynced = false;
+    // After a failed epoch (scheduled or asked for), the next attempt waits `RETRY_AFTER`.
+    let mut retry_epoch_at: Option<tokio::time::Instant> = None;
     loop {
         // On a shared store another node may have rotated the root key or destroyed tenant
         // keys: follow it, so destroyed keys leave this node's memory within a second too.
@@ -99,15 +93,20 @@ pub async fn run_key_jobs(vault: Arc<Vault>) {
             tracing::warn!(error = %e, "background key job failed; retrying later");
             failed = true;
         }
+        let waiting = retry_epoch_at.is_some_and(|at| tokio::time::Instant::now() < at);
         match vault.epoch_due() {
-            Ok(true) => match vault.recorded_key_epoch(&scheduled).await {
-                Ok(r) => tracing::info!(tenants = r.tenants.len(), "scheduled key epoch done"),
+            Ok(true) if !waiting => match vault.recorded_key_epoch(&scheduled).await {
+                Ok(r) => {
+                    tracing::info!(tenants = r.tenants.len(), "scheduled key epoch done");
+                    retry_epoch_at = None;
+                }
                 Err(e) => {
-                    tracing::warn!(error = %e, "scheduled key epoch failed; retrying later");
+                    tracing::warn!(error = %e, "key epoch failed; it stays under way and is retried");
+                    retry_epoch_at = Some(tokio::time::Instant::now() + RETRY_AFTER);
                     failed = true;
                 }
             },
-            Ok(false) => {}
+            Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "cannot read the key epoch schedule"),
         }
         let pause = if failed { RETRY_AFTER } else { POLL };
@@ -116,7 +115,10 @@ pub async fn run_key_jobs(vault: Arc<Vault>) {
             () = tokio::time::sleep(pause) => {}
             Some((call, done)) = asked.recv() => {
                 let result = vault.recorded_key_epoch(&call).await;
-                // The caller may have gone; the epoch is done either way.
+                retry_epoch_at = result
+                    .is_err()
+                    .then(|| tokio::time::Instant::now() + RETRY_AFTER);
+                // The caller may have gone; the epoch is done (or under way) either way.
                 let _ = done.send(result);
             }
         }
@@ -177,7 +179,7 @@ impl Vault {
 
     /// Runs the tenant's re-wrap job until its old versions are destroyed. `None` if there
     /// is no job (or the tenant was shredded).
-    async fn rewrap_to_completion(
+    pub(super) async fn rewrap_to_completion(
         &self, tenant: &TenantId,
     ) -> Result<Option<RewrapDone>, ServiceError> {
         let settings = self.key_jobs.settings;
@@ -262,70 +264,6 @@ impl Vault {
                 tokio::time::sleep(settings.rewrap_pause).await;
             }
         }
-    }
-
-    /// One key epoch (see the module documentation).
-    pub(super) async fn key_epoch(&self) -> Result<EpochReport, ServiceError> {
-        let _one = self.key_jobs.running.lock().await;
-        let mut tenants = Vec::new();
-        let mut shredded_tenants = Vec::new();
-        let mut deks_rewrapped = 0;
-        for (tenant, seen) in self.store.epoch_pending()? {
-            let (record, _) = self.keys.tenant_keys(&tenant)?;
-            if record.shredded_at.is_some() {
-                shredded_tenants.push(tenant.clone());
-            } else {
-                let id = tenant.clone();
-                self.key_op(move |k| k.rotate_tenant(&id)).await?;
-                match self.rewrap_to_completion(&tenant).await? {
-                    Some(done) => {
-                        deks_rewrapped += done.rewrapped;
-                        tenants.push((tenant.clone(), done.destroyed));
-                        // The index key that made the erased people's entries goes too, so
-                        // an old copy of the index (a stale page, a backup) cannot be
-                        // matched against values with a key the vault still holds.
-                        let reindexed = self.reindex(&tenant)?;
-                        tracing::info!(%tenant, reindexed, "key epoch rotated the tenant's index key");
-                    }
-                    None => shredded_tenants.push(tenant.clone()),
-                }
-            }
-            // Only if no erasure happened since `seen`: a later one needs the next epoch.
-            self.store.clear_epoch_pending(&tenant, seen)?;
-        }
-        let root = self.key_op(Keyring::rotate_root).await?;
-        self.keys.record_epoch()?;
-        self.commit.durable().await?;
-        Ok(EpochReport {
-            tenants,
-            shredded_tenants,
-            deks_rewrapped,
-            root,
-            completed_at: self.clock.now(),
-        })
-    }
-
-    /// When the next scheduled epoch is due: the interval after the last one (or after the
-    /// schedule started, before the first).
-    pub(super) fn next_epoch(&self) -> Result<Timestamp, ServiceError> {
-        let last = match self.keys.root_state()?.last_epoch {
-            Some(t) => t,
-            None => {
-                let now = self.clock.now().0.to_be_bytes();
-                let anchor = self.store.meta_init(EPOCH_ANCHOR, &now)?;
-                Timestamp(
-                    <[u8; 8]>::try_from(anchor.as_slice())
-                        .map(u64::from_be_bytes)
-                        .map_err(|_| ServiceError::Internal("bad key epoch anchor".into()))?,
-                )
-            }
-        };
-        let interval = u64::try_from(self.key_epoch_interval.as_micros()).unwrap_or(u64::MAX);
-        Ok(Timestamp(last.0.saturating_add(interval)))
-    }
-
-    fn epoch_due(&self) -> Result<bool, ServiceError> {
-        Ok(self.clock.now() >= self.next_epoch()?)
     }
 }
 

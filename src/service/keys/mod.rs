@@ -6,6 +6,7 @@
 //! (also those a usage limit triggered, and those a restart interrupted), root rotations a
 //! crash left half-done, and the scheduled key epochs.
 
+mod epoch;
 mod jobs;
 mod sealing;
 mod status;
@@ -14,6 +15,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, Mutex, Notify};
 
+pub use epoch::EpochRun;
 pub use jobs::run_key_jobs;
 pub use status::{KeyStatus, RootStatus, TenantKeyStatus, VersionStatus};
 
@@ -221,6 +223,9 @@ impl Vault {
             })
             .await;
         self.key_job_ended(crate::metrics::KeyJob::Epoch, epoch.is_ok());
+        if let Err(e) = &epoch {
+            self.record_epoch_failure(e);
+        }
         epoch
     }
 

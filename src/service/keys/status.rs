@@ -13,6 +13,7 @@ use crate::storage::{KeyVersionInfo, RewrapJob};
 
 use super::super::usecase::{no_detail, Check};
 use super::super::{Call, ServiceError, Vault};
+use super::EpochRun;
 
 /// Tenants listed per store page.
 const PAGE: usize = 256;
@@ -64,6 +65,8 @@ pub struct KeyStatus {
     pub last_epoch: Option<Timestamp>,
     pub next_epoch: Timestamp,
     pub epoch_interval: Duration,
+    /// The epoch under way (started, perhaps failed and waiting for its retry).
+    pub epoch_run: Option<EpochRun>,
     pub limits: KeyLimits,
 }
 
@@ -165,6 +168,7 @@ impl Vault {
             last_epoch: state.last_epoch,
             next_epoch: self.next_epoch()?,
             epoch_interval: self.key_epoch_interval,
+            epoch_run: self.epoch_run()?,
             limits: self.keys.limits(),
         })
     }

@@ -3,6 +3,7 @@
 //! of the data directory, tenant shredding, and the `keys` CLI.
 
 mod dek_cache;
+mod epochs;
 mod forensic;
 mod legacy_keys;
 mod limits;

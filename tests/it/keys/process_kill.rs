@@ -13,13 +13,13 @@ use super::*;
 use crate::util::{get, put, text, text_of};
 
 /// A `pii-vault serve` process, killed when dropped.
-struct ServerProcess {
+pub(super) struct ServerProcess {
     child: std::process::Child,
     addr: String,
 }
 
 impl ServerProcess {
-    fn spawn(config: &Path, log: &Path) -> Self {
+    pub(super) fn spawn(config: &Path, log: &Path) -> Self {
         let text = std::fs::read_to_string(config).expect("config");
         let addr = text
             .lines()
@@ -44,7 +44,7 @@ impl ServerProcess {
         Self { child, addr }
     }
 
-    async fn channel(&self, data_dir: &Path) -> Channel {
+    pub(super) async fn channel(&self, data_dir: &Path) -> Channel {
         let certs = pii_vault::client::ClientCerts::dev(data_dir);
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -59,7 +59,7 @@ impl ServerProcess {
     }
 
     /// SIGKILL: no drain, no flush.
-    fn kill(mut self) {
+    pub(super) fn kill(mut self) {
         self.child.kill().expect("kill");
         self.child.wait().expect("wait");
     }
@@ -80,7 +80,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn write_config(path: &Path, data_dir: &Path) {
+pub(super) fn write_config(path: &Path, data_dir: &Path) {
     std::fs::write(
         path,
         format!(
