@@ -10,7 +10,9 @@ pub fn field_names(names: &[String]) -> Result<Vec<FieldName>, InvalidInput> {
     names
         .iter()
         .enumerate()
-        .map(|(i, n)| FieldName::parse(n).map_err(|e| e.context(format!("field_names[{i}]"))))
+        .map(|(i, n)| {
+            FieldName::parse_external(n).map_err(|e| e.context(format!("field_names[{i}]")))
+        })
         .collect()
 }
 
@@ -45,7 +47,7 @@ pub fn field_value(v: Option<pb::Value>) -> Result<FieldValue, InvalidInput> {
 }
 
 fn new_field(f: pb::FieldInput) -> Result<NewField, InvalidInput> {
-    let name = FieldName::parse(&f.name).map_err(|e| e.in_field("name"))?;
+    let name = FieldName::parse_external(&f.name).map_err(|e| e.in_field("name"))?;
     if f.category == pb::Category::Unspecified as i32 {
         return Err(InvalidInput::new("category is missing").in_field("category"));
     }

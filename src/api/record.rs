@@ -174,7 +174,7 @@ impl pb::record_service_server::RecordService for RecordApi {
                 let value = convert::field_value(r.value)?;
                 Ok((
                     t,
-                    FieldName::parse(&r.field_name).map_err(field("field_name"))?,
+                    FieldName::parse_external(&r.field_name).map_err(field("field_name"))?,
                     value,
                     Purpose::parse(&r.purpose).map_err(field("purpose"))?,
                 ))

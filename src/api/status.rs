@@ -95,6 +95,12 @@ impl From<ServiceError> for Status {
             ServiceError::TokenNotFound => {
                 with_reason(Code::NotFound, message, R::TokenNotFound, &[])
             }
+            ServiceError::TokenWithoutSubject => with_reason(
+                Code::FailedPrecondition,
+                message,
+                R::TokenWithoutSubject,
+                &[],
+            ),
             ServiceError::FieldNotFound(name) => with_reason(
                 Code::NotFound,
                 message,

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use crate::domain::{FieldName, FieldValue, Purpose, TenantId};
+use crate::domain::{FieldName, FieldValue, Purpose, SubjectId, TenantId};
 use crate::proto::v1 as pb;
 use crate::service::{Operation, Vault};
 
@@ -34,14 +34,16 @@ impl pb::token_service_server::TokenService for TokenApi {
             .and_then(|t| {
                 Ok((
                     t,
-                    FieldValue::typed(5, &r.card_number)?,
+                    SubjectId::parse_external(&r.subject_id).map_err(field("subject_id"))?,
+                    FieldValue::typed(5, &r.card_number).map_err(field("card_number"))?,
                     idempotency_key(&r.idempotency_key)?,
                 ))
             });
-        let (tenant, card, key) = parsed(&self.vault, &call, Operation::Tokenize, input).await?;
+        let (tenant, subject, card, key) =
+            parsed(&self.vault, &call, Operation::Tokenize, input).await?;
         let t = self
             .vault
-            .tokenize(&call, &tenant, &card, key.as_ref())
+            .tokenize(&call, &tenant, &subject, &card, key.as_ref())
             .await?;
         Ok(respond(
             &call,

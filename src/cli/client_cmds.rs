@@ -132,6 +132,8 @@ pub struct FindArgs {
 pub struct TokenizeArgs {
     /// Tenant id.
     tenant: String,
+    /// The subject (person) who holds the card: the token is erased with them.
+    subject: String,
     /// The card number; `-` or nothing reads it from stdin (keeps it out of shell history).
     card_number: Option<String>,
     /// Idempotency key (1 to 128 of `A-Za-z0-9._:-`): the same number tokenized again with
@@ -431,7 +433,7 @@ pub async fn find(args: FindArgs, out: Out) -> anyhow::Result<()> {
 }
 
 pub async fn tokenize(args: TokenizeArgs, out: Out) -> anyhow::Result<()> {
-    about(Some(&args.tenant), None);
+    about(Some(&args.tenant), Some(&args.subject));
     let card_number = match args.card_number.as_deref() {
         Some(n) if n != "-" => n.to_owned(),
         _ => {
@@ -446,6 +448,7 @@ pub async fn tokenize(args: TokenizeArgs, out: Out) -> anyhow::Result<()> {
     let t = client
         .tokenize(pb::TokenizeRequest {
             tenant_id: args.tenant,
+            subject_id: args.subject,
             card_number,
             idempotency_key: args.idempotency_key.unwrap_or_default(),
         })

@@ -501,20 +501,24 @@ impl VaultClient {
         .await
     }
 
-    /// Tokenizes a card number; returns the token. Retried under a fresh idempotency key,
-    /// so a lost answer never issues a second token.
-    pub async fn tokenize(&self, tenant: &str, card_number: &str) -> Result<String, VaultError> {
-        self.tokenize_with_key(tenant, card_number, &fresh_key())
+    /// Tokenizes a card number of `subject` (the token is erased with them); returns the
+    /// token. Retried under a fresh idempotency key, so a lost answer never issues a second
+    /// token.
+    pub async fn tokenize(
+        &self, tenant: &str, subject: &str, card_number: &str,
+    ) -> Result<String, VaultError> {
+        self.tokenize_with_key(tenant, subject, card_number, &fresh_key())
             .await
     }
 
     /// `tokenize` under the caller's idempotency key: the same number under the same key
     /// within 24 hours gets the token first issued.
     pub async fn tokenize_with_key(
-        &self, tenant: &str, card_number: &str, idempotency_key: &str,
+        &self, tenant: &str, subject: &str, card_number: &str, idempotency_key: &str,
     ) -> Result<String, VaultError> {
         let message = pb::TokenizeRequest {
             tenant_id: tenant.to_owned(),
+            subject_id: subject.to_owned(),
             card_number: card_number.to_owned(),
             idempotency_key: idempotency_key.to_owned(),
         };

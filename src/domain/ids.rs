@@ -120,6 +120,28 @@ id_type!(
     Purpose, "purpose", 64, lower_alpha, name_char, "[a-z0-9_.-] (starting with a letter)"
 );
 
+impl FieldName {
+    /// Prefix of the field names the vault gives card tokens: a token is stored as a field
+    /// of its subject, named by the token itself.
+    pub const TOKEN_PREFIX: &'static str = "tok_";
+
+    /// True for a card token's field.
+    pub fn is_token(&self) -> bool {
+        self.0.starts_with(Self::TOKEN_PREFIX)
+    }
+
+    /// Parses a field name given by a caller: not in the token space.
+    pub fn parse_external(s: &str) -> Result<Self, InvalidInput> {
+        let name = Self::parse(s)?;
+        if name.is_token() {
+            return Err(InvalidInput::new(
+                "field names starting with tok_ are reserved for card tokens (TokenService)",
+            ));
+        }
+        Ok(name)
+    }
+}
+
 impl SubjectId {
     /// Prefix of subject ids the vault keeps for itself (the card token store).
     pub const RESERVED_PREFIX: &'static str = "pii-vault:";

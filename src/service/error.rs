@@ -26,8 +26,15 @@ pub enum ServiceError {
     SubjectErased { receipt: Option<String> },
     #[error("field {0} not found")]
     FieldNotFound(FieldName),
-    #[error("token not found")]
+    #[error("token not found (never issued, or its holder was erased)")]
     TokenNotFound,
+    /// A token issued before tokens belonged to a subject: no erasure could reach it, so it
+    /// is not served.
+    #[error(
+        "this token was issued before tokens belonged to a subject and is no longer served: \
+         tokenize the card again with its holder's subject_id"
+    )]
+    TokenWithoutSubject,
     /// A field is not at the version the write expected: nothing was written.
     #[error("field {field} is at version {stored}, not the expected one; nothing was written")]
     VersionMismatch { field: FieldName, stored: u64 },
@@ -97,6 +104,7 @@ impl ServiceError {
             ServiceError::KeyLimit(_)
             | ServiceError::KeyPrecondition(_)
             | ServiceError::VersionMismatch { .. }
+            | ServiceError::TokenWithoutSubject
             | ServiceError::IdempotencyKeyReused => Outcome::Denied,
             ServiceError::TenantNotFound
             | ServiceError::TenantShredded

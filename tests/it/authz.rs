@@ -204,6 +204,7 @@ async fn run(call: &str, c: &Channel, n: usize) -> Code {
         "tokenize" => token_service_client::TokenServiceClient::new(c.clone())
             .tokenize(TokenizeRequest {
                 tenant_id: t,
+                subject_id: "alice".into(),
                 card_number: "4111 1111 1111 1111".into(),
                 idempotency_key: String::new(),
             })
@@ -627,6 +628,7 @@ async fn tokens_round_trip_and_detokenize_needs_the_reveal_grant() {
     let t = tokens(&billing)
         .tokenize(pb::TokenizeRequest {
             tenant_id: "acme".into(),
+            subject_id: "alice".into(),
             card_number: "4111-1111-1111-1111".into(),
             idempotency_key: String::new(),
         })
@@ -681,6 +683,7 @@ async fn tokens_round_trip_and_detokenize_needs_the_reveal_grant() {
     let bad = tokens(&billing)
         .tokenize(pb::TokenizeRequest {
             tenant_id: "acme".into(),
+            subject_id: "alice".into(),
             card_number: "4111 1111 1111 1112".into(),
             idempotency_key: String::new(),
         })

@@ -226,6 +226,7 @@ async fn call(rpc: &str, c: &Channel, token: &str) -> Answer {
         "Tokenize" => token_service_client::TokenServiceClient::new(c.clone())
             .tokenize(TokenizeRequest {
                 tenant_id,
+                subject_id,
                 card_number: "4111 1111 1111 1111".into(),
                 idempotency_key: String::new(),
             })
@@ -476,6 +477,7 @@ async fn seed(admin: &Channel) -> String {
     token_service_client::TokenServiceClient::new(admin.clone())
         .tokenize(TokenizeRequest {
             tenant_id: "acme".into(),
+            subject_id: "alice".into(),
             card_number: "4242 4242 4242 4242".into(),
             idempotency_key: String::new(),
         })

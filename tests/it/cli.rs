@@ -115,7 +115,11 @@ async fn every_command_prints_json_lines_with_format_json() {
     assert_eq!(got[0]["value"], "alice@example.com");
     let found = json_lines(&vault, &["find", "acme", "email", "alice@example.com"], "");
     assert_eq!(found[0]["subject"], "alice");
-    let token = json_lines(&vault, &["tokenize", "acme"], "4111 1111 1111 1111\n");
+    let token = json_lines(
+        &vault,
+        &["tokenize", "acme", "alice"],
+        "4111 1111 1111 1111\n",
+    );
     let token = token[0]["token"].as_str().expect("a token").to_owned();
     let card = json_lines(
         &vault,
@@ -432,7 +436,7 @@ async fn put_and_tokenize_take_an_idempotency_key_and_put_an_expected_version() 
     let tokenize = |key: &str| {
         let t = json_lines(
             &vault,
-            &["tokenize", "acme", "--idempotency-key", key],
+            &["tokenize", "acme", "alice", "--idempotency-key", key],
             "4111 1111 1111 1111\n",
         );
         t[0]["token"].as_str().expect("a token").to_owned()

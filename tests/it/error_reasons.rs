@@ -18,8 +18,9 @@ use crate::util::{
 };
 
 /// Reasons provoked by another module's test, which asserts them there.
-const ELSEWHERE: [(&str, &str); 7] = [
+const ELSEWHERE: [(&str, &str); 8] = [
     ("IDEMPOTENCY_KEY_REUSED", "idempotency"),
+    ("TOKEN_WITHOUT_SUBJECT", "tokens"),
     ("KEY_LIMIT_REACHED", "keys::limits"),
     ("KEY_OPERATION_BLOCKED", "hygiene"),
     ("RATE_LIMITED", "abuse"),

@@ -40,6 +40,7 @@ async fn tokenize(
     tokens
         .tokenize(pb::TokenizeRequest {
             tenant_id: "acme".into(),
+            subject_id: "alice".into(),
             card_number: card.into(),
             idempotency_key: key.into(),
         })

@@ -45,4 +45,5 @@ mod state_race;
 mod tenants;
 mod tls;
 mod tls_matrix;
+mod tokens;
 mod typed_client;

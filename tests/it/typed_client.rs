@@ -84,19 +84,19 @@ async fn typed_calls_round_trip_and_errors_carry_the_vaults_reason() {
         "a fresh key per call"
     );
     let token = client
-        .tokenize_with_key("acme", "4242424242424242", "card-9")
+        .tokenize_with_key("acme", "ada", "4242424242424242", "card-9")
         .await
         .expect("tokenize");
     assert_eq!(
         client
-            .tokenize_with_key("acme", "4242424242424242", "card-9")
+            .tokenize_with_key("acme", "ada", "4242424242424242", "card-9")
             .await
             .expect("again"),
         token
     );
     assert_ne!(
         client
-            .tokenize("acme", "4242424242424242")
+            .tokenize("acme", "ada", "4242424242424242")
             .await
             .expect("fresh key"),
         token

@@ -26,19 +26,26 @@ pub(super) fn index_text(value: &FieldValue) -> Option<String> {
     }
 }
 
-fn prefix(key: &Key<Index>, field: &FieldName, text: &str) -> Writer {
-    let tag = key.mac(TAG_LABEL, &[field.as_str().as_bytes(), text.as_bytes()]);
-    Writer::new()
-        .u32(key.version())
-        .str(field.as_str())
-        .bytes(&tag)
+fn prefix(key: &Key<Index>, field: &str, text: &str) -> Writer {
+    let tag = key.mac(TAG_LABEL, &[field.as_bytes(), text.as_bytes()]);
+    Writer::new().u32(key.version()).str(field).bytes(&tag)
 }
 
 /// The entry key of `subject`'s value `text` in field `field`.
 pub(super) fn entry(
     key: &Key<Index>, field: &FieldName, text: &str, subject: &SubjectId,
 ) -> Vec<u8> {
-    prefix(key, field, text).str(subject.as_str()).finish()
+    prefix(key, field.as_str(), text)
+        .str(subject.as_str())
+        .finish()
+}
+
+/// The entry that finds the holder of a card token: every token is indexed by itself
+/// under the field `tok_`, a name no caller can use, so `FindSubjects` never reaches it.
+pub(super) fn token_entry(key: &Key<Index>, token: &FieldName, subject: &SubjectId) -> Vec<u8> {
+    prefix(key, FieldName::TOKEN_PREFIX, token.as_str())
+        .str(subject.as_str())
+        .finish()
 }
 
 fn subject_of(entry: &[u8]) -> Option<SubjectId> {
@@ -119,10 +126,25 @@ impl Vault {
         }
         let text = index_text(value)
             .ok_or_else(|| InvalidInput::new("bytes values cannot be looked up"))?;
+        self.scan_index(tenant, field.as_str(), &text)
+    }
+
+    /// The subjects holding the card token `token` (more than one only if its tenant's
+    /// tokens are deterministic and several subjects hold the same card).
+    pub(super) fn token_holders(
+        &self, tenant: &TenantId, token: &FieldName,
+    ) -> Result<Vec<SubjectId>, ServiceError> {
+        self.scan_index(tenant, FieldName::TOKEN_PREFIX, token.as_str())
+    }
+
+    /// The subjects with an index entry for `text` in `field`, under any live key version.
+    fn scan_index(
+        &self, tenant: &TenantId, field: &str, text: &str,
+    ) -> Result<Vec<SubjectId>, ServiceError> {
         let mut found = Vec::new();
         // Every live key version: during a rotation, entries of both versions exist.
         for key in self.keys.index_keys(tenant)? {
-            let p = prefix(&key, field, &text).finish();
+            let p = prefix(&key, field, text).finish();
             for e in self.store.index_scan(tenant, &p)? {
                 found.extend(subject_of(&e));
             }
@@ -174,6 +196,13 @@ impl Vault {
                         continue;
                     }
                     let name = field.meta.name.clone();
+                    if name.is_token() {
+                        // Indexed by the token itself: nothing to open.
+                        let token = token_entry(current, &name, subject);
+                        self.store.reindex_field(tenant, subject, &name, &token)?;
+                        count += 1;
+                        continue;
+                    }
                     let value = Self::open_value(tenant, subject, &deks, &field)?;
                     if let Some(text) = index_text(&value) {
                         self.store.reindex_field(

@@ -64,7 +64,10 @@ impl Vault {
                         .map(|r| (true, r)),
                 );
             }
-            found.retain(|(_, r)| grant.category(r.meta.category).is_ok());
+            // Card tokens are read through TokenService (a `detokenize` grant), never here.
+            found.retain(|(_, r)| {
+                !r.meta.name.is_token() && grant.category(r.meta.category).is_ok()
+            });
         } else {
             for n in names {
                 let rec = match self.store.field(tenant, subject, n)? {

@@ -1,7 +1,14 @@
-//! Card tokens: a random token a service stores instead of a card number. The number is
-//! kept as a sealed payment field of a reserved subject of the tenant, so it lives under the
-//! same key hierarchy (and rotations) as every other value; the token itself is random and
-//! says nothing about the number.
+//! Card tokens: a random token a service stores instead of a card number. A token belongs
+//! to a subject: it is stored as a payment field of that subject, named by the token and
+//! sealed under the subject's key, with a blind-index entry (the token under the tenant's
+//! index key) that finds its holder. Erasing the subject therefore ends its tokens with it:
+//! the key is gone and the entry dropped, and the token answers NOT_FOUND. The token itself
+//! is random and says nothing about the number.
+//!
+//! Tokens issued before they belonged to a subject were fields of one reserved subject of
+//! the tenant (`pii-vault:card-tokens`); nothing ties them to a person, so an erasure could
+//! never reach them. Detokenize refuses them (FAILED_PRECONDITION, `TOKEN_WITHOUT_SUBJECT`):
+//! tokenize the card again for its holder.
 
 use crate::audit::Operation;
 use crate::authz::{act, Grant, Refusal};
@@ -9,12 +16,13 @@ use crate::domain::{
     Category, FieldName, FieldValue, IdempotencyKey, NewField, Purpose, Render, SubjectId, TenantId,
 };
 
-use super::super::usecase::{no_detail, Check};
+use super::super::usecase::Check;
 use super::super::{Call, ServiceError, Vault};
 use super::Once;
 
-/// The reserved subject that holds a tenant's tokenized card numbers.
-fn token_store() -> Result<SubjectId, ServiceError> {
+/// The reserved subject that held a tenant's tokenized card numbers before tokens belonged
+/// to their subjects.
+fn legacy_token_store() -> Result<SubjectId, ServiceError> {
     SubjectId::parse("pii-vault:card-tokens").map_err(|e| ServiceError::Internal(e.to_string()))
 }
 
@@ -35,11 +43,13 @@ pub struct Tokenized {
 }
 
 impl Vault {
-    /// Stores a (Luhn-checked) card number and returns a random token for it. Under the
-    /// caller's idempotency key, the same number sent again by the same caller within
-    /// `IDEMPOTENCY_RETENTION` gets the same token; another number under the key is refused.
+    /// Stores a (Luhn-checked) card number of `subject` and returns a random token for it.
+    /// Under the caller's idempotency key, the same number sent again by the same caller
+    /// within `IDEMPOTENCY_RETENTION` gets the same token; another number under the key is
+    /// refused.
     pub async fn tokenize(
-        &self, call: &Call, tenant: &TenantId, card: &FieldValue, key: Option<&IdempotencyKey>,
+        &self, call: &Call, tenant: &TenantId, subject: &SubjectId, card: &FieldValue,
+        key: Option<&IdempotencyKey>,
     ) -> Result<Tokenized, ServiceError> {
         let once = key.map(|key| Once {
             operation: "Tokenize",
@@ -48,17 +58,21 @@ impl Vault {
         });
         self.use_case(call, Operation::Tokenize)
             .tenant(tenant)
+            .subject(subject)
             .run(
                 Check::action(act::Tokenize, Some(tenant)),
-                |grant| async move { self.store_token(&grant, call, tenant, card, once).await },
+                |grant| async move {
+                    self.store_token(&grant, call, tenant, subject, card, once)
+                        .await
+                },
                 |t: &Tokenized, ev| ev.fields = vec![t.token.clone()],
             )
             .await
     }
 
     async fn store_token(
-        &self, grant: &Grant<act::Tokenize>, call: &Call, tenant: &TenantId, card: &FieldValue,
-        once: Option<Once<'_>>,
+        &self, grant: &Grant<act::Tokenize>, call: &Call, tenant: &TenantId, subject: &SubjectId,
+        card: &FieldValue, once: Option<Once<'_>>,
     ) -> Result<Tokenized, ServiceError> {
         let FieldValue::CardNumber(_) = card else {
             return Err(
@@ -70,22 +84,16 @@ impl Vault {
             name: token.clone(),
             category: Category::Payment,
             value: card.clone(),
+            // Indexed by the token (not the card): `token_entry`.
             indexed: false,
             transaction_record: false,
             // A new token never replaces one that exists (a collision of random ids).
             expected_version: Some(0),
-            // Tokens live until the token store is erased; not swept by category.
+            // Tokens live until their subject is erased; not swept by category.
             ttl: Some(std::time::Duration::from_secs(100 * 365 * 86_400)),
         };
         let written = self
-            .write_fields(
-                grant,
-                call.caller.as_str(),
-                tenant,
-                &token_store()?,
-                &[field],
-                once,
-            )
+            .write_fields(grant, call.caller.as_str(), tenant, subject, &[field], once)
             .await?;
         // A request sent again under its key answers the token first issued for it.
         let token = written.first().map_or(token, |w| w.meta.name.clone());
@@ -98,7 +106,8 @@ impl Vault {
         })
     }
 
-    /// The card number behind a token; needs a grant that reveals payment fields.
+    /// The card number behind a token; needs a grant that reveals payment fields, and the
+    /// holder's restriction and consents must allow the purpose, as for a read of the field.
     pub async fn detokenize(
         &self, call: &Call, tenant: &TenantId, token: &FieldName, purpose: &Purpose,
     ) -> Result<FieldValue, ServiceError> {
@@ -107,39 +116,56 @@ impl Vault {
             tenant: Some(tenant),
             purpose: Some(purpose),
         };
-        self.use_case(call, Operation::Detokenize)
+        let (card, _holder) = self
+            .use_case(call, Operation::Detokenize)
             .tenant(tenant)
             .fields([token])
             .purpose(purpose)
             .run(
                 check,
-                |grant| async move { self.card_of(&grant, tenant, token) },
-                no_detail,
+                |grant| async move { self.card_of(&grant, tenant, token, purpose) },
+                // The holder is named, so the disclosure is in their access report.
+                |(_, holder): &(FieldValue, SubjectId), ev| ev.subject = holder.to_string(),
             )
-            .await
+            .await?;
+        Ok(card)
     }
 
     fn card_of(
         &self, grant: &Grant<act::Detokenize>, tenant: &TenantId, token: &FieldName,
-    ) -> Result<FieldValue, ServiceError> {
+        purpose: &Purpose,
+    ) -> Result<(FieldValue, SubjectId), ServiceError> {
         if grant.category(Category::Payment)?.0 != Render::Reveal {
             return Err(Refusal::NotGranted(
                 "detokenize needs a rule with render = reveal for payment fields".into(),
             )
             .into());
         }
-        let fields = self
-            .read_fields(grant, tenant, &token_store()?, std::slice::from_ref(token))
-            .map_err(|e| match e {
-                ServiceError::SubjectNotFound | ServiceError::FieldNotFound(_) => {
-                    ServiceError::TokenNotFound
-                }
-                other => other,
-            })?;
-        fields
-            .into_iter()
-            .next()
-            .and_then(|f| f.value)
-            .ok_or(ServiceError::TokenNotFound)
+        if !token.is_token() {
+            return Err(ServiceError::TokenNotFound);
+        }
+        for holder in self.token_holders(tenant, token)? {
+            if holder.is_reserved() {
+                continue;
+            }
+            let state = self.checked_state(tenant, &holder)?;
+            self.authz.subject_allows(grant, Some(purpose), &state)?;
+            let Some(record) = self.store.subject(tenant, &holder)? else {
+                continue;
+            };
+            let Some(field) = self.store.field(tenant, &holder, token)? else {
+                continue;
+            };
+            let deks = self.subject_deks(tenant, &holder, &record)?;
+            return Ok((Self::open_value(tenant, &holder, &deks, &field)?, holder));
+        }
+        if self
+            .store
+            .field(tenant, &legacy_token_store()?, token)?
+            .is_some()
+        {
+            return Err(ServiceError::TokenWithoutSubject);
+        }
+        Err(ServiceError::TokenNotFound)
     }
 }

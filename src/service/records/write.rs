@@ -204,7 +204,7 @@ impl Vault {
                 .into());
             }
         }
-        let index_key = match fields.iter().any(NewField::is_indexed) {
+        let index_key = match fields.iter().any(|f| f.is_indexed() || f.name.is_token()) {
             true => self.keys.index_keys(tenant)?.first().cloned(),
             false => None,
         };
@@ -246,8 +246,11 @@ impl Vault {
                         .map_err(|_| ServiceError::Internal("sealing a field failed".into()))?,
                     expires_at: self.retention.expiry(f.category, f.ttl, self.clock.now()),
                     expected: f.expected_version,
-                    index_entry: match (terms.index_key, f.is_indexed()) {
-                        (Some(key), true) => lookup::index_text(&f.value)
+                    index_entry: match terms.index_key {
+                        Some(key) if f.name.is_token() => {
+                            lookup::token_entry(key, &f.name, subject)
+                        }
+                        Some(key) if f.is_indexed() => lookup::index_text(&f.value)
                             .map(|text| lookup::entry(key, &f.name, &text, subject))
                             .unwrap_or_default(),
                         _ => Vec::new(),

@@ -73,6 +73,9 @@ pub struct AccessReport {
     pub recipients: Vec<Recipient>,
 }
 
+/// The kind the report gives a card token (listed without its card number).
+pub const CARD_TOKEN_KIND: &str = "card_token";
+
 /// The lower-case name of a stored value kind (its code is in the field record).
 fn kind_name(kind: u8) -> &'static str {
     // `from_parts` only checks the kind for empty content, so this reads the kind without
@@ -180,14 +183,24 @@ impl Vault {
                 let render = grant
                     .category(rec.meta.category)
                     .map_or(Render::Redacted, |(render, _rule)| render);
-                let value = match render {
+                // A card token is listed by its token (the field's name), never its card.
+                let token = rec.meta.name.is_token();
+                let (render, value) = match render {
                     // Not opened at all: the caller may not see it.
-                    Render::Redacted => None,
-                    _ => Self::open_value(tenant, subject, &deks, &rec)?.render(render),
+                    Render::Redacted => (render, None),
+                    _ if token => (Render::Redacted, None),
+                    _ => (
+                        render,
+                        Self::open_value(tenant, subject, &deks, &rec)?.render(render),
+                    ),
                 };
                 let retention = retention_rule(rec.meta.category);
                 Ok(HeldField {
-                    kind: kind_name(rec.kind),
+                    kind: if token {
+                        CARD_TOKEN_KIND
+                    } else {
+                        kind_name(rec.kind)
+                    },
                     value,
                     render,
                     expires_at: retention.expiry(rec.meta.updated_at),
