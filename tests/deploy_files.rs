@@ -19,7 +19,7 @@ use serde_json::Value;
 
 use pii_vault::config::{
     Config, RawAudit, RawAuthz, RawConfig, RawKeys, RawLimits, RawMetrics, RawObservability,
-    RawStorage, RawTls,
+    RawStorage, RawTls, RawTokens,
 };
 
 fn read(relative: &str) -> String {
@@ -102,6 +102,11 @@ fn assert_every_key_set(raw: &RawConfig) {
             listen: metrics_listen,
         },
         observability: RawObservability { trace_propagation },
+        tokens:
+            RawTokens {
+                deterministic_tenants,
+                card_shaped_tenants,
+            },
         authz:
             RawAuthz {
                 policy_file,
@@ -190,6 +195,11 @@ fn assert_every_key_set(raw: &RawConfig) {
             "observability.trace_propagation",
             trace_propagation.is_some(),
         ),
+        (
+            "tokens.deterministic_tenants",
+            deterministic_tenants.is_some(),
+        ),
+        ("tokens.card_shaped_tenants", card_shaped_tenants.is_some()),
         ("limits.shutdown_grace_ms", shutdown_grace_ms.is_some()),
         (
             "authz.legal_obligation_purposes",

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use crate::domain::{FieldName, FieldValue, Purpose, SubjectId, TenantId};
+use crate::domain::{FieldValue, Purpose, SubjectId, TenantId};
 use crate::proto::v1 as pb;
 use crate::service::{Operation, Vault};
 
@@ -64,7 +64,7 @@ impl pb::token_service_server::TokenService for TokenApi {
             .and_then(|t| {
                 Ok((
                     t,
-                    FieldName::parse(&r.token).map_err(field("token"))?,
+                    crate::service::token_field(&r.token).map_err(field("token"))?,
                     Purpose::parse(&r.purpose).map_err(field("purpose"))?,
                 ))
             });

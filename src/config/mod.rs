@@ -20,7 +20,7 @@ use crate::storage::PgTls;
 
 pub use raw::{
     RawAudit, RawAuthz, RawConfig, RawKeys, RawLimits, RawMetrics, RawObservability, RawStorage,
-    RawTls,
+    RawTls, RawTokens,
 };
 
 /// Default listen address: loopback only.

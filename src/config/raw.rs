@@ -31,6 +31,21 @@ pub struct RawConfig {
     pub metrics: RawMetrics,
     #[serde(default)]
     pub observability: RawObservability,
+    #[serde(default)]
+    pub tokens: RawTokens,
+}
+
+/// `[tokens]`: the shape of each tenant's card tokens (random `tok_` + 32 hex digits for
+/// tenants named in neither list).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTokens {
+    /// Tenants whose tokens are deterministic: the same card gets the same token (an HMAC
+    /// of the card under the tenant's index key) until that key is rotated.
+    pub deterministic_tenants: Option<Vec<String>>,
+    /// Tenants whose tokens are card-shaped: 16 digits, Luhn-valid, starting with 9, the
+    /// card's last four kept.
+    pub card_shaped_tenants: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -1,20 +1,22 @@
 //! Validation of the raw configuration into `Config`: every bound checked, every default
 //! filled in, one function per section so each rule is easy to find.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::authz::PurposeRules;
 use crate::certs::DevPki;
-use crate::domain::Purpose;
+use crate::domain::{Purpose, TenantId};
 use crate::keyring::KeyLimits;
 use crate::service::{
-    syslog_host, DenialSettings, KeySettings, Limits, SinkConfig, SyslogConfig, VaultSettings,
+    syslog_host, DenialSettings, KeySettings, Limits, SinkConfig, SyslogConfig, TokenSettings,
+    VaultSettings,
 };
 use crate::storage::PgTls;
 
-use super::raw::{RawAudit, RawAuthz, RawKeys, RawLimits, RawStorage, RawTls};
+use super::raw::{RawAudit, RawAuthz, RawKeys, RawLimits, RawStorage, RawTls, RawTokens};
 use super::{
     bounded, bounded_usize, AbuseLimits, Backend, Config, ConfigError, RawConfig, TlsPaths,
     DEFAULT_DATA_DIR, DEFAULT_LISTEN, MAX_EPOCH_HOURS,
@@ -111,6 +113,7 @@ impl RawConfig {
                 limits,
                 key_epoch_interval,
                 keys,
+                tokens: self.tokens.settings()?,
                 ..self.audit.settings()?
             },
             max_message_bytes,
@@ -256,6 +259,24 @@ impl RawLimits {
             )?),
         };
         Ok(limits)
+    }
+}
+
+impl RawTokens {
+    fn settings(&self) -> Result<TokenSettings, ConfigError> {
+        let parse = |key: &str, list: &Option<Vec<String>>| {
+            list.iter()
+                .flatten()
+                .map(|t| {
+                    TenantId::parse(t)
+                        .map_err(|e| ConfigError::Invalid(format!("tokens.{key}: {e}")))
+                })
+                .collect::<Result<BTreeSet<_>, _>>()
+        };
+        Ok(TokenSettings {
+            deterministic: parse("deterministic_tenants", &self.deterministic_tenants)?,
+            card_shaped: parse("card_shaped_tenants", &self.card_shaped_tenants)?,
+        })
     }
 }
 

@@ -77,7 +77,8 @@ pub fn normalize_phone(s: &str) -> Result<String, InvalidInput> {
     Ok(format!("+{digits}"))
 }
 
-fn luhn_ok(digits: &str) -> bool {
+/// True if a string of ASCII digits passes the Luhn check.
+pub(crate) fn luhn_ok(digits: &str) -> bool {
     let sum: u32 = digits
         .bytes()
         .rev()

@@ -41,7 +41,7 @@ pub use keys::{
     run_key_jobs, EpochReport, KeySettings, KeyStatus, RootStatus, ShredReport, TenantKeyStatus,
     TenantRotation, VersionStatus,
 };
-pub use records::{SubjectPage, Tokenized};
+pub use records::{token_field, SubjectPage, TokenSettings, Tokenized};
 pub use rights::{
     AccessReport, ErasureReceipt, Export, HeldField, Recipient, RetentionRules, StateChange,
     DEFAULT_KEY_EPOCH, EXPORT_CHUNK, EXPORT_SCHEMA,
@@ -92,6 +92,8 @@ pub struct VaultSettings {
     pub retention: RetentionRules,
     /// Key usage limits and the pace of background re-wraps.
     pub keys: KeySettings,
+    /// The shape of each tenant's card tokens.
+    pub tokens: TokenSettings,
     /// False only for the load generator's "auditing off" baseline: no configuration key
     /// reaches it, `serve` always audits, and it exists only with the `testing` feature
     /// (benches and tests), never in the production library.
@@ -123,6 +125,7 @@ impl Default for VaultSettings {
             retention: RetentionRules::default(),
             metrics: Metrics::default(),
             keys: KeySettings::default(),
+            tokens: TokenSettings::default(),
         }
     }
 }
@@ -182,6 +185,7 @@ pub struct Vault {
     audit_enabled: bool,
     key_epoch_interval: Duration,
     retention: RetentionRules,
+    tokens: TokenSettings,
     /// Queue of erased subjects whose field ciphertexts are purged in the background.
     purger: tokio::sync::mpsc::UnboundedSender<(TenantId, SubjectId)>,
     metrics: Metrics,
@@ -265,6 +269,7 @@ impl Vault {
             audit_enabled: settings.audit_enabled,
             key_epoch_interval: settings.key_epoch_interval,
             retention: settings.retention,
+            tokens: settings.tokens,
             metrics: settings.metrics,
             key_jobs: keys::KeyJobs::new(settings.keys),
             _alive: background.token(),

@@ -306,3 +306,147 @@ async fn a_token_issued_before_tokens_had_subjects_is_refused_with_what_to_do() 
     assert_reason(&unknown, Code::NotFound, "TOKEN_NOT_FOUND");
     vault.stop().await;
 }
+
+fn luhn(digits: &str) -> bool {
+    let sum: u32 = digits
+        .bytes()
+        .rev()
+        .enumerate()
+        .map(|(i, b)| {
+            let d = u32::from(b - b'0') * if i % 2 == 1 { 2 } else { 1 };
+            if d > 9 {
+                d - 9
+            } else {
+                d
+            }
+        })
+        .sum();
+    sum.is_multiple_of(10)
+}
+
+async fn tokenize_in(
+    tokens: &mut TokenServiceClient<Channel>, tenant: &str, subject: &str, card: &str,
+) -> String {
+    tokens
+        .tokenize(pb::TokenizeRequest {
+            tenant_id: tenant.into(),
+            subject_id: subject.into(),
+            card_number: card.into(),
+            idempotency_key: String::new(),
+        })
+        .await
+        .expect("tokenize")
+        .into_inner()
+        .token
+}
+
+async fn detokenize_in(
+    tokens: &mut TokenServiceClient<Channel>, tenant: &str, token: &str,
+) -> Result<String, tonic::Status> {
+    tokens
+        .detokenize(pb::DetokenizeRequest {
+            tenant_id: tenant.into(),
+            token: token.into(),
+            purpose: "billing".into(),
+        })
+        .await
+        .map(|r| r.into_inner().card_number)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_may_choose_deterministic_and_card_shaped_tokens() {
+    let vault = TestVault::start_with(|raw| {
+        raw.tokens.deterministic_tenants = Some(vec!["acme".into(), "initech".into()]);
+        raw.tokens.card_shaped_tenants = Some(vec!["acme".into(), "globex".into()]);
+    })
+    .await;
+    for tenant in ["acme", "globex", "initech"] {
+        create_tenant(&vault, tenant).await;
+    }
+    let channel = vault.channel().await;
+    let mut tokens = TokenServiceClient::new(channel.clone());
+    let card_shaped = |token: &str| {
+        token.len() == 16
+            && token.starts_with('9')
+            && token.ends_with(&ALICE_CARD[12..])
+            && token != ALICE_CARD
+            && luhn(token)
+    };
+
+    // Deterministic and card-shaped: the same card, the same token, for every holder.
+    let first = tokenize_in(&mut tokens, "acme", "alice", ALICE_CARD).await;
+    assert!(card_shaped(&first), "{first}");
+    assert_eq!(
+        tokenize_in(&mut tokens, "acme", "alice", ALICE_CARD).await,
+        first
+    );
+    assert_eq!(
+        tokenize_in(&mut tokens, "acme", "bob", ALICE_CARD).await,
+        first
+    );
+    let other = tokenize_in(&mut tokens, "acme", "alice", BOB_CARD).await;
+    assert_ne!(other, first);
+    assert!(other.ends_with(&BOB_CARD[12..]) && luhn(&other), "{other}");
+    assert_eq!(
+        detokenize_in(&mut tokens, "acme", &first)
+            .await
+            .expect("detokenize"),
+        ALICE_CARD
+    );
+    // Held by two people, the token lives as long as one of them.
+    erase(channel.clone(), "acme", "alice")
+        .await
+        .expect("erase");
+    assert_eq!(
+        detokenize_in(&mut tokens, "acme", &first)
+            .await
+            .expect("bob's"),
+        ALICE_CARD
+    );
+    let gone = detokenize_in(&mut tokens, "acme", &other)
+        .await
+        .expect_err("alice's only");
+    assert_reason(&gone, Code::NotFound, "TOKEN_NOT_FOUND");
+    erase(channel.clone(), "acme", "bob").await.expect("erase");
+    let gone = detokenize_in(&mut tokens, "acme", &first)
+        .await
+        .expect_err("no holder left");
+    assert_reason(&gone, Code::NotFound, "TOKEN_NOT_FOUND");
+
+    // Card-shaped but random: a new token each time.
+    let a = tokenize_in(&mut tokens, "globex", "carol", ALICE_CARD).await;
+    let b = tokenize_in(&mut tokens, "globex", "carol", ALICE_CARD).await;
+    assert!(card_shaped(&a) && card_shaped(&b), "{a} {b}");
+    assert_ne!(a, b, "random tokens do not repeat");
+    assert_eq!(
+        detokenize_in(&mut tokens, "globex", &b).await.expect("b"),
+        ALICE_CARD
+    );
+
+    // Deterministic, the default shape; a new index key makes new tokens, the old one
+    // still opens.
+    let t = tokenize_in(&mut tokens, "initech", "dave", ALICE_CARD).await;
+    assert!(t.starts_with("tok_") && t.len() == 36, "{t}");
+    assert_eq!(
+        tokenize_in(&mut tokens, "initech", "dave", ALICE_CARD).await,
+        t
+    );
+    let mut records = vault.records().await;
+    records
+        .rotate_index_key(pb::RotateIndexKeyRequest {
+            tenant_id: "initech".into(),
+        })
+        .await
+        .expect("rotate index key");
+    let after = tokenize_in(&mut tokens, "initech", "dave", ALICE_CARD).await;
+    assert_ne!(after, t, "the token key rotated");
+    for token in [&t, &after] {
+        assert_eq!(
+            detokenize_in(&mut tokens, "initech", token)
+                .await
+                .expect("opens"),
+            ALICE_CARD
+        );
+    }
+    vault.stop().await;
+}

@@ -9,7 +9,7 @@ mod write;
 
 use std::collections::HashSet;
 
-pub use tokens::Tokenized;
+pub use tokens::{token_field, TokenSettings, Tokenized};
 
 use write::Once;
 
