@@ -29,6 +29,7 @@ fn held_field(f: HeldField) -> pb::HeldField {
         kind: f.kind.to_owned(),
         retention: Some(retention),
         expires_at: f.expires_at.map(convert::timestamp),
+        legal_retention: f.legal_retention,
         field: Some(convert::field(crate::domain::Field {
             meta: f.meta,
             value: f.value,

@@ -523,3 +523,78 @@ async fn the_access_report_lists_every_field_and_the_recipients_of_earlier_reads
     );
     assert_eq!(doc["field_count"], 5);
 }
+
+#[tokio::test]
+async fn the_report_and_the_export_list_retained_records_and_tokens_without_their_values() {
+    let vault = TestVault::start().await;
+    crate::util::create_tenant(&vault, "acme").await;
+    let c = vault.channel().await;
+    let mut payment = typed(
+        "last_payment",
+        pb::Category::Payment,
+        pb::value::Kind::Text("EUR 12.00 on 2026-11-30".into()),
+    );
+    payment.transaction_record = true;
+    // A transaction record goes in a request of its own (it lives under another key).
+    for fields in [
+        vec![text("email", pb::Category::Account, "alice@example.com")],
+        vec![payment],
+    ] {
+        put(&mut records(&c), "acme", "alice", fields)
+            .await
+            .expect("put");
+    }
+    let token = pb::token_service_client::TokenServiceClient::new(c.clone())
+        .tokenize(pb::TokenizeRequest {
+            tenant_id: "acme".into(),
+            subject_id: "alice".into(),
+            card_number: "4111111111111111".into(),
+            idempotency_key: String::new(),
+        })
+        .await
+        .expect("tokenize")
+        .into_inner()
+        .token;
+
+    let report = access(&c, "acme", "alice").await.expect("report");
+    let by_name: HashMap<String, &pb::HeldField> = report
+        .fields
+        .iter()
+        .map(|f| (f.field.as_ref().expect("field").name.clone(), f))
+        .collect();
+    assert_eq!(by_name.len(), 3, "{report:?}");
+    assert!(!by_name["email"].legal_retention);
+    let retained = by_name["last_payment"];
+    assert!(retained.legal_retention, "{retained:?}");
+    // Kept for the payment category's seven years after its last write.
+    let until = micros(&retained.expires_at);
+    let seven_years = 7 * 365 * DAY_SECS as u64 * 1_000_000;
+    assert!(
+        until > now_micros() + seven_years - 2 * DAY_SECS as u64 * 1_000_000,
+        "{retained:?}"
+    );
+    let listed = by_name[&token];
+    assert_eq!(listed.kind, "card_token");
+    assert!(
+        shown(listed).is_none(),
+        "a token is listed without its card: {listed:?}"
+    );
+
+    let doc = export_json(&c, "acme", "alice", "data_subject_request")
+        .await
+        .expect("export");
+    let fields = doc["fields"].as_array().expect("fields");
+    assert_eq!(doc["field_count"], 3);
+    let field = |name: &str| {
+        fields
+            .iter()
+            .find(|f| f["name"] == name)
+            .unwrap_or_else(|| panic!("{name} missing from {doc}"))
+    };
+    assert_eq!(field("last_payment")["legal_retention"], true);
+    assert_eq!(field("email")["legal_retention"], false);
+    assert_eq!(field(&token)["kind"], "card_token");
+    assert!(field(&token)["value"].is_null());
+    assert!(!doc.to_string().contains("4111111111111111"));
+    vault.stop().await;
+}

@@ -42,6 +42,9 @@ pub struct HeldField {
     /// When the field expires under its retention rule; `None` when the rule has no fixed
     /// period.
     pub expires_at: Option<Timestamp>,
+    /// A transaction record kept under a legal retention duty (in the subject's legal
+    /// shadow): an erasure of the subject keeps it, unreadable, until `expires_at`.
+    pub legal_retention: bool,
 }
 
 /// One disclosure of the subject's data: a successful read recorded in the audit log.
@@ -127,13 +130,17 @@ impl Vault {
     ) -> Result<AccessReport, ServiceError> {
         let (created, state) = self.report_subject(tenant, subject)?;
         let mut fields = Vec::new();
-        loop {
-            let after = fields.last().map(|f: &HeldField| &f.meta.name);
-            let page = self.held_fields_page(grant, tenant, subject, after)?;
-            let last = page.len() < FIELD_PAGE;
-            fields.extend(page);
-            if last {
-                break;
+        for retained in [false, true] {
+            let mut after: Option<FieldName> = None;
+            loop {
+                let page =
+                    self.held_fields_page(grant, tenant, subject, retained, after.as_ref())?;
+                let last = page.len() < FIELD_PAGE;
+                after = page.last().map(|f| f.meta.name.clone());
+                fields.extend(page);
+                if last {
+                    break;
+                }
             }
         }
         let mut recipients = Vec::new();
@@ -166,14 +173,27 @@ impl Vault {
     }
 
     /// The subject's fields after `after`, at most `FIELD_PAGE`, opened and rendered per
-    /// `grant`; fewer than `FIELD_PAGE` means this is the last page. The subject is looked
-    /// up again for every page, so an erasure during a long export ends it.
+    /// `grant`; fewer than `FIELD_PAGE` means this is the last page. With `retained`, the
+    /// fields of its legal shadow (transaction records under a retention duty) instead. The
+    /// subject is looked up again for every page, so an erasure during a long export ends it.
     pub(super) fn held_fields_page(
         &self, grant: &Grant<impl act::ListsHeld>, tenant: &TenantId, subject: &SubjectId,
-        after: Option<&FieldName>,
+        retained: bool, after: Option<&FieldName>,
     ) -> Result<Vec<HeldField>, ServiceError> {
         let record = self.live_subject(tenant, subject)?;
-        let page = self.store.fields_page(tenant, subject, after, FIELD_PAGE)?;
+        let (holder, record) = if retained {
+            let shadow = subject.legal_shadow();
+            match self.store.subject(tenant, &shadow)? {
+                Some(r) => (shadow, r),
+                None => return Ok(Vec::new()),
+            }
+        } else {
+            (subject.clone(), record)
+        };
+        let (subject, page) = (
+            &holder,
+            self.store.fields_page(tenant, &holder, after, FIELD_PAGE)?,
+        );
         if page.is_empty() {
             return Ok(Vec::new());
         }
@@ -205,6 +225,7 @@ impl Vault {
                     render,
                     expires_at: retention.expiry(rec.meta.updated_at),
                     retention,
+                    legal_retention: retained,
                     meta: rec.meta,
                 })
             })

@@ -27,6 +27,9 @@ pub const EXPORT_CHUNK: usize = 64 * 1024;
 enum Next {
     /// Fields after this one (from the first when `None`).
     Fields(Option<FieldName>),
+    /// Then the fields of the subject's legal shadow (transaction records under a legal
+    /// retention duty) after this one.
+    Retained(Option<FieldName>),
     /// Recipients among audit events after this sequence number.
     Recipients(u64),
     /// The closing members and brace.
@@ -105,6 +108,7 @@ struct FieldJson<'a> {
     created_at: String,
     updated_at: String,
     retention: RetentionJson,
+    legal_retention: bool,
 }
 
 impl<'a> From<&'a HeldField> for FieldJson<'a> {
@@ -123,6 +127,7 @@ impl<'a> From<&'a HeldField> for FieldJson<'a> {
                 period_days: f.retention.period_days(),
                 expires_at: f.expires_at.map(time),
             },
+            legal_retention: f.legal_retention,
         }
     }
 }
@@ -273,9 +278,15 @@ impl Vault {
     /// Writes the next page (or the closing part) of the document into `x.out`.
     fn export_step(&self, x: &mut Export) -> Result<(), ServiceError> {
         match x.next.clone() {
-            Next::Fields(after) => {
-                let page =
-                    self.held_fields_page(&x.grant, &x.tenant, &x.subject, after.as_ref())?;
+            Next::Fields(ref after) | Next::Retained(ref after) => {
+                let retained = matches!(x.next, Next::Retained(_));
+                let page = self.held_fields_page(
+                    &x.grant,
+                    &x.tenant,
+                    &x.subject,
+                    retained,
+                    after.as_ref(),
+                )?;
                 for f in &page {
                     if x.fields > 0 {
                         x.out.push(b',');
@@ -283,11 +294,12 @@ impl Vault {
                     json(&mut x.out, &FieldJson::from(f))?;
                     x.fields += 1;
                 }
-                x.next = match page.last() {
-                    Some(last) if page.len() == FIELD_PAGE => {
-                        Next::Fields(Some(last.meta.name.clone()))
-                    }
-                    _ => {
+                let more = page.last().filter(|_| page.len() == FIELD_PAGE);
+                x.next = match (more, retained) {
+                    (Some(last), false) => Next::Fields(Some(last.meta.name.clone())),
+                    (Some(last), true) => Next::Retained(Some(last.meta.name.clone())),
+                    (None, false) => Next::Retained(None),
+                    (None, true) => {
                         x.out.push(b']');
                         member(&mut x.out, false, "field_count", &x.fields)?;
                         x.out.extend_from_slice(b",\"recipients\":[");
