@@ -6,13 +6,24 @@ use crate::domain::{
 };
 use crate::proto::v1 as pb;
 
+/// Field names a caller reads or writes: never a card token's.
 pub fn field_names(names: &[String]) -> Result<Vec<FieldName>, InvalidInput> {
+    parse_names(names, FieldName::parse_external)
+}
+
+/// Field names a caller deletes: a card token's name (`tok_…`, or a card-shaped token's 16
+/// digits) deletes the token.
+pub fn deleted_names(names: &[String]) -> Result<Vec<FieldName>, InvalidInput> {
+    parse_names(names, crate::service::token_field)
+}
+
+fn parse_names(
+    names: &[String], parse: fn(&str) -> Result<FieldName, InvalidInput>,
+) -> Result<Vec<FieldName>, InvalidInput> {
     names
         .iter()
         .enumerate()
-        .map(|(i, n)| {
-            FieldName::parse_external(n).map_err(|e| e.context(format!("field_names[{i}]")))
-        })
+        .map(|(i, n)| parse(n).map_err(|e| e.context(format!("field_names[{i}]"))))
         .collect()
 }
 

@@ -153,7 +153,7 @@ impl pb::record_service_server::RecordService for RecordApi {
         let call = call(&req)?;
         let r = req.get_ref();
         let input = ids(&r.tenant_id, &r.subject_id)
-            .and_then(|(t, s)| Ok((t, s, convert::field_names(&r.field_names)?)));
+            .and_then(|(t, s)| Ok((t, s, convert::deleted_names(&r.field_names)?)));
         let (tenant, subject, names) =
             parsed(&self.vault, &call, Operation::DeleteFields, input).await?;
         let deleted = self

@@ -194,6 +194,38 @@ async fn a_token_belongs_to_its_subject_and_is_erased_with_them() {
         .await
         .expect("lift");
 
+    // The reveal is a disclosure of Bob's data: his access report names it.
+    let recipients = SubjectRightsServiceClient::new(channel.clone())
+        .access_subject(pb::AccessSubjectRequest {
+            tenant_id: "acme".into(),
+            subject_id: "bob".into(),
+        })
+        .await
+        .expect("bob's report")
+        .into_inner()
+        .recipients;
+    assert!(
+        recipients
+            .iter()
+            .any(|r| r.operation == "detokenize" && r.field_names == [bob.clone()]),
+        "{recipients:?}"
+    );
+
+    // DeleteFields with a token's name deletes the token (and its index entry).
+    let spare = tokenize(&mut tokens, "bob", BOB_CARD)
+        .await
+        .expect("tokenize");
+    records
+        .delete_fields(pb::DeleteFieldsRequest {
+            tenant_id: "acme".into(),
+            subject_id: "bob".into(),
+            field_names: vec![spare.clone()],
+        })
+        .await
+        .expect("delete the token");
+    let deleted = detokenize(&mut tokens, &spare).await.expect_err("deleted");
+    assert_reason(&deleted, Code::NotFound, "TOKEN_NOT_FOUND");
+
     // Erased, Alice's tokens are gone, their index entries too; Bob's stay.
     let entries = || store.index_scan(&acme, b"").expect("scan").len();
     assert_eq!(entries(), 3);

@@ -21,10 +21,12 @@ pub(in crate::service) const FIELD_PAGE: usize = 128;
 pub(in crate::service) const RECIPIENT_PAGE: usize = 256;
 
 /// Operations whose successful events handed a subject's values to their caller.
-const DISCLOSURES: [Operation; 3] = [
+const DISCLOSURES: [Operation; 4] = [
     Operation::GetFields,
     Operation::AccessSubject,
     Operation::ExportSubject,
+    // A card number revealed for one of the subject's tokens.
+    Operation::Detokenize,
 ];
 
 /// One field as the subject's report shows it.
