@@ -7,6 +7,7 @@
 //! `run` takes an already bound listener and a shutdown future, so tests can bind
 //! `127.0.0.1:0` and stop the server with a oneshot.
 
+mod deadline;
 mod health;
 mod limits;
 mod metrics_http;
@@ -183,13 +184,13 @@ pub async fn serve(
     );
     tracing::info!(listen = %local, "serving (mTLS required, TLS 1.3)");
     let served = tonic::transport::Server::builder()
-        .timeout(config.request_timeout)
         .max_concurrent_streams(abuse.max_streams_per_connection)
         .concurrency_limit_per_connection(abuse.max_streams_per_connection as usize)
         .layer(observe::ObserveLayer::new(
             metrics,
             config.trace_propagation,
         ))
+        .layer(deadline::DeadlineLayer::new(config.request_timeout))
         .layer(MapResponseLayer::new(oversized_is_invalid_argument))
         .layer(limits::RateLimitLayer(limits::RateLimiter::new(abuse)))
         .add_routes(routes)

@@ -12,8 +12,9 @@
 //!
 //! A gRPC response's final status travels in its trailers, or in its headers when the
 //! response is trailers-only (most errors). The response body is wrapped so the trailers
-//! are read as they go by; a response dropped before its trailers (the client went away,
-//! the request timeout fired) is counted as `CANCELLED`.
+//! are read as they go by; a response dropped before its trailers (the client went away)
+//! is counted as `CANCELLED`. A request past its deadline is answered `DEADLINE_EXCEEDED`
+//! by `deadline.rs`, inside this layer, and counted so.
 
 use std::future::Future;
 use std::pin::Pin;

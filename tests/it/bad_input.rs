@@ -241,12 +241,10 @@ async fn an_expired_deadline_is_honoured() {
     let err = client.put_fields(req).await.expect_err("deadline");
     let took = started.elapsed();
     Faults::set(&faults.stall_audit, false);
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    // The vault answers a few milliseconds early, so that the answer arrives in time.
     assert!(
-        matches!(err.code(), Code::DeadlineExceeded | Code::Cancelled),
-        "{err:?}"
-    );
-    assert!(
-        took >= deadline && took < Duration::from_millis(1_500),
+        took >= deadline - Duration::from_millis(10) && took < Duration::from_millis(1_500),
         "the call returned after {took:?}, not at its {deadline:?} deadline"
     );
     // Once the writer is unstuck the vault serves again.

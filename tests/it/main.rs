@@ -20,6 +20,7 @@ mod batch_records;
 mod category_paths;
 mod cli;
 mod corruption;
+mod deadlines;
 mod dev_mode;
 mod disk_faults;
 mod erasure;
