@@ -144,6 +144,8 @@ async fn python_client_interoperates_over_mutual_tls() {
         "get missing: NOT_FOUND, reason SUBJECT_NOT_FOUND",
         "put invalid: INVALID_ARGUMENT, reason INVALID_INPUT",
         "put with an idempotency key: answered once",
+        "errors: TENANT_EXISTS, TENANT_NOT_FOUND, FIELD_NOT_FOUND, TOKEN_NOT_FOUND, \
+         VERSION_MISMATCH and SUBJECT_RESTRICTED decoded",
         "audit query:",
         "access report:",
         "export:",

@@ -108,6 +108,8 @@ def main():
         rights = importlib.import_module("piivault.v1.rights_pb2")
         rights_grpc = importlib.import_module("piivault.v1.rights_pb2_grpc")
         errors = importlib.import_module("piivault.v1.errors_pb2")
+        tokens = importlib.import_module("piivault.v1.tokens_pb2")
+        tokens_grpc = importlib.import_module("piivault.v1.tokens_pb2_grpc")
 
         def read(path):
             with open(path, "rb") as f:
@@ -213,6 +215,58 @@ def main():
                 errors,
             )
             print("put with an idempotency key: answered once; another request under it refused")
+
+            # More of the reasons a caller meets, each provoked and decoded from its ErrorInfo.
+            # (The others need a failing store or audit log, a key race or tampering inside
+            # the server; the Rust tests provoke those, tests/it/error_reasons.rs.)
+            def get_of(tenant_id, subject_id, names=()):
+                request = record.GetFieldsRequest(
+                    tenant_id=tenant_id, subject_id=subject_id, field_names=list(names), purpose="support"
+                )
+                return lambda: records.GetFields(request, timeout=10)
+
+            stale = record.FieldInput(
+                name="nick", category=common.CATEGORY_PROFILE, value=common.Value(text="x"), expected_version=7
+            )
+            cases = [
+                (
+                    lambda: tenant_grpc.TenantServiceStub(channel).CreateTenant(
+                        tenant.CreateTenantRequest(tenant_id="interop"), timeout=10
+                    ),
+                    grpc.StatusCode.ALREADY_EXISTS,
+                    "TENANT_EXISTS",
+                ),
+                (get_of("no-such-tenant", "u"), grpc.StatusCode.NOT_FOUND, "TENANT_NOT_FOUND"),
+                (get_of("interop", "user-py-2", ["missing"]), grpc.StatusCode.NOT_FOUND, "FIELD_NOT_FOUND"),
+                (
+                    lambda: tokens_grpc.TokenServiceStub(channel).Detokenize(
+                        tokens.DetokenizeRequest(tenant_id="interop", token="tok_" + "0" * 32, purpose="billing"),
+                        timeout=10,
+                    ),
+                    grpc.StatusCode.NOT_FOUND,
+                    "TOKEN_NOT_FOUND",
+                ),
+                (
+                    lambda: records.PutFields(
+                        record.PutFieldsRequest(tenant_id="interop", subject_id="user-py-2", fields=[stale]),
+                        timeout=10,
+                    ),
+                    grpc.StatusCode.ABORTED,
+                    "VERSION_MISMATCH",
+                ),
+            ]
+            for call, code, reason in cases:
+                expect_error(call, code, reason, errors)
+            rights_grpc.SubjectRightsServiceStub(channel).RestrictSubject(
+                rights.RestrictSubjectRequest(tenant_id="interop", subject_id="user-py-2"), timeout=10
+            )
+            expect_error(
+                get_of("interop", "user-py-2"), grpc.StatusCode.FAILED_PRECONDITION, "SUBJECT_RESTRICTED", errors
+            )
+            print(
+                "errors: TENANT_EXISTS, TENANT_NOT_FOUND, FIELD_NOT_FOUND, TOKEN_NOT_FOUND, "
+                "VERSION_MISMATCH and SUBJECT_RESTRICTED decoded"
+            )
 
             events = [
                 event

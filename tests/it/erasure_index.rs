@@ -2,16 +2,14 @@
 //! shadow's included; a key epoch gives every tenant with erasures a new index key (the old
 //! one destroyed, live subjects re-indexed); a shredded tenant keeps no index key or entry.
 
-use std::sync::Arc;
-
 use pb::key_service_client::KeyServiceClient;
 use pb::record_service_client::RecordServiceClient;
 use pii_vault::proto::v1 as pb;
-use pii_vault::storage::{SledStore, Store};
+use pii_vault::storage::Store;
 use tonic::transport::Channel;
 
 use crate::erasure::erase;
-use crate::util::{create_tenant, test_config, TestVault};
+use crate::util::create_tenant;
 
 fn email(address: &str, transaction_record: bool) -> pb::FieldInput {
     pb::FieldInput {
@@ -70,11 +68,7 @@ fn index_key_versions(store: &dyn Store) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_value_of_an_erased_person_finds_anything_and_a_shred_leaves_no_index() {
-    let dir = tempfile::TempDir::new().expect("temp dir");
-    let config = test_config(dir.path(), |_| {});
-    let sled = SledStore::open(&config.store_dir(), config.cache_capacity_bytes).expect("open");
-    let store: Arc<dyn Store> = Arc::new(sled);
-    let vault = TestVault::start_on(dir, config, Some(store.clone())).await;
+    let (vault, store) = crate::util::vault_with_store().await;
     let acme = pii_vault::domain::TenantId::parse("acme").expect("tenant id");
     create_tenant(&vault, "acme").await;
     let mut records = vault.records().await;

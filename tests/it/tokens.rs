@@ -86,11 +86,7 @@ async fn export(channel: &Channel, subject: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_belongs_to_its_subject_and_is_erased_with_them() {
-    let dir = tempfile::TempDir::new().expect("temp dir");
-    let config = test_config(dir.path(), |_| {});
-    let sled = SledStore::open(&config.store_dir(), config.cache_capacity_bytes).expect("open");
-    let store: Arc<dyn Store> = Arc::new(sled);
-    let vault = TestVault::start_on(dir, config, Some(store.clone())).await;
+    let (vault, store) = crate::util::vault_with_store().await;
     let acme = pii_vault::domain::TenantId::parse("acme").expect("tenant id");
     create_tenant(&vault, "acme").await;
     let channel = vault.channel().await;

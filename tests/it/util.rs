@@ -146,6 +146,19 @@ impl Drop for TestVault {
     }
 }
 
+/// A vault over sled, with a handle on the store for the test to look into it while the
+/// vault serves.
+pub async fn vault_with_store() -> (TestVault, Arc<dyn Store>) {
+    let dir = TempDir::new().expect("temp dir");
+    let config = test_config(dir.path(), |_| {});
+    let sled = SledStore::open(&config.store_dir(), config.cache_capacity_bytes).expect("open");
+    let store: Arc<dyn Store> = Arc::new(sled);
+    (
+        TestVault::start_on(dir, config, Some(store.clone())).await,
+        store,
+    )
+}
+
 /// A vault over a `FaultyStore` wrapping sled, with the switches that make it fail.
 pub async fn faulty_vault(edit: impl FnOnce(&mut RawConfig)) -> (TestVault, Arc<Faults>) {
     let dir = TempDir::new().expect("temp dir");

@@ -348,19 +348,13 @@ async fn a_start_refuses_a_key_location_that_cannot_be_rewritten_or_would_not_su
 async fn an_epoch_killed_mid_way_resumes_on_restart_and_completes() {
     const SUBJECTS: usize = 3000;
     let dir = TempDir::new().expect("dir");
-    let data = dir.path().join("data");
-    let config = dir.path().join("vault.toml");
-    let log = dir.path().join("server.log");
-    process_kill::write_config(&config, &data);
-    let server = process_kill::ServerProcess::spawn(&config, &log);
-    let channel = server.channel(&data).await;
-    pb::tenant_service_client::TenantServiceClient::new(channel.clone())
-        .create_tenant(pb::CreateTenantRequest {
-            tenant_id: "acme".into(),
-        })
-        .await
-        .expect("tenant");
-    preload(channel.clone(), "acme", SUBJECTS, 8).await;
+    let process_kill::Preloaded {
+        data,
+        config,
+        log,
+        server,
+        channel,
+    } = process_kill::Preloaded::start(dir.path(), SUBJECTS).await;
     let receipt = erase(channel.clone(), "acme", "s0").await.expect("erase");
     // The epoch runs on the server's worker; the call is dropped with the process.
     let mut asker = KeyServiceClient::new(channel.clone());

@@ -1,7 +1,7 @@
 //! A real `pii-vault serve` process killed with SIGKILL in the middle of a re-wrap.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use pb::key_service_client::KeyServiceClient;
@@ -92,23 +92,52 @@ pub(super) fn write_config(path: &Path, data_dir: &Path) {
     .expect("write config");
 }
 
+/// A server process in `dir` (data in `data/`, config `vault.toml`, log `server.log`) with
+/// tenant `acme` holding `subjects` subjects `s0..`.
+pub(super) struct Preloaded {
+    pub(super) data: PathBuf,
+    pub(super) config: PathBuf,
+    pub(super) log: PathBuf,
+    pub(super) server: ServerProcess,
+    pub(super) channel: Channel,
+}
+
+impl Preloaded {
+    pub(super) async fn start(dir: &Path, subjects: usize) -> Self {
+        let data = dir.join("data");
+        let config = dir.join("vault.toml");
+        let log = dir.join("server.log");
+        write_config(&config, &data);
+        let server = ServerProcess::spawn(&config, &log);
+        let channel = server.channel(&data).await;
+        pb::tenant_service_client::TenantServiceClient::new(channel.clone())
+            .create_tenant(pb::CreateTenantRequest {
+                tenant_id: "acme".into(),
+            })
+            .await
+            .expect("tenant");
+        preload(channel.clone(), "acme", subjects, 8).await;
+        Self {
+            data,
+            config,
+            log,
+            server,
+            channel,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_server_mid_rewrap_resumes_on_restart() {
     const SUBJECTS: usize = 4000;
     let dir = TempDir::new().expect("dir");
-    let data = dir.path().join("data");
-    let config = dir.path().join("vault.toml");
-    let log = dir.path().join("server.log");
-    write_config(&config, &data);
-    let server = ServerProcess::spawn(&config, &log);
-    let channel = server.channel(&data).await;
-    pb::tenant_service_client::TenantServiceClient::new(channel.clone())
-        .create_tenant(pb::CreateTenantRequest {
-            tenant_id: "acme".into(),
-        })
-        .await
-        .expect("tenant");
-    preload(channel.clone(), "acme", SUBJECTS, 8).await;
+    let Preloaded {
+        data,
+        config,
+        log,
+        server,
+        channel,
+    } = Preloaded::start(dir.path(), SUBJECTS).await;
     let mut keys = KeyServiceClient::new(channel.clone());
     keys.rotate_tenant_key(pb::RotateTenantKeyRequest {
         tenant_id: "acme".into(),
