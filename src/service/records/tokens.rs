@@ -10,10 +10,10 @@
 //! never reach them. Detokenize refuses them (FAILED_PRECONDITION, `TOKEN_WITHOUT_SUBJECT`):
 //! tokenize the card again for its holder.
 
-use crate::audit::Operation;
-use crate::authz::{act, Grant, Refusal};
 use std::collections::BTreeSet;
 
+use crate::audit::Operation;
+use crate::authz::{act, Grant, Refusal};
 use crate::domain::typed::luhn_ok;
 use crate::domain::{
     Category, FieldName, FieldValue, IdempotencyKey, InvalidInput, NewField, Purpose, Render,
