@@ -108,6 +108,9 @@ impl Vault {
             }
             None => self.all_tenant_ids()?,
         };
+        // Read before the marks: an epoch clears its marks before it ends, so a status that
+        // shows no epoch under way never shows the marks that epoch has cleared.
+        let epoch_run = self.epoch_run()?;
         let pending: BTreeSet<TenantId> = self
             .store
             .epoch_pending()?
@@ -168,7 +171,7 @@ impl Vault {
             last_epoch: state.last_epoch,
             next_epoch: self.next_epoch()?,
             epoch_interval: self.key_epoch_interval,
-            epoch_run: self.epoch_run()?,
+            epoch_run,
             limits: self.keys.limits(),
         })
     }
