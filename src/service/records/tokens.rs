@@ -203,6 +203,20 @@ impl Vault {
         Ok(tokenized(&token, card))
     }
 
+    /// The card behind `holder`'s token field `token`, if the holder still has it.
+    fn held_token(
+        &self, tenant: &TenantId, holder: &SubjectId, token: &FieldName,
+    ) -> Result<Option<FieldValue>, ServiceError> {
+        let Some(record) = self.store.subject(tenant, holder)? else {
+            return Ok(None);
+        };
+        let Some(field) = self.store.field(tenant, holder, token)? else {
+            return Ok(None);
+        };
+        let deks = self.subject_deks(tenant, holder, &record)?;
+        Self::open_value(tenant, holder, &deks, &field).map(Some)
+    }
+
     /// Who holds `token` already: `subject` with this very card, and whether any subject
     /// holds it for another card.
     fn token_owners(
@@ -210,14 +224,9 @@ impl Vault {
     ) -> Result<(bool, bool), ServiceError> {
         let (mut mine, mut other_card) = (false, false);
         for holder in self.token_holders(tenant, token)? {
-            let Some(record) = self.store.subject(tenant, &holder)? else {
+            let Some(held) = self.held_token(tenant, &holder, token)? else {
                 continue;
             };
-            let Some(field) = self.store.field(tenant, &holder, token)? else {
-                continue;
-            };
-            let deks = self.subject_deks(tenant, &holder, &record)?;
-            let held = Self::open_value(tenant, &holder, &deks, &field)?;
             if held.as_bytes() != card.as_bytes() {
                 other_card = true;
             } else if holder == *subject {
@@ -271,14 +280,9 @@ impl Vault {
             }
             let state = self.checked_state(tenant, &holder)?;
             self.authz.subject_allows(grant, Some(purpose), &state)?;
-            let Some(record) = self.store.subject(tenant, &holder)? else {
-                continue;
-            };
-            let Some(field) = self.store.field(tenant, &holder, token)? else {
-                continue;
-            };
-            let deks = self.subject_deks(tenant, &holder, &record)?;
-            return Ok((Self::open_value(tenant, &holder, &deks, &field)?, holder));
+            if let Some(card) = self.held_token(tenant, &holder, token)? {
+                return Ok((card, holder));
+            }
         }
         if self
             .store
