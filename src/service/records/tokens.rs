@@ -227,7 +227,7 @@ impl Vault {
             let Some(held) = self.held_token(tenant, &holder, token)? else {
                 continue;
             };
-            if held.as_bytes() != card.as_bytes() {
+            if !crate::crypto::mac_eq(held.as_bytes(), card.as_bytes()) {
                 other_card = true;
             } else if holder == *subject {
                 mine = true;
