@@ -31,6 +31,8 @@ fn version(v: VersionStatus) -> pb::KeyVersion {
         current: v.current,
         encryptions: v.encryptions,
         wraps: v.wraps,
+        retired_at: v.retired.map(|(at, _)| convert::timestamp(at)),
+        destroyed_after: v.retired.map(|(_, until)| convert::timestamp(until)),
     }
 }
 
@@ -134,6 +136,7 @@ impl pb::key_service_server::KeyService for KeyApi {
                 current_version: r.current,
                 destroyed_versions: r.destroyed,
                 keys_rewrapped: r.rewrapped,
+                retired_versions: r.retired,
             },
         ))
     }
@@ -178,6 +181,7 @@ impl pb::key_service_server::KeyService for KeyApi {
                 deks_rewrapped: r.deks_rewrapped,
                 root_version: root.current,
                 root_versions_destroyed: root.destroyed,
+                root_versions_retired: root.retired,
                 completed_at: Some(convert::timestamp(r.completed_at)),
                 shredded_tenant_ids: r.shredded_tenants.iter().map(ToString::to_string).collect(),
             },

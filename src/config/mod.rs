@@ -4,6 +4,7 @@
 //! creates what a first dev start needs.
 
 mod raw;
+mod root;
 mod validate;
 
 use std::net::SocketAddr;
@@ -14,14 +15,15 @@ use serde::Deserialize;
 
 use crate::authz::PurposeRules;
 use crate::certs::DevPki;
-use crate::keyring::KeyringError;
+use crate::keyring::{KeyringError, RootSource};
 use crate::service::VaultSettings;
 use crate::storage::PgTls;
 
 pub use raw::{
-    RawAudit, RawAuthz, RawConfig, RawKeys, RawLimits, RawMetrics, RawObservability, RawStorage,
-    RawTls, RawTokens,
+    RawAudit, RawAuthz, RawBackup, RawConfig, RawKeys, RawLimits, RawMetrics, RawObservability,
+    RawRootSource, RawStorage, RawTls, RawTokens,
 };
+pub use root::MAX_BACKUP_DAYS;
 
 /// Default listen address: loopback only.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7443";
@@ -89,6 +91,8 @@ pub struct Config {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
     pub root_key_file: PathBuf,
+    /// Where the root key versions are: the file above, or a PKCS#11 token.
+    pub root_source: RootSource,
     pub tls: TlsPaths,
     /// True when the TLS paths are the dev defaults, which `bootstrap` may create.
     pub dev_tls: bool,

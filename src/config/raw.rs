@@ -33,6 +33,41 @@ pub struct RawConfig {
     pub observability: RawObservability,
     #[serde(default)]
     pub tokens: RawTokens,
+    #[serde(default)]
+    pub backup: RawBackup,
+}
+
+/// `[backup]`: how long backups are kept, which is how long the keys that open them are.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBackup {
+    /// Days a root key version retired by a rotation still opens backups before it is
+    /// destroyed; a backup older than this is refused by `restore`. Default 30 (the privacy
+    /// policy's backup window), at most 30; 0 destroys retired versions at once (no backup
+    /// outlives the next rotation).
+    pub retention_days: Option<u32>,
+}
+
+/// `[keys] root`: where the root key versions live.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRootSource {
+    /// `file` (the default) or `pkcs11`.
+    pub kind: String,
+    /// `file`: the key file (the same as `keys.root_key_file`).
+    pub path: Option<PathBuf>,
+    /// `pkcs11`: the PKCS#11 library of the HSM (a `.so`).
+    pub module: Option<PathBuf>,
+    /// `pkcs11`: the token's label (or give `slot`).
+    pub token_label: Option<String>,
+    /// `pkcs11`: the slot id (or give `token_label`).
+    pub slot: Option<u64>,
+    /// `pkcs11`: a file (mode 0600) holding the user PIN (or give `pin_env`).
+    pub pin_file: Option<PathBuf>,
+    /// `pkcs11`: an environment variable holding the user PIN (or give `pin_file`).
+    pub pin_env: Option<String>,
+    /// `pkcs11`: the label prefix of the root key objects. Default `pii-vault-root`.
+    pub key_label_prefix: Option<String>,
 }
 
 /// `[tokens]`: the shape of each tenant's card tokens (random `tok_` + 32 hex digits for
@@ -134,6 +169,15 @@ pub struct RawTls {
 pub struct RawKeys {
     /// Root key file (mode 0600). Default: `<data_dir>/root.key`.
     pub root_key_file: Option<PathBuf>,
+    /// Where the root key lives: `{ kind = "file", path = "…" }` (the default, as
+    /// `root_key_file`) or `{ kind = "pkcs11", module = "…", token_label = "…",
+    /// pin_file = "…" }`, whose token does every wrap and unwrap (README).
+    pub root: Option<RawRootSource>,
+    /// The erasure ledger: every erasure and tenant shred, kept with the root key and out
+    /// of backups, applied by `restore` and at every start. Default: `erasure.ledger` next
+    /// to the root key file (a PKCS#11 root: in the data directory); none on PostgreSQL
+    /// unless set.
+    pub erasure_ledger: Option<PathBuf>,
     /// Hours between key epochs (an erasure is final after the next). Default 24; at most
     /// 720, the 30-day backup window of the privacy policy.
     pub epoch_interval_hours: Option<u64>,

@@ -66,6 +66,7 @@ impl RawKeys {
                 0,
                 10_000_000,
             )?,
+            backup_window: defaults.backup_window,
         };
         Ok((Duration::from_secs(hours * 3600), keys))
     }
@@ -89,7 +90,15 @@ impl RawConfig {
             })?),
         };
         let (limits, max_message_bytes) = self.limits.request_limits()?;
-        let (key_epoch_interval, keys) = self.keys.settings()?;
+        let (key_epoch_interval, mut keys) = self.keys.settings()?;
+        keys.backup_window = self.backup.window()?;
+        let backend = self.storage.backend()?;
+        let (root_key_file, root_source) = self.keys.root_source(&data_dir)?;
+        let erasure_ledger = self.keys.erasure_ledger(
+            &root_source,
+            &data_dir,
+            matches!(backend, Backend::Postgres { .. }),
+        );
         let l = &self.limits;
         Ok(Config {
             policy_file: self
@@ -101,11 +110,8 @@ impl RawConfig {
             listen,
             metrics_listen,
             trace_propagation: self.observability.trace_propagation.unwrap_or(false),
-            root_key_file: self
-                .keys
-                .root_key_file
-                .clone()
-                .unwrap_or_else(|| data_dir.join("root.key")),
+            root_key_file,
+            root_source,
             data_dir,
             tls,
             dev_tls,
@@ -114,6 +120,7 @@ impl RawConfig {
                 key_epoch_interval,
                 keys,
                 tokens: self.tokens.settings()?,
+                erasure_ledger,
                 ..self.audit.settings()?
             },
             max_message_bytes,
@@ -145,7 +152,7 @@ impl RawConfig {
                 1 << 40,
             )?,
             abuse: l.abuse()?,
-            backend: self.storage.backend()?,
+            backend,
         })
     }
 }

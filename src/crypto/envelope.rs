@@ -153,17 +153,108 @@ impl<R: KeyRole> Key<R> {
     ) -> Result<Key<C>, CryptoError> {
         let aad = wrap_aad::<C>(aad, child_version);
         let opened = self.open(sealed, &aad)?;
-        let (derivation, key_bytes) = match opened.len() {
-            KEY_LEN => (Derivation::Legacy, &opened[..]),
-            n if n == 1 + KEY_LEN && opened[0] == WRAP_HKDF_V1 => {
-                (Derivation::HkdfV1, &opened[1..])
-            }
-            _ => return Err(CryptoError),
-        };
-        let mut bytes = Zeroizing::new([0u8; KEY_LEN]);
-        bytes.copy_from_slice(key_bytes);
-        Ok(Key::from_secret_bytes(child_version, bytes).with_derivation(derivation))
+        child_from_plaintext(&opened, child_version)
     }
+}
+
+/// An AES-256-GCM key held outside this process (a PKCS#11 token), which seals and opens
+/// what it is handed and never shows its bytes. The envelope around its output is built
+/// here like every other (`wrap_external`), so a wrap by the token and a wrap by a file key
+/// have the same layout and the same associated data.
+pub trait ExternalKey {
+    /// The key version the envelope names.
+    fn version(&self) -> u32;
+    /// AES-256-GCM with a 128-bit tag: the ciphertext followed by the tag. `nonce` arrives
+    /// random; a token that must choose its own IV writes it there.
+    fn seal_with(
+        &self, nonce: &mut [u8; NONCE_LEN], aad: &[u8], plaintext: &[u8],
+    ) -> Result<Vec<u8>, CryptoError>;
+    /// Checks the tag and decrypts; any failure is the same opaque error.
+    fn open_with(
+        &self, nonce: &[u8; NONCE_LEN], aad: &[u8], ciphertext_and_tag: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, CryptoError>;
+}
+
+/// The plaintext that proves a key: sealed by an external key as its check value, since a
+/// key that cannot be read cannot be MACed here (`external_check`).
+const CHECK_PLAINTEXT: &[u8] = b"pii-vault external key check value v1";
+
+/// Wraps `child` under the external key `key` acting in role `P`, exactly as `Key::wrap`
+/// would under a key of that role held here.
+pub fn wrap_external<P: KeyRole, C: KeyRole>(
+    key: &dyn ExternalKey, child: &Key<C>, aad: &Aad,
+) -> Result<Sealed, CryptoError> {
+    let aad = wrap_aad::<C>(aad, child.version());
+    let mut plain = Zeroizing::new(Vec::with_capacity(1 + KEY_LEN));
+    if child.derivation() == Derivation::HkdfV1 {
+        plain.push(WRAP_HKDF_V1);
+    }
+    plain.extend_from_slice(child.secret_bytes());
+    seal_external::<P>(key, &plain, &aad)
+}
+
+/// Unwraps a child key of version `child_version` that `wrap_external` wrapped.
+pub fn unwrap_external<P: KeyRole, C: KeyRole>(
+    key: &dyn ExternalKey, sealed: &Sealed, child_version: u32, aad: &Aad,
+) -> Result<Key<C>, CryptoError> {
+    let aad = wrap_aad::<C>(aad, child_version);
+    let opened = open_external::<P>(key, sealed, &aad)?;
+    child_from_plaintext(&opened, child_version)
+}
+
+/// A check value of an external key: a fresh envelope of a fixed plaintext, which only
+/// that key opens (`external_check_matches`). Not comparable byte for byte.
+pub fn external_check<P: KeyRole>(key: &dyn ExternalKey) -> Result<Vec<u8>, CryptoError> {
+    Ok(seal_external::<P>(key, CHECK_PLAINTEXT, &Aad::new("key-check"))?.encode())
+}
+
+/// True if `check` (from `external_check`) was made by `key`.
+pub fn external_check_matches<P: KeyRole>(key: &dyn ExternalKey, check: &[u8]) -> bool {
+    Sealed::decode(check)
+        .and_then(|sealed| open_external::<P>(key, &sealed, &Aad::new("key-check")))
+        .is_ok_and(|plain| super::mac::mac_eq(&plain, CHECK_PLAINTEXT))
+}
+
+fn seal_external<P: KeyRole>(
+    key: &dyn ExternalKey, plaintext: &[u8], aad: &Aad,
+) -> Result<Sealed, CryptoError> {
+    let mut nonce = [0u8; NONCE_LEN];
+    fill_random(&mut nonce)?;
+    let aad = aad.bytes_for(P::NAME, key.version());
+    let ciphertext = key.seal_with(&mut nonce, &aad, plaintext)?;
+    if ciphertext.len() != plaintext.len() + TAG_LEN {
+        return Err(CryptoError);
+    }
+    Ok(Sealed {
+        key_version: key.version(),
+        nonce,
+        ciphertext,
+    })
+}
+
+fn open_external<P: KeyRole>(
+    key: &dyn ExternalKey, sealed: &Sealed, aad: &Aad,
+) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+    if sealed.key_version != key.version() {
+        return Err(CryptoError);
+    }
+    let aad = aad.bytes_for(P::NAME, key.version());
+    key.open_with(&sealed.nonce, &aad, &sealed.ciphertext)
+}
+
+/// The child key a wrap's plaintext holds: `WRAP_HKDF_V1` and 32 bytes, or 32 bytes alone
+/// for a legacy key.
+fn child_from_plaintext<C: KeyRole>(
+    opened: &[u8], child_version: u32,
+) -> Result<Key<C>, CryptoError> {
+    let (derivation, key_bytes) = match opened.len() {
+        KEY_LEN => (Derivation::Legacy, opened),
+        n if n == 1 + KEY_LEN && opened[0] == WRAP_HKDF_V1 => (Derivation::HkdfV1, &opened[1..]),
+        _ => return Err(CryptoError),
+    };
+    let mut bytes = Zeroizing::new([0u8; KEY_LEN]);
+    bytes.copy_from_slice(key_bytes);
+    Ok(Key::from_secret_bytes(child_version, bytes).with_derivation(derivation))
 }
 
 #[cfg(test)]

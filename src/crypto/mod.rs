@@ -21,7 +21,10 @@ mod subkey;
 /// The single AEAD primitive (AES-256-GCM) under every seal and open in the vault.
 pub use aead::{aead_open, aead_seal, AeadKey, NONCE_LEN, TAG_LEN};
 pub use digest::{certificate_hash, sha256, CertificateHash, Sha256, SHA256_LEN};
-pub use envelope::{Aad, Sealed};
+pub use envelope::{
+    external_check, external_check_matches, unwrap_external, wrap_external, Aad, ExternalKey,
+    Sealed,
+};
 pub use key::{fill_random, Audit, Dek, Index, Kek, Key, KeyRole, RecordMac, Root, KEY_LEN};
 pub use mac::{mac_eq, MAC_LEN};
 pub use subkey::{Derivation, Subkey};

@@ -1,8 +1,9 @@
 //! The key hierarchy: root key → tenant KEK → subject DEK.
 //!
-//! - The root key comes from its file (`RootKeys`) and never enters the store. It has
-//!   versions; rotation adds one, re-wraps every tenant KEK and the audit key under it, and
-//!   then destroys the old versions by rewriting the file (`root_keys.rs`).
+//! - The root key comes from its file or a PKCS#11 token (`RootKeys`, `root_source.rs`)
+//!   and never enters the store. It has versions; rotation adds one, re-wraps every tenant
+//!   KEK, index key and the audit key under it, and retires the old versions: they open
+//!   what backups hold for the backup window, then are destroyed (`root_keys.rs`).
 //! - A tenant KEK is generated at tenant creation and stored wrapped by the root key, bound
 //!   to the tenant id and its version. Rotation adds a version that wraps new DEKs; a
 //!   background re-wrap moves every DEK to it, and then the old versions are destroyed
@@ -18,9 +19,12 @@
 
 mod dek_cache;
 mod index_keys;
+mod ledger_key;
 mod record_keys;
 mod root_file;
 mod root_keys;
+mod root_pkcs11;
+mod root_source;
 mod subject_keys;
 mod tenant_keys;
 mod usage;
@@ -28,25 +32,31 @@ mod usage;
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+use std::time::Duration;
 
 use index_keys::{index_aad, parse_index_key_name, INDEX_KEY_PREFIX};
 
 pub use dek_cache::{DekCacheStats, LookupObserver};
+pub use ledger_key::{LedgerKey, LEDGER_TAG_LEN};
 pub use record_keys::{LegacySeals, RecordSealer};
-pub use root_file::{check_key_location, on_memory_fs, RootKeys};
+pub use root_file::{check_key_location, on_memory_fs};
 pub use root_keys::RootRotation;
+pub use root_pkcs11::{
+    PinSource, Pkcs11Settings, TokenKey, TokenRoot, TokenSelector, TokenVersionInfo,
+};
+pub use root_source::{destroyed_after, RootKeys, RootSource, RootVersion};
 pub use tenant_keys::{RewrapBatch, SubjectDeks};
 pub use usage::{KeyLimits, SealGrant};
 
 use crate::crypto::{
-    mac_eq, Aad, Audit, CryptoError, Derivation, Index, Kek, Key, KeyRole, RecordMac, Root, Sealed,
-    MAC_LEN,
+    Aad, Audit, CryptoError, Derivation, Index, Kek, Key, KeyRole, RecordMac, Sealed,
 };
 use crate::domain::{Clock, SubjectId, SystemClock, TenantId, Timestamp};
 use crate::storage::{Fence, FenceMode, Store, StoreError, TenantRecord};
 
-/// Store metadata key holding the root key check value the data directory was created with.
-const ROOT_CHECK: &str = "root_key_check";
+/// Store metadata key holding the root key version the data directory is bound to and that
+/// version's check value (what a backup needs to be opened).
+pub const ROOT_CHECK: &str = "root_key_check";
 /// Store metadata key holding the audit key, wrapped by the root key.
 const AUDIT_KEY: &str = "audit_key";
 /// Store metadata key counting destructions of tenant KEK versions and index keys (8 bytes,
@@ -66,9 +76,17 @@ pub enum KeyringError {
     #[error("root key file directory {path}: {problem}")]
     RootNotWritable { path: String, problem: String },
     #[error(
-        "the root key file does not match this data directory (it was created with another root key)"
+        "the root key does not match this data directory (it was created with another root key)"
     )]
     RootMismatch,
+    /// The data directory was last bound to a root key version the source no longer holds:
+    /// another key source, or (a restored backup) a version destroyed since.
+    #[error(
+        "this data directory needs root key version {version}, which the root key source no \
+         longer holds (it holds {held}): it is another key source's, or the version was \
+         destroyed when the backup window passed"
+    )]
+    RootVersionGone { version: u32, held: String },
     /// A wrapped key did not open: the store or key source is damaged or tampered with.
     #[error("a stored key failed to unwrap")]
     Unwrap,
@@ -94,6 +112,11 @@ pub enum KeyringError {
          shares the store must use the same root key file (keys.root_key_file)"
     )]
     RootFileNotShared(u32),
+    /// The PKCS#11 token holding the root key refused or failed (it is named, never a
+    /// key): at start an operator must fix the configuration or the token; later, the token
+    /// may be back on a retry.
+    #[error("PKCS#11 root key token: {0}")]
+    Token(String),
     /// A concurrent change kept winning; the operation may be retried.
     #[error("the {0} kept changing concurrently")]
     Contended(&'static str),
@@ -134,6 +157,10 @@ fn audit_aad() -> Aad {
     Aad::new("audit-key")
 }
 
+/// How long retired root key versions are kept unless configured otherwise
+/// (`backup.retention_days`): the privacy policy's 30-day backup window.
+pub const DEFAULT_BACKUP_WINDOW: Duration = Duration::from_secs(30 * 86_400);
+
 /// Unwrapped DEKs the cache holds unless configured otherwise (`keys.dek_cache_entries`).
 pub const DEFAULT_DEK_CACHE_ENTRIES: usize = 16_384;
 
@@ -171,6 +198,8 @@ pub struct Keyring {
     /// The derivation of every key this keyring generates: purpose subkeys, except in tests
     /// that write a store the way the code before them did (`with_legacy_keys`).
     new_keys: Derivation,
+    /// How long a retired root key version still opens backups before it is destroyed.
+    backup_window: Duration,
 }
 
 impl std::fmt::Debug for Keyring {
@@ -185,18 +214,24 @@ impl Keyring {
     pub fn open(root: RootKeys, store: Arc<dyn Store>) -> Result<Self, KeyringError> {
         let current = root.current();
         let mut mine = current.version().to_be_bytes().to_vec();
-        mine.extend_from_slice(&current.check_value());
+        mine.extend_from_slice(&current.check_value()?);
         let recorded = store.meta_init(ROOT_CHECK, &mine)?;
-        if recorded.len() != 4 + MAC_LEN {
+        let Some((version, check)) = recorded.split_first_chunk::<4>() else {
             return Err(KeyringError::Missing("root key check value"));
-        }
-        let mut version = [0u8; 4];
-        version.copy_from_slice(&recorded[..4]);
+        };
+        let version = u32::from_be_bytes(*version);
         let matches = root
-            .version(u32::from_be_bytes(version))
-            .is_some_and(|k| mac_eq(&k.check_value(), &recorded[4..]));
+            .version(version)
+            .is_some_and(|k| k.check_matches(check));
         if !matches {
-            return Err(KeyringError::RootMismatch);
+            return Err(if root.version(version).is_none() {
+                KeyringError::RootVersionGone {
+                    version,
+                    held: version_list(&root.version_numbers()),
+                }
+            } else {
+                KeyringError::RootMismatch
+            });
         }
         // Read before any key is cached, so a destruction after this point is noticed.
         let destroyed_seen = store.meta(DESTROYED_SEQ)?;
@@ -218,7 +253,20 @@ impl Keyring {
             destroyed_seen: Mutex::new(destroyed_seen),
             clock: Arc::new(SystemClock),
             new_keys: Derivation::HkdfV1,
+            backup_window: DEFAULT_BACKUP_WINDOW,
         })
+    }
+
+    /// Sets how long a retired root key version is kept to open backups (default 30 days;
+    /// zero destroys old versions as soon as a rotation has re-wrapped what they wrapped).
+    pub fn with_backup_window(mut self, window: Duration) -> Self {
+        self.backup_window = window;
+        self
+    }
+
+    /// How long a retired root key version is kept to open backups.
+    pub fn backup_window(&self) -> Duration {
+        self.backup_window
     }
 
     /// Test only: every key this keyring generates (KEKs, DEKs, index and audit keys) is a
@@ -331,7 +379,7 @@ impl Keyring {
     /// again first.
     fn open_under_root<T>(
         &self, fetch: impl Fn() -> Result<Sealed, KeyringError>,
-        open: impl Fn(&Key<Root>, &Sealed) -> Result<T, KeyringError>,
+        open: impl Fn(&RootVersion, &Sealed) -> Result<T, KeyringError>,
     ) -> Result<T, KeyringError> {
         let mut wrapped = fetch()?;
         for again in [true, false] {

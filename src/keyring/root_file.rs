@@ -16,15 +16,16 @@
 //! the field was written before those existed and keeps its legacy derivation until a root
 //! rotation replaces it with a new version (`crypto/subkey.rs`).
 //!
-//! The file is a list of versions so that rotation can add one and destroy another; a
-//! future `source = "kms"` entry can name an external key instead of holding bytes.
-//! The vault refuses a file that others can read.
+//! The file is a list of versions so that rotation can add one, retire another and
+//! destroy it later. The vault refuses a file that others can read.
 //!
-//! Rotation rewrites the file atomically twice: once to add the new version (then current),
-//! and, after everything the old version wrapped has been re-wrapped, once without the old
-//! version. A crash in between leaves both versions in the file, and the next start
-//! finishes the rotation. Each rewrite refuses a key directory that group or others can
-//! write, a symlinked or hard-linked key file and a leftover `root.tmp`. Destroying a version means this file no longer holds it: keep the
+//! Rotation rewrites the file atomically: once to add the new version (then current), once,
+//! after everything the old version wrapped has been re-wrapped, to mark the old version
+//! retired (`retired_at_micros`: it opens what backups hold, it wraps nothing), and once
+//! more when the backup window has passed to drop it. A crash in between leaves every
+//! version in the file, and the next start finishes the rotation. Each rewrite refuses a
+//! key directory that group or others can write, a symlinked or hard-linked key file and a
+//! leftover `root.tmp`. Destroying a version means this file no longer holds it: keep the
 //! file out of backups, or a backup of it brings the version back.
 
 use std::fs;
@@ -34,6 +35,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::crypto::{Derivation, Key, Root, Zeroize};
+use crate::domain::Timestamp;
 
 use super::KeyringError;
 
@@ -55,6 +57,10 @@ struct RawVersion {
     /// Absent on entries written before purpose subkeys: those are legacy keys.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     derivation: Option<String>,
+    /// When a rotation retired this version (microseconds since the Unix epoch): it no
+    /// longer wraps, and is destroyed once the backup window has passed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    retired_at_micros: Option<u64>,
 }
 
 impl Drop for RawVersion {
@@ -63,172 +69,88 @@ impl Drop for RawVersion {
     }
 }
 
-/// The versions of the root key, as read from its file.
-pub struct RootKeys {
-    current: u32,
-    versions: Vec<Key<Root>>,
-    /// The file the keys were loaded from, rewritten by rotation; `None` for generated keys
-    /// that were never loaded (they cannot be rotated).
-    source: Option<PathBuf>,
+/// One version as the file holds it: the key and, for a version a rotation retired (kept
+/// only to open what backups still hold), when it was retired.
+pub(super) struct FileVersion {
+    pub key: Key<Root>,
+    pub retired_at: Option<Timestamp>,
 }
 
-impl std::fmt::Debug for RootKeys {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RootKeys")
-            .field("current", &self.current)
-            .field("versions", &self.versions.len())
-            .finish()
+/// Reads the file, refusing it if its permissions let anyone but the owner read it.
+/// Returns the current version and every version in file order.
+pub(super) fn load(path: &Path) -> Result<(u32, Vec<FileVersion>), KeyringError> {
+    check_permissions(path)?;
+    let mut text = fs::read_to_string(path).map_err(|e| KeyringError::RootFile {
+        path: path.display().to_string(),
+        problem: e.to_string(),
+    })?;
+    let parsed: Result<RawFile, _> = toml::from_str(&text);
+    text.zeroize();
+    let bad = |problem: &str| KeyringError::RootFile {
+        path: path.display().to_string(),
+        problem: problem.to_owned(),
+    };
+    // The parse error is not shown: it could quote the key line.
+    let raw = parsed.map_err(|_| bad("it is not a valid root key file"))?;
+    if raw.format != FORMAT {
+        return Err(bad("unsupported format version"));
     }
-}
-
-impl RootKeys {
-    /// A new root key set with one random version.
-    pub fn generate() -> Result<Self, KeyringError> {
-        Ok(Self {
-            current: 1,
-            versions: vec![Key::generate(1)?],
-            source: None,
-        })
-    }
-
-    /// The version that wraps new keys.
-    pub fn current_version(&self) -> u32 {
-        self.current
-    }
-
-    /// Every version the file holds, in file order.
-    pub fn version_numbers(&self) -> Vec<u32> {
-        self.versions.iter().map(Key::version).collect()
-    }
-
-    /// The file these keys live in, if they were loaded from one.
-    pub fn path(&self) -> Option<&Path> {
-        self.source.as_deref()
-    }
-
-    /// Adds a fresh random version, makes it current and rewrites the file atomically. On a
-    /// failed write nothing changes.
-    pub(super) fn add_version(&mut self) -> Result<u32, KeyringError> {
-        let path = self.source.clone().ok_or(KeyringError::NoRootFile)?;
-        let next = self
-            .versions
-            .iter()
-            .map(Key::version)
-            .max()
-            .unwrap_or(0)
-            .checked_add(1)
-            .ok_or(KeyringError::Missing("a free root key version"))?;
-        let previous = self.current;
-        self.versions.push(Key::generate(next)?);
-        self.current = next;
-        if let Err(e) = self.save(&path) {
-            self.versions.retain(|k| k.version() != next);
-            self.current = previous;
-            return Err(e);
-        }
-        Ok(next)
-    }
-
-    /// Removes every version but the current one and rewrites the file atomically; the
-    /// removed keys are zeroized when dropped. Returns the versions removed.
-    pub(super) fn destroy_old_versions(&mut self) -> Result<Vec<u32>, KeyringError> {
-        let path = self.source.clone().ok_or(KeyringError::NoRootFile)?;
-        let current = self.current;
-        let (keep, old): (Vec<_>, Vec<_>) = std::mem::take(&mut self.versions)
-            .into_iter()
-            .partition(|k| k.version() == current);
-        self.versions = keep;
-        let removed: Vec<u32> = old.iter().map(Key::version).collect();
-        if let Err(e) = self.save(&path) {
-            // Nothing was destroyed: keep the old versions so that what they wrap still opens.
-            self.versions.extend(old);
-            return Err(e);
-        }
-        drop(old);
-        Ok(removed)
-    }
-
-    /// The key that wraps new tenant KEKs.
-    pub fn current(&self) -> &Key<Root> {
-        // `load` and `generate` guarantee the current version is present.
-        self.version(self.current)
-            .unwrap_or_else(|| unreachable!("current root key version is always present"))
-    }
-
-    /// A specific version, if the file still holds it.
-    pub fn version(&self, version: u32) -> Option<&Key<Root>> {
-        self.versions.iter().find(|k| k.version() == version)
-    }
-
-    /// Reads the file, refusing it if its permissions let anyone but the owner read it.
-    pub fn load(path: &Path) -> Result<Self, KeyringError> {
-        check_permissions(path)?;
-        let mut text = fs::read_to_string(path).map_err(|e| KeyringError::RootFile {
-            path: path.display().to_string(),
-            problem: e.to_string(),
-        })?;
-        let parsed: Result<RawFile, _> = toml::from_str(&text);
-        text.zeroize();
-        let bad = |problem: &str| KeyringError::RootFile {
-            path: path.display().to_string(),
-            problem: problem.to_owned(),
-        };
-        // The parse error is not shown: it could quote the key line.
-        let raw = parsed.map_err(|_| bad("it is not a valid root key file"))?;
-        if raw.format != FORMAT {
-            return Err(bad("unsupported format version"));
-        }
-        let versions = raw
-            .versions
-            .iter()
-            .map(|v| {
-                let derivation = Derivation::from_file_name(v.derivation.as_deref())
-                    .map_err(|_| bad("a version names an unknown key derivation"))?;
-                Key::from_secret_hex(v.version, &v.key)
-                    .map(|k| k.with_derivation(derivation))
-                    .map_err(|_| bad("a key is not 64 hex digits"))
+    let versions = raw
+        .versions
+        .iter()
+        .map(|v| {
+            let derivation = Derivation::from_file_name(v.derivation.as_deref())
+                .map_err(|_| bad("a version names an unknown key derivation"))?;
+            let key = Key::from_secret_hex(v.version, &v.key)
+                .map(|k| k.with_derivation(derivation))
+                .map_err(|_| bad("a key is not 64 hex digits"))?;
+            Ok(FileVersion {
+                key,
+                retired_at: v.retired_at_micros.map(Timestamp),
             })
-            .collect::<Result<Vec<_>, _>>()?;
-        let keys = Self {
-            current: raw.current,
-            versions,
-            source: Some(path.to_path_buf()),
-        };
-        if keys.version(keys.current).is_none() {
-            return Err(bad("the current version is not in the file"));
-        }
-        Ok(keys)
+        })
+        .collect::<Result<Vec<_>, KeyringError>>()?;
+    if !versions.iter().any(|v| v.key.version() == raw.current) {
+        return Err(bad("the current version is not in the file"));
     }
+    if versions
+        .iter()
+        .any(|v| v.key.version() == raw.current && v.retired_at.is_some())
+    {
+        return Err(bad("the current version is marked retired"));
+    }
+    Ok((raw.current, versions))
+}
 
-    /// Writes the file atomically (a new temporary file, fsync, rename) with mode 0600; see
-    /// `write_private` for what it refuses.
-    pub fn save(&self, path: &Path) -> Result<(), KeyringError> {
-        let raw = RawFile {
-            format: FORMAT,
-            current: self.current,
-            versions: self
-                .versions
-                .iter()
-                .map(|k| RawVersion {
-                    version: k.version(),
-                    key: k.secret_hex().to_string(),
-                    derivation: k.derivation().file_name().map(str::to_owned),
-                })
-                .collect(),
-        };
-        let mut body = toml::to_string(&raw).map_err(|e| KeyringError::RootFile {
-            path: path.display().to_string(),
-            problem: e.to_string(),
-        })?;
-        drop(raw);
-        body.insert_str(
-            0,
-            "# pii-vault root key file: keep it secret (mode 0600) and out of data backups.\n",
-        );
-        let result = write_private(path, body.as_bytes());
-        body.zeroize();
-        result
-    }
+/// Writes the file atomically (a new temporary file, fsync, rename) with mode 0600; see
+/// `write_private` for what it refuses.
+pub(super) fn save<'k>(
+    path: &Path, current: u32, versions: impl Iterator<Item = (&'k Key<Root>, Option<Timestamp>)>,
+) -> Result<(), KeyringError> {
+    let raw = RawFile {
+        format: FORMAT,
+        current,
+        versions: versions
+            .map(|(k, retired_at)| RawVersion {
+                version: k.version(),
+                key: k.secret_hex().to_string(),
+                derivation: k.derivation().file_name().map(str::to_owned),
+                retired_at_micros: retired_at.map(|t| t.0),
+            })
+            .collect(),
+    };
+    let mut body = toml::to_string(&raw).map_err(|e| KeyringError::RootFile {
+        path: path.display().to_string(),
+        problem: e.to_string(),
+    })?;
+    drop(raw);
+    body.insert_str(
+        0,
+        "# pii-vault root key file: keep it secret (mode 0600) and out of data backups.\n",
+    );
+    let result = write_private(path, body.as_bytes());
+    body.zeroize();
+    result
 }
 
 /// Writes `bytes` to `path` so that no one but the owner ever sees them: refuses a key
@@ -482,23 +404,29 @@ mod tests {
             &path,
             &format!("format = 1\ncurrent = 1\n\n[[versions]]\nversion = 1\nkey = \"{key}\"\n"),
         );
-        let mut keys = RootKeys::load(&path).expect("legacy file loads");
-        assert_eq!(keys.current().derivation(), Derivation::Legacy);
+        let mut keys = super::super::RootKeys::load(&path).expect("legacy file loads");
+        assert_eq!(
+            keys.file_key(1).map(Key::derivation),
+            Some(Derivation::Legacy)
+        );
         let added = keys.add_version().expect("rotation adds a version");
         let text = fs::read_to_string(&path).expect("read");
         assert_eq!(text.matches("derivation = \"hkdf-sha256-v1\"").count(), 1);
-        let keys = RootKeys::load(&path).expect("loads");
+        let keys = super::super::RootKeys::load(&path).expect("loads");
         assert_eq!(
-            keys.version(1).map(Key::derivation),
+            keys.file_key(1).map(Key::derivation),
             Some(Derivation::Legacy)
         );
         assert_eq!(
-            keys.version(added).map(Key::derivation),
+            keys.file_key(added).map(Key::derivation),
             Some(Derivation::HkdfV1)
         );
         assert_eq!(
-            RootKeys::generate().expect("rng").current().derivation(),
-            Derivation::HkdfV1
+            super::super::RootKeys::generate()
+                .expect("rng")
+                .file_key(1)
+                .map(Key::derivation),
+            Some(Derivation::HkdfV1)
         );
     }
 
@@ -537,7 +465,7 @@ mod tests {
                  derivation = \"hkdf-sha256-v9\"\n"
             ),
         );
-        let err = RootKeys::load(&path).expect_err("refused");
+        let err = super::super::RootKeys::load(&path).expect_err("refused");
         assert!(err.to_string().contains("unknown key derivation"), "{err}");
     }
 }

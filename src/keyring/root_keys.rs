@@ -1,9 +1,12 @@
 //! Root key rotation: add a version, re-wrap everything the old versions wrap (every
-//! tenant KEK version, the audit key, the root key check value), flush, and only then
-//! destroy the old versions by rewriting the root key file without them.
+//! tenant KEK version, index key, the audit key, the root key check value), flush, and only
+//! then retire the old versions. A retired version wraps nothing but still opens what
+//! backups hold, for the backup window (`Keyring::backup_window`); then
+//! `destroy_expired_root_versions` destroys it, and with it the last way to open a copy of
+//! a key destroyed before it was retired.
 //!
-//! A crash at any point leaves a file that still holds every version something is wrapped
-//! under; `finish_root_rotation` (run at start) completes the rotation.
+//! A crash at any point leaves a source that still holds every version something is
+//! wrapped under; `finish_root_rotation` (run at start) completes the rotation.
 //!
 //! Several nodes sharing a store (PostgreSQL) share one root key file too. Adding and
 //! destroying versions hold the store's root key fence exclusively, after reading the file
@@ -15,7 +18,7 @@
 //! under a version they lack; that is also when they drop destroyed versions from memory.
 
 use crate::crypto::{Audit, Index, Kek, Key, Sealed};
-use crate::domain::TenantId;
+use crate::domain::{TenantId, Timestamp};
 use crate::storage::{FenceMode, RootKeyState};
 
 use super::usage::{root_state, ROOT_STATE};
@@ -27,9 +30,11 @@ use super::{
 /// What a root key rotation did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RootRotation {
-    /// The root key version now current (the only one left).
+    /// The root key version now current (the only one that wraps).
     pub current: u32,
-    /// Versions destroyed (removed from the root key file).
+    /// Versions this rotation retired: kept to open backups until the window passes.
+    pub retired: Vec<u32>,
+    /// Versions destroyed (removed from the key source): retired ones whose window passed.
     pub destroyed: Vec<u32>,
     /// Keys re-wrapped under the current version (tenant KEK versions and the audit key).
     pub rewrapped: u64,
@@ -53,12 +58,66 @@ impl Keyring {
         self.usage.root_count(version, reserved)
     }
 
-    /// True while the root key file holds more than one version: a rotation (or an
-    /// automatic one at the usage limit) still has to re-wrap and destroy.
+    /// True while the root key source holds a version that is neither current nor retired,
+    /// or the store was last bound to another version (a restored backup): a rotation (or
+    /// an automatic one at the usage limit) still has to re-wrap and retire.
     pub fn root_rotation_pending(&self) -> bool {
-        self.root()
-            .map(|r| r.version_numbers().len() > 1)
-            .unwrap_or(false)
+        let Ok(root) = self.root() else {
+            return false;
+        };
+        let bound = self
+            .store
+            .meta(ROOT_CHECK)
+            .ok()
+            .flatten()
+            .and_then(|c| c.first_chunk::<4>().map(|v| u32::from_be_bytes(*v)));
+        root.unconverged() || bound.is_some_and(|v| v != root.current_version())
+    }
+
+    /// The retired root key versions still held and when each is destroyed.
+    pub fn retired_root_versions(&self) -> Result<Vec<(u32, Timestamp)>, KeyringError> {
+        let window = self.backup_window;
+        Ok(self
+            .root()?
+            .retired()
+            .into_iter()
+            .map(|(v, at)| (v, super::destroyed_after(at, window)))
+            .collect())
+    }
+
+    /// Destroys every retired root key version whose backup window has passed. Returns the
+    /// versions destroyed.
+    pub fn destroy_expired_root_versions(&self) -> Result<Vec<u32>, KeyringError> {
+        let _one = self.root_rotation.lock();
+        let now = self.clock.now();
+        let due = self
+            .retired_root_versions()?
+            .iter()
+            .any(|(_, at)| *at <= now);
+        if !due {
+            return Ok(Vec::new());
+        }
+        let _fence = self.store.root_fence(FenceMode::Exclusive)?;
+        if self.store.shared() {
+            self.reload_root()?;
+        }
+        let destroyed = self
+            .root
+            .write()
+            .map_err(|_| KeyringError::Missing("root key (lock poisoned)"))?
+            .destroy_expired(now, self.backup_window)?;
+        if !destroyed.is_empty() {
+            self.update_root_state(|s| {
+                for v in &destroyed {
+                    s.destroy(*v, now);
+                }
+            })?;
+            tracing::info!(
+                destroyed = %super::version_list(&destroyed),
+                "retired root key versions destroyed: the backup window has passed"
+            );
+        }
+        Ok(destroyed)
     }
 
     /// On a store shared by several nodes: reads the root key file again if the store's
@@ -115,8 +174,7 @@ impl Keyring {
             .root
             .write()
             .map_err(|_| KeyringError::Missing("root key (lock poisoned)"))?;
-        let path = root.path().ok_or(KeyringError::NoRootFile)?.to_path_buf();
-        let fresh = RootKeys::load(&path)?;
+        let fresh = root.reload()?;
         let before = root.version_numbers();
         let dropped: Vec<u32> = before
             .iter()
@@ -225,9 +283,9 @@ impl Keyring {
                 "root key fence (its database session ended)",
             ));
         }
-        let destroyed = root.destroy_old_versions()?;
-        drop(root);
         let now = self.clock.now();
+        let (retired, destroyed) = root.retire_others(now, self.backup_window)?;
+        drop(root);
         self.update_root_state(|s| {
             s.version_mut(version, now);
             for v in &destroyed {
@@ -239,12 +297,14 @@ impl Keyring {
         self.dek_cache.forget_all();
         tracing::info!(
             version,
+            retired = %super::version_list(&retired),
             destroyed = %super::version_list(&destroyed),
             rewrapped,
             "root key rotation complete"
         );
         Ok(RootRotation {
             current: version,
+            retired,
             destroyed,
             rewrapped,
         })
@@ -341,11 +401,15 @@ impl Keyring {
         let store = self.store.as_ref();
         let current = root.current();
         let check = store.meta(ROOT_CHECK)?;
+        let bound = check.as_deref().and_then(|c| c.split_first_chunk::<4>());
+        if bound.is_some_and(|(v, c)| {
+            u32::from_be_bytes(*v) == current.version() && current.check_matches(c)
+        }) {
+            return Ok(());
+        }
         let mut mine = current.version().to_be_bytes().to_vec();
-        mine.extend_from_slice(&current.check_value());
-        if check.as_deref() != Some(mine.as_slice())
-            && !store.meta_swap(ROOT_CHECK, check.as_deref(), &mine)?
-        {
+        mine.extend_from_slice(&current.check_value()?);
+        if !store.meta_swap(ROOT_CHECK, check.as_deref(), &mine)? {
             return Err(KeyringError::Contended("root key check value"));
         }
         Ok(())

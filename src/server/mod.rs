@@ -12,6 +12,7 @@ mod health;
 mod limits;
 mod metrics_http;
 mod observe;
+mod offline;
 mod tasks;
 mod tls;
 
@@ -32,7 +33,7 @@ use crate::api;
 use crate::authz::{Authz, PolicyError};
 use crate::config::{Backend, Config};
 use crate::domain::SystemClock;
-use crate::keyring::{Keyring, KeyringError, RootKeys};
+use crate::keyring::{Keyring, KeyringError, RootSource};
 use crate::metrics::Metrics;
 use crate::proto::v1::admin_service_server::AdminServiceServer;
 use crate::proto::v1::audit_service_server::AuditServiceServer;
@@ -45,6 +46,7 @@ use crate::proto::v1::token_service_server::TokenServiceServer;
 use crate::service::{OpenError, Vault};
 use crate::storage::{PgStore, SledOpenError, SledStore, Store, StoreError};
 
+pub use offline::apply_erasure_ledger;
 use tasks::Tasks;
 pub use tls::server_config;
 
@@ -67,6 +69,9 @@ pub enum ServerError {
     Policy(#[from] PolicyError),
     #[error("vault: {0}")]
     Vault(#[from] OpenError),
+    /// Erasures recorded in the erasure ledger could not be applied before serving.
+    #[error("applying the erasure ledger: {0}")]
+    Ledger(#[source] crate::service::ServiceError),
     #[error("reflection: {0}")]
     Reflection(String),
     #[error("transport: {0}")]
@@ -141,6 +146,18 @@ pub async fn serve(
 ) -> Result<(), ServerError> {
     let metrics = Metrics::new();
     let (vault, authz, tls) = open_vault(&config, store.clone(), metrics.clone())?;
+    // Before anything is served: a restored store forgets no erasure made after its backup.
+    let applied = vault
+        .apply_erasure_ledger()
+        .await
+        .map_err(ServerError::Ledger)?;
+    if applied.subjects_erased + applied.tenants_shredded > 0 {
+        tracing::warn!(
+            subjects = applied.subjects_erased,
+            tenants = applied.tenants_shredded,
+            "erasure ledger applied: erasures made after this store's backup were done again"
+        );
+    }
     let ready = Arc::new(health::ReadyState::default());
     let exporter = match config.metrics_listen {
         Some(addr) => Some(serve_metrics(addr, metrics.clone(), ready.clone()).await?),
@@ -209,11 +226,13 @@ type Opened = (Arc<Vault>, Arc<Authz>, Arc<tls::ReloadableTls>);
 fn open_vault(
     config: &Config, store: Arc<dyn Store>, metrics: Metrics,
 ) -> Result<Opened, ServerError> {
-    let root = RootKeys::load(&config.root_key_file)?;
-    // Rotation and every key epoch rewrite the file: refuse now, naming the path, rather
-    // than at the first epoch (whose failure would leave erasures unfinished).
-    let data = (!store.shared()).then_some(config.data_dir.as_path());
-    crate::keyring::check_key_location(&config.root_key_file, data)?;
+    let root = config.root_source.load()?;
+    if let RootSource::File(path) = &config.root_source {
+        // Rotation and every key epoch rewrite the file: refuse now, naming the path,
+        // rather than at the first epoch (whose failure would leave erasures unfinished).
+        let data = (!store.shared()).then_some(config.data_dir.as_path());
+        crate::keyring::check_key_location(path, data)?;
+    }
     let keys = Keyring::open(root, store.clone())?;
     // Once, on a store an earlier version wrote: seal its consent, restriction and
     // tombstone records before any request can read them.

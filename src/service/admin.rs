@@ -30,11 +30,17 @@ impl Vault {
         let (tx, rx) = mpsc::channel(QUEUE);
         let store = self.store.clone();
         let created_unix = self.clock.now().0 / 1_000_000;
+        // The root key version current now is retired at a later rotation and destroyed
+        // the backup window after that: the backup opens at least until then.
+        let stamp = crate::storage::backup::Stamp {
+            created_unix,
+            restorable_until_unix: created_unix.saturating_add(self.keys.backup_window().as_secs()),
+        };
         // The request's span (method, request id) follows the work into its thread.
         self.background.detach(move || {
             // A closed receiver (the caller went away) stops the backup.
             let mut emit = |chunk: Vec<u8>| tx.blocking_send(Ok(chunk)).is_ok();
-            match store.backup(created_unix, &mut emit) {
+            match store.backup(stamp, &mut emit) {
                 Ok(manifest) => tracing::info!(
                     trees = manifest.trees.len(),
                     records = manifest.records(),

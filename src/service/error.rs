@@ -94,6 +94,9 @@ pub enum OpenError {
     /// The audit chain's head could not be read from the store.
     #[error("audit log: {0}")]
     AuditLog(#[source] StoreError),
+    /// The erasure ledger cannot be read, is damaged, or is not this store's.
+    #[error(transparent)]
+    Ledger(#[from] super::rights::LedgerError),
 }
 
 impl ServiceError {
@@ -163,10 +166,13 @@ impl From<KeyringError> for ServiceError {
             | KeyringError::UnsafeRootFile { .. }
             | KeyringError::RootNotWritable { .. }
             | KeyringError::RootFileNotShared(_) => ServiceError::KeyPrecondition(e.to_string()),
-            KeyringError::Contended(_) | KeyringError::Retired => ServiceError::KeysBusy(e),
+            KeyringError::Contended(_) | KeyringError::Retired | KeyringError::Token(_) => {
+                ServiceError::KeysBusy(e)
+            }
             // Damage, tampering or a wrong root key: logged, never sent.
             KeyringError::RootFile { .. }
             | KeyringError::RootMismatch
+            | KeyringError::RootVersionGone { .. }
             | KeyringError::Unwrap
             | KeyringError::Missing(_) => ServiceError::Internal(e.to_string()),
         }

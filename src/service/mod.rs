@@ -43,8 +43,8 @@ pub use keys::{
 };
 pub use records::{token_field, SubjectPage, TokenSettings, Tokenized};
 pub use rights::{
-    AccessReport, ErasureReceipt, Export, HeldField, Recipient, RetentionRules, StateChange,
-    DEFAULT_KEY_EPOCH, EXPORT_CHUNK, EXPORT_SCHEMA,
+    AccessReport, ErasureReceipt, Export, HeldField, LedgerApplied, LedgerError, Recipient,
+    RetentionRules, StateChange, DEFAULT_KEY_EPOCH, EXPORT_CHUNK, EXPORT_SCHEMA,
 };
 pub use tenants::TenantPage;
 
@@ -104,6 +104,10 @@ pub struct VaultSettings {
     pub high_water_file: Option<std::path::PathBuf>,
     /// How repeated denials of one identity are summarised in the audit log.
     pub denials: DenialSettings,
+    /// The erasure ledger (`rights/ledger.rs`): every erasure and shred recorded outside
+    /// the store, applied to restored stores. `None`: no ledger (a store whose backups are
+    /// not this vault's, such as PostgreSQL's).
+    pub erasure_ledger: Option<std::path::PathBuf>,
     /// Where the vault reports what it measures. The server hands in the registry it
     /// exposes; the default is a private one that nobody reads.
     pub metrics: Metrics,
@@ -120,6 +124,7 @@ impl Default for VaultSettings {
             #[cfg(feature = "testing")]
             audit_enabled: true,
             high_water_file: None,
+            erasure_ledger: None,
             denials: DenialSettings::default(),
             key_epoch_interval: DEFAULT_KEY_EPOCH,
             retention: RetentionRules::default(),
@@ -184,6 +189,8 @@ pub struct Vault {
     #[cfg(feature = "testing")]
     audit_enabled: bool,
     key_epoch_interval: Duration,
+    /// Erasures and shreds recorded outside the store (`rights/ledger.rs`).
+    ledger: Option<Arc<rights::ErasureLedger>>,
     retention: RetentionRules,
     tokens: TokenSettings,
     /// Queue of erased subjects whose field ciphertexts are purged in the background.
@@ -240,9 +247,17 @@ impl Vault {
             Box::new(move |hit| metrics.dek_cache(hit)) as crate::keyring::LookupObserver
         };
         let keys = keys
+            .with_backup_window(settings.keys.backup_window)
             .with_limits(settings.keys.limits)
             .with_dek_cache(settings.keys.dek_cache_entries, Some(observer))
             .with_clock(clock.clone());
+        let ledger = match &settings.erasure_ledger {
+            Some(path) => {
+                let key = keys.ledger_key().map_err(OpenError::AuditKey)?;
+                Some(Arc::new(rights::ErasureLedger::open(path, key)?))
+            }
+            None => None,
+        };
         let writer = audit::Writer {
             store: store.clone(),
             commit: commit.clone(),
@@ -268,6 +283,7 @@ impl Vault {
             #[cfg(feature = "testing")]
             audit_enabled: settings.audit_enabled,
             key_epoch_interval: settings.key_epoch_interval,
+            ledger,
             retention: settings.retention,
             tokens: settings.tokens,
             metrics: settings.metrics,

@@ -358,7 +358,7 @@ pub trait Store: Send + Sync + 'static {
     /// Writes a backup of the whole store (format and consistency: `backup`), handing the
     /// file's bytes to `emit` in order; stops when `emit` returns false. Blocking.
     fn backup(
-        &self, _created_unix: u64, _emit: &mut dyn FnMut(Vec<u8>) -> bool,
+        &self, _stamp: backup::Stamp, _emit: &mut dyn FnMut(Vec<u8>) -> bool,
     ) -> StoreResult<backup::Manifest> {
         Err(StoreError::Backend("this store cannot make backups".into()))
     }

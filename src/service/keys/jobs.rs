@@ -137,8 +137,9 @@ impl Vault {
                     |r: &Option<RootRotation>, ev| {
                         if let Some(r) = r {
                             ev.reason = format!(
-                                "completed: root v{}; destroyed {}",
+                                "completed: root v{}; retired {}; destroyed {}",
                                 r.current,
+                                versions(&r.retired),
                                 versions(&r.destroyed)
                             );
                         }
@@ -147,6 +148,28 @@ impl Vault {
                 .await;
             self.key_job_ended(KeyJob::RootRotation, finished.is_ok());
             finished?;
+        }
+        let now = self.clock.now();
+        if self
+            .keys
+            .retired_root_versions()?
+            .iter()
+            .any(|(_, until)| *until <= now)
+        {
+            let destroyed = self
+                .use_case(call, Operation::RotateRootKey)
+                .run_system(
+                    self.key_op(Keyring::destroy_expired_root_versions),
+                    |d: &Vec<u32>, ev| {
+                        ev.reason = format!(
+                            "backup window passed: destroyed retired root versions {}",
+                            versions(d)
+                        );
+                    },
+                )
+                .await;
+            self.key_job_ended(KeyJob::RootRotation, destroyed.is_ok());
+            destroyed?;
         }
         for (tenant, state) in self.store.all_tenant_keys()? {
             if state.rewrap.is_none() {

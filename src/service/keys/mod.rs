@@ -37,6 +37,8 @@ pub struct KeySettings {
     pub rewrap_pause: Duration,
     /// Unwrapped subject DEKs kept in memory (0: none, every read unwraps).
     pub dek_cache_entries: usize,
+    /// How long a retired root key version still opens backups (`backup.retention_days`).
+    pub backup_window: Duration,
 }
 
 impl Default for KeySettings {
@@ -46,6 +48,7 @@ impl Default for KeySettings {
             rewrap_batch: 500,
             rewrap_pause: Duration::ZERO,
             dek_cache_entries: crate::keyring::DEFAULT_DEK_CACHE_ENTRIES,
+            backup_window: crate::keyring::DEFAULT_BACKUP_WINDOW,
         }
     }
 }
@@ -179,8 +182,9 @@ impl Vault {
                 |_| self.key_op(Keyring::rotate_root),
                 |r: &RootRotation, ev| {
                     ev.reason = format!(
-                        "root v{}; destroyed {}; re-wrapped {}",
+                        "root v{}; retired {}; destroyed {}; re-wrapped {}",
                         r.current,
+                        versions(&r.retired),
                         versions(&r.destroyed),
                         r.rewrapped
                     );
@@ -215,9 +219,10 @@ impl Vault {
             .run_system(self.key_epoch(), |r: &EpochReport, ev| {
                 ev.fields = r.tenants.iter().map(|(t, _)| t.to_string()).collect();
                 ev.reason = format!(
-                    "rotated {} tenant keys; root v{}, destroyed {}",
+                    "rotated {} tenant keys; root v{}, retired {}, destroyed {}",
                     r.tenants.len(),
                     r.root.current,
+                    versions(&r.root.retired),
                     versions(&r.root.destroyed)
                 );
             })
@@ -247,7 +252,17 @@ impl Vault {
             .await
     }
 
+    /// Records the shred in the erasure ledger, then does it.
     async fn shred(&self, tenant: &TenantId) -> Result<ShredReport, ServiceError> {
+        self.tenant_record(tenant)?;
+        self.ledger_shred(tenant)?;
+        self.shred_unrecorded(tenant).await
+    }
+
+    /// The shred itself, without a ledger entry (applying the ledger uses it).
+    pub(in crate::service) async fn shred_unrecorded(
+        &self, tenant: &TenantId,
+    ) -> Result<ShredReport, ServiceError> {
         self.tenant_record(tenant)?;
         let id = tenant.clone();
         let destroyed_versions = self.key_op(move |k| k.shred_tenant(&id)).await?;

@@ -31,6 +31,9 @@ pub struct VersionStatus {
     /// Keys this version still wraps: DEKs for a KEK version (when counted), tenant KEK
     /// versions plus the audit key for a root version.
     pub wraps: Option<u64>,
+    /// A retired root key version: when it was retired and when it is destroyed (the
+    /// backup window later).
+    pub retired: Option<(Timestamp, Timestamp)>,
 }
 
 /// The root key.
@@ -78,6 +81,7 @@ fn version_status(v: &KeyVersionInfo, current: u32, encryptions: u64) -> Version
         current: v.version == current,
         encryptions,
         wraps: None,
+        retired: None,
     }
 }
 
@@ -130,6 +134,8 @@ impl Vault {
         self.key_op(Keyring::sync_root).await?;
         let (current, in_file) = self.keys.root_versions()?;
         let state = self.keys.root_state()?;
+        let retired = self.keys.retired_root_versions()?;
+        let window = u64::try_from(self.keys.backup_window().as_micros()).unwrap_or(u64::MAX);
         let mut root_versions: Vec<VersionStatus> = in_file
             .iter()
             .map(|v| {
@@ -139,6 +145,10 @@ impl Vault {
                     .unwrap_or_else(|| KeyVersionInfo::new(*v, Timestamp(0)));
                 let used = self.keys.root_encryptions(*v, info.reserved);
                 let mut s = version_status(&info, current, used);
+                s.retired = retired
+                    .iter()
+                    .find(|(r, _)| r == v)
+                    .map(|(_, until)| (Timestamp(until.0.saturating_sub(window)), *until));
                 // Root wraps are only counted when every tenant was looked at.
                 if only.is_none() {
                     s.wraps = Some(root_wraps.get(v).copied().unwrap_or(0));

@@ -38,7 +38,8 @@ pub struct ErasureReceipt {
     /// Categories kept under a legal duty (payment transaction records), and until when:
     /// their separate key is destroyed then.
     pub retained: Vec<(Category, Timestamp)>,
-    /// After this time no copy of the subject's key survives anywhere (the next key epoch).
+    /// After this time no copy of the subject's key survives anywhere, backups included: the
+    /// next key epoch plus the backup window.
     pub final_after: Timestamp,
     /// True when the subject had been erased before (the original receipt is returned).
     pub already_erased: bool,
@@ -133,7 +134,17 @@ impl Vault {
         Ok(receipt)
     }
 
+    /// Records the erasure in the erasure ledger, then does it.
     fn erase(
+        &self, call: &Call, tenant: &TenantId, subject: &SubjectId,
+    ) -> Result<ErasureReceipt, ServiceError> {
+        self.tenant_record(tenant)?;
+        self.ledger_erasure(tenant, subject, self.clock.now())?;
+        self.erase_unrecorded(call, tenant, subject)
+    }
+
+    /// The erasure itself, without a ledger entry (applying the ledger uses it).
+    pub(super) fn erase_unrecorded(
         &self, call: &Call, tenant: &TenantId, subject: &SubjectId,
     ) -> Result<ErasureReceipt, ServiceError> {
         self.tenant_record(tenant)?;
@@ -164,7 +175,14 @@ impl Vault {
         };
         // The record is gone, so no read reaches the cached DEK any more; drop it now.
         self.keys.forget_subject_keys(tenant, subject);
-        let epoch = u64::try_from(self.key_epoch_interval.as_micros()).unwrap_or(u64::MAX);
+        // Final when the root key version that wrapped the KEK version that wrapped this
+        // subject's DEK is destroyed: the next epoch destroys the KEK version and retires
+        // that root version; it is destroyed the backup window later.
+        let epoch = u64::try_from(self.key_epoch_interval.as_micros())
+            .unwrap_or(u64::MAX)
+            .saturating_add(
+                u64::try_from(self.keys.backup_window().as_micros()).unwrap_or(u64::MAX),
+            );
         Ok(ErasureReceipt {
             receipt_id: t.receipt_id,
             tenant: tenant.clone(),

@@ -6,6 +6,8 @@
 mod access;
 mod erasure;
 mod export;
+mod ledger;
+mod ledger_apply;
 mod retention;
 mod state;
 
@@ -13,5 +15,7 @@ pub use access::{AccessReport, HeldField, Recipient};
 pub(super) use erasure::start_purger;
 pub use erasure::{ErasureReceipt, DEFAULT_KEY_EPOCH};
 pub use export::{Export, EXPORT_CHUNK, EXPORT_SCHEMA};
+pub use ledger::{ErasureLedger, LedgerError};
+pub use ledger_apply::LedgerApplied;
 pub use retention::RetentionRules;
 pub use state::StateChange;

@@ -68,6 +68,11 @@ pub struct Manifest {
     pub format: u32,
     /// When the backup started, in Unix seconds.
     pub created_unix: u64,
+    /// Until when (Unix seconds) the vault that wrote it promised to keep the root key
+    /// versions that open it: the start plus its backup window. Absent in backups written
+    /// before the window existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restorable_until_unix: Option<u64>,
     /// Every tree in the order written, with its number of entries.
     pub trees: Vec<TreeCount>,
 }
@@ -84,6 +89,13 @@ impl Manifest {
     pub fn records(&self) -> u64 {
         self.trees.iter().map(|t| t.records).sum()
     }
+}
+
+/// When a backup is taken and until when it can be restored (Unix seconds).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stamp {
+    pub created_unix: u64,
+    pub restorable_until_unix: u64,
 }
 
 /// A backup file that cannot be read or restored. Never contains stored bytes.
@@ -161,7 +173,7 @@ fn backend(e: sled::Error) -> StoreError {
 /// Writes a backup of every tree of `db`, handing the file's bytes to `emit` in order;
 /// stops when `emit` returns false.
 pub(super) fn write(
-    db: &sled::Db, created_unix: u64, emit: &mut dyn FnMut(Vec<u8>) -> bool,
+    db: &sled::Db, stamp: Stamp, emit: &mut dyn FnMut(Vec<u8>) -> bool,
 ) -> Result<Manifest, StoreError> {
     let mut names = db
         .tree_names()
@@ -178,7 +190,8 @@ pub(super) fn write(
     out.push(&FORMAT_VERSION.to_be_bytes())?;
     let mut manifest = Manifest {
         format: FORMAT_VERSION,
-        created_unix,
+        created_unix: stamp.created_unix,
+        restorable_until_unix: Some(stamp.restorable_until_unix),
         trees: Vec::with_capacity(names.len()),
     };
     for name in names {
@@ -248,6 +261,39 @@ pub fn restore(path: &Path, store_dir: &Path) -> Result<Manifest, BackupError> {
 trait Visit {
     fn tree(&mut self, name: &str) -> Result<(), BackupError>;
     fn entry(&mut self, key: &[u8], value: &[u8]) -> Result<(), BackupError>;
+}
+
+/// The value of one `meta` entry of a backup (the root key check value, say), after the
+/// whole file has been checked.
+pub fn meta_value(path: &Path, key: &str) -> Result<Option<Vec<u8>>, BackupError> {
+    let mut probe = MetaProbe {
+        key: key.as_bytes(),
+        in_meta: false,
+        found: None,
+    };
+    read(path, &mut probe)?;
+    Ok(probe.found)
+}
+
+/// Finds one entry of the `meta` tree.
+struct MetaProbe<'k> {
+    key: &'k [u8],
+    in_meta: bool,
+    found: Option<Vec<u8>>,
+}
+
+impl Visit for MetaProbe<'_> {
+    fn tree(&mut self, name: &str) -> Result<(), BackupError> {
+        self.in_meta = name == "meta";
+        Ok(())
+    }
+
+    fn entry(&mut self, key: &[u8], value: &[u8]) -> Result<(), BackupError> {
+        if self.in_meta && key == self.key {
+            self.found = Some(value.to_vec());
+        }
+        Ok(())
+    }
 }
 
 /// Reads without writing anything.

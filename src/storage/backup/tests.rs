@@ -15,7 +15,11 @@ fn sample_db() -> sled::Db {
 
 fn backup_file(db: &sled::Db, dir: &Path) -> (PathBuf, Manifest) {
     let mut bytes = Vec::new();
-    let manifest = write(db, 42, &mut |chunk| {
+    let stamp = Stamp {
+        created_unix: 42,
+        restorable_until_unix: 42 + 86_400,
+    };
+    let manifest = write(db, stamp, &mut |chunk| {
         bytes.extend_from_slice(&chunk);
         true
     })

@@ -477,9 +477,9 @@ impl Store for SledStore {
     }
 
     fn backup(
-        &self, created_unix: u64, emit: &mut dyn FnMut(Vec<u8>) -> bool,
+        &self, stamp: super::backup::Stamp, emit: &mut dyn FnMut(Vec<u8>) -> bool,
     ) -> StoreResult<Manifest> {
         self.flush()?;
-        super::backup::write(&self.db, created_unix, emit)
+        super::backup::write(&self.db, stamp, emit)
     }
 }
