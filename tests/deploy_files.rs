@@ -18,8 +18,8 @@ use std::process::Command;
 use serde_json::Value;
 
 use pii_vault::config::{
-    Config, RawAudit, RawAuthz, RawConfig, RawKeys, RawLimits, RawMetrics, RawObservability,
-    RawStorage, RawTls, RawTokens,
+    Config, RawAudit, RawAuthz, RawBackup, RawConfig, RawKeys, RawLimits, RawMetrics,
+    RawObservability, RawStorage, RawTls, RawTokens,
 };
 
 fn read(relative: &str) -> String {
@@ -51,6 +51,8 @@ fn assert_every_key_set(raw: &RawConfig) {
         keys:
             RawKeys {
                 root_key_file,
+                root,
+                erasure_ledger,
                 epoch_interval_hours,
                 max_encryptions_per_dek,
                 max_encryptions_per_wrapping_key,
@@ -113,6 +115,9 @@ fn assert_every_key_set(raw: &RawConfig) {
                 legal_obligation_purposes,
                 consent_purposes,
             },
+        backup: RawBackup {
+            retention_days: backup_retention_days,
+        },
     } = raw;
     let set = [
         ("listen", listen.is_some()),
@@ -122,6 +127,9 @@ fn assert_every_key_set(raw: &RawConfig) {
         ("tls.client_ca", client_ca.is_some()),
         ("tls.client_crl", client_crl.is_some()),
         ("keys.root_key_file", root_key_file.is_some()),
+        ("keys.root", root.is_some()),
+        ("keys.erasure_ledger", erasure_ledger.is_some()),
+        ("backup.retention_days", backup_retention_days.is_some()),
         ("keys.epoch_interval_hours", epoch_interval_hours.is_some()),
         (
             "keys.max_encryptions_per_dek",

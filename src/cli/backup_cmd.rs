@@ -16,14 +16,14 @@ use clap::{Args, Subcommand};
 
 use pb::backup_service_client::BackupServiceClient;
 use pii_vault::config::{Config, RawConfig};
-use pii_vault::keyring::{version_list, RootSource, ROOT_CHECK};
+use pii_vault::keyring::RootSource;
 use pii_vault::proto::v1 as pb;
 use pii_vault::storage::backup::{self, Manifest};
 
 use serde_json::{json, Value};
 
 use super::output::{unix_time, Out};
-use super::{Connection, Refused};
+use super::Connection;
 
 #[derive(Debug, Args)]
 #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
@@ -125,11 +125,7 @@ fn offline_config(file: Option<&Path>, data_dir: Option<&Path>) -> anyhow::Resul
     Ok(raw.validate()?)
 }
 
-/// Refuses a backup the vault can no longer open, or may not restore: older than the
-/// backup window (the root key versions it needs may be destroyed, and the window is the
-/// policy's promise), or bound to a root key version the source no longer holds. With no
-/// root key source at hand (a file not yet put in place) the second check is left to the
-/// first start. Returns the root key version the backup needs.
+/// `server::check_restorable` at the current time, off the async workers.
 async fn check_restorable(
     file: &Path, manifest: &Manifest, config: &Config,
 ) -> anyhow::Result<u32> {
@@ -137,55 +133,12 @@ async fn check_restorable(
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    let window = config.vault.keys.backup_window.as_secs();
-    let until = manifest
-        .restorable_until_unix
-        .unwrap_or(u64::MAX)
-        .min(manifest.created_unix.saturating_add(window));
-    if now > until {
-        return Err(Refused(format!(
-            "{} was taken at {}, more than the backup window ({} days, backup.retention_days) \
-             ago: the root key versions that opened it are destroyed or due to be, and the \
-             policy keeps backups no longer; it cannot be restored",
-            file.display(),
-            unix_time(manifest.created_unix),
-            window / 86_400
-        ))
-        .into());
-    }
-    let path = file.to_path_buf();
-    let bound = tokio::task::spawn_blocking(move || backup::meta_value(&path, ROOT_CHECK))
-        .await
-        .context("backup read task failed")??;
-    let version = bound
-        .as_deref()
-        .and_then(|b| b.first_chunk::<4>())
-        .map(|v| u32::from_be_bytes(*v))
-        .ok_or_else(|| {
-            Refused(format!(
-                "{} holds no root key binding: it is not a vault's backup",
-                file.display()
-            ))
-        })?;
-    let source = config.root_source.clone();
-    if let RootSource::File(key_file) = &source {
-        if !key_file.exists() {
-            return Ok(version);
-        }
-    }
-    let held = tokio::task::spawn_blocking(move || source.load().map(|r| r.version_numbers()))
-        .await
-        .context("root key task failed")??;
-    if !held.contains(&version) {
-        return Err(Refused(format!(
-            "{} needs root key version {version}, which {} no longer holds (it holds {}): the \
-             version was destroyed when the backup window passed, or this is another vault's key",
-            file.display(),
-            config.root_source.describe(),
-            version_list(&held)
-        ))
-        .into());
-    }
+    let (file, manifest, config) = (file.to_path_buf(), manifest.clone(), config.clone());
+    let version = tokio::task::spawn_blocking(move || {
+        pii_vault::server::check_restorable(&file, &manifest, &config, now)
+    })
+    .await
+    .context("backup check task failed")??;
     Ok(version)
 }
 

@@ -85,6 +85,16 @@ impl RootVersion {
         }
     }
 
+    /// The key itself for a version held in this process (a file's): an exposure, for
+    /// forensic tests that try every key the vault holds; `None` for a token's, which never
+    /// leaves it.
+    pub fn secret_file_key(&self) -> Option<&Key<Root>> {
+        match &self.material {
+            Material::File(k) => Some(k),
+            Material::Token(_) => None,
+        }
+    }
+
     /// When a rotation retired this version, if one did.
     pub fn retired_at(&self) -> Option<Timestamp> {
         self.retired_at
@@ -296,10 +306,7 @@ impl RootKeys {
     /// Test only: a file version's key, to check what a file holds.
     #[cfg(test)]
     pub(super) fn file_key(&self, version: u32) -> Option<&Key<Root>> {
-        match &self.version(version)?.material {
-            Material::File(k) => Some(k),
-            Material::Token(_) => None,
-        }
+        self.version(version)?.secret_file_key()
     }
 
     /// True while a version other than the current one is not retired: a rotation (or an

@@ -46,7 +46,7 @@ use crate::proto::v1::token_service_server::TokenServiceServer;
 use crate::service::{OpenError, Vault};
 use crate::storage::{PgStore, SledOpenError, SledStore, Store, StoreError};
 
-pub use offline::apply_erasure_ledger;
+pub use offline::{apply_erasure_ledger, check_restorable};
 use tasks::Tasks;
 pub use tls::server_config;
 
@@ -69,6 +69,9 @@ pub enum ServerError {
     Policy(#[from] PolicyError),
     #[error("vault: {0}")]
     Vault(#[from] OpenError),
+    /// A backup that may not be restored (too old, or its root key version is gone).
+    #[error("backup {path} cannot be restored: {why}")]
+    NotRestorable { path: String, why: String },
     /// Erasures recorded in the erasure ledger could not be applied before serving.
     #[error("applying the erasure ledger: {0}")]
     Ledger(#[source] crate::service::ServiceError),

@@ -2,13 +2,15 @@
 //! written, the erasure ledger is applied to them before anyone can ask the restored store
 //! anything (`serve` applies it again at every start, finding nothing left to do).
 
+use std::path::Path;
 use std::sync::Arc;
 
 use crate::authz::{Authz, Policy};
 use crate::config::Config;
 use crate::domain::SystemClock;
-use crate::keyring::Keyring;
+use crate::keyring::{version_list, Keyring, RootSource, ROOT_CHECK};
 use crate::service::{LedgerApplied, Vault, HIGH_WATER_FILE};
+use crate::storage::backup::{self, Manifest};
 
 use super::{open_store, ServerError, LAST_HANDLE_BOUND};
 
@@ -44,4 +46,54 @@ pub async fn apply_erasure_ledger(config: &Config) -> Result<LedgerApplied, Serv
         source,
     })?;
     Ok(applied)
+}
+
+/// Refuses a backup the vault may not restore at `now_unix` (seconds): one older than the
+/// backup window (the root key versions it needs are destroyed or due to be, and the policy
+/// keeps backups no longer), or one bound to a root key version the source no longer holds.
+/// With a root key file not yet in place the second check is left to the first start.
+/// Returns the root key version the backup needs. Reads the whole file (blocking).
+pub fn check_restorable(
+    file: &Path, manifest: &Manifest, config: &Config, now_unix: u64,
+) -> Result<u32, ServerError> {
+    let refuse = |why: String| ServerError::NotRestorable {
+        path: file.display().to_string(),
+        why,
+    };
+    let window = config.vault.keys.backup_window.as_secs();
+    let until = manifest
+        .restorable_until_unix
+        .unwrap_or(u64::MAX)
+        .min(manifest.created_unix.saturating_add(window));
+    if now_unix > until {
+        return Err(refuse(format!(
+            "it was taken {} days ago, more than the backup window ({} days, \
+             backup.retention_days): the root key versions that opened it are destroyed or \
+             due to be, and the policy keeps backups no longer",
+            now_unix.saturating_sub(manifest.created_unix) / 86_400,
+            window / 86_400
+        )));
+    }
+    let bound = backup::meta_value(file, ROOT_CHECK).map_err(|e| refuse(e.to_string()))?;
+    let version = bound
+        .as_deref()
+        .and_then(|b| b.first_chunk::<4>())
+        .map(|v| u32::from_be_bytes(*v))
+        .ok_or_else(|| refuse("it holds no root key binding: it is not a vault's backup".into()))?;
+    if let RootSource::File(key_file) = &config.root_source {
+        if !key_file.exists() {
+            return Ok(version);
+        }
+    }
+    let held = config.root_source.load()?.version_numbers();
+    if !held.contains(&version) {
+        return Err(refuse(format!(
+            "it needs root key version {version}, which {} no longer holds (it holds {}): \
+             the version was destroyed when the backup window passed, or the key is another \
+             vault's",
+            config.root_source.describe(),
+            version_list(&held)
+        )));
+    }
+    Ok(version)
 }

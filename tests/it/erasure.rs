@@ -78,8 +78,8 @@ async fn an_erased_subject_stays_erased_across_reads_writes_and_restarts() {
         .expect("final");
     assert_eq!(
         final_after - erased_at,
-        24 * 3600,
-        "final after the next daily key epoch"
+        24 * 3600 + 30 * 86_400,
+        "final after the next daily key epoch and the 30-day backup window"
     );
 
     assert_erased(

@@ -4,6 +4,8 @@
 #[path = "../support/postgres.rs"]
 mod postgres;
 mod process;
+#[path = "../support/softhsm.rs"]
+mod softhsm;
 mod util;
 
 mod abuse;

@@ -60,8 +60,13 @@ async fn two_nodes_with(
 }
 
 /// Two nodes on one fresh database, sharing one root key file.
+/// Two nodes sharing one root key file, with no backup window: a root rotation destroys
+/// the old version at once, so these tests see destruction followed across nodes.
 async fn two_nodes(test: &str) -> Option<(TestVault, TestVault)> {
-    let (a, b, _) = two_nodes_with(test, RootFile::Shared, |_| {}).await?;
+    let (a, b, _) = two_nodes_with(test, RootFile::Shared, |raw| {
+        raw.backup.retention_days = Some(0);
+    })
+    .await?;
     Some((a, b))
 }
 

@@ -57,6 +57,9 @@ async fn an_epoch_failing_at_any_store_step_keeps_every_mark_and_completes_on_th
     let port = free_port();
     let (vault, faults) = faulty_vault(|raw| {
         raw.metrics.listen = Some(format!("127.0.0.1:{port}"));
+        // Old root versions destroyed by the epoch itself (no backup window), so each
+        // completed attempt can be checked for them.
+        raw.backup.retention_days = Some(0);
     })
     .await;
     let metrics: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
@@ -237,7 +240,10 @@ fn config_with_key_dir(dir: &Path) -> (pii_vault::config::Config, PathBuf) {
     let key_file = key_dir.join("root.key");
     let data = dir.join("data");
     std::fs::create_dir(&data).expect("data dir");
-    let config = test_config(&data, |raw| raw.keys.root_key_file = Some(key_file.clone()));
+    let config = test_config(&data, |raw| {
+        raw.keys.root_key_file = Some(key_file.clone());
+        raw.backup.retention_days = Some(0);
+    });
     (config, key_dir)
 }
 

@@ -105,7 +105,7 @@ fn kek_derivations(store: &dyn Store, root_file: &Path, acme: &TenantId) -> Vec<
         .expect("keks")
         .into_iter()
         .map(|(v, wrapped)| {
-            let r: &Key<Root> = root.version(wrapped.key_version()).expect("root version");
+            let r = root.version(wrapped.key_version()).expect("root version");
             let kek: Key<Kek> = r.unwrap_key(&wrapped, v, &kek_aad(acme)).expect("unwrap");
             (v, kek.derivation())
         })
@@ -158,7 +158,10 @@ async fn legacy_round_trip(dir: &Path, open: impl Fn() -> Arc<dyn Store>) {
     {
         let store = open();
         let root = RootKeys::load(&root_file).expect("legacy root key file loads");
-        assert_eq!(root.current().derivation(), Derivation::Legacy);
+        assert_eq!(
+            root.current().secret_file_key().map(Key::derivation),
+            Some(Derivation::Legacy)
+        );
         let keys = Keyring::open(root, store.clone())
             .expect("keys")
             .with_legacy_keys();
@@ -200,12 +203,15 @@ async fn legacy_round_trip(dir: &Path, open: impl Fn() -> Arc<dyn Store>) {
     assert_eq!(keks.last(), Some(&(2, Derivation::HkdfV1)), "{keks:?}");
     reads_back(&vault, &call, &acme, &alice).await;
 
-    // A root rotation replaces the legacy root version with an HKDF one.
+    // A root rotation replaces the legacy root version with an HKDF one; the legacy one is
+    // retired (it opens backups for the backup window) and wraps nothing any more.
     let rotation = vault.rotate_root_key(&call).await.expect("rotate root");
-    assert_eq!(rotation.destroyed, vec![1]);
+    assert_eq!(rotation.retired, vec![1]);
+    assert!(rotation.destroyed.is_empty(), "kept for the backup window");
     let root = RootKeys::load(&root_file).expect("root");
-    assert_eq!(root.version_numbers(), vec![2]);
-    let current = root.current();
+    assert_eq!(root.version_numbers(), vec![1, 2]);
+    assert_eq!(root.retired().len(), 1);
+    let current = root.current().secret_file_key().expect("a file key");
     assert_eq!(current.derivation(), Derivation::HkdfV1);
     let stored = store
         .meta("root_key_check")

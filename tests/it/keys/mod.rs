@@ -2,6 +2,7 @@
 //! process kill), usage limits, key epochs that make an erasure final even against a copy
 //! of the data directory, tenant shredding, and the `keys` CLI.
 
+mod backup_window;
 mod dek_cache;
 mod epochs;
 mod forensic;

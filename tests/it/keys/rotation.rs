@@ -186,24 +186,44 @@ async fn rotating_the_root_key_rewrites_the_file_and_keeps_everything_readable()
         .await
         .expect("rotate root")
         .into_inner();
+    // v1 is retired, not destroyed: it still opens backups for the backup window (30 days).
     assert_eq!(
-        (r.current_version, r.destroyed_versions.as_slice()),
-        (2, &[1][..])
+        (
+            r.current_version,
+            r.retired_versions.as_slice(),
+            r.destroyed_versions.as_slice()
+        ),
+        (2, &[1][..], &[][..])
     );
     // Two tenant KEKs and the audit key.
     assert_eq!(r.keys_rewrapped, 3);
     let file = RootKeys::load(&vault.config.root_key_file).expect("load");
-    assert_eq!(file.version_numbers(), [2]);
+    assert_eq!(file.version_numbers(), [1, 2]);
+    assert_eq!(
+        file.retired().iter().map(|(v, _)| *v).collect::<Vec<_>>(),
+        [1]
+    );
     let s = status(&mut keys, "", false).await;
     let root = s.root.expect("root");
     assert_eq!(root.current_version, 2);
-    assert!(!root.rotation_pending);
+    assert!(
+        !root.rotation_pending,
+        "a retired version is not a pending rotation"
+    );
     let v2 = root.versions.iter().find(|v| v.version == 2).expect("v2");
     assert_eq!(v2.wraps, Some(3));
-    assert!(root
-        .versions
-        .iter()
-        .any(|v| v.version == 1 && v.destroyed_at.is_some()));
+    assert!(v2.retired_at.is_none());
+    let v1 = root.versions.iter().find(|v| v.version == 1).expect("v1");
+    assert_eq!(v1.wraps, Some(0), "v1 wraps nothing any more");
+    let (retired, until) = (
+        v1.retired_at.as_ref().expect("retired").seconds,
+        v1.destroyed_after
+            .as_ref()
+            .expect("destroyed after")
+            .seconds,
+    );
+    assert_eq!(until - retired, 30 * 86_400, "kept for the backup window");
+    assert!(v1.destroyed_at.is_none());
     drop((client, keys));
 
     let vault = vault.restart().await;
@@ -232,7 +252,7 @@ async fn rotating_the_root_key_rewrites_the_file_and_keeps_everything_readable()
         events.extend(m.events);
     }
     assert_eq!(events.len(), 1);
-    assert!(events[0].reason.contains("destroyed v1"), "{:?}", events[0]);
+    assert!(events[0].reason.contains("retired v1"), "{:?}", events[0]);
 }
 
 /// Runs `pii-vault keys ARGS` against the vault; (success, stdout, stderr).
