@@ -11,7 +11,7 @@ use std::path::Path;
 use crate::authz::Policy;
 use crate::certs::DEV_CLIENT_ID;
 use crate::config::{Backend, Config, ConfigError};
-use crate::keyring::RootKeys;
+use crate::keyring::{RootKeys, RootSource};
 
 #[derive(Debug, Default)]
 pub struct Bootstrapped {
@@ -85,7 +85,9 @@ pub fn bootstrap(config: &Config, mode: StartMode) -> Result<Bootstrapped, Confi
         )?;
     }
     let mut done = Bootstrapped::default();
-    if !config.root_key_file.exists() {
+    // A root key in a PKCS#11 token is made in the token at the first start, never here.
+    let file_root = matches!(config.root_source, RootSource::File(_));
+    if file_root && !config.root_key_file.exists() {
         if config.store_dir().exists() {
             return Err(ConfigError::Invalid(format!(
                 "root key file {} is missing but {} already holds data; restore the key file (a new key cannot read the old data)",

@@ -4,8 +4,13 @@
 //! venv under the target directory, reused across runs. Without network to install them
 //! the test is skipped loudly, unless `CI` is set, where that is a failure.
 
+#[path = "support/softhsm.rs"]
+mod softhsm;
 #[path = "it/util.rs"]
 mod util;
+
+/// The interop vault keeps its root key in a file.
+pub const ROOT_CUSTODY: util::Custody = util::Custody::File;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -18,6 +18,7 @@ use crate::crypto::{
     CryptoError, Key, KeyRole, Root, Sealed,
 };
 use crate::domain::Timestamp;
+use crate::storage::Store;
 
 use super::root_file::{self, FileVersion};
 use super::root_pkcs11::{Pkcs11Settings, TokenKey, TokenRoot};
@@ -33,12 +34,27 @@ pub enum RootSource {
 }
 
 impl RootSource {
-    /// Loads the versions: reads the file, or opens the token (creating version 1 in a token
-    /// that holds none yet, for a new vault).
+    /// Loads the versions that exist: reads the file, or opens the token (refusing one
+    /// that holds no version).
     pub fn load(&self) -> Result<RootKeys, KeyringError> {
         match self {
             RootSource::File(path) => RootKeys::load(path),
-            RootSource::Pkcs11(settings) => RootKeys::open_token(settings),
+            RootSource::Pkcs11(settings) => RootKeys::open_token(settings, None),
+        }
+    }
+
+    /// Loads the versions for `store`: a token that holds none gets version 1 when the
+    /// store is new, and is refused, naming the version it lacks, when the store was bound
+    /// to a root key already (another token, or another label prefix).
+    pub fn load_for(&self, store: &dyn Store) -> Result<RootKeys, KeyringError> {
+        match self {
+            RootSource::File(path) => RootKeys::load(path),
+            RootSource::Pkcs11(settings) => {
+                let bound = store
+                    .meta(super::ROOT_CHECK)?
+                    .and_then(|c| c.first_chunk::<4>().map(|v| u32::from_be_bytes(*v)));
+                RootKeys::open_token(settings, Some(bound))
+            }
         }
     }
 
@@ -191,19 +207,44 @@ impl RootKeys {
     }
 
     /// Opens the token and lists its root key versions; the current one is the newest not
-    /// retired. A token with none gets version 1 (a new vault).
-    pub fn open_token(settings: &Pkcs11Settings) -> Result<Self, KeyringError> {
+    /// retired. A token with none: `store` is `Some(None)` for a new store, which gets
+    /// version 1; otherwise refused, naming the version the store is bound to if known.
+    pub fn open_token(
+        settings: &Pkcs11Settings, store: Option<Option<u32>>,
+    ) -> Result<Self, KeyringError> {
         let token = Arc::new(TokenRoot::open(settings)?);
+        if token.versions()?.is_empty() {
+            match store {
+                Some(None) => {
+                    token.generate(1)?;
+                    tracing::info!(
+                        token = %token.describe(),
+                        "created root key version 1 in the token for a new store"
+                    );
+                }
+                Some(Some(bound)) => {
+                    return Err(KeyringError::Token(format!(
+                        "{} holds no root key version labelled {}-v*, but this data \
+                         directory is bound to root key version {bound}: check keys.root \
+                         (token_label or slot, key_label_prefix)",
+                        token.describe(),
+                        settings.key_label_prefix
+                    )))
+                }
+                None => {
+                    return Err(KeyringError::Token(format!(
+                        "{} holds no root key version labelled {}-v*",
+                        token.describe(),
+                        settings.key_label_prefix
+                    )))
+                }
+            }
+        }
         Self::from_token(token)
     }
 
     fn from_token(token: Arc<TokenRoot>) -> Result<Self, KeyringError> {
-        let mut listed = token.versions()?;
-        if listed.is_empty() {
-            token.generate(1)?;
-            tracing::info!(token = %token.describe(), "created root key version 1 in the token");
-            listed = token.versions()?;
-        }
+        let listed = token.versions()?;
         let mut versions = Vec::with_capacity(listed.len());
         for info in &listed {
             let key = token.key(info.version)?.ok_or_else(|| {

@@ -229,7 +229,7 @@ type Opened = (Arc<Vault>, Arc<Authz>, Arc<tls::ReloadableTls>);
 fn open_vault(
     config: &Config, store: Arc<dyn Store>, metrics: Metrics,
 ) -> Result<Opened, ServerError> {
-    let root = config.root_source.load()?;
+    let root = config.root_source.load_for(store.as_ref())?;
     if let RootSource::File(path) = &config.root_source {
         // Rotation and every key epoch rewrite the file: refuse now, naming the path,
         // rather than at the first epoch (whose failure would leave erasures unfinished).

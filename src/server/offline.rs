@@ -19,7 +19,7 @@ use super::{open_store, ServerError, LAST_HANDLE_BOUND};
 /// meanwhile: the vault runs with an empty policy and serves nothing.
 pub async fn apply_erasure_ledger(config: &Config) -> Result<LedgerApplied, ServerError> {
     let store = open_store(config).await?;
-    let keys = Keyring::open(config.root_source.load()?, store.clone())?;
+    let keys = Keyring::open(config.root_source.load_for(store.as_ref())?, store.clone())?;
     keys.seal_legacy_records()?;
     let authz = Arc::new(Authz::fixed(Policy::parse("")?, config.purposes.clone()));
     let mut settings = config.vault.clone();

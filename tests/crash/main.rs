@@ -17,8 +17,13 @@
 #[allow(dead_code)] // the harness kills its starts itself; `start` is for tests/it
 #[path = "../it/process.rs"]
 mod process;
+#[path = "../support/softhsm.rs"]
+mod softhsm;
 #[path = "../it/util.rs"]
 mod util;
+
+/// The crash tests' vaults keep their root key in a file.
+pub const ROOT_CUSTODY: util::Custody = util::Custody::File;
 
 mod driver;
 mod model;

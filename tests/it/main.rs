@@ -8,6 +8,10 @@ mod process;
 mod softhsm;
 mod util;
 
+/// Vaults of this binary keep their root key in a file (`it_pkcs11` runs the key-management
+/// and erasure suite again with tokens).
+pub const ROOT_CUSTODY: util::Custody = util::Custody::File;
+
 mod abuse;
 mod access;
 mod at_rest;
@@ -30,6 +34,7 @@ mod erasure_index;
 mod error_reasons;
 mod examples;
 mod health;
+mod hsm;
 mod hygiene;
 mod idempotency;
 mod input_matrix;

@@ -283,7 +283,7 @@ async fn a_token_issued_before_tokens_had_subjects_is_refused_with_what_to_do() 
         let store: Arc<dyn Store> = Arc::new(
             SledStore::open(&config.store_dir(), config.cache_capacity_bytes).expect("open"),
         );
-        let root = pii_vault::keyring::RootKeys::load(&config.root_key_file).expect("root");
+        let root = config.root_source.load_for(store.as_ref()).expect("root");
         let keys = pii_vault::keyring::Keyring::open(root, store.clone()).expect("keys");
         let policy =
             Policy::parse(&Policy::dev_default_text("spiffe://test/admin")).expect("policy");

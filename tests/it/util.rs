@@ -9,8 +9,9 @@ use std::sync::Arc;
 use pb::record_service_client::RecordServiceClient;
 use pb::tenant_service_client::TenantServiceClient;
 use pii_vault::client::{connect, ClientCerts};
-use pii_vault::config::{Config, RawConfig};
+use pii_vault::config::{Config, RawConfig, RawRootSource};
 use pii_vault::dev::{bootstrap, StartMode};
+use pii_vault::keyring::{PinSource, Pkcs11Settings, RootSource, TokenSelector};
 use pii_vault::proto::v1 as pb;
 use pii_vault::server::ServerError;
 use pii_vault::storage::faults::{Faults, FaultyStore};
@@ -30,7 +31,49 @@ pub struct TestVault {
     task: Option<JoinHandle<Result<(), ServerError>>>,
 }
 
-/// A config for `dir`: listens on a free loopback port, dev TLS in `dir/tls`.
+/// Where a test binary's vaults keep their root key (`crate::ROOT_CUSTODY`): the `it`
+/// binary in a file, `it_pkcs11` (the key-management and erasure suite again) in a SoftHSM2
+/// token of their own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Custody {
+    File,
+    Token,
+}
+
+/// The `[keys] root` table naming a PKCS#11 token.
+pub fn pkcs11_root(s: &Pkcs11Settings) -> RawRootSource {
+    let (token_label, slot) = match &s.token {
+        TokenSelector::Label(l) => (Some(l.clone()), None),
+        TokenSelector::Slot(n) => (None, Some(*n)),
+    };
+    let (pin_file, pin_env) = match &s.pin {
+        PinSource::File(f) => (Some(f.clone()), None),
+        PinSource::Env(v) => (None, Some(v.clone())),
+    };
+    RawRootSource {
+        kind: "pkcs11".into(),
+        module: Some(s.module.clone()),
+        token_label,
+        slot,
+        pin_file,
+        pin_env,
+        key_label_prefix: Some(s.key_label_prefix.clone()),
+        path: None,
+    }
+}
+
+/// An edit giving a new config the root key of `config` when that is a token (a root key
+/// file in the data directory travels with a copy of the directory by itself).
+pub fn keep_root(config: &Config) -> impl FnOnce(&mut RawConfig) + '_ {
+    move |raw| {
+        if let RootSource::Pkcs11(s) = &config.root_source {
+            raw.keys.root = Some(pkcs11_root(s));
+        }
+    }
+}
+
+/// A config for `dir`: listens on a free loopback port, dev TLS in `dir/tls`. In the
+/// PKCS#11 suite a config that names no root key of its own gets a fresh SoftHSM2 token.
 pub fn test_config(dir: &Path, edit: impl FnOnce(&mut RawConfig)) -> Config {
     let mut raw = RawConfig {
         listen: Some("127.0.0.1:0".into()),
@@ -44,6 +87,12 @@ pub fn test_config(dir: &Path, edit: impl FnOnce(&mut RawConfig)) -> Config {
     raw.limits.denied_per_second = Some(1_000_000);
     raw.limits.denied_burst = Some(1_000_000);
     edit(&mut raw);
+    let own_root = raw.keys.root_key_file.is_some() || raw.keys.root.is_some();
+    if crate::ROOT_CUSTODY == Custody::Token && !own_root {
+        if let Some(token) = crate::softhsm::token("a test vault") {
+            raw.keys.root = Some(pkcs11_root(&token.settings));
+        }
+    }
     let config = raw.validate().expect("test config validates");
     bootstrap(&config, StartMode::Dev).expect("bootstrap");
     config
@@ -76,12 +125,15 @@ impl TestVault {
                     .expect("open store"),
             ),
         };
-        let task = tokio::spawn(pii_vault::server::serve(
-            listener,
-            config.clone(),
-            store,
-            shutdown,
-        ));
+        let serve = pii_vault::server::serve(listener, config.clone(), store, shutdown);
+        let task = tokio::spawn(async move {
+            let served = serve.await;
+            if let Err(e) = &served {
+                // Printed at once: a test that fails to connect shows why the server stopped.
+                eprintln!("test vault stopped with an error: {e}");
+            }
+            served
+        });
         Self {
             dir,
             addr,

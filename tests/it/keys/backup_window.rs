@@ -10,20 +10,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pii_vault::authz::{Authz, PeerIdentity, Policy, PurposeRules};
-use pii_vault::config::{Config, RawConfig, RawRootSource};
+use pii_vault::config::{Config, RawConfig};
 use pii_vault::crypto::{Dek, Kek, Key, Root, Zeroizing};
 use pii_vault::domain::{
     Category, Clock, FieldName, FieldValue, ManualClock, NewField, Purpose, Timestamp,
 };
-use pii_vault::keyring::{
-    dek_aad, kek_aad, Keyring, PinSource, RootKeys, RootSource, TokenSelector,
-};
+use pii_vault::keyring::{dek_aad, kek_aad, Keyring, RootKeys, RootSource};
 use pii_vault::service::{run_key_jobs, Call, LedgerApplied, ServiceError, Vault, VaultSettings};
 use pii_vault::storage::{backup, SledStore, Store};
 use tempfile::TempDir;
 
 use super::{as_key, field_aad, sid, tid};
 use crate::softhsm;
+use crate::util::pkcs11_root;
 
 const DAY: u64 = 86_400 * 1_000_000;
 const START: Timestamp = Timestamp(1_700_000_000_000_000);
@@ -73,25 +72,7 @@ impl Keys {
         };
         match &self.source {
             RootSource::File(file) => raw.keys.root_key_file = Some(file.clone()),
-            RootSource::Pkcs11(s) => {
-                let (token_label, slot) = match &s.token {
-                    TokenSelector::Label(l) => (Some(l.clone()), None),
-                    TokenSelector::Slot(n) => (None, Some(*n)),
-                };
-                let pin_file = match &s.pin {
-                    PinSource::File(f) => f.clone(),
-                    PinSource::Env(_) => unreachable!("the harness writes PIN files"),
-                };
-                raw.keys.root = Some(RawRootSource {
-                    kind: "pkcs11".into(),
-                    module: Some(s.module.clone()),
-                    token_label,
-                    slot,
-                    pin_file: Some(pin_file),
-                    key_label_prefix: Some(s.key_label_prefix.clone()),
-                    ..RawRootSource::default()
-                });
-            }
+            RootSource::Pkcs11(s) => raw.keys.root = Some(pkcs11_root(s)),
         }
         raw.validate().expect("config")
     }
@@ -112,7 +93,9 @@ fn open(data: &Path, keys: &Keys, clock: &Arc<ManualClock>) -> Result<Node, Stri
     let store: Arc<dyn Store> =
         Arc::new(SledStore::open(&data.join("store"), 16 << 20).expect("store"));
     let keyring = Keyring::open(
-        keys.source.load().map_err(|e| e.to_string())?,
+        keys.source
+            .load_for(store.as_ref())
+            .map_err(|e| e.to_string())?,
         store.clone(),
     )
     .map_err(|e| e.to_string())?;

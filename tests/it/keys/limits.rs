@@ -14,7 +14,9 @@ use tonic::Code;
 
 use super::*;
 use crate::erasure::erase;
-use crate::util::{assert_reason, create_tenant, get, put, test_config, text, text_of, TestVault};
+use crate::util::{
+    assert_reason, create_tenant, get, keep_root, put, test_config, text, text_of, TestVault,
+};
 
 #[tokio::test]
 async fn a_dek_at_its_usage_limit_is_replaced_not_reused() {
@@ -258,7 +260,7 @@ async fn a_crash_between_reservation_and_use_never_lowers_the_count() {
     // Restarting from the crash image, the count continues from there.
     let crash_dir = TempDir::new().expect("dir");
     copy_dir(&image, crash_dir.path());
-    let config = test_config(crash_dir.path(), |_| {});
+    let config = test_config(crash_dir.path(), keep_root(&config));
     let vault = TestVault::start_on(crash_dir, config, None).await;
     let mut client = vault.records().await;
     put(

@@ -5,7 +5,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use pii_vault::keyring::RootKeys;
 use pii_vault::proto::v1 as pb;
 use pii_vault::storage::{SledStore, Store};
 use tonic::Code;
@@ -197,7 +196,7 @@ async fn rotating_the_root_key_rewrites_the_file_and_keeps_everything_readable()
     );
     // Two tenant KEKs and the audit key.
     assert_eq!(r.keys_rewrapped, 3);
-    let file = RootKeys::load(&vault.config.root_key_file).expect("load");
+    let file = vault.config.root_source.load().expect("load");
     assert_eq!(file.version_numbers(), [1, 2]);
     assert_eq!(
         file.retired().iter().map(|(v, _)| *v).collect::<Vec<_>>(),
