@@ -358,6 +358,22 @@ fn the_systemd_unit_keeps_the_root_key_where_rotation_can_rewrite_it() {
         writable(&config.data_dir),
         "data_dir is not a writable StateDirectory="
     );
+    // The erasure ledger is appended to at every erasure and read by every restore: kept
+    // with the key, out of the data, where it survives restarts.
+    let ledger = config
+        .vault
+        .erasure_ledger
+        .as_ref()
+        .expect("an erasure ledger");
+    assert!(
+        writable(ledger.parent().expect("ledger directory")),
+        "erasure ledger {} is not in a writable StateDirectory= of the unit",
+        ledger.display()
+    );
+    assert!(
+        !ledger.starts_with(&config.data_dir),
+        "the ledger is inside data_dir"
+    );
     assert_metrics_and_audit_sink_on("example config", &config, "/var/lib/pii-vault");
     assert!(lines.contains(&"StateDirectoryMode=0700"));
 }
@@ -873,6 +889,17 @@ fn check_volumes(r: &Render, config: &Config, pod: &Value, container: &Value) {
         key_volume, data_mount["name"],
         "{src}: data snapshots would hold the key"
     );
+    if let Some(ledger) = &config.vault.erasure_ledger {
+        let ledger_mount = mount_of(container, ledger.parent().expect("ledger directory"));
+        assert!(
+            durable(text(&ledger_mount["name"])) && writable(&ledger_mount),
+            "{src}: the erasure ledger is not on a writable PersistentVolumeClaim"
+        );
+        assert_ne!(
+            ledger_mount["name"], data_mount["name"],
+            "{src}: data snapshots would hold the erasure ledger"
+        );
+    }
     let sink = config.vault.audit_sink.as_ref().expect("audit mirror on");
     let sink_mount = mount_of(container, &sink.path);
     assert!(

@@ -75,6 +75,8 @@ fn version_json(v: &pb::KeyVersion) -> Value {
         "current": v.current,
         "created_at": time(v.created_at.as_ref()),
         "destroyed_at": time(v.destroyed_at.as_ref()),
+        "retired_at": time(v.retired_at.as_ref()),
+        "destroyed_after": time(v.destroyed_after.as_ref()),
         "encryptions": v.encryptions,
         "wraps": v.wraps,
     })
@@ -135,6 +137,11 @@ fn version_line(v: &pb::KeyVersion, wraps_what: &str) -> String {
     }
     if let (Some(n), None) = (v.wraps, &v.destroyed_at) {
         line.push_str(&format!(" wraps {n} {wraps_what}"));
+    }
+    if let (Some(at), Some(until)) = (&v.retired_at, &v.destroyed_after) {
+        line.push_str(&format!(
+            " retired {at}: opens backups only, destroyed after {until}"
+        ));
     }
     line
 }
@@ -361,13 +368,15 @@ async fn rotate_root(out: Output, format: Out) -> anyhow::Result<()> {
         .into_inner();
     let value = json!({
         "current_version": r.current_version,
+        "retired_versions": r.retired_versions,
         "destroyed_versions": r.destroyed_versions,
         "keys_rewrapped": r.keys_rewrapped,
     });
     emit(format, &value, || {
         println!(
-            "root key: now v{}; destroyed {:?}; {} keys re-wrapped",
-            r.current_version, r.destroyed_versions, r.keys_rewrapped
+            "root key: now v{}; retired {:?} (they open backups until the backup window \
+             passes); destroyed {:?}; {} keys re-wrapped",
+            r.current_version, r.retired_versions, r.destroyed_versions, r.keys_rewrapped
         );
     });
     Ok(())
@@ -384,6 +393,7 @@ async fn epoch(out: Output, format: Out) -> anyhow::Result<()> {
         "shredded_tenants": r.shredded_tenant_ids,
         "deks_rewrapped": r.deks_rewrapped,
         "root_version": r.root_version,
+        "root_versions_retired": r.root_versions_retired,
         "root_versions_destroyed": r.root_versions_destroyed,
         "completed_at": time(r.completed_at.as_ref()),
     });
@@ -395,10 +405,11 @@ async fn epoch(out: Output, format: Out) -> anyhow::Result<()> {
             );
         }
         println!(
-            "key epoch done: {} tenant keys rotated, {} DEKs re-wrapped; root key now v{}, destroyed {:?}",
+            "key epoch done: {} tenant keys rotated, {} DEKs re-wrapped; root key now v{}, retired {:?}, destroyed {:?}",
             r.tenants.len(),
             r.deks_rewrapped,
             r.root_version,
+            r.root_versions_retired,
             r.root_versions_destroyed
         );
     });

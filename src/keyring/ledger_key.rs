@@ -24,6 +24,15 @@ impl std::fmt::Debug for LedgerKey {
 }
 
 impl LedgerKey {
+    /// Test only: a ledger key from fixed bytes, so ledger tests need no store.
+    #[cfg(any(test, feature = "testing"))]
+    pub fn fixed(byte: u8) -> Self {
+        Self(Key::from_secret_bytes(
+            1,
+            crate::crypto::Zeroizing::new([byte; 32]),
+        ))
+    }
+
     /// The ledger's name for a tenant.
     pub fn tenant_tag(&self, tenant: &TenantId) -> [u8; MAC_LEN] {
         self.0

@@ -477,3 +477,101 @@ pub fn destroyed_after(retired_at: Timestamp, window: Duration) -> Timestamp {
     let window = u64::try_from(window.as_micros()).unwrap_or(u64::MAX);
     Timestamp(retired_at.0.saturating_add(window))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WINDOW: Duration = Duration::from_secs(30 * 86_400);
+
+    /// A key file whose version 1 a rotation replaced with version 2, not yet retired.
+    fn rotated() -> (tempfile::TempDir, PathBuf, RootKeys) {
+        let dir = tempfile::TempDir::new().expect("dir");
+        let path = dir.path().join("root.key");
+        RootKeys::generate()
+            .expect("rng")
+            .save(&path)
+            .expect("save");
+        let mut keys = RootKeys::load(&path).expect("load");
+        assert_eq!(keys.add_version().expect("add"), 2);
+        assert!(keys.unconverged());
+        (dir, path, keys)
+    }
+
+    #[test]
+    fn a_retirement_or_destruction_that_cannot_be_written_changes_nothing_and_a_retry_completes() {
+        let (_dir, path, mut keys) = rotated();
+        // A file planted where the rewrite would go makes every rewrite refuse.
+        let plant = path.with_extension("tmp");
+        std::fs::write(&plant, b"planted").expect("plant");
+        let now = Timestamp(1_000_000);
+        assert!(keys.retire_others(now, WINDOW).is_err());
+        assert!(keys.unconverged(), "nothing retired in memory");
+        assert!(
+            RootKeys::load(&path).expect("load").unconverged(),
+            "nor in the file"
+        );
+
+        std::fs::remove_file(&plant).expect("unplant");
+        let (retired, destroyed) = keys.retire_others(now, WINDOW).expect("retire");
+        assert_eq!((retired, destroyed), (vec![1], vec![]));
+        let file = RootKeys::load(&path).expect("load");
+        assert_eq!(file.retired(), vec![(1, now)]);
+        assert!(!file.unconverged());
+        assert_eq!(file.current_version(), 2);
+        // Retiring again keeps the first time.
+        let later = Timestamp(now.0 + 5);
+        assert_eq!(
+            keys.retire_others(later, WINDOW).expect("again").0,
+            Vec::<u32>::new()
+        );
+        assert_eq!(keys.retired(), vec![(1, now)]);
+
+        // Within the window nothing goes; after it, version 1 does, once it can be written.
+        let due = destroyed_after(now, WINDOW);
+        assert!(keys
+            .destroy_expired(Timestamp(due.0 - 1), WINDOW)
+            .expect("early")
+            .is_empty());
+        std::fs::write(&plant, b"planted").expect("plant");
+        assert!(keys.destroy_expired(due, WINDOW).is_err());
+        assert_eq!(
+            keys.version_numbers(),
+            [1, 2],
+            "kept while the file keeps it"
+        );
+        assert_eq!(
+            RootKeys::load(&path).expect("load").version_numbers(),
+            [1, 2]
+        );
+        std::fs::remove_file(&plant).expect("unplant");
+        assert_eq!(keys.destroy_expired(due, WINDOW).expect("destroy"), [1]);
+        assert_eq!(RootKeys::load(&path).expect("load").version_numbers(), [2]);
+    }
+
+    #[test]
+    fn a_zero_window_destroys_old_versions_at_the_rotation() {
+        let (_dir, path, mut keys) = rotated();
+        let (retired, destroyed) = keys
+            .retire_others(Timestamp(7), Duration::ZERO)
+            .expect("retire");
+        assert_eq!((retired, destroyed), (vec![1], vec![1]));
+        assert_eq!(RootKeys::load(&path).expect("load").version_numbers(), [2]);
+    }
+
+    #[test]
+    fn a_file_marking_its_current_version_retired_is_refused() {
+        let (_dir, path, mut keys) = rotated();
+        keys.retire_others(Timestamp(7), WINDOW).expect("retire");
+        let text = std::fs::read_to_string(&path).expect("read");
+        let edited = text.replacen("current = 2", "current = 1", 1);
+        assert_ne!(text, edited);
+        std::fs::remove_file(&path).expect("rm");
+        let mut f = std::fs::OpenOptions::new();
+        std::os::unix::fs::OpenOptionsExt::mode(f.write(true).create_new(true), 0o600);
+        std::io::Write::write_all(&mut f.open(&path).expect("create"), edited.as_bytes())
+            .expect("write");
+        let err = RootKeys::load(&path).expect_err("refused");
+        assert!(err.to_string().contains("marked retired"), "{err}");
+    }
+}

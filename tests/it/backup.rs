@@ -28,8 +28,8 @@ fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-/// `pii-vault backup` against `vault` into `file`.
-async fn backup(vault: &TestVault, file: &Path) {
+/// `pii-vault backup` against `vault` into `file`; returns what it printed.
+async fn backup(vault: &TestVault, file: &Path) -> String {
     let (addr, data) = (vault.addr.to_string(), vault.data_dir());
     let out = cli(&[
         OsStr::new("backup"),
@@ -42,7 +42,9 @@ async fn backup(vault: &TestVault, file: &Path) {
     ])
     .await;
     assert!(out.status.success(), "backup failed: {}", stderr(&out));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("backup written"));
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(said.contains("backup written"), "{said}");
+    said
 }
 
 async fn restore(file: &Path, data_dir: &Path) -> Output {
@@ -251,4 +253,98 @@ async fn writes_acknowledged_before_a_backup_survive_writes_during_it() {
         assert_eq!(text_of(&fields[0]), format!("{subject}@x.org"));
     }
     audit_verifies(&restored).await;
+}
+
+/// `pii-vault backup verify` with the given arguments after the file.
+async fn verify(file: &Path, args: &[&OsStr]) -> Output {
+    let mut all = vec![OsStr::new("backup"), OsStr::new("verify"), file.as_os_str()];
+    all.extend_from_slice(args);
+    cli(&all).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_applies_the_erasure_ledger_and_verify_checks_the_backup_window() {
+    let vault = TestVault::start().await;
+    create_tenant(&vault, "acme").await;
+    let mut client = vault.records().await;
+    for who in ["alice", "bob"] {
+        put(
+            &mut client,
+            "acme",
+            who,
+            vec![text(
+                "email",
+                pb::Category::Account,
+                &format!("{who}@example.com"),
+            )],
+        )
+        .await
+        .expect("put");
+    }
+    let files = TempDir::new().expect("temp dir");
+    let file = files.path().join("vault.backup");
+    let said = backup(&vault, &file).await;
+    assert!(said.contains("restorable until"), "{said}");
+    let data = vault.data_dir();
+    crate::erasure::erase(vault.channel().await, "acme", "alice")
+        .await
+        .expect("erase after the backup");
+
+    let out = verify(&file, &[OsStr::new("--data-dir"), data.as_os_str()]).await;
+    assert!(out.status.success(), "verify: {}", stderr(&out));
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        said.contains("intact and restorable") && said.contains("needs root key version 1"),
+        "{said}"
+    );
+
+    // The root key and the ledger travel beside the backup, never in it.
+    let target = TempDir::new().expect("temp dir");
+    for name in ["root.key", "erasure.ledger"] {
+        std::fs::copy(data.join(name), target.path().join(name)).expect("copy key material");
+    }
+    let out = restore(&file, target.path()).await;
+    assert!(out.status.success(), "restore: {}", stderr(&out));
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        said.contains("1 entries newer than the backup; 1 subjects erased"),
+        "{said}"
+    );
+    std::fs::write(
+        target.path().join(pii_vault::dev::DEV_MARK),
+        "restored dev backup\n",
+    )
+    .expect("mark the dev directory");
+    let config = test_config(target.path(), |_| {});
+    let restored = TestVault::start_on(target, config, None).await;
+    let mut on_restored = restored.records().await;
+    let bob = get(&mut on_restored, "acme", "bob", &[])
+        .await
+        .expect("bob");
+    assert_eq!(text_of(&bob[0]), "bob@example.com");
+    let alice = get(&mut on_restored, "acme", "alice", &[])
+        .await
+        .expect_err("alice stays erased");
+    assert_eq!(alice.code(), tonic::Code::NotFound, "{alice:?}");
+    assert!(alice.message().contains("erased"), "{alice:?}");
+    audit_verifies(&restored).await;
+
+    // A vault whose backup window is 0 days: the backup is already too old for it.
+    let config_file = files.path().join("no-window.toml");
+    std::fs::write(
+        &config_file,
+        format!(
+            "data_dir = \"{}\"\n[backup]\nretention_days = 0\n",
+            data.display()
+        ),
+    )
+    .expect("config");
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let out = verify(&file, &[OsStr::new("--config"), config_file.as_os_str()]).await;
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("more than the backup window (0 days"),
+        "{}",
+        stderr(&out)
+    );
 }

@@ -252,11 +252,12 @@ impl Vault {
             .await
     }
 
-    /// Records the shred in the erasure ledger, then does it.
+    /// Records the shred in the erasure ledger, then does it (cancelling the entry if it
+    /// fails).
     async fn shred(&self, tenant: &TenantId) -> Result<ShredReport, ServiceError> {
         self.tenant_record(tenant)?;
-        self.ledger_shred(tenant)?;
-        self.shred_unrecorded(tenant).await
+        self.ledgered_shred(tenant, self.shred_unrecorded(tenant))
+            .await
     }
 
     /// The shred itself, without a ledger entry (applying the ledger uses it).

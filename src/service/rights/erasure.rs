@@ -134,13 +134,15 @@ impl Vault {
         Ok(receipt)
     }
 
-    /// Records the erasure in the erasure ledger, then does it.
+    /// Records the erasure in the erasure ledger, then does it (cancelling the entry if it
+    /// fails).
     fn erase(
         &self, call: &Call, tenant: &TenantId, subject: &SubjectId,
     ) -> Result<ErasureReceipt, ServiceError> {
         self.tenant_record(tenant)?;
-        self.ledger_erasure(tenant, subject, self.clock.now())?;
-        self.erase_unrecorded(call, tenant, subject)
+        self.ledgered_erasure(tenant, subject, || {
+            self.erase_unrecorded(call, tenant, subject)
+        })
     }
 
     /// The erasure itself, without a ledger entry (applying the ledger uses it).

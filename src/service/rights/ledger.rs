@@ -9,7 +9,12 @@
 //! {"pii_vault_erasure_ledger":1}
 //! {"seq":1,"kind":"subject","tenant":"<hex>","subject":"<hex>","at":1700000000000000,"mac":"<hex>"}
 //! {"seq":2,"kind":"tenant","tenant":"<hex>","at":1700000000000001,"mac":"<hex>"}
+//! {"seq":3,"kind":"cancel","cancels":2,"at":1700000000000002,"mac":"<hex>"}
 //! ```
+//!
+//! An erasure or shred that fails after its entry was written (the store refused it) is
+//! cancelled by a `cancel` entry, so a failed request changes nothing, at a restart either.
+//! One cut off by a crash before its answer has no cancel: the next start completes it.
 //!
 //! `tenant` and `subject` are keyed hashes of the ids (`keyring::LedgerKey`), never the ids;
 //! `at` is when the erasure was asked for, in microseconds. `mac` chains each entry to the
@@ -39,6 +44,8 @@ pub enum Erased {
     Subject { tenant: Tag, subject: Tag },
     /// A whole tenant.
     Tenant { tenant: Tag },
+    /// The erasure or shred of entry `seq` failed: it did not happen.
+    Cancel { seq: u64 },
 }
 
 /// One entry.
@@ -55,9 +62,12 @@ pub struct Entry {
 struct Line {
     seq: u64,
     kind: String,
-    tenant: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tenant: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     subject: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cancels: Option<u64>,
     at: u64,
     mac: String,
 }
@@ -174,6 +184,11 @@ impl ErasureLedger {
         )
     }
 
+    /// Records that the erasure or shred of entry `seq` failed and did not happen.
+    pub fn record_cancel(&self, seq: u64, at: Timestamp) -> Result<u64, LedgerError> {
+        self.append(Erased::Cancel { seq }, at)
+    }
+
     /// How many entries the ledger holds.
     pub fn len(&self) -> u64 {
         self.state
@@ -246,21 +261,32 @@ fn body(e: &Entry) -> Vec<u8> {
             out.push(2);
             out.extend_from_slice(tenant);
         }
+        Erased::Cancel { seq } => {
+            out.push(3);
+            out.extend_from_slice(&seq.to_be_bytes());
+        }
     }
     out.extend_from_slice(&e.at.0.to_be_bytes());
     out
 }
 
 fn to_line(e: &Entry, mac: &Tag) -> Line {
-    let (kind, tenant, subject) = match &e.erased {
-        Erased::Subject { tenant, subject } => ("subject", tenant, Some(hex::encode(subject))),
-        Erased::Tenant { tenant } => ("tenant", tenant, None),
+    let (kind, tenant, subject, cancels) = match &e.erased {
+        Erased::Subject { tenant, subject } => (
+            "subject",
+            Some(hex::encode(tenant)),
+            Some(hex::encode(subject)),
+            None,
+        ),
+        Erased::Tenant { tenant } => ("tenant", Some(hex::encode(tenant)), None, None),
+        Erased::Cancel { seq } => ("cancel", None, None, Some(*seq)),
     };
     Line {
         seq: e.seq,
         kind: kind.into(),
-        tenant: hex::encode(tenant),
+        tenant,
         subject,
+        cancels,
         at: e.at.0,
         mac: hex::encode(mac),
     }
@@ -305,14 +331,20 @@ fn parse(
                 .map(|()| t)
                 .map_err(|_| damaged(seq, "a hash is not 64 hex digits"))
         };
-        let erased = match (raw.kind.as_str(), raw.subject.as_deref()) {
-            ("subject", Some(s)) => Erased::Subject {
-                tenant: tag(&raw.tenant)?,
+        let erased = match (
+            raw.kind.as_str(),
+            raw.tenant.as_deref(),
+            raw.subject.as_deref(),
+            raw.cancels,
+        ) {
+            ("subject", Some(t), Some(s), None) => Erased::Subject {
+                tenant: tag(t)?,
                 subject: tag(s)?,
             },
-            ("tenant", None) => Erased::Tenant {
-                tenant: tag(&raw.tenant)?,
-            },
+            ("tenant", Some(t), None, None) => Erased::Tenant { tenant: tag(t)? },
+            ("cancel", None, None, Some(cancelled)) if cancelled < seq => {
+                Erased::Cancel { seq: cancelled }
+            }
             _ => return Err(damaged(seq, "an entry has an unknown kind")),
         };
         if raw.seq != seq {
@@ -347,4 +379,143 @@ fn create_private(path: &Path) -> std::io::Result<()> {
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     options.open(path).map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(n: usize) -> (TenantId, SubjectId) {
+        (
+            TenantId::parse("acme").expect("tenant"),
+            SubjectId::parse(&format!("user-{n}")).expect("subject"),
+        )
+    }
+
+    /// A ledger with three entries (two erasures, one shred); returns its path.
+    fn three(dir: &Path) -> PathBuf {
+        let path = dir.join("erasure.ledger");
+        let ledger = ErasureLedger::open(&path, LedgerKey::fixed(1)).expect("open");
+        for n in 0..2 {
+            let (t, s) = ids(n);
+            ledger
+                .record_erasure(&t, &s, Timestamp(10 + n as u64))
+                .expect("append");
+        }
+        ledger
+            .record_shred(&TenantId::parse("beta").expect("tenant"), Timestamp(20))
+            .expect("append");
+        path
+    }
+
+    fn damaged_at(path: &Path, key: u8) -> (u64, String) {
+        match ErasureLedger::open(path, LedgerKey::fixed(key)) {
+            Err(LedgerError::Damaged { seq, problem, .. }) => (seq, problem.to_owned()),
+            other => panic!("expected a damaged ledger, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn entries_survive_a_reopen_and_name_no_id() {
+        let dir = tempfile::TempDir::new().expect("dir");
+        let path = three(dir.path());
+        let ledger = ErasureLedger::open(&path, LedgerKey::fixed(1)).expect("reopen");
+        assert_eq!(ledger.len(), 3);
+        let after = ledger.entries_after(1);
+        assert_eq!(after.iter().map(|e| e.seq).collect::<Vec<_>>(), [2, 3]);
+        let (t, s) = ids(1);
+        assert_eq!(
+            after[0].erased,
+            Erased::Subject {
+                tenant: ledger.tenant_tag(&t),
+                subject: ledger.subject_tag(&t, &s),
+            }
+        );
+        let text = std::fs::read_to_string(&path).expect("read");
+        assert!(!text.contains("acme") && !text.contains("user-") && !text.contains("beta"));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).expect("stat").permissions().mode();
+            assert_eq!(mode & 0o077, 0, "owner only");
+        }
+    }
+
+    #[test]
+    fn a_cancel_names_an_earlier_entry_and_survives_a_reopen() {
+        let dir = tempfile::TempDir::new().expect("dir");
+        let path = three(dir.path());
+        let ledger = ErasureLedger::open(&path, LedgerKey::fixed(1)).expect("open");
+        assert_eq!(ledger.record_cancel(2, Timestamp(40)).expect("cancel"), 4);
+        drop(ledger);
+        let ledger = ErasureLedger::open(&path, LedgerKey::fixed(1)).expect("reopen");
+        assert_eq!(ledger.entries_after(3)[0].erased, Erased::Cancel { seq: 2 });
+        // A cancel of an entry that comes after it is no ledger this code wrote.
+        let text = std::fs::read_to_string(&path).expect("read");
+        std::fs::write(&path, text.replace("\"cancels\":2", "\"cancels\":9")).expect("write");
+        let (seq, problem) = damaged_at(&path, 1);
+        assert_eq!(seq, 4);
+        assert!(problem.contains("unknown kind"), "{problem}");
+    }
+
+    #[test]
+    fn a_half_written_last_line_is_cut_and_appends_go_on() {
+        let dir = tempfile::TempDir::new().expect("dir");
+        let path = three(dir.path());
+        let whole = std::fs::read(&path).expect("read");
+        let mut torn = whole.clone();
+        torn.extend_from_slice(b"{\"seq\":4,\"kind\":\"subj");
+        std::fs::write(&path, &torn).expect("write");
+        let ledger = ErasureLedger::open(&path, LedgerKey::fixed(1)).expect("cut, not refused");
+        assert_eq!(ledger.len(), 3);
+        assert_eq!(
+            std::fs::read(&path).expect("read"),
+            whole,
+            "the torn line is gone"
+        );
+        let (t, s) = ids(9);
+        assert_eq!(
+            ledger
+                .record_erasure(&t, &s, Timestamp(30))
+                .expect("append"),
+            4
+        );
+        drop(ledger);
+        assert_eq!(
+            ErasureLedger::open(&path, LedgerKey::fixed(1))
+                .expect("reopen")
+                .len(),
+            4
+        );
+    }
+
+    #[test]
+    fn an_edited_removed_or_foreign_entry_is_refused_where_it_is() {
+        let dir = tempfile::TempDir::new().expect("dir");
+        let path = three(dir.path());
+        let text = std::fs::read_to_string(&path).expect("read");
+        let lines: Vec<&str> = text.lines().collect();
+
+        // Another vault's key: the first entry's MAC does not check.
+        assert_eq!(damaged_at(&path, 2).0, 1);
+
+        // The second entry's time moved by one microsecond.
+        let edited = text.replacen("\"at\":11", "\"at\":12", 1);
+        assert_ne!(edited, text);
+        std::fs::write(&path, &edited).expect("write");
+        let (seq, problem) = damaged_at(&path, 1);
+        assert_eq!(seq, 2);
+        assert!(problem.contains("MAC"), "{problem}");
+
+        // The second entry removed.
+        let removed = [lines[0], lines[1], lines[3]].join("\n") + "\n";
+        std::fs::write(&path, removed).expect("write");
+        let (seq, problem) = damaged_at(&path, 1);
+        assert_eq!(seq, 2);
+        assert!(problem.contains("missing or out of order"), "{problem}");
+
+        // Not a ledger at all.
+        std::fs::write(&path, "hello\n").expect("write");
+        assert_eq!(damaged_at(&path, 1).0, 0);
+    }
 }

@@ -7,7 +7,7 @@
 use std::collections::{HashMap, HashSet};
 
 use crate::audit::Operation;
-use crate::domain::{SubjectId, TenantId, Timestamp};
+use crate::domain::{SubjectId, TenantId};
 use crate::keyring::LEDGER_TAG_LEN;
 use crate::storage::StoreError;
 
@@ -63,9 +63,17 @@ impl Vault {
         if pending.is_empty() {
             return Ok(done);
         }
+        // A cancelled entry's erasure failed: it never happened, here or anywhere.
+        let cancelled: HashSet<u64> = pending
+            .iter()
+            .filter_map(|e| match e.erased {
+                Erased::Cancel { seq } => Some(seq),
+                _ => None,
+            })
+            .collect();
         let mut shreds: HashSet<Tag> = HashSet::new();
         let mut erasures: HashMap<Tag, HashSet<Tag>> = HashMap::new();
-        for e in &pending {
+        for e in pending.iter().filter(|e| !cancelled.contains(&e.seq)) {
             match e.erased {
                 Erased::Tenant { tenant } => {
                     shreds.insert(tenant);
@@ -73,6 +81,7 @@ impl Vault {
                 Erased::Subject { tenant, subject } => {
                     erasures.entry(tenant).or_default().insert(subject);
                 }
+                Erased::Cancel { .. } => {}
             }
         }
         let call = Call::job("pii-vault/erasure-ledger", "erasure-ledger");
@@ -157,31 +166,62 @@ impl Vault {
         Ok(found.len() as u64)
     }
 
-    /// Records a subject's erasure in the ledger before it is done (nothing to record for a
-    /// subject that is not live: it is erased already, or never was).
-    pub(super) fn ledger_erasure(
-        &self, tenant: &TenantId, subject: &SubjectId, now: Timestamp,
-    ) -> Result<(), ServiceError> {
-        let Some(ledger) = &self.ledger else {
-            return Ok(());
+    /// Records a subject's erasure in the ledger, does it with `erase`, and cancels the
+    /// entry if that fails (nothing to record for a subject that is not live: it is erased
+    /// already, or never was).
+    pub(super) fn ledgered_erasure<T>(
+        &self, tenant: &TenantId, subject: &SubjectId,
+        erase: impl FnOnce() -> Result<T, ServiceError>,
+    ) -> Result<T, ServiceError> {
+        let seq = match &self.ledger {
+            Some(ledger) if self.store.subject(tenant, subject)?.is_some() => Some(
+                ledger
+                    .record_erasure(tenant, subject, self.clock.now())
+                    .map_err(ledger_unavailable)?,
+            ),
+            _ => None,
         };
-        if self.store.subject(tenant, subject)?.is_none() {
-            return Ok(());
-        }
-        ledger
-            .record_erasure(tenant, subject, now)
-            .map(drop)
-            .map_err(|e| ServiceError::Unavailable(StoreError::Backend(e.to_string())))
+        let done = erase();
+        self.cancel_if_failed(seq, done.is_err());
+        done
     }
 
-    /// Records a tenant's shred in the ledger before it is done.
-    pub(in crate::service) fn ledger_shred(&self, tenant: &TenantId) -> Result<(), ServiceError> {
-        let Some(ledger) = &self.ledger else {
-            return Ok(());
+    /// Records a tenant's shred in the ledger before `shred` does it; cancels the entry if
+    /// that fails.
+    pub(in crate::service) async fn ledgered_shred<T>(
+        &self, tenant: &TenantId, shred: impl std::future::Future<Output = Result<T, ServiceError>>,
+    ) -> Result<T, ServiceError> {
+        let seq = match &self.ledger {
+            Some(ledger) => Some(
+                ledger
+                    .record_shred(tenant, self.clock.now())
+                    .map_err(ledger_unavailable)?,
+            ),
+            None => None,
         };
-        ledger
-            .record_shred(tenant, self.clock.now())
-            .map(drop)
-            .map_err(|e| ServiceError::Unavailable(StoreError::Backend(e.to_string())))
+        let done = shred.await;
+        self.cancel_if_failed(seq, done.is_err());
+        done
     }
+
+    /// Cancels ledger entry `seq` after its erasure or shred failed. A cancel that cannot be
+    /// written leaves the entry, which the next start then completes: logged loudly.
+    fn cancel_if_failed(&self, seq: Option<u64>, failed: bool) {
+        let (Some(ledger), Some(seq), true) = (&self.ledger, seq, failed) else {
+            return;
+        };
+        if let Err(e) = ledger.record_cancel(seq, self.clock.now()) {
+            tracing::error!(
+                error = %e,
+                seq,
+                "an erasure failed and its ledger entry cannot be cancelled: the next start \
+                 will complete it"
+            );
+        }
+    }
+}
+
+/// A ledger that cannot be written: the erasure is not done, and the caller may retry.
+fn ledger_unavailable(e: super::ledger::LedgerError) -> ServiceError {
+    ServiceError::Unavailable(StoreError::Backend(e.to_string()))
 }

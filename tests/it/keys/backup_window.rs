@@ -20,7 +20,7 @@ use pii_vault::service::{run_key_jobs, Call, LedgerApplied, ServiceError, Vault,
 use pii_vault::storage::{backup, SledStore, Store};
 use tempfile::TempDir;
 
-use super::{as_key, field_aad, sid, tid};
+use super::{assert_no_key_opens, sid, tid, StaleCopy};
 use crate::softhsm;
 use crate::util::pkcs11_root;
 
@@ -339,6 +339,22 @@ async fn scenario(custody: Custody) {
     assert!(err.contains("root key version 1"), "{err}");
 
     nothing_opens_alice(&keys, live_dir.path(), late_dir.path());
+
+    // A ledger that lost entries (a truncated copy, another vault's) is refused before
+    // anything is served from the store that saw them.
+    std::fs::remove_file(&keys.ledger).expect("remove the ledger");
+    let restored = open(restored_dir.path(), &keys, &clock).expect("open with a new ledger");
+    let err = restored
+        .vault
+        .apply_erasure_ledger()
+        .await
+        .expect_err("a shorter ledger");
+    assert!(
+        err.to_string()
+            .contains("holds 0 entries, but this store has applied 2"),
+        "{err}"
+    );
+    restored.close().await;
 }
 
 /// The copy of alice in the backup (her wrapped DEK, her ciphertext, acme's KEK v1 wrapped
@@ -382,27 +398,16 @@ fn nothing_opens_alice(keys: &Keys, live: &Path, copy: &Path) {
         *keyring.audit_key().expect("audit").secret_bytes(),
     ));
     assert!(raw_keys.len() >= 2, "something was tried");
-    for bytes in &raw_keys {
-        let any: Key<Dek> = Key::from_secret_bytes(1, bytes.clone());
-        let as_root: Key<Root> = as_key(&any, old_kek.key_version());
-        assert!(as_root
-            .unwrap_key::<Kek>(&old_kek, 1, &kek_aad(&acme))
-            .is_err());
-        let as_kek: Key<Kek> = as_key(&any, old_record.wrapped_dek.key_version());
-        assert!(as_kek
-            .unwrap_key::<Dek>(
-                &old_record.wrapped_dek,
-                old_record.dek_version,
-                &dek_aad(&acme, &alice)
-            )
-            .is_err());
-        for f in &old_fields {
-            let as_dek: Key<Dek> = as_key(&any, f.sealed.key_version());
-            assert!(as_dek
-                .open(&f.sealed, &field_aad("acme", "alice", f))
-                .is_err());
-        }
-    }
+    assert_no_key_opens(
+        &StaleCopy {
+            tenant: "acme",
+            subject: "alice",
+            kek: &old_kek,
+            record: &old_record,
+            fields: &old_fields,
+        },
+        &raw_keys,
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

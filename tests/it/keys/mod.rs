@@ -139,3 +139,45 @@ pub fn copy_dir(from: &Path, to: &Path) {
 pub fn as_key<R: KeyRole, S: KeyRole>(key: &Key<S>, version: u32) -> Key<R> {
     Key::from_secret_bytes(version, Zeroizing::new(*key.secret_bytes()))
 }
+
+/// A subject's copy as a stale page or a backup keeps it: its tenant's KEK wrapped under
+/// the root, its wrapped DEK, its field ciphertexts.
+pub struct StaleCopy<'a> {
+    pub tenant: &'a str,
+    pub subject: &'a str,
+    pub kek: &'a pii_vault::crypto::Sealed,
+    pub record: &'a pii_vault::storage::SubjectRecord,
+    pub fields: &'a [FieldRecord],
+}
+
+/// Asserts that none of `raw_keys`, tried in every role (root, KEK, DEK) and at the
+/// version each part names, opens any part of `copy`.
+pub fn assert_no_key_opens(copy: &StaleCopy<'_>, raw_keys: &[Zeroizing<[u8; 32]>]) {
+    use pii_vault::crypto::{Dek, Kek, Root};
+    let (tenant, subject) = (tid(copy.tenant), sid(copy.subject));
+    assert!(!raw_keys.is_empty(), "nothing was tried");
+    for bytes in raw_keys {
+        let any: Key<Dek> = Key::from_secret_bytes(1, bytes.clone());
+        // The copied KEK by no root-role key...
+        let as_root: Key<Root> = as_key(&any, copy.kek.key_version());
+        assert!(as_root
+            .unwrap_key::<Kek>(copy.kek, 1, &pii_vault::keyring::kek_aad(&tenant))
+            .is_err());
+        // ...the copied DEK by no KEK-role key...
+        let as_kek: Key<Kek> = as_key(&any, copy.record.wrapped_dek.key_version());
+        assert!(as_kek
+            .unwrap_key::<Dek>(
+                &copy.record.wrapped_dek,
+                copy.record.dek_version,
+                &pii_vault::keyring::dek_aad(&tenant, &subject)
+            )
+            .is_err());
+        // ...and the copied ciphertexts by no DEK-role key.
+        for f in copy.fields {
+            let as_dek: Key<Dek> = as_key(&any, f.sealed.key_version());
+            assert!(as_dek
+                .open(&f.sealed, &field_aad(copy.tenant, copy.subject, f))
+                .is_err());
+        }
+    }
+}
