@@ -11,11 +11,11 @@ use std::time::Duration;
 
 use pii_vault::authz::{Authz, PeerIdentity, Policy, PurposeRules};
 use pii_vault::config::{Config, RawConfig};
-use pii_vault::crypto::{Dek, Kek, Key, Root, Zeroizing};
+use pii_vault::crypto::{Kek, Key, Root, Zeroizing};
 use pii_vault::domain::{
     Category, Clock, FieldName, FieldValue, ManualClock, NewField, Purpose, Timestamp,
 };
-use pii_vault::keyring::{dek_aad, kek_aad, Keyring, RootKeys, RootSource};
+use pii_vault::keyring::{kek_aad, Keyring, RootKeys, RootSource};
 use pii_vault::service::{run_key_jobs, Call, LedgerApplied, ServiceError, Vault, VaultSettings};
 use pii_vault::storage::{backup, SledStore, Store};
 use tempfile::TempDir;

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use pii_vault::config::RawConfig;
-use pii_vault::crypto::{Dek, Kek, Key, Root, Zeroizing};
+use pii_vault::crypto::{Kek, Key, Root, Zeroizing};
 use pii_vault::keyring::{Keyring, RootKeys};
 use pii_vault::proto::v1 as pb;
 use pii_vault::storage::{SledStore, Store};
