@@ -33,8 +33,9 @@ pub struct ServeArgs {
 }
 
 /// The warning every dev start prints.
-const DEV_BANNER: &str = "DEVELOPMENT MODE: dev certificates, an allow-all policy and a root key \
-     file beside the data. Never store real personal data in this vault.";
+const DEV_BANNER: &str = "DEVELOPMENT MODE: dev certificates, an allow-all policy and (unless \
+     keys.root names a PKCS#11 token) a root key file beside the data. Never store real personal \
+     data in this vault.";
 
 pub async fn serve(args: ServeArgs, out: Out) -> anyhow::Result<()> {
     if !args.dev && args.config.is_none() {
