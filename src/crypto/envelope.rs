@@ -138,13 +138,7 @@ impl<R: KeyRole> Key<R> {
     /// so a wrapped key cannot be replayed as another version; its derivation travels in
     /// the plaintext (module comment), so a re-wrap keeps it.
     pub fn wrap<C: KeyRole>(&self, child: &Key<C>, aad: &Aad) -> Result<Sealed, CryptoError> {
-        let aad = wrap_aad::<C>(aad, child.version());
-        let mut plain = Zeroizing::new(Vec::with_capacity(1 + KEY_LEN));
-        if child.derivation() == Derivation::HkdfV1 {
-            plain.push(WRAP_HKDF_V1);
-        }
-        plain.extend_from_slice(child.secret_bytes());
-        self.seal(&plain, &aad)
+        self.seal(&wrap_plaintext(child), &wrap_aad::<C>(aad, child.version()))
     }
 
     /// Unwraps a child key of version `child_version`, with the derivation its wrap names.
@@ -184,13 +178,7 @@ const CHECK_PLAINTEXT: &[u8] = b"pii-vault external key check value v1";
 pub fn wrap_external<P: KeyRole, C: KeyRole>(
     key: &dyn ExternalKey, child: &Key<C>, aad: &Aad,
 ) -> Result<Sealed, CryptoError> {
-    let aad = wrap_aad::<C>(aad, child.version());
-    let mut plain = Zeroizing::new(Vec::with_capacity(1 + KEY_LEN));
-    if child.derivation() == Derivation::HkdfV1 {
-        plain.push(WRAP_HKDF_V1);
-    }
-    plain.extend_from_slice(child.secret_bytes());
-    seal_external::<P>(key, &plain, &aad)
+    seal_external::<P>(key, &wrap_plaintext(child), &wrap_aad::<C>(aad, child.version()))
 }
 
 /// Unwraps a child key of version `child_version` that `wrap_external` wrapped.
@@ -240,6 +228,17 @@ fn open_external<P: KeyRole>(
     }
     let aad = aad.bytes_for(P::NAME, key.version());
     key.open_with(&sealed.nonce, &aad, &sealed.ciphertext)
+}
+
+/// The plaintext of a wrap of `child`: `WRAP_HKDF_V1` and its 32 bytes, or the 32 bytes
+/// alone for a legacy key (module comment).
+fn wrap_plaintext<C: KeyRole>(child: &Key<C>) -> Zeroizing<Vec<u8>> {
+    let mut plain = Zeroizing::new(Vec::with_capacity(1 + KEY_LEN));
+    if child.derivation() == Derivation::HkdfV1 {
+        plain.push(WRAP_HKDF_V1);
+    }
+    plain.extend_from_slice(child.secret_bytes());
+    plain
 }
 
 /// The child key a wrap's plaintext holds: `WRAP_HKDF_V1` and 32 bytes, or 32 bytes alone
