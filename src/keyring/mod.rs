@@ -40,11 +40,12 @@ pub use dek_cache::{DekCacheStats, LookupObserver};
 pub use ledger_key::{LedgerKey, LEDGER_TAG_LEN};
 pub use record_keys::{LegacySeals, RecordSealer};
 pub use root_file::{check_key_location, on_memory_fs};
+pub use root_keys::RetiredRoot;
 pub use root_keys::RootRotation;
 pub use root_pkcs11::{
     PinSource, Pkcs11Settings, TokenKey, TokenRoot, TokenSelector, TokenVersionInfo,
 };
-pub use root_source::{destroyed_after, RootKeys, RootSource, RootVersion};
+pub use root_source::{RootKeys, RootSource, RootVersion};
 pub use tenant_keys::{RewrapBatch, SubjectDeks};
 pub use usage::{KeyLimits, SealGrant};
 
@@ -140,6 +141,14 @@ pub fn version_list(versions: &[u32]) -> String {
         .join(",")
 }
 
+/// A store's `ROOT_CHECK` value read apart: the root key version the store is bound to and
+/// that version's check value; `None` for a value too short to hold a version.
+pub fn parse_root_check(value: &[u8]) -> Option<(u32, &[u8])> {
+    value
+        .split_first_chunk::<4>()
+        .map(|(version, check)| (u32::from_be_bytes(*version), check))
+}
+
 /// The context a tenant KEK is wrapped in (the KEK version is bound by the wrap itself).
 pub fn kek_aad(tenant: &TenantId) -> Aad {
     Aad::new("tenant-kek").with(tenant.as_str().as_bytes())
@@ -212,14 +221,19 @@ impl Keyring {
     /// Binds the root keys to the store: the first open records the root key's check value;
     /// later opens refuse a root key that does not match it.
     pub fn open(root: RootKeys, store: Arc<dyn Store>) -> Result<Self, KeyringError> {
-        let current = root.current();
-        let mut mine = current.version().to_be_bytes().to_vec();
-        mine.extend_from_slice(&current.check_value()?);
-        let recorded = store.meta_init(ROOT_CHECK, &mine)?;
-        let Some((version, check)) = recorded.split_first_chunk::<4>() else {
+        // A token's check value is a seal by the token: made only for a store without one.
+        let recorded = match store.meta(ROOT_CHECK)? {
+            Some(recorded) => recorded,
+            None => {
+                let current = root.current();
+                let mut mine = current.version().to_be_bytes().to_vec();
+                mine.extend_from_slice(&current.check_value()?);
+                store.meta_init(ROOT_CHECK, &mine)?
+            }
+        };
+        let Some((version, check)) = parse_root_check(&recorded) else {
             return Err(KeyringError::Missing("root key check value"));
         };
-        let version = u32::from_be_bytes(*version);
         let matches = root
             .version(version)
             .is_some_and(|k| k.check_matches(check));

@@ -21,11 +21,20 @@ use crate::crypto::{Audit, Index, Kek, Key, Sealed};
 use crate::domain::{TenantId, Timestamp};
 use crate::storage::{FenceMode, RootKeyState};
 
+use super::root_source::destroyed_after;
 use super::usage::{root_state, ROOT_STATE};
 use super::{
-    audit_aad, index_aad, kek_aad, parse_index_key_name, Keyring, KeyringError, RootKeys,
-    AUDIT_KEY, INDEX_KEY_PREFIX, ROOT_CHECK,
+    audit_aad, index_aad, kek_aad, parse_index_key_name, parse_root_check, Keyring, KeyringError,
+    RootKeys, AUDIT_KEY, INDEX_KEY_PREFIX, ROOT_CHECK,
 };
+
+/// A retired root key version: it opens what backups hold until `destroyed_after`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetiredRoot {
+    pub version: u32,
+    pub retired_at: Timestamp,
+    pub destroyed_after: Timestamp,
+}
 
 /// What a root key rotation did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,38 +74,44 @@ impl Keyring {
         let Ok(root) = self.root() else {
             return false;
         };
-        let bound = self
-            .store
-            .meta(ROOT_CHECK)
-            .ok()
-            .flatten()
-            .and_then(|c| c.first_chunk::<4>().map(|v| u32::from_be_bytes(*v)));
+        let bound = self.store.meta(ROOT_CHECK).ok().flatten();
+        let bound = bound.as_deref().and_then(parse_root_check).map(|(v, _)| v);
         root.unconverged() || bound.is_some_and(|v| v != root.current_version())
     }
 
-    /// The retired root key versions still held and when each is destroyed.
-    pub fn retired_root_versions(&self) -> Result<Vec<(u32, Timestamp)>, KeyringError> {
-        let window = self.backup_window;
+    /// The retired root key versions still held: when each was retired and when it is
+    /// destroyed.
+    pub fn retired_root_versions(&self) -> Result<Vec<RetiredRoot>, KeyringError> {
         Ok(self
             .root()?
             .retired()
             .into_iter()
-            .map(|(v, at)| (v, super::destroyed_after(at, window)))
+            .map(|(version, retired_at)| RetiredRoot {
+                version,
+                retired_at,
+                destroyed_after: destroyed_after(retired_at, self.backup_window),
+            })
             .collect())
+    }
+
+    /// True if a retired root key version's backup window has passed: the key worker then
+    /// runs `destroy_expired_root_versions`.
+    pub fn root_destruction_due(&self) -> Result<bool, KeyringError> {
+        let now = self.clock.now();
+        Ok(self
+            .retired_root_versions()?
+            .iter()
+            .any(|r| r.destroyed_after <= now))
     }
 
     /// Destroys every retired root key version whose backup window has passed. Returns the
     /// versions destroyed.
     pub fn destroy_expired_root_versions(&self) -> Result<Vec<u32>, KeyringError> {
         let _one = self.root_rotation.lock();
-        let now = self.clock.now();
-        let due = self
-            .retired_root_versions()?
-            .iter()
-            .any(|(_, at)| *at <= now);
-        if !due {
+        if !self.root_destruction_due()? {
             return Ok(Vec::new());
         }
+        let now = self.clock.now();
         let _fence = self.store.root_fence(FenceMode::Exclusive)?;
         if self.store.shared() {
             self.reload_root()?;
@@ -401,10 +416,8 @@ impl Keyring {
         let store = self.store.as_ref();
         let current = root.current();
         let check = store.meta(ROOT_CHECK)?;
-        let bound = check.as_deref().and_then(|c| c.split_first_chunk::<4>());
-        if bound.is_some_and(|(v, c)| {
-            u32::from_be_bytes(*v) == current.version() && current.check_matches(c)
-        }) {
+        let bound = check.as_deref().and_then(parse_root_check);
+        if bound.is_some_and(|(v, c)| v == current.version() && current.check_matches(c)) {
             return Ok(());
         }
         let mut mine = current.version().to_be_bytes().to_vec();

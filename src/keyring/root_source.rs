@@ -39,7 +39,7 @@ impl RootSource {
     pub fn load(&self) -> Result<RootKeys, KeyringError> {
         match self {
             RootSource::File(path) => RootKeys::load(path),
-            RootSource::Pkcs11(settings) => RootKeys::open_token(settings, None),
+            RootSource::Pkcs11(settings) => RootKeys::open_token(settings, TokenStore::Unknown),
         }
     }
 
@@ -50,10 +50,13 @@ impl RootSource {
         match self {
             RootSource::File(path) => RootKeys::load(path),
             RootSource::Pkcs11(settings) => {
-                let bound = store
-                    .meta(super::ROOT_CHECK)?
-                    .and_then(|c| c.first_chunk::<4>().map(|v| u32::from_be_bytes(*v)));
-                RootKeys::open_token(settings, Some(bound))
+                let bound = store.meta(super::ROOT_CHECK)?;
+                let bound = bound.as_deref().and_then(super::parse_root_check);
+                let store = match bound {
+                    Some((version, _)) => TokenStore::Bound(version),
+                    None => TokenStore::New,
+                };
+                RootKeys::open_token(settings, store)
             }
         }
     }
@@ -69,6 +72,17 @@ impl RootSource {
             ),
         }
     }
+}
+
+/// What a token's root key versions are opened for, which decides what an empty token means.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenStore {
+    /// No store in view: an empty token is refused.
+    Unknown,
+    /// A new store: an empty token gets version 1.
+    New,
+    /// A store bound to this root key version: an empty token is refused, naming it.
+    Bound(u32),
 }
 
 /// The key material of one version.
@@ -109,11 +123,6 @@ impl RootVersion {
             Material::File(k) => Some(k),
             Material::Token(_) => None,
         }
-    }
-
-    /// When a rotation retired this version, if one did.
-    pub fn retired_at(&self) -> Option<Timestamp> {
-        self.retired_at
     }
 
     /// Wraps `child` under this version (in the token, for a token version).
@@ -207,22 +216,19 @@ impl RootKeys {
     }
 
     /// Opens the token and lists its root key versions; the current one is the newest not
-    /// retired. A token with none: `store` is `Some(None)` for a new store, which gets
-    /// version 1; otherwise refused, naming the version the store is bound to if known.
-    pub fn open_token(
-        settings: &Pkcs11Settings, store: Option<Option<u32>>,
-    ) -> Result<Self, KeyringError> {
+    /// retired. What a token with none means depends on `store` (`TokenStore`).
+    pub fn open_token(settings: &Pkcs11Settings, store: TokenStore) -> Result<Self, KeyringError> {
         let token = Arc::new(TokenRoot::open(settings)?);
         if token.versions()?.is_empty() {
             match store {
-                Some(None) => {
+                TokenStore::New => {
                     token.generate(1)?;
                     tracing::info!(
                         token = %token.describe(),
                         "created root key version 1 in the token for a new store"
                     );
                 }
-                Some(Some(bound)) => {
+                TokenStore::Bound(bound) => {
                     return Err(KeyringError::Token(format!(
                         "{} holds no root key version labelled {}-v*, but this data \
                          directory is bound to root key version {bound}: check keys.root \
@@ -231,7 +237,7 @@ impl RootKeys {
                         settings.key_label_prefix
                     )))
                 }
-                None => {
+                TokenStore::Unknown => {
                     return Err(KeyringError::Token(format!(
                         "{} holds no root key version labelled {}-v*",
                         token.describe(),
@@ -317,19 +323,6 @@ impl RootKeys {
             .iter()
             .filter_map(|v| v.retired_at.map(|at| (v.version(), at)))
             .collect()
-    }
-
-    /// The file these keys live in, if they were loaded from one.
-    pub fn path(&self) -> Option<&Path> {
-        match &self.origin {
-            Origin::File(path) => Some(path),
-            Origin::Generated | Origin::Token(_) => None,
-        }
-    }
-
-    /// True if the keys are in a PKCS#11 token.
-    pub fn in_token(&self) -> bool {
-        matches!(self.origin, Origin::Token(_))
     }
 
     /// The key that wraps new keys.
@@ -432,13 +425,12 @@ impl RootKeys {
     pub(super) fn destroy_expired(
         &mut self, now: Timestamp, window: Duration,
     ) -> Result<Vec<u32>, KeyringError> {
-        let window = u64::try_from(window.as_micros()).unwrap_or(u64::MAX);
         let expired: Vec<u32> = self
             .versions
             .iter()
             .filter(|v| {
                 v.retired_at
-                    .is_some_and(|at| at.0.saturating_add(window) <= now.0)
+                    .is_some_and(|at| destroyed_after(at, window) <= now)
             })
             .map(RootVersion::version)
             .collect();
@@ -473,7 +465,7 @@ impl RootKeys {
 }
 
 /// When a version retired at `retired_at` is destroyed under `window`.
-pub fn destroyed_after(retired_at: Timestamp, window: Duration) -> Timestamp {
+pub(super) fn destroyed_after(retired_at: Timestamp, window: Duration) -> Timestamp {
     let window = u64::try_from(window.as_micros()).unwrap_or(u64::MAX);
     Timestamp(retired_at.0.saturating_add(window))
 }

@@ -149,13 +149,7 @@ impl Vault {
             self.key_job_ended(KeyJob::RootRotation, finished.is_ok());
             finished?;
         }
-        let now = self.clock.now();
-        if self
-            .keys
-            .retired_root_versions()?
-            .iter()
-            .any(|(_, until)| *until <= now)
-        {
+        if self.keys.root_destruction_due()? {
             let destroyed = self
                 .use_case(call, Operation::RotateRootKey)
                 .run_system(

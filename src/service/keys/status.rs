@@ -135,7 +135,6 @@ impl Vault {
         let (current, in_file) = self.keys.root_versions()?;
         let state = self.keys.root_state()?;
         let retired = self.keys.retired_root_versions()?;
-        let window = u64::try_from(self.keys.backup_window().as_micros()).unwrap_or(u64::MAX);
         let mut root_versions: Vec<VersionStatus> = in_file
             .iter()
             .map(|v| {
@@ -147,8 +146,8 @@ impl Vault {
                 let mut s = version_status(&info, current, used);
                 s.retired = retired
                     .iter()
-                    .find(|(r, _)| r == v)
-                    .map(|(_, until)| (Timestamp(until.0.saturating_sub(window)), *until));
+                    .find(|r| r.version == *v)
+                    .map(|r| (r.retired_at, r.destroyed_after));
                 // Root wraps are only counted when every tenant was looked at.
                 if only.is_none() {
                     s.wraps = Some(root_wraps.get(v).copied().unwrap_or(0));
