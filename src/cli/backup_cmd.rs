@@ -125,30 +125,25 @@ fn offline_config(file: Option<&Path>, data_dir: Option<&Path>) -> anyhow::Resul
     Ok(raw.validate()?)
 }
 
-/// `server::check_restorable` at the current time, off the async workers.
-async fn check_restorable(
-    file: &Path, manifest: &Manifest, config: &Config,
-) -> anyhow::Result<u32> {
+/// `server::check_restorable` at the current time, off the async workers: the file's
+/// manifest and the root key version it needs.
+async fn check_restorable(file: &Path, config: &Config) -> anyhow::Result<(Manifest, u32)> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    let (file, manifest, config) = (file.to_path_buf(), manifest.clone(), config.clone());
-    let version = tokio::task::spawn_blocking(move || {
-        pii_vault::server::check_restorable(&file, &manifest, &config, now)
+    let (file, config) = (file.to_path_buf(), config.clone());
+    let checked = tokio::task::spawn_blocking(move || {
+        pii_vault::server::check_restorable(&file, &config, now)
     })
     .await
     .context("backup check task failed")??;
-    Ok(version)
+    Ok(checked)
 }
 
 async fn verify_file(args: VerifyArgs, out: Out) -> anyhow::Result<()> {
     let config = offline_config(args.config.as_deref(), args.data_dir.as_deref())?;
-    let path = args.file.clone();
-    let manifest = tokio::task::spawn_blocking(move || backup::verify(&path))
-        .await
-        .context("verify task failed")??;
-    let version = check_restorable(&args.file, &manifest, &config).await?;
+    let (manifest, version) = check_restorable(&args.file, &config).await?;
     let mut value = manifest_json(&args.file, &manifest);
     value["root_key_version"] = json!(version);
     value["restorable"] = json!(true);
@@ -213,11 +208,7 @@ pub async fn backup(args: BackupArgs, out: Out) -> anyhow::Result<()> {
 
 pub async fn restore(args: RestoreArgs, out: Out) -> anyhow::Result<()> {
     let config = offline_config(args.config.as_deref(), Some(&args.data_dir))?;
-    let input = args.input.clone();
-    let manifest = tokio::task::spawn_blocking(move || backup::verify(&input))
-        .await
-        .context("verify task failed")??;
-    check_restorable(&args.input, &manifest, &config).await?;
+    check_restorable(&args.input, &config).await?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create {}", config.data_dir.display()))?;
     let store_dir = config.store_dir();

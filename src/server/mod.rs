@@ -43,7 +43,7 @@ use crate::proto::v1::record_service_server::RecordServiceServer;
 use crate::proto::v1::subject_rights_service_server::SubjectRightsServiceServer;
 use crate::proto::v1::tenant_service_server::TenantServiceServer;
 use crate::proto::v1::token_service_server::TokenServiceServer;
-use crate::service::{OpenError, Vault};
+use crate::service::{OpenError, Vault, VaultSettings};
 use crate::storage::{PgStore, SledOpenError, SledStore, Store, StoreError};
 
 pub use offline::{apply_erasure_ledger, check_restorable};
@@ -69,6 +69,9 @@ pub enum ServerError {
     Policy(#[from] PolicyError),
     #[error("vault: {0}")]
     Vault(#[from] OpenError),
+    /// A backup file that cannot be read, or is damaged.
+    #[error(transparent)]
+    Backup(#[from] crate::storage::backup::BackupError),
     /// A backup that may not be restored (too old, or its root key version is gone).
     #[error("backup {path} cannot be restored: {why}")]
     NotRestorable { path: String, why: String },
@@ -229,6 +232,19 @@ type Opened = (Arc<Vault>, Arc<Authz>, Arc<tls::ReloadableTls>);
 fn open_vault(
     config: &Config, store: Arc<dyn Store>, metrics: Metrics,
 ) -> Result<Opened, ServerError> {
+    let keys = open_keys(config, &store)?;
+    let tls = tls::ReloadableTls::load(&config.tls, metrics.clone())?;
+    let authz = Arc::new(Authz::load(
+        config.policy_file.clone(),
+        config.purposes.clone(),
+    )?);
+    let settings = vault_settings(config, &store, metrics);
+    let vault = Vault::open(store, keys, authz.clone(), Arc::new(SystemClock), settings)?;
+    Ok((Arc::new(vault), authz, tls))
+}
+
+/// Loads the root key for `store` and opens the keyring over it.
+fn open_keys(config: &Config, store: &Arc<dyn Store>) -> Result<Keyring, ServerError> {
     let root = config.root_source.load_for(store.as_ref())?;
     if let RootSource::File(path) = &config.root_source {
         // Rotation and every key epoch rewrite the file: refuse now, naming the path,
@@ -240,11 +256,11 @@ fn open_vault(
     // Once, on a store an earlier version wrote: seal its consent, restriction and
     // tombstone records before any request can read them.
     keys.seal_legacy_records()?;
-    let tls = tls::ReloadableTls::load(&config.tls, metrics.clone())?;
-    let authz = Arc::new(Authz::load(
-        config.policy_file.clone(),
-        config.purposes.clone(),
-    )?);
+    Ok(keys)
+}
+
+/// The use cases' settings of `config` for `store`, reporting to `metrics`.
+fn vault_settings(config: &Config, store: &Arc<dyn Store>, metrics: Metrics) -> VaultSettings {
     let mut settings = config.vault.clone();
     settings.metrics = metrics;
     // A store shared by several nodes (PostgreSQL) keeps its own integrity; the mark is for
@@ -252,8 +268,7 @@ fn open_vault(
     if !store.shared() {
         settings.high_water_file = Some(config.data_dir.join(crate::service::HIGH_WATER_FILE));
     }
-    let vault = Vault::open(store, keys, authz.clone(), Arc::new(SystemClock), settings)?;
-    Ok((Arc::new(vault), authz, tls))
+    settings
 }
 
 /// Binds the plain-HTTP metrics endpoint and serves it in a task of its own.

@@ -8,24 +8,21 @@ use std::sync::Arc;
 use crate::authz::{Authz, Policy};
 use crate::config::Config;
 use crate::domain::SystemClock;
-use crate::keyring::{version_list, Keyring, RootSource, ROOT_CHECK};
-use crate::service::{LedgerApplied, Vault, HIGH_WATER_FILE};
+use crate::keyring::{parse_root_check, version_list, RootSource, ROOT_CHECK};
+use crate::metrics::Metrics;
+use crate::service::{LedgerApplied, Vault};
 use crate::storage::backup::{self, Manifest};
 
-use super::{open_store, ServerError, LAST_HANDLE_BOUND};
+use super::{open_keys, open_store, vault_settings, ServerError, LAST_HANDLE_BOUND};
 
 /// Opens the store of `config` with its root key and erasure ledger, applies every ledger
 /// entry the store has not seen (each audited), and closes it again. Nobody is authorised
 /// meanwhile: the vault runs with an empty policy and serves nothing.
 pub async fn apply_erasure_ledger(config: &Config) -> Result<LedgerApplied, ServerError> {
     let store = open_store(config).await?;
-    let keys = Keyring::open(config.root_source.load_for(store.as_ref())?, store.clone())?;
-    keys.seal_legacy_records()?;
+    let keys = open_keys(config, &store)?;
     let authz = Arc::new(Authz::fixed(Policy::parse("")?, config.purposes.clone()));
-    let mut settings = config.vault.clone();
-    if !store.shared() {
-        settings.high_water_file = Some(config.data_dir.join(HIGH_WATER_FILE));
-    }
+    let settings = vault_settings(config, &store, Metrics::default());
     let vault = Arc::new(Vault::open(
         store.clone(),
         keys,
@@ -52,10 +49,12 @@ pub async fn apply_erasure_ledger(config: &Config) -> Result<LedgerApplied, Serv
 /// backup window (the root key versions it needs are destroyed or due to be, and the policy
 /// keeps backups no longer), or one bound to a root key version the source no longer holds.
 /// With a root key file not yet in place the second check is left to the first start.
-/// Returns the root key version the backup needs. Reads the whole file (blocking).
+/// Checks the file whole first (`backup::verify`), in the same read. Returns its manifest
+/// and the root key version it needs. Blocking.
 pub fn check_restorable(
-    file: &Path, manifest: &Manifest, config: &Config, now_unix: u64,
-) -> Result<u32, ServerError> {
+    file: &Path, config: &Config, now_unix: u64,
+) -> Result<(Manifest, u32), ServerError> {
+    let (manifest, bound) = backup::verify_with_meta(file, ROOT_CHECK)?;
     let refuse = |why: String| ServerError::NotRestorable {
         path: file.display().to_string(),
         why,
@@ -74,15 +73,14 @@ pub fn check_restorable(
             window / 86_400
         )));
     }
-    let bound = backup::meta_value(file, ROOT_CHECK).map_err(|e| refuse(e.to_string()))?;
     let version = bound
         .as_deref()
-        .and_then(|b| b.first_chunk::<4>())
-        .map(|v| u32::from_be_bytes(*v))
+        .and_then(parse_root_check)
+        .map(|(version, _)| version)
         .ok_or_else(|| refuse("it holds no root key binding: it is not a vault's backup".into()))?;
     if let RootSource::File(key_file) = &config.root_source {
         if !key_file.exists() {
-            return Ok(version);
+            return Ok((manifest, version));
         }
     }
     let held = config.root_source.load()?.version_numbers();
@@ -95,5 +93,5 @@ pub fn check_restorable(
             version_list(&held)
         )));
     }
-    Ok(version)
+    Ok((manifest, version))
 }

@@ -263,16 +263,18 @@ trait Visit {
     fn entry(&mut self, key: &[u8], value: &[u8]) -> Result<(), BackupError>;
 }
 
-/// The value of one `meta` entry of a backup (the root key check value, say), after the
-/// whole file has been checked.
-pub fn meta_value(path: &Path, key: &str) -> Result<Option<Vec<u8>>, BackupError> {
+/// Checks a backup file as `verify` does and, in the same read, returns the value of one
+/// of its `meta` entries (the root key check value, say).
+pub fn verify_with_meta(
+    path: &Path, key: &str,
+) -> Result<(Manifest, Option<Vec<u8>>), BackupError> {
     let mut probe = MetaProbe {
         key: key.as_bytes(),
         in_meta: false,
         found: None,
     };
-    read(path, &mut probe)?;
-    Ok(probe.found)
+    let manifest = read(path, &mut probe)?;
+    Ok((manifest, probe.found))
 }
 
 /// Finds one entry of the `meta` tree.

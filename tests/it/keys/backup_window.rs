@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use pii_vault::authz::{Authz, PeerIdentity, Policy, PurposeRules};
 use pii_vault::config::{Config, RawConfig};
 use pii_vault::crypto::{Kek, Key, Root, Zeroizing};
 use pii_vault::domain::{
@@ -22,7 +21,7 @@ use tempfile::TempDir;
 
 use super::{assert_no_key_opens, sid, tid, StaleCopy};
 use crate::softhsm;
-use crate::util::pkcs11_root;
+use crate::util::{admin_authz, admin_call, pkcs11_root};
 
 const DAY: u64 = 86_400 * 1_000_000;
 const START: Timestamp = Timestamp(1_700_000_000_000_000);
@@ -99,8 +98,6 @@ fn open(data: &Path, keys: &Keys, clock: &Arc<ManualClock>) -> Result<Node, Stri
         store.clone(),
     )
     .map_err(|e| e.to_string())?;
-    let policy = Policy::parse(&Policy::dev_default_text("spiffe://test/admin")).expect("policy");
-    let authz = Arc::new(Authz::fixed(policy, PurposeRules::default()));
     let settings = VaultSettings {
         erasure_ledger: Some(keys.ledger.clone()),
         // Epochs when the test asks for them: a scheduled one comes only after 30 days.
@@ -108,8 +105,14 @@ fn open(data: &Path, keys: &Keys, clock: &Arc<ManualClock>) -> Result<Node, Stri
         ..VaultSettings::default()
     };
     let vault = Arc::new(
-        Vault::open(store.clone(), keyring, authz, clock.clone(), settings)
-            .map_err(|e| e.to_string())?,
+        Vault::open(
+            store.clone(),
+            keyring,
+            admin_authz(),
+            clock.clone(),
+            settings,
+        )
+        .map_err(|e| e.to_string())?,
     );
     let worker = tokio::spawn(run_key_jobs(vault.clone()));
     Ok(Node {
@@ -131,10 +134,7 @@ impl Node {
 }
 
 fn call() -> Call {
-    Call {
-        caller: PeerIdentity::parse("uri:spiffe://test/admin").expect("identity"),
-        request_id: "backup-window".into(),
-    }
+    admin_call()
 }
 
 fn email(value: &str) -> NewField {
@@ -253,8 +253,8 @@ async fn scenario(custody: Custody) {
     let restored_dir = TempDir::new().expect("restore dir");
     let config = keys.config(restored_dir.path());
     let now = clock.now().0 / 1_000_000;
-    let needed = tokio::task::block_in_place(|| {
-        pii_vault::server::check_restorable(&backup_file, &manifest, &config, now)
+    let (_, needed) = tokio::task::block_in_place(|| {
+        pii_vault::server::check_restorable(&backup_file, &config, now)
     })
     .expect("restorable within the window");
     assert_eq!(needed, 1, "the backup was bound to root key version 1");
@@ -325,7 +325,7 @@ async fn scenario(custody: Custody) {
     restored.close().await;
     let now = clock.now().0 / 1_000_000;
     let refused = tokio::task::block_in_place(|| {
-        pii_vault::server::check_restorable(&backup_file, &manifest, &config, now)
+        pii_vault::server::check_restorable(&backup_file, &config, now)
     })
     .expect_err("too old");
     assert!(
