@@ -23,7 +23,6 @@ pub use raw::{
     RawAudit, RawAuthz, RawBackup, RawConfig, RawKeys, RawLimits, RawMetrics, RawObservability,
     RawRootSource, RawStorage, RawTls, RawTokens,
 };
-pub use root::MAX_BACKUP_DAYS;
 
 /// Default listen address: loopback only.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7443";

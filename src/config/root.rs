@@ -7,13 +7,13 @@ use std::time::Duration;
 
 use crate::keyring::{PinSource, Pkcs11Settings, RootSource, TokenSelector};
 
-use super::raw::{RawBackup, RawKeys};
+use super::raw::{RawBackup, RawKeys, RawRootSource};
 use super::{bounded, ConfigError};
 
 /// The label prefix of root key objects in a token unless configured.
 const DEFAULT_LABEL_PREFIX: &str = "pii-vault-root";
 /// The longest backup window: the privacy policy keeps backups up to 30 days.
-pub const MAX_BACKUP_DAYS: u64 = 30;
+const MAX_BACKUP_DAYS: u64 = 30;
 
 impl RawBackup {
     /// How long retired root key versions are kept to open backups.
@@ -75,55 +75,7 @@ impl RawKeys {
                             .into(),
                     ));
                 }
-                let module = raw.module.clone().ok_or_else(|| {
-                    ConfigError::Invalid(
-                        "keys.root.kind is \"pkcs11\" but keys.root.module (the HSM's PKCS#11 \
-                         library) is not set"
-                            .into(),
-                    )
-                })?;
-                let token = match (&raw.token_label, raw.slot) {
-                    (Some(label), None) if !label.is_empty() => TokenSelector::Label(label.clone()),
-                    (None, Some(slot)) => TokenSelector::Slot(slot),
-                    _ => {
-                        return Err(ConfigError::Invalid(
-                            "keys.root: set exactly one of token_label and slot".into(),
-                        ))
-                    }
-                };
-                let pin = match (&raw.pin_file, &raw.pin_env) {
-                    (Some(file), None) => PinSource::File(file.clone()),
-                    (None, Some(var)) if !var.is_empty() => PinSource::Env(var.clone()),
-                    _ => {
-                        return Err(ConfigError::Invalid(
-                            "keys.root: set exactly one of pin_file and pin_env (the PIN is \
-                             never written in the configuration)"
-                                .into(),
-                        ))
-                    }
-                };
-                let prefix = raw
-                    .key_label_prefix
-                    .clone()
-                    .unwrap_or_else(|| DEFAULT_LABEL_PREFIX.into());
-                let fine = !prefix.is_empty()
-                    && prefix.len() <= 48
-                    && prefix
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-                if !fine {
-                    return Err(ConfigError::Invalid(
-                        "keys.root.key_label_prefix must be 1 to 48 letters, digits, '-', '_' \
-                         or '.'"
-                            .into(),
-                    ));
-                }
-                let settings = Pkcs11Settings {
-                    module,
-                    token,
-                    pin,
-                    key_label_prefix: prefix,
-                };
+                let settings = pkcs11_settings(raw)?;
                 Ok((data_dir.join("root.key"), RootSource::Pkcs11(settings)))
             }
             other => Err(ConfigError::Invalid(format!(
@@ -151,6 +103,59 @@ impl RawKeys {
             RootSource::Pkcs11(_) => data_dir.join("erasure.ledger"),
         })
     }
+}
+
+/// The token, PIN source and label prefix of a `kind = "pkcs11"` root.
+fn pkcs11_settings(raw: &RawRootSource) -> Result<Pkcs11Settings, ConfigError> {
+    let module = raw.module.clone().ok_or_else(|| {
+        ConfigError::Invalid(
+            "keys.root.kind is \"pkcs11\" but keys.root.module (the HSM's PKCS#11 \
+             library) is not set"
+                .into(),
+        )
+    })?;
+    let token = match (&raw.token_label, raw.slot) {
+        (Some(label), None) if !label.is_empty() => TokenSelector::Label(label.clone()),
+        (None, Some(slot)) => TokenSelector::Slot(slot),
+        _ => {
+            return Err(ConfigError::Invalid(
+                "keys.root: set exactly one of token_label and slot".into(),
+            ))
+        }
+    };
+    let pin = match (&raw.pin_file, &raw.pin_env) {
+        (Some(file), None) => PinSource::File(file.clone()),
+        (None, Some(var)) if !var.is_empty() => PinSource::Env(var.clone()),
+        _ => {
+            return Err(ConfigError::Invalid(
+                "keys.root: set exactly one of pin_file and pin_env (the PIN is \
+                 never written in the configuration)"
+                    .into(),
+            ))
+        }
+    };
+    let prefix = raw
+        .key_label_prefix
+        .clone()
+        .unwrap_or_else(|| DEFAULT_LABEL_PREFIX.into());
+    let fine = !prefix.is_empty()
+        && prefix.len() <= 48
+        && prefix
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !fine {
+        return Err(ConfigError::Invalid(
+            "keys.root.key_label_prefix must be 1 to 48 letters, digits, '-', '_' \
+             or '.'"
+                .into(),
+        ));
+    }
+    Ok(Pkcs11Settings {
+        module,
+        token,
+        pin,
+        key_label_prefix: prefix,
+    })
 }
 
 /// Refuses settings of `raw` that belong to another kind of source.

@@ -178,7 +178,11 @@ const CHECK_PLAINTEXT: &[u8] = b"pii-vault external key check value v1";
 pub fn wrap_external<P: KeyRole, C: KeyRole>(
     key: &dyn ExternalKey, child: &Key<C>, aad: &Aad,
 ) -> Result<Sealed, CryptoError> {
-    seal_external::<P>(key, &wrap_plaintext(child), &wrap_aad::<C>(aad, child.version()))
+    seal_external::<P>(
+        key,
+        &wrap_plaintext(child),
+        &wrap_aad::<C>(aad, child.version()),
+    )
 }
 
 /// Unwraps a child key of version `child_version` that `wrap_external` wrapped.

@@ -419,6 +419,22 @@ pub fn by_operation(op: &str) -> pb::QueryAuditLogRequest {
     }
 }
 
+/// The policy of in-process vaults: `spiffe://test/admin` may do everything.
+pub fn admin_authz() -> Arc<pii_vault::authz::Authz> {
+    use pii_vault::authz::{Authz, Policy, PurposeRules};
+    let policy = Policy::parse(&Policy::dev_default_text("spiffe://test/admin")).expect("policy");
+    Arc::new(Authz::fixed(policy, PurposeRules::default()))
+}
+
+/// A call of `spiffe://test/admin` (see `admin_authz`).
+pub fn admin_call() -> pii_vault::service::Call {
+    pii_vault::service::Call {
+        caller: pii_vault::authz::PeerIdentity::parse("uri:spiffe://test/admin")
+            .expect("typed identity"),
+        request_id: "r".into(),
+    }
+}
+
 /// A vault used in-process (no gRPC) over a temporary sled store, with a hand-moved clock
 /// and a policy that lets `spiffe://test/admin` do everything.
 pub fn clocked_vault(
@@ -429,23 +445,21 @@ pub fn clocked_vault(
     Arc<dyn Store>,
     pii_vault::service::Call,
 ) {
-    use pii_vault::authz::{Authz, PeerIdentity, Policy, PurposeRules};
     let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path(), 1 << 22).expect("open"));
     let root = pii_vault::keyring::RootKeys::generate().expect("root");
     let keys = pii_vault::keyring::Keyring::open(root, store.clone()).expect("keys");
-    let policy = Policy::parse(&Policy::dev_default_text("spiffe://test/admin")).expect("policy");
-    let authz = Arc::new(Authz::fixed(policy, PurposeRules::default()));
     let start = pii_vault::domain::Timestamp(1_700_000_000_000_000);
     let clock = Arc::new(pii_vault::domain::ManualClock::new(start));
     let settings = pii_vault::service::VaultSettings::default();
-    let vault =
-        pii_vault::service::Vault::open(store.clone(), keys, authz, clock.clone(), settings)
-            .expect("vault");
-    let call = pii_vault::service::Call {
-        caller: PeerIdentity::parse("uri:spiffe://test/admin").expect("typed identity"),
-        request_id: "r".into(),
-    };
-    (vault, clock, store, call)
+    let vault = pii_vault::service::Vault::open(
+        store.clone(),
+        keys,
+        admin_authz(),
+        clock.clone(),
+        settings,
+    )
+    .expect("vault");
+    (vault, clock, store, admin_call())
 }
 
 /// Copies a directory tree (the data directory of a stopped vault, say); `fs::copy` keeps

@@ -12,7 +12,7 @@ use crate::keyring::LEDGER_TAG_LEN;
 use crate::storage::StoreError;
 
 use super::super::{Call, ServiceError, Vault};
-use super::ledger::Erased;
+use super::ledger::{Erased, ErasureLedger};
 
 /// Store metadata key: how many ledger entries this store has applied (8 bytes, BE).
 const LEDGER_SEEN: &str = "erasure_ledger_seen";
@@ -102,7 +102,8 @@ impl Vault {
                         .await?;
                     done.tenants_shredded += 1;
                 } else if let Some(subjects) = erasures.get(&tag) {
-                    done.subjects_erased += self.erase_listed(&call, &t.id, subjects).await?;
+                    done.subjects_erased +=
+                        self.erase_listed(&ledger, &call, &t.id, subjects).await?;
                 }
             }
             if tenants.len() < PAGE {
@@ -131,11 +132,8 @@ impl Vault {
 
     /// Erases every live subject of `tenant` whose ledger hash is in `tags`.
     async fn erase_listed(
-        &self, call: &Call, tenant: &TenantId, tags: &HashSet<Tag>,
+        &self, ledger: &ErasureLedger, call: &Call, tenant: &TenantId, tags: &HashSet<Tag>,
     ) -> Result<u64, ServiceError> {
-        let Some(ledger) = self.ledger.clone() else {
-            return Ok(0);
-        };
         let mut found: Vec<SubjectId> = Vec::new();
         let mut after: Option<SubjectId> = None;
         loop {
