@@ -37,6 +37,7 @@ fn outcome(o: Outcome) -> pb::Outcome {
         Outcome::NotFound => pb::Outcome::NotFound,
         Outcome::Invalid => pb::Outcome::Invalid,
         Outcome::Error => pb::Outcome::Error,
+        Outcome::Intent => pb::Outcome::Intent,
     }
 }
 
@@ -51,6 +52,7 @@ pub fn outcome_name(value: i32) -> &'static str {
         Ok(pb::Outcome::NotFound) => Outcome::NotFound,
         Ok(pb::Outcome::Invalid) => Outcome::Invalid,
         Ok(pb::Outcome::Error) => Outcome::Error,
+        Ok(pb::Outcome::Intent) => Outcome::Intent,
         Ok(pb::Outcome::Unspecified) | Err(_) => return "unknown",
     };
     known.name()

@@ -43,10 +43,13 @@ pub enum Operation {
     ShredTenant,
     /// Denials of one identity counted in a window instead of recorded one by one.
     DenialsSummary,
+    /// What the audit log found at a start: an unacknowledged torn tail it cut, or a
+    /// change whose ending was never recorded (`Outcome::Intent` without its ending).
+    AuditRecovery,
 }
 
 impl Operation {
-    pub const ALL: [Operation; 30] = [
+    pub const ALL: [Operation; 31] = [
         Operation::CreateTenant,
         Operation::GetTenant,
         Operation::ListTenants,
@@ -77,6 +80,7 @@ impl Operation {
         Operation::KeyEpoch,
         Operation::ShredTenant,
         Operation::DenialsSummary,
+        Operation::AuditRecovery,
     ];
 
     pub fn name(self) -> &'static str {
@@ -111,6 +115,7 @@ impl Operation {
             Operation::KeyEpoch => "key_epoch",
             Operation::ShredTenant => "shred_tenant",
             Operation::DenialsSummary => "denials_summary",
+            Operation::AuditRecovery => "audit_recovery",
         }
     }
 
@@ -152,6 +157,11 @@ pub enum Outcome {
     Invalid,
     /// The vault failed (storage unavailable, internal error).
     Error,
+    /// A change about to be made: recorded, and durable, before the change, so no change
+    /// is ever visible without its event. The event of how it ended follows it; when the
+    /// vault stops before that one is recorded, the next start records the ending as
+    /// unknown (`Operation::AuditRecovery`).
+    Intent,
 }
 
 impl Outcome {
@@ -162,6 +172,7 @@ impl Outcome {
             Outcome::NotFound => 3,
             Outcome::Invalid => 4,
             Outcome::Error => 5,
+            Outcome::Intent => 6,
         }
     }
 
@@ -172,6 +183,7 @@ impl Outcome {
             Outcome::NotFound,
             Outcome::Invalid,
             Outcome::Error,
+            Outcome::Intent,
         ]
         .into_iter()
         .find(|o| o.code() == code)
@@ -184,6 +196,7 @@ impl Outcome {
             Outcome::NotFound => "not_found",
             Outcome::Invalid => "invalid",
             Outcome::Error => "error",
+            Outcome::Intent => "intent",
         }
     }
 }

@@ -7,7 +7,7 @@ mod event;
 mod verify;
 
 pub use event::{AuditEvent, EventDraft, Operation, Outcome};
-pub use verify::{verify, ChainMark, VerifyReport, CHECKPOINT, HEAD};
+pub use verify::{verify, ChainMark, Head, VerifyReport, CHECKPOINT, HEAD};
 
 use crate::domain::Timestamp;
 

@@ -53,6 +53,46 @@ impl ChainMark {
     }
 }
 
+/// The head record a batch stores: its signed mark, and the sequence numbers of the
+/// `Outcome::Intent` events whose ending was not recorded yet (what a start after a crash
+/// records as unknown). The list is not signed: the intents themselves are in the chain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Head {
+    pub mark: ChainMark,
+    pub open_intents: Vec<u64>,
+}
+
+impl Head {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::new().bytes(&self.mark.encode());
+        w = w.u32(self.open_intents.len() as u32);
+        for seq in &self.open_intents {
+            w = w.u64(*seq);
+        }
+        w.finish()
+    }
+
+    /// Reads a head record; one written before heads carried intents is its mark alone.
+    pub fn decode(buf: &[u8]) -> Result<Self, CodecError> {
+        if let Ok(mark) = ChainMark::decode(buf) {
+            return Ok(Self {
+                mark,
+                open_intents: Vec::new(),
+            });
+        }
+        const WHAT: &str = "audit head";
+        let mut r = Reader::new(buf, WHAT);
+        let mark = ChainMark::decode(r.bytes()?)?;
+        let n = r.u32()? as usize;
+        let mut open_intents = Vec::with_capacity(n.min(4096));
+        for _ in 0..n {
+            open_intents.push(r.u64()?);
+        }
+        r.finish()?;
+        Ok(Self { mark, open_intents })
+    }
+}
+
 /// Label of the head mark.
 pub const HEAD: &str = "audit-head-v1";
 /// Label of the prune checkpoint mark.
@@ -146,8 +186,8 @@ pub fn verify<E>(
         expect += 1;
     }
     if let Some(bytes) = head {
-        let mark = match ChainMark::decode(bytes) {
-            Ok(mark) if mark.is_valid(key, HEAD) => mark,
+        let mark = match Head::decode(bytes) {
+            Ok(Head { mark, .. }) if mark.is_valid(key, HEAD) => mark,
             _ => {
                 fail(&mut report, expect, "the head record is altered");
                 return Ok(report);

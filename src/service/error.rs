@@ -151,7 +151,9 @@ impl From<StoreError> for ServiceError {
                 ServiceError::VersionMismatch { field, stored }
             }
             StoreError::IdempotencyKeyReused => ServiceError::IdempotencyKeyReused,
-            StoreError::Corrupt(_) | StoreError::Conflict => ServiceError::Internal(e.to_string()),
+            StoreError::Corrupt(_) | StoreError::AuditDamaged { .. } | StoreError::Conflict => {
+                ServiceError::Internal(e.to_string())
+            }
         }
     }
 }

@@ -260,8 +260,8 @@ impl Vault {
         };
         let writer = audit::Writer {
             store: store.clone(),
-            commit: commit.clone(),
             key: Arc::new(audit_key),
+            now: clock.now(),
             metrics: settings.metrics.clone(),
             high_water: high_water.map(Arc::new),
             background: background.clone(),

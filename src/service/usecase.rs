@@ -4,6 +4,11 @@
 //! then hand the result back. A refusal is recorded as denied, a failure with its outcome;
 //! if the event cannot be made durable, the result is withheld (`AuditUnavailable`).
 //!
+//! A use case that changes data or keys (`Operation::is_write`) records its intent first,
+//! and runs only once that is durable: no change is ever visible without its event, and
+//! when the audit log cannot record, nothing is changed (`AuditUnavailable`). After the
+//! change, its writes are flushed (`GroupCommit`) before its ending is recorded.
+//!
 //! Use cases build a `UseCase` with `Vault::use_case` and end it with `run` (a caller's
 //! request), `run_system` / `run_job` (the vault's own jobs, which no policy rule covers),
 //! `admit` (authorize here, record in the job that does the work) or `reject` (malformed
@@ -67,6 +72,8 @@ pub(super) struct UseCase<'v> {
     vault: &'v Vault,
     call: &'v Call,
     event: EventDraft,
+    /// The sequence number of the change's recorded intent.
+    intent: Option<u64>,
 }
 
 impl Vault {
@@ -89,6 +96,7 @@ impl Vault {
                 reason: String::new(),
                 rule: String::new(),
             },
+            intent: None,
         }
     }
 }
@@ -171,9 +179,39 @@ impl UseCase<'_> {
         Fut: Future<Output = Result<T, ServiceError>>,
     {
         let result = match self.authorize(check) {
-            Ok(grant) => body(grant).await,
+            Ok(grant) => {
+                self.intend().await?;
+                body(grant).await
+            }
             Err(refused) => Err(refused),
         };
+        self.finish(result, describe).await
+    }
+
+    /// For a change: records its intent, and returns once it is durable. Nothing to do
+    /// for a use case that changes nothing.
+    async fn intend(&mut self) -> Result<(), ServiceError> {
+        if !self.event.operation.is_write() {
+            return Ok(());
+        }
+        #[cfg(feature = "testing")]
+        if !self.vault.audit_enabled {
+            return Ok(());
+        }
+        let seq = self
+            .vault
+            .audit
+            .intend(self.event.clone())
+            .await
+            .map_err(ServiceError::AuditUnavailable)?;
+        self.intent = Some(seq);
+        Ok(())
+    }
+
+    /// Adds what a success says to the event, records it, returns the result.
+    async fn finish<T>(
+        mut self, result: Result<T, ServiceError>, describe: impl FnOnce(&T, &mut EventDraft),
+    ) -> Result<T, ServiceError> {
         if let Ok(value) = &result {
             describe(value, &mut self.event);
         }
@@ -188,26 +226,25 @@ impl UseCase<'_> {
         mut self, body: impl Future<Output = Result<T, ServiceError>>,
         describe: impl FnOnce(&T, &mut EventDraft),
     ) -> Result<T, ServiceError> {
+        self.intend().await?;
         let result = body.await;
-        if let Ok(value) = &result {
-            describe(value, &mut self.event);
-        }
-        self.record(result).await
+        self.finish(result, describe).await
     }
 
-    /// `run_system` for a job step that may find nothing to do (`Ok(None)`): such a step
-    /// records no event.
+    /// `run_system` for a job step that may find nothing to do (`Ok(None)`). Such a step
+    /// records no event, unless it changes data or keys: its intent was recorded before it
+    /// could know, and its ending then says it found nothing.
     pub(super) async fn run_job<T>(
-        self, body: impl Future<Output = Result<Option<T>, ServiceError>>,
+        mut self, body: impl Future<Output = Result<Option<T>, ServiceError>>,
         describe: impl FnOnce(&T, &mut EventDraft),
     ) -> Result<Option<T>, ServiceError> {
+        self.intend().await?;
         match body.await {
-            Ok(None) => Ok(None),
+            Ok(None) if self.intent.is_none() => Ok(None),
             done => {
-                self.run_system(async { done }, |v, ev| {
-                    if let Some(v) = v {
-                        describe(v, ev);
-                    }
+                self.finish(done, |v, ev| match v {
+                    Some(v) => describe(v, ev),
+                    None => ev.reason = "nothing left to do".into(),
                 })
                 .await
             }
@@ -237,7 +274,7 @@ impl UseCase<'_> {
 
     /// Records how the request ended, then hands back its result: only once the event is
     /// durable. If it cannot be recorded, the result is withheld and the call fails closed.
-    async fn record<T>(self, result: Result<T, ServiceError>) -> Result<T, ServiceError> {
+    async fn record<T>(self, mut result: Result<T, ServiceError>) -> Result<T, ServiceError> {
         let mut draft = self.event;
         #[cfg(feature = "testing")]
         if !self.vault.audit_enabled {
@@ -246,6 +283,12 @@ impl UseCase<'_> {
                 self.vault.commit.durable().await?;
             }
             return result;
+        }
+        if result.is_ok() && self.intent.is_some() {
+            // The change's writes are durable before its ending says it succeeded.
+            if let Err(e) = self.vault.commit.durable().await {
+                result = Err(e.into());
+            }
         }
         if let Err(e) = &result {
             draft.outcome = e.outcome();
@@ -263,7 +306,11 @@ impl UseCase<'_> {
                 return result;
             }
         }
-        match self.vault.audit.append(draft).await {
+        let recorded = match self.intent {
+            Some(intent) => self.vault.audit.append_ending(draft, intent).await,
+            None => self.vault.audit.append(draft).await,
+        };
+        match recorded {
             Ok(_) => result,
             Err(e) => Err(ServiceError::AuditUnavailable(e)),
         }

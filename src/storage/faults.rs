@@ -338,6 +338,10 @@ impl Store for FaultyStore {
     fn audit_prune(&self, through: u64, checkpoint: &[u8]) -> StoreResult<u64> {
         self.inner.audit_prune(through, checkpoint)
     }
+
+    fn audit_tail_cut(&self) -> Option<super::TailCut> {
+        self.inner.audit_tail_cut()
+    }
     fn flush(&self) -> StoreResult<()> {
         self.faults.flushes.fetch_add(1, Ordering::SeqCst);
         Self::check(&self.faults.fail_flush, "flush failed (I/O error)")?;

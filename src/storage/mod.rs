@@ -16,11 +16,13 @@ mod key_records;
 mod postgres;
 mod records;
 mod rules;
+mod segments;
 mod sled;
 
 pub use self::postgres::{PgStore, PgTls};
 pub use self::sled::{open_waiting_for_lock, SledOpenError, SledStore};
 pub use group_commit::GroupCommit;
+pub use segments::{SegmentLog, TailCut, DEFAULT_SEGMENT_BYTES};
 pub use key_records::{KeyChange, KeyVersionInfo, RewrapJob, RootKeyState, TenantKeyState};
 pub use records::{
     categories_in, category_bit, Erasure, FieldRecord, Idempotency, IdempotencyRecord, OlderDek,
@@ -40,6 +42,11 @@ pub enum StoreError {
     /// A stored record did not decode: the data directory is damaged.
     #[error("stored {0} is corrupt")]
     Corrupt(&'static str),
+    /// An audit event in the audit log's files failed its checksum or was cut short, where
+    /// the log must be whole (not its unacknowledged tail): reported at the sequence number
+    /// the damaged frame should hold.
+    #[error("audit event {seq} is damaged ({what})")]
+    AuditDamaged { seq: u64, what: &'static str },
     /// A subject's state record or tombstone decoded but is not the one last written for
     /// it: a bad seal, or a sequence number behind its anchor (`records::sealed`). Says
     /// why in a few fixed words, never what the record holds.
@@ -312,7 +319,8 @@ pub trait Store: Send + Sync + 'static {
     fn clear_epoch_pending(&self, tenant: &TenantId, seen: u64) -> StoreResult<()>;
 
     /// Appends audit events (sequence number, encoded event) and replaces the audit head
-    /// record, atomically. A backend shared by several writers answers `Conflict` when the
+    /// record, atomically, and returns once they are durable (the audit log answers its
+    /// callers on that alone; it does not flush the store). A backend shared by several writers answers `Conflict` when the
     /// batch does not continue the newest stored event (the writer re-chains and retries).
     fn audit_append(&self, events: &[(u64, Vec<u8>)], head: &[u8]) -> StoreResult<()>;
     /// Audit events with sequence numbers above `after`, in order, at most `limit`.
@@ -324,6 +332,12 @@ pub trait Store: Send + Sync + 'static {
     /// Records `checkpoint`, then deletes every audit event up to `through`. Returns how
     /// many were deleted.
     fn audit_prune(&self, through: u64, checkpoint: &[u8]) -> StoreResult<u64>;
+    /// The torn tail cut off the audit log when the store was opened (events never
+    /// acknowledged), for the audit log to record; `None` when there was none, or for a
+    /// backend whose appends are transactions.
+    fn audit_tail_cut(&self) -> Option<TailCut> {
+        None
+    }
 
     /// True when several vault nodes may share this store. They then share one root key
     /// file too, and coordinate its changes through `root_fence`.

@@ -1,22 +1,31 @@
 //! Writing, querying, verifying and pruning the audit log.
 //!
 //! One writer task owns the chain: callers send drafts, the task gives each a sequence
-//! number and a MAC, stores the batch with the new head in one transaction, waits for a
-//! flush (shared with data writes through `GroupCommit`), and only then answers. A caller
-//! waits at most `timeout`; past it the request fails closed.
+//! number and a MAC, stores the batch with the new head (one durable append: a sync of the
+//! audit log's segment, or a committed PostgreSQL transaction), and only then answers. A
+//! caller waits at most `timeout`; past it the request fails closed.
+//!
+//! A change is recorded twice: its intent (`Outcome::Intent`), durable before the change is
+//! made, and its ending. The head of every batch lists the intents still waiting for their
+//! ending; a start after a crash records each as ended unknown, and records a torn tail the
+//! store cut (`Operation::AuditRecovery`). An intent whose caller stopped waiting before it
+//! was confirmed (the change was then never made) is ended by the writer itself.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
+use std::collections::BTreeSet;
+
 use crate::audit::{
-    verify, AuditEvent, AuditFilter, ChainMark, EventDraft, VerifyReport, CHECKPOINT, HEAD,
+    verify, AuditEvent, AuditFilter, ChainMark, EventDraft, Head, Operation, Outcome,
+    VerifyReport, CHECKPOINT, HEAD,
 };
 use crate::crypto::{Audit, Key, MAC_LEN};
 use crate::domain::Timestamp;
 use crate::metrics::Metrics;
-use crate::storage::{GroupCommit, Store, StoreError};
+use crate::storage::{Store, StoreError, TailCut};
 
 use super::super::blocking::Background;
 use super::high_water::HighWater;
@@ -46,7 +55,29 @@ pub enum AuditError {
 
 struct Append {
     draft: EventDraft,
+    /// The intent this event ends, if it is the ending of a change.
+    ends: Option<u64>,
     done: oneshot::Sender<Result<u64, AuditError>>,
+}
+
+impl Append {
+    /// An event the writer makes itself (nobody waits for it).
+    fn own(draft: EventDraft, ends: Option<u64>) -> Self {
+        Self {
+            draft,
+            ends,
+            done: oneshot::channel().0,
+        }
+    }
+
+    /// Written even when its caller stopped waiting: the ending of a change (the change
+    /// may have happened) and the writer's own events. Anything else whose caller has gone
+    /// is dropped unwritten: nothing was returned, and no change was made.
+    fn must_write(&self) -> bool {
+        self.ends.is_some()
+            || (self.draft.operation.is_write() && self.draft.outcome != Outcome::Intent)
+            || !self.done.is_closed()
+    }
 }
 
 /// What a prune did.
@@ -87,32 +118,42 @@ impl std::fmt::Debug for AuditLog {
     }
 }
 
-/// Where the chain stands: the next sequence number and the MAC it must link to.
+/// Where the chain stands: the next sequence number, the MAC it must link to, and the
+/// intents whose ending is not recorded yet.
 struct ChainState {
     next_seq: u64,
     last_mac: [u8; MAC_LEN],
+    open: BTreeSet<u64>,
 }
 
 fn chain_state(store: &dyn Store) -> Result<ChainState, StoreError> {
+    let marks = store.audit_marks()?;
+    let open = match &marks.head {
+        Some(bytes) => Head::decode(bytes)?.open_intents.into_iter().collect(),
+        None => BTreeSet::new(),
+    };
     if let Some((seq, bytes)) = store.audit_last()? {
         let event = AuditEvent::decode(&bytes)?;
         return Ok(ChainState {
             next_seq: seq + 1,
             last_mac: event.mac,
+            open,
         });
     }
     // Everything was pruned (or nothing was ever written): continue from the checkpoint.
-    match store.audit_marks()?.checkpoint {
+    match marks.checkpoint {
         Some(bytes) => {
             let mark = ChainMark::decode(&bytes)?;
             Ok(ChainState {
                 next_seq: mark.seq + 1,
                 last_mac: mark.mac,
+                open,
             })
         }
         None => Ok(ChainState {
             next_seq: 1,
             last_mac: [0; MAC_LEN],
+            open,
         }),
     }
 }
@@ -156,10 +197,27 @@ impl AuditLog {
 
     /// Records an event; returns its sequence number once it is on disk.
     pub async fn append(&self, draft: EventDraft) -> Result<u64, AuditError> {
+        self.send(draft, None).await
+    }
+
+    /// Records the intent of a change (`draft` with `Outcome::Intent`); returns its
+    /// sequence number once it is on disk. Only then may the change be made; its ending is
+    /// recorded with `append_ending`.
+    pub async fn intend(&self, mut draft: EventDraft) -> Result<u64, AuditError> {
+        draft.outcome = Outcome::Intent;
+        self.send(draft, None).await
+    }
+
+    /// Records how the change whose intent is `intent` ended.
+    pub async fn append_ending(&self, draft: EventDraft, intent: u64) -> Result<u64, AuditError> {
+        self.send(draft, Some(intent)).await
+    }
+
+    async fn send(&self, draft: EventDraft, ends: Option<u64>) -> Result<u64, AuditError> {
         let (done, confirmed) = oneshot::channel();
         let send_and_wait = async {
             self.queue
-                .send(Append { draft, done })
+                .send(Append { draft, ends, done })
                 .await
                 .map_err(|_| AuditError::Stopped)?;
             confirmed.await.map_err(|_| AuditError::Stopped)?
@@ -273,8 +331,11 @@ struct Chained {
     last_mac: [u8; MAC_LEN],
 }
 
-/// Seals `batch` as the continuation of `state`.
-fn chain_batch(key: &Key<Audit>, state: &ChainState, batch: &[Append]) -> Chained {
+/// Seals `batch` as the continuation of `state`; the head lists the intents still open
+/// after it (`open`).
+fn chain_batch(
+    key: &Key<Audit>, state: &ChainState, batch: &[Append], open: &BTreeSet<u64>,
+) -> Chained {
     let mut prev = state.last_mac;
     let events: Vec<AuditEvent> = batch
         .iter()
@@ -286,7 +347,11 @@ fn chain_batch(key: &Key<Audit>, state: &ChainState, batch: &[Append]) -> Chaine
         })
         .collect();
     let last_seq = state.next_seq + events.len() as u64 - 1;
-    let head = ChainMark::new(key, HEAD, last_seq, prev).encode();
+    let head = Head {
+        mark: ChainMark::new(key, HEAD, last_seq, prev),
+        open_intents: open.iter().copied().collect(),
+    }
+    .encode();
     let rows = events.iter().map(|e| (e.seq, e.encode())).collect();
     Chained {
         events,
@@ -296,13 +361,12 @@ fn chain_batch(key: &Key<Audit>, state: &ChainState, batch: &[Append]) -> Chaine
     }
 }
 
-/// What the writer task writes with.
 /// What the audit writer task works with.
 pub(in crate::service) struct Writer {
     pub store: Arc<dyn Store>,
-    /// Shared with data writes, so a batch of events and the writes before it share a flush.
-    pub commit: GroupCommit,
     pub key: Arc<Key<Audit>>,
+    /// When the writer starts (the time of its recovery events).
+    pub now: Timestamp,
     pub metrics: Metrics,
     pub high_water: Option<Arc<HighWater>>,
     /// Where the batch appends, the mark's fsyncs and the SIEM mirror run.
@@ -311,46 +375,122 @@ pub(in crate::service) struct Writer {
     pub syslog: Option<SyslogSink>,
 }
 
+/// The events a start records: the torn tail the store cut, and each intent whose ending
+/// was never recorded (read back from the log, so the event names what the intent named).
+fn recovery_events(
+    store: &dyn Store, open: &BTreeSet<u64>, cut: Option<TailCut>, now: Timestamp,
+) -> Vec<Append> {
+    let event = |reason: String| EventDraft {
+        time: now,
+        request_id: String::new(),
+        caller: "job:pii-vault/audit".to_owned(),
+        operation: Operation::AuditRecovery,
+        tenant: String::new(),
+        subject: String::new(),
+        fields: Vec::new(),
+        purpose: String::new(),
+        outcome: Outcome::Error,
+        reason,
+        rule: String::new(),
+    };
+    let mut out = Vec::new();
+    if let Some(cut) = cut {
+        let after = cut.last_seq.map_or("no event".to_owned(), |s| format!("event {s}"));
+        out.push(Append::own(
+            event(format!(
+                "cut an unacknowledged torn tail of {} bytes after {after} ({} at byte {})",
+                cut.bytes, cut.segment, cut.offset
+            )),
+            None,
+        ));
+    }
+    for &seq in open {
+        let intent = store
+            .audit_scan(seq - 1, 1)
+            .ok()
+            .and_then(|page| page.into_iter().next())
+            .filter(|(s, _)| *s == seq)
+            .and_then(|(_, bytes)| AuditEvent::decode(&bytes).ok());
+        let mut draft = event(format!(
+            "ending unknown: the vault stopped before recording how the change of intent {seq} ended"
+        ));
+        if let Some(intent) = intent {
+            draft.operation = intent.draft.operation;
+            draft.caller = intent.draft.caller;
+            draft.request_id = intent.draft.request_id;
+            draft.tenant = intent.draft.tenant;
+            draft.subject = intent.draft.subject;
+            draft.fields = intent.draft.fields;
+            draft.purpose = intent.draft.purpose;
+        }
+        out.push(Append::own(draft, Some(seq)));
+    }
+    out
+}
+
+/// The ending the writer records for an intent whose caller stopped waiting before it was
+/// confirmed: the caller never made the change.
+fn abandoned(intent: &EventDraft, seq: u64) -> Append {
+    let mut draft = intent.clone();
+    draft.outcome = Outcome::Error;
+    draft.reason = format!("not made: the request gave up before its intent {seq} was recorded");
+    Append::own(draft, Some(seq))
+}
+
 async fn write_loop(
     writer: Writer, mut sink: Option<JsonlSink>, mut state: ChainState,
     mut rx: mpsc::Receiver<Append>,
 ) {
     let Writer {
         store,
-        commit,
         key,
+        now,
         metrics,
         high_water,
         background,
         syslog,
     } = writer;
+    // What the writer records itself, ahead of its callers' events.
+    let mut own = {
+        let (reader, cut, open) = (store.clone(), store.audit_tail_cut(), state.open.clone());
+        background
+            .run(move || recovery_events(reader.as_ref(), &open, cut, now))
+            .await
+            .unwrap_or_default()
+    };
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    while let Some(first) = rx.recv().await {
-        batch.push(first);
+    loop {
+        if own.is_empty() {
+            match rx.recv().await {
+                Some(first) => batch.push(first),
+                None => break,
+            }
+        } else {
+            batch.append(&mut own);
+        }
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
                 Ok(more) => batch.push(more),
                 Err(_) => break,
             }
         }
-        // Callers that gave up (deadline, audit timeout) are dropped before their event is
-        // written when nothing was returned to them, so there is nothing to record. A
-        // write's event stays: its change is already in the store.
-        batch.retain(|a| a.draft.operation.is_write() || !a.done.is_closed());
+        batch.retain(Append::must_write);
         if batch.is_empty() {
             continue;
         }
         let started = Instant::now();
-        let (events, stored) = store_batch(&background, &store, &key, &mut state, &batch).await;
-        let result = match stored {
-            Ok(()) => commit.durable().await,
-            Err(e) => Err(e),
-        };
+        let (events, result) = store_batch(&background, &store, &key, &mut state, &batch).await;
         metrics.audit_append(batch.len(), started.elapsed(), result.is_ok());
         match &result {
             Ok(()) => {
                 for (a, e) in batch.drain(..).zip(&events) {
-                    let _ = a.done.send(Ok(e.seq));
+                    let intent = a.draft.outcome == Outcome::Intent;
+                    let draft = intent.then(|| a.draft.clone());
+                    if a.done.send(Ok(e.seq)).is_err() {
+                        if let Some(draft) = draft {
+                            own.push(abandoned(&draft, e.seq));
+                        }
+                    }
                 }
             }
             Err(e) => {
@@ -399,12 +539,21 @@ async fn store_batch(
     let mut attempts = 0;
     loop {
         attempts += 1;
+        let mut open = state.open.clone();
+        for (i, a) in batch.iter().enumerate() {
+            if a.draft.outcome == Outcome::Intent {
+                open.insert(state.next_seq + i as u64);
+            }
+            if let Some(intent) = a.ends {
+                open.remove(&intent);
+            }
+        }
         let Chained {
             events,
             rows,
             head,
             last_mac,
-        } = chain_batch(key, state, batch);
+        } = chain_batch(key, state, batch, &open);
         let writer = store.clone();
         let stored = background
             .run(move || writer.audit_append(&rows, &head))
@@ -416,6 +565,7 @@ async fn store_batch(
                 // so later events link to these.
                 state.next_seq += events.len() as u64;
                 state.last_mac = last_mac;
+                state.open = open;
                 break (events, Ok(()));
             }
             // Another node of a shared store appended first: continue after its events.

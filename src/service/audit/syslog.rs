@@ -129,7 +129,7 @@ impl SyslogSink {
 /// RFC 5424 severity of an event: 6 informational, 5 notice (refused), 4 warning (failed).
 fn severity(outcome: Outcome) -> u8 {
     match outcome {
-        Outcome::Ok | Outcome::NotFound | Outcome::Invalid => 6,
+        Outcome::Ok | Outcome::NotFound | Outcome::Invalid | Outcome::Intent => 6,
         Outcome::Denied => 5,
         Outcome::Error => 4,
     }

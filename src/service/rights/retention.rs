@@ -68,15 +68,21 @@ impl Vault {
             let sealer = self.keys.record_sealer(&tenant)?;
             let seal = |t: Tombstone, seq: u64| sealer.seal_tombstone(&shadow, t, seq);
             let erased = self
-                .store
-                .erase_subject(&tenant, &shadow, &tombstone, &seal)?;
-            // The shadow's record is gone; its cached key goes too.
-            self.keys.forget_subject_keys(&tenant, &shadow);
-            self.use_case(call, Operation::RetentionDelete)
+                .use_case(call, Operation::RetentionDelete)
                 .tenant(&tenant)
                 .subject(&shadow)
                 .reason("legal retention duty ended; records' key destroyed")
-                .run_system(async { Ok(()) }, no_detail)
+                .run_system(
+                    async {
+                        let erased = self
+                            .store
+                            .erase_subject(&tenant, &shadow, &tombstone, &seal)?;
+                        // The shadow's record is gone; its cached key goes too.
+                        self.keys.forget_subject_keys(&tenant, &shadow);
+                        Ok(erased)
+                    },
+                    no_detail,
+                )
                 .await?;
             self.store.clear_legal_hold(&tenant, &shadow, until)?;
             if matches!(erased, Erasure::Erased(_)) {
@@ -108,16 +114,25 @@ impl Vault {
                     }
                     for (subject, field, at) in due {
                         let removed = self
-                            .store
-                            .delete_expired(&tenant.id, &subject, &field, at)?;
+                            .use_case(&call, Operation::RetentionDelete)
+                            .tenant(&tenant.id)
+                            .subject(&subject)
+                            .fields([&field])
+                            .reason("retention period ended")
+                            .run_system(
+                                async {
+                                    Ok(self
+                                        .store
+                                        .delete_expired(&tenant.id, &subject, &field, at)?)
+                                },
+                                |removed, ev| {
+                                    if !*removed {
+                                        ev.reason = "retention period ended; already gone".into();
+                                    }
+                                },
+                            )
+                            .await?;
                         if removed {
-                            self.use_case(&call, Operation::RetentionDelete)
-                                .tenant(&tenant.id)
-                                .subject(&subject)
-                                .fields([&field])
-                                .reason("retention period ended")
-                                .run_system(async { Ok(()) }, no_detail)
-                                .await?;
                             self.metrics.retention_deletions(1);
                             deleted += 1;
                         }

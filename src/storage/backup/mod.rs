@@ -43,9 +43,14 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::StoreError;
+use super::{SegmentLog, StoreError};
 use crate::codec::Writer;
 use crate::crypto::{Sha256, SHA256_LEN};
+
+/// The tree and `meta` keys the audit log is written under (see `write`).
+const AUDIT_TREE: &str = "audit";
+const AUDIT_HEAD: &str = "audit_head";
+const AUDIT_CHECKPOINT: &str = "audit_checkpoint";
 
 /// The format this build writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
@@ -170,10 +175,14 @@ fn backend(e: sled::Error) -> StoreError {
     StoreError::Backend(e.to_string())
 }
 
-/// Writes a backup of every tree of `db`, handing the file's bytes to `emit` in order;
-/// stops when `emit` returns false.
+/// Writes a backup of every tree of `db` and of the audit log `audit`, handing the file's
+/// bytes to `emit` in order; stops when `emit` returns false.
+///
+/// The audit log goes in the form format 1 has always had: its events as the `audit` tree,
+/// its head and checkpoint records as `meta` entries (`audit_head`, `audit_checkpoint`). A
+/// restored store moves them into segment files when it is first opened.
 pub(super) fn write(
-    db: &sled::Db, stamp: Stamp, emit: &mut dyn FnMut(Vec<u8>) -> bool,
+    db: &sled::Db, audit: &SegmentLog, stamp: Stamp, emit: &mut dyn FnMut(Vec<u8>) -> bool,
 ) -> Result<Manifest, StoreError> {
     let mut names = db
         .tree_names()
@@ -194,14 +203,41 @@ pub(super) fn write(
         restorable_until_unix: Some(stamp.restorable_until_unix),
         trees: Vec::with_capacity(names.len()),
     };
+    if !names.iter().any(|n| n == AUDIT_TREE) {
+        names.insert(1.min(names.len()), AUDIT_TREE.to_owned());
+    }
     for name in names {
-        let tree = db.open_tree(&name).map_err(backend)?;
         out.push(&Writer::new().u8(TAG_TREE).str(&name).finish())?;
         let mut records = 0u64;
-        for kv in tree.iter() {
-            let (k, v) = kv.map_err(backend)?;
-            out.push(&Writer::new().u8(TAG_ENTRY).bytes(&k).bytes(&v).finish())?;
+        let mut entry = |k: &[u8], v: &[u8]| {
             records += 1;
+            out.push(&Writer::new().u8(TAG_ENTRY).bytes(k).bytes(v).finish())
+        };
+        if name == AUDIT_TREE {
+            // The head was read first (with `meta`), so every event it vouches for follows.
+            let mut after = 0;
+            loop {
+                let page = audit.scan(after, 4096)?;
+                let Some((last, _)) = page.last() else { break };
+                after = *last;
+                for (seq, bytes) in &page {
+                    entry(&seq.to_be_bytes(), bytes)?;
+                }
+            }
+        } else {
+            let tree = db.open_tree(&name).map_err(backend)?;
+            for kv in tree.iter() {
+                let (k, v) = kv.map_err(backend)?;
+                entry(&k, &v)?;
+            }
+            if name == "meta" {
+                let marks = audit.marks();
+                for (key, mark) in [(AUDIT_HEAD, marks.head), (AUDIT_CHECKPOINT, marks.checkpoint)] {
+                    if let Some(mark) = mark {
+                        entry(key.as_bytes(), &mark)?;
+                    }
+                }
+            }
         }
         manifest.trees.push(TreeCount { name, records });
     }

@@ -13,13 +13,22 @@ fn sample_db() -> sled::Db {
     db
 }
 
+/// An audit log of five events, in `dir/audit`.
+fn sample_audit(dir: &Path) -> SegmentLog {
+    let log = SegmentLog::open(&dir.join("audit"), 1 << 20).expect("audit log");
+    let events: Vec<(u64, Vec<u8>)> = (1..=5).map(|s| (s, vec![s as u8; 40])).collect();
+    log.append(&events, b"head 5").expect("append");
+    log
+}
+
 fn backup_file(db: &sled::Db, dir: &Path) -> (PathBuf, Manifest) {
+    let audit = sample_audit(dir);
     let mut bytes = Vec::new();
     let stamp = Stamp {
         created_unix: 42,
         restorable_until_unix: 42 + 86_400,
     };
-    let manifest = write(db, stamp, &mut |chunk| {
+    let manifest = write(db, &audit, stamp, &mut |chunk| {
         bytes.extend_from_slice(&chunk);
         true
     })
@@ -35,9 +44,10 @@ fn round_trip_keeps_every_entry_in_dependency_order() {
     let db = sample_db();
     let (path, manifest) = backup_file(&db, dir.path());
     let names: Vec<&str> = manifest.trees.iter().map(|t| t.name.as_str()).collect();
-    assert_eq!(names[..2], ["meta", "t/acme/fields"]);
+    assert_eq!(names[..3], ["meta", "audit", "t/acme/fields"]);
     assert_eq!(names.last(), Some(&"tenants"));
-    assert_eq!(manifest.records(), 303);
+    // Three meta entries with the audit head, five audit events.
+    assert_eq!(manifest.records(), 3 + 5 + 300 + 1);
     assert_eq!(verify(&path).expect("verifies"), manifest);
 
     let store = dir.path().join("store");
@@ -45,11 +55,25 @@ fn round_trip_keeps_every_entry_in_dependency_order() {
     // `restore` just closed the store; sled lets go of its lock from its own threads.
     let restored =
         crate::storage::open_waiting_for_lock(&sled::Config::new().path(&store)).expect("open");
-    for name in ["meta", "tenants", "t/acme/fields"] {
+    for name in ["tenants", "t/acme/fields"] {
         let a = db.open_tree(name).expect("tree");
         let b = restored.open_tree(name).expect("tree");
         assert!(a.iter().eq(b.iter()), "{name} differs");
     }
+    // The audit log comes back in the form an earlier version stored it in (moved into
+    // segment files when the store is opened).
+    let meta = restored.open_tree("meta").expect("meta");
+    assert_eq!(meta.len(), 3);
+    assert_eq!(meta.get("audit_head").expect("get").as_deref(), Some(&b"head 5"[..]));
+    let audit = restored.open_tree("audit").expect("audit");
+    let events: Vec<(u64, Vec<u8>)> = audit
+        .iter()
+        .map(|kv| {
+            let (k, v) = kv.expect("entry");
+            (u64::from_be_bytes(k.as_ref().try_into().expect("seq")), v.to_vec())
+        })
+        .collect();
+    assert_eq!(events, (1..=5).map(|s| (s, vec![s as u8; 40])).collect::<Vec<_>>());
     drop(restored);
     assert!(matches!(
         restore(&path, &store),

@@ -1,87 +1,79 @@
-//! The sled side of the audit log: events in the `audit` tree by sequence number, the head
-//! and checkpoint records in `meta`.
+//! The sled store's audit log: segment files of its own in `<store>/audit/`
+//! (`storage::segments`), so sled keeps only data. A store written by an earlier version
+//! kept its events in the `audit` tree and its head and checkpoint records in `meta`; they
+//! are moved into segments once, when such a store is opened (and when a backup, which
+//! still carries them in that form, is restored and opened).
 
-use sled::transaction::{TransactionError, Transactional};
+use std::path::Path;
 
-use crate::storage::{AuditMarks, Store, StoreError, StoreResult};
+use crate::storage::{SegmentLog, StoreError, StoreResult, DEFAULT_SEGMENT_BYTES};
 
-use super::{backend, tx_error, SledStore};
+use super::backend;
 
-const AUDIT_HEAD: &str = "audit_head";
-const AUDIT_CHECKPOINT: &str = "audit_checkpoint";
-/// Events deleted per batch when pruning, so a large prune never builds one huge batch.
-const PRUNE_BATCH: usize = 4096;
+pub(super) const AUDIT_HEAD: &str = "audit_head";
+pub(super) const AUDIT_CHECKPOINT: &str = "audit_checkpoint";
+/// The segments' directory inside the store directory.
+pub(super) const AUDIT_DIR: &str = "audit";
+/// Events per batch written while moving the tree into segments.
+const MOVE_BATCH: usize = 4096;
 
-/// An audit event as stored: its sequence number (u64 BE) and its bytes.
-fn event(key: &[u8], value: &[u8]) -> StoreResult<(u64, Vec<u8>)> {
-    let seq = <[u8; 8]>::try_from(key).map_err(|_| StoreError::Corrupt("audit key"))?;
-    Ok((u64::from_be_bytes(seq), value.to_vec()))
+/// Opens the audit log of the store in `dir`, first moving the events of an earlier
+/// version's `audit` tree into it.
+///
+/// The move writes a complete log into `audit.moving/`, syncs it and renames it into place,
+/// and only then empties the tree: a crash before the rename leaves the tree as it was (the
+/// move starts again), a crash after it leaves a tree the next open empties.
+pub(super) fn open_log(
+    dir: &Path, tree: &sled::Tree, meta: &sled::Tree,
+) -> StoreResult<SegmentLog> {
+    let target = dir.join(AUDIT_DIR);
+    let tree_used = !tree.is_empty();
+    if tree_used && !target.exists() {
+        let moving = dir.join("audit.moving");
+        if moving.exists() {
+            std::fs::remove_dir_all(&moving).map_err(|e| moved("clear", &e))?;
+        }
+        let log = SegmentLog::open(&moving, DEFAULT_SEGMENT_BYTES)?;
+        let head = meta.get(AUDIT_HEAD).map_err(backend)?.unwrap_or_default();
+        let mut batch = Vec::with_capacity(MOVE_BATCH);
+        for kv in tree.iter() {
+            let (k, v) = kv.map_err(backend)?;
+            let seq = <[u8; 8]>::try_from(k.as_ref()).map_err(|_| StoreError::Corrupt("audit key"))?;
+            batch.push((u64::from_be_bytes(seq), v.to_vec()));
+            if batch.len() == MOVE_BATCH {
+                log.append(&batch, &head)?;
+                batch.clear();
+            }
+        }
+        log.append(&batch, &head)?;
+        if let Some(mark) = meta.get(AUDIT_CHECKPOINT).map_err(backend)? {
+            // Pruning deleted the events the checkpoint covers, up to the first one kept.
+            let first = tree.first().map_err(backend)?.map(|(k, _)| k);
+            let through = first
+                .and_then(|k| <[u8; 8]>::try_from(k.as_ref()).ok())
+                .map_or(0, |k| u64::from_be_bytes(k).saturating_sub(1));
+            log.prune(through, &mark)?;
+        }
+        drop(log);
+        std::fs::rename(&moving, &target).map_err(|e| moved("rename", &e))?;
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| moved("sync", &e))?;
+        tracing::info!(
+            events = tree.len(),
+            "moved the audit log out of the store into segment files"
+        );
+    }
+    if tree_used {
+        tree.clear().map_err(backend)?;
+        meta.remove(AUDIT_HEAD).map_err(backend)?;
+        meta.remove(AUDIT_CHECKPOINT).map_err(backend)?;
+        tree.flush().map_err(backend)?;
+        meta.flush().map_err(backend)?;
+    }
+    SegmentLog::open(&target, DEFAULT_SEGMENT_BYTES)
 }
 
-impl SledStore {
-    pub(super) fn append_audit(&self, events: &[(u64, Vec<u8>)], head: &[u8]) -> StoreResult<()> {
-        (&self.audit, &self.meta)
-            .transaction(|(audit, meta)| {
-                for (seq, bytes) in events {
-                    audit.insert(&seq.to_be_bytes(), bytes.as_slice())?;
-                }
-                meta.insert(AUDIT_HEAD, head)?;
-                Ok(())
-            })
-            .map_err(|e: TransactionError<StoreError>| tx_error(e))
-    }
-
-    pub(super) fn scan_audit(&self, after: u64, limit: usize) -> StoreResult<Vec<(u64, Vec<u8>)>> {
-        let start = after.saturating_add(1).to_be_bytes();
-        self.audit
-            .range(start..)
-            .take(limit)
-            .map(|kv| {
-                let (k, v) = kv.map_err(backend)?;
-                event(&k, &v)
-            })
-            .collect()
-    }
-
-    pub(super) fn last_audit(&self) -> StoreResult<Option<(u64, Vec<u8>)>> {
-        match self.audit.last().map_err(backend)? {
-            None => Ok(None),
-            Some((k, v)) => event(&k, &v).map(Some),
-        }
-    }
-
-    pub(super) fn audit_bounds(&self) -> StoreResult<AuditMarks> {
-        Ok(AuditMarks {
-            head: self.meta(AUDIT_HEAD)?,
-            checkpoint: self.meta(AUDIT_CHECKPOINT)?,
-        })
-    }
-
-    pub(super) fn prune_audit(&self, through: u64, checkpoint: &[u8]) -> StoreResult<u64> {
-        // The checkpoint goes first: if pruning stops half-way, the events left before it
-        // are skipped by verification instead of being reported missing.
-        self.meta
-            .insert(AUDIT_CHECKPOINT, checkpoint)
-            .map_err(backend)?;
-        let end = through.saturating_add(1).to_be_bytes();
-        let mut deleted = 0u64;
-        loop {
-            let keys: Vec<sled::IVec> = self
-                .audit
-                .range(..end)
-                .keys()
-                .take(PRUNE_BATCH)
-                .collect::<Result<_, _>>()
-                .map_err(backend)?;
-            if keys.is_empty() {
-                return Ok(deleted);
-            }
-            let mut batch = sled::Batch::default();
-            for k in &keys {
-                batch.remove(k);
-            }
-            self.audit.apply_batch(batch).map_err(backend)?;
-            deleted += keys.len() as u64;
-        }
-    }
+fn moved(what: &str, e: &std::io::Error) -> StoreError {
+    StoreError::Backend(format!("moving the audit log into segment files: {what}: {e}"))
 }

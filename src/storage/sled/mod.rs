@@ -14,7 +14,8 @@
 //!   key epoch.
 //! - `legal_holds`: (end, tenant, shadow subject) of records kept under a legal duty after
 //!   their subject's erasure.
-//! - `audit`: sequence number (u64 BE) → encoded audit event.
+//! - `audit`: empty; an earlier version's audit events, moved at open into the audit log's
+//!   segment files in `<store>/audit/` (`audit.rs`, `storage::segments`).
 //! - `key_state`: tenant → `TenantKeyState` (KEK versions, usage reservations, re-wrap
 //!   progress); see `keys.rs`.
 //!
@@ -37,6 +38,8 @@ use std::sync::RwLock;
 use std::time::{Duration, Instant};
 
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
+
+use super::SegmentLog;
 
 use self::trees::{
     decode_subject_key, decode_tenant_key, expiry_key, field_key, idempotency_expiry_key,
@@ -63,7 +66,8 @@ pub struct SledStore {
     meta: sled::Tree,
     tenants: sled::Tree,
     keks: sled::Tree,
-    audit: sled::Tree,
+    /// The audit log, in segment files of its own (`audit.rs`).
+    audit: SegmentLog,
     epoch_pending: sled::Tree,
     legal_holds: sled::Tree,
     key_state: sled::Tree,
@@ -163,11 +167,13 @@ impl SledStore {
     }
 
     fn over(db: sled::Db, dir: &Path) -> StoreResult<Self> {
+        let meta = db.open_tree("meta").map_err(backend)?;
+        let audit = audit::open_log(dir, &db.open_tree("audit").map_err(backend)?, &meta)?;
         Ok(Self {
-            meta: db.open_tree("meta").map_err(backend)?,
+            meta,
+            audit,
             tenants: db.open_tree("tenants").map_err(backend)?,
             keks: db.open_tree("keks").map_err(backend)?,
-            audit: db.open_tree("audit").map_err(backend)?,
             epoch_pending: db.open_tree("epoch_pending").map_err(backend)?,
             legal_holds: db.open_tree("legal_holds").map_err(backend)?,
             key_state: db.open_tree("key_state").map_err(backend)?,
@@ -446,23 +452,27 @@ impl Store for SledStore {
     }
 
     fn audit_append(&self, events: &[(u64, Vec<u8>)], head: &[u8]) -> StoreResult<()> {
-        self.append_audit(events, head)
+        self.audit.append(events, head)
     }
 
     fn audit_scan(&self, after: u64, limit: usize) -> StoreResult<Vec<(u64, Vec<u8>)>> {
-        self.scan_audit(after, limit)
+        self.audit.scan(after, limit)
     }
 
     fn audit_last(&self) -> StoreResult<Option<(u64, Vec<u8>)>> {
-        self.last_audit()
+        Ok(self.audit.last())
     }
 
     fn audit_marks(&self) -> StoreResult<AuditMarks> {
-        self.audit_bounds()
+        Ok(self.audit.marks())
     }
 
     fn audit_prune(&self, through: u64, checkpoint: &[u8]) -> StoreResult<u64> {
-        self.prune_audit(through, checkpoint)
+        self.audit.prune(through, checkpoint)
+    }
+
+    fn audit_tail_cut(&self) -> Option<super::TailCut> {
+        self.audit.tail_cut()
     }
 
     fn flush(&self) -> StoreResult<()> {
@@ -480,6 +490,6 @@ impl Store for SledStore {
         &self, stamp: super::backup::Stamp, emit: &mut dyn FnMut(Vec<u8>) -> bool,
     ) -> StoreResult<Manifest> {
         self.flush()?;
-        super::backup::write(&self.db, stamp, emit)
+        super::backup::write(&self.db, &self.audit, stamp, emit)
     }
 }
