@@ -226,11 +226,21 @@ impl Vault {
             Some(path) => Some(HighWater::check(path, store.as_ref(), &audit_key)?),
             None => None,
         };
+        let high_water = high_water.map(Arc::new);
         let background = Background::default();
+        // The audit writer keeps the newest durable sequence number; each flush stores it in
+        // the store and, once flushed, hands it to the high-water mark (a rolled-back store
+        // holds an older one).
+        let durable_seq = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let flush_mark = high_water.clone().map(|hw| crate::storage::FlushMark {
+            source: durable_seq.clone(),
+            flushed: Arc::new(move |seq| hw.advance_data(seq)),
+        });
         let commit = GroupCommit::start(
             store.clone(),
             settings.metrics.clone(),
             background.tracker(),
+            flush_mark,
         );
         let sink = settings
             .audit_sink
@@ -263,7 +273,8 @@ impl Vault {
             key: Arc::new(audit_key),
             now: clock.now(),
             metrics: settings.metrics.clone(),
-            high_water: high_water.map(Arc::new),
+            high_water,
+            durable_seq,
             background: background.clone(),
             syslog,
         };

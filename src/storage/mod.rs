@@ -21,14 +21,14 @@ mod sled;
 
 pub use self::postgres::{PgStore, PgTls};
 pub use self::sled::{open_waiting_for_lock, SledOpenError, SledStore};
-pub use group_commit::GroupCommit;
-pub use segments::{SegmentLog, TailCut, DEFAULT_SEGMENT_BYTES};
+pub use group_commit::{stored_mark, FlushMark, GroupCommit, DATA_MARK};
 pub use key_records::{KeyChange, KeyVersionInfo, RewrapJob, RootKeyState, TenantKeyState};
 pub use records::{
     categories_in, category_bit, Erasure, FieldRecord, Idempotency, IdempotencyRecord, OlderDek,
     RecordKind, Seal, SealedField, StateRecord, SubjectRecord, SubjectWrite, TenantRecord,
     Tombstone, Written,
 };
+pub use segments::{SegmentLog, TailCut, DEFAULT_SEGMENT_BYTES};
 
 use crate::crypto::Sealed;
 use crate::domain::{Category, FieldName, SubjectId, TenantId, Timestamp};

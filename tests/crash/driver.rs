@@ -46,6 +46,8 @@ pub struct Report {
     values_checked: u64,
     erasures_checked: u64,
     reads_audited: u64,
+    /// Visible changes (values read back) whose write's audit event was found.
+    pub writes_audited: u64,
     chains_online: u64,
     chains_offline: u64,
     elapsed: Duration,
@@ -73,8 +75,8 @@ impl fmt::Display for Report {
         )?;
         writeln!(
             f,
-            "  acknowledged operations checked after restarts: {checked} ({} field values, {} erasures, {} reads' audit events); audit chain verified {} times online, {} offline",
-            self.values_checked, self.erasures_checked, self.reads_audited, self.chains_online, self.chains_offline
+            "  acknowledged operations checked after restarts: {checked} ({} field values, {} erasures, {} reads' audit events); {} visible values' writes found in the audit log; audit chain verified {} times online, {} offline",
+            self.values_checked, self.erasures_checked, self.reads_audited, self.writes_audited, self.chains_online, self.chains_offline
         )?;
         writeln!(
             f,
@@ -140,6 +142,7 @@ pub async fn run(cycles: usize, seed: u64) -> Report {
         if h.report.cycles.is_multiple_of(PROGRESS_EVERY) {
             h.report.elapsed = began.elapsed();
             h.report.reads_audited = h.audit.found;
+            h.report.writes_audited = h.audit.writes_found;
             eprintln!("after {}", h.report);
         }
     }
@@ -154,6 +157,7 @@ pub async fn run(cycles: usize, seed: u64) -> Report {
     assert!(status.success(), "vault exited with {status} on SIGTERM");
     h.offline_check();
     h.report.reads_audited = h.audit.found;
+    h.report.writes_audited = h.audit.writes_found;
     h.report.elapsed = began.elapsed();
     h.report
 }

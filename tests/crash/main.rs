@@ -8,6 +8,9 @@
 //!   value of a write that was in flight, whole), and no acknowledged erasure comes back;
 //! - every read the client received has its `get_fields` audit event (the vault audits
 //!   before it answers), and VerifyAuditLog says the chain is intact;
+//! - every value read back, acknowledged or not, was written by a request whose
+//!   `put_fields` event is in the log (a change is never visible without its event: its
+//!   intent is durable before it is made);
 //! - the tenant key version is not behind an acknowledged rotation.
 //!
 //! `cargo test --release --test crash` runs 25 cycles; the long form is
@@ -56,4 +59,8 @@ async fn sigkill_at_random_moments_loses_no_acknowledged_write_or_erasure() {
         report.violations.join("\n")
     );
     assert_eq!(report.cycles, cycles as usize);
+    assert!(
+        report.writes_audited > 0,
+        "no visible write was checked against the audit log"
+    );
 }

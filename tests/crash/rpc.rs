@@ -88,13 +88,10 @@ pub async fn get(
 }
 
 /// A read of every field of `subject`, classified for `Subject::settle`.
-pub async fn read_all(c: &mut Clients, id: &str, subject: &str) -> (Answer, Option<Vec<String>>) {
+pub async fn read_all(c: &mut Clients, id: &str, subject: &str) -> Answer {
     match get(c, id, subject, &[]).await {
-        Ok(fields) => {
-            let names = fields.iter().map(|(n, _)| n.clone()).collect();
-            (Answer::Fields(fields), Some(names))
-        }
-        Err(s) => (classify_not_found(&s), None),
+        Ok(fields) => Answer::Fields(fields),
+        Err(s) => classify_not_found(&s),
     }
 }
 
@@ -147,11 +144,11 @@ pub async fn key_status(c: &mut Clients, id: &str) -> Result<(u32, bool), Status
 
 /// `get_fields` events after `after_seq`.
 pub async fn read_events(
-    c: &mut Clients, id: &str, after_seq: u64,
+    c: &mut Clients, id: &str, operation: &str, after_seq: u64,
 ) -> Result<Vec<pb::AuditEvent>, Status> {
     let msg = pb::QueryAuditLogRequest {
         tenant_id: TENANT.into(),
-        operation: "get_fields".into(),
+        operation: operation.into(),
         after_seq,
         limit: 100_000,
         ..Default::default()

@@ -3,12 +3,12 @@
 //! (VerifyAuditLog) and offline (`pii-vault audit verify` on the stopped vault), the
 //! tenant's key version never behind an acknowledged rotation.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use pii_vault::proto::v1 as pb;
 
-use crate::model::{Life, Settled, Subject};
+use crate::model::{Answer, Life, Settled, Subject};
 use crate::rng::Rng;
 use crate::rpc::{self, Clients, TENANT};
 use crate::workload::ReadSeen;
@@ -42,13 +42,9 @@ pub async fn settle_all(
             continue;
         }
         let id = format!("{id_prefix}n{i}");
-        let (answer, names) = rpc::read_all(c, &id, &s.id).await;
-        if let Some(fields) = names {
-            seen.push(ReadSeen {
-                request_id: id,
-                subject: s.id.clone(),
-                fields,
-            });
+        let answer = rpc::read_all(c, &id, &s.id).await;
+        if let Answer::Fields(got) = &answer {
+            seen.push(ReadSeen::new(id, s.id.clone(), got));
         }
         s.settle(answer, &mut out);
         s.recheck = false;
@@ -65,6 +61,12 @@ pub struct AuditCheck {
     cursor: u64,
     /// Reads whose audit event was found.
     pub found: u64,
+    /// Request ids of every `put_fields` event seen so far (intents and endings), and the
+    /// sequence number the next query of them resumes after.
+    writes_logged: HashSet<String>,
+    write_cursor: u64,
+    /// Writes whose values were read back (visible changes) and whose event was found.
+    pub writes_found: u64,
 }
 
 impl AuditCheck {
@@ -75,7 +77,31 @@ impl AuditCheck {
     /// Queries the new `get_fields` events and matches every pending read to one; a read
     /// without its event (or with one that does not describe it) is a violation.
     pub async fn check(&mut self, c: &mut Clients, id: &str, violations: &mut Vec<String>) {
-        let events = match rpc::read_events(c, id, self.cursor).await {
+        match rpc::read_events(c, &format!("{id}w"), "put_fields", self.write_cursor).await {
+            Ok(events) => {
+                self.write_cursor = events
+                    .iter()
+                    .map(|e| e.seq)
+                    .max()
+                    .unwrap_or(self.write_cursor);
+                self.writes_logged
+                    .extend(events.into_iter().map(|e| e.request_id));
+            }
+            Err(s) => violations.push(format!("QueryAuditLog of writes failed: {s}")),
+        }
+        for read in &self.pending {
+            for writer in &read.writers {
+                if self.writes_logged.contains(writer) {
+                    self.writes_found += 1;
+                } else {
+                    violations.push(format!(
+                        "{}: a value written by {writer} is visible, but that write has no audit event",
+                        read.subject
+                    ));
+                }
+            }
+        }
+        let events = match rpc::read_events(c, id, "get_fields", self.cursor).await {
             Ok(e) => e,
             Err(s) => {
                 violations.push(format!("QueryAuditLog failed: {s}"));

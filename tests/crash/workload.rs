@@ -31,6 +31,27 @@ pub struct ReadSeen {
     pub subject: String,
     /// Names of the fields it returned, in name order.
     pub fields: Vec<String>,
+    /// The request ids of the writes whose values it returned (a value is written as
+    /// `<request id>.<name>`): changes visible in the store, each of which must have its
+    /// audit event.
+    pub writers: Vec<String>,
+}
+
+impl ReadSeen {
+    pub fn new(request_id: String, subject: String, got: &[(String, String)]) -> Self {
+        let mut writers: Vec<String> = got
+            .iter()
+            .filter_map(|(_, v)| v.rsplit_once('.').map(|(id, _)| id.to_owned()))
+            .collect();
+        writers.sort();
+        writers.dedup();
+        Self {
+            request_id,
+            subject,
+            fields: got.iter().map(|(n, _)| n.clone()).collect(),
+            writers,
+        }
+    }
 }
 
 /// Acknowledged operations and what went wrong, summed over a run.
@@ -171,11 +192,7 @@ impl Worker {
                         .violations
                         .push(format!("{subject}: read {got:?}, acknowledged {expect:?}"));
                 }
-                self.tally.reads_seen.push(ReadSeen {
-                    request_id: id,
-                    subject,
-                    fields: got.into_iter().map(|(n, _)| n).collect(),
-                });
+                self.tally.reads_seen.push(ReadSeen::new(id, subject, &got));
                 true
             }
             Err(status) => self.failed(flags, "GetFields", &status),

@@ -1,5 +1,6 @@
 //! The audit log: one event per request, no values, tamper evidence, fail closed, pruning.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,7 +12,7 @@ use pii_vault::keyring::{Keyring, RootKeys};
 use pii_vault::proto::v1 as pb;
 use pii_vault::service::verify_store;
 use pii_vault::storage::faults::Faults;
-use pii_vault::storage::{open_waiting_for_lock, SledStore, Store};
+use pii_vault::storage::{SegmentLog, SledStore, Store, DEFAULT_SEGMENT_BYTES};
 use prost::Message;
 use tonic::Code;
 
@@ -129,7 +130,14 @@ async fn the_query_filters_and_resumes_from_a_cursor() {
         ..Default::default()
     };
     let all = query(&vault, s1.clone()).await;
-    assert_eq!(all.len(), 10);
+    // Each put is two events: its intent, then how it ended.
+    assert_eq!(all.len(), 20);
+    assert_eq!(
+        all.iter()
+            .filter(|e| e.outcome == pb::Outcome::Intent as i32)
+            .count(),
+        10
+    );
     let first = query(
         &vault,
         pb::QueryAuditLogRequest {
@@ -223,11 +231,28 @@ fn verify_dir(dir: &std::path::Path) -> pii_vault::audit::VerifyReport {
     verify_store(store.as_ref(), &keys.audit_key().expect("audit key")).expect("verify")
 }
 
-/// Applies `edit` to the raw audit tree of a stopped vault.
-fn tamper(dir: &std::path::Path, edit: impl FnOnce(&sled::Tree)) {
-    let db = open_waiting_for_lock(&sled::Config::new().path(dir.join("store"))).expect("sled");
-    edit(&db.open_tree("audit").expect("tree"));
-    db.flush().expect("flush");
+/// The audit log's segment files of a stopped vault.
+fn audit_dir(dir: &std::path::Path) -> std::path::PathBuf {
+    dir.join("store").join("audit")
+}
+
+/// Every event of a stopped vault's audit log, by sequence number, and its head record.
+fn raw_events(dir: &std::path::Path) -> (BTreeMap<u64, Vec<u8>>, Vec<u8>) {
+    let log = SegmentLog::open(&audit_dir(dir), DEFAULT_SEGMENT_BYTES).expect("audit log");
+    let events = log.scan(0, usize::MAX).expect("scan").into_iter().collect();
+    (events, log.marks().head.expect("head"))
+}
+
+/// Applies `edit` to the events of a stopped vault's audit log and writes the log again,
+/// as someone with write access to the files would (frames with valid checksums: only the
+/// chain can tell).
+fn tamper(dir: &std::path::Path, edit: impl FnOnce(&mut BTreeMap<u64, Vec<u8>>)) {
+    let (mut events, head) = raw_events(dir);
+    edit(&mut events);
+    std::fs::remove_dir_all(audit_dir(dir)).expect("remove");
+    let log = SegmentLog::open(&audit_dir(dir), DEFAULT_SEGMENT_BYTES).expect("audit log");
+    let events: Vec<(u64, Vec<u8>)> = events.into_iter().collect();
+    log.append(&events, &head).expect("append");
 }
 
 #[tokio::test]
@@ -258,42 +283,57 @@ async fn flipped_deleted_or_swapped_events_fail_verification_at_their_sequence_n
     assert!(report.is_ok(), "{report:?}");
     assert!(report.checked >= 11);
 
-    let key = |seq: u64| seq.to_be_bytes();
-    let original = |seq: u64| {
-        let db = open_waiting_for_lock(&sled::Config::new().path(dir.path().join("store")))
-            .expect("sled");
-        let v = db
-            .open_tree("audit")
-            .expect("tree")
-            .get(key(seq))
-            .expect("get")
-            .expect("event");
-        v.to_vec()
-    };
-    let (e3, e4, e5, e6) = (original(3), original(4), original(5), original(6));
+    let original = raw_events(dir.path()).0;
+    let e = |seq: u64| original[&seq].clone();
+    let (e3, e4, e5, e6) = (e(3), e(4), e(5), e(6));
 
     tamper(dir.path(), |t| {
         let mut bad = e3.clone();
         let mid = bad.len() / 2;
         bad[mid] ^= 0x20;
-        t.insert(key(3), bad).expect("insert");
+        t.insert(3, bad);
     });
     assert_eq!(verify_dir(dir.path()).first_bad, Some(3));
     tamper(dir.path(), |t| {
-        t.insert(key(3), e3.clone()).expect("restore");
-        t.remove(key(4)).expect("remove");
+        t.insert(3, e3.clone());
+        t.remove(&4);
     });
     assert_eq!(verify_dir(dir.path()).first_bad, Some(4));
     tamper(dir.path(), |t| {
-        t.insert(key(4), e4.clone()).expect("restore");
-        t.insert(key(5), e6.clone()).expect("swap");
-        t.insert(key(6), e5.clone()).expect("swap");
+        t.insert(4, e4.clone());
+        t.insert(5, e6.clone());
+        t.insert(6, e5.clone());
     });
     assert_eq!(verify_dir(dir.path()).first_bad, Some(5));
     tamper(dir.path(), |t| {
-        t.insert(key(5), e5).expect("restore");
-        t.insert(key(6), e6).expect("restore");
+        t.insert(5, e5);
+        t.insert(6, e6);
     });
+    assert!(verify_dir(dir.path()).is_ok());
+
+    // A byte flipped in the files themselves (its frame's checksum fails) is reported at
+    // its sequence number too, not cut off as a torn tail.
+    let segment = std::fs::read_dir(audit_dir(dir.path()))
+        .expect("list")
+        .map(|e| e.expect("entry").path())
+        .find(|p| p.extension().is_some_and(|x| x == "seg"))
+        .expect("a segment");
+    let bytes = std::fs::read(&segment).expect("read");
+    let at = bytes
+        .windows(e(8).len())
+        .position(|w| w == e(8).as_slice())
+        .expect("event 8 in the segment")
+        + 10;
+    let mut flipped = bytes.clone();
+    flipped[at] ^= 0x01;
+    std::fs::write(&segment, &flipped).expect("write");
+    let report = verify_dir(dir.path());
+    assert_eq!(report.first_bad, Some(8), "{report:?}");
+    assert!(
+        report.problem.as_deref().unwrap_or("").contains("damaged"),
+        "{report:?}"
+    );
+    std::fs::write(&segment, &bytes).expect("write back");
     assert!(verify_dir(dir.path()).is_ok());
 
     // The offline command says the same, with a failing exit status on a broken chain.
@@ -311,7 +351,7 @@ async fn flipped_deleted_or_swapped_events_fail_verification_at_their_sequence_n
         String::from_utf8_lossy(&out.stderr)
     );
     tamper(dir.path(), |t| {
-        t.remove(key(7)).expect("remove");
+        t.remove(&7);
     });
     let out = cli(dir.path());
     assert!(!out.status.success());
@@ -371,15 +411,25 @@ async fn reads_fail_closed_when_the_audit_log_cannot_be_written() {
         1
     );
 
-    // Failed flushes fail reads closed too.
+    // The audit log is not the data store: with the store's flushes failing, reads are
+    // still recorded (and served); a change answers UNAVAILABLE.
     Faults::set(&faults.fail_flush, true);
     assert_eq!(
         get(&mut client, "acme", "u", &[])
             .await
-            .expect_err("no flush")
-            .code(),
-        Code::Unavailable
+            .expect("the store's flush is not the audit log's")
+            .len(),
+        1
     );
+    let write = put(
+        &mut client,
+        "acme",
+        "u2",
+        vec![text("email", pb::Category::Account, "b@example.com")],
+    )
+    .await
+    .expect_err("no flush");
+    assert_eq!(write.code(), Code::Unavailable, "{write:?}");
     Faults::set(&faults.fail_flush, false);
     drop(client);
     vault.stop().await;
@@ -451,19 +501,19 @@ async fn pruning_keeps_the_chain_verifiable() {
     }
     let report = vault.prune_audit(&call, 0).await.expect("prune");
     assert_eq!(
-        report.deleted, 41,
-        "1 tenant creation + 20 puts + 20 reads are older than a year"
+        report.deleted, 62,
+        "1 tenant creation + 20 puts (each an intent and its ending) + 20 reads are older than a year"
     );
-    assert_eq!(report.through, Some(41));
+    assert_eq!(report.through, Some(62));
     let verified = vault.verify_audit(&call).await.expect("verify");
     assert!(verified.is_ok(), "{verified:?}");
-    assert_eq!(verified.first_seq, 42);
+    assert_eq!(verified.first_seq, 63);
     let remaining = vault
         .audit_log()
         .query(&AuditFilter::default(), 0, 1000)
         .expect("query")
         .events;
-    assert_eq!(remaining.first().map(|e| e.seq), Some(42));
+    assert_eq!(remaining.first().map(|e| e.seq), Some(63));
     assert!(remaining
         .iter()
         .any(|e| e.draft.operation == Operation::PruneAudit && e.draft.outcome == Outcome::Ok));

@@ -1,6 +1,6 @@
 //! Deadlines: a request still running at the server's deadline or at the caller's answers
 //! DEADLINE_EXCEEDED, and what it was doing is not left half done: a write stalled in its
-//! audit append completes with its event after the answer.
+//! audit append (its intent) is made, with its events, after the answer.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -64,7 +64,13 @@ async fn a_request_past_its_deadline_answers_deadline_exceeded_and_finishes_whol
         .await
         .expect("read");
     assert_eq!(fields[0].version, 2, "both writes were done");
-    assert_eq!(text_of(&fields[0]), "second");
+    // Each was made only once its intent was on disk, both after the stall: in flight at
+    // the same time, either may have been made last.
+    assert!(
+        ["first", "second"].contains(&text_of(&fields[0])),
+        "{:?}",
+        text_of(&fields[0])
+    );
     let puts = all_audit_events(&vault)
         .await
         .into_iter()

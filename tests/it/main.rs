@@ -16,6 +16,7 @@ mod abuse;
 mod access;
 mod at_rest;
 mod audit;
+mod audit_durable;
 mod audit_syslog;
 mod authz;
 mod authz_matrix;

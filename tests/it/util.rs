@@ -224,6 +224,15 @@ pub async fn faulty_vault(edit: impl FnOnce(&mut RawConfig)) -> (TestVault, Arc<
     )
 }
 
+/// The events that say how a request ended: without the intents a change records before
+/// it is made.
+pub fn endings(events: Vec<pb::AuditEvent>) -> Vec<pb::AuditEvent> {
+    events
+        .into_iter()
+        .filter(|e| e.outcome != pb::Outcome::Intent as i32)
+        .collect()
+}
+
 /// Every audit event, in sequence order, read with the dev client.
 pub async fn all_audit_events(vault: &TestVault) -> Vec<pb::AuditEvent> {
     let everything = pb::QueryAuditLogRequest {

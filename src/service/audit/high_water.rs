@@ -8,6 +8,11 @@
 //! the store after every erasure, at most a second after other changes, and at shutdown. At
 //! start a store that ends before the mark, or holds another event at its place, is refused.
 //!
+//! The audit log has files of its own, so the data store is checked too: each flush stores
+//! the audit sequence number durable at that moment in the store's metadata
+//! (`storage::DATA_MARK`), and the file records the newest one a flush completed. A store
+//! whose stored mark is older was rolled back.
+//!
 //! The file is replaced atomically (write, fsync, rename, fsync the directory), so a crash
 //! leaves the old mark or the new one. Removing it accepts the store as it is.
 
@@ -24,6 +29,8 @@ use crate::storage::Store;
 pub const HIGH_WATER_FILE: &str = "audit-high-water";
 /// Label of the high-water mark's own MAC.
 const LABEL: &str = "audit-high-water-v1";
+/// Label of the data store's mark (its MAC covers the number, and a zero chain MAC).
+const DATA_LABEL: &str = "data-high-water-v1";
 /// Longest a durable change waits before the mark covers it (erasures never wait).
 pub const PERSIST_EVERY: Duration = Duration::from_secs(1);
 
@@ -36,6 +43,16 @@ pub enum HighWaterError {
          remove {path} to serve the store as it is"
     )]
     RolledBack {
+        path: String,
+        recorded: u64,
+        found: u64,
+    },
+    #[error(
+        "the data store's last flush covered audit event {found} but its high-water mark \
+         {path} records a flush that covered event {recorded}: the store was rolled back or \
+         damaged. Restore a backup, or remove {path} to serve the store as it is"
+    )]
+    DataRolledBack {
         path: String,
         recorded: u64,
         found: u64,
@@ -63,6 +80,9 @@ struct State {
     durable: Option<(u64, [u8; MAC_LEN])>,
     /// Sequence number in the file.
     persisted: u64,
+    /// The data mark the newest flush made durable, and the one in the file.
+    data: u64,
+    data_persisted: u64,
     last_write: Instant,
 }
 
@@ -78,15 +98,18 @@ impl HighWater {
         path: PathBuf, store: &dyn Store, key: &Key<Audit>,
     ) -> Result<Self, HighWaterError> {
         let shown = path.display().to_string();
-        let mut persisted = 0;
+        let (mut persisted, mut data_persisted) = (0, 0);
         match std::fs::read(&path) {
             Ok(bytes) => {
-                let mark = ChainMark::decode(&bytes)
-                    .ok()
-                    .filter(|m| m.is_valid(key, LABEL))
-                    .ok_or_else(|| HighWaterError::BadMark {
-                        path: shown.clone(),
-                    })?;
+                let bad = || HighWaterError::BadMark {
+                    path: shown.clone(),
+                };
+                let (mark, data) = decode(&bytes).ok_or_else(bad)?;
+                if !mark.is_valid(key, LABEL)
+                    || !data.as_ref().is_none_or(|d| d.is_valid(key, DATA_LABEL))
+                {
+                    return Err(bad());
+                }
                 let found = store.audit_last()?.map_or(0, |(seq, _)| seq);
                 if found < mark.seq {
                     return Err(HighWaterError::RolledBack {
@@ -105,6 +128,17 @@ impl HighWater {
                         });
                     }
                 }
+                if let Some(data) = data {
+                    let found = crate::storage::stored_mark(store)?;
+                    if found < data.seq {
+                        return Err(HighWaterError::DataRolledBack {
+                            path: shown,
+                            recorded: data.seq,
+                            found,
+                        });
+                    }
+                    data_persisted = data.seq;
+                }
                 // Pruned up to or past the mark: the sequence check above is all there is.
                 persisted = mark.seq;
             }
@@ -121,9 +155,18 @@ impl HighWater {
             state: Mutex::new(State {
                 durable: None,
                 persisted,
+                data: data_persisted,
+                data_persisted,
                 last_write: Instant::now(),
             }),
         })
+    }
+
+    /// Records that a flush of the data store made `seq` its stored mark.
+    pub fn advance_data(&self, seq: u64) {
+        if let Ok(mut s) = self.state.lock() {
+            s.data = s.data.max(seq);
+        }
     }
 
     /// Records that events up to `seq` (ending with `mac`) are durable. True when the file
@@ -144,13 +187,41 @@ impl HighWater {
             return Err(std::io::Error::other("high-water state poisoned"));
         };
         s.last_write = Instant::now();
-        let Some((seq, mac)) = s.durable.filter(|(seq, _)| *seq > s.persisted) else {
+        let Some((seq, mac)) = s.durable else {
             return Ok(());
         };
-        write_atomically(&self.path, &ChainMark::new(key, LABEL, seq, mac).encode())?;
+        if seq <= s.persisted && s.data <= s.data_persisted {
+            return Ok(());
+        }
+        let data = ChainMark::new(key, DATA_LABEL, s.data, [0; MAC_LEN]);
+        write_atomically(
+            &self.path,
+            &encode(&ChainMark::new(key, LABEL, seq, mac), &data),
+        )?;
         s.persisted = seq;
+        s.data_persisted = s.data;
         Ok(())
     }
+}
+
+/// The file: the audit log's mark, then the data store's (length-prefixed). A file of an
+/// earlier version holds the first alone.
+fn encode(mark: &ChainMark, data: &ChainMark) -> Vec<u8> {
+    crate::codec::Writer::new()
+        .bytes(&mark.encode())
+        .bytes(&data.encode())
+        .finish()
+}
+
+fn decode(bytes: &[u8]) -> Option<(ChainMark, Option<ChainMark>)> {
+    if let Ok(mark) = ChainMark::decode(bytes) {
+        return Some((mark, None));
+    }
+    let mut r = crate::codec::Reader::new(bytes, "high-water mark");
+    let mark = ChainMark::decode(r.bytes().ok()?).ok()?;
+    let data = ChainMark::decode(r.bytes().ok()?).ok()?;
+    r.finish().ok()?;
+    Some((mark, Some(data)))
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {

@@ -19,8 +19,8 @@ use tokio::sync::{mpsc, oneshot};
 use std::collections::BTreeSet;
 
 use crate::audit::{
-    verify, AuditEvent, AuditFilter, ChainMark, EventDraft, Head, Operation, Outcome,
-    VerifyReport, CHECKPOINT, HEAD,
+    verify, AuditEvent, AuditFilter, ChainMark, EventDraft, Head, Operation, Outcome, VerifyReport,
+    CHECKPOINT, HEAD,
 };
 use crate::crypto::{Audit, Key, MAC_LEN};
 use crate::domain::Timestamp;
@@ -305,21 +305,44 @@ impl AuditLog {
 pub fn verify_store(store: &dyn Store, key: &Key<Audit>) -> Result<VerifyReport, StoreError> {
     let marks = store.audit_marks()?;
     let mut cursor = 0;
-    let mut pages = std::iter::from_fn(move || match store.audit_scan(cursor, SCAN_PAGE) {
-        Ok(page) if page.is_empty() => None,
-        Ok(page) => {
-            cursor = page.last().map_or(cursor, |(seq, _)| *seq);
-            Some(page.into_iter().map(Ok).collect::<Vec<_>>())
+    let mut pages = std::iter::from_fn(move || {
+        let scanned = match store.audit_scan(cursor, SCAN_PAGE) {
+            // A damaged event in the page: the events before it are checked first.
+            Err(StoreError::AuditDamaged { seq, .. }) if seq > cursor + 1 => {
+                store.audit_scan(cursor, (seq - cursor - 1) as usize)
+            }
+            other => other,
+        };
+        match scanned {
+            Ok(page) if page.is_empty() => None,
+            Ok(page) => {
+                cursor = page.last().map_or(cursor, |(seq, _)| *seq);
+                Some(page.into_iter().map(Ok).collect::<Vec<_>>())
+            }
+            Err(e) => Some(vec![Err(e)]),
         }
-        Err(e) => Some(vec![Err(e)]),
     })
     .flatten();
-    verify(
+    let first_seq = match marks.checkpoint.as_deref().map(ChainMark::decode) {
+        Some(Ok(mark)) => mark.seq + 1,
+        _ => 1,
+    };
+    match verify(
         key,
         marks.checkpoint.as_deref(),
         marks.head.as_deref(),
         &mut pages,
-    )
+    ) {
+        // The log's files hold a damaged event: reported at its sequence number, like an
+        // altered one.
+        Err(StoreError::AuditDamaged { seq, what }) => Ok(VerifyReport {
+            checked: seq.saturating_sub(first_seq),
+            first_seq,
+            first_bad: Some(seq),
+            problem: Some(format!("event damaged in the log's files ({what})")),
+        }),
+        other => other,
+    }
 }
 
 /// A batch sealed for the store: the events, their stored rows, the new head mark and the
@@ -367,6 +390,9 @@ pub(in crate::service) struct Writer {
     pub key: Arc<Key<Audit>>,
     /// When the writer starts (the time of its recovery events).
     pub now: Timestamp,
+    /// Where the writer publishes the newest durable sequence number (for the flushes'
+    /// data mark, `storage::FlushMark`).
+    pub durable_seq: Arc<std::sync::atomic::AtomicU64>,
     pub metrics: Metrics,
     pub high_water: Option<Arc<HighWater>>,
     /// Where the batch appends, the mark's fsyncs and the SIEM mirror run.
@@ -395,7 +421,9 @@ fn recovery_events(
     };
     let mut out = Vec::new();
     if let Some(cut) = cut {
-        let after = cut.last_seq.map_or("no event".to_owned(), |s| format!("event {s}"));
+        let after = cut
+            .last_seq
+            .map_or("no event".to_owned(), |s| format!("event {s}"));
         out.push(Append::own(
             event(format!(
                 "cut an unacknowledged torn tail of {} bytes after {after} ({} at byte {})",
@@ -445,6 +473,7 @@ async fn write_loop(
         store,
         key,
         now,
+        durable_seq,
         metrics,
         high_water,
         background,
@@ -481,6 +510,9 @@ async fn write_loop(
         let started = Instant::now();
         let (events, result) = store_batch(&background, &store, &key, &mut state, &batch).await;
         metrics.audit_append(batch.len(), started.elapsed(), result.is_ok());
+        if result.is_ok() {
+            durable_seq.store(state.next_seq - 1, std::sync::atomic::Ordering::SeqCst);
+        }
         match &result {
             Ok(()) => {
                 for (a, e) in batch.drain(..).zip(&events) {

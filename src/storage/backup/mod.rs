@@ -232,7 +232,10 @@ pub(super) fn write(
             }
             if name == "meta" {
                 let marks = audit.marks();
-                for (key, mark) in [(AUDIT_HEAD, marks.head), (AUDIT_CHECKPOINT, marks.checkpoint)] {
+                for (key, mark) in [
+                    (AUDIT_HEAD, marks.head),
+                    (AUDIT_CHECKPOINT, marks.checkpoint),
+                ] {
                     if let Some(mark) = mark {
                         entry(key.as_bytes(), &mark)?;
                     }

@@ -64,16 +64,25 @@ fn round_trip_keeps_every_entry_in_dependency_order() {
     // segment files when the store is opened).
     let meta = restored.open_tree("meta").expect("meta");
     assert_eq!(meta.len(), 3);
-    assert_eq!(meta.get("audit_head").expect("get").as_deref(), Some(&b"head 5"[..]));
+    assert_eq!(
+        meta.get("audit_head").expect("get").as_deref(),
+        Some(&b"head 5"[..])
+    );
     let audit = restored.open_tree("audit").expect("audit");
     let events: Vec<(u64, Vec<u8>)> = audit
         .iter()
         .map(|kv| {
             let (k, v) = kv.expect("entry");
-            (u64::from_be_bytes(k.as_ref().try_into().expect("seq")), v.to_vec())
+            (
+                u64::from_be_bytes(k.as_ref().try_into().expect("seq")),
+                v.to_vec(),
+            )
         })
         .collect();
-    assert_eq!(events, (1..=5).map(|s| (s, vec![s as u8; 40])).collect::<Vec<_>>());
+    assert_eq!(
+        events,
+        (1..=5).map(|s| (s, vec![s as u8; 40])).collect::<Vec<_>>()
+    );
     drop(restored);
     assert!(matches!(
         restore(&path, &store),

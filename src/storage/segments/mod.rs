@@ -154,10 +154,12 @@ enum Frame {
 /// Why a frame could not be read.
 #[derive(Debug, PartialEq, Eq)]
 enum Bad {
-    /// The file ends inside the frame (or exactly at its start: `End`).
+    /// The file ends inside the frame.
     Short,
-    /// A length of zero (a zeroed tail), too large, or a checksum mismatch.
+    /// A length of zero (a zeroed tail), too large, or an unknown kind.
     Damaged(&'static str),
+    /// A whole frame of `size` bytes whose checksum does not match.
+    Checksum { size: u64 },
 }
 
 /// Reads the frame at the reader's position; `Ok(None)` at the end of `limit` bytes.
@@ -183,10 +185,10 @@ fn read_frame(r: &mut impl Read, remaining: u64) -> Result<Option<(Frame, u64)>,
     }
     let mut body = vec![0u8; len as usize];
     r.read_exact(&mut body).map_err(|_| Bad::Short)?;
-    if crc32fast::hash(&body) != crc {
-        return Err(Bad::Damaged("checksum mismatch"));
-    }
     let size = HEADER + u64::from(len);
+    if crc32fast::hash(&body) != crc {
+        return Err(Bad::Checksum { size });
+    }
     match body[0] {
         KIND_EVENT if body.len() >= 9 => {
             let seq = u64::from_be_bytes(body[1..9].try_into().expect("8 bytes"));
@@ -199,60 +201,161 @@ fn read_frame(r: &mut impl Read, remaining: u64) -> Result<Option<(Frame, u64)>,
 
 /// What a whole read of one segment found.
 struct Walk {
-    /// Offset after the last whole frame.
+    /// Offset after the last batch known to be whole (its head frame, with nothing
+    /// unexplained before it): what follows is a torn tail.
     good_len: u64,
-    /// What stopped the read before the end, if anything.
+    /// Why there is a tail after `good_len`, if there is one.
     bad: Option<Bad>,
+    /// Damage inside the log (kept, and reported when read), as the sequence number the
+    /// first damaged frame holds: damage followed by a whole later batch, which was written
+    /// only after the damaged one was synced, so it was acknowledged.
+    damaged: Option<u64>,
     last: Option<(u64, Vec<u8>)>,
     head: Option<Vec<u8>>,
     sparse: Vec<(u64, u64)>,
     events: u64,
 }
 
+/// The state of a walk as of the end of a batch.
+#[derive(Clone, Default)]
+struct Whole {
+    end: u64,
+    last: Option<(u64, Vec<u8>)>,
+    head: Option<Vec<u8>>,
+    events: u64,
+    sparse: usize,
+}
+
 /// Reads a whole segment, frame by frame, up to `len` bytes.
+///
+/// A batch is one write of its event frames and then its head frame, synced before the next
+/// batch is written. After a crash, only the last batch can be torn, in any of its pages.
+/// So damage (a frame failing its checksum, a frame that cannot be read, skipped by finding
+/// the next valid frame) followed by a head frame and then by any valid frame of a later
+/// batch is damage of an acknowledged batch: kept, and reported. Otherwise everything after
+/// the last head frame before the damage is the torn tail.
 fn walk(path: &Path, len: u64) -> StoreResult<Walk> {
     let file = File::open(path).map_err(io("cannot open", path))?;
     let mut r = BufReader::with_capacity(256 << 10, file);
     let mut magic = [0u8; 8];
-    let mut w = Walk {
-        good_len: MAGIC.len() as u64,
-        bad: None,
+    let torn = |bad| Walk {
+        good_len: 0,
+        bad: Some(bad),
+        damaged: None,
         last: None,
         head: None,
         sparse: Vec::new(),
         events: 0,
     };
     if len < MAGIC.len() as u64 || r.read_exact(&mut magic).is_err() {
-        w.good_len = 0;
-        w.bad = Some(Bad::Short);
-        return Ok(w);
+        return Ok(torn(Bad::Short));
     }
     if &magic != MAGIC {
-        w.good_len = 0;
-        w.bad = Some(Bad::Damaged("not an audit segment"));
-        return Ok(w);
+        return Ok(torn(Bad::Damaged("not an audit segment")));
     }
+    let mut offset = MAGIC.len() as u64;
+    let mut whole = Whole {
+        end: offset,
+        ..Whole::default()
+    };
+    let (mut last, mut events, mut sparse) = (None::<(u64, Vec<u8>)>, 0u64, Vec::new());
+    // Damage not yet shown to be inside the log, and whether a head frame followed it.
+    let mut pending: Option<(u64, Bad)> = None;
+    let mut head_after = false;
+    let mut damaged = None;
+    let mut tail = None;
     loop {
-        match read_frame(&mut r, len - w.good_len) {
-            Ok(None) => return Ok(w),
-            Ok(Some((Frame::Event(seq, bytes), size))) => {
-                if w.events % SPARSE_EVERY == 0 {
-                    w.sparse.push((seq, w.good_len));
+        let frame = read_frame(&mut r, len - offset);
+        if let Ok(Some(_)) = &frame {
+            if head_after {
+                if let Some((seq, _)) = pending.take() {
+                    damaged.get_or_insert(seq);
                 }
-                w.events += 1;
-                w.last = Some((seq, bytes));
-                w.good_len += size;
-            }
-            Ok(Some((Frame::Head(mark), size))) => {
-                w.head = Some(mark);
-                w.good_len += size;
-            }
-            Err(bad) => {
-                w.bad = Some(bad);
-                return Ok(w);
+                head_after = false;
             }
         }
+        let due = last.as_ref().map_or(0, |(s, _)| s + 1);
+        match frame {
+            Ok(None) => break,
+            Ok(Some((Frame::Event(seq, bytes), size))) => {
+                if events % SPARSE_EVERY == 0 {
+                    sparse.push((seq, offset));
+                }
+                events += 1;
+                last = Some((seq, bytes));
+                offset += size;
+            }
+            Ok(Some((Frame::Head(mark), size))) => {
+                offset += size;
+                if pending.is_some() {
+                    head_after = true;
+                } else {
+                    whole = Whole {
+                        end: offset,
+                        last: last.clone(),
+                        head: Some(mark),
+                        events,
+                        sparse: sparse.len(),
+                    };
+                }
+            }
+            Err(Bad::Checksum { size }) => {
+                pending.get_or_insert((due, Bad::Checksum { size }));
+                offset += size;
+            }
+            Err(bad) => match resync(path, offset + 1, len)? {
+                Some(next) => {
+                    pending.get_or_insert((due, bad));
+                    offset = next;
+                    r.seek(SeekFrom::Start(offset))
+                        .map_err(io("cannot seek", path))?;
+                }
+                None => {
+                    tail = Some(bad);
+                    break;
+                }
+            },
+        }
     }
+    let bad = match (pending, tail) {
+        (Some((_, bad)), _) | (None, Some(bad)) => Some(bad),
+        (None, None) if whole.end < len => Some(Bad::Short),
+        (None, None) => None,
+    };
+    sparse.truncate(whole.sparse);
+    Ok(Walk {
+        good_len: whole.end,
+        bad,
+        damaged,
+        last: whole.last,
+        head: whole.head,
+        sparse,
+        events: whole.events,
+    })
+}
+
+/// The offset of the first valid frame at or after `from` (a length in range, a known
+/// kind, a matching checksum), if any: used to tell a torn tail (nothing valid after it)
+/// from damage inside a segment.
+fn resync(path: &Path, from: u64, len: u64) -> StoreResult<Option<u64>> {
+    if from >= len {
+        return Ok(None);
+    }
+    let mut file = File::open(path).map_err(io("cannot open", path))?;
+    file.seek(SeekFrom::Start(from))
+        .map_err(io("cannot seek", path))?;
+    let mut rest = Vec::new();
+    file.take(len - from)
+        .read_to_end(&mut rest)
+        .map_err(io("cannot read", path))?;
+    for at in 0..rest.len() {
+        let mut cursor = &rest[at..];
+        let remaining = cursor.len() as u64;
+        if let Ok(Some(_)) = read_frame(&mut cursor, remaining) {
+            return Ok(Some(from + at as u64));
+        }
+    }
+    Ok(None)
 }
 
 fn read_checkpoint(dir: &Path) -> StoreResult<Option<(u64, Vec<u8>)>> {
@@ -324,6 +427,13 @@ impl SegmentLog {
         let mut writer = None;
         if let Some(last) = segments.last_mut() {
             let w = walk(&last.path, last.len)?;
+            if let Some(seq) = w.damaged {
+                tracing::error!(
+                    segment = %last.path.display(),
+                    seq,
+                    "audit log: a damaged event inside the last segment (kept; verification reports it)"
+                );
+            }
             if let Some(bad) = &w.bad {
                 let name = last.path.file_name().unwrap_or_default();
                 cut = Some(TailCut {
@@ -507,7 +617,10 @@ impl SegmentLog {
                 .segments
                 .partition_point(|s| s.first_seq <= start.saturating_add(1))
                 .saturating_sub(1);
-            (index.segments[at.min(index.segments.len())..].to_vec(), start)
+            (
+                index.segments[at.min(index.segments.len())..].to_vec(),
+                start,
+            )
         };
         let mut out = Vec::new();
         for segment in &segments {
@@ -590,6 +703,12 @@ impl SegmentLog {
                 }
                 Err(Bad::Damaged(what)) => {
                     return Err(StoreError::AuditDamaged { seq: expect, what })
+                }
+                Err(Bad::Checksum { .. }) => {
+                    return Err(StoreError::AuditDamaged {
+                        seq: expect,
+                        what: "checksum mismatch",
+                    })
                 }
             }
         }

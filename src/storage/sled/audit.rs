@@ -38,7 +38,8 @@ pub(super) fn open_log(
         let mut batch = Vec::with_capacity(MOVE_BATCH);
         for kv in tree.iter() {
             let (k, v) = kv.map_err(backend)?;
-            let seq = <[u8; 8]>::try_from(k.as_ref()).map_err(|_| StoreError::Corrupt("audit key"))?;
+            let seq =
+                <[u8; 8]>::try_from(k.as_ref()).map_err(|_| StoreError::Corrupt("audit key"))?;
             batch.push((u64::from_be_bytes(seq), v.to_vec()));
             if batch.len() == MOVE_BATCH {
                 log.append(&batch, &head)?;
@@ -75,5 +76,7 @@ pub(super) fn open_log(
 }
 
 fn moved(what: &str, e: &std::io::Error) -> StoreError {
-    StoreError::Backend(format!("moving the audit log into segment files: {what}: {e}"))
+    StoreError::Backend(format!(
+        "moving the audit log into segment files: {what}: {e}"
+    ))
 }

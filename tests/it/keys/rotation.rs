@@ -250,6 +250,7 @@ async fn rotating_the_root_key_rewrites_the_file_and_keeps_everything_readable()
     while let Some(m) = stream.message().await.expect("stream") {
         events.extend(m.events);
     }
+    let events = crate::util::endings(events);
     assert_eq!(events.len(), 1);
     assert!(events[0].reason.contains("retired v1"), "{:?}", events[0]);
 }

@@ -1,0 +1,172 @@
+//! A change and its audit event are durable together (issue 17, item 2): the event of a
+//! change is recorded, as an intent, before the change is made. With the audit log unable to
+//! record (the store's append failing, as on a full disk, or the writer stuck past the
+//! audit timeout), every read and every change answers UNAVAILABLE, reads return nothing,
+//! and the changes leave no trace in the store. Afterwards every intent in the log has its
+//! ending, and the chain verifies.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use pii_vault::proto::v1 as pb;
+use pii_vault::storage::faults::Faults;
+use tonic::transport::Channel;
+use tonic::Code;
+
+use crate::erasure::erase;
+use crate::util::{all_audit_events, create_tenant, faulty_vault, get, put, text, text_of};
+
+const TENANT: &str = "acme";
+
+async fn key_version(channel: &Channel) -> u32 {
+    pb::key_service_client::KeyServiceClient::new(channel.clone())
+        .get_key_status(pb::GetKeyStatusRequest {
+            tenant_id: TENANT.into(),
+            count_deks: false,
+        })
+        .await
+        .expect("key status")
+        .into_inner()
+        .tenants[0]
+        .current_version
+}
+
+async fn read(channel: &Channel, subject: &str) -> Result<Vec<(String, String)>, tonic::Status> {
+    let mut records = pb::record_service_client::RecordServiceClient::new(channel.clone());
+    get(&mut records, TENANT, subject, &[]).await.map(|fields| {
+        fields
+            .iter()
+            .map(|f| (f.name.clone(), text_of(f).to_owned()))
+            .collect()
+    })
+}
+
+/// Every request the fault must refuse, by name, with its result.
+async fn attempts(channel: &Channel) -> Vec<(&'static str, Result<(), tonic::Status>)> {
+    let mut records = pb::record_service_client::RecordServiceClient::new(channel.clone());
+    let mut keys = pb::key_service_client::KeyServiceClient::new(channel.clone());
+    let mut out = Vec::new();
+    let changed = vec![text("email", pb::Category::Account, "changed@example.com")];
+    out.push((
+        "PutFields (replace)",
+        put(&mut records, TENANT, "alice", changed).await.map(drop),
+    ));
+    let ghost = vec![text("email", pb::Category::Account, "ghost@example.com")];
+    out.push((
+        "PutFields (new subject)",
+        put(&mut records, TENANT, "ghost", ghost).await.map(drop),
+    ));
+    out.push((
+        "DeleteFields",
+        records
+            .delete_fields(pb::DeleteFieldsRequest {
+                tenant_id: TENANT.into(),
+                subject_id: "alice".into(),
+                field_names: vec!["email".into()],
+            })
+            .await
+            .map(drop),
+    ));
+    out.push((
+        "EraseSubject",
+        erase(channel.clone(), TENANT, "alice").await.map(drop),
+    ));
+    out.push((
+        "RotateTenantKey",
+        keys.rotate_tenant_key(pb::RotateTenantKeyRequest {
+            tenant_id: TENANT.into(),
+        })
+        .await
+        .map(drop),
+    ));
+    out.push(("GetFields", read(channel, "alice").await.map(drop)));
+    out
+}
+
+#[tokio::test]
+async fn a_failed_or_stuck_audit_append_answers_unavailable_and_changes_nothing() {
+    let (vault, faults) = faulty_vault(|raw| raw.audit.timeout_ms = Some(1_000)).await;
+    create_tenant(&vault, TENANT).await;
+    let channel = vault.channel().await;
+    let mut records = pb::record_service_client::RecordServiceClient::new(channel.clone());
+    let email = vec![text("email", pb::Category::Account, "alice@example.com")];
+    put(&mut records, TENANT, "alice", email)
+        .await
+        .expect("put");
+    let before = read(&channel, "alice").await.expect("read");
+    let version = key_version(&channel).await;
+
+    faults.stall_millis.store(2_500, Ordering::SeqCst);
+    for (fault, flag) in [
+        ("store append fails", &faults.fail_audit),
+        ("writer stuck", &faults.stall_audit),
+    ] {
+        Faults::set(flag, true);
+        for (what, result) in attempts(&channel).await {
+            match result {
+                Err(s) if s.code() == Code::Unavailable => {
+                    assert!(
+                        !s.message().contains("alice@example.com"),
+                        "{fault}: {what}: {s:?}"
+                    );
+                }
+                other => panic!("{fault}: {what} answered {other:?}, not UNAVAILABLE"),
+            }
+        }
+        Faults::set(flag, false);
+        // Let a stuck append finish (and the writer end the intents it wrote for callers
+        // that had given up).
+        tokio::time::sleep(Duration::from_millis(3_000)).await;
+        assert_eq!(
+            read(&channel, "alice").await.expect("read after the fault"),
+            before,
+            "{fault}: alice changed"
+        );
+        let ghost = read(&channel, "ghost")
+            .await
+            .expect_err("ghost was never written");
+        assert_eq!(ghost.code(), Code::NotFound, "{fault}: {ghost:?}");
+        assert_eq!(key_version(&channel).await, version, "{fault}: key rotated");
+    }
+
+    // Every intent the log holds has its ending, and none of the refused changes ended ok.
+    let events = all_audit_events(&vault).await;
+    let mut endings: HashMap<(String, String), Vec<i32>> = HashMap::new();
+    for e in &events {
+        if e.outcome != pb::Outcome::Intent as i32 {
+            endings
+                .entry((e.request_id.clone(), e.operation.clone()))
+                .or_default()
+                .push(e.outcome);
+        }
+    }
+    let intents: Vec<&pb::AuditEvent> = events
+        .iter()
+        .filter(|e| e.outcome == pb::Outcome::Intent as i32)
+        .collect();
+    assert!(intents.len() >= 2, "the first put and tenant: {intents:?}");
+    for intent in &intents {
+        let ended = endings
+            .get(&(intent.request_id.clone(), intent.operation.clone()))
+            .unwrap_or_else(|| panic!("intent without its ending: {intent:?}"));
+        assert_eq!(ended.len(), 1, "{intent:?}: {ended:?}");
+    }
+    let abandoned: Vec<&pb::AuditEvent> = events
+        .iter()
+        .filter(|e| e.reason.starts_with("not made: the request gave up"))
+        .collect();
+    assert!(
+        !abandoned.is_empty(),
+        "the stuck writer's intents were ended by the writer"
+    );
+    assert!(abandoned
+        .iter()
+        .all(|e| e.outcome == pb::Outcome::Error as i32));
+    let report = pb::audit_service_client::AuditServiceClient::new(channel.clone())
+        .verify_audit_log(pb::VerifyAuditLogRequest {})
+        .await
+        .expect("verify")
+        .into_inner();
+    assert!(report.ok, "{report:?}");
+}
