@@ -18,7 +18,7 @@ pub enum Outcome {
 }
 
 /// What the first failed request of the process answered (its gRPC code only: messages are
-/// not printed), so a failed smoke run says why.
+/// not printed; for the PostgreSQL peer, its SQLSTATE), so a failed smoke run says why.
 static FIRST_FAILURE: OnceLock<String> = OnceLock::new();
 
 pub fn first_failure() -> Option<&'static String> {
@@ -34,6 +34,13 @@ pub fn outcome<T>(result: Result<T, tonic::Status>) -> Outcome {
             Outcome::Failed
         }
     }
+}
+
+/// A failed request that was not a gRPC call (the PostgreSQL peer's): `why` is kept as the
+/// first failure if none was yet. It must name no value and no key.
+pub fn failed(why: String) -> Outcome {
+    let _ = FIRST_FAILURE.set(why);
+    Outcome::Failed
 }
 
 /// Something requests are sent to. Request `n` decides which subject it touches, so runs

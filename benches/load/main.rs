@@ -4,11 +4,15 @@
 //! - B1: a bare tonic echo service over the vault's TLS configuration, replies of the same
 //!   size as `GetFields` (`echo.rs`);
 //! - B2: sled insert + AES-256-GCM seal + shared flush, no gRPC (`floor.rs`);
-//! - B3: the disk's own write + fsync latency (`floor.rs`).
+//! - B3: the disk's own write + fsync latency (`floor.rs`);
+//! - P, the peer, with `--peer`: the same reads and writes done without a vault, in
+//!   PostgreSQL with `pgcrypto` column encryption over verified TLS, one transaction per
+//!   request, each read inserting an audit row in its transaction (`pgcrypto.rs`).
 //!
 //! Every scenario runs closed loop at each concurrency (peak) against the audited vault, an
-//! unaudited one and its baseline, interleaved in one-second slices; then open loop at 50%
-//! and 80% of the audited peak (latency from each request's scheduled time).
+//! unaudited one, its baseline and P (when asked for), interleaved in one-second slices;
+//! then open loop at 50% and 80% of the audited peak (latency from each request's scheduled
+//! time).
 //!
 //! The `flood` scenario runs last, on a vault of its own with a per-identity rate limit: one
 //! identity sends 100,000 `GetFields` while another's read latency is measured idle and
@@ -19,6 +23,7 @@
 //! cargo bench --bench load -- --smoke            # a few seconds: checks it works
 //! cargo test --release --bench load              # the same smoke run (what CI does)
 //! cargo bench --bench load -- --duration 10 --concurrency 1,8,64 --scenarios get1,put1
+//! cargo bench --bench load -- --peer --scenarios get1,put1   # with P: vault / P per row
 //! cargo bench --bench load -- --rss --fields 1000000 --cache-mib 256
 //! cargo bench --bench load -- --backends --duration 10 --concurrency 8,64
 //! cargo bench --bench load -- --scenarios erase --concurrency 1 --duration 2
@@ -31,8 +36,11 @@
 //! `--backends` compares one node on sled, one on PostgreSQL and two on one PostgreSQL
 //! database instead (`backends.rs`); it fails when no PostgreSQL server can be started. The
 //! smoke run includes a short form of it, skipped with the reason printed when there is no
-//! PostgreSQL (and failed then if `PIIVAULT_REQUIRE_PG` is set). With `RUST_LOG` set (say
-//! `RUST_LOG=warn`), the vaults' own log goes to stderr: why a request failed, for one.
+//! PostgreSQL (and failed then if `PIIVAULT_REQUIRE_PG` is set). `--peer` exits with status 2
+//! when P cannot run (no PostgreSQL server, or no pgcrypto in it); the smoke run always tries
+//! P and skips it then with the reason printed (failing only for a missing server with
+//! `PIIVAULT_REQUIRE_PG` set). With `RUST_LOG` set (say `RUST_LOG=warn`), the vaults' own
+//! log goes to stderr: why a request failed, for one.
 //!
 //! Absolute numbers drift on shared machines; compare the ratios, which come from runs in
 //! the same process, back to back.
@@ -44,6 +52,7 @@ mod erase;
 mod fixture;
 mod flood;
 mod floor;
+mod pgcrypto;
 #[path = "../../tests/support/postgres.rs"]
 mod postgres;
 mod report;
@@ -59,6 +68,7 @@ use echo::{EchoBaseline, EchoTarget};
 use fixture::Fixture;
 use flood::FloodSize;
 use floor::{FloorTarget, Probe, StoreFloor};
+use pgcrypto::{Peer, PeerTarget, Unavailable};
 use pii_vault::proto::v1 as pb;
 use prost::Message;
 use report::{row, Summary};
@@ -84,6 +94,8 @@ struct Args {
     backends: bool,
     /// The flood scenario's requests and idle reads (`flood.rs`).
     flood: FloodSize,
+    /// Run baseline P, the pgcrypto peer (`pgcrypto.rs`), beside the vault.
+    peer: bool,
 }
 
 fn list<T>(s: &str, parse: impl Fn(&str) -> Option<T>) -> Vec<T> {
@@ -101,6 +113,7 @@ fn smoke(a: &mut Args) {
         ..a.flood
     };
     a.smoke = true;
+    a.peer = true;
 }
 
 fn args() -> Args {
@@ -122,6 +135,7 @@ fn args() -> Args {
             streams: 64,
             connections: 2,
         },
+        peer: false,
     };
     // `cargo bench` passes --bench; `cargo test` does not, and gets the smoke run.
     if !std::env::args().any(|a| a == "--bench") {
@@ -142,6 +156,7 @@ fn args() -> Args {
             "--rates" => a.rates = list(&value(), |s| s.parse().ok()),
             "--rss" => a.rss = true,
             "--backends" => a.backends = true,
+            "--peer" => a.peer = true,
             "--fields" => a.fields = value().parse().unwrap_or(1_000_000),
             "--cache-mib" => a.cache_mib = value().parse().unwrap_or(256),
             "--flood-requests" => a.flood.requests = value().parse().unwrap_or(100_000),
@@ -263,6 +278,11 @@ async fn run(args: &Args) -> u64 {
         );
         summary.fsync_ms.push((what, ms(0.5), ms(0.99)));
     }
+    let (peer, mut peer_failures) = if args.peer {
+        start_peer(args).await
+    } else {
+        (None, 0)
+    };
     println!();
     report::header();
 
@@ -272,6 +292,7 @@ async fn run(args: &Args) -> u64 {
     let store_floor = StoreFloor::open();
     let mut failures = 0;
     let mut count = |s: &Stats| failures += s.errors + u64::from(s.ops == 0);
+    let peer_count = |s: &Stats| s.errors + u64::from(s.ops == 0);
 
     for &scenario in args.scenarios.iter().filter(|s| s.is_throughput()) {
         let name = scenario.name();
@@ -308,7 +329,11 @@ async fn run(args: &Args) -> u64 {
             } else {
                 None
             };
+            if let Some(peer) = &peer {
+                loads.push(Load::Peer(peer.targets(scenario, c, args.subjects)));
+            }
             let mut runs = interleaved(&loads, args.duration).await;
+            let peer_run = if peer.is_some() { runs.pop() } else { None };
             let baseline = if base.is_some() { runs.pop() } else { None };
             let off = runs.pop().expect("the unaudited run");
             let on = runs.pop().expect("the audited run");
@@ -333,6 +358,13 @@ async fn run(args: &Args) -> u64 {
                 );
                 count(&b);
                 summary.baseline_ratios.push((name, c, ratio, base));
+            }
+            if let Some(p) = peer_run {
+                let ratio = on.ops_per_sec() / p.ops_per_sec();
+                let note = format!("vault / this {ratio:.2}");
+                row(name, "P pgcrypto", Some(c), &p, &note);
+                peer_failures += peer_count(&p);
+                summary.peer_ratios.push((name, c, ratio));
             }
         }
         let (peak_ops, peak_c) = peak;
@@ -397,7 +429,44 @@ async fn run(args: &Args) -> u64 {
     echo.stop().await;
     audited.stop().await;
     unaudited.stop().await;
-    failures
+    failures + peer_failures
+}
+
+/// Starts baseline P for the largest concurrency. Without a PostgreSQL server or pgcrypto, a
+/// smoke run prints why and goes on without it (failing, with one failure counted, only
+/// when `PIIVAULT_REQUIRE_PG` is set and there is no server); a run asked for with `--peer`
+/// exits with status 2.
+async fn start_peer(args: &Args) -> (Option<Peer>, u64) {
+    if !args.scenarios.iter().any(|s| s.is_throughput()) {
+        return (None, 0);
+    }
+    let connections = args.concurrency.iter().copied().max().unwrap_or(1);
+    let why = match Peer::start(connections, args.subjects).await {
+        Ok(peer) => {
+            println!(
+                "# P = PostgreSQL + pgcrypto over TLS, {connections} connections: one \
+                 transaction per request, an audit row in each read's (pgcrypto.rs)"
+            );
+            return (Some(peer), 0);
+        }
+        Err(why) => why,
+    };
+    let required = std::env::var_os("PIIVAULT_REQUIRE_PG").is_some();
+    let (why, fails) = match why {
+        Unavailable::NoServer(why) => (format!("no PostgreSQL server: {why}"), required),
+        Unavailable::NotSetUp(why) => (why, false),
+    };
+    if !args.smoke {
+        eprintln!("--peer: P (the pgcrypto peer) cannot run: {why}");
+        std::process::exit(2);
+    }
+    let what = if fails {
+        "failed (PIIVAULT_REQUIRE_PG is set)"
+    } else {
+        "skipped"
+    };
+    println!("P (the pgcrypto peer) {what}: {why}");
+    (None, u64::from(fails))
 }
 
 /// The load behind one row of the table: streams against a vault or a baseline.
@@ -405,6 +474,7 @@ enum Load {
     Vault(Vec<VaultTarget>),
     Echo(Vec<EchoTarget>),
     Floor(Vec<FloorTarget>),
+    Peer(Vec<PeerTarget>),
 }
 
 impl Load {
@@ -413,6 +483,7 @@ impl Load {
             Load::Vault(t) => closed_loop(t.clone(), duration).await,
             Load::Echo(t) => closed_loop(t.clone(), duration).await,
             Load::Floor(t) => closed_loop(t.clone(), duration).await,
+            Load::Peer(t) => closed_loop(t.clone(), duration).await,
         }
     }
 }

@@ -27,6 +27,8 @@ pub fn row(scenario: &str, against: &str, conc: Option<usize>, s: &Stats, note: 
 pub struct Summary {
     /// (scenario, concurrency, vault ops/s ÷ baseline ops/s, baseline name).
     pub baseline_ratios: Vec<(&'static str, usize, f64, &'static str)>,
+    /// (scenario, concurrency, vault ops/s ÷ P's, the pgcrypto peer).
+    pub peer_ratios: Vec<(&'static str, usize, f64)>,
     /// (scenario, concurrency, audited ÷ unaudited).
     pub audit_ratios: Vec<(&'static str, usize, f64)>,
     /// (scenario, share of peak, p50 ms, p99 ms, p99.9 ms).
@@ -53,6 +55,12 @@ impl Summary {
         println!("# throughput ratios, same run, same concurrency");
         for (scenario, c, r, base) in &self.baseline_ratios {
             println!("ratio {scenario:<12} conc {c:>3}: vault / {base:<8} {r:.2}");
+        }
+        for (scenario, c, r) in &self.peer_ratios {
+            println!(
+                "ratio {scenario:<12} conc {c:>3}: vault / {:<8} {r:.2}",
+                "P"
+            );
         }
         for (scenario, c, r) in &self.audit_ratios {
             println!("ratio {scenario:<12} conc {c:>3}: audited / unaudited {r:.2}");

@@ -19,6 +19,9 @@ mod rules;
 mod segments;
 mod sled;
 
+/// The PostgreSQL backend's TLS connector, for the load generator's PostgreSQL peer.
+#[cfg(feature = "testing")]
+pub use self::postgres::MakeRustls;
 pub use self::postgres::{PgStore, PgTls};
 pub use self::sled::{open_waiting_for_lock, SledOpenError, SledStore};
 pub use group_commit::{stored_mark, FlushMark, GroupCommit, DATA_MARK};

@@ -41,6 +41,8 @@ mod tls;
 use std::collections::HashSet;
 use std::sync::{Condvar, Mutex};
 
+#[cfg(feature = "testing")]
+pub use tls::MakeRustls;
 pub use tls::PgTls;
 use tls::{Connector, Session};
 

@@ -130,15 +130,17 @@ fn invalid_url(e: tokio_postgres::Error) -> StoreError {
     StoreError::Backend(message)
 }
 
-/// Makes rustls connections for tokio-postgres, one per connection attempt.
+/// Makes rustls connections for tokio-postgres, one per connection attempt. Exported with the
+/// `testing` feature for the load generator's PostgreSQL peer (`benches/load/pgcrypto.rs`),
+/// so that it connects the way the vault's own store does.
 #[derive(Clone)]
-pub(super) struct MakeRustls {
+pub struct MakeRustls {
     config: Arc<ClientConfig>,
 }
 
 impl MakeRustls {
     /// A connector that trusts the CA certificates of the PEM file at `path`, and only them.
-    pub(super) fn from_ca_file(path: &Path) -> StoreResult<Self> {
+    pub fn from_ca_file(path: &Path) -> StoreResult<Self> {
         let problem = |what: String| {
             StoreError::Backend(format!(
                 "PostgreSQL CA file {} (storage.postgres_ca_file): {what}",
@@ -194,7 +196,7 @@ where
 }
 
 /// One TLS handshake to come.
-pub(super) struct RustlsConnect {
+pub struct RustlsConnect {
     name: ServerName<'static>,
     connector: TlsConnector,
 }
@@ -220,7 +222,7 @@ where
 
 /// Why a TLS connection to PostgreSQL was not made, in words an operator can act on.
 #[derive(Debug)]
-pub(super) struct TlsError(String);
+pub struct TlsError(String);
 
 impl TlsError {
     /// A failed handshake: a refused certificate says so, and where to look.
@@ -249,7 +251,7 @@ impl fmt::Display for TlsError {
 impl StdError for TlsError {}
 
 /// A TLS connection to PostgreSQL.
-pub(super) struct RustlsStream<S>(TlsStream<S>);
+pub struct RustlsStream<S>(TlsStream<S>);
 
 impl<S> tokio_postgres::tls::TlsStream for RustlsStream<S>
 where
