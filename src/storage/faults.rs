@@ -339,8 +339,12 @@ impl Store for FaultyStore {
         self.inner.audit_prune(through, checkpoint)
     }
 
-    fn audit_tail_cut(&self) -> Option<super::TailCut> {
-        self.inner.audit_tail_cut()
+    fn audit_tail_cuts(&self) -> Vec<super::TailCut> {
+        self.inner.audit_tail_cuts()
+    }
+
+    fn audit_tail_cuts_recorded(&self) -> StoreResult<()> {
+        self.inner.audit_tail_cuts_recorded()
     }
     fn flush(&self) -> StoreResult<()> {
         self.faults.flushes.fetch_add(1, Ordering::SeqCst);

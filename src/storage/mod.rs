@@ -335,11 +335,15 @@ pub trait Store: Send + Sync + 'static {
     /// Records `checkpoint`, then deletes every audit event up to `through`. Returns how
     /// many were deleted.
     fn audit_prune(&self, through: u64, checkpoint: &[u8]) -> StoreResult<u64>;
-    /// The torn tail cut off the audit log when the store was opened (events never
-    /// acknowledged), for the audit log to record; `None` when there was none, or for a
-    /// backend whose appends are transactions.
-    fn audit_tail_cut(&self) -> Option<TailCut> {
-        None
+    /// The torn tails cut off the audit log (events never acknowledged) and not yet
+    /// recorded, for the audit log to record; none for a backend whose appends are
+    /// transactions.
+    fn audit_tail_cuts(&self) -> Vec<TailCut> {
+        Vec::new()
+    }
+    /// Forgets the cuts `audit_tail_cuts` returned, once the audit log recorded them.
+    fn audit_tail_cuts_recorded(&self) -> StoreResult<()> {
+        Ok(())
     }
 
     /// True when several vault nodes may share this store. They then share one root key

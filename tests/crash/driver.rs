@@ -200,7 +200,8 @@ impl Harness {
                 let mut done = Vec::new();
                 for i in (part..BULK).step_by(8) {
                     let mut s = Subject::new(format!("bulk{i}"));
-                    let value = vec![("alpha".to_owned(), format!("bulk{i}.alpha"))];
+                    // A value names the request that wrote it (`<request id>.<name>`).
+                    let value = vec![("alpha".to_owned(), format!("setup{i}.alpha"))];
                     rpc::put(&mut c, &format!("setup{i}"), &s.id, &value)
                         .await
                         .expect("preload");

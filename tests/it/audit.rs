@@ -251,8 +251,10 @@ fn tamper(dir: &std::path::Path, edit: impl FnOnce(&mut BTreeMap<u64, Vec<u8>>))
     edit(&mut events);
     std::fs::remove_dir_all(audit_dir(dir)).expect("remove");
     let log = SegmentLog::open(&audit_dir(dir), DEFAULT_SEGMENT_BYTES).expect("audit log");
-    let events: Vec<(u64, Vec<u8>)> = events.into_iter().collect();
-    log.append(&events, &head).expect("append");
+    // One batch per event, as the vault's requests wrote them.
+    for event in events {
+        log.append(&[event], &head).expect("append");
+    }
 }
 
 #[tokio::test]

@@ -3,19 +3,26 @@
 //! record (the store's append failing, as on a full disk, or the writer stuck past the
 //! audit timeout), every read and every change answers UNAVAILABLE, reads return nothing,
 //! and the changes leave no trace in the store. Afterwards every intent in the log has its
-//! ending, and the chain verifies.
+//! ending, and the chain verifies. A start after a crash records a torn tail it cut and an
+//! intent whose ending was never recorded.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
+use pii_vault::audit::{AuditEvent, ChainMark, EventDraft, Head, Operation, Outcome, HEAD};
+use pii_vault::keyring::{Keyring, RootKeys};
 use pii_vault::proto::v1 as pb;
 use pii_vault::storage::faults::Faults;
+use pii_vault::storage::{SledStore, Store};
 use tonic::transport::Channel;
 use tonic::Code;
 
 use crate::erasure::erase;
-use crate::util::{all_audit_events, create_tenant, faulty_vault, get, put, text, text_of};
+use crate::util::{
+    all_audit_events, create_tenant, faulty_vault, get, put, text, text_of, TestVault,
+};
 
 const TENANT: &str = "acme";
 
@@ -169,4 +176,123 @@ async fn a_failed_or_stuck_audit_append_answers_unavailable_and_changes_nothing(
         .expect("verify")
         .into_inner();
     assert!(report.ok, "{report:?}");
+}
+
+/// The audit key of a stopped vault in `dir` (file custody), and its store.
+fn stopped_log(
+    dir: &std::path::Path,
+) -> (
+    Arc<dyn Store>,
+    pii_vault::crypto::Key<pii_vault::crypto::Audit>,
+) {
+    let store: Arc<dyn Store> =
+        Arc::new(SledStore::open(&dir.join("store"), 1 << 20).expect("open"));
+    let root = RootKeys::load(&dir.join("root.key")).expect("root key");
+    let keys = Keyring::open(root, store.clone()).expect("keyring");
+    let key = keys.audit_key().expect("audit key");
+    (store, key)
+}
+
+#[tokio::test]
+async fn a_torn_tail_and_an_intent_without_its_ending_are_recorded_at_the_next_start() {
+    let vault = TestVault::start().await;
+    create_tenant(&vault, TENANT).await;
+    let mut records = vault.records().await;
+    let email = vec![text("email", pb::Category::Account, "alice@example.com")];
+    put(&mut records, TENANT, "alice", email)
+        .await
+        .expect("put");
+    drop(records);
+    let config = vault.config.clone();
+    let dir = vault.stop().await;
+
+    // As a crash would leave it: a put's intent on disk (listed open in its batch's head),
+    // no ending; then a batch torn half-way.
+    {
+        let (store, key) = stopped_log(dir.path());
+        let (last, bytes) = store.audit_last().expect("last").expect("an event");
+        let prev = AuditEvent::decode(&bytes).expect("decode").mac;
+        let draft = EventDraft {
+            time: pii_vault::domain::Timestamp(1),
+            request_id: "crashed-put".into(),
+            caller: "uri:spiffe://pii-vault.local/dev-admin".into(),
+            operation: Operation::PutFields,
+            tenant: TENANT.into(),
+            subject: "alice".into(),
+            fields: vec!["email".into()],
+            purpose: String::new(),
+            outcome: Outcome::Intent,
+            reason: String::new(),
+            rule: String::new(),
+        };
+        let intent = AuditEvent::seal(&key, last + 1, draft, prev);
+        let head = Head {
+            mark: ChainMark::new(&key, HEAD, intent.seq, intent.mac),
+            open_intents: vec![intent.seq],
+        };
+        store
+            .audit_append(&[(intent.seq, intent.encode())], &head.encode())
+            .expect("append the intent");
+    }
+    let segment = std::fs::read_dir(dir.path().join("store").join("audit"))
+        .expect("list")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .max()
+        .expect("a segment");
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&segment)
+        .expect("open");
+    std::io::Write::write_all(&mut f, &[0xA5; 100]).expect("torn tail");
+    drop(f);
+
+    let vault = TestVault::start_on(dir, config.clone(), None).await;
+    let events = all_audit_events(&vault).await;
+    let recovery: Vec<&pb::AuditEvent> = events
+        .iter()
+        .filter(|e| e.operation == "audit_recovery")
+        .collect();
+    assert_eq!(recovery.len(), 1, "{recovery:?}");
+    assert!(
+        recovery[0].reason.contains("torn tail of 100 bytes"),
+        "{:?}",
+        recovery[0]
+    );
+    let endings: Vec<&pb::AuditEvent> = events
+        .iter()
+        .filter(|e| e.request_id == "crashed-put")
+        .collect();
+    assert_eq!(
+        endings.len(),
+        2,
+        "the intent and its recorded ending: {endings:?}"
+    );
+    assert_eq!(endings[1].outcome, pb::Outcome::Error as i32);
+    assert_eq!(endings[1].operation, "put_fields");
+    assert_eq!(endings[1].subject_id, "alice");
+    assert!(
+        endings[1].reason.contains("ending unknown"),
+        "{:?}",
+        endings[1]
+    );
+    let report = pb::audit_service_client::AuditServiceClient::new(vault.channel().await)
+        .verify_audit_log(pb::VerifyAuditLogRequest {})
+        .await
+        .expect("verify")
+        .into_inner();
+    assert!(report.ok, "{report:?}");
+
+    // Recorded once: the next start finds nothing to record.
+    let dir = vault.stop().await;
+    let vault = TestVault::start_on(dir, config, None).await;
+    let again = all_audit_events(&vault).await;
+    assert_eq!(
+        again
+            .iter()
+            .filter(|e| e.operation == "audit_recovery" || e.request_id == "crashed-put")
+            .count(),
+        3
+    );
+    vault.stop().await;
 }

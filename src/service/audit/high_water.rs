@@ -2,11 +2,11 @@
 //!
 //! sled cannot tell damage in its log from a torn write: it recovers the store as it was
 //! before the damaged spot and silently drops the rest. The vault would then serve that older
-//! state: overwritten values back, erased subjects back. Every acknowledged change has an audit
-//! event after it, so the newest durable audit event marks how far the store must reach. That
-//! mark (sequence number and MAC, itself MACed with the audit key) is written to a file outside
-//! the store after every erasure, at most a second after other changes, and at shutdown. At
-//! start a store that ends before the mark, or holds another event at its place, is refused.
+//! state: overwritten values back, erased subjects back. The newest durable audit event marks
+//! how far the audit log must reach. That mark (sequence number and MAC, itself MACed with the
+//! audit key) is written to a file outside the store after every erasure, at most a second
+//! after other changes, and at shutdown. At start an audit log that ends before the mark, or
+//! holds another event at its place, is refused.
 //!
 //! The audit log has files of its own, so the data store is checked too: each flush stores
 //! the audit sequence number durable at that moment in the store's metadata

@@ -29,6 +29,7 @@ use crate::storage::{Store, StoreError, TailCut};
 
 use super::super::blocking::Background;
 use super::high_water::HighWater;
+use super::index::AuditIndex;
 use super::sink::JsonlSink;
 use super::syslog::SyslogSink;
 
@@ -57,6 +58,8 @@ struct Append {
     draft: EventDraft,
     /// The intent this event ends, if it is the ending of a change.
     ends: Option<u64>,
+    /// The writer's own event: nobody waits for it, and it is always written.
+    own: bool,
     done: oneshot::Sender<Result<u64, AuditError>>,
 }
 
@@ -66,6 +69,7 @@ impl Append {
         Self {
             draft,
             ends,
+            own: true,
             done: oneshot::channel().0,
         }
     }
@@ -74,7 +78,8 @@ impl Append {
     /// may have happened) and the writer's own events. Anything else whose caller has gone
     /// is dropped unwritten: nothing was returned, and no change was made.
     fn must_write(&self) -> bool {
-        self.ends.is_some()
+        self.own
+            || self.ends.is_some()
             || (self.draft.operation.is_write() && self.draft.outcome != Outcome::Intent)
             || !self.done.is_closed()
     }
@@ -108,6 +113,8 @@ pub struct AuditLog {
     high_water: Option<Arc<HighWater>>,
     /// Where the mark's fsyncs run (tracked, so shutdown waits for them).
     background: Background,
+    /// By tenant and subject; none on a store other nodes append to.
+    index: Option<Arc<AuditIndex>>,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -126,11 +133,21 @@ struct ChainState {
     open: BTreeSet<u64>,
 }
 
+/// Whether the heads this node writes list its open intents: not on a store several nodes
+/// share (one node's start would end another's intents as unknown while it still runs).
+fn tracks_intents(store: &dyn Store) -> bool {
+    !store.shared()
+}
+
 fn chain_state(store: &dyn Store) -> Result<ChainState, StoreError> {
     let marks = store.audit_marks()?;
+    // Several nodes of a shared store write one head: a node cannot tell its own open
+    // intents from another's there, so none are tracked (`tracks_intents`).
     let open = match &marks.head {
-        Some(bytes) => Head::decode(bytes)?.open_intents.into_iter().collect(),
-        None => BTreeSet::new(),
+        Some(bytes) if tracks_intents(store) => {
+            Head::decode(bytes)?.open_intents.into_iter().collect()
+        }
+        _ => BTreeSet::new(),
     };
     if let Some((seq, bytes)) = store.audit_last()? {
         let event = AuditEvent::decode(&bytes)?;
@@ -165,6 +182,10 @@ impl AuditLog {
         writer: Writer, sink: Option<JsonlSink>, timeout: Duration,
     ) -> Result<Self, StoreError> {
         let state = chain_state(writer.store.as_ref())?;
+        let index = match writer.store.shared() {
+            true => None,
+            false => Some(Arc::new(build_index(writer.store.as_ref())?)),
+        };
         let (queue, rx) = mpsc::channel(4 * MAX_BATCH);
         let log = Self {
             queue,
@@ -173,11 +194,12 @@ impl AuditLog {
             timeout,
             high_water: writer.high_water.clone(),
             background: writer.background.clone(),
+            index: index.clone(),
         };
         writer
             .background
             .clone()
-            .spawn(write_loop(writer, sink, state, rx));
+            .spawn(write_loop(writer, sink, state, rx, index));
         Ok(log)
     }
 
@@ -217,7 +239,12 @@ impl AuditLog {
         let (done, confirmed) = oneshot::channel();
         let send_and_wait = async {
             self.queue
-                .send(Append { draft, ends, done })
+                .send(Append {
+                    draft,
+                    ends,
+                    own: false,
+                    done,
+                })
                 .await
                 .map_err(|_| AuditError::Stopped)?;
             confirmed.await.map_err(|_| AuditError::Stopped)?
@@ -239,6 +266,11 @@ impl AuditLog {
             cursor: after,
             end: false,
         };
+        if let Some(index) = &self.index {
+            if filter.tenant.is_some() {
+                return self.query_indexed(index, filter, page, limit);
+            }
+        }
         let mut examined = 0;
         while examined < SCAN_BUDGET {
             let scanned = self.store.audit_scan(page.cursor, SCAN_PAGE)?;
@@ -256,6 +288,44 @@ impl AuditLog {
                         return Ok(page);
                     }
                 }
+            }
+        }
+        Ok(page)
+    }
+
+    /// `query` for a filter naming a tenant: reads the events the index lists for it (and
+    /// its subject) instead of scanning the log.
+    fn query_indexed(
+        &self, index: &AuditIndex, filter: &AuditFilter, mut page: AuditPage, limit: usize,
+    ) -> Result<AuditPage, StoreError> {
+        let mut examined = 0;
+        while examined < SCAN_BUDGET {
+            let Some((seqs, last)) = index.candidates(filter, page.cursor, SCAN_PAGE) else {
+                break;
+            };
+            for seq in seqs {
+                page.cursor = seq;
+                examined += 1;
+                // Gone only if pruned meanwhile.
+                let Some((_, bytes)) = self
+                    .store
+                    .audit_scan(seq - 1, 1)?
+                    .into_iter()
+                    .find(|(s, _)| *s == seq)
+                else {
+                    continue;
+                };
+                let event = AuditEvent::decode(&bytes)?;
+                if filter.matches(&event.draft) {
+                    page.events.push(event);
+                    if page.events.len() == limit {
+                        return Ok(page);
+                    }
+                }
+            }
+            if last {
+                page.end = true;
+                break;
             }
         }
         Ok(page)
@@ -294,10 +364,31 @@ impl AuditLog {
         };
         let mark = ChainMark::new(&self.key, CHECKPOINT, last.seq, last.mac);
         let deleted = self.store.audit_prune(last.seq, &mark.encode())?;
+        if let Some(index) = &self.index {
+            index.prune(last.seq);
+        }
         Ok(PruneReport {
             deleted,
             through: Some(last.seq),
         })
+    }
+}
+
+/// Indexes every event of the log in `store` (one pass, at start).
+fn build_index(store: &dyn Store) -> Result<AuditIndex, StoreError> {
+    let index = AuditIndex::default();
+    let mut cursor = 0;
+    loop {
+        let page = store.audit_scan(cursor, SCAN_PAGE)?;
+        let Some((last, _)) = page.last() else {
+            return Ok(index);
+        };
+        cursor = *last;
+        let events = page
+            .iter()
+            .map(|(_, bytes)| AuditEvent::decode(bytes))
+            .collect::<Result<Vec<_>, _>>()?;
+        index.add(&events);
     }
 }
 
@@ -404,7 +495,7 @@ pub(in crate::service) struct Writer {
 /// The events a start records: the torn tail the store cut, and each intent whose ending
 /// was never recorded (read back from the log, so the event names what the intent named).
 fn recovery_events(
-    store: &dyn Store, open: &BTreeSet<u64>, cut: Option<TailCut>, now: Timestamp,
+    store: &dyn Store, open: &BTreeSet<u64>, cuts: Vec<TailCut>, now: Timestamp,
 ) -> Vec<Append> {
     let event = |reason: String| EventDraft {
         time: now,
@@ -420,7 +511,7 @@ fn recovery_events(
         rule: String::new(),
     };
     let mut out = Vec::new();
-    if let Some(cut) = cut {
+    for cut in cuts {
         let after = cut
             .last_seq
             .map_or("no event".to_owned(), |s| format!("event {s}"));
@@ -467,7 +558,7 @@ fn abandoned(intent: &EventDraft, seq: u64) -> Append {
 
 async fn write_loop(
     writer: Writer, mut sink: Option<JsonlSink>, mut state: ChainState,
-    mut rx: mpsc::Receiver<Append>,
+    mut rx: mpsc::Receiver<Append>, index: Option<Arc<AuditIndex>>,
 ) {
     let Writer {
         store,
@@ -480,10 +571,12 @@ async fn write_loop(
         syslog,
     } = writer;
     // What the writer records itself, ahead of its callers' events.
+    let cuts = store.audit_tail_cuts();
+    let mut cuts_pending = !cuts.is_empty();
     let mut own = {
-        let (reader, cut, open) = (store.clone(), store.audit_tail_cut(), state.open.clone());
+        let (reader, open) = (store.clone(), state.open.clone());
         background
-            .run(move || recovery_events(reader.as_ref(), &open, cut, now))
+            .run(move || recovery_events(reader.as_ref(), &open, cuts, now))
             .await
             .unwrap_or_default()
     };
@@ -511,7 +604,22 @@ async fn write_loop(
         let (events, result) = store_batch(&background, &store, &key, &mut state, &batch).await;
         metrics.audit_append(batch.len(), started.elapsed(), result.is_ok());
         if result.is_ok() {
+            if let Some(index) = &index {
+                index.add(&events);
+            }
             durable_seq.store(state.next_seq - 1, std::sync::atomic::Ordering::SeqCst);
+            if std::mem::take(&mut cuts_pending) {
+                // The first batch held the recovery events: the cuts are recorded.
+                let forget = store.clone();
+                if !matches!(
+                    background
+                        .run(move || forget.audit_tail_cuts_recorded())
+                        .await,
+                    Ok(Ok(()))
+                ) {
+                    tracing::warn!("could not clear the audit log's recorded tail cuts");
+                }
+            }
         }
         match &result {
             Ok(()) => {
@@ -573,6 +681,9 @@ async fn store_batch(
         attempts += 1;
         let mut open = state.open.clone();
         for (i, a) in batch.iter().enumerate() {
+            if !tracks_intents(store.as_ref()) {
+                break;
+            }
             if a.draft.outcome == Outcome::Intent {
                 open.insert(state.next_seq + i as u64);
             }

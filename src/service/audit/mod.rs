@@ -5,6 +5,7 @@
 
 mod denials;
 mod high_water;
+mod index;
 mod log;
 mod sink;
 mod syslog;

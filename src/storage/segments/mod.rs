@@ -47,9 +47,12 @@ const SPARSE_EVERY: u64 = 256;
 /// Default size at which a segment is closed and a new one started.
 pub const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
 const CHECKPOINT_FILE: &str = "checkpoint";
+const CUTS_FILE: &str = "tail-cuts";
 
-/// What opening found after the last whole frame of the last segment, and cut.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// What opening found after the last whole batch of the last segment, and cut. Kept in
+/// `tail-cuts` (JSON lines) until the audit log has recorded it, so a cut made by an
+/// offline command is still recorded at the vault's next start.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TailCut {
     /// The segment's file name.
     pub segment: String,
@@ -97,7 +100,8 @@ pub struct SegmentLog {
     max_segment_bytes: u64,
     writer: Mutex<Option<Active>>,
     index: RwLock<Index>,
-    cut: Option<TailCut>,
+    /// Cuts not yet recorded in the log (`TailCut`).
+    cuts: Mutex<Vec<TailCut>>,
 }
 
 impl std::fmt::Debug for SegmentLog {
@@ -358,6 +362,34 @@ fn resync(path: &Path, from: u64, len: u64) -> StoreResult<Option<u64>> {
     Ok(None)
 }
 
+fn read_cuts(dir: &Path) -> StoreResult<Vec<TailCut>> {
+    let path = dir.join(CUTS_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Ok(text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(io("cannot read", &path)(e)),
+    }
+}
+
+fn note_cut(dir: &Path, cut: &TailCut) -> StoreResult<()> {
+    let path = dir.join(CUTS_FILE);
+    let mut line = serde_json::to_string(cut)
+        .map_err(|e| StoreError::Backend(format!("audit log: tail cut note: {e}")))?;
+    line.push('\n');
+    let mut f = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(io("cannot open", &path))?;
+    f.write_all(line.as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(io("cannot write", &path))?;
+    sync_dir(dir)
+}
+
 fn read_checkpoint(dir: &Path) -> StoreResult<Option<(u64, Vec<u8>)>> {
     let path = dir.join(CHECKPOINT_FILE);
     let bytes = match std::fs::read(&path) {
@@ -423,7 +455,7 @@ impl SegmentLog {
             checkpoint,
             ..Index::default()
         };
-        let mut cut = None;
+        let mut cuts = read_cuts(dir)?;
         let mut writer = None;
         if let Some(last) = segments.last_mut() {
             let w = walk(&last.path, last.len)?;
@@ -436,12 +468,15 @@ impl SegmentLog {
             }
             if let Some(bad) = &w.bad {
                 let name = last.path.file_name().unwrap_or_default();
-                cut = Some(TailCut {
+                let cut = TailCut {
                     segment: name.to_string_lossy().into_owned(),
                     offset: w.good_len,
                     bytes: last.len - w.good_len,
                     last_seq: w.last.as_ref().map(|(s, _)| *s),
-                });
+                };
+                // Noted (durably) before the bytes go.
+                note_cut(dir, &cut)?;
+                cuts.push(cut);
                 tracing::warn!(
                     segment = %last.path.display(),
                     offset = w.good_len,
@@ -493,7 +528,7 @@ impl SegmentLog {
             max_segment_bytes: max_segment_bytes.max(4096),
             writer: Mutex::new(writer),
             index: RwLock::new(index),
-            cut,
+            cuts: Mutex::new(cuts),
         })
     }
 
@@ -502,9 +537,22 @@ impl SegmentLog {
         &self.dir
     }
 
-    /// The torn tail cut when the log was opened, if any.
-    pub fn tail_cut(&self) -> Option<TailCut> {
-        self.cut.clone()
+    /// The torn tails cut (by this open or an earlier one) and not yet recorded.
+    pub fn tail_cuts(&self) -> Vec<TailCut> {
+        self.cuts.lock().expect("audit cuts lock").clone()
+    }
+
+    /// Forgets the cuts `tail_cuts` returned, once the audit log recorded them.
+    pub fn tail_cuts_recorded(&self) -> StoreResult<()> {
+        let mut cuts = self.cuts.lock().expect("audit cuts lock");
+        let path = self.dir.join(CUTS_FILE);
+        match std::fs::remove_file(&path) {
+            Ok(()) => sync_dir(&self.dir)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io("cannot remove", &path)(e)),
+        }
+        cuts.clear();
+        Ok(())
     }
 
     /// True when the log holds no event and no checkpoint.

@@ -57,7 +57,7 @@ fn appends_scan_back_in_order_across_segments_and_a_reopen() {
     assert_eq!(log.scan(123, 5).expect("scan"), batch(124, 5));
     drop(log);
     let log = SegmentLog::open(dir.path(), 4096).expect("reopen");
-    assert_eq!(log.tail_cut(), None);
+    assert_eq!(log.tail_cuts(), Vec::new());
     assert_eq!(all(&log), batch(1, 400));
     assert_eq!(log.last(), Some(event(400)));
     assert_eq!(log.marks().head.as_deref(), Some(&b"head 400"[..]));
@@ -93,7 +93,7 @@ fn a_torn_tail_is_cut_and_reported_and_the_log_continues() {
         }
         drop(f);
         let log = SegmentLog::open(dir.path(), 1 << 20).expect("reopen");
-        let cut = log.tail_cut().expect("the cut is reported");
+        let cut = log.tail_cuts().pop().expect("the cut is reported");
         assert_eq!(cut.offset, good, "{torn}");
         assert!(cut.bytes > 0, "{torn}");
         assert_eq!(cut.last_seq, Some(5), "{torn}");
@@ -102,8 +102,13 @@ fn a_torn_tail_is_cut_and_reported_and_the_log_continues() {
         log.append(&batch(6, 2), b"head 7")
             .expect("append after the cut");
         drop(log);
+        // Reported until recorded, also by a later open.
         let log = SegmentLog::open(dir.path(), 1 << 20).expect("reopen again");
-        assert_eq!(log.tail_cut(), None, "{torn}: nothing left to cut");
+        assert_eq!(log.tail_cuts(), vec![cut.clone()], "{torn}");
+        log.tail_cuts_recorded().expect("recorded");
+        drop(log);
+        let log = SegmentLog::open(dir.path(), 1 << 20).expect("reopen again");
+        assert_eq!(log.tail_cuts(), Vec::new(), "{torn}: nothing left to cut");
         assert_eq!(all(&log), batch(1, 7), "{torn}");
     }
 }
@@ -135,7 +140,7 @@ fn a_flipped_byte_in_an_older_segment_is_reported_at_its_sequence_number() {
     f.write_all(&[b[0] ^ 0x01]).expect("write");
     drop(f);
     let log = SegmentLog::open(dir.path(), 4096).expect("an older segment is not read at open");
-    assert_eq!(log.tail_cut(), None);
+    assert_eq!(log.tail_cuts(), Vec::new());
     match log.scan(0, 100) {
         Err(StoreError::AuditDamaged { seq, .. }) => assert_eq!(seq, 4),
         other => panic!("expected damage at event 4, got {other:?}"),
@@ -238,8 +243,8 @@ fn damage_in_an_acknowledged_batch_of_the_last_segment_is_kept_and_reported_not_
         flip(&seg, offset_of(2, 3, 4) + delta);
         let log = SegmentLog::open(dir.path(), 1 << 20).expect("reopen");
         assert_eq!(
-            log.tail_cut(),
-            None,
+            log.tail_cuts(),
+            Vec::new(),
             "{what}: acknowledged events are never cut"
         );
         assert_eq!(std::fs::metadata(&seg).expect("stat").len(), len, "{what}");
@@ -267,7 +272,7 @@ fn a_torn_last_batch_is_cut_back_to_the_batch_before_it_even_if_later_pages_surv
     f.write_all(&[0u8; 20]).expect("zero");
     drop(f);
     let log = SegmentLog::open(dir.path(), 1 << 20).expect("reopen");
-    let cut = log.tail_cut().expect("cut");
+    let cut = log.tail_cuts().pop().expect("cut");
     assert_eq!(cut.offset, batch_two);
     assert_eq!(cut.last_seq, Some(3));
     assert_eq!(all(&log), batch(1, 3));

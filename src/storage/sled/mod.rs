@@ -471,8 +471,12 @@ impl Store for SledStore {
         self.audit.prune(through, checkpoint)
     }
 
-    fn audit_tail_cut(&self) -> Option<super::TailCut> {
-        self.audit.tail_cut()
+    fn audit_tail_cuts(&self) -> Vec<super::TailCut> {
+        self.audit.tail_cuts()
+    }
+
+    fn audit_tail_cuts_recorded(&self) -> StoreResult<()> {
+        self.audit.tail_cuts_recorded()
     }
 
     fn flush(&self) -> StoreResult<()> {
