@@ -282,7 +282,7 @@ fn walk(path: &Path, len: u64) -> StoreResult<Walk> {
         match frame {
             Ok(None) => break,
             Ok(Some((Frame::Event(seq, bytes), size))) => {
-                if events % SPARSE_EVERY == 0 {
+                if events.is_multiple_of(SPARSE_EVERY) {
                     sparse.push((seq, offset));
                 }
                 events += 1;
@@ -618,7 +618,7 @@ impl SegmentLog {
         let mut buf = Vec::with_capacity(events.iter().map(|(_, e)| e.len() + 32).sum());
         let mut sparse_added = Vec::new();
         for (seq, bytes) in events {
-            if active.events % SPARSE_EVERY == 0 {
+            if active.events.is_multiple_of(SPARSE_EVERY) {
                 sparse_added.push((*seq, active.len + buf.len() as u64));
             }
             active.events += 1;
