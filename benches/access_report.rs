@@ -112,7 +112,9 @@ impl Node {
     }
 
     async fn channel(&self, certs: &ClientCerts) -> Channel {
-        connect(&self.addr.to_string(), certs).await.expect("connect")
+        connect(&self.addr.to_string(), certs)
+            .await
+            .expect("connect")
     }
 
     async fn stop(mut self) {
