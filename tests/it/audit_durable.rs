@@ -248,12 +248,28 @@ async fn a_torn_tail_and_an_intent_without_its_ending_are_recorded_at_the_next_s
     drop(f);
 
     let vault = TestVault::start_on(dir, config.clone(), None).await;
-    let events = all_audit_events(&vault).await;
+    // The writer records them as it starts, alongside the first requests.
+    let mut events = Vec::new();
+    for _ in 0..100 {
+        events = all_audit_events(&vault).await;
+        if events.iter().any(|e| e.operation == "audit_recovery") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let recovery: Vec<&pb::AuditEvent> = events
         .iter()
         .filter(|e| e.operation == "audit_recovery")
         .collect();
-    assert_eq!(recovery.len(), 1, "{recovery:?}");
+    assert_eq!(
+        recovery.len(),
+        1,
+        "{:?}",
+        events
+            .iter()
+            .map(|e| (e.seq, e.operation.as_str(), e.outcome, e.reason.as_str()))
+            .collect::<Vec<_>>()
+    );
     assert!(
         recovery[0].reason.contains("torn tail of 100 bytes"),
         "{:?}",
