@@ -385,6 +385,24 @@ pub trait Store: Send + Sync + 'static {
     }
 }
 
+/// Replaces the file at `path` with `bytes` atomically: a temporary file beside it
+/// (`<path>.tmp`), synced, renamed over it, the directory synced. A crash leaves the old
+/// content or the new.
+pub fn replace_file(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
 /// Creates `dir` (and missing parents) readable by the owner only, whatever the process
 /// umask; a directory that already exists is left as the operator made it.
 pub fn private_dir(dir: &std::path::Path) -> std::io::Result<()> {

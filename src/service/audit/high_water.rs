@@ -16,8 +16,7 @@
 //! The file is replaced atomically (write, fsync, rename, fsync the directory), so a crash
 //! leaves the old mark or the new one. Removing it accepts the store as it is.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -194,7 +193,7 @@ impl HighWater {
             return Ok(());
         }
         let data = ChainMark::new(key, DATA_LABEL, s.data, [0; MAC_LEN]);
-        write_atomically(
+        crate::storage::replace_file(
             &self.path,
             &encode(&ChainMark::new(key, LABEL, seq, mac), &data),
         )?;
@@ -222,18 +221,4 @@ fn decode(bytes: &[u8]) -> Option<(ChainMark, Option<ChainMark>)> {
     let data = ChainMark::decode(r.bytes().ok()?).ok()?;
     r.finish().ok()?;
     Some((mark, Some(data)))
-}
-
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
 }

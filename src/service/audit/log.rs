@@ -680,10 +680,8 @@ async fn store_batch(
     loop {
         attempts += 1;
         let mut open = state.open.clone();
-        for (i, a) in batch.iter().enumerate() {
-            if !tracks_intents(store.as_ref()) {
-                break;
-            }
+        let track = tracks_intents(store.as_ref());
+        for (i, a) in batch.iter().enumerate().filter(|_| track) {
             if a.draft.outcome == Outcome::Intent {
                 open.insert(state.next_seq + i as u64);
             }

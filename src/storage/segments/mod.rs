@@ -412,23 +412,16 @@ fn read_checkpoint(dir: &Path) -> StoreResult<Option<(u64, Vec<u8>)>> {
     Ok(Some((through, mark)))
 }
 
-/// Writes the checkpoint file atomically: a temporary file, synced, renamed, the directory
-/// synced.
+/// Writes the checkpoint file atomically (`storage::replace_file`).
 fn write_checkpoint(dir: &Path, through: u64, mark: &[u8]) -> StoreResult<()> {
     let path = dir.join(CHECKPOINT_FILE);
-    let tmp = dir.join("checkpoint.tmp");
     let mut h = crc32fast::Hasher::new();
     h.update(&through.to_be_bytes());
     h.update(mark);
     let mut bytes = through.to_be_bytes().to_vec();
     bytes.extend_from_slice(&h.finalize().to_be_bytes());
     bytes.extend_from_slice(mark);
-    let mut f = File::create(&tmp).map_err(io("cannot create", &tmp))?;
-    f.write_all(&bytes)
-        .and_then(|()| f.sync_all())
-        .map_err(io("cannot write", &tmp))?;
-    std::fs::rename(&tmp, &path).map_err(io("cannot replace", &path))?;
-    sync_dir(dir)
+    super::replace_file(&path, &bytes).map_err(io("cannot replace", &path))
 }
 
 impl SegmentLog {
