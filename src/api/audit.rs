@@ -62,6 +62,7 @@ fn event(e: AuditEvent) -> pb::AuditEvent {
     let d = e.draft;
     pb::AuditEvent {
         seq: e.seq,
+        node: e.node,
         time: Some(convert::timestamp(d.time)),
         request_id: d.request_id,
         caller: d.caller,

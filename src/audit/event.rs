@@ -7,7 +7,11 @@ use crate::codec::{CodecError, Reader, Writer};
 use crate::crypto::{Audit, Key, MAC_LEN};
 use crate::domain::Timestamp;
 
+/// An event of the single chain (the embedded store's; a shared store's before its nodes
+/// kept chains of their own).
 const EVENT_V1: u8 = 1;
+/// An event of one node's chain in a log several nodes share: the node is in the content.
+const EVENT_V2: u8 = 2;
 
 /// What a request did. The name is what the log stores and queries filter on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -225,9 +229,13 @@ pub struct EventDraft {
 /// An event as stored: a draft with its place in the chain.
 #[derive(Clone, PartialEq, Eq)]
 pub struct AuditEvent {
+    /// The event's place in the log (in a shared log, the order merged from every node).
     pub seq: u64,
+    /// The chain the event belongs to: 0 for the single chain, else the node of a shared log
+    /// that wrote it (each node links only its own events).
+    pub node: u64,
     pub draft: EventDraft,
-    /// MAC of the previous event (all zero for the first event ever).
+    /// MAC of the previous event of the same chain (all zero for a chain's first event).
     pub prev_mac: [u8; MAC_LEN],
     /// HMAC-SHA-256 under the audit key over this event's content and `prev_mac`.
     pub mac: [u8; MAC_LEN],
@@ -237,6 +245,7 @@ impl fmt::Debug for AuditEvent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AuditEvent")
             .field("seq", &self.seq)
+            .field("node", &self.node)
             .field("draft", &self.draft)
             .finish_non_exhaustive()
     }
@@ -245,10 +254,12 @@ impl fmt::Debug for AuditEvent {
 /// The label under which the audit key MACs events.
 const MAC_LABEL: &str = "audit-event-v1";
 
-fn content(seq: u64, d: &EventDraft) -> Writer {
-    let mut w = Writer::new()
-        .u8(EVENT_V1)
-        .u64(seq)
+fn content(seq: u64, node: u64, d: &EventDraft) -> Writer {
+    let mut w = match node {
+        0 => Writer::new().u8(EVENT_V1).u64(seq),
+        node => Writer::new().u8(EVENT_V2).u64(seq).u64(node),
+    };
+    w = w
         .u64(d.time.0)
         .str(&d.request_id)
         .str(&d.caller)
@@ -268,10 +279,19 @@ fn content(seq: u64, d: &EventDraft) -> Writer {
 impl AuditEvent {
     /// Places `draft` after an event whose MAC is `prev_mac`, and MACs it.
     pub fn seal(key: &Key<Audit>, seq: u64, draft: EventDraft, prev_mac: [u8; MAC_LEN]) -> Self {
-        let body = content(seq, &draft).finish();
+        Self::seal_on(key, 0, seq, draft, prev_mac)
+    }
+
+    /// Places `draft` at `seq` of a shared log, after the event of node `node`'s chain whose
+    /// MAC is `prev_mac` (node 0: the single chain, as `seal`).
+    pub fn seal_on(
+        key: &Key<Audit>, node: u64, seq: u64, draft: EventDraft, prev_mac: [u8; MAC_LEN],
+    ) -> Self {
+        let body = content(seq, node, &draft).finish();
         let mac = key.mac(MAC_LABEL, &[&prev_mac, &body]);
         Self {
             seq,
+            node,
             draft,
             prev_mac,
             mac,
@@ -280,13 +300,13 @@ impl AuditEvent {
 
     /// Recomputes the MAC: true when the event is exactly as it was sealed.
     pub fn mac_is_valid(&self, key: &Key<Audit>) -> bool {
-        let body = content(self.seq, &self.draft).finish();
+        let body = content(self.seq, self.node, &self.draft).finish();
         crate::crypto::mac_eq(&key.mac(MAC_LABEL, &[&self.prev_mac, &body]), &self.mac)
     }
 
     /// The stored form: content, then the previous MAC and this MAC.
     pub fn encode(&self) -> Vec<u8> {
-        content(self.seq, &self.draft)
+        content(self.seq, self.node, &self.draft)
             .bytes(&self.prev_mac)
             .bytes(&self.mac)
             .finish()
@@ -296,10 +316,14 @@ impl AuditEvent {
         const WHAT: &str = "audit event";
         let bad = CodecError(WHAT);
         let mut r = Reader::new(buf, WHAT);
-        if r.u8()? != EVENT_V1 {
-            return Err(bad);
-        }
+        let version = r.u8()?;
         let seq = r.u64()?;
+        let node = match version {
+            EVENT_V1 => 0,
+            // Node 0 is the single chain: a node's event never names it.
+            EVENT_V2 => Some(r.u64()?).filter(|n| *n != 0).ok_or(bad)?,
+            _ => return Err(bad),
+        };
         let time = Timestamp(r.u64()?);
         let request_id = r.str()?.to_owned();
         let caller = r.str()?.to_owned();
@@ -321,6 +345,7 @@ impl AuditEvent {
         r.finish()?;
         Ok(Self {
             seq,
+            node,
             draft: EventDraft {
                 time,
                 request_id,

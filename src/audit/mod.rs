@@ -7,7 +7,9 @@ mod event;
 mod verify;
 
 pub use event::{AuditEvent, EventDraft, Operation, Outcome};
-pub use verify::{verify, ChainMark, Head, VerifyReport, CHECKPOINT, HEAD};
+pub use verify::{
+    node_label, verify, verify_chains, ChainMark, Checkpoint, Head, VerifyReport, CHECKPOINT, HEAD,
+};
 
 use crate::domain::Timestamp;
 

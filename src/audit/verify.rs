@@ -7,6 +7,8 @@
 //! - the **head** written with every batch (sequence number and MAC of the newest event):
 //!   deleting events at the end of the log is reported too.
 
+use std::collections::HashMap;
+
 use crate::codec::{CodecError, Reader, Writer};
 use crate::crypto::{mac_eq, Audit, Key, MAC_LEN};
 
@@ -93,6 +95,75 @@ impl Head {
     }
 }
 
+/// The prune checkpoint: the signed mark of the last pruned event, where verification
+/// starts; and, in a log whose nodes keep chains of their own, each chain's last pruned event,
+/// where that chain's remaining events link. A checkpoint of the single chain has no node
+/// marks (its one mark is where the chain links).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Checkpoint {
+    pub mark: ChainMark,
+    /// (chain, mark of its last pruned event), signed under `node_label(CHECKPOINT, chain)`.
+    pub nodes: Vec<(u64, ChainMark)>,
+}
+
+impl Checkpoint {
+    pub fn encode(&self) -> Vec<u8> {
+        if self.nodes.is_empty() {
+            return self.mark.encode();
+        }
+        let mut w = Writer::new().bytes(&self.mark.encode());
+        w = w.u32(self.nodes.len() as u32);
+        for (node, mark) in &self.nodes {
+            w = w.u64(*node).bytes(&mark.encode());
+        }
+        w.finish()
+    }
+
+    /// Reads a checkpoint; the single chain's is its mark alone.
+    pub fn decode(buf: &[u8]) -> Result<Self, CodecError> {
+        if let Ok(mark) = ChainMark::decode(buf) {
+            return Ok(Self {
+                mark,
+                nodes: Vec::new(),
+            });
+        }
+        const WHAT: &str = "audit checkpoint";
+        let mut r = Reader::new(buf, WHAT);
+        let mark = ChainMark::decode(r.bytes()?)?;
+        let n = r.u32()? as usize;
+        let mut nodes = Vec::with_capacity(n.min(4096));
+        for _ in 0..n {
+            let node = r.u64()?;
+            nodes.push((node, ChainMark::decode(r.bytes()?)?));
+        }
+        r.finish()?;
+        Ok(Self { mark, nodes })
+    }
+
+    /// True when the mark and every node mark are signed by `key`.
+    pub fn is_valid(&self, key: &Key<Audit>) -> bool {
+        self.mark.is_valid(key, CHECKPOINT)
+            && self
+                .nodes
+                .iter()
+                .all(|(node, mark)| mark.is_valid(key, &node_label(CHECKPOINT, *node)))
+    }
+
+    /// Where each chain's remaining events link: the node marks, or for the single chain
+    /// the mark itself.
+    pub fn links(&self) -> HashMap<u64, [u8; MAC_LEN]> {
+        match self.nodes.is_empty() {
+            true => HashMap::from([(0, self.mark.mac)]),
+            false => self.nodes.iter().map(|(n, m)| (*n, m.mac)).collect(),
+        }
+    }
+}
+
+/// The label of a mark about one node's chain: a mark cannot be moved to another chain.
+pub fn node_label(label: &str, node: u64) -> String {
+    format!("{label}/node-{node}")
+}
+
 /// Label of the head mark.
 pub const HEAD: &str = "audit-head-v1";
 /// Label of the prune checkpoint mark.
@@ -122,6 +193,21 @@ pub fn verify<E>(
     key: &Key<Audit>, checkpoint: Option<&[u8]>, head: Option<&[u8]>,
     events: impl IntoIterator<Item = Result<(u64, Vec<u8>), E>>,
 ) -> Result<VerifyReport, E> {
+    verify_chains(key, checkpoint, head, &[], events)
+}
+
+/// Walks a log whose events may belong to several chains (the single chain, 0, and each
+/// node's of a shared log): one merged order without gaps, in which every event links to
+/// the previous event of its own chain. `node_heads` are the nodes' records, as (node, head
+/// if it appended); `head` is the single chain's.
+///
+/// Events appended after the heads were read are accepted: they come after every event a
+/// head vouches for. An event of a node with no record, placed where the heads vouch, is not.
+pub fn verify_chains<E>(
+    key: &Key<Audit>, checkpoint: Option<&[u8]>, head: Option<&[u8]>,
+    node_heads: &[(u64, Option<Vec<u8>>)],
+    events: impl IntoIterator<Item = Result<(u64, Vec<u8>), E>>,
+) -> Result<VerifyReport, E> {
     let mut report = VerifyReport {
         checked: 0,
         first_seq: 1,
@@ -132,12 +218,13 @@ pub fn verify<E>(
         report.first_bad = Some(seq);
         report.problem = Some(problem.to_owned());
     };
-    let mut prev = [0u8; MAC_LEN];
+    // Where each chain links next (absent: its first event, linking to zeros).
+    let mut prev: HashMap<u64, [u8; MAC_LEN]> = HashMap::new();
     if let Some(bytes) = checkpoint {
-        match ChainMark::decode(bytes) {
-            Ok(mark) if mark.is_valid(key, CHECKPOINT) => {
-                report.first_seq = mark.seq + 1;
-                prev = mark.mac;
+        match Checkpoint::decode(bytes) {
+            Ok(cp) if cp.is_valid(key) => {
+                report.first_seq = cp.mark.seq + 1;
+                prev = cp.links();
             }
             _ => {
                 fail(&mut report, 0, "the prune checkpoint is altered");
@@ -145,8 +232,27 @@ pub fn verify<E>(
             }
         }
     }
+    // The heads: (chain, the mark it vouches for).
+    let mut heads = Vec::new();
+    for (node, bytes) in std::iter::once((0, head)).chain(
+        node_heads
+            .iter()
+            .map(|(node, head)| (*node, head.as_deref())),
+    ) {
+        let Some(bytes) = bytes else { continue };
+        match Head::decode(bytes) {
+            Ok(Head { mark, .. }) if mark.is_valid(key, HEAD) => heads.push((node, mark)),
+            _ => {
+                let at = report.first_seq;
+                fail(&mut report, at, "the head record is altered");
+                return Ok(report);
+            }
+        }
+    }
+    let vouched_to = heads.iter().map(|(_, m)| m.seq).max().unwrap_or(0);
+    let known = |node: u64| node == 0 || node_heads.iter().any(|(n, _)| *n == node);
+    let mut vouched_seen = vec![false; heads.len()];
     let mut expect = report.first_seq;
-    let mut macs_seen = Vec::new();
     for item in events {
         let (seq, bytes) = item?;
         if seq < expect {
@@ -168,7 +274,12 @@ pub fn verify<E>(
             fail(&mut report, seq, "event out of place (reordered)");
             return Ok(report);
         }
-        if !mac_eq(&event.prev_mac, &prev) {
+        if !known(event.node) && seq <= vouched_to {
+            fail(&mut report, seq, "event of a node with no record");
+            return Ok(report);
+        }
+        let link = prev.get(&event.node).copied().unwrap_or([0; MAC_LEN]);
+        if !mac_eq(&event.prev_mac, &link) {
             fail(
                 &mut report,
                 seq,
@@ -180,32 +291,27 @@ pub fn verify<E>(
             fail(&mut report, seq, "event altered");
             return Ok(report);
         }
-        prev = event.mac;
-        macs_seen.push((seq, event.mac));
+        for (seen, (_, mark)) in vouched_seen.iter_mut().zip(&heads) {
+            *seen |= mark.seq == seq && mac_eq(&mark.mac, &event.mac);
+        }
+        prev.insert(event.node, event.mac);
         report.checked += 1;
         expect += 1;
     }
-    if let Some(bytes) = head {
-        let mark = match Head::decode(bytes) {
-            Ok(Head { mark, .. }) if mark.is_valid(key, HEAD) => mark,
-            _ => {
-                fail(&mut report, expect, "the head record is altered");
-                return Ok(report);
-            }
-        };
-        // Events appended after the head was read are fine; events the head vouches for
-        // must all be there.
-        let vouched = macs_seen
-            .iter()
-            .find(|(s, _)| *s == mark.seq)
-            .is_some_and(|(_, mac)| mac_eq(mac, &mark.mac));
-        if mark.seq >= report.first_seq && !vouched {
-            fail(
-                &mut report,
-                expect.min(mark.seq),
-                "events missing at the end of the log",
-            );
-        }
+    // Events appended after a head was read are fine; events a head vouches for must all
+    // be there.
+    let missing = heads
+        .iter()
+        .zip(&vouched_seen)
+        .filter(|((_, mark), seen)| mark.seq >= report.first_seq && !**seen)
+        .map(|((_, mark), _)| mark.seq)
+        .min();
+    if let Some(seq) = missing {
+        fail(
+            &mut report,
+            expect.min(seq),
+            "events missing at the end of the log",
+        );
     }
     Ok(report)
 }

@@ -9,9 +9,9 @@ use crate::crypto::Sealed;
 use crate::domain::{FieldName, SubjectId, TenantId, Timestamp};
 
 use super::{
-    AuditMarks, Erasure, FieldRecord, KeyChange, KeyUpdate, LegacyPage, LegacySeal, StateRecord,
-    StateUpdate, Store, StoreError, StoreResult, SubjectRecord, SubjectUpdate, SubjectWrite,
-    TenantKeyState, TenantRecord, Tombstone, TombstoneSeal, Written,
+    AuditMarks, Erasure, FieldRecord, KeyChange, KeyUpdate, LegacyPage, LegacySeal, SealBatch,
+    StateRecord, StateUpdate, Store, StoreError, StoreResult, SubjectRecord, SubjectUpdate,
+    SubjectWrite, TenantKeyState, TenantRecord, Tombstone, TombstoneSeal, Written,
 };
 
 /// Switches that make the wrapped store misbehave.
@@ -90,6 +90,16 @@ impl FaultyStore {
         } else {
             Ok(())
         }
+    }
+
+    /// An audit append stalls first if asked (a stuck writer), then fails if asked.
+    fn audit_faults(&self) -> StoreResult<()> {
+        if self.faults.stall_audit.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(
+                self.faults.stall_millis.load(Ordering::SeqCst),
+            ));
+        }
+        Self::check(&self.faults.fail_audit, "audit append failed (disk full)")
     }
 
     fn write(&self) -> StoreResult<()> {
@@ -318,13 +328,15 @@ impl Store for FaultyStore {
         self.inner.clear_epoch_pending(tenant, seen)
     }
     fn audit_append(&self, events: &[(u64, Vec<u8>)], head: &[u8]) -> StoreResult<()> {
-        if self.faults.stall_audit.load(Ordering::SeqCst) {
-            std::thread::sleep(Duration::from_millis(
-                self.faults.stall_millis.load(Ordering::SeqCst),
-            ));
-        }
-        Self::check(&self.faults.fail_audit, "audit append failed (disk full)")?;
+        self.audit_faults()?;
         self.inner.audit_append(events, head)
+    }
+    fn audit_new_node(&self, started: Timestamp) -> StoreResult<u64> {
+        self.inner.audit_new_node(started)
+    }
+    fn audit_append_node(&self, node: u64, seal: SealBatch<'_>) -> StoreResult<()> {
+        self.audit_faults()?;
+        self.inner.audit_append_node(node, seal)
     }
     fn audit_scan(&self, after: u64, limit: usize) -> StoreResult<Vec<(u64, Vec<u8>)>> {
         self.inner.audit_scan(after, limit)

@@ -121,9 +121,17 @@ pub struct LegacyPage {
 /// The signed records that bound the audit chain (see `audit::ChainMark`).
 #[derive(Clone, Debug, Default)]
 pub struct AuditMarks {
+    /// The single chain's head.
     pub head: Option<Vec<u8>>,
     pub checkpoint: Option<Vec<u8>>,
+    /// In a log several nodes append to, each node's chain: (node, its head once it
+    /// appended). Empty for a log of one writer.
+    pub nodes: Vec<(u64, Option<Vec<u8>>)>,
 }
+
+/// Seals a batch for `Store::audit_append_node`: given the place of its first event in the
+/// merged order, returns the rows to store and the node's new head.
+pub type SealBatch<'a> = &'a mut dyn FnMut(u64) -> (Vec<(u64, Vec<u8>)>, Vec<u8>);
 
 /// How `Store::root_fence` is held.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -335,6 +343,22 @@ pub trait Store: Send + Sync + 'static {
     /// Records `checkpoint`, then deletes every audit event up to `through`. Returns how
     /// many were deleted.
     fn audit_prune(&self, through: u64, checkpoint: &[u8]) -> StoreResult<u64>;
+    /// Starts a chain of its own for this node in a log several nodes append to (`shared`):
+    /// its node number, new and never reused.
+    fn audit_new_node(&self, _started: Timestamp) -> StoreResult<u64> {
+        Err(StoreError::Backend(
+            "this store's audit log has one writer and one chain".into(),
+        ))
+    }
+    /// Appends a batch to node `node`'s chain, in the order merged from every node: `seal`
+    /// is given the place of the batch's first event (right after the newest stored event,
+    /// whichever node wrote it; no other node appends in between) and returns the rows and
+    /// the node's new head. Durable on return.
+    fn audit_append_node(&self, _node: u64, _seal: SealBatch<'_>) -> StoreResult<()> {
+        Err(StoreError::Backend(
+            "this store's audit log has one writer and one chain".into(),
+        ))
+    }
     /// The torn tails cut off the audit log (events never acknowledged) and not yet
     /// recorded, for the audit log to record; none for a backend whose appends are
     /// transactions.

@@ -16,11 +16,11 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::audit::{
-    verify, AuditEvent, AuditFilter, ChainMark, EventDraft, Head, Operation, Outcome, VerifyReport,
-    CHECKPOINT, HEAD,
+    node_label, verify_chains, AuditEvent, AuditFilter, ChainMark, Checkpoint, EventDraft, Head,
+    Operation, Outcome, VerifyReport, CHECKPOINT, HEAD,
 };
 use crate::crypto::{Audit, Key, MAC_LEN};
 use crate::domain::Timestamp;
@@ -40,8 +40,6 @@ const SCAN_PAGE: usize = 1024;
 /// Most events one query call examines before it returns what it found and where to
 /// resume: a filter that matches little never holds a thread for a whole scan.
 const SCAN_BUDGET: usize = 32 * SCAN_PAGE;
-/// How often a batch is re-chained after other writers of a shared store appended first.
-const MAX_RECHAIN: u32 = 100;
 
 /// The audit log could not record an event in time.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -125,9 +123,10 @@ impl std::fmt::Debug for AuditLog {
     }
 }
 
-/// Where the chain stands: the next sequence number, the MAC it must link to, and the
-/// intents whose ending is not recorded yet.
+/// Where the chain stands: the chain (0, or this node's in a shared log), the next sequence
+/// number, the MAC it must link to, and the intents whose ending is not recorded yet.
 struct ChainState {
+    node: u64,
     next_seq: u64,
     last_mac: [u8; MAC_LEN],
     open: BTreeSet<u64>,
@@ -139,7 +138,18 @@ fn tracks_intents(store: &dyn Store) -> bool {
     !store.shared()
 }
 
-fn chain_state(store: &dyn Store) -> Result<ChainState, StoreError> {
+/// Where this writer continues: on a store several nodes share, a new chain of its own
+/// (started at `now`); else the single chain, after its newest event.
+fn chain_state(store: &dyn Store, now: Timestamp) -> Result<ChainState, StoreError> {
+    if store.shared() {
+        return Ok(ChainState {
+            node: store.audit_new_node(now)?,
+            // Only until the first append: the store gives each batch its places.
+            next_seq: store.audit_last()?.map_or(1, |(seq, _)| seq + 1),
+            last_mac: [0; MAC_LEN],
+            open: BTreeSet::new(),
+        });
+    }
     let marks = store.audit_marks()?;
     // Several nodes of a shared store write one head: a node cannot tell its own open
     // intents from another's there, so none are tracked (`tracks_intents`).
@@ -152,6 +162,7 @@ fn chain_state(store: &dyn Store) -> Result<ChainState, StoreError> {
     if let Some((seq, bytes)) = store.audit_last()? {
         let event = AuditEvent::decode(&bytes)?;
         return Ok(ChainState {
+            node: 0,
             next_seq: seq + 1,
             last_mac: event.mac,
             open,
@@ -160,14 +171,16 @@ fn chain_state(store: &dyn Store) -> Result<ChainState, StoreError> {
     // Everything was pruned (or nothing was ever written): continue from the checkpoint.
     match marks.checkpoint {
         Some(bytes) => {
-            let mark = ChainMark::decode(&bytes)?;
+            let checkpoint = Checkpoint::decode(&bytes)?;
             Ok(ChainState {
-                next_seq: mark.seq + 1,
-                last_mac: mark.mac,
+                node: 0,
+                next_seq: checkpoint.mark.seq + 1,
+                last_mac: checkpoint.links().get(&0).copied().unwrap_or([0; MAC_LEN]),
                 open,
             })
         }
         None => Ok(ChainState {
+            node: 0,
             next_seq: 1,
             last_mac: [0; MAC_LEN],
             open,
@@ -181,7 +194,7 @@ impl AuditLog {
     pub(in crate::service) fn start(
         writer: Writer, sink: Option<JsonlSink>, timeout: Duration,
     ) -> Result<Self, StoreError> {
-        let state = chain_state(writer.store.as_ref())?;
+        let state = chain_state(writer.store.as_ref(), writer.now)?;
         let index = match writer.store.shared() {
             true => None,
             false => Some(Arc::new(build_index(writer.store.as_ref())?)),
@@ -338,7 +351,22 @@ impl AuditLog {
 
     /// Deletes events older than `before`, leaving a signed checkpoint so verification still
     /// succeeds. The newest event is never pruned: it anchors the chain for new events.
+    ///
+    /// In a log with several chains, the checkpoint also marks each chain's last pruned
+    /// event (carried over from the previous checkpoint for a chain with none pruned now),
+    /// where the chain's remaining events link.
     pub fn prune(&self, before: Timestamp) -> Result<PruneReport, StoreError> {
+        let previous = self.store.audit_marks()?.checkpoint;
+        let mut links: BTreeMap<u64, (u64, [u8; MAC_LEN])> = match previous {
+            Some(bytes) => {
+                let cp = Checkpoint::decode(&bytes)?;
+                match cp.nodes.is_empty() {
+                    true => BTreeMap::from([(0, (cp.mark.seq, cp.mark.mac))]),
+                    false => cp.nodes.iter().map(|(n, m)| (*n, (m.seq, m.mac))).collect(),
+                }
+            }
+            None => BTreeMap::new(),
+        };
         let newest = self.store.audit_last()?.map(|(seq, _)| seq);
         let mut last_old: Option<AuditEvent> = None;
         let mut cursor = 0;
@@ -353,6 +381,7 @@ impl AuditLog {
                 if event.draft.time >= before || Some(seq) == newest {
                     break 'scan;
                 }
+                links.insert(event.node, (seq, event.mac));
                 last_old = Some(event);
             }
         }
@@ -362,8 +391,22 @@ impl AuditLog {
                 through: None,
             });
         };
-        let mark = ChainMark::new(&self.key, CHECKPOINT, last.seq, last.mac);
-        let deleted = self.store.audit_prune(last.seq, &mark.encode())?;
+        let nodes = match links.keys().all(|node| *node == 0) {
+            // The single chain: the mark is where it links.
+            true => Vec::new(),
+            false => links
+                .into_iter()
+                .map(|(node, (seq, mac))| {
+                    let label = node_label(CHECKPOINT, node);
+                    (node, ChainMark::new(&self.key, &label, seq, mac))
+                })
+                .collect(),
+        };
+        let checkpoint = Checkpoint {
+            mark: ChainMark::new(&self.key, CHECKPOINT, last.seq, last.mac),
+            nodes,
+        };
+        let deleted = self.store.audit_prune(last.seq, &checkpoint.encode())?;
         if let Some(index) = &self.index {
             index.prune(last.seq);
         }
@@ -414,14 +457,15 @@ pub fn verify_store(store: &dyn Store, key: &Key<Audit>) -> Result<VerifyReport,
         }
     })
     .flatten();
-    let first_seq = match marks.checkpoint.as_deref().map(ChainMark::decode) {
-        Some(Ok(mark)) => mark.seq + 1,
+    let first_seq = match marks.checkpoint.as_deref().map(Checkpoint::decode) {
+        Some(Ok(checkpoint)) => checkpoint.mark.seq + 1,
         _ => 1,
     };
-    match verify(
+    match verify_chains(
         key,
         marks.checkpoint.as_deref(),
         marks.head.as_deref(),
+        &marks.nodes,
         &mut pages,
     ) {
         // The log's files hold a damaged event: reported at its sequence number, like an
@@ -436,8 +480,8 @@ pub fn verify_store(store: &dyn Store, key: &Key<Audit>) -> Result<VerifyReport,
     }
 }
 
-/// A batch sealed for the store: the events, their stored rows, the new head mark and the
-/// MAC the next batch links to.
+/// A batch sealed for the store: the events, their stored rows, the new head and the MAC
+/// the next batch links to.
 struct Chained {
     events: Vec<AuditEvent>,
     rows: Vec<(u64, Vec<u8>)>,
@@ -445,22 +489,22 @@ struct Chained {
     last_mac: [u8; MAC_LEN],
 }
 
-/// Seals `batch` as the continuation of `state`; the head lists the intents still open
-/// after it (`open`).
+/// Seals `drafts` as the continuation of chain `node` from place `first_seq`, after the
+/// event whose MAC is `prev`; the head lists the intents still open after it (`open`).
 fn chain_batch(
-    key: &Key<Audit>, state: &ChainState, batch: &[Append], open: &BTreeSet<u64>,
+    key: &Key<Audit>, node: u64, first_seq: u64, mut prev: [u8; MAC_LEN],
+    drafts: impl IntoIterator<Item = EventDraft>, open: &BTreeSet<u64>,
 ) -> Chained {
-    let mut prev = state.last_mac;
-    let events: Vec<AuditEvent> = batch
-        .iter()
+    let events: Vec<AuditEvent> = drafts
+        .into_iter()
         .enumerate()
-        .map(|(i, a)| {
-            let event = AuditEvent::seal(key, state.next_seq + i as u64, a.draft.clone(), prev);
+        .map(|(i, draft)| {
+            let event = AuditEvent::seal_on(key, node, first_seq + i as u64, draft, prev);
             prev = event.mac;
             event
         })
         .collect();
-    let last_seq = state.next_seq + events.len() as u64 - 1;
+    let last_seq = first_seq + events.len() as u64 - 1;
     let head = Head {
         mark: ChainMark::new(key, HEAD, last_seq, prev),
         open_intents: open.iter().copied().collect(),
@@ -669,19 +713,57 @@ async fn write_loop(
     }
 }
 
-/// Chains `batch` after `state` and stores it with the new head, re-chaining after other
-/// writers of a shared store that appended first. Returns the chained events and whether
-/// they were stored; `state` moves past them only if they were.
+/// Chains `batch` after `state` and stores it with the new head. Returns the chained
+/// events and whether they were stored; `state` moves past them only if they were.
 async fn store_batch(
-    background: &Background, store: &Arc<dyn Store>, key: &Key<Audit>, state: &mut ChainState,
+    background: &Background, store: &Arc<dyn Store>, key: &Arc<Key<Audit>>, state: &mut ChainState,
     batch: &[Append],
 ) -> (Vec<AuditEvent>, Result<(), StoreError>) {
-    let mut attempts = 0;
-    loop {
-        attempts += 1;
-        let mut open = state.open.clone();
-        let track = tracks_intents(store.as_ref());
-        for (i, a) in batch.iter().enumerate().filter(|_| track) {
+    let panicked = || StoreError::Backend("audit append panicked".into());
+    if state.node != 0 {
+        // This node's chain in a shared log: the store gives the batch its places.
+        let (writer, key, node, prev) = (store.clone(), key.clone(), state.node, state.last_mac);
+        let drafts: Vec<EventDraft> = batch.iter().map(|a| a.draft.clone()).collect();
+        let stored = background
+            .run(move || {
+                let mut sealed = None;
+                writer
+                    .audit_append_node(node, &mut |first| {
+                        let mut chained = chain_batch(
+                            &key,
+                            node,
+                            first,
+                            prev,
+                            drafts.iter().cloned(),
+                            &BTreeSet::new(),
+                        );
+                        let stored = (
+                            std::mem::take(&mut chained.rows),
+                            std::mem::take(&mut chained.head),
+                        );
+                        sealed = Some(chained);
+                        stored
+                    })
+                    .and_then(|()| {
+                        sealed.ok_or_else(|| StoreError::Backend("audit batch not sealed".into()))
+                    })
+            })
+            .await
+            .unwrap_or_else(|_| Err(panicked()));
+        return match stored {
+            Ok(Chained {
+                events, last_mac, ..
+            }) => {
+                state.next_seq = events.last().map_or(state.next_seq, |e| e.seq + 1);
+                state.last_mac = last_mac;
+                (events, Ok(()))
+            }
+            Err(e) => (Vec::new(), Err(e)),
+        };
+    }
+    let mut open = state.open.clone();
+    if tracks_intents(store.as_ref()) {
+        for (i, a) in batch.iter().enumerate() {
             if a.draft.outcome == Outcome::Intent {
                 open.insert(state.next_seq + i as u64);
             }
@@ -689,42 +771,22 @@ async fn store_batch(
                 open.remove(&intent);
             }
         }
-        let Chained {
-            events,
-            rows,
-            head,
-            last_mac,
-        } = chain_batch(key, state, batch, &open);
-        let writer = store.clone();
-        let stored = background
-            .run(move || writer.audit_append(&rows, &head))
-            .await
-            .unwrap_or_else(|_| Err(StoreError::Backend("audit append panicked".into())));
-        match stored {
-            Ok(()) => {
-                // The batch is in the store: the chain moves on even if the flush fails,
-                // so later events link to these.
-                state.next_seq += events.len() as u64;
-                state.last_mac = last_mac;
-                state.open = open;
-                break (events, Ok(()));
-            }
-            // Another node of a shared store appended first: continue after its events.
-            Err(StoreError::Conflict) if attempts < MAX_RECHAIN => {
-                tracing::debug!(attempts, "audit batch re-chained after another writer");
-                let reread = store.clone();
-                match background.run(move || chain_state(reread.as_ref())).await {
-                    Ok(Ok(now)) => *state = now,
-                    Ok(Err(e)) => break (events, Err(e)),
-                    Err(_) => {
-                        break (
-                            events,
-                            Err(StoreError::Backend("audit re-read panicked".into())),
-                        )
-                    }
-                }
-            }
-            Err(e) => break (events, Err(e)),
-        }
     }
+    let drafts = batch.iter().map(|a| a.draft.clone());
+    let mut chained = chain_batch(key, 0, state.next_seq, state.last_mac, drafts, &open);
+    let (rows, head) = (
+        std::mem::take(&mut chained.rows),
+        std::mem::take(&mut chained.head),
+    );
+    let writer = store.clone();
+    let stored = background
+        .run(move || writer.audit_append(&rows, &head))
+        .await
+        .unwrap_or_else(|_| Err(panicked()));
+    if stored.is_ok() {
+        state.next_seq += chained.events.len() as u64;
+        state.last_mac = chained.last_mac;
+        state.open = open;
+    }
+    (chained.events, stored)
 }

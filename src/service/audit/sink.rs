@@ -22,6 +22,8 @@ pub struct SinkConfig {
 #[derive(Serialize)]
 struct Line<'a> {
     seq: u64,
+    #[serde(skip_serializing_if = "is_zero")]
+    node: u64,
     time_us: u64,
     request_id: &'a str,
     caller: &'a str,
@@ -35,6 +37,11 @@ struct Line<'a> {
     rule: &'a str,
     prev_mac: String,
     mac: String,
+}
+
+/// The single chain's events carry no node in their line.
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// An open sink file.
@@ -75,6 +82,7 @@ impl JsonlSink {
         let d = &e.draft;
         let line = Line {
             seq: e.seq,
+            node: e.node,
             time_us: d.time.0,
             request_id: &d.request_id,
             caller: &d.caller,

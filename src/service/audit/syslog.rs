@@ -358,6 +358,7 @@ mod tests {
     fn event(reason: &str) -> AuditEvent {
         AuditEvent {
             seq: 7,
+            node: 0,
             draft: EventDraft {
                 time: Timestamp(1_700_000_000_123_456),
                 request_id: "req-1".into(),

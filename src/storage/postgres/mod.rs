@@ -45,6 +45,7 @@ use std::sync::{Condvar, Mutex};
 pub use tls::MakeRustls;
 pub use tls::PgTls;
 use tls::{Connector, Session};
+use tokio_postgres::IsolationLevel;
 
 use crate::crypto::Sealed;
 use crate::domain::{FieldName, SubjectId, TenantId, Timestamp};
@@ -58,8 +59,8 @@ use super::records::{
     Written,
 };
 use super::{
-    AuditMarks, Fence, FenceMode, KeyChange, KeyUpdate, LegacyPage, LegacySeal, StateUpdate, Store,
-    StoreError, StoreResult, SubjectUpdate, TenantKeyState, TombstoneSeal,
+    AuditMarks, Fence, FenceMode, KeyChange, KeyUpdate, LegacyPage, LegacySeal, SealBatch,
+    StateUpdate, Store, StoreError, StoreResult, SubjectUpdate, TenantKeyState, TombstoneSeal,
 };
 
 /// Runs `f`, which blocks its thread on the database, without taking an async worker away
@@ -408,6 +409,16 @@ impl Store for PgStore {
 
     fn audit_append(&self, events: &[(u64, Vec<u8>)], head: &[u8]) -> StoreResult<()> {
         self.tx(|t| audit::append(t, events, head))
+    }
+
+    fn audit_new_node(&self, started: Timestamp) -> StoreResult<u64> {
+        self.tx(|t| audit::new_node(t, started))
+    }
+
+    fn audit_append_node(&self, node: u64, seal: SealBatch<'_>) -> StoreResult<()> {
+        self.tx_at(IsolationLevel::ReadCommitted, |t| {
+            audit::append_node(t, node, &mut *seal)
+        })
     }
 
     fn audit_scan(&self, after: u64, n: usize) -> StoreResult<Vec<(u64, Vec<u8>)>> {

@@ -74,18 +74,22 @@ impl PgStore {
 
     /// Runs `body` in a SERIALIZABLE transaction, again while it fails retryably.
     pub(super) fn tx<T>(&self, body: impl Fn(&Db<'_, Transaction<'_>>) -> R<T>) -> StoreResult<T> {
+        self.tx_at(IsolationLevel::Serializable, body)
+    }
+
+    /// `tx` at another isolation level: READ COMMITTED for a body that serializes itself
+    /// with a lock and must then see what the previous holder committed (each statement
+    /// takes a new snapshot; a SERIALIZABLE one would keep the snapshot from before the wait).
+    pub(super) fn tx_at<T>(
+        &self, level: IsolationLevel, mut body: impl FnMut(&Db<'_, Transaction<'_>>) -> R<T>,
+    ) -> StoreResult<T> {
         self.with_client(|c| {
             let (client, prepared) = c.split();
             let mut attempt = 0;
             loop {
                 attempt += 1;
                 let outcome: R<T> = (|| {
-                    let tx = block(
-                        client
-                            .build_transaction()
-                            .isolation_level(IsolationLevel::Serializable)
-                            .start(),
-                    )?;
+                    let tx = block(client.build_transaction().isolation_level(level).start())?;
                     let value = body(&Db::within(&tx, prepared))?;
                     block(tx.commit())?;
                     Ok(value)

@@ -12,7 +12,7 @@ use super::error::{block, Failure};
 const MIGRATION_LOCK: i64 = 0x7076_7363_6865_6d61;
 
 /// (version, SQL), in order. Never edit a released one: add the next.
-const MIGRATIONS: &[(i32, &str)] = &[(1, V1), (2, V2)];
+const MIGRATIONS: &[(i32, &str)] = &[(1, V1), (2, V2), (3, V3)];
 
 /// The first layout: one table per sled tree, the same encoded records in `bytea` columns.
 /// Text keys collate as bytes ("C"), so pages come in the order sled gives.
@@ -102,6 +102,18 @@ CREATE TABLE pv_idempotency (
     PRIMARY KEY (tenant, subject, scope)
 );
 CREATE INDEX pv_idempotency_expiry ON pv_idempotency (tenant, expires_at);
+"#;
+
+/// The audit log's node chains (`pv_audit_nodes`): one row per node start, numbered from 1
+/// without gaps, with the head of the node's chain once it appended. The events of
+/// `pv_audit` before this version are the single chain (node 0), whose head stays in
+/// `pv_meta`.
+const V3: &str = r#"
+CREATE TABLE pv_audit_nodes (
+    node bigint PRIMARY KEY,
+    started_at bigint NOT NULL,
+    head bytea
+);
 "#;
 
 /// The newest schema version this vault knows.

@@ -767,6 +767,7 @@ impl SegmentLog {
         AuditMarks {
             head: index.head.clone(),
             checkpoint: index.checkpoint.as_ref().map(|(_, m)| m.clone()),
+            nodes: Vec::new(),
         }
     }
 
