@@ -33,6 +33,7 @@ use tempfile::TempDir;
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
 
+use crate::confine::Confine;
 use crate::drive::{closed_loop, Stats};
 use crate::fixture::preload;
 use crate::postgres::{self, Postgres};
@@ -60,6 +61,11 @@ impl Node {
     /// Starts a node on `dir` (bootstrapped there unless already), on PostgreSQL at `url`
     /// if given, else on sled in `dir`.
     async fn start(dir: TempDir, url: Option<&str>) -> Self {
+        Self::start_confined(dir, url, None).await
+    }
+
+    /// `start`, with every thread of the node held to `confine`'s budget.
+    async fn start_confined(dir: TempDir, url: Option<&str>, confine: Option<Confine>) -> Self {
         let mut raw = RawConfig {
             listen: Some("127.0.0.1:0".into()),
             data_dir: Some(dir.path().to_path_buf()),
@@ -76,7 +82,11 @@ impl Node {
         config.abuse.requests_per_second = 1_000_000;
         config.abuse.request_burst = 1_000_000;
         bootstrap(&config, StartMode::Dev).expect("bootstrap");
-        let runtime = tokio::runtime::Builder::new_multi_thread()
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        if let Some(confine) = confine {
+            builder.on_thread_start(move || confine.enter());
+        }
+        let runtime = builder
             .thread_name("vault-node")
             .enable_all()
             .build()
@@ -269,6 +279,79 @@ pub async fn run(args: &Args) -> Result<u64, String> {
     sled.stop().await;
     twin.stop().await;
     pg.stop().await;
+    Ok(failures)
+}
+
+/// `--nodes`: the figure issue 17 asks for. On one fresh database, one vault node held to a
+/// CPU budget (`confine.rs`) against that node and a second one held the same way, the
+/// streams split evenly, taking turns in one-second slices. Returns the failed requests and
+/// empty runs, or why no PostgreSQL server could be had.
+pub async fn run_nodes(args: &Args) -> Result<u64, String> {
+    let server = postgres::server()?;
+    let url = server.fresh_database();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let budgets = [
+        Confine::node(0, args.node_cpus),
+        Confine::node(1, args.node_cpus),
+    ];
+    println!(
+        "# pii-vault load generator, nodes on one PostgreSQL (issue 17): {} s per \
+         configuration in slices of about 1 s, {} subjects x 10 fields of 256 B, audited",
+        args.duration.as_secs_f64(),
+        args.subjects,
+    );
+    println!(
+        "# node 1: {}; node 2: {}; {cores} cores in all, shared with the load generator and \
+         PostgreSQL (unconfined)",
+        budgets[0].describe(args.node_cpus),
+        budgets[1].describe(args.node_cpus)
+    );
+    println!(
+        "# PostgreSQL: {}; the nodes connect over loopback without TLS",
+        settings(server, &url)
+    );
+    let one_dir = TempDir::new().expect("temp dir");
+    let two_dir = TempDir::new().expect("temp dir");
+    let one = Node::start_confined(one_dir, Some(&url), Some(budgets[0].clone())).await;
+    copy_dir(one.dir.path(), two_dir.path());
+    let two = Node::start_confined(two_dir, Some(&url), Some(budgets[1].clone())).await;
+    let again = preload(&one.channel().await, args.subjects).await;
+    if again > 0 {
+        println!("# preload: {again} PutFields answered Unavailable, sent again");
+    }
+    println!();
+    report::header();
+    let names = ["pg 1 node", "pg 2 nodes"];
+    let mut failures = 0;
+    let mut ratios = Vec::new();
+    for scenario in scenarios(args) {
+        for &c in &args.concurrency {
+            let loads = [
+                targets(&[&one], scenario, c, args.subjects).await,
+                targets(&[&one, &two], scenario, c, args.subjects).await,
+            ];
+            let (runs, rounds) = alternating(&loads, args.duration).await;
+            for (i, s) in runs.iter().enumerate() {
+                failures += s.errors + u64::from(s.ops == 0);
+                let note = match i {
+                    0 => "1 confined node".to_owned(),
+                    _ => format!("2 confined nodes; 2 / 1 {}", ratio(&runs, &rounds, 1, 0)),
+                };
+                row(scenario.name(), names[i], Some(c), s, &note);
+            }
+            ratios.push((scenario.name(), c, ratio(&runs, &rounds, 1, 0)));
+        }
+    }
+    println!();
+    println!("# throughput ratios, same run: whole run (median of the rounds' ratios, range)");
+    for (name, c, r) in &ratios {
+        println!("ratio {name:<6} conc {c:>3}: 2 nodes / 1 node {r}");
+    }
+    two.stop().await;
+    one.stop().await;
+    for budget in &budgets {
+        budget.remove();
+    }
     Ok(failures)
 }
 

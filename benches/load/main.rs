@@ -26,6 +26,9 @@
 //! cargo bench --bench load -- --peer --scenarios get1,put1   # with P: vault / P per row
 //! cargo bench --bench load -- --rss --fields 1000000 --cache-mib 256
 //! cargo bench --bench load -- --backends --duration 10 --concurrency 8,64
+//! cargo bench --bench load -- --nodes --duration 10 --concurrency 64
+//!                                                # one CPU-confined node on PostgreSQL
+//!                                                #   against two (--node-cpus 0.5)
 //! cargo bench --bench load -- --scenarios erase --concurrency 1 --duration 2
 //!                                                # erasure, with 10,000 by EraseSubjects
 //!                                                #   against 10,000 by one call each
@@ -46,6 +49,7 @@
 //! the same process, back to back.
 
 mod backends;
+mod confine;
 mod drive;
 mod echo;
 mod erase;
@@ -92,6 +96,10 @@ struct Args {
     cache_mib: u64,
     /// Compare the storage backends instead (`backends.rs`).
     backends: bool,
+    /// Compare one CPU-confined node on PostgreSQL with two instead (`backends.rs`).
+    nodes: bool,
+    /// Each confined node's share of a core, where a cgroup quota can be set.
+    node_cpus: f64,
     /// The flood scenario's requests and idle reads (`flood.rs`).
     flood: FloodSize,
     /// Run baseline P, the pgcrypto peer (`pgcrypto.rs`), beside the vault.
@@ -129,6 +137,8 @@ fn args() -> Args {
         fields: 1_000_000,
         cache_mib: 256,
         backends: false,
+        nodes: false,
+        node_cpus: 0.5,
         flood: FloodSize {
             requests: 100_000,
             idle_calls: 1_000,
@@ -156,6 +166,8 @@ fn args() -> Args {
             "--rates" => a.rates = list(&value(), |s| s.parse().ok()),
             "--rss" => a.rss = true,
             "--backends" => a.backends = true,
+            "--nodes" => a.nodes = true,
+            "--node-cpus" => a.node_cpus = value().parse().unwrap_or(0.5),
             "--peer" => a.peer = true,
             "--fields" => a.fields = value().parse().unwrap_or(1_000_000),
             "--cache-mib" => a.cache_mib = value().parse().unwrap_or(256),
@@ -168,6 +180,24 @@ fn args() -> Args {
         }
     }
     a
+}
+
+/// The failures of a comparison on PostgreSQL; without a server, none (it is skipped, and
+/// says so) unless `PIIVAULT_REQUIRE_PG` is set.
+fn on_postgres(what: &str, ran: Result<u64, String>) -> u64 {
+    match ran {
+        Ok(failures) => failures,
+        Err(why) => {
+            let required = std::env::var_os("PIIVAULT_REQUIRE_PG").is_some();
+            let verdict = if required {
+                "failed (PIIVAULT_REQUIRE_PG is set)"
+            } else {
+                "skipped"
+            };
+            println!("{what} {verdict}: no PostgreSQL server: {why}");
+            u64::from(required)
+        }
+    }
 }
 
 fn main() {
@@ -192,6 +222,13 @@ fn main() {
             });
             return (failures, 0);
         }
+        if args.nodes {
+            let failures = backends::run_nodes(&args).await.unwrap_or_else(|why| {
+                eprintln!("--nodes: no PostgreSQL server: {why}");
+                std::process::exit(2)
+            });
+            return (failures, 0);
+        }
         let mut failures = 0;
         let mut flood_failures = 0;
         if args.rss || args.smoke {
@@ -205,19 +242,8 @@ fn main() {
             flood_failures = flood::run(args.flood).await;
         }
         if args.smoke && !args.rss {
-            failures += match backends::run(&args).await {
-                Ok(failures) => failures,
-                Err(why) => {
-                    let required = std::env::var_os("PIIVAULT_REQUIRE_PG").is_some();
-                    let what = if required {
-                        "failed (PIIVAULT_REQUIRE_PG is set)"
-                    } else {
-                        "skipped"
-                    };
-                    println!("backends comparison {what}: no PostgreSQL server: {why}");
-                    u64::from(required)
-                }
-            };
+            failures += on_postgres("backends comparison", backends::run(&args).await);
+            failures += on_postgres("nodes comparison", backends::run_nodes(&args).await);
         }
         (failures, flood_failures)
     });
