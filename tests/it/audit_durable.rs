@@ -137,10 +137,28 @@ async fn a_failed_or_stuck_audit_append_answers_unavailable_and_changes_nothing(
         assert_eq!(key_version(&channel).await, version, "{fault}: key rotated");
     }
 
-    // Every intent the log holds has its ending, and none of the refused changes ended ok.
     let events = all_audit_events(&vault).await;
+    assert_every_intent_ended(&events);
+    let abandoned: Vec<&pb::AuditEvent> = events
+        .iter()
+        .filter(|e| e.reason.starts_with("not made: the request gave up"))
+        .collect();
+    assert!(
+        !abandoned.is_empty(),
+        "the stuck writer's intents were ended by the writer"
+    );
+    assert!(abandoned
+        .iter()
+        .all(|e| e.outcome == pb::Outcome::Error as i32));
+    let report = verify_online(&channel).await;
+    assert!(report.ok, "{report:?}");
+}
+
+/// Every intent the log holds has exactly one ending (there are at least two: the tenant's
+/// creation and the first put).
+fn assert_every_intent_ended(events: &[pb::AuditEvent]) {
     let mut endings: HashMap<(String, String), Vec<i32>> = HashMap::new();
-    for e in &events {
+    for e in events {
         if e.outcome != pb::Outcome::Intent as i32 {
             endings
                 .entry((e.request_id.clone(), e.operation.clone()))
@@ -159,23 +177,114 @@ async fn a_failed_or_stuck_audit_append_answers_unavailable_and_changes_nothing(
             .unwrap_or_else(|| panic!("intent without its ending: {intent:?}"));
         assert_eq!(ended.len(), 1, "{intent:?}: {ended:?}");
     }
-    let abandoned: Vec<&pb::AuditEvent> = events
-        .iter()
-        .filter(|e| e.reason.starts_with("not made: the request gave up"))
-        .collect();
-    assert!(
-        !abandoned.is_empty(),
-        "the stuck writer's intents were ended by the writer"
-    );
-    assert!(abandoned
-        .iter()
-        .all(|e| e.outcome == pb::Outcome::Error as i32));
-    let report = pb::audit_service_client::AuditServiceClient::new(channel.clone())
+}
+
+async fn verify_online(channel: &Channel) -> pb::VerifyAuditLogResponse {
+    pb::audit_service_client::AuditServiceClient::new(channel.clone())
         .verify_audit_log(pb::VerifyAuditLogRequest {})
         .await
         .expect("verify")
-        .into_inner();
+        .into_inner()
+}
+
+/// A tmpfs of its own mounted on a directory (root only), lazily unmounted when dropped.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &std::path::Path, size: &str) -> Result<Self, String> {
+        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .map_err(|e| format!("mount: {e}"))?;
+        match out.status.success() {
+            true => Ok(Self(dir.to_path_buf())),
+            false => Err(String::from_utf8_lossy(&out.stderr).trim().to_owned()),
+        }
+    }
+
+    fn resize(&self, size: &str) {
+        let status = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.0)
+            .status()
+            .expect("mount");
+        assert!(status.success(), "remount {}", self.0.display());
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// The audit log's own filesystem fills up (a real ENOSPC from a small tmpfs under
+/// `<store>/audit`, where mounting one is allowed: as root). Reads and changes answer
+/// UNAVAILABLE and change nothing; once there is room again the vault goes on, with the
+/// data as it was and a chain that verifies.
+#[tokio::test]
+async fn a_full_disk_under_the_audit_log_answers_unavailable_and_changes_nothing() {
+    let dir = tempfile::TempDir::new().expect("dir");
+    let config = crate::util::test_config(dir.path(), |raw| raw.audit.timeout_ms = Some(2_000));
+    let disk = match Tmpfs::mount(&config.store_dir().join("audit"), "96k") {
+        Ok(disk) => disk,
+        Err(why) => {
+            println!("skipped: cannot mount a tmpfs for the audit log here ({why})");
+            return;
+        }
+    };
+    let vault = TestVault::start_on(dir, config, None).await;
+    create_tenant(&vault, TENANT).await;
+    let channel = vault.channel().await;
+    let mut records = pb::record_service_client::RecordServiceClient::new(channel.clone());
+    let email = vec![text("email", pb::Category::Account, "alice@example.com")];
+    put(&mut records, TENANT, "alice", email)
+        .await
+        .expect("put");
+    let before = read(&channel, "alice").await.expect("read");
+
+    // Reads until the log's filesystem is full.
+    let mut full = None;
+    for _ in 0..5_000 {
+        if let Err(status) = read(&channel, "alice").await {
+            full = Some(status);
+            break;
+        }
+    }
+    let full = full.expect("the 96 KiB filesystem filled up");
+    assert_eq!(full.code(), Code::Unavailable, "{full:?}");
+    for (what, result) in attempts(&channel).await {
+        match result {
+            Err(s) if s.code() == Code::Unavailable => {
+                assert!(!s.message().contains("alice@example.com"), "{what}: {s:?}");
+            }
+            other => panic!("{what} answered {other:?} on a full disk, not UNAVAILABLE"),
+        }
+    }
+
+    // Room again: the vault serves, and nothing refused was made.
+    disk.resize("4m");
+    let mut after = None;
+    for _ in 0..50 {
+        if let Ok(fields) = read(&channel, "alice").await {
+            after = Some(fields);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(after.as_ref(), Some(&before), "alice as she was");
+    let ghost = read(&channel, "ghost").await.expect_err("never written");
+    assert_eq!(ghost.code(), Code::NotFound, "{ghost:?}");
+    assert_every_intent_ended(&all_audit_events(&vault).await);
+    let report = verify_online(&channel).await;
     assert!(report.ok, "{report:?}");
+    drop(vault);
+    drop(disk);
 }
 
 /// The audit key of a stopped vault in `dir` (file custody), and its store.
