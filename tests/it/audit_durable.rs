@@ -91,10 +91,9 @@ async fn attempts(channel: &Channel) -> Vec<(&'static str, Result<(), tonic::Sta
     out
 }
 
-#[tokio::test]
-async fn a_failed_or_stuck_audit_append_answers_unavailable_and_changes_nothing() {
-    let (vault, faults) = faulty_vault(|raw| raw.audit.timeout_ms = Some(1_000)).await;
-    create_tenant(&vault, TENANT).await;
+/// The tenant and alice's email; returns a channel and what a read of alice returns.
+async fn seed_alice(vault: &TestVault) -> (Channel, Vec<(String, String)>) {
+    create_tenant(vault, TENANT).await;
     let channel = vault.channel().await;
     let mut records = pb::record_service_client::RecordServiceClient::new(channel.clone());
     let email = vec![text("email", pb::Category::Account, "alice@example.com")];
@@ -102,6 +101,13 @@ async fn a_failed_or_stuck_audit_append_answers_unavailable_and_changes_nothing(
         .await
         .expect("put");
     let before = read(&channel, "alice").await.expect("read");
+    (channel, before)
+}
+
+#[tokio::test]
+async fn a_failed_or_stuck_audit_append_answers_unavailable_and_changes_nothing() {
+    let (vault, faults) = faulty_vault(|raw| raw.audit.timeout_ms = Some(1_000)).await;
+    let (channel, before) = seed_alice(&vault).await;
     let version = key_version(&channel).await;
 
     faults.stall_millis.store(2_500, Ordering::SeqCst);
@@ -239,14 +245,7 @@ async fn a_full_disk_under_the_audit_log_answers_unavailable_and_changes_nothing
         }
     };
     let vault = TestVault::start_on(dir, config, None).await;
-    create_tenant(&vault, TENANT).await;
-    let channel = vault.channel().await;
-    let mut records = pb::record_service_client::RecordServiceClient::new(channel.clone());
-    let email = vec![text("email", pb::Category::Account, "alice@example.com")];
-    put(&mut records, TENANT, "alice", email)
-        .await
-        .expect("put");
-    let before = read(&channel, "alice").await.expect("read");
+    let (channel, before) = seed_alice(&vault).await;
 
     // Reads until the log's filesystem is full.
     let mut full = None;

@@ -25,8 +25,9 @@ struct Node {
     clock: Arc<ManualClock>,
 }
 
-/// Two vaults on one fresh database, or `None` (skipped) without PostgreSQL.
-fn two_vaults(test: &str) -> Option<(Node, Node, String, TempDir)> {
+/// Two vaults on one fresh database, with tenant `acme` created through the first; `None`
+/// (skipped) without PostgreSQL.
+async fn two_vaults(test: &str) -> Option<(Node, Node, String, TempDir)> {
     let server = postgres::server_or_skip(test)?;
     let url = server.fresh_database();
     let dir = TempDir::new().expect("dir");
@@ -53,6 +54,10 @@ fn two_vaults(test: &str) -> Option<(Node, Node, String, TempDir)> {
     };
     let a = node();
     let b = node();
+    a.vault
+        .create_tenant(&admin_call(), &TenantId::parse("acme").expect("id"))
+        .await
+        .expect("tenant");
     Some((a, b, url, dir))
 }
 
@@ -120,14 +125,9 @@ fn node_of(events: &[AuditEvent], prefix: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_node_keeps_its_own_chain_in_one_merged_order() {
-    let Some((a, b, _url, _dir)) = two_vaults("scale_out::audit_chains_merged") else {
+    let Some((a, b, _url, _dir)) = two_vaults("scale_out::audit_chains_merged").await else {
         return;
     };
-    let call = admin_call();
-    a.vault
-        .create_tenant(&call, &TenantId::parse("acme").expect("id"))
-        .await
-        .expect("tenant");
     // Both nodes append at the same time.
     let (ta, tb) = tokio::join!(traffic(&a, "a", 30), traffic(&b, "b", 30));
     let _ = (ta, tb);
@@ -166,14 +166,9 @@ async fn each_node_keeps_its_own_chain_in_one_merged_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_prune_keeps_every_nodes_chain_verifiable() {
-    let Some((a, b, _url, _dir)) = two_vaults("scale_out::audit_chains_prune") else {
+    let Some((a, b, _url, _dir)) = two_vaults("scale_out::audit_chains_prune").await else {
         return;
     };
-    let call = admin_call();
-    a.vault
-        .create_tenant(&call, &TenantId::parse("acme").expect("id"))
-        .await
-        .expect("tenant");
     traffic(&a, "a", 10).await;
     traffic(&b, "b", 10).await;
     traffic(&a, "c", 5).await;
@@ -183,7 +178,7 @@ async fn a_prune_keeps_every_nodes_chain_verifiable() {
     }
     traffic(&b, "d", 5).await;
     traffic(&a, "e", 5).await;
-    let report = a.vault.prune_audit(&call, 0).await.expect("prune");
+    let report = a.vault.prune_audit(&admin_call(), 0).await.expect("prune");
     assert_eq!(report.through, Some(old), "{report:?}");
     // Both chains continue after the prune, from where their pruned events left them.
     traffic(&b, "f", 3).await;
@@ -203,14 +198,9 @@ async fn a_prune_keeps_every_nodes_chain_verifiable() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_edit_to_one_nodes_chain_is_found_at_its_sequence_number() {
-    let Some((a, b, url, _dir)) = two_vaults("scale_out::audit_chains_tamper") else {
+    let Some((a, b, url, _dir)) = two_vaults("scale_out::audit_chains_tamper").await else {
         return;
     };
-    let call = admin_call();
-    a.vault
-        .create_tenant(&call, &TenantId::parse("acme").expect("id"))
-        .await
-        .expect("tenant");
     traffic(&a, "a", 5).await;
     traffic(&b, "b", 5).await;
     traffic(&a, "c", 5).await;
