@@ -9,12 +9,36 @@ use crate::domain::SubjectId;
 use crate::storage::records::{StateRecord, SubjectRecord};
 use crate::storage::{rules, StateUpdate, StoreResult};
 
-use super::{abort, get, subject_key, tx_error, TenantTrees};
+use super::{abort, backend, get, subject_key, tx_error, TenantTrees};
 
-/// `Store::subject_state`: the state record and the subject record read in one
-/// transaction, so a concurrent change cannot make them look out of step.
+/// `Store::subject_state`: the state record, checked against the anchor in the subject
+/// record.
+///
+/// Most reads take the two records as they are, outside a transaction. A sled transaction,
+/// even one that only reads, holds sled's global write lock and seals a batch in its log, so
+/// every read would wait for every other and for the log writer. That costs nothing in
+/// safety here: sequence numbers only move forward, so a state record whose sequence number
+/// is the one its subject record anchors was stored with it, in whichever order the two were
+/// read. Only a mismatch, a change between the two reads or a real integrity failure, is
+/// read again in one transaction, which tells them apart.
 pub(super) fn read(trees: &TenantTrees, subject: &SubjectId) -> StoreResult<StateRecord> {
     let key = subject_key(subject);
+    let stored = trees
+        .state
+        .get(&key)
+        .map_err(backend)?
+        .map(|v| StateRecord::decode(&v))
+        .transpose()?
+        .unwrap_or_default();
+    let record = trees
+        .subjects
+        .get(&key)
+        .map_err(backend)?
+        .map(|v| SubjectRecord::decode(&v))
+        .transpose()?;
+    if rules::check_state_anchor(record.as_ref(), &stored).is_ok() {
+        return Ok(stored);
+    }
     (&trees.state, &trees.subjects)
         .transaction(|(state, subjects)| {
             let stored = get(state, &key, StateRecord::decode)?.unwrap_or_default();
