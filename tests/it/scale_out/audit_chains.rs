@@ -190,7 +190,7 @@ async fn a_prune_keeps_every_nodes_chain_verifiable() {
     }
     let remaining = all_events(&b.vault);
     assert_eq!(remaining.first().map(|e| e.seq), Some(old + 1));
-    // The prune's own event and both nodes' later reads are there.
+    // Both nodes' reads after the cut are there, each on its own chain.
     for prefix in ["d", "e", "f", "g"] {
         node_of(&remaining, prefix);
     }
