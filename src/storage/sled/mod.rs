@@ -200,6 +200,16 @@ fn get<T>(
         .map_err(abort)
 }
 
+/// `get` outside a transaction: the record stored under `key` in `tree`, decoded.
+fn stored<T>(
+    tree: &sled::Tree, key: impl AsRef<[u8]>, decode: fn(&[u8]) -> StoreResult<T>,
+) -> StoreResult<Option<T>> {
+    tree.get(key)
+        .map_err(backend)?
+        .map(|v| decode(&v))
+        .transpose()
+}
+
 /// Converts a failed sled transaction into a `StoreError`.
 fn tx_error(e: TransactionError<StoreError>) -> StoreError {
     match e {
@@ -242,11 +252,7 @@ impl Store for SledStore {
     }
 
     fn tenant(&self, id: &TenantId) -> StoreResult<Option<TenantRecord>> {
-        self.tenants
-            .get(id.as_str())
-            .map_err(backend)?
-            .map(|v| TenantRecord::decode(&v))
-            .transpose()
+        stored(&self.tenants, id.as_str(), TenantRecord::decode)
     }
 
     fn tenants(&self, after: Option<&TenantId>, limit: usize) -> StoreResult<Vec<TenantRecord>> {
@@ -274,11 +280,7 @@ impl Store for SledStore {
     }
 
     fn tenant_keys(&self, tenant: &TenantId) -> StoreResult<Option<TenantKeyState>> {
-        self.key_state
-            .get(tenant.as_str())
-            .map_err(backend)?
-            .map(|v| TenantKeyState::decode(&v))
-            .transpose()
+        stored(&self.key_state, tenant.as_str(), TenantKeyState::decode)
     }
 
     fn all_tenant_keys(&self) -> StoreResult<Vec<(TenantId, TenantKeyState)>> {
@@ -292,11 +294,11 @@ impl Store for SledStore {
     }
 
     fn subject(&self, t: &TenantId, s: &SubjectId) -> StoreResult<Option<SubjectRecord>> {
-        let stored = self.existing_trees(t)?.subjects.get(subject_key(s));
-        stored
-            .map_err(backend)?
-            .map(|v| SubjectRecord::decode(&v))
-            .transpose()
+        stored(
+            &self.existing_trees(t)?.subjects,
+            subject_key(s),
+            SubjectRecord::decode,
+        )
     }
 
     fn subjects(
@@ -340,11 +342,11 @@ impl Store for SledStore {
     fn field(
         &self, t: &TenantId, s: &SubjectId, n: &FieldName,
     ) -> StoreResult<Option<FieldRecord>> {
-        let stored = self.existing_trees(t)?.fields.get(field_key(s, n));
-        stored
-            .map_err(backend)?
-            .map(|v| FieldRecord::decode(&v))
-            .transpose()
+        stored(
+            &self.existing_trees(t)?.fields,
+            field_key(s, n),
+            FieldRecord::decode,
+        )
     }
 
     fn delete_fields(&self, t: &TenantId, s: &SubjectId, names: &[FieldName]) -> StoreResult<u32> {
@@ -408,12 +410,11 @@ impl Store for SledStore {
     }
 
     fn tombstone(&self, tenant: &TenantId, subject: &SubjectId) -> StoreResult<Option<Tombstone>> {
-        self.existing_trees(tenant)?
-            .tombstones
-            .get(subject_key(subject))
-            .map_err(backend)?
-            .map(|v| Tombstone::decode(&v))
-            .transpose()
+        stored(
+            &self.existing_trees(tenant)?.tombstones,
+            subject_key(subject),
+            Tombstone::decode,
+        )
     }
 
     fn seal_legacy_tombstones(

@@ -9,7 +9,7 @@ use crate::domain::SubjectId;
 use crate::storage::records::{StateRecord, SubjectRecord};
 use crate::storage::{rules, StateUpdate, StoreResult};
 
-use super::{abort, backend, get, subject_key, tx_error, TenantTrees};
+use super::{abort, get, stored, subject_key, tx_error, TenantTrees};
 
 /// `Store::subject_state`: the state record, checked against the anchor in the subject
 /// record.
@@ -23,21 +23,10 @@ use super::{abort, backend, get, subject_key, tx_error, TenantTrees};
 /// read again in one transaction, which tells them apart.
 pub(super) fn read(trees: &TenantTrees, subject: &SubjectId) -> StoreResult<StateRecord> {
     let key = subject_key(subject);
-    let stored = trees
-        .state
-        .get(&key)
-        .map_err(backend)?
-        .map(|v| StateRecord::decode(&v))
-        .transpose()?
-        .unwrap_or_default();
-    let record = trees
-        .subjects
-        .get(&key)
-        .map_err(backend)?
-        .map(|v| SubjectRecord::decode(&v))
-        .transpose()?;
-    if rules::check_state_anchor(record.as_ref(), &stored).is_ok() {
-        return Ok(stored);
+    let state = stored(&trees.state, &key, StateRecord::decode)?.unwrap_or_default();
+    let record = stored(&trees.subjects, &key, SubjectRecord::decode)?;
+    if rules::check_state_anchor(record.as_ref(), &state).is_ok() {
+        return Ok(state);
     }
     (&trees.state, &trees.subjects)
         .transaction(|(state, subjects)| {
