@@ -7,7 +7,7 @@
 //! - the **head** written with every batch (sequence number and MAC of the newest event):
 //!   deleting events at the end of the log is reported too.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use crate::codec::{CodecError, Reader, Writer};
 use crate::crypto::{mac_eq, Audit, Key, MAC_LEN};
@@ -232,16 +232,15 @@ pub fn verify_chains<E>(
             }
         }
     }
-    // The heads: (chain, the mark it vouches for).
-    let mut heads = Vec::new();
-    for (node, bytes) in std::iter::once((0, head)).chain(
-        node_heads
-            .iter()
-            .map(|(node, head)| (*node, head.as_deref())),
-    ) {
-        let Some(bytes) = bytes else { continue };
+    // What the heads vouch for and the walk has not met yet: sequence number, MACs (one per
+    // head naming it), so an event costs one lookup however many nodes there were.
+    let mut vouched: HashMap<u64, Vec<[u8; MAC_LEN]>> = HashMap::new();
+    let node_records = node_heads.iter().map(|(_, head)| head.as_deref());
+    for bytes in std::iter::once(head).chain(node_records).flatten() {
         match Head::decode(bytes) {
-            Ok(Head { mark, .. }) if mark.is_valid(key, HEAD) => heads.push((node, mark)),
+            Ok(Head { mark, .. }) if mark.is_valid(key, HEAD) => {
+                vouched.entry(mark.seq).or_default().push(mark.mac)
+            }
             _ => {
                 let at = report.first_seq;
                 fail(&mut report, at, "the head record is altered");
@@ -249,9 +248,12 @@ pub fn verify_chains<E>(
             }
         }
     }
-    let vouched_to = heads.iter().map(|(_, m)| m.seq).max().unwrap_or(0);
-    let known = |node: u64| node == 0 || node_heads.iter().any(|(n, _)| *n == node);
-    let mut vouched_seen = vec![false; heads.len()];
+    let vouched_to = vouched.keys().copied().max().unwrap_or(0);
+    let known: HashSet<u64> = node_heads
+        .iter()
+        .map(|(node, _)| *node)
+        .chain([0])
+        .collect();
     let mut expect = report.first_seq;
     for item in events {
         let (seq, bytes) = item?;
@@ -274,7 +276,7 @@ pub fn verify_chains<E>(
             fail(&mut report, seq, "event out of place (reordered)");
             return Ok(report);
         }
-        if !known(event.node) && seq <= vouched_to {
+        if !known.contains(&event.node) && seq <= vouched_to {
             fail(&mut report, seq, "event of a node with no record");
             return Ok(report);
         }
@@ -291,8 +293,11 @@ pub fn verify_chains<E>(
             fail(&mut report, seq, "event altered");
             return Ok(report);
         }
-        for (seen, (_, mark)) in vouched_seen.iter_mut().zip(&heads) {
-            *seen |= mark.seq == seq && mac_eq(&mark.mac, &event.mac);
+        if let Some(macs) = vouched.get_mut(&seq) {
+            macs.retain(|mac| !mac_eq(mac, &event.mac));
+            if macs.is_empty() {
+                vouched.remove(&seq);
+            }
         }
         prev.insert(event.node, event.mac);
         report.checked += 1;
@@ -300,11 +305,10 @@ pub fn verify_chains<E>(
     }
     // Events appended after a head was read are fine; events a head vouches for must all
     // be there.
-    let missing = heads
-        .iter()
-        .zip(&vouched_seen)
-        .filter(|((_, mark), seen)| mark.seq >= report.first_seq && !**seen)
-        .map(|((_, mark), _)| mark.seq)
+    let missing = vouched
+        .keys()
+        .copied()
+        .filter(|seq| *seq >= report.first_seq)
         .min();
     if let Some(seq) = missing {
         fail(

@@ -59,8 +59,12 @@ pub(super) fn new_node(t: &Db<'_, Transaction<'_>>, started: Timestamp) -> R<u64
         &[&ts(started)],
     )?
     .ok_or(StoreError::Corrupt("audit node"))?;
-    let node: i64 = row.get(0);
-    Ok(u64::try_from(node).map_err(|_| StoreError::Corrupt("audit node"))?)
+    Ok(node_number(row.get(0))?)
+}
+
+/// A node number as stored (`bigint`, positive).
+fn node_number(stored: i64) -> StoreResult<u64> {
+    u64::try_from(stored).map_err(|_| StoreError::Corrupt("audit node"))
 }
 
 /// Appends `seal`'s batch to `node`'s chain at the next places of the merged order; run in a
@@ -120,11 +124,7 @@ pub(super) fn marks(c: &Db<'_, Client>) -> R<AuditMarks> {
         &[],
     )?
     .iter()
-    .map(|r| {
-        let node: i64 = r.get(0);
-        let node = u64::try_from(node).map_err(|_| StoreError::Corrupt("audit node"))?;
-        Ok((node, r.get::<_, Option<Vec<u8>>>(1)))
-    })
+    .map(|r| Ok((node_number(r.get(0))?, r.get::<_, Option<Vec<u8>>>(1))))
     .collect::<R<Vec<_>>>()?;
     Ok(AuditMarks {
         head,
