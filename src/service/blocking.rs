@@ -6,8 +6,9 @@
 //! commit's flush, which runs on a blocking thread of its own in `storage::GroupCommit`).
 //! Work that reads or writes much, or waits on a disk or a network, goes through `run` (or
 //! `detach`) below: export chunks, backups, purges of erased subjects, keyring work that
-//! walks a tenant (rotations, re-wraps, counts, root key file rewrites), the audit writer's
-//! batch appends and the SIEM mirror, high-water mark fsyncs.
+//! walks a tenant (rotations, re-wraps, counts, root key file rewrites), and the audit high-water
+//! mark's fsyncs. The audit writer is a thread of its own (`audit::log`): every batch it
+//! appends waits for the disk.
 //!
 //! The PostgreSQL backend adds a second, inner answer for its own calls: each waits on the
 //! network, so `PgStore` moves off the async worker itself (`off_worker`, a
@@ -42,7 +43,7 @@ impl Background {
         self.0.token()
     }
 
-    /// Starts an async task (the audit writer, the purger).
+    /// Starts an async task (the purger).
     pub(super) fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
         drop(self.0.spawn(task));
     }

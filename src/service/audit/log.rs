@@ -1,6 +1,6 @@
 //! Writing, querying, verifying and pruning the audit log.
 //!
-//! One writer task owns the chain: callers send drafts, the task gives each a sequence
+//! One writer thread owns the chain: callers send drafts, the writer gives each a sequence
 //! number and a MAC, stores the batch with the new head (one durable append: a sync of the
 //! audit log's segment, or a committed PostgreSQL transaction), and only then answers. A
 //! caller waits at most `timeout`; past it the request fails closed.
@@ -189,7 +189,7 @@ fn chain_state(store: &dyn Store, now: Timestamp) -> Result<ChainState, StoreErr
 }
 
 impl AuditLog {
-    /// Starts the writer task, continuing the chain found in the writer's store; a request
+    /// Starts the writer thread, continuing the chain found in the writer's store; a request
     /// waits at most `timeout` for its event.
     pub(in crate::service) fn start(
         writer: Writer, sink: Option<JsonlSink>, timeout: Duration,
@@ -209,10 +209,20 @@ impl AuditLog {
             background: writer.background.clone(),
             index: index.clone(),
         };
-        writer
-            .background
-            .clone()
-            .spawn(write_loop(writer, sink, state, rx, index));
+        // A thread of its own, not a task: a batch's append waits for the disk, and a task
+        // would hand every batch to the blocking pool and back (two wake-ups per batch).
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|_| StoreError::Backend("the audit writer needs a tokio runtime".into()))?;
+        let running = writer.background.token();
+        std::thread::Builder::new()
+            .name("pv-audit-writer".into())
+            .spawn(move || {
+                let _running = running;
+                // For the high-water mark's fsyncs, started on the blocking pool.
+                let _runtime = runtime.enter();
+                write_loop(writer, sink, state, rx, index);
+            })
+            .map_err(|e| StoreError::Backend(format!("cannot start the audit writer: {e}")))?;
         Ok(log)
     }
 
@@ -519,7 +529,7 @@ fn chain_batch(
     }
 }
 
-/// What the audit writer task works with.
+/// What the audit writer thread works with.
 pub(in crate::service) struct Writer {
     pub store: Arc<dyn Store>,
     pub key: Arc<Key<Audit>>,
@@ -530,7 +540,8 @@ pub(in crate::service) struct Writer {
     pub durable_seq: Arc<std::sync::atomic::AtomicU64>,
     pub metrics: Metrics,
     pub high_water: Option<Arc<HighWater>>,
-    /// Where the batch appends, the mark's fsyncs and the SIEM mirror run.
+    /// Where the high-water mark's fsyncs run, and what counts the writer as running
+    /// (shutdown waits for its last batch).
     pub background: Background,
     /// The syslog mirror, if configured (it queues to a thread of its own).
     pub syslog: Option<SyslogSink>,
@@ -600,7 +611,17 @@ fn abandoned(intent: &EventDraft, seq: u64) -> Append {
     Append::own(draft, Some(seq))
 }
 
-async fn write_loop(
+/// Runs `work` (a store call of the writer), turning a panic into a failed call: the batch
+/// fails closed and the writer goes on with the next one.
+fn guarded<T>(work: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(work))
+        .unwrap_or_else(|_| Err(StoreError::Backend("audit append panicked".into())))
+}
+
+/// The writer's loop, on its thread: takes what is queued (up to `MAX_BATCH`), stores it as
+/// one batch, answers each caller, then mirrors the batch. Ends when every `AuditLog`
+/// handle is gone and the queue is empty.
+fn write_loop(
     writer: Writer, mut sink: Option<JsonlSink>, mut state: ChainState,
     mut rx: mpsc::Receiver<Append>, index: Option<Arc<AuditIndex>>,
 ) {
@@ -617,17 +638,11 @@ async fn write_loop(
     // What the writer records itself, ahead of its callers' events.
     let cuts = store.audit_tail_cuts();
     let mut cuts_pending = !cuts.is_empty();
-    let mut own = {
-        let (reader, open) = (store.clone(), state.open.clone());
-        background
-            .run(move || recovery_events(reader.as_ref(), &open, cuts, now))
-            .await
-            .unwrap_or_default()
-    };
+    let mut own = recovery_events(store.as_ref(), &state.open, cuts, now);
     let mut batch = Vec::with_capacity(MAX_BATCH);
     loop {
         if own.is_empty() {
-            match rx.recv().await {
+            match rx.blocking_recv() {
                 Some(first) => batch.push(first),
                 None => break,
             }
@@ -645,24 +660,18 @@ async fn write_loop(
             continue;
         }
         let started = Instant::now();
-        let (events, result) = store_batch(&background, &store, &key, &mut state, &batch).await;
+        let (events, result) = store_batch(&store, &key, &mut state, &batch);
         metrics.audit_append(batch.len(), started.elapsed(), result.is_ok());
         if result.is_ok() {
             if let Some(index) = &index {
                 index.add(&events);
             }
             durable_seq.store(state.next_seq - 1, std::sync::atomic::Ordering::SeqCst);
-            if std::mem::take(&mut cuts_pending) {
-                // The first batch held the recovery events: the cuts are recorded.
-                let forget = store.clone();
-                if !matches!(
-                    background
-                        .run(move || forget.audit_tail_cuts_recorded())
-                        .await,
-                    Ok(Ok(()))
-                ) {
-                    tracing::warn!("could not clear the audit log's recorded tail cuts");
-                }
+            // The first batch held the recovery events: the cuts are recorded.
+            if std::mem::take(&mut cuts_pending)
+                && guarded(|| store.audit_tail_cuts_recorded()).is_err()
+            {
+                tracing::warn!("could not clear the audit log's recorded tail cuts");
             }
         }
         match &result {
@@ -686,8 +695,8 @@ async fn write_loop(
         }
         if let (Some(hw), true) = (&high_water, result.is_ok()) {
             if hw.advance(state.next_seq - 1, state.last_mac) {
-                // Off the writer's path: the next batch does not wait for this file's fsyncs
-                // (writes of the mark are serialized inside `persist`).
+                // Off the writer's thread: the next batch does not wait for this file's
+                // fsyncs (writes of the mark are serialized inside `persist`).
                 let (hw, key) = (hw.clone(), key.clone());
                 background.detach(move || {
                     if hw.persist(&key).is_err() {
@@ -698,58 +707,39 @@ async fn write_loop(
         }
         // The SIEM mirrors are written after the callers were answered; their failures are
         // logged by the sinks and never fail a request.
-        if let (Some(s), true) = (&syslog, result.is_ok()) {
-            s.write(&events);
-        }
-        if let (Some(mut s), true) = (sink.take(), result.is_ok()) {
-            sink = background
-                .run(move || {
-                    s.write(&events);
-                    s
-                })
-                .await
-                .ok();
+        if result.is_ok() {
+            if let Some(s) = &syslog {
+                s.write(&events);
+            }
+            if let Some(s) = &mut sink {
+                s.write(&events);
+            }
         }
     }
 }
 
 /// Chains `batch` after `state` and stores it with the new head. Returns the chained
 /// events and whether they were stored; `state` moves past them only if they were.
-async fn store_batch(
-    background: &Background, store: &Arc<dyn Store>, key: &Arc<Key<Audit>>, state: &mut ChainState,
-    batch: &[Append],
+fn store_batch(
+    store: &Arc<dyn Store>, key: &Key<Audit>, state: &mut ChainState, batch: &[Append],
 ) -> (Vec<AuditEvent>, Result<(), StoreError>) {
-    let panicked = || StoreError::Backend("audit append panicked".into());
+    let drafts = || batch.iter().map(|a| a.draft.clone());
     if state.node != 0 {
         // This node's chain in a shared log: the store gives the batch its places.
-        let (writer, key, node, prev) = (store.clone(), key.clone(), state.node, state.last_mac);
-        let drafts: Vec<EventDraft> = batch.iter().map(|a| a.draft.clone()).collect();
-        let stored = background
-            .run(move || {
-                let mut sealed = None;
-                writer
-                    .audit_append_node(node, &mut |first| {
-                        let mut chained = chain_batch(
-                            &key,
-                            node,
-                            first,
-                            prev,
-                            drafts.iter().cloned(),
-                            &BTreeSet::new(),
-                        );
-                        let stored = (
-                            std::mem::take(&mut chained.rows),
-                            std::mem::take(&mut chained.head),
-                        );
-                        sealed = Some(chained);
-                        stored
-                    })
-                    .and_then(|()| {
-                        sealed.ok_or_else(|| StoreError::Backend("audit batch not sealed".into()))
-                    })
+        let (node, prev) = (state.node, state.last_mac);
+        let mut sealed = None;
+        let stored = guarded(|| {
+            store.audit_append_node(node, &mut |first| {
+                let mut chained = chain_batch(key, node, first, prev, drafts(), &BTreeSet::new());
+                let stored = (
+                    std::mem::take(&mut chained.rows),
+                    std::mem::take(&mut chained.head),
+                );
+                sealed = Some(chained);
+                stored
             })
-            .await
-            .unwrap_or_else(|_| Err(panicked()));
+        })
+        .and_then(|()| sealed.ok_or_else(|| StoreError::Backend("audit batch not sealed".into())));
         return match stored {
             Ok(Chained {
                 events, last_mac, ..
@@ -772,17 +762,8 @@ async fn store_batch(
             }
         }
     }
-    let drafts = batch.iter().map(|a| a.draft.clone());
-    let mut chained = chain_batch(key, 0, state.next_seq, state.last_mac, drafts, &open);
-    let (rows, head) = (
-        std::mem::take(&mut chained.rows),
-        std::mem::take(&mut chained.head),
-    );
-    let writer = store.clone();
-    let stored = background
-        .run(move || writer.audit_append(&rows, &head))
-        .await
-        .unwrap_or_else(|_| Err(panicked()));
+    let chained = chain_batch(key, 0, state.next_seq, state.last_mac, drafts(), &open);
+    let stored = guarded(|| store.audit_append(&chained.rows, &chained.head));
     if stored.is_ok() {
         state.next_seq += chained.events.len() as u64;
         state.last_mac = chained.last_mac;

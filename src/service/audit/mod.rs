@@ -1,4 +1,4 @@
-//! The audit log (`log`: the writer task, query, verify, prune), its SIEM mirrors (`sink`:
+//! The audit log (`log`: the writer thread, query, verify, prune), its SIEM mirrors (`sink`:
 //! JSON lines in a file; `syslog`: RFC 5424 over TCP or TLS),
 //! its high-water mark against a rolled-back store (`high_water`), and the operators' use
 //! cases on it: query (itself audited), verify, prune.

@@ -75,7 +75,7 @@ use super::{
 /// Why that is safe here (tokio's caveats for `block_in_place`):
 /// - It panics on a current-thread runtime, so it is used only when the current runtime is
 ///   a multi-thread one. On a thread that is not one of its workers (a `spawn_blocking`
-///   thread, as the audit writer's; a thread with only a handle entered) it just runs `f`;
+///   thread; a thread with only a handle entered, as the audit writer's) it just runs `f`;
 ///   nested calls also just run `f`. It is never reached from the store's private runtime:
 ///   only the connections and their connect tasks run there, and no store call is made
 ///   from one of them.

@@ -11,7 +11,7 @@
 //! ```
 //! Integers are big-endian.
 //!
-//! - One writer (the audit writer task) appends a batch as its events and a head frame in
+//! - One writer (the audit writer's thread) appends a batch as its events and a head frame in
 //!   one `write`, then one `fdatasync`: that is the group commit, one sync per batch. A new
 //!   segment is synced with its directory before its first batch is acknowledged.
 //! - Segments rotate at `max_segment_bytes`; pruning writes the checkpoint first, then
