@@ -32,6 +32,9 @@
 //! cargo bench --bench load -- --scenarios erase --concurrency 1 --duration 2
 //!                                                # erasure, with 10,000 by EraseSubjects
 //!                                                #   against 10,000 by one call each
+//! cargo bench --bench load -- --only vault --scenarios get1 --concurrency 64 --duration 8
+//!                                                # one vault alone, nothing interleaved: for a
+//!                                                #   profile (perf record -p) or a CPU count
 //! cargo bench --bench load -- --scenarios flood  # the flood alone (--flood-requests, --idle-reads,
 //!                                                #   --flood-streams, --flood-connections)
 //! ```
@@ -50,6 +53,7 @@
 
 mod backends;
 mod confine;
+mod cpu;
 mod drive;
 mod echo;
 mod erase;
@@ -67,6 +71,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
+use cpu::CpuSample;
 use drive::{closed_loop, fixed_rate, Stats};
 use echo::{EchoBaseline, EchoTarget};
 use fixture::Fixture;
@@ -104,6 +109,15 @@ struct Args {
     flood: FloodSize,
     /// Run baseline P, the pgcrypto peer (`pgcrypto.rs`), beside the vault.
     peer: bool,
+    /// Run only the audited (`vault`) or the unaudited (`unaudited`) vault's closed loop,
+    /// nothing interleaved with it: for a profile or a CPU count of one of them alone.
+    only: Option<Only>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Only {
+    Audited,
+    Unaudited,
 }
 
 fn list<T>(s: &str, parse: impl Fn(&str) -> Option<T>) -> Vec<T> {
@@ -146,6 +160,7 @@ fn args() -> Args {
             connections: 2,
         },
         peer: false,
+        only: None,
     };
     // `cargo bench` passes --bench; `cargo test` does not, and gets the smoke run.
     if !std::env::args().any(|a| a == "--bench") {
@@ -169,6 +184,16 @@ fn args() -> Args {
             "--nodes" => a.nodes = true,
             "--node-cpus" => a.node_cpus = value().parse().unwrap_or(0.5),
             "--peer" => a.peer = true,
+            "--only" => {
+                a.only = match value().as_str() {
+                    "vault" => Some(Only::Audited),
+                    "unaudited" => Some(Only::Unaudited),
+                    other => {
+                        eprintln!("--only: `vault` or `unaudited`, not `{other}`");
+                        std::process::exit(2);
+                    }
+                }
+            }
             "--fields" => a.fields = value().parse().unwrap_or(1_000_000),
             "--cache-mib" => a.cache_mib = value().parse().unwrap_or(256),
             "--flood-requests" => a.flood.requests = value().parse().unwrap_or(100_000),
@@ -330,6 +355,23 @@ async fn run(args: &Args) -> u64 {
         };
         let mut peak = (0.0, 1);
         for &c in &args.concurrency {
+            if let Some(only) = args.only {
+                let (fixture, against) = match only {
+                    Only::Audited => (&audited, "vault"),
+                    Only::Unaudited => (&unaudited, "no audit"),
+                };
+                let targets =
+                    vault_targets(&channels(fixture, c).await, scenario, c, args.subjects);
+                let before = CpuSample::now();
+                let s = closed_loop(targets, args.duration).await;
+                let after = CpuSample::now();
+                row(name, against, Some(c), &s, "alone (--only)");
+                if let (Some(before), Some(after)) = (before, after) {
+                    println!("cpu    {}", before.report(&after, s.ops));
+                }
+                count(&s);
+                continue;
+            }
             let on_channels = channels(&audited, c).await;
             let off_channels = channels(&unaudited, c).await;
             let mut loads = vec![
@@ -392,6 +434,9 @@ async fn run(args: &Args) -> u64 {
                 peer_failures += peer_count(&p);
                 summary.peer_ratios.push((name, c, ratio));
             }
+        }
+        if args.only.is_some() {
+            continue;
         }
         let (peak_ops, peak_c) = peak;
         let on_channels = channels(&audited, peak_c).await;

@@ -66,12 +66,13 @@ impl Summary {
             println!("ratio {scenario:<12} conc {c:>3}: audited / unaudited {r:.2}");
         }
         println!();
-        println!("# targets of issue 7 (report, not a test)");
-        for (scenario, base) in [
-            ("get1", "B1"),
-            ("get10", "B1"),
-            ("put1", "B2"),
-            ("put10", "B2"),
+        println!("# targets of issues 7 and 17 (a report, not a test)");
+        // Issue 7 asked 50% of the baseline for all four; issue 17 raised the writes'.
+        for (scenario, base, target) in [
+            ("get1", "B1", 0.5),
+            ("get10", "B1", 0.5),
+            ("put1", "B2", 0.8),
+            ("put10", "B2", 0.6),
         ] {
             if let Some((_, c, r, _)) = self
                 .baseline_ratios
@@ -80,9 +81,24 @@ impl Summary {
                 .max_by_key(|(_, c, ..)| *c)
             {
                 println!(
-                    "target {scenario:<6} >= 50% of {base} at conc {c}: {:.0}% -> {}",
+                    "target {scenario:<6} >= {:.0}% of {base} at conc {c}: {:.0}% -> {}",
+                    target * 100.0,
                     r * 100.0,
-                    verdict(*r >= 0.5)
+                    verdict(*r >= target)
+                );
+            }
+        }
+        for scenario in ["get1", "get10"] {
+            if let Some((_, c, r)) = self
+                .audit_ratios
+                .iter()
+                .filter(|(s, ..)| *s == scenario)
+                .max_by_key(|(_, c, _)| *c)
+            {
+                println!(
+                    "target {scenario:<6} audited >= 85% of unaudited at conc {c}: {:.0}% -> {}",
+                    r * 100.0,
+                    verdict(*r >= 0.85)
                 );
             }
         }
