@@ -634,12 +634,17 @@ impl SegmentLog {
             )));
         }
         active.len += buf.len() as u64;
-        active.sparse.extend(sparse_added);
-        let sparse = Arc::new(active.sparse.clone());
+        // The readers' copy of the sparse index changes only every `SPARSE_EVERY` events.
+        let sparse = (!sparse_added.is_empty()).then(|| {
+            active.sparse.extend(sparse_added);
+            Arc::new(active.sparse.clone())
+        });
         let mut index = self.index.write().expect("audit index lock");
         if let Some(segment) = index.segments.last_mut() {
             segment.len = active.len;
-            segment.sparse = Some(sparse);
+            if sparse.is_some() {
+                segment.sparse = sparse;
+            }
         }
         index.last = events.last().cloned();
         index.head = Some(head.to_vec());
