@@ -51,6 +51,11 @@
 //! Absolute numbers drift on shared machines; compare the ratios, which come from runs in
 //! the same process, back to back.
 
+/// The vault binary's allocator (`src/main.rs`), so the vaults measured here allocate as
+/// the binary does; the baselines in this process use it too.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod backends;
 mod confine;
 mod cpu;
