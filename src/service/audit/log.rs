@@ -711,8 +711,13 @@ fn write_loop(
             if let Some(s) = &syslog {
                 s.write(&events);
             }
-            if let Some(s) = &mut sink {
-                s.write(&events);
+            let mirrored = sink.as_mut().map(|s| {
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| s.write(&events)))
+            });
+            if let Some(Err(_)) = mirrored {
+                // As when the mirror ran on the blocking pool: it stops, the log goes on.
+                tracing::error!("the JSON-lines audit mirror panicked; it is no longer written");
+                sink = None;
             }
         }
     }
