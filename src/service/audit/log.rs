@@ -677,12 +677,10 @@ fn write_loop(
         match &result {
             Ok(()) => {
                 for (a, e) in batch.drain(..).zip(&events) {
-                    let intent = a.draft.outcome == Outcome::Intent;
-                    let draft = intent.then(|| a.draft.clone());
-                    if a.done.send(Ok(e.seq)).is_err() {
-                        if let Some(draft) = draft {
-                            own.push(abandoned(&draft, e.seq));
-                        }
+                    // Sending takes only the reply channel: the draft is still there to end
+                    // an intent nobody waits for any more.
+                    if a.done.send(Ok(e.seq)).is_err() && a.draft.outcome == Outcome::Intent {
+                        own.push(abandoned(&a.draft, e.seq));
                     }
                 }
             }
