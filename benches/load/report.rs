@@ -41,6 +41,16 @@ pub struct Summary {
     pub fsync_ms: Vec<(&'static str, f64, f64)>,
 }
 
+/// The row of `scenario` run at the most streams (what a target is checked at); `key` gives
+/// a row's scenario and concurrency.
+fn most_streams<'a, T>(
+    rows: &'a [T], scenario: &str, key: impl Fn(&T) -> (&str, usize),
+) -> Option<&'a T> {
+    rows.iter()
+        .filter(|row| key(row).0 == scenario)
+        .max_by_key(|row| key(row).1)
+}
+
 fn verdict(ok: bool) -> &'static str {
     if ok {
         "reached"
@@ -74,11 +84,8 @@ impl Summary {
             ("put1", "B2", 0.8),
             ("put10", "B2", 0.6),
         ] {
-            if let Some((_, c, r, _)) = self
-                .baseline_ratios
-                .iter()
-                .filter(|(s, ..)| *s == scenario)
-                .max_by_key(|(_, c, ..)| *c)
+            if let Some((_, c, r, _)) =
+                most_streams(&self.baseline_ratios, scenario, |(s, c, ..)| (s, *c))
             {
                 println!(
                     "target {scenario:<6} >= {:.0}% of {base} at conc {c}: {:.0}% -> {}",
@@ -89,11 +96,7 @@ impl Summary {
             }
         }
         for scenario in ["get1", "get10"] {
-            if let Some((_, c, r)) = self
-                .audit_ratios
-                .iter()
-                .filter(|(s, ..)| *s == scenario)
-                .max_by_key(|(_, c, _)| *c)
+            if let Some((_, c, r)) = most_streams(&self.audit_ratios, scenario, |(s, c, _)| (s, *c))
             {
                 println!(
                     "target {scenario:<6} audited >= 85% of unaudited at conc {c}: {:.0}% -> {}",
